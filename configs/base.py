@@ -1,0 +1,38 @@
+"""Defaults shared by every config; other configs start from ``get_config()`` here."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'dino_vits16'  # dino_vits16 | dino_vits8 | dino_vitb16 | dino_vitb8
+  config.model.checkpoint = ''  # local .pth/.safetensors file or URL; '' = official weights
+  config.model.cache_dir = ''  # '' = $SPECTRAL_JAX_CACHE or ~/.cache/spectral_jax
+  config.model.feature_block = -1  # block whose keys are the features
+  config.model.precision = 'highest'  # matmul precision; 'default' allows TF32/bf16
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'folder'  # folder | voc | coco20k | saliency | tfds | demo
+  config.data.root = ''
+  config.data.name = ''  # dataset name within a source (e.g. ECSSD, voc/2007)
+  config.data.year = 2012
+  config.data.split = 'trainval'
+  config.data.boxes = ''  # folder source: VOC-XML folder or COCO JSON file
+  config.data.masks = ''  # folder source: folder of ground-truth masks
+  config.data.limit = 0  # 0 = all images
+  config.data.max_pixels = 8192 * 8192
+  config.data.batch_size = 8  # images of equal cropped size per forward
+
+  config.spectral = ml_collections.ConfigDict()
+  config.spectral.K = 5
+  config.spectral.color_lambda = 0.0
+  config.spectral.which_matrix = 'laplacian'  # laplacian | affinity
+  config.spectral.solver = 'auto'  # auto | dense | lanczos | lobpcg
+
+  config.output = ml_collections.ConfigDict()
+  config.output.features = True  # write features/<stem>.npz
+  config.output.num_panels = 8  # PNG panels for the first N images
+  return config

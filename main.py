@@ -1,0 +1,40 @@
+"""Deep Spectral Methods in JAX: one entry point for every mode.
+
+  python main.py --config=configs/voc.py --mode=localize --workdir=/tmp/voc12
+  python main.py --config=configs/folder.py --mode=extract \
+      --config.data.root=IMAGES_DIR --workdir=OUT
+
+Any config value can be overridden with --config.<key>=<value>.
+"""
+
+import importlib
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+MODES = ('extract', 'localize', 'segment', 'semantic', 'train', 'evaluate', 'edit')
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where outputs (and resume state) are written.')
+_MODE = flags.DEFINE_enum('mode', 'extract', MODES, 'What to run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Multi-host runs: JAX's own distributed runtime, configured by the launcher's environment.
+  if _CONFIG.value.get('distributed', False):
+    jax.distributed.initialize()
+  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')
+  task.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

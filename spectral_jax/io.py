@@ -1,0 +1,71 @@
+"""Writing results: atomic files, so a killed run never leaves a half-written output.
+
+Every per-image artefact is written to a temporary file in the same folder and
+renamed into place; "is this image done?" is then simply "does its file exist?".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = 'wb') -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, mode) as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+  return path
+
+
+def save_npz(path: Path, **arrays) -> Path:
+  return _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+  return _atomic_write(path, lambda f: Image.fromarray(array).save(f, format='PNG'))
+
+
+def save_json(path: Path, obj: Any) -> Path:
+  return _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode='w')
+
+
+def append_jsonl(path: Path, records: list[dict]) -> None:
+  """Appends whole lines with one write + fsync; a torn last line is dropped on read."""
+  if not records:
+    return
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  data = ''.join(json.dumps(r, sort_keys=True) + '\n' for r in records)
+  with open(path, 'a') as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+  """Reads complete lines; an incomplete last line (a killed writer) is ignored."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines(keepends=True):
+    if not line.endswith('\n'):
+      break
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      break
+  return records

@@ -1,0 +1,199 @@
+"""DINO's Vision Transformer in Flax, numerically equal to ``vision_transformer.py``.
+
+Differences from stock Flax that matter for parity with the PyTorch model:
+LayerNorm computes the variance as mean((x - mean)²) (Flax's fast variance
+differs in float32), GELU is the exact erf form, and every matmul runs at the
+precision given by ``precision`` ('highest' = true float32 on GPU/TPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spectral_jax.models import posembed
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTArch:
+  """Static architecture of a DINO ViT; depth comes from the checkpoint."""
+  patch_size: int = 16
+  embed_dim: int = 384
+  num_heads: int = 6
+  depth: int = 12
+  num_pos: int = 196  # pretrained patch positions (14×14 for /16, 28×28 for /8)
+
+  @property
+  def pretrained_grid(self) -> int:
+    return int(round(np.sqrt(self.num_pos)))
+
+
+# The four official DINO backbones (depth 12; a checkpoint may override it).
+ARCHS = {
+    'dino_vits16': ViTArch(16, 384, 6, 12, 196),
+    'dino_vits8': ViTArch(8, 384, 6, 12, 784),
+    'dino_vitb16': ViTArch(16, 768, 12, 12, 196),
+    'dino_vitb8': ViTArch(8, 768, 12, 12, 784),
+}
+
+
+class TorchLayerNorm(nn.Module):
+  """LayerNorm with PyTorch's two-pass variance and eps."""
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    dim = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (dim,))
+    bias = self.param('bias', nn.initializers.zeros, (dim,))
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    var = jnp.mean(centred * centred, axis=-1, keepdims=True)
+    return centred / jnp.sqrt(var + self.eps) * scale + bias
+
+
+class Attention(nn.Module):
+  num_heads: int
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, d = x.shape
+    hd = d // self.num_heads
+    qkv = nn.Dense(3 * d, precision=self.precision, name='qkv')(x)
+    q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(b, t, self.num_heads, hd) for i in range(3))
+    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k, precision=self.precision) * hd ** -0.5
+    attn = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum('bhqk,bkhc->bqhc', attn, v, precision=self.precision).reshape(b, t, d)
+    out = nn.Dense(d, precision=self.precision, name='proj')(out)
+    return out, qkv, attn
+
+
+class Mlp(nn.Module):
+  hidden: int
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    x = nn.Dense(self.hidden, precision=self.precision, name='fc1')(x)
+    x = jax.nn.gelu(x, approximate=False)
+    return nn.Dense(d, precision=self.precision, name='fc2')(x)
+
+
+class Block(nn.Module):
+  num_heads: int
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, x):
+    attn_out, qkv, attn = Attention(self.num_heads, self.precision, name='attn')(
+        TorchLayerNorm(name='norm1')(x))
+    x = x + attn_out
+    x = x + Mlp(4 * x.shape[-1], self.precision, name='mlp')(TorchLayerNorm(name='norm2')(x))
+    return x, qkv, attn
+
+
+class PatchEmbed(nn.Module):
+  """Conv2d(kernel = stride = P) written as a matmul over non-overlapping patches."""
+  patch_size: int
+  embed_dim: int
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, images):
+    b, height, width, c = images.shape
+    p = self.patch_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (p, p, c, self.embed_dim))
+    bias = self.param('bias', nn.initializers.zeros, (self.embed_dim,))
+    patches = images.reshape(b, height // p, p, width // p, p, c)
+    x = jnp.einsum('bhiwjc,ijcd->bhwd', patches, kernel, precision=self.precision) + bias
+    return x.reshape(b, -1, self.embed_dim)
+
+
+class VisionTransformer(nn.Module):
+  """DINO ViT. Input: normalised images [B, H, W, 3], H and W multiples of the patch size.
+
+  Returns a dict for ``feature_block`` (negative indices count from the end):
+    q, k, v:  [B, h·w, D] qkv output of that block, heads concatenated, CLS dropped,
+              row-major over the patch grid (DSM uses ``k`` of the last block);
+    tokens:   [B, h·w, D] the block's output tokens, CLS dropped;
+    attn:     [B, heads, 1 + h·w, 1 + h·w] the block's attention probabilities;
+    cls:      [B, D] final-normed CLS token of the whole network (only if with_cls;
+              blocks after ``feature_block`` run only then).
+  """
+  arch: ViTArch
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, images, feature_block: int = -1, with_cls: bool = False):
+    a = self.arch
+    b, height, width, _ = images.shape
+    p = a.patch_size
+    grid = (height // p, width // p)
+    if grid[0] * p != height or grid[1] * p != width:
+      raise ValueError(f'image size {(height, width)} is not a multiple of patch size {p}; '
+                       'crop with preprocess() first')
+    block_index = feature_block % a.depth
+
+    x = PatchEmbed(p, a.embed_dim, self.precision, name='patch_embed')(images)
+    cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, a.embed_dim))
+    pos_embed = self.param('pos_embed', nn.initializers.zeros, (1, 1 + a.num_pos, a.embed_dim))
+    x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, a.embed_dim)), x], axis=1)
+    x = x + interpolate_pos_embed(pos_embed, grid, a.pretrained_grid, self.precision)
+
+    out = {}
+    last = a.depth - 1 if with_cls else block_index
+    for i in range(last + 1):
+      x, qkv, attn = Block(a.num_heads, self.precision, name=f'blocks_{i}')(x)
+      if i == block_index:
+        d = a.embed_dim
+        out.update(q=qkv[:, 1:, :d], k=qkv[:, 1:, d:2 * d], v=qkv[:, 1:, 2 * d:],
+                   tokens=x[:, 1:], attn=attn)
+    if with_cls:
+      out['cls'] = TorchLayerNorm(name='norm')(x)[:, 0]
+    return out
+
+
+def interpolate_pos_embed(pos_embed, grid_hw, pretrained_grid: int, precision='highest'):
+  """DINO's ``interpolate_pos_encoding``: [1, 1+G², D] → [1, 1+h·w, D]."""
+  if not posembed.needs_interpolation(grid_hw, pretrained_grid):
+    return pos_embed
+  rows, cols = posembed.interpolation_matrices(grid_hw, pretrained_grid)
+  d = pos_embed.shape[-1]
+  table = pos_embed[0, 1:].reshape(pretrained_grid, pretrained_grid, d)
+  table = jnp.einsum('hg,gkd->hkd', rows, table, precision=precision)
+  table = jnp.einsum('wk,hkd->hwd', cols, table, precision=precision)
+  return jnp.concatenate([pos_embed[:, :1], table.reshape(1, -1, d)], axis=1)
+
+
+def crop_to_patches(image: np.ndarray, patch_size: int) -> np.ndarray:
+  """Top-left crop [H, W, C] to multiples of the patch size (the official code crops)."""
+  h = image.shape[0] // patch_size * patch_size
+  w = image.shape[1] // patch_size * patch_size
+  if h == 0 or w == 0:
+    raise ValueError(f'image {image.shape[:2]} is smaller than one {patch_size}px patch')
+  return image[:h, :w]
+
+
+def normalize(image_uint8) -> jnp.ndarray:
+  """ToTensor + Normalize(ImageNet) in float32, in torchvision's order of operations."""
+  x = jnp.asarray(image_uint8, jnp.float32) / 255.0
+  return (x - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def abstract_params(arch: ViTArch) -> Any:
+  """Shapes of the parameter tree (no compute), for checkpoint validation."""
+  model = VisionTransformer(arch)
+  p = arch.patch_size
+  dummy = jax.ShapeDtypeStruct((1, p, p, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, with_cls=True), dummy)
+  return jax.tree.map(lambda s: tuple(s.shape), variables['params'])

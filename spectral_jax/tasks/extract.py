@@ -1,0 +1,49 @@
+"""``--mode=extract``: features and eigenvectors per image, the inputs of every other stage.
+
+Writes ``workdir/features/<stem>.npz`` (k [h·w, D] float32 row-major over the patch grid,
+patch_grid (h, w), image_size (H, W)) and ``workdir/eigs/<stem>.npz`` (eigenvalues [K],
+eigenvectors [K, h·w]). Images whose files exist are not recomputed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spectral_jax import io, pipeline
+from spectral_jax.tasks import common
+
+
+def output_paths(workdir, image_id: str) -> tuple[Path, Path]:
+  workdir = Path(workdir)
+  return workdir / 'features' / f'{image_id}.npz', workdir / 'eigs' / f'{image_id}.npz'
+
+
+def is_done(workdir, image_id: str, with_features: bool) -> bool:
+  features, eigs = output_paths(workdir, image_id)
+  return eigs.exists() and (features.exists() or not with_features)
+
+
+def run(config, workdir) -> None:
+  examples = common.examples_from_config(config.data)
+  todo = [ex for ex in examples if not is_done(workdir, ex.id, config.output.features)]
+  common.log_summary(f'extract: {len(examples)} images, {len(examples) - len(todo)} already done')
+  if not todo:
+    return
+  extractor = common.load_extractor(config.model)
+  skipped = common.SkipLog(workdir)
+  progress = pipeline.Progress(len(todo), 'extract')
+  s = config.spectral
+  for r in pipeline.run_images(extractor, todo, batch_size=config.data.batch_size,
+                               max_pixels=config.data.max_pixels, spectral_k=s.K,
+                               color_lambda=s.color_lambda, which_matrix=s.which_matrix,
+                               solver=s.solver, on_error=skipped):
+    feat_path, eig_path = output_paths(workdir, r.example.id)
+    if config.output.features:
+      io.save_npz(feat_path, k=r.features.astype(np.float32), patch_grid=np.array(r.patch_grid),
+                  image_size=np.array(r.image.shape[:2]))
+    io.save_npz(eig_path, eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors)
+    progress.update()
+  common.log_summary(progress.summary(), skipped.summary(),
+                     f'{len(extractor.compiled_shapes)} compiled input shapes')
