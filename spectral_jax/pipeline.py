@@ -73,9 +73,12 @@ class FeatureExtractor:
 def load_extractor(name: str, checkpoint: str = '', cache_dir: str = '',
                    precision: str = 'highest', feature_block: int = -1) -> FeatureExtractor:
   """Loads (downloading if needed, via the orbax cache if present) a DINO backbone."""
-  params, arch = checkpoints.load_params(name, checkpoint or None, cache_dir or None)
-  arch = vit.ViTArch(**arch)
-  checkpoints.check_shapes(params, vit.abstract_params(arch))
+  if name not in vit.ARCHS:
+    raise ValueError(f'model.name={name!r}: use one of {sorted(vit.ARCHS)}')
+  params, found = checkpoints.load_params(name, checkpoint or None, cache_dir or None)
+  # Width, heads and patch size come from the name; depth and the pretrained grid from the file.
+  arch = dataclasses.replace(vit.ARCHS[name], depth=found['depth'], num_pos=found['num_pos'])
+  checkpoints.check_params(params, vit.abstract_params(arch))
   if not -arch.depth <= feature_block < arch.depth:
     raise ValueError(f'model.feature_block={feature_block} is outside a {arch.depth}-block model')
   return FeatureExtractor(arch, jax.device_put(params), precision, feature_block)

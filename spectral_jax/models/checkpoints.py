@@ -18,13 +18,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import http.client
 import io
 import json
 import os
 import pickle
 import re
 import shutil
-import socket
 import struct
 import tempfile
 import time
@@ -33,7 +33,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 
@@ -267,7 +267,7 @@ def _materialize(ref: _TensorRef, source: Path) -> np.ndarray:
             flat[base:], shape=ref.size,
             strides=tuple(s * flat.itemsize for s in ref.stride), writeable=False,
         )
-        out = np.array(view)  # contiguous copy, also handles non-contiguous strides
+        out = np.array(view, order="C")  # C-contiguous copy, also of non-contiguous views
     if storage.stype.bfloat16:
         return _bfloat16_to_float32(out)
     if np.issubdtype(out.dtype, np.floating):
@@ -524,7 +524,7 @@ def download(url: str, cache_dir: str | os.PathLike | None = None, sha256: str |
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
         part.unlink(missing_ok=True)
         raise _unreachable(url, getattr(e, "reason", e)) from e
     except BaseException:
@@ -632,7 +632,8 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray],
                          expected_shapes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Convert a DINO ViT torch state dict to the nested Flax parameter dict.
 
-    With ``expected_shapes`` (same nesting as the params, leaves = shape tuples)
+    With ``expected_shapes`` (same nesting as the params, leaves = shape tuples
+    or anything with a ``.shape``, e.g. the output of ``jax.eval_shape``)
     every expected leaf must be present with that shape and nothing else may be
     left over; errors name the torch tensor and both shapes in torch layout.
     """
@@ -664,7 +665,7 @@ def _check_shapes(flat: Mapping[tuple[str, ...], np.ndarray],
                   expected: Mapping[tuple[str, ...], Any]) -> None:
     problems = []
     for path, shape in expected.items():
-        shape = tuple(shape)
+        shape = tuple(getattr(shape, "shape", shape))  # also accept jax.ShapeDtypeStruct leaves
         name = _flax_to_torch_name(path)
         if path not in flat:
             problems.append(f"{name}: missing from checkpoint, model expects {shape}")
@@ -680,12 +681,26 @@ def _check_shapes(flat: Mapping[tuple[str, ...], np.ndarray],
         raise CheckpointError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
 
 
+def check_params(params: Mapping[str, Any], expected_shapes: Mapping[str, Any]) -> None:
+    """Checks converted (or cached) params against a model; errors use torch names and layout."""
+    flat = _flatten(params)
+    perms = {}
+    for path, value in flat.items():
+        mapped = _torch_to_flax(_flax_to_torch_name(path), np.shape(value))
+        perms[path] = mapped[1] if mapped else tuple(range(np.ndim(value)))
+    _check_shapes(flat, perms, _flatten(expected_shapes))
+
+
 def infer_arch(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """ViT hyper-parameters implied by a DINO state dict (head dim is always 64 in DINO)."""
+    """ViT hyper-parameters implied by a DINO state dict (head dim is always 64 in DINO).
+
+    The keys match ``spectral_jax.models.vit.ViTArch``; ``num_pos`` counts the
+    pretrained patch positions, excluding the CLS position.
+    """
     try:
         patch_weight = state_dict["patch_embed.proj.weight"]
         embed_dim = int(state_dict["cls_token"].shape[-1])
-        num_pos = int(state_dict["pos_embed"].shape[1])
+        num_pos = int(state_dict["pos_embed"].shape[1]) - 1
     except (KeyError, IndexError) as e:
         raise CheckpointError(f"not a DINO ViT state dict: missing or malformed {e}") from e
     blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}

@@ -1,0 +1,449 @@
+"""Eigen-solvers of the Deep Spectral Methods eigen stage (official protocol, section 2).
+
+The official code solves the generalised problem ``(D − W) v = λ D v`` with
+``scipy.sparse.linalg.eigsh(D − W, k=K, sigma=0, which='LM', M=D)`` on dense float32 matrices.
+Here it is solved through the symmetric normalisation: with degrees ``d = W·1`` (``d < 1e-12`` →
+1, as the official code does), ``s = d^-½`` and ``A = diag(s) W diag(s)``, the pairs are
+``λ = 1 − θ`` and ``v = s ⊙ u`` for the eigenpairs ``(θ, u)`` of ``A`` with the largest ``θ``.
+``v`` is then D-orthonormal (``vᵀ D v = 1``) like ARPACK's output, eigenvalues are ascending,
+and the official sign rule is applied (:func:`sign_fix`).
+
+Solvers (``solver=``):
+
+* ``'dense'``: ``jnp.linalg.eigh`` of ``I − A`` (all pairs, then the K smallest).
+* ``'lanczos'``: a restarted block Lanczos / block Krylov method with full re-orthogonalisation
+  and an explicit Rayleigh–Ritz projection, on ``A`` applied as ``s ⊙ (W (s ⊙ X))`` (``A`` is
+  never formed). Convergence is judged by Ritz residual norms ``‖A u − θ u‖``. All heavy work is
+  float32 JAX matmuls at ``HIGHEST`` precision, so it runs unchanged on CPU/GPU/TPU.
+* ``'auto'``: by measurement (``benchmarks/bench_eigen.py``): on CPU dense LAPACK ``eigh`` is
+  slower than block Lanczos beyond a few hundred nodes, so Lanczos is used there; on GPU/TPU dense
+  ``eigh`` is used up to :data:`ACCEL_DENSE_MAX_N` nodes.
+
+Batches ``[B, N, N]`` are vmapped. Graphs of different sizes are batched by zero-padding with
+:func:`pad_affinities`: padded nodes are isolated and carry a self-loop of weight −2, so their
+degree (< 1e-12) is replaced by 1 and their normalised-Laplacian eigenvalue is exactly
+``1 − (−2) = 3``, strictly above the whole real spectrum (⊂ [0, 2]); they are never among the K
+smallest when ``K ≤ n_valid``, and the real eigenpairs are untouched (the padded block is
+decoupled). This also holds for the official generalised formulation itself.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "sign_fix",
+    "laplacian_eigs",
+    "affinity_eigs",
+    "bucket_size",
+    "pad_affinities",
+    "unpad",
+    "choose_solver",
+    "PAD_SELF_LOOP",
+    "CPU_DENSE_MAX_N",
+    "ACCEL_DENSE_MAX_N",
+]
+
+_HI = jax.lax.Precision.HIGHEST
+
+#: Self-loop weight on padded nodes: their normalised Laplacian eigenvalue is 1 − (−2) = 3 > 2.
+PAD_SELF_LOOP = -2.0
+#: On CPU, dense LAPACK eigh is used only up to this many nodes (measured crossover is ~300).
+CPU_DENSE_MAX_N = 256
+#: On GPU/TPU, dense eigh is used up to this many nodes (not measured here: no accelerator).
+ACCEL_DENSE_MAX_N = 2048
+
+
+# ----------------------------------------------------------------------------------------------
+# Sign rule
+# ----------------------------------------------------------------------------------------------
+
+def sign_fix(vecs: jax.Array, n_valid: Optional[jax.Array] = None) -> jax.Array:
+    """Official sign rule: negate ``v_k`` when ``0.5 < mean(v_k > 0) < 1``.
+
+    Args:
+      vecs: ``[..., K, N]`` eigenvectors (rows).
+      n_valid: optional ``[...]`` number of real (unpadded) nodes; entries at index ``≥ n_valid``
+        are ignored in the mean.
+
+    Returns:
+      ``[..., K, N]`` eigenvectors; the positive side is the minority (or all / exactly half).
+    """
+    n = vecs.shape[-1]
+    if n_valid is None:
+        n_valid = jnp.asarray(n, jnp.int32)
+    n_valid = jnp.asarray(n_valid, jnp.int32)[..., None]  # [..., 1] broadcasts over K
+    valid = jnp.arange(n) < n_valid[..., None]  # [..., 1, N]
+    count = jnp.sum((vecs > 0) & valid, axis=-1)  # [..., K]
+    # Integer form of 0.5 < count / n < 1 (exact, no float rounding).
+    flip = (2 * count > n_valid) & (count < n_valid)
+    return jnp.where(flip[..., None], -vecs, vecs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared by the solvers
+# ----------------------------------------------------------------------------------------------
+
+def _degrees(w: jax.Array) -> jax.Array:
+    """Row sums ``W·1`` with ``d < 1e-12`` → 1 (pymatting ``row_sum`` + official fix-up)."""
+    d = jnp.sum(w, axis=-1)
+    return jnp.where(d < 1e-12, jnp.ones_like(d), d)
+
+
+def _hash_uniform(n: int, b: int) -> jax.Array:
+    """Deterministic start block ``[n, b]`` in ``[-1, 1)`` from an integer hash of (row, col).
+
+    Row ``i`` does not depend on ``n``, so a zero-padded graph starts from the same vectors on
+    its real nodes as the unpadded one.
+    """
+    i = jnp.arange(n, dtype=jnp.uint32)[:, None]
+    j = jnp.arange(b, dtype=jnp.uint32)[None, :]
+    h = i * jnp.uint32(0x9E3779B1) + (j + jnp.uint32(1)) * jnp.uint32(0x85EBCA77)
+    # murmur3 finaliser: good bit mixing with wrap-around uint32 arithmetic.
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    h = h ^ (h >> 16)
+    return (h >> 8).astype(jnp.float32) * jnp.float32(2.0 / (1 << 24)) - 1.0
+
+
+def _project_out(basis: jax.Array, z: jax.Array) -> jax.Array:
+    """``z − V (Vᵀ z)``; zero columns of ``V`` (not yet filled) contribute nothing."""
+    return z - jnp.matmul(basis, jnp.matmul(basis.T, z, precision=_HI), precision=_HI)
+
+
+def _orthonormalize_against(basis: jax.Array, z: jax.Array) -> jax.Array:
+    """Orthonormal block spanning ``z`` minus its component in ``span(V)``.
+
+    Two projections before the QR (CGS2) keep orthogonality at float32 precision; one more
+    projection + QR after it handles blocks that are numerically inside ``span(V)`` (e.g. an
+    invariant Krylov space on a disconnected graph), where the QR amplifies rounding noise.
+    """
+    z = _project_out(basis, _project_out(basis, z))
+    q, _ = jnp.linalg.qr(z)
+    q, _ = jnp.linalg.qr(_project_out(basis, q))
+    return q
+
+
+def _select(theta: jax.Array, count: int, which: str) -> jax.Array:
+    """Indices of the ``count`` wanted Ritz values, best first (``'LA'`` or ``'LM'``)."""
+    key = theta if which == "LA" else jnp.abs(theta)
+    return jnp.argsort(-key)[:count]
+
+
+class _KrylovState(NamedTuple):
+    x: jax.Array  # [N, b] orthonormal restart block (best Ritz vectors)
+    ax: jax.Array  # [N, b] operator applied to x
+    theta: jax.Array  # [K] wanted Ritz values
+    u: jax.Array  # [N, K] wanted Ritz vectors
+    res: jax.Array  # [K] residual norms
+    cycle: jax.Array  # [] number of restart cycles done
+
+
+def _block_krylov(apply_op, x0: jax.Array, k: int, steps: int, max_cycles: int,
+                  tol: float, which: str) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Restarted block Krylov (block Lanczos) eigen-solver for a symmetric operator.
+
+    Each cycle builds ``V = [X, A X, …, A^steps X]`` (orthonormalised block by block against all
+    previous blocks), ``AV`` alongside, and solves the projected problem ``Vᵀ A V`` exactly
+    (Rayleigh–Ritz). The next cycle restarts from the best ``b`` Ritz vectors, whose images are
+    ``AV Y`` (no extra operator application). Stops when every wanted residual
+    ``‖A u − θ u‖ ≤ tol`` or after ``max_cycles`` cycles.
+
+    Args:
+      apply_op: ``[N, b] -> [N, b]`` symmetric operator.
+      x0: ``[N, b]`` start block (need not be orthonormal), ``b ≥ k``.
+      k: number of wanted eigenpairs.
+      steps: block operator applications per cycle (basis ``b·(steps+1)`` columns).
+      max_cycles: cycle limit.
+      tol: residual tolerance (absolute).
+      which: ``'LA'`` largest algebraic or ``'LM'`` largest magnitude.
+
+    Returns:
+      ``theta [k]`` (best first), ``u [N, k]``, residual norms ``[k]``, cycles used ``[]``.
+    """
+    n, b = x0.shape
+    nb = b * (steps + 1)
+
+    def cycle(state: _KrylovState) -> _KrylovState:
+        basis = jnp.zeros((n, nb), x0.dtype).at[:, :b].set(state.x)
+        abasis = jnp.zeros((n, nb), x0.dtype).at[:, :b].set(state.ax)
+        for j in range(1, steps + 1):
+            # Python-unrolled: static slices, `steps` is small.
+            q = _orthonormalize_against(basis, abasis[:, (j - 1) * b:j * b])
+            basis = basis.at[:, j * b:(j + 1) * b].set(q)
+            abasis = abasis.at[:, j * b:(j + 1) * b].set(apply_op(q))
+        t = jnp.matmul(basis.T, abasis, precision=_HI)
+        theta, y = jnp.linalg.eigh(0.5 * (t + t.T))
+        order = _select(theta, b, which)
+        y = y[:, order]
+        x = jnp.matmul(basis, y, precision=_HI)
+        ax = jnp.matmul(abasis, y, precision=_HI)
+        th = theta[order]
+        res = jnp.linalg.norm(ax[:, :k] - x[:, :k] * th[None, :k], axis=0)
+        return _KrylovState(x, ax, th[:k], x[:, :k], res, state.cycle + 1)
+
+    def not_done(state: _KrylovState) -> jax.Array:
+        return (state.cycle < max_cycles) & (jnp.max(state.res) > tol)
+
+    x, _ = jnp.linalg.qr(x0)
+    init = _KrylovState(x, apply_op(x), jnp.zeros((k,), x0.dtype), x[:, :k],
+                        jnp.full((k,), jnp.inf, x0.dtype), jnp.zeros((), jnp.int32))
+    final = jax.lax.while_loop(not_done, cycle, init)
+    return final.theta, final.u, final.res, final.cycle
+
+
+def _krylov_sizes(n: int, k: int, block: Optional[int], steps: Optional[int]) -> Tuple[int, int]:
+    """Block size and steps per cycle, capped so that the basis never exceeds ``n`` columns.
+
+    Defaults (measured on CPU, see the benchmark): a block of ``k + max(3, k // 2)`` (≥ 8)
+    columns — on CPU a 4800×4800 GEMM with 8–32 right-hand sides costs about the same as one
+    matvec, and ``b > k`` also speeds convergence (rate set by the gap to ``θ_{b+1}``).
+    """
+    b = block if block is not None else max(8, k + max(3, k // 2))
+    s = steps if steps is not None else 6
+    b = min(b, n)
+    s = max(1, min(s, n // b - 1))
+    return b, s
+
+
+# ----------------------------------------------------------------------------------------------
+# Laplacian eigenpairs
+# ----------------------------------------------------------------------------------------------
+
+def choose_solver(n: int, k: int, backend: Optional[str] = None) -> str:
+    """The ``'auto'`` choice: ``'dense'`` or ``'lanczos'`` for an ``n``-node graph and ``k`` pairs.
+
+    CPU: dense LAPACK ``eigh`` is cubic and, from a few hundred nodes on, much slower than block
+    Lanczos (whose cost is a few GEMMs with ``W``); tiny graphs, or ``k`` so large that the
+    Krylov basis would not fit, go dense. GPU/TPU: dense ``eigh`` up to
+    :data:`ACCEL_DENSE_MAX_N` nodes (robust, one library call), Lanczos above.
+    """
+    backend = backend or jax.default_backend()
+    b, s = _krylov_sizes(n, k, None, None)
+    if s < 2 or 2 * k > n:
+        return "dense"
+    limit = CPU_DENSE_MAX_N if backend == "cpu" else ACCEL_DENSE_MAX_N
+    return "dense" if n <= limit else "lanczos"
+
+
+def _lap_dense_single(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
+    """``[N, N] -> ([K], [K, N])`` via dense ``eigh(I − A)``."""
+    s = jax.lax.rsqrt(_degrees(w))
+    a = w * s[:, None] * s[None, :]
+    lap = jnp.eye(w.shape[0], dtype=w.dtype) - a
+    lam, u = jnp.linalg.eigh(0.5 * (lap + lap.T))
+    return lam[:k], (u[:, :k] * s[:, None]).T
+
+
+def _lap_lanczos_single(w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int,
+                        max_cycles: int, tol: float) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """``[N, N] -> ([K], [K, N], residuals [K])`` via block Lanczos on ``A``."""
+    d = _degrees(w)
+    s = jax.lax.rsqrt(d)
+
+    def apply_a(x: jax.Array) -> jax.Array:
+        return s[:, None] * jnp.matmul(w, s[:, None] * x, precision=_HI)
+
+    # Start block: sqrt(d) (the exact θ = 1 eigenvector of a connected graph) + hashed vectors,
+    # zero on padded nodes so that their (decoupled, unwanted) eigenspace is never entered.
+    valid = (jnp.arange(w.shape[0]) < n_valid)[:, None]
+    x0 = _hash_uniform(w.shape[0], block).at[:, 0].set(jnp.sqrt(d))
+    x0 = jnp.where(valid, x0, 0.0)
+    theta, u, res, _ = _block_krylov(apply_a, x0, k, steps, max_cycles, tol, "LA")
+    # Ritz values come out largest-first, i.e. λ = 1 − θ ascending.
+    return 1.0 - theta, (u * s[:, None]).T, res
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _lap_dense(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
+    fn = functools.partial(_lap_dense_single, k=k)
+    for _ in range(w.ndim - 2):
+        fn = jax.vmap(fn)
+    return fn(w)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "block", "steps", "max_cycles", "tol"))
+def _lap_lanczos(w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int,
+                 max_cycles: int, tol: float) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    fn = functools.partial(_lap_lanczos_single, k=k, block=block, steps=steps,
+                           max_cycles=max_cycles, tol=tol)
+    for _ in range(w.ndim - 2):
+        fn = jax.vmap(fn)
+    return fn(w, n_valid)
+
+
+def laplacian_eigs(w: jax.Array, k: int, solver: str = "auto",
+                   n_valid: Optional[jax.Array] = None, *, tol: float = 1e-5,
+                   block: Optional[int] = None, steps: Optional[int] = None,
+                   max_cycles: int = 30, return_residuals: bool = False):
+    """The ``k`` smallest eigenpairs of ``(D − W) v = λ D v`` (official Laplacian branch).
+
+    Args:
+      w: ``[N, N]`` or ``[B, N, N]`` symmetric float32 affinity (see
+        :func:`spectral_jax.spectral.affinity.combined_affinity`); padded batches from
+        :func:`pad_affinities`.
+      k: number of eigenpairs (``k ≤ N``, and ``k ≤ n_valid`` for padded graphs).
+      solver: ``'auto'``, ``'dense'`` or ``'lanczos'`` (see the module docstring).
+      n_valid: optional ``[B]`` (or scalar) number of real nodes, used by the sign rule on padded
+        graphs (padded entries of the eigenvectors are exactly 0 for ``'dense'`` and ~0 otherwise).
+      tol: Lanczos residual tolerance on ``‖A u − θ u‖`` (``A`` has norm ≤ 1).
+      block, steps, max_cycles: Lanczos block size, block steps per restart cycle, cycle limit.
+      return_residuals: also return the Lanczos residual norms ``[..., K]`` (zeros for dense).
+
+    Returns:
+      ``eigenvalues [..., K]`` ascending and ``eigenvectors [..., K, N]`` (rows, D-orthonormal,
+      sign-fixed); plus residuals when ``return_residuals``.
+    """
+    w = jnp.asarray(w, jnp.float32)
+    n = w.shape[-1]
+    if not 0 < k <= n:
+        raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
+    if solver == "auto":
+        solver = choose_solver(n, k)
+    if solver == "dense":
+        vals, vecs = _lap_dense(w, k)
+        res = jnp.zeros_like(vals)
+    elif solver == "lanczos":
+        b, s = _krylov_sizes(n, k, block, steps)
+        if b < k or b * (s + 1) > n:  # basis cannot fit: too few nodes for a subset method
+            vals, vecs = _lap_dense(w, k)
+            res = jnp.zeros_like(vals)
+        else:
+            nv = jnp.broadcast_to(jnp.asarray(n if n_valid is None else n_valid, jnp.int32),
+                                  w.shape[:-2])
+            vals, vecs, res = _lap_lanczos(w, nv, k, b, s, int(max_cycles), float(tol))
+    else:
+        raise ValueError(f"unknown solver {solver!r}")
+    vecs = sign_fix(vecs, n_valid)
+    return (vals, vecs, res) if return_residuals else (vals, vecs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Affinity eigenpairs (which_matrix='affinity')
+# ----------------------------------------------------------------------------------------------
+
+def _quirky_order(theta: jax.Array, u: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """Official 'affinity' order: values ascending, vectors descending (``[K], [N, K] -> [K, N]``)."""
+    order = jnp.argsort(theta)
+    return theta[order], u[:, order[::-1]].T
+
+
+def _aff_dense_single(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
+    theta, u = jnp.linalg.eigh(0.5 * (w + w.T))
+    idx = _select(theta, k, "LM")
+    return _quirky_order(theta[idx], u[:, idx])
+
+
+def _aff_lanczos_single(w: jax.Array, k: int, block: int, steps: int, max_cycles: int,
+                        tol: float) -> Tuple[jax.Array, jax.Array]:
+    def apply_w(x: jax.Array) -> jax.Array:
+        return jnp.matmul(w, x, precision=_HI)
+
+    # Work on W / scale so that the residual tolerance is relative (max row sum ≥ ‖W‖₂).
+    scale = jnp.max(jnp.sum(jnp.abs(w), axis=-1))
+    theta, u, _, _ = _block_krylov(lambda x: apply_w(x) / scale, _hash_uniform(w.shape[0], block),
+                                   k, steps, max_cycles, tol, "LM")
+    return _quirky_order(theta * scale, u)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "solver", "block", "steps", "max_cycles", "tol"))
+def _aff(w: jax.Array, k: int, solver: str, block: int, steps: int, max_cycles: int,
+         tol: float) -> Tuple[jax.Array, jax.Array]:
+    if solver == "dense":
+        fn = functools.partial(_aff_dense_single, k=k)
+    else:
+        fn = functools.partial(_aff_lanczos_single, k=k, block=block, steps=steps,
+                               max_cycles=max_cycles, tol=tol)
+    for _ in range(w.ndim - 2):
+        fn = jax.vmap(fn)
+    return fn(w)
+
+
+def affinity_eigs(w: jax.Array, k: int, solver: str = "auto", *, tol: float = 1e-6,
+                  block: Optional[int] = None, steps: Optional[int] = None,
+                  max_cycles: int = 30) -> Tuple[jax.Array, jax.Array]:
+    """The ``k`` largest-magnitude eigenpairs of ``W`` itself (``which_matrix='affinity'``).
+
+    Reproduces the official quirk: ``eigsh(W, k, which='LM')`` returns eigenvalues in ascending
+    order and the code then reverses only the eigenvectors, so ``eigenvectors[0]`` belongs to
+    ``eigenvalues[-1]`` (vectors largest-first, values ascending). Eigenvectors have unit norm
+    and are sign-fixed with :func:`sign_fix`.
+
+    Args:
+      w: ``[N, N]`` or ``[B, N, N]`` symmetric affinity.
+      k: number of eigenpairs.
+      solver: ``'auto'``, ``'dense'`` or ``'lanczos'``.
+      tol: Lanczos residual tolerance relative to ``max_i Σ_j |W_ij|`` (≥ ‖W‖₂).
+
+    Returns:
+      ``eigenvalues [..., K]`` ascending, ``eigenvectors [..., K, N]`` in reversed order.
+    """
+    w = jnp.asarray(w, jnp.float32)
+    n = w.shape[-1]
+    if not 0 < k <= n:
+        raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
+    if solver == "auto":
+        solver = choose_solver(n, k)
+    if solver not in ("dense", "lanczos"):
+        raise ValueError(f"unknown solver {solver!r}")
+    b, s = _krylov_sizes(n, k, block, steps)
+    if solver == "lanczos" and (b < k or b * (s + 1) > n):
+        solver = "dense"
+    vals, vecs = _aff(w, k, solver, b, s, int(max_cycles), float(tol))
+    return vals, sign_fix(vecs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed sizes: padding and bucketing
+# ----------------------------------------------------------------------------------------------
+
+def bucket_size(n: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket ``≥ n`` (``buckets`` in any order); ``n`` itself when none is large enough."""
+    fitting = [b for b in buckets if b >= n]
+    return min(fitting) if fitting else int(n)
+
+
+def pad_affinities(ws: Sequence[np.ndarray], buckets: Optional[Sequence[int]] = None,
+                   size: Optional[int] = None) -> Tuple[jax.Array, jax.Array]:
+    """Stack affinities of different sizes into one zero-padded batch.
+
+    Padded nodes are isolated with a self-loop of :data:`PAD_SELF_LOOP` (= −2): degree → 1,
+    normalised-Laplacian eigenvalue 3, above every real eigenvalue (see the module docstring).
+
+    Args:
+      ws: list of ``[N_i, N_i]`` affinities.
+      buckets: optional sizes; the batch is padded to ``bucket_size(max N_i, buckets)`` so that
+        few distinct shapes (and jit compilations) occur.
+      size: explicit padded size (overrides ``buckets``).
+
+    Returns:
+      ``W_batch [B, Nmax, Nmax]`` float32 and ``n_valid [B]`` int32.
+    """
+    sizes = [int(np.shape(w)[0]) for w in ws]
+    nmax = max(sizes)
+    if size is not None:
+        if size < nmax:
+            raise ValueError(f"size {size} < largest graph {nmax}")
+        nmax = int(size)
+    elif buckets is not None:
+        nmax = bucket_size(nmax, buckets)
+    out = np.zeros((len(ws), nmax, nmax), np.float32)
+    for i, (w, n) in enumerate(zip(ws, sizes)):
+        out[i, :n, :n] = np.asarray(w, np.float32)
+        idx = np.arange(n, nmax)
+        out[i, idx, idx] = PAD_SELF_LOOP
+    return jnp.asarray(out), jnp.asarray(sizes, jnp.int32)
+
+
+def unpad(vals: jax.Array, vecs: jax.Array,
+          n_valid: Sequence[int]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Split a padded batch result into per-graph ``(eigenvalues [K], eigenvectors [K, N_i])``."""
+    vals_np, vecs_np = np.asarray(vals), np.asarray(vecs)
+    return [(vals_np[i], vecs_np[i, :, :int(n)]) for i, n in enumerate(np.asarray(n_valid))]
