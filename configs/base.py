@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.split = 'trainval'
   config.data.boxes = ''  # folder source: VOC-XML folder or COCO JSON file
   config.data.masks = ''  # folder source: folder of ground-truth masks
+  config.data.annotations = ''  # coco20k: instances_train2014.json ('' = under root)
+  config.data.tfds_dir = ''  # tfds data_dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+  config.data.no_hard = False  # drop difficult/truncated VOC boxes, skip images left with none
   config.data.limit = 0  # 0 = all images
   config.data.max_pixels = 8192 * 8192
   config.data.batch_size = 8  # images of equal cropped size per forward

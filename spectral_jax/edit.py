@@ -81,9 +81,11 @@ def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   """Boolean mask → another size by area (majority) vote, so thin parts are not lost at random."""
+  mask = np.asarray(mask, bool)
   if mask.shape == tuple(hw):
-    return mask.astype(bool)
-  return resize_image(mask.astype(np.float32), hw) > 0.5
+    return mask
+  # 8-bit keeps this at 2 bytes / input pixel for huge images; 127.5 is the 50 % vote.
+  return resize_image(mask.astype(np.uint8) * np.uint8(255), hw) > 127
 
 
 def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
@@ -110,13 +112,12 @@ def trimap_from_mask(mask_full: np.ndarray, band_px: float) -> np.ndarray:
   Returns uint8 [H, W] with values BACKGROUND, UNKNOWN, FOREGROUND.
   """
   mask = np.asarray(mask_full, bool)
-  trimap = np.full(mask.shape, UNKNOWN, np.uint8)
-  if band_px <= 0:
+  if band_px <= 0 or mask.all() or not mask.any():  # no edge, nothing to be unsure about
     return np.where(mask, FOREGROUND, BACKGROUND).astype(np.uint8)
-  if mask.any():
-    trimap[_eroded(mask, band_px)] = FOREGROUND
-  if not mask.all():
-    trimap[_eroded(~mask, band_px)] = BACKGROUND
+  trimap = np.full(mask.shape, UNKNOWN, np.uint8)
+  # The image border is not an edge: an object cut by the frame stays foreground there.
+  trimap[_eroded(mask, band_px)] = FOREGROUND
+  trimap[_eroded(~mask, band_px)] = BACKGROUND
   return trimap
 
 
@@ -186,7 +187,7 @@ def matting_system(image: np.ndarray, trimap: np.ndarray, eps: float = 1e-6
   win_x = cx[:, None] + offsets[None, :, 1]
   diff = image[win_y, win_x] - mean[ly, lx][:, None, :]  # [n_win, 9, 3]
   # Levin eq. 12: δ_ij − (1 + (I_i − μ)ᵀ(Σ + ε/9)⁻¹(I_j − μ)) / 9, summed over windows.
-  affinity = (1.0 + np.einsum('nic,ncd,njd->nij', diff, inv, diff)) / 9.0
+  affinity = (1.0 + (diff @ inv) @ diff.transpose(0, 2, 1)) / 9.0
   window_flat = win_y * w + win_x  # [n_win, 9]
 
   # Only rows of unknown pixels are needed; keep (window, i) pairs whose pixel i is unknown.
@@ -224,12 +225,11 @@ def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, eps: float = 1e-6) 
   # (the "don't know") without measurably changing well-posed components.
   a = a + sparse.diags(np.full(a.shape[0], 1e-9))
   b = b + 0.5e-9
-  # Reverse Cuthill–McKee makes the band system narrow-banded, so the LU has little fill-in.
-  perm = sparse.csgraph.reverse_cuthill_mckee(a, symmetric_mode=True)
-  inv_perm = np.empty_like(perm)
-  inv_perm[perm] = np.arange(perm.size)
-  a_p = a[perm][:, perm].tocsc()
-  x = sparse_linalg.spsolve(a_p, b[perm], permc_spec='NATURAL')[inv_perm]
+  # A is SPD, so LU without pivoting in symmetric mode on a minimum-degree ordering of AᵀA
+  # (the band is nearly 1-D, fill-in stays small); ~1 s for 10⁵ unknowns.
+  lu = sparse_linalg.splu(a.tocsc(), permc_spec='MMD_AT_PLUS_A', diag_pivot_thresh=0.0,
+                          options={'SymmetricMode': True})
+  x = lu.solve(b)
   alpha.ravel()[u_idx] = x
   return np.clip(alpha, 0.0, 1.0).astype(np.float32)
 
@@ -244,11 +244,13 @@ def _box(x: np.ndarray, radius: int) -> np.ndarray:
 
 
 def guided_upsample(alpha_lr: np.ndarray, image_lr: np.ndarray, image_hr: np.ndarray,
-                    radius: int = 2, eps: float = 1e-4) -> np.ndarray:
+                    radius: int = 2, eps: float = 1e-4, strip_pixels: int = 1 << 18
+                    ) -> np.ndarray:
   """Fast guided filter (He & Sun 2015): fit α ≈ aᵀI + b at low resolution, apply at high.
 
   The coefficient maps (a, b) are smooth, so bilinear upsampling them loses little, while
-  aᵀI_hr brings back the full-resolution edges of the image.
+  aᵀI_hr brings back the full-resolution edges of the image. The high-resolution side runs
+  in row strips of about ``strip_pixels`` pixels, so memory beyond the output is bounded.
   """
   guide = _to_float(image_lr)
   p = np.asarray(alpha_lr, np.float64)
@@ -259,13 +261,31 @@ def guided_upsample(alpha_lr: np.ndarray, image_lr: np.ndarray, image_hr: np.nda
   var_i -= mean_i[..., :, None] * mean_i[..., None, :]
   a = np.linalg.solve(var_i + eps * np.eye(3), cov_ip[..., None])[..., 0]  # [h, w, 3]
   b = mean_p - np.einsum('hwc,hwc->hw', a, mean_i)
-  a, b = _box(a, radius), _box(b, radius)
-  hw = image_hr.shape[:2]
-  a_hr = resize_image(a.astype(np.float32), hw)
-  b_hr = resize_image(b.astype(np.float32), hw)
-  guide_hr = as_rgb(image_hr).astype(np.float32) / (255.0 if image_hr.dtype == np.uint8 else 1.0)
-  out = np.einsum('hwc,hwc->hw', a_hr, guide_hr) + b_hr
-  return np.clip(out, 0.0, 1.0).astype(np.float32)
+  coef = np.concatenate([_box(a, radius), _box(b, radius)[..., None]], -1).astype(np.float32)
+
+  image_hr = as_rgb(image_hr)
+  height, width = image_hr.shape[:2]
+  y0, y1, wy = _bilinear_taps(height, coef.shape[0])
+  x0, x1, wx = _bilinear_taps(width, coef.shape[1])
+  scale = np.float32(1 / 255 if image_hr.dtype == np.uint8 else 1)
+  out = np.empty((height, width), np.float32)
+  strip_rows = max(strip_pixels // width, 1)
+  for r0 in range(0, height, strip_rows):
+    r = slice(r0, min(r0 + strip_rows, height))
+    rows = coef[y0[r]] * (1 - wy[r, None, None]) + coef[y1[r]] * wy[r, None, None]
+    c = rows[:, x0] * (1 - wx[None, :, None]) + rows[:, x1] * wx[None, :, None]
+    guide_hr = image_hr[r].astype(np.float32) * scale
+    out[r] = np.einsum('hwc,hwc->hw', c[..., :3], guide_hr) + c[..., 3]
+  return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _bilinear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source indices and weight of the upper tap for bilinear resizing with pixel centres
+  aligned (the convention of PIL / jax.image.resize)."""
+  src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+  i0 = np.floor(src).astype(np.int64)
+  i1 = np.minimum(i0 + 1, n_in - 1)
+  return i0, i1, (src - i0).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- the whole matte
@@ -313,17 +333,44 @@ def matte(image: np.ndarray, mask: np.ndarray, band_px: float = 16.0, eps: float
 # ----------------------------------------------------------------------------- colours & outputs
 
 
-def estimate_foreground(image: np.ndarray, alpha: np.ndarray,
-                        radii: Sequence[int] = (90, 6)) -> np.ndarray:
+def estimate_foreground(image: np.ndarray, alpha: np.ndarray, radii: Sequence[int] = (90, 6),
+                        strip_rows: int = 256) -> np.ndarray:
   """Foreground colours float32 [H, W, 3] in [0, 1] by blur fusion (Forte & Pitié 2021).
 
-  Alternates local (alpha-weighted box-blur) estimates of F and B and a correction that
-  makes αF + (1−α)B reproduce the image; a coarse then a fine radius.
+  Alternates local (alpha-weighted box-blur) estimates of F and B with a correction that
+  makes αF + (1−α)B reproduce the image; a coarse then a fine radius. F is only defined by
+  the fractional pixels: where α = 1 it is the image (what blur fusion gives there too) and
+  where α = 0 it is unused, so it is set to the image as well. Runs in row strips with a halo
+  of sum(radii) rows (exactly the whole-image result, memory O(strip_rows · W)), and strips
+  without fractional alpha are skipped, which makes it cheap for mostly-binary mattes.
   """
-  img = as_rgb(image).astype(np.float32)
-  if np.asarray(image).dtype == np.uint8:
+  image = as_rgb(image)
+  alpha = np.asarray(alpha, np.float32)
+  height = image.shape[0]
+  halo = int(sum(radii))
+  out = _to_unit_float32(image)
+  for r0 in range(0, height, strip_rows):
+    r1 = min(r0 + strip_rows, height)
+    a = alpha[r0:r1]
+    fractional = (a > 0) & (a < 1)
+    if not fractional.any():
+      continue
+    h0, h1 = max(r0 - halo, 0), min(r1 + halo, height)
+    fg = _blur_fusion(image[h0:h1], alpha[h0:h1], radii)[r0 - h0:r1 - h0]
+    out[r0:r1][fractional] = fg[fractional]
+  return out
+
+
+def _to_unit_float32(image: np.ndarray) -> np.ndarray:
+  img = image.astype(np.float32)
+  if image.dtype == np.uint8:
     img /= 255.0
-  a = np.clip(np.asarray(alpha, np.float32), 0.0, 1.0)[..., None]
+  return img
+
+
+def _blur_fusion(image: np.ndarray, alpha: np.ndarray, radii: Sequence[int]) -> np.ndarray:
+  img = _to_unit_float32(image)
+  a = np.clip(alpha, 0.0, 1.0)[..., None]
   fg, bg = img, img
   for r in radii:
     f_hat = _blur_weighted(fg, a, r)
@@ -334,9 +381,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray,
 
 
 def _blur_weighted(x: np.ndarray, weight: np.ndarray, radius: int) -> np.ndarray:
-  num = _box(x * weight, radius)
-  den = _box(weight, radius)
-  return num / np.maximum(den, 1e-5)
+  """Box-blurred x weighted by ``weight``: the local mean of x where weight is high."""
+  return _box(x * weight, radius) / np.maximum(_box(weight, radius), 1e-5)
 
 
 def cutout_rgba(image: np.ndarray, alpha: np.ndarray,

@@ -51,7 +51,8 @@ def box_iou(box: np.ndarray | Sequence[float], gt_boxes: np.ndarray) -> np.ndarr
       iou   = inter / (area_p + area_g - inter + 1e-7)
 
     Dtype follows torch's promotion in the official code: integer boxes (the official case:
-    int64 predictions and int64 GT) are computed in float32, float boxes keep their dtype.
+    int64 predictions and int64 GT) are computed in float32; otherwise the widest float dtype
+    of the two inputs is used (an int array does not widen a float32 one).
     This matters for exact ties: an IoU of exactly 1/2 is 0.5 in float32 (a CorLoc hit) but
     just below 0.5 in float64 because the eps terms survive there.
 
@@ -63,9 +64,9 @@ def box_iou(box: np.ndarray | Sequence[float], gt_boxes: np.ndarray) -> np.ndarr
     """
     b = np.asarray(box)
     g = np.asarray(gt_boxes).reshape(-1, 4)
-    dtype = np.result_type(b.dtype, g.dtype)
-    if not np.issubdtype(dtype, np.floating):
-        dtype = np.dtype(np.float32)  # torch: int tensor + python float -> float32
+    floats = [d for d in (b.dtype, g.dtype) if np.issubdtype(d, np.floating)]
+    # torch promotion: float beats int without widening; int-only + python float -> float32
+    dtype = np.result_type(*floats) if floats else np.dtype(np.float32)
     b = b.astype(dtype)
     g = g.astype(dtype)
     eps = dtype.type(1e-7)

@@ -21,7 +21,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from spectral_jax.data import decode
+from spectral_jax.data import datasets
 from spectral_jax.models import checkpoints, vit
 from spectral_jax.spectral import affinity, eigen
 
@@ -86,7 +86,7 @@ def load_extractor(name: str, checkpoint: str = '', cache_dir: str = '',
 
 def _decode(example, max_pixels: int, min_side: int):
   try:
-    return example, decode.load_rgb(example.path, max_pixels=max_pixels, min_side=min_side), None
+    return example, datasets.load_image(example, min_side=min_side, max_pixels=max_pixels), None
   except (OSError, ValueError) as e:  # one bad image must not stop a dataset run
     return example, None, e
 

@@ -253,7 +253,7 @@ def multi_region_segments_batch(eigenvectors: Sequence[np.ndarray],
   for k in sorted(set(ks)):
     idx = [i for i, ki in enumerate(ks) if ki == k]
     x, mask = _pad_points([points[i] for i in idx], _bucket(max(len(points[i]) for i in idx)))
-    labels = np.asarray(kmeans_batched(jnp.asarray(x), jnp.asarray(mask), keys[np.array(idx)], k))
+    labels = np.asarray(kmeans_batched(jnp.asarray(x), jnp.asarray(mask), keys[np.array(idx)], k).labels)
     for row, i in enumerate(idx):
       shape = segment_grid(len(points[i]), grids[i])
       out[i] = swap_background(labels[row, :len(points[i])].reshape(shape))

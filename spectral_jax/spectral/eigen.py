@@ -46,6 +46,7 @@ __all__ = [
     "choose_solver",
     "PAD_SELF_LOOP",
     "CPU_DENSE_MAX_N",
+    "CPU_DENSE_PER_K",
     "ACCEL_DENSE_MAX_N",
 ]
 
@@ -53,8 +54,10 @@ _HI = jax.lax.Precision.HIGHEST
 
 #: Self-loop weight on padded nodes: their normalised Laplacian eigenvalue is 1 − (−2) = 3 > 2.
 PAD_SELF_LOOP = -2.0
-#: On CPU, dense LAPACK eigh is used only up to this many nodes (measured crossover is ~300).
+#: On CPU, dense LAPACK eigh is used up to max(CPU_DENSE_MAX_N, CPU_DENSE_PER_K · K) nodes
+#: (measured crossovers: ~150 nodes for K ≤ 5, ~800 for K = 20).
 CPU_DENSE_MAX_N = 256
+CPU_DENSE_PER_K = 32
 #: On GPU/TPU, dense eigh is used up to this many nodes (not measured here: no accelerator).
 ACCEL_DENSE_MAX_N = 2048
 
@@ -202,11 +205,13 @@ def _block_krylov(apply_op, x0: jax.Array, k: int, steps: int, max_cycles: int,
 def _krylov_sizes(n: int, k: int, block: Optional[int], steps: Optional[int]) -> Tuple[int, int]:
     """Block size and steps per cycle, capped so that the basis never exceeds ``n`` columns.
 
-    Defaults (measured on CPU, see the benchmark): a block of ``k + max(3, k // 2)`` (≥ 8)
-    columns — on CPU a 4800×4800 GEMM with 8–32 right-hand sides costs about the same as one
-    matvec, and ``b > k`` also speeds convergence (rate set by the gap to ``θ_{b+1}``).
+    Defaults (measured on CPU, see the benchmark): a block of ``k + max(3, k // 4)`` (≥ 8)
+    columns and 6 steps per cycle. On CPU a 4800×4800 GEMM with ≤ 16 right-hand sides is
+    memory-bound and costs about one matvec, ``b > k`` speeds convergence (the rate is set by the
+    gap to ``θ_{b+1}``), and ``b ≥ k`` captures eigenvalues of multiplicity up to ``b``
+    (e.g. several connected components).
     """
-    b = block if block is not None else max(8, k + max(3, k // 2))
+    b = block if block is not None else max(8, k + max(3, k // 4))
     s = steps if steps is not None else 6
     b = min(b, n)
     s = max(1, min(s, n // b - 1))
@@ -229,7 +234,7 @@ def choose_solver(n: int, k: int, backend: Optional[str] = None) -> str:
     b, s = _krylov_sizes(n, k, None, None)
     if s < 2 or 2 * k > n:
         return "dense"
-    limit = CPU_DENSE_MAX_N if backend == "cpu" else ACCEL_DENSE_MAX_N
+    limit = max(CPU_DENSE_MAX_N, CPU_DENSE_PER_K * k) if backend == "cpu" else ACCEL_DENSE_MAX_N
     return "dense" if n <= limit else "lanczos"
 
 
@@ -291,8 +296,9 @@ def laplacian_eigs(w: jax.Array, k: int, solver: str = "auto",
         :func:`pad_affinities`.
       k: number of eigenpairs (``k ≤ N``, and ``k ≤ n_valid`` for padded graphs).
       solver: ``'auto'``, ``'dense'`` or ``'lanczos'`` (see the module docstring).
-      n_valid: optional ``[B]`` (or scalar) number of real nodes, used by the sign rule on padded
-        graphs (padded entries of the eigenvectors are exactly 0 for ``'dense'`` and ~0 otherwise).
+      n_valid: optional ``[B]`` (or scalar) number of real nodes of padded graphs: the sign rule
+        only counts real entries, and Lanczos start vectors are zero on padded nodes. Padded
+        entries of the returned eigenvectors are ~0; drop them with :func:`unpad`.
       tol: Lanczos residual tolerance on ``‖A u − θ u‖`` (``A`` has norm ≤ 1).
       block, steps, max_cycles: Lanczos block size, block steps per restart cycle, cycle limit.
       return_residuals: also return the Lanczos residual norms ``[..., K]`` (zeros for dense).

@@ -19,21 +19,25 @@ def examples_from_config(data) -> list[Any]:
     _require_root(data)
     examples = datasets.image_folder(data.root, boxes=data.boxes or None,
                                      masks_dir=data.masks or None)
-  elif source == 'voc':
-    _require_root(data)
-    examples = datasets.voc_devkit(data.root, data.year, data.split,
-                                   no_hard=data.get('no_hard', False))
+  elif source == 'voc' and data.root:
+    _require_existing_root(data)
+    examples = datasets.voc_devkit(data.root, data.year, data.split, no_hard=data.no_hard)
+  elif source == 'voc':  # no devkit given: the prepared tfds dataset
+    examples = datasets.tfds_detection(f'voc/{data.year}', 'train+validation',
+                                       data.tfds_dir or None, no_hard=data.no_hard)
+  elif source == 'coco20k' and data.root:
+    _require_existing_root(data)
+    examples = datasets.coco20k(data.root, data.annotations or None)
   elif source == 'coco20k':
-    _require_root(data)
-    examples = datasets.coco20k(data.root, data.get('annotations', '') or None)
+    examples = datasets.tfds_detection('coco/2014', 'train', data.tfds_dir or None)
   elif source == 'saliency':
     _require_root(data)
     examples = datasets.saliency_folder(data.name, data.root)
   elif source == 'tfds':
-    examples = datasets.tfds_detection(data.name, data.split, data.root or None,
-                                       Path(data.get('cache', '') or '/tmp/spectral_jax_tfds'))
+    examples = datasets.tfds_detection(data.name, data.split, data.tfds_dir or None,
+                                       no_hard=data.no_hard)
   elif source == 'demo':
-    examples = datasets.demo_images(data.get('demo_names', None))
+    examples = demo_examples()
   else:
     raise ValueError(f"data.source={source!r}: use folder, voc, coco20k, saliency, tfds or demo")
   if data.limit:
@@ -44,9 +48,25 @@ def examples_from_config(data) -> list[Any]:
   return examples
 
 
+DEMO_IMAGES = ('astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg',
+               'motorcycle_left.png')
+
+
+def demo_examples() -> list[Any]:
+  """Photos that ship inside scikit-image, so the demo downloads nothing but the weights."""
+  import skimage.data  # pylint: disable=import-outside-toplevel
+  folder = Path(skimage.data.__file__).parent
+  return [datasets.Example(id=Path(name).stem, path=str(folder / name)) for name in DEMO_IMAGES
+          if (folder / name).exists()]
+
+
 def _require_root(data) -> None:
   if not data.root:
     raise ValueError(f'data.source={data.source!r} needs --config.data.root=PATH')
+  _require_existing_root(data)
+
+
+def _require_existing_root(data) -> None:
   if not Path(data.root).exists():
     raise FileNotFoundError(f'data.root {data.root!r} does not exist: pass an existing folder '
                             'with --config.data.root=PATH')

@@ -28,9 +28,9 @@ def corloc_metrics(predictions: list[dict], examples: list) -> dict:
   hits = []
   for pred in predictions:
     ex = by_id.get(pred['id'])
-    if ex is None or ex.gt_boxes is None or len(ex.gt_boxes) == 0:
+    if ex is None or ex.boxes is None or len(ex.boxes) == 0:
       continue
-    hits.append(metrics.corloc_hit(np.asarray(pred['box_xyxy'], float), np.asarray(ex.gt_boxes)))
+    hits.append(metrics.corloc_hit(np.asarray(pred['box_xyxy'], float), np.asarray(ex.boxes)))
   if not hits:
     return {'num_images': len(predictions)}
   return {'corloc': metrics.corloc(hits), 'num_scored': len(hits),

@@ -14,7 +14,7 @@ from absl import logging
 from PIL import Image
 
 from spectral_jax import crf, io, metrics, pipeline, viz
-from spectral_jax.data import decode
+from spectral_jax.data import datasets, decode
 from spectral_jax.spectral import segments
 from spectral_jax.tasks import common
 
@@ -33,7 +33,7 @@ def object_mask(image: np.ndarray, eigenvectors: np.ndarray, grid_hw, patch_size
   return full
 
 
-def score(examples: list, workdir: Path, center_crop: bool = False) -> dict:
+def score(examples: list, workdir: Path) -> dict:
   """Mean per-image IoU / accuracy and maxFβ over images with a ground-truth mask."""
   meter = metrics.ObjectSegMeter()
   for ex in examples:
@@ -41,9 +41,9 @@ def score(examples: list, workdir: Path, center_crop: bool = False) -> dict:
     if ex.mask_path is None or not path.exists():
       continue
     pred = np.asarray(Image.open(path)) > 127
-    gt = decode.load_mask(ex.mask_path)
-    if center_crop:
-      pred, gt = decode.center_crop(pred), decode.center_crop(gt)
+    gt = datasets.load_gt_mask(ex)
+    if ex.center_crop:  # CUB: features on the full image, scored on the centred square
+      pred, gt = decode.center_crop_square(pred), decode.center_crop_square(gt)
     if pred.shape != gt.shape:
       logging.warning('%s: mask %s vs ground truth %s; not scored', ex.id, pred.shape, gt.shape)
       continue
@@ -58,7 +58,7 @@ def run(config, workdir) -> None:
   common.log_summary(f'segment: {len(examples)} images, {len(examples) - len(todo)} already done')
   if todo:
     _predict(config, workdir, todo)
-  result = score(examples, workdir, center_crop=config.data.get('center_crop', False))
+  result = score(examples, workdir)
   io.save_json(workdir / 'metrics.json', result)
   if result.get('num_images'):
     common.log_summary('segment: ' + ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items())

@@ -1,0 +1,46 @@
+"""``--mode=evaluate --config.checkpoint=DIR``: val mIoU of a saved segmenter checkpoint.
+
+The model is built from the config (backbone ``model.name``, head ``segmenter``); a
+checkpoint of another architecture fails naming the mismatching parameter. Scores
+the best step (by val mIoU) unless ``checkpoint_step`` ≥ 0; predictions are already
+class ids, so no matching is applied. Writes ``workdir/metrics.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spectral_jax import io, train
+from spectral_jax.models import checkpoints, vit
+from spectral_jax.tasks import common
+from spectral_jax.tasks import train as train_task
+
+
+def model_arch(model) -> vit.ViTArch:
+  """Architecture of ``model.name`` without loading weights when it is an official one."""
+  if model.name in vit.ARCHS and not model.checkpoint:
+    return vit.ARCHS[model.name]
+  return vit.ViTArch(**checkpoints.load_params(model.name, model.checkpoint or None,
+                                               model.cache_dir or None)[1])
+
+
+def run(config, workdir) -> None:
+  if not config.checkpoint:
+    raise ValueError('--mode=evaluate needs --config.checkpoint=DIR (a train workdir or its '
+                     'checkpoints/ folder)')
+  directory = Path(config.checkpoint)
+  if (directory / 'checkpoints').is_dir():
+    directory = directory / 'checkpoints'
+  arch = model_arch(config.model)
+  model = train_task.build_model(config, arch)
+  step = config.checkpoint_step if config.checkpoint_step >= 0 else None
+  variables, step = train.restore_variables(directory, model, step)
+  examples = {ex.id: ex for ex in common.examples_from_config(config.data)}
+  val = train_task.val_dataset(config, examples, arch.patch_size)
+  if not len(val):
+    raise ValueError('no images with GT to evaluate on (set --config.semantic.gt_dir)')
+  result = train.evaluate(model, variables, val, config.segmenter.num_classes)
+  result.update(checkpoint=str(directory), step=step, n_images=len(val))
+  io.save_json(Path(workdir) / 'metrics.json', result)
+  common.log_summary(f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images '
+                     f'(checkpoint step {step})')

@@ -1,0 +1,115 @@
+"""``--mode=train``: self-training of DeepLabV3+ (DINO ViT) on the semantic pseudo-labels.
+
+Train set: every image with a pseudo-label (``workdir/semantic`` by default) that is not
+in the val list; pseudo-label clusters are mapped to classes with the matching found by
+``--mode=semantic`` (``workdir/metrics.json``) or given in ``train.matching``. Val set:
+the images with GT (VOC val). Checkpoints and ``train_log.jsonl`` go to the workdir;
+``train_metrics.json`` gets the final and best val mIoU.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from spectral_jax import io, train
+from spectral_jax.data import datasets
+from spectral_jax.models import checkpoints, segmenter, vit
+from spectral_jax.tasks import common, semantic
+
+# Keys of config.train that are not TrainConfig hyper-parameters.
+TASK_KEYS = ('pseudo_labels', 'matching')
+
+
+class PseudoLabelDataset:
+  """(image, class label map at image resolution) pairs, loaded lazily."""
+
+  def __init__(self, examples: Sequence[Any], label_dir: Path, lut: np.ndarray, min_side: int):
+    self.examples, self.label_dir, self.lut, self.min_side = examples, label_dir, lut, min_side
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def __getitem__(self, i: int) -> train.Example:
+    ex = self.examples[i]
+    image = datasets.load_image(ex, min_side=self.min_side)
+    label = self.lut[semantic.read_png(self.label_dir / f'{ex.id}.png')]
+    return image, semantic.resize_nearest(label, image.shape[:2])
+
+
+class GTDataset:
+  """(image, GT label map) pairs (255 = void), loaded lazily."""
+
+  def __init__(self, examples: Sequence[Any], gts: dict[str, Path], min_side: int):
+    self.examples, self.gts, self.min_side = examples, gts, min_side
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def __getitem__(self, i: int) -> train.Example:
+    ex = self.examples[i]
+    return datasets.load_image(ex, min_side=self.min_side), semantic.load_gt(self.gts[ex.id])
+
+
+def matching_lut(matching: Sequence[Sequence[int]], n_labels: int = 256) -> np.ndarray:
+  """Cluster → class lookup table; clusters absent from the matching map to 0 (official)."""
+  lut = np.zeros(n_labels, np.uint8)
+  for cluster, cls in matching:
+    lut[int(cluster)] = int(cls)
+  return lut
+
+
+def read_matching(spec: str, workdir: Path) -> list[tuple[int, int]]:
+  if spec:
+    return [tuple(p) for p in ast.literal_eval(spec)]
+  path = workdir / 'metrics.json'
+  if not path.exists():
+    raise FileNotFoundError(f'no train.matching given and no {path}: run --mode=semantic with GT '
+                            'first, or pass --config.train.matching="[(0, 0), ...]"')
+  return [tuple(p) for p in json.loads(path.read_text())['matching']]
+
+
+def build_model(config, arch: vit.ViTArch) -> segmenter.DeepLabV3Plus:
+  s = config.segmenter
+  return segmenter.DeepLabV3Plus(arch, num_classes=s.num_classes,
+                                 aspp_rates=tuple(s.aspp_rates), channels=s.channels,
+                                 low_level_channels=s.low_level_channels, dropout=s.dropout,
+                                 precision=s.precision)
+
+
+def val_dataset(config, examples: dict, patch_size: int) -> GTDataset:
+  gt_dir, val_list = semantic.voc_defaults(config)
+  gts = semantic.gt_paths(gt_dir, val_list, list(examples))
+  return GTDataset([examples[s] for s in gts], gts, patch_size)
+
+
+def run(config, workdir) -> None:
+  workdir = Path(workdir)
+  params, arch = checkpoints.load_params(config.model.name, config.model.checkpoint or None,
+                                         config.model.cache_dir or None)
+  arch = vit.ViTArch(**arch)
+  model = build_model(config, arch)
+  examples = {ex.id: ex for ex in common.examples_from_config(config.data)}
+  val = val_dataset(config, examples, arch.patch_size)
+  val_ids = {ex.id for ex in val.examples}
+  label_dir = Path(config.train.pseudo_labels or workdir / 'semantic')
+  lut = matching_lut(read_matching(config.train.matching, workdir))
+  train_ids = [s for s in sorted(examples) if s not in val_ids
+               and (label_dir / f'{s}.png').exists()]
+  if not train_ids:
+    raise ValueError(f'no pseudo-labels in {label_dir} for non-val images')
+  train_set = PseudoLabelDataset([examples[s] for s in train_ids], label_dir, lut,
+                                 arch.patch_size)
+  cfg = train.TrainConfig.from_dict({k: v for k, v in config.train.items()
+                                     if k not in TASK_KEYS})
+  common.log_summary(f'train: {len(train_set)} pseudo-labelled images, {len(val)} val images')
+  summary = train.train_and_evaluate(cfg, model, train_set, val, workdir, backbone_params=params)
+  final = summary['final'] or {}
+  io.save_json(workdir / 'train_metrics.json',  # metrics.json holds the pseudo-label scores
+               {'step': summary['step'], 'best_step': summary['best_step'],
+                'best_val_miou': summary['best_val_miou'], **final})
+  common.log_summary(f'train: step {summary["step"]}, best val mIoU {summary["best_val_miou"]}')
