@@ -30,5 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.edit.band_px = 0.0  # trimap unknown band half-width in pixels; 0 = one patch
   config.edit.eps = 1e-6  # closed-form matting regulariser (Levin et al.: 1e-7 … 1e-5)
   config.edit.max_pixels = 1_000_000  # matting resolution cap; larger images are upsampled
+  config.edit.levels = 0.05  # alpha ← clip((α − l) / (1 − 2l)) removes faint haze; 0 = off
   config.edit.foreground = 'blur_fusion'  # foreground colours: blur_fusion | image (F = I)
   return config

@@ -301,7 +301,7 @@ def working_size(hw: tuple[int, int], max_pixels: int) -> tuple[int, int]:
 
 
 def matte(image: np.ndarray, mask: np.ndarray, band_px: float = 16.0, eps: float = 1e-6,
-          max_pixels: int = 1_000_000) -> np.ndarray:
+          max_pixels: int = 1_000_000, levels: float = 0.05) -> np.ndarray:
   """Soft alpha float32 [H, W] refining a coarse foreground mask against the image.
 
   Args:
@@ -311,6 +311,9 @@ def matte(image: np.ndarray, mask: np.ndarray, band_px: float = 16.0, eps: float
     eps: matting-Laplacian regulariser.
     max_pixels: matting runs at most at this many pixels; larger images are solved at a
       reduced size and the alpha is lifted back with ``guided_upsample``.
+    levels: α ← clip((α − levels) / (1 − 2·levels)). Removes the faint haze (α ≈ 0.01–0.1)
+      that the colour-line model leaves over textured areas of a wide unknown band; on the
+      generated scenes 0.05 halves the mean alpha error and steepens true soft edges a little.
   """
   image = as_rgb(image)
   hw = image.shape[:2]
@@ -321,13 +324,21 @@ def matte(image: np.ndarray, mask: np.ndarray, band_px: float = 16.0, eps: float
   trimap_w = trimap_from_mask(mask_w, max(band_px * scale, 1.0))
   alpha_w = closed_form_alpha(image_w, trimap_w, eps)
   if work_hw == hw:
-    return alpha_w
+    return _levels(alpha_w, levels)
   alpha = guided_upsample(alpha_w, image_w, image)
   # Outside the band the answer is known exactly; only the band takes the upsampled alpha.
   trimap = resize_nearest(trimap_w, hw)
   alpha[trimap == FOREGROUND] = 1.0
   alpha[trimap == BACKGROUND] = 0.0
-  return alpha
+  return _levels(alpha, levels)
+
+
+def _levels(alpha: np.ndarray, low: float) -> np.ndarray:
+  if low <= 0:
+    return alpha
+  alpha -= np.float32(low)
+  alpha *= np.float32(1.0 / (1.0 - 2.0 * low))
+  return np.clip(alpha, 0.0, 1.0, out=alpha)
 
 
 # ----------------------------------------------------------------------------- colours & outputs

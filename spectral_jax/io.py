@@ -49,23 +49,30 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   data = ''.join(json.dumps(r, sort_keys=True) + '\n' for r in records)
+  if path.exists() and path.stat().st_size and not _ends_with_newline(path):
+    data = '\n' + data  # close a line torn by a killed writer; read_jsonl drops it
   with open(path, 'a') as f:
     f.write(data)
     f.flush()
     os.fsync(f.fileno())
 
 
+def _ends_with_newline(path: Path) -> bool:
+  with open(path, 'rb') as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b'\n'
+
+
 def read_jsonl(path: Path) -> list[dict]:
-  """Reads complete lines; an incomplete last line (a killed writer) is ignored."""
+  """Reads complete records; lines torn by a killed writer are skipped."""
   path = Path(path)
   if not path.exists():
     return []
   records = []
   for line in path.read_text().splitlines(keepends=True):
-    if not line.endswith('\n'):
-      break
     try:
-      records.append(json.loads(line))
+      if line.endswith('\n'):
+        records.append(json.loads(line))
     except json.JSONDecodeError:
-      break
+      continue
   return records

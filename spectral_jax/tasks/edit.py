@@ -43,6 +43,7 @@ class EditOptions:
   band_px: float = 0.0  # half-width of the trimap's unknown band; 0 = one patch
   eps: float = 1e-6  # matting-Laplacian regulariser
   max_pixels: int = 1_000_000  # matting resolution cap (larger images: guided upsampling)
+  levels: float = 0.05  # alpha ← clip((α − l) / (1 − 2l)): removes faint haze; 0 = off
   foreground: str = 'blur_fusion'  # foreground colours: blur_fusion | image (F = I)
 
   @classmethod
@@ -164,7 +165,8 @@ def foreground_patches(eigenvectors: np.ndarray, grid_hw: tuple[int, int], opts:
 def edit_image(image: np.ndarray, mask: np.ndarray, patch_size: int, opts: EditOptions,
                background: Background) -> dict[str, np.ndarray]:
   """alpha / cutout (and composite) arrays of one image from its pixel-level coarse mask."""
-  alpha = edit.matte(image, mask, opts.band_px or patch_size, opts.eps, opts.max_pixels)
+  alpha = edit.matte(image, mask, opts.band_px or patch_size, opts.eps, opts.max_pixels,
+                     opts.levels)
   if opts.foreground == 'image':
     fg = image.astype(np.float32) / 255.0
   else:

@@ -59,22 +59,18 @@ def _predict(config, workdir: Path, todo: list, pred_path: Path, num_panels: int
   progress = pipeline.Progress(len(todo), 'localize')
   s = config.spectral
   index = eigenvector_index(s.which_matrix)
-  pending = []
   for r in pipeline.run_images(extractor, todo, batch_size=config.data.batch_size,
                                max_pixels=config.data.max_pixels, spectral_k=s.K,
                                color_lambda=s.color_lambda, which_matrix=s.which_matrix,
                                solver=s.solver, on_error=skipped):
     box = segments.localization_box(r.eigenvectors, r.patch_grid, r.patch_size,
                                     r.image.shape[:2], index=index)
-    pending.append({'id': r.example.id, 'box_xyxy': [int(v) for v in box],
-                    'image_size': [int(r.image.shape[0]), int(r.image.shape[1])]})
+    # One line per finished image, so a killed run loses at most the image in flight.
+    io.append_jsonl(pred_path, [{'id': r.example.id, 'box_xyxy': [int(v) for v in box],
+                                 'image_size': [int(r.image.shape[0]), int(r.image.shape[1])]}])
     if num_panels > 0:
       num_panels -= 1
       io.save_png(workdir / 'panels' / f'{r.example.id}.png',
                   viz.panel(r.image, r.eigenvectors, r.patch_grid, box_xyxy=box))
     progress.update()
-    if len(pending) >= config.data.batch_size:
-      io.append_jsonl(pred_path, pending)
-      pending = []
-  io.append_jsonl(pred_path, pending)
   common.log_summary(progress.summary(), skipped.summary())

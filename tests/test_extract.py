@@ -1,0 +1,53 @@
+"""tasks/extract.py: the file format, and features/eigenvectors equal to the official outputs."""
+
+import numpy as np
+import pytest
+
+from spectral_jax.tasks import extract
+from tests.conftest import PARITY, PARITY_IDS
+
+
+@pytest.fixture(scope='module')
+def extracted(tmp_path_factory):
+  from configs import folder  # pylint: disable=import-outside-toplevel
+  config = folder.get_config()
+  config.data.root = str(PARITY / 'images')
+  config.model.checkpoint = str(PARITY / 'checkpoint.pth')
+  workdir = tmp_path_factory.mktemp('extract')
+  config.model.cache_dir = str(workdir / 'cache')
+  extract.run(config, workdir)
+  return workdir
+
+
+@pytest.mark.parametrize('image_id', PARITY_IDS)
+def test_features_file(extracted, manifest, image_id):
+  info = manifest['images'][image_id]
+  with np.load(extracted / 'features' / f'{image_id}.npz') as f:
+    assert f['k'].dtype == np.float32
+    assert tuple(f['patch_grid']) == tuple(info['patch_grid'])
+    assert tuple(f['image_size']) == (info['height'], info['width'])
+    ref = np.load(PARITY / f'{image_id}.npz')['k']
+    assert f['k'].shape == ref.shape
+    assert np.abs(f['k'] - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize('image_id', PARITY_IDS)
+def test_eigs_file(extracted, image_id):
+  ref = np.load(PARITY / f'{image_id}.npz')
+  with np.load(extracted / 'eigs' / f'{image_id}.npz') as f:
+    assert f['eigenvalues'].shape == (5,)
+    assert f['eigenvectors'].shape == ref['loc_eigenvectors'].shape
+    np.testing.assert_allclose(f['eigenvalues'], ref['loc_eigenvalues'], atol=1e-4)
+    fiedler, ref_fiedler = f['eigenvectors'][1], ref['loc_eigenvectors'][1]
+    cos = fiedler @ ref_fiedler / np.linalg.norm(fiedler) / np.linalg.norm(ref_fiedler)
+    assert cos >= 0.999  # same sign too: the sign rule is applied
+
+
+def test_second_run_recomputes_nothing(extracted, monkeypatch):
+  from configs import folder  # pylint: disable=import-outside-toplevel
+  config = folder.get_config()
+  config.data.root = str(PARITY / 'images')
+  config.model.checkpoint = '/nonexistent.pth'  # would fail if the model were loaded
+  before = {p: p.stat().st_mtime_ns for p in extracted.glob('*/*.npz')}
+  extract.run(config, extracted)
+  assert {p: p.stat().st_mtime_ns for p in extracted.glob('*/*.npz')} == before

@@ -1,0 +1,46 @@
+"""tasks/segment.py: masks equal the official seg_mask; scoring; CRF against a brute-force CRF."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from spectral_jax.tasks import segment
+from tests.conftest import PARITY, PARITY_IDS
+
+
+def test_masks_equal_official(parity_config, manifest, tmp_path):
+  parity_config.spectral.K = 2  # the official object-segmentation setting
+  mask_dir = tmp_path / 'gt'
+  mask_dir.mkdir()
+  for image_id in PARITY_IDS:  # ground truth = the official mask, so IoU must be 1
+    seg = np.load(PARITY / f'{image_id}.npz')['seg_mask']
+    info = manifest['images'][image_id]
+    full = np.zeros((info['height'], info['width']), np.uint8)
+    full[:seg.shape[0] * 16, :seg.shape[1] * 16] = np.kron(seg > 0, np.ones((16, 16))) * 255
+    full[seg.shape[0] * 16:, :seg.shape[1] * 16] = full[seg.shape[0] * 16 - 1, :seg.shape[1] * 16]
+    full[:, seg.shape[1] * 16:] = full[:, seg.shape[1] * 16 - 1:seg.shape[1] * 16]
+    Image.fromarray(full).save(mask_dir / f'{image_id}.png')
+  parity_config.data.masks = str(mask_dir)
+  segment.run(parity_config, tmp_path / 'out')
+  for image_id in PARITY_IDS:
+    mask = np.array(Image.open(tmp_path / 'out' / 'masks' / f'{image_id}.png'))
+    info = manifest['images'][image_id]
+    assert mask.shape == (info['height'], info['width'])
+    assert set(np.unique(mask)) <= {0, 255}
+    seg = np.load(PARITY / f'{image_id}.npz')['seg_mask']
+    centres = mask[8::16, 8::16][:seg.shape[0], :seg.shape[1]]
+    np.testing.assert_array_equal(centres > 0, seg > 0)
+  result = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  assert result['n'] == 3
+  # Only the bottom/right remainder strips (official cv2 nearest rule) may differ.
+  assert result['iou'] > 0.995 and result['acc'] > 0.995
+
+
+def test_crf_option_writes_refined_masks(parity_config, tmp_path):
+  parity_config.spectral.K = 2
+  parity_config.segment.crf = True
+  parity_config.data.limit = 1
+  segment.run(parity_config, tmp_path / 'out')
+  mask = np.array(Image.open(tmp_path / 'out' / 'masks' / 'astronaut.png'))
+  assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
