@@ -63,7 +63,10 @@ def _to_float(image: np.ndarray) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """Resizes uint8 or float [H, W, C] / [H, W]; antialiased when shrinking (PIL)."""
+  """Bilinear resize of uint8 (kept) or float (→ float32) [H, W] / [H, W, C].
+
+  PIL widens the filter when shrinking, so downscaling is antialiased (area-like).
+  """
   h, w = int(hw[0]), int(hw[1])
   if image.shape[:2] == (h, w):
     return image
@@ -76,7 +79,7 @@ def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   # Mode 'F' keeps float32 precision through the resize.
   out = Image.fromarray(image.astype(np.float32), mode='F').resize((w, h),
                                                                  Image.Resampling.BILINEAR)
-  return np.asarray(out, dtype=image.dtype if image.dtype != np.float16 else np.float32)
+  return np.asarray(out, np.float32)
 
 
 def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -134,7 +137,7 @@ def _eroded(mask: np.ndarray, radius: float) -> np.ndarray:
 
 
 def _window_stats(image: np.ndarray, eps: float):
-  """Per 3×3 window centre: mean [H, W, 3] and inverse of (Σ + ε/9·I) [H, W, 3, 3]."""
+  """Per 3×3 window centre: mean μ [H, W, 3] and regularised covariance Σ + ε/9·I [H, W, 3, 3]."""
   mean = ndimage.uniform_filter(image, size=(3, 3, 1), mode='reflect')
   outer = image[..., :, None] * image[..., None, :]
   cov = ndimage.uniform_filter(outer, size=(3, 3, 1, 1), mode='reflect')
@@ -441,7 +444,7 @@ def parse_color(spec: ColorSpec) -> tuple[int, int, int]:
   text = spec.strip()
   if text.count(',') == 2 and not text.lower().startswith(('rgb', 'hsl', 'hsv')):
     try:
-      return parse_color([int(float(v)) for v in text.split(',')])
+      return parse_color([int(v) for v in text.split(',')])
     except ValueError as e:
       raise ValueError(f"colour {spec!r}: 'r,g,b' needs three numbers in 0..255") from e
   try:
@@ -465,7 +468,7 @@ def cover_resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def background_canvas(background: Union[np.ndarray, ColorSpec], hw: tuple[int, int]
                       ) -> np.ndarray:
   """A uint8 [H, W, 3] background from an image array or a colour spec."""
-  if isinstance(background, np.ndarray) and background.ndim >= 2 and background.shape[0] > 3:
+  if isinstance(background, np.ndarray) and background.ndim >= 2:
     bg = cover_resize(background, hw)
     return bg if bg.dtype == np.uint8 else _to_uint8(bg)
   color = np.array(parse_color(background), np.uint8)

@@ -221,13 +221,10 @@ def create_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                      weight_decay=cfg.weight_decay, mask=weight_decay_mask)
 
 
-_init_variables = jax.jit(segmenter.init_variables, static_argnums=(0, 2))
-
-
 def create_train_state(model: segmenter.DeepLabV3Plus, cfg: TrainConfig, key: jax.Array,
                        backbone_params: Optional[Mapping[str, Any]] = None) -> TrainState:
   init_key, dropout_key = jax.random.split(key)
-  variables = _init_variables(model, init_key, cfg.crop_size)
+  variables = segmenter.init_variables(model, init_key, cfg.crop_size)
   params = variables['params']
   if backbone_params is not None:
     params = segmenter.with_backbone(params, backbone_params)

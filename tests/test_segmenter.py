@@ -47,10 +47,11 @@ def test_backbone_features_are_final_normed_block_outputs(model_and_vars):
 def test_logits_at_input_resolution_and_batchnorm_updates(model_and_vars):
   model, variables = model_and_vars
   images = jax.random.normal(jax.random.PRNGKey(2), (2, 48, 32, 3))
-  logits = model.apply(variables, images, train=False)
+  logits = jax.jit(model.apply)(variables, images)
   assert logits.shape == (2, 48, 32, 5)
-  _, updates = model.apply(variables, images, train=True, mutable=['batch_stats'],
-                           rngs={'dropout': jax.random.PRNGKey(3)})
+  train_apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
+                                                 rngs={'dropout': jax.random.PRNGKey(3)}))
+  _, updates = train_apply(variables, images)
   before = variables['batch_stats']['aspp']['ConvBNReLU_0']['BatchNorm_0']['mean']
   after = updates['batch_stats']['aspp']['ConvBNReLU_0']['BatchNorm_0']['mean']
   assert not np.allclose(before, after)

@@ -18,6 +18,7 @@ to the input. Head convs use PyTorch's ``kaiming_normal_`` (fan-in, gain √2).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -130,6 +131,7 @@ def model_spec(model: DeepLabV3Plus) -> dict[str, Any]:
   return spec
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
 def init_variables(model: DeepLabV3Plus, key: jax.Array, image_size: int = 224) -> dict:
   """Random variables {'params', 'batch_stats'} (input size only shapes the init trace)."""
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
@@ -139,7 +141,7 @@ def init_variables(model: DeepLabV3Plus, key: jax.Array, image_size: int = 224) 
 def abstract_variables(model: DeepLabV3Plus, image_size: Optional[int] = None) -> Any:
   """Shape tree of ``init_variables`` without compute."""
   size = image_size or model.arch.patch_size
-  return jax.eval_shape(lambda k: init_variables(model, k, size), jax.random.PRNGKey(0))
+  return jax.eval_shape(init_variables, model, jax.random.PRNGKey(0), size)
 
 
 def with_backbone(params: Mapping[str, Any], backbone_params: Mapping[str, Any]) -> dict:

@@ -21,7 +21,7 @@ import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Union
 
 import numpy as np
 from absl import logging
@@ -123,7 +123,11 @@ def _unreadable_ids(workdir: Path) -> set[str]:
 
 
 def ensure_eigenvectors(config, workdir: Path, examples: list) -> None:
-  """Runs ``--mode=extract`` if some image has no eigenvectors yet (and is not known bad)."""
+  """Runs ``--mode=extract`` if some image has no eigenvectors yet.
+
+  Images that extraction already logged as unreadable (``skipped.jsonl``) do not count, so a
+  resumed run with one bad file does not load the model again just to fail on it.
+  """
   unreadable = _unreadable_ids(workdir)
   missing = [ex for ex in examples
              if not extract.output_paths(workdir, ex.id)[1].exists() and ex.id not in unreadable]
@@ -195,8 +199,7 @@ def _process(example, workdir: Path, config, opts: EditOptions, background: Back
   if 'composite' in out:
     io.save_png(paths['composite'], out['composite'])
   if with_panel:
-    io.save_png(paths['panel'], edit.edit_panel(image, patch_mask, out['alpha'],
-                                                out.get('composite')))
+    io.save_png(paths['panel'], edit.edit_panel(image, mask, out['alpha'], out.get('composite')))
   io.save_png(paths['cutout'], out['cutout'])
 
 

@@ -36,6 +36,7 @@ def object_mask(image: np.ndarray, eigenvectors: np.ndarray, grid_hw, patch_size
 def score(examples: list, workdir: Path) -> dict:
   """Mean per-image IoU / accuracy and maxFβ over images with a ground-truth mask."""
   meter = metrics.ObjectSegMeter()
+  scored = 0
   for ex in examples:
     path = mask_path(workdir, ex.id)
     if ex.mask_path is None or not path.exists():
@@ -48,7 +49,8 @@ def score(examples: list, workdir: Path) -> dict:
       logging.warning('%s: mask %s vs ground truth %s; not scored', ex.id, pred.shape, gt.shape)
       continue
     meter.update(pred, gt)
-  return meter.result()
+    scored += 1
+  return meter.result() if scored else {'n': 0}
 
 
 def run(config, workdir) -> None:
@@ -60,7 +62,7 @@ def run(config, workdir) -> None:
     _predict(config, workdir, todo)
   result = score(examples, workdir)
   io.save_json(workdir / 'metrics.json', result)
-  if result.get('num_images'):
+  if result['n']:
     common.log_summary('segment: ' + ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items())
                                                 if isinstance(v, float)))
 
