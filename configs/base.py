@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.spectral.K = 5
   config.spectral.color_lambda = 0.0
   config.spectral.which_matrix = 'laplacian'  # laplacian | affinity
-  config.spectral.solver = 'auto'  # auto | dense | lanczos | lobpcg
+  config.spectral.solver = 'auto'  # auto | dense | lanczos (block Krylov)
 
   config.segment = ml_collections.ConfigDict()
   config.segment.crf = False  # dense-CRF refinement of object masks (pydensecrf2)

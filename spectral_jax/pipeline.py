@@ -139,7 +139,7 @@ def _eigs_of_features(feats, images_lr, color_lambda, k: int, which_matrix: str,
   else:
     w = jax.vmap(affinity.combined_affinity, in_axes=(0, 0, None))(feats, images_lr, color_lambda)
   if which_matrix == 'affinity':
-    return eigen.affinity_eigs(w, k)
+    return eigen.affinity_eigs(w, k, solver=solver)
   return eigen.laplacian_eigs(w, k, solver=solver)
 
 

@@ -1,5 +1,7 @@
 """Tests for spectral_jax.models.segmenter (DeepLabV3+ on the DINO ViT)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,11 +49,10 @@ def test_backbone_features_are_final_normed_block_outputs(model_and_vars):
 def test_logits_at_input_resolution_and_batchnorm_updates(model_and_vars):
   model, variables = model_and_vars
   images = jax.random.normal(jax.random.PRNGKey(2), (2, 48, 32, 3))
-  logits = jax.jit(model.apply)(variables, images)
-  assert logits.shape == (2, 48, 32, 5)
   train_apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
                                                  rngs={'dropout': jax.random.PRNGKey(3)}))
-  _, updates = train_apply(variables, images)
+  logits, updates = train_apply(variables, images)
+  assert logits.shape == (2, 48, 32, 5)
   before = variables['batch_stats']['aspp']['ConvBNReLU_0']['BatchNorm_0']['mean']
   after = updates['batch_stats']['aspp']['ConvBNReLU_0']['BatchNorm_0']['mean']
   assert not np.allclose(before, after)
@@ -74,7 +75,7 @@ def test_with_backbone_loads_dino_params_and_rejects_other_shapes(model_and_vars
 
 def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
   """An orbax checkpoint written by a 32-dim model, restored into a 48-dim one."""
-  cfg = train.TrainConfig(steps=1, batch_size=2, crop_size=16)
+  cfg = train.TrainConfig(steps=1, batch_size=2, crop_size=32)  # init compile shared above
   small = S.DeepLabV3Plus(ARCH, **SMALL_HEAD)
   state = train.create_train_state(small, cfg, jax.random.PRNGKey(0))
   mngr = train.checkpoint_manager(tmp_path / 'ckpt')
@@ -89,7 +90,9 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
     train.restore_variables(tmp_path / 'ckpt', wide)
   mngr = train.checkpoint_manager(tmp_path / 'ckpt')
   with pytest.raises(ValueError, match=pattern):
-    train.restore(mngr, 0, train.create_train_state(wide, cfg, jax.random.PRNGKey(0)))
+    abstract = jax.eval_shape(functools.partial(train.create_train_state, wide, cfg),
+                              jax.random.PRNGKey(0))
+    train.restore(mngr, 0, abstract)
   deeper = S.DeepLabV3Plus(vit.ViTArch(8, 32, 2, 4, 16), **SMALL_HEAD)
   with pytest.raises(ValueError, match=r'params/backbone/blocks_3/[\w/]+: missing from checkpoint'):
     train.restore_variables(tmp_path / 'ckpt', deeper)

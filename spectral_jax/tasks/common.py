@@ -12,6 +12,24 @@ from spectral_jax import io, pipeline
 from spectral_jax.data import datasets
 
 
+SOLVERS = ('auto', 'dense', 'lanczos')
+
+
+def check_config(config) -> None:
+  """Fails fast, naming the flag, before any image or weight is touched."""
+  s = config.spectral
+  if s.which_matrix not in ('laplacian', 'affinity'):
+    raise ValueError(f"--config.spectral.which_matrix={s.which_matrix!r}: use laplacian or affinity")
+  if s.solver not in SOLVERS:
+    raise ValueError(f'--config.spectral.solver={s.solver!r}: use one of {SOLVERS}')
+  if not 2 <= s.K <= 64:
+    raise ValueError(f'--config.spectral.K={s.K}: use 2..64 (eigenvector 1 is the Fiedler vector)')
+  if s.color_lambda < 0:
+    raise ValueError(f'--config.spectral.color_lambda={s.color_lambda}: must be >= 0')
+  if config.data.batch_size < 1:
+    raise ValueError(f'--config.data.batch_size={config.data.batch_size}: must be >= 1')
+
+
 def examples_from_config(data) -> list[Any]:
   """The dataset's examples (lazy: nothing decoded), in a fixed order, ``data.limit`` applied."""
   source = data.source

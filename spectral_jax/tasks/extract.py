@@ -26,6 +26,7 @@ def is_done(workdir, image_id: str, with_features: bool) -> bool:
 
 
 def run(config, workdir) -> None:
+  common.check_config(config)
   examples = common.examples_from_config(config.data)
   todo = [ex for ex in examples if not is_done(workdir, ex.id, config.output.features)]
   common.log_summary(f'extract: {len(examples)} images, {len(examples) - len(todo)} already done')

@@ -39,6 +39,7 @@ def corloc_metrics(predictions: list[dict], examples: list) -> dict:
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
+  common.check_config(config)
   examples = common.examples_from_config(config.data)
   pred_path = workdir / 'predictions.jsonl'
   done = {r['id'] for r in io.read_jsonl(pred_path)}

@@ -55,6 +55,7 @@ def score(examples: list, workdir: Path) -> dict:
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
+  common.check_config(config)
   examples = common.examples_from_config(config.data)
   todo = [ex for ex in examples if not mask_path(workdir, ex.id).exists()]
   common.log_summary(f'segment: {len(examples)} images, {len(examples) - len(todo)} already done')

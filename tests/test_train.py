@@ -1,0 +1,245 @@
+"""Tests for spectral_jax.train and the semantic pseudo-label → self-training path.
+
+The proof test builds a small synthetic dataset with known regions (64×64 images, 2–3
+coloured shapes: square = 1, disk = 2, triangle = 3 on a random dull background),
+makes pseudo-labels with the semantic pipeline and self-trains a tiny ViT DeepLabV3+ on them.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from spectral_jax import io, train
+from spectral_jax.models import segmenter, vit
+from spectral_jax.spectral import clustering
+from spectral_jax.tasks import semantic
+from spectral_jax.tasks import train as train_task
+
+SHAPE_COLOURS = np.array([[220, 40, 40], [40, 60, 220], [40, 200, 60]], np.float32)
+TINY = vit.ViTArch(patch_size=8, embed_dim=32, num_heads=2, depth=2, num_pos=64)
+
+
+def make_image(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  bg = rng.uniform(70, 180, size=3)
+  image = np.broadcast_to(bg, (size, size, 3)).astype(np.float32).copy()
+  gt = np.zeros((size, size), np.uint8)
+  yy, xx = np.mgrid[:size, :size]
+  for cls in rng.permutation(3)[:rng.integers(2, 4)] + 1:
+    cy, cx = rng.integers(14, size - 14, size=2)
+    r = rng.integers(7, 12)
+    if cls == 1:
+      m = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
+    elif cls == 2:
+      m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    else:
+      m = (yy >= cy - r) & (yy <= cy + r) & (abs(xx - cx) <= (yy - cy + r) / 2)
+    image[m] = SHAPE_COLOURS[cls - 1] + rng.normal(0, 10, size=3)
+    gt[m] = cls
+  image += rng.normal(0, 6, image.shape)
+  return np.clip(image, 0, 255).astype(np.uint8), gt
+
+
+def synthetic(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+  rng = np.random.default_rng(seed)
+  return [make_image(rng) for _ in range(n)]
+
+
+def tiny_model(num_classes: int = 4) -> segmenter.DeepLabV3Plus:
+  return segmenter.DeepLabV3Plus(TINY, num_classes=num_classes, channels=32,
+                                 low_level_channels=8, dropout=0.1)
+
+
+def tiny_config(**kw) -> train.TrainConfig:
+  base = dict(steps=6, batch_size=4, learning_rate=1e-3, crop_size=32, scale=(0.3, 1.0),
+              eval_every=3, checkpoint_every=3, log_every=1, num_workers=2)
+  return train.TrainConfig(**{**base, **kw})
+
+
+# --------------------------------------------------------------------------------------
+# Optimiser and schedule
+
+
+def test_weight_decay_only_on_matrices():
+  cfg = train.TrainConfig(learning_rate=0.1, weight_decay=0.5, steps=10)
+  params = {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3), 'scale': jnp.ones(3)}
+  tx = train.create_optimizer(cfg)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)  # Adam part is 0 for zero grads
+  np.testing.assert_allclose(updates['kernel'], -0.1 * 0.5, rtol=1e-6)
+  np.testing.assert_array_equal(updates['bias'], 0.0)
+  np.testing.assert_array_equal(updates['scale'], 0.0)
+
+
+def test_learning_rate_decays_linearly_to_zero():
+  sched = train.learning_rate_schedule(train.TrainConfig())
+  assert float(sched(0)) == pytest.approx(2e-4)
+  assert float(sched(2500)) == pytest.approx(1e-4)
+  assert float(sched(5000)) == 0.0 and float(sched(6000)) == 0.0
+
+
+def test_from_dict_rejects_unknown_options():
+  assert train.TrainConfig.from_dict({'scale': [0.5, 1.0]}).scale == (0.5, 1.0)
+  with pytest.raises(ValueError, match='unknown train options'):
+    train.TrainConfig.from_dict({'stpes': 3})
+
+
+# --------------------------------------------------------------------------------------
+# Augmentation and data order
+
+
+def test_random_resized_crop_box_is_valid():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    top, left, h, w = train.random_resized_crop_box(rng, 50, 80, (0.08, 1.0), (3 / 4, 4 / 3))
+    assert 0 <= top and top + h <= 50 and 0 <= left and left + w <= 80 and h > 0 and w > 0
+  # Impossible scale → torchvision's fallback: central crop clamped to the ratio range.
+  assert train.random_resized_crop_box(rng, 40, 100, (2.0, 3.0), (3 / 4, 4 / 3)) == (0, 23, 40, 53)
+
+
+def test_augment_keeps_labels_and_is_reproducible():
+  image, gt = synthetic(1)[0]
+  cfg = train.TrainConfig(crop_size=32)
+  a = train.augment(image, gt, np.random.default_rng(5), cfg)
+  b = train.augment(image, gt, np.random.default_rng(5), cfg)
+  assert a[0].shape == (32, 32, 3) and a[0].dtype == np.uint8 and a[1].shape == (32, 32)
+  np.testing.assert_array_equal(a[0], b[0])
+  assert set(np.unique(a[1])) <= set(np.unique(gt))  # nearest: no interpolated labels
+  # Whole-image crop, no jitter: the output is the input or its mirror image.
+  plain = train.TrainConfig(crop_size=64, scale=(1, 1), ratio=(1, 1), jitter_p=0.0)
+  flips = set()
+  for seed in range(6):
+    img, lab = train.augment(image, gt, np.random.default_rng(seed), plain)
+    flipped = np.array_equal(lab, gt[:, ::-1])
+    np.testing.assert_array_equal(lab, gt[:, ::-1] if flipped else gt)
+    np.testing.assert_array_equal(img, image[:, ::-1] if flipped else image)
+    flips.add(flipped)
+  assert flips == {True, False}
+
+
+def test_color_jitter_brightness_formula_and_identity():
+  image = synthetic(1)[0][0]
+  np.testing.assert_array_equal(
+      train.color_jitter(image, np.random.default_rng(0), (0, 0, 0, 0)), image)
+  rng = np.random.default_rng(3)
+  rng.permutation(4)
+  factor = rng.uniform(0.6, 1.4)
+  want = np.round(np.clip(image / 255.0 * factor, 0, 1) * 255).astype(np.uint8)
+  got = train.color_jitter(image, np.random.default_rng(3), (0.4, 0, 0, 0))
+  assert np.abs(got.astype(int) - want).max() <= 1
+
+
+def test_batch_plan_is_a_seeded_permutation_per_epoch():
+  n, b = 10, 3  # 3 steps per epoch, the last example of each epoch dropped
+  epoch0 = np.concatenate([train.batch_plan(s, n, b, seed=1)[1] for s in range(3)])
+  assert len(set(epoch0)) == 9
+  epoch1 = np.concatenate([train.batch_plan(s, n, b, seed=1)[1] for s in range(3, 6)])
+  assert not np.array_equal(epoch0, epoch1)
+  np.testing.assert_array_equal(train.batch_plan(4, n, b, 1)[1], train.batch_plan(4, n, b, 1)[1])
+  assert train.batch_plan(4, n, b, 1)[0] == 1
+  with pytest.raises(ValueError, match='cannot fill one batch'):
+    train.batch_plan(0, 2, 3, 1)
+
+
+def test_train_batches_depend_only_on_step():
+  data = synthetic(8)
+  cfg = tiny_config()
+  full = dict(train.train_batches(data, cfg, 0, 4))
+  tail = dict(train.train_batches(data, cfg, 2, 4))
+  for step in (2, 3):
+    np.testing.assert_array_equal(full[step]['image'], tail[step]['image'])
+    np.testing.assert_array_equal(full[step]['label'], tail[step]['label'])
+  assert full[0]['image'].shape == (4, 32, 32, 3) and full[0]['label'].dtype == np.int32
+
+
+# --------------------------------------------------------------------------------------
+# Training loop: resume, best checkpoint
+
+
+def _params(summary):
+  return jax.tree.map(np.asarray, (summary['state'].params, summary['state'].opt_state,
+                                   summary['state'].batch_stats))
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+  data = synthetic(12)
+  cfg = tiny_config()
+  model = tiny_model()
+  straight = train.train_and_evaluate(cfg, model, data[:8], data[8:], tmp_path / 'a')
+  # Killed after step 4: the last checkpoint is step 3, so step 4 is recomputed on resume.
+  killed = train.train_and_evaluate(cfg, model, data[:8], data[8:], tmp_path / 'b', stop_after=4)
+  assert killed['step'] == 4
+  resumed = train.train_and_evaluate(cfg, model, data[:8], data[8:], tmp_path / 'b')
+  assert resumed['step'] == straight['step'] == 6
+  for a, b in zip(jax.tree.leaves(_params(straight)), jax.tree.leaves(_params(resumed))):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  # The best checkpoint (by val mIoU) is kept next to the latest ones.
+  log = [r for r in io.read_jsonl(tmp_path / 'a' / 'train_log.jsonl') if 'val_miou' in r]
+  best = max(log, key=lambda r: r['val_miou'])
+  assert straight['best_val_miou'] == pytest.approx(best['val_miou'])
+  mngr = train.checkpoint_manager(tmp_path / 'a' / 'checkpoints', read_only=True)
+  assert straight['best_step'] in mngr.all_steps() and 6 in mngr.all_steps()
+  # Resuming with another data order is refused instead of silently diverging.
+  with pytest.raises(ValueError, match='cannot resume exactly'):
+    train.train_and_evaluate(tiny_config(seed=7), model, data[:8], data[8:], tmp_path / 'b')
+
+
+def test_score_confusion_identity_and_hungarian():
+  conf = np.array([[5, 0, 0], [0, 0, 4], [0, 3, 0]])
+  assert train.score_confusion(conf, hungarian=False)['miou'] == 1 / 3
+  out = train.score_confusion(conf, hungarian=True)
+  assert out['miou'] == 1.0 and out['matching'] == [(0, 0), (1, 2), (2, 1)]
+
+
+# --------------------------------------------------------------------------------------
+# Proof: pseudo-labels from known regions, then a few self-training steps
+
+
+def _synthetic_eigs(gt: np.ndarray, rng: np.random.Generator, patch: int = 4, k: int = 5):
+  """Laplacian eigenvectors [k, N] of synthetic patch features (class embedding + noise)."""
+  g = gt.shape[0] // patch
+  emb = np.random.default_rng(1).normal(size=(4, 16))
+  frac = np.stack([(gt == c).reshape(g, patch, g, patch).mean((1, 3)) for c in range(4)], -1)
+  f = frac.reshape(-1, 4) @ emb + 0.3 * rng.normal(size=(g * g, 16))
+  f /= np.linalg.norm(f, axis=1, keepdims=True)
+  w = np.maximum(f @ f.T, 0)
+  d = np.diag(w.sum(1))
+  return scipy.linalg.eigh(d - w, d, subset_by_index=(0, k - 1))[1].T
+
+
+def _colour_histogram(crop: np.ndarray) -> np.ndarray:
+  """Stand-in for the box CLS feature: a 4×4×4 RGB histogram of the crop."""
+  q = (crop // 64).reshape(-1, 3).astype(int)
+  return np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64).astype(np.float32)
+
+
+def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):
+  """Pseudo-labels: val mIoU ≥ 0.50 (Hungarian); after 60 steps: val mIoU ≥ 0.45.
+
+  Observed: ~0.65 for the pseudo-labels and ~0.6 after self-training; predicting
+  background everywhere scores ~0.21 (background covers ~84 % of the pixels).
+  """
+  data = synthetic(32)
+  train_part, val_part = data[:24], data[24:]
+  rng = np.random.default_rng(0)
+  vecs = [_synthetic_eigs(gt, rng) for _, gt in data]
+  keys = jax.random.split(jax.random.PRNGKey(0), len(data))
+  segs = clustering.multi_region_segments_batch(vecs, [(16, 16)] * len(data), keys, n_segments=4)
+  boxes = [semantic.image_box_features(im, s, 4, _colour_histogram, num_erode=0, num_dilate=0)
+           for (im, _), s in zip(data, segs)]
+  maps = semantic.semantic_maps(segs, boxes, n_clusters=3, seed=0)
+  pseudo = semantic.score_maps(maps[24:], [gt for _, gt in val_part], n_pred=4, num_classes=4)
+  assert pseudo['matching_kind'] == 'hungarian'
+  assert pseudo['miou'] >= 0.50, pseudo
+
+  lut = train_task.matching_lut(pseudo['matching'])
+  labelled = [(im, semantic.resize_nearest(lut[m], im.shape[:2]))
+              for (im, _), m in zip(train_part, maps[:24])]
+  cfg = tiny_config(steps=60, batch_size=8, learning_rate=3e-3, crop_size=64, eval_every=30,
+                    checkpoint_every=30, log_every=30)
+  out = train.train_and_evaluate(cfg, tiny_model(), labelled, val_part, tmp_path)
+  assert out['final']['miou'] >= 0.45, out['final']
+  assert out['best_val_miou'] >= out['final']['miou']
