@@ -27,9 +27,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Multi-host runs: JAX's own distributed runtime, configured by the launcher's environment.
-  if _CONFIG.value.get('distributed', False):
-    jax.distributed.initialize()
+  dist = _CONFIG.value.distributed
+  if dist.enabled:  # multi-host: JAX's own distributed runtime
+    jax.distributed.initialize(dist.coordinator_address or None, dist.num_processes or None,
+                               None if dist.process_id < 0 else dist.process_id)
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')

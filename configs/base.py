@@ -7,6 +7,14 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
+  # Multi-process runs (one process per host): JAX's distributed runtime. On TPU pods, SLURM
+  # and similar clusters the empty values are detected automatically.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ''  # host:port of process 0
+  config.distributed.num_processes = 0
+  config.distributed.process_id = -1
+
   config.model = ml_collections.ConfigDict()
   config.model.name = 'dino_vits16'  # dino_vits16 | dino_vits8 | dino_vitb16 | dino_vitb8
   config.model.checkpoint = ''  # local .pth/.safetensors file or URL; '' = official weights

@@ -42,6 +42,12 @@ def save_json(path: Path, obj: Any) -> Path:
   return _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode='w')
 
 
+def save_jsonl(path: Path, records: list[dict]) -> Path:
+  """Writes a whole JSON-lines file atomically."""
+  lines = ''.join(json.dumps(r, sort_keys=True) + '\n' for r in records)
+  return _atomic_write(path, lambda f: f.write(lines), mode='w')
+
+
 def append_jsonl(path: Path, records: list[dict]) -> None:
   """Appends whole lines with one write + fsync; a torn last line is dropped on read."""
   if not records:

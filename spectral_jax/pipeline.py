@@ -21,6 +21,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from spectral_jax import parallel
 from spectral_jax.data import datasets
 from spectral_jax.models import checkpoints, vit
 from spectral_jax.spectral import affinity, eigen
@@ -40,7 +41,10 @@ class ImageResult:
 
 @dataclasses.dataclass
 class FeatureExtractor:
-  """A DINO ViT with its parameters and one jitted forward (compiled once per input size)."""
+  """A DINO ViT with its parameters and one jitted forward, data-parallel over local devices.
+
+  Compiles once per input shape; ``compiled_shapes`` records them (bucketing keeps it small).
+  """
   arch: vit.ViTArch
   params: Any
   precision: str = 'highest'
@@ -48,22 +52,40 @@ class FeatureExtractor:
   compiled_shapes: set = dataclasses.field(default_factory=set)
 
   def __post_init__(self):
+    self.mesh = parallel.local_mesh()
+    self.params = jax.device_put(self.params, parallel.replicated(self.mesh))
+    self._pos_embed = np.asarray(self.params['pos_embed'])
     self._model = vit.VisionTransformer(self.arch, precision=self.precision)
     self._forward = jax.jit(self._features, static_argnames=('with_cls',))
 
-  def _features(self, params, images_uint8, with_cls=False):
+  def _features(self, params, images_uint8, pos_tables, token_mask, with_cls=False):
     out = self._model.apply({'params': params}, vit.normalize(images_uint8),
-                            feature_block=self.feature_block, with_cls=with_cls)
+                            feature_block=self.feature_block, with_cls=with_cls,
+                            pos_tables=pos_tables, token_mask=token_mask)
     return {key: out[key] for key in (('k', 'cls') if with_cls else ('k',))}
 
-  def __call__(self, images_uint8: np.ndarray, with_cls: bool = False) -> dict[str, jax.Array]:
-    """Features of a batch of equal-size cropped images: uint8 [B, H, W, 3]."""
-    shape = (images_uint8.shape, with_cls)
-    if shape not in self.compiled_shapes:
-      self.compiled_shapes.add(shape)
+  def __call__(self, images_uint8: np.ndarray, grids: Optional[Sequence[tuple[int, int]]] = None,
+               with_cls: bool = False) -> dict[str, jax.Array]:
+    """Features of a batch uint8 [B, H, W, 3] (H, W multiples of the patch size).
+
+    ``grids``: each image's real patch grid when images were zero-padded to [H, W] (real
+    pixels top-left); None when every image fills the canvas. Outputs keep the padded
+    token layout and a batch padded to a multiple of the device count.
+    """
+    p = self.arch.patch_size
+    canvas = (images_uint8.shape[1] // p, images_uint8.shape[2] // p)
+    tables = mask = None
+    if grids is not None and any(tuple(g) != canvas for g in grids):
+      tables, mask = vit.padded_pos_tables(self._pos_embed, list(grids), canvas)
+      tables = parallel.shard_batch(tables, self.mesh)
+      mask = parallel.shard_batch(mask, self.mesh)
+    key = (images_uint8.shape, tables is None, with_cls)
+    if key not in self.compiled_shapes:
+      self.compiled_shapes.add(key)
       logging.info('compiling the ViT forward for input %s (%d shapes so far)',
                    images_uint8.shape, len(self.compiled_shapes))
-    return self._forward(self.params, images_uint8, with_cls=with_cls)
+    images = parallel.shard_batch(images_uint8, self.mesh)
+    return self._forward(self.params, images, tables, mask, with_cls=with_cls)
 
   def cls_features(self, image_uint8: np.ndarray) -> np.ndarray:
     """Final-normed CLS token of one cropped image [H, W, 3] → [D]."""
@@ -117,65 +139,117 @@ def _finish(future, on_error):
   yield example, image
 
 
-def size_batches(items: Iterable[tuple[Any, np.ndarray]], patch_size: int, batch_size: int
-                 ) -> Iterator[list[tuple[Any, np.ndarray]]]:
-  """Groups images by cropped size; a group is emitted when full, the rest at the end.
+def bucket_grid(grid: tuple[int, int], step: int) -> tuple[int, int]:
+  """Rounds a patch grid up to multiples of ``step`` patches (0 = no bucketing)."""
+  if step <= 0:
+    return tuple(grid)
+  return tuple(-(-g // step) * step for g in grid)
 
-  Memory stays bounded by (number of distinct sizes) × batch_size images.
+
+def size_batches(items: Iterable[tuple[Any, np.ndarray]], patch_size: int, batch_size: int,
+                 bucket_step: int = 0) -> Iterator[list[tuple[Any, np.ndarray]]]:
+  """Groups images by (bucketed) patch grid; a group is emitted when full, the rest at the end.
+
+  Memory stays bounded by (number of buckets) × batch_size images.
   """
   groups: dict[tuple[int, int], list] = collections.defaultdict(list)
   for example, image in items:
-    key = (image.shape[0] // patch_size, image.shape[1] // patch_size)
+    key = bucket_grid((image.shape[0] // patch_size, image.shape[1] // patch_size), bucket_step)
     groups[key].append((example, image))
     if len(groups[key]) == batch_size:
       yield groups.pop(key)
   yield from groups.values()
 
 
+def _pad_rows(array: np.ndarray, n: int) -> np.ndarray:
+  """Repeats the last row up to n rows (device-count padding of per-image inputs)."""
+  return np.concatenate([array, np.repeat(array[-1:], n - len(array), axis=0)])
+
+
+def _front_index(grids: Sequence[tuple[int, int]], canvas: tuple[int, int]) -> np.ndarray:
+  """Per image, token indices of the padded layout with the real grid's tokens first."""
+  index = np.zeros((len(grids), canvas[0] * canvas[1]), np.int32)
+  for i, (h, w) in enumerate(grids):
+    real = np.zeros(canvas, bool)
+    real[:h, :w] = True
+    flat = real.reshape(-1)
+    index[i] = np.concatenate([np.flatnonzero(flat), np.flatnonzero(~flat)])
+  return index
+
+
 @functools.partial(jax.jit, static_argnames=('k', 'which_matrix', 'solver'))
-def _eigs_of_features(feats, images_lr, color_lambda, k: int, which_matrix: str, solver: str):
+def _eigs_of_features(feats, n_valid, images_lr, color_lambda, k: int, which_matrix: str,
+                      solver: str):
+  """feats [B, N, D] with real tokens first and n_valid [B] → ([B, K], [B, K, N])."""
+  n = feats.shape[1]
+  valid = jnp.arange(n)[None, :] < n_valid[:, None]
   if images_lr is None:
-    w = jax.vmap(affinity.feature_affinity)(feats)
+    w = jax.vmap(affinity.feature_affinity)(feats * valid[..., None])
   else:
     w = jax.vmap(affinity.combined_affinity, in_axes=(0, 0, None))(feats, images_lr, color_lambda)
   if which_matrix == 'affinity':
     return eigen.affinity_eigs(w, k, solver=solver)
-  return eigen.laplacian_eigs(w, k, solver=solver)
+  # Padded nodes: isolated with eigenvalue above the real spectrum (see eigen.pad_affinities).
+  pad = ~valid
+  w = w * (valid[:, :, None] & valid[:, None, :]) + jax.vmap(jnp.diag)(pad * eigen.PAD_SELF_LOOP)
+  return eigen.laplacian_eigs(w, k, solver=solver, n_valid=n_valid)
 
 
-def spectral_decomposition(feats: jax.Array, images: Sequence[np.ndarray], grid_hw,
-                           k: int, color_lambda: float = 0.0, which_matrix: str = 'laplacian',
-                           solver: str = 'auto') -> tuple[np.ndarray, np.ndarray]:
-  """Eigenpairs for a batch of equal-grid images: feats [B, N, D] → ([B, K], [B, K, N])."""
+def spectral_decomposition(feats: jax.Array, n_valid: np.ndarray, images: Sequence[np.ndarray],
+                           grid_hw, k: int, color_lambda: float = 0.0,
+                           which_matrix: str = 'laplacian', solver: str = 'auto'
+                           ) -> tuple[np.ndarray, np.ndarray]:
+  """Eigenpairs for a batch: feats [B, N, D] (real tokens first) → ([B, K], [B, K, N]).
+
+  The colour and affinity variants need every image of the batch on the same grid.
+  """
   if which_matrix not in ('laplacian', 'affinity'):
     raise ValueError(f"spectral.which_matrix={which_matrix!r}: use 'laplacian' or 'affinity'")
   images_lr = None
   if color_lambda > 0:
-    images_lr = jnp.asarray(np.stack([affinity.color_image_for_grid(im, grid_hw) for im in images]))
-  vals, vecs = _eigs_of_features(feats, images_lr, color_lambda, k, which_matrix, solver)
+    lr = np.stack([affinity.color_image_for_grid(im, grid_hw) for im in images])
+    images_lr = jnp.asarray(_pad_rows(lr, len(feats)))
+  n_valid = jnp.asarray(_pad_rows(np.asarray(n_valid), len(feats)))
+  vals, vecs = _eigs_of_features(feats, n_valid, images_lr, color_lambda, k, which_matrix, solver)
   return np.asarray(vals), np.asarray(vecs)
 
 
 def run_images(extractor: FeatureExtractor, examples: Sequence[Any], *, batch_size: int,
                max_pixels: int, spectral_k: int = 0, color_lambda: float = 0.0,
-               which_matrix: str = 'laplacian', solver: str = 'auto',
+               which_matrix: str = 'laplacian', solver: str = 'auto', bucket_step: int = 4,
                on_error: Optional[Callable[[Any, Exception], None]] = None
                ) -> Iterator[ImageResult]:
-  """Features (and eigenpairs if spectral_k > 0) for every readable image."""
+  """Features (and eigenpairs if spectral_k > 0) for every readable image.
+
+  Images are zero-padded to grids rounded up to ``bucket_step`` patches, so a dataset with
+  many sizes compiles a few shapes; the colour and affinity variants use exact sizes.
+  """
   p = extractor.arch.patch_size
+  if color_lambda > 0 or which_matrix != 'laplacian':
+    bucket_step = 0
   items = decoded(examples, max_pixels=max_pixels, min_side=p, on_error=on_error)
-  for batch in size_batches(items, p, batch_size):
-    crops = np.stack([vit.crop_to_patches(image, p) for _, image in batch])
-    grid = (crops.shape[1] // p, crops.shape[2] // p)
-    feats = extractor(crops)['k']
+  for batch in size_batches(items, p, batch_size, bucket_step):
+    crops = [vit.crop_to_patches(image, p) for _, image in batch]
+    grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
+    canvas = bucket_grid(grids[0], bucket_step)
+    images = np.zeros((len(crops), canvas[0] * p, canvas[1] * p, 3), np.uint8)
+    for i, c in enumerate(crops):
+      images[i, :c.shape[0], :c.shape[1]] = c
+    feats = extractor(images, grids)['k']
+    # The batch may be padded to the device count: pad the per-image inputs alike.
+    index = _pad_rows(_front_index(grids, canvas), len(feats))
+    feats = jnp.take_along_axis(feats, jnp.asarray(index)[..., None], axis=1)
+    n_valid = np.array([h * w for h, w in grids])
     vals = vecs = None
     if spectral_k:
-      vals, vecs = spectral_decomposition(feats, [im for _, im in batch], grid, spectral_k,
-                                          color_lambda, which_matrix, solver)
+      vals, vecs = spectral_decomposition(feats, n_valid, [im for _, im in batch], grids[0],
+                                          spectral_k, color_lambda, which_matrix, solver)
     feats = np.asarray(feats)
     for i, (example, image) in enumerate(batch):
-      yield ImageResult(example, image, p, grid, feats[i],
-                        None if vals is None else vals[i], None if vecs is None else vecs[i])
+      n = n_valid[i]
+      yield ImageResult(example, image, p, grids[i], feats[i, :n],
+                        None if vals is None else vals[i],
+                        None if vecs is None else vecs[i, :, :n])
 
 
 class Progress:

@@ -258,10 +258,11 @@ def train_step(model: segmenter.DeepLabV3Plus, tx: optax.GradientTransformation,
   return new_state, {'loss': loss, 'accuracy': accuracy}
 
 
-def data_mesh() -> jax.sharding.Mesh:
-  """All devices on one 'data' axis (Auto axis: XLA inserts the cross-device reductions)."""
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def data_mesh(devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
+  """Devices (default: all) on one 'data' axis; Auto axis: XLA inserts the reductions."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 @functools.lru_cache(maxsize=None)
@@ -415,14 +416,16 @@ def _check_data_position(saved: dict, current: dict) -> None:
 def train_and_evaluate(cfg: TrainConfig, model: segmenter.DeepLabV3Plus,
                        train_data: Sequence[Example], val_data: Sequence[Example],
                        workdir: Path, backbone_params: Optional[Mapping[str, Any]] = None,
-                       stop_after: Optional[int] = None) -> dict[str, Any]:
+                       stop_after: Optional[int] = None,
+                       mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, Any]:
   """Trains (resuming from ``workdir/checkpoints`` if present); returns a summary.
 
   ``stop_after`` ends the run after that global step, like a preemption
-  (checkpoints on disk are what a killed run leaves behind).
+  (checkpoints on disk are what a killed run leaves behind). ``mesh`` defaults to
+  all devices on the 'data' axis.
   """
   workdir = Path(workdir)
-  mesh = data_mesh()
+  mesh = mesh or data_mesh()
   if cfg.batch_size % mesh.size:
     raise ValueError(f'batch size {cfg.batch_size} is not divisible by {mesh.size} devices')
   n = len(train_data)

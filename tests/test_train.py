@@ -6,18 +6,23 @@ makes pseudo-labels with the semantic pipeline and self-trains a tiny ViT DeepLa
 """
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.linalg
+from PIL import Image
 
 from spectral_jax import io, train
 from spectral_jax.models import segmenter, vit
 from spectral_jax.spectral import clustering
-from spectral_jax.tasks import semantic
+from spectral_jax.tasks import evaluate, semantic
 from spectral_jax.tasks import train as train_task
+from tests.conftest import PARITY
 
 SHAPE_COLOURS = np.array([[220, 40, 40], [40, 60, 220], [40, 200, 60]], np.float32)
 TINY = vit.ViTArch(patch_size=8, embed_dim=32, num_heads=2, depth=2, num_pos=64)
@@ -206,8 +211,10 @@ def _synthetic_eigs(gt: np.ndarray, rng: np.random.Generator, patch: int = 4, k:
   f = frac.reshape(-1, 4) @ emb + 0.3 * rng.normal(size=(g * g, 16))
   f /= np.linalg.norm(f, axis=1, keepdims=True)
   w = np.maximum(f @ f.T, 0)
-  d = np.diag(w.sum(1))
-  return scipy.linalg.eigh(d - w, d, subset_by_index=(0, k - 1))[1].T
+  # (D − W) v = λ D v through the symmetric form: v = D^-½ u (D-normalised, ascending).
+  inv_sqrt = 1 / np.sqrt(w.sum(1))
+  _, u = np.linalg.eigh(np.eye(len(w)) - inv_sqrt[:, None] * w * inv_sqrt[None])
+  return (u[:, :k] * inv_sqrt[:, None]).T
 
 
 def _colour_histogram(crop: np.ndarray) -> np.ndarray:
@@ -217,9 +224,9 @@ def _colour_histogram(crop: np.ndarray) -> np.ndarray:
 
 
 def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):
-  """Pseudo-labels: val mIoU ≥ 0.50 (Hungarian); after 60 steps: val mIoU ≥ 0.45.
+  """Pseudo-labels: val mIoU ≥ 0.50 (Hungarian); after 40 steps: val mIoU ≥ 0.45.
 
-  Observed: ~0.65 for the pseudo-labels and ~0.6 after self-training; predicting
+  Observed: 0.58 for the pseudo-labels and 0.55 after self-training; predicting
   background everywhere scores ~0.21 (background covers ~84 % of the pixels).
   """
   data = synthetic(32)
@@ -238,8 +245,103 @@ def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):
   lut = train_task.matching_lut(pseudo['matching'])
   labelled = [(im, semantic.resize_nearest(lut[m], im.shape[:2]))
               for (im, _), m in zip(train_part, maps[:24])]
-  cfg = tiny_config(steps=60, batch_size=8, learning_rate=3e-3, crop_size=64, eval_every=30,
-                    checkpoint_every=30, log_every=30)
+  cfg = tiny_config(steps=40, batch_size=8, learning_rate=5e-3, crop_size=32, eval_every=20,
+                    checkpoint_every=20, log_every=20)
   out = train.train_and_evaluate(cfg, tiny_model(), labelled, val_part, tmp_path)
   assert out['final']['miou'] >= 0.45, out['final']
   assert out['best_val_miou'] >= out['final']['miou']
+
+
+# --------------------------------------------------------------------------------------
+# Task runners (--mode=semantic / train / evaluate) on a VOC-like folder
+
+
+@pytest.fixture
+def voc_like(tmp_path):
+  """8 synthetic 128×128 images in a VOC layout; val = img6, img7; parity ViT-S/16 (2 blocks)."""
+  from configs import voc_semantic  # pylint: disable=import-outside-toplevel
+  root = tmp_path / 'VOC2012'
+  for sub in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
+    (root / sub).mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for i in range(8):
+    image, gt = make_image(rng, 128)
+    Image.fromarray(image).save(root / 'JPEGImages' / f'img{i}.png')
+    Image.fromarray(gt).save(root / 'SegmentationClass' / f'img{i}.png')
+  (root / 'ImageSets/Segmentation/val.txt').write_text('img6\nimg7\n')
+  config = voc_semantic.get_config()
+  config.data.root = str(root / 'JPEGImages')
+  config.model.checkpoint = str(PARITY / 'checkpoint.pth')
+  config.model.cache_dir = str(tmp_path / 'cache')
+  config.semantic.n_segments = 3
+  config.semantic.num_dilate = 1
+  config.semantic.num_clusters = 3
+  config.semantic.seeds = (0, 1)
+  return config
+
+
+def test_semantic_task_writes_maps_metrics_and_resumes(voc_like, tmp_path, monkeypatch):
+  work = tmp_path / 'work'
+  semantic.run(voc_like, work)
+  stems = [f'img{i}' for i in range(8)]
+  for sub, ext in (('features', 'npz'), ('eigs', 'npz'), ('multi_region', 'png'),
+                   ('boxes', 'npz'), ('semantic', 'png'), ('semantic_seeds/1', 'png')):
+    assert sorted(p.stem for p in (work / sub).glob(f'*.{ext}')) == stems, sub
+  sem = semantic.read_png(work / 'semantic' / 'img0.png')
+  assert sem.shape == (8, 8) and sem.max() <= 3  # patch grid; bg 0 + clusters 1..3
+  result = json.loads((work / 'metrics.json').read_text())
+  assert result['n_images'] == 2 and set(result['seeds']) == {'0', '1'}
+  assert result['matching_kind'] == 'majority'  # 4 labels vs 21 classes
+  mious = [result['seeds'][s]['miou'] for s in ('0', '1')]
+  assert result['miou_mean'] == pytest.approx(np.mean(mious))
+  assert result['miou_std'] == pytest.approx(np.std(mious))
+  assert len(result['per_class_iou']) == 21
+  # A second run reuses every per-image artefact (no model is even loaded).
+  monkeypatch.setattr(semantic.common, 'load_extractor', lambda *_: pytest.fail('recomputed'))
+  semantic.run(voc_like, work)
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_tasks(voc_like, tmp_path):
+  """--mode=semantic → train → evaluate wiring (slow: compiles a ViT-S/16 segmenter)."""
+  work = tmp_path / 'work'
+  voc_like.semantic.seeds = (0,)
+  semantic.run(voc_like, work)
+  voc_like.train.update(steps=2, batch_size=2, crop_size=32, eval_every=2, checkpoint_every=2,
+                        num_workers=2)
+  voc_like.segmenter.update(channels=16, low_level_channels=8)
+  train_task.run(voc_like, work)
+  summary = json.loads((work / 'train_metrics.json').read_text())
+  assert summary['step'] == 2 and summary['best_step'] == 2
+  voc_like.checkpoint = str(work)
+  evaluate.run(voc_like, tmp_path / 'eval')
+  scored = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+  assert scored['step'] == 2 and scored['n_images'] == 2
+  assert scored['miou'] == pytest.approx(summary['best_val_miou'])
+
+
+@pytest.mark.slow
+def test_data_parallel_step_equals_single_device():
+  """Two forced CPU devices: same loss and (global-batch) BatchNorm statistics as one device."""
+  code = '''
+import jax, numpy as np
+import tests.test_train as T
+from spectral_jax import train
+assert jax.device_count() == 2
+data, cfg, model = T.synthetic(4), T.tiny_config(), T.tiny_model()
+state = train.create_train_state(model, cfg, jax.random.PRNGKey(0))
+batch = next(train.train_batches(data, cfg, 0, 1))[1]
+out = {}
+for n in (2, 1):
+  step = train.compiled_train_step(model, train.create_optimizer(cfg),
+                                   train.data_mesh(jax.devices()[:n]))
+  out[n] = step(state, batch)
+np.testing.assert_allclose(out[2][1]['loss'], out[1][1]['loss'], rtol=1e-6)
+for a, b in zip(jax.tree.leaves(out[2][0].batch_stats), jax.tree.leaves(out[1][0].batch_stats)):
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+assert out[2][0].params['classifier']['kernel'].sharding.spec == jax.sharding.PartitionSpec()
+'''
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+         'JAX_PLATFORMS': 'cpu'}
+  subprocess.run([sys.executable, '-c', code], check=True, env=env,
+                 cwd=Path(__file__).parent.parent)

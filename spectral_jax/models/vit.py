@@ -65,12 +65,14 @@ class Attention(nn.Module):
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, key_mask=None):
     b, t, d = x.shape
     hd = d // self.num_heads
     qkv = nn.Dense(3 * d, precision=self.precision, name='qkv')(x)
     q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(b, t, self.num_heads, hd) for i in range(3))
     logits = jnp.einsum('bqhc,bkhc->bhqk', q, k, precision=self.precision) * hd ** -0.5
+    if key_mask is not None:  # padded tokens: exp(-inf) = 0, so real tokens never see them
+      logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
     attn = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum('bhqk,bkhc->bqhc', attn, v, precision=self.precision).reshape(b, t, d)
     out = nn.Dense(d, precision=self.precision, name='proj')(out)
@@ -94,9 +96,9 @@ class Block(nn.Module):
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, key_mask=None):
     attn_out, qkv, attn = Attention(self.num_heads, self.precision, name='attn')(
-        TorchLayerNorm(name='norm1')(x))
+        TorchLayerNorm(name='norm1')(x), key_mask)
     x = x + attn_out
     x = x + Mlp(4 * x.shape[-1], self.precision, name='mlp')(TorchLayerNorm(name='norm2')(x))
     return x, qkv, attn
@@ -129,12 +131,18 @@ class VisionTransformer(nn.Module):
     attn:     [B, heads, 1 + h·w, 1 + h·w] the block's attention probabilities;
     cls:      [B, D] final-normed CLS token of the whole network (only if with_cls;
               blocks after ``feature_block`` run only then).
+
+  Images of different sizes can share one compiled shape: pad them to a common size and
+  pass ``pos_tables`` [B, 1 + h·w, D] (each image's own interpolated table, laid out on
+  the padded grid; see ``padded_pos_tables``) and ``token_mask`` [B, 1 + h·w] (True for
+  CLS and real patches). Real tokens then equal the unpadded computation.
   """
   arch: ViTArch
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, images, feature_block: int = -1, with_cls: bool = False):
+  def __call__(self, images, feature_block: int = -1, with_cls: bool = False,
+               pos_tables=None, token_mask=None):
     a = self.arch
     b, height, width, _ = images.shape
     p = a.patch_size
@@ -148,12 +156,15 @@ class VisionTransformer(nn.Module):
     cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, a.embed_dim))
     pos_embed = self.param('pos_embed', nn.initializers.zeros, (1, 1 + a.num_pos, a.embed_dim))
     x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, a.embed_dim)), x], axis=1)
-    x = x + interpolate_pos_embed(pos_embed, grid, a.pretrained_grid, self.precision)
+    if pos_tables is None:
+      x = x + interpolate_pos_embed(pos_embed, grid, a.pretrained_grid, self.precision)
+    else:
+      x = x + pos_tables
 
     out = {}
     last = a.depth - 1 if with_cls else block_index
     for i in range(last + 1):
-      x, qkv, attn = Block(a.num_heads, self.precision, name=f'blocks_{i}')(x)
+      x, qkv, attn = Block(a.num_heads, self.precision, name=f'blocks_{i}')(x, token_mask)
       if i == block_index:
         d = a.embed_dim
         out.update(q=qkv[:, 1:, :d], k=qkv[:, 1:, d:2 * d], v=qkv[:, 1:, 2 * d:],
@@ -173,6 +184,29 @@ def interpolate_pos_embed(pos_embed, grid_hw, pretrained_grid: int, precision='h
   table = jnp.einsum('hg,gkd->hkd', rows, table, precision=precision)
   table = jnp.einsum('wk,hkd->hwd', cols, table, precision=precision)
   return jnp.concatenate([pos_embed[:, :1], table.reshape(1, -1, d)], axis=1)
+
+
+def padded_pos_tables(pos_embed: np.ndarray, grids: list[tuple[int, int]],
+                      padded_grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """Per-image position tables and token masks for images padded to ``padded_grid``.
+
+  pos_embed: [1, 1 + G², D] (host copy). Returns tables [B, 1 + H·W, D] (zeros on padded
+  positions) and token_mask [B, 1 + H·W] bool, H, W = padded_grid.
+  """
+  g = int(round(np.sqrt(pos_embed.shape[1] - 1)))
+  d = pos_embed.shape[-1]
+  height, width = padded_grid
+  tables = np.zeros((len(grids), 1 + height * width, d), np.float32)
+  masks = np.zeros((len(grids), 1 + height * width), bool)
+  for i, (h, w) in enumerate(grids):
+    table = np.asarray(interpolate_pos_embed(pos_embed, (h, w), g))[0]
+    layout = np.zeros((height, width, d), np.float32)
+    layout[:h, :w] = table[1:].reshape(h, w, d)
+    tables[i, 0], tables[i, 1:] = table[0], layout.reshape(-1, d)
+    valid = np.zeros((height, width), bool)
+    valid[:h, :w] = True
+    masks[i, 0], masks[i, 1:] = True, valid.reshape(-1)
+  return tables, masks
 
 
 def crop_to_patches(image: np.ndarray, patch_size: int) -> np.ndarray:

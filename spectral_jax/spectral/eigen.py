@@ -88,6 +88,9 @@ def sign_fix(vecs: jax.Array, n_valid: Optional[jax.Array] = None) -> jax.Array:
     return jnp.where(flip[..., None], -vecs, vecs)
 
 
+_sign_fix_jit = jax.jit(sign_fix)
+
+
 # ----------------------------------------------------------------------------------------------
 # Helpers shared by the solvers
 # ----------------------------------------------------------------------------------------------
@@ -327,7 +330,7 @@ def laplacian_eigs(w: jax.Array, k: int, solver: str = "auto",
             vals, vecs, res = _lap_lanczos(w, nv, k, b, s, int(max_cycles), float(tol))
     else:
         raise ValueError(f"unknown solver {solver!r}")
-    vecs = sign_fix(vecs, n_valid)
+    vecs = _sign_fix_jit(vecs, n if n_valid is None else n_valid)
     return (vals, vecs, res) if return_residuals else (vals, vecs)
 
 
@@ -403,7 +406,7 @@ def affinity_eigs(w: jax.Array, k: int, solver: str = "auto", *, tol: float = 1e
     if solver == "lanczos" and (b < k or b * (s + 1) > n):
         solver = "dense"
     vals, vecs = _aff(w, k, solver, b, s, int(max_cycles), float(tol))
-    return vals, sign_fix(vecs)
+    return vals, _sign_fix_jit(vecs, n)
 
 
 # ----------------------------------------------------------------------------------------------

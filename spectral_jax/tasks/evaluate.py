@@ -11,17 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from spectral_jax import io, train
-from spectral_jax.models import checkpoints, vit
+from spectral_jax.models import vit
 from spectral_jax.tasks import common
 from spectral_jax.tasks import train as train_task
 
 
 def model_arch(model) -> vit.ViTArch:
-  """Architecture of ``model.name`` without loading weights when it is an official one."""
+  """Backbone architecture of the config (no weight loading for official names)."""
   if model.name in vit.ARCHS and not model.checkpoint:
     return vit.ARCHS[model.name]
-  return vit.ViTArch(**checkpoints.load_params(model.name, model.checkpoint or None,
-                                               model.cache_dir or None)[1])
+  return common.load_extractor(model).arch  # depth and grid come from the file
 
 
 def run(config, workdir) -> None:

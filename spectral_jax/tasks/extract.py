@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spectral_jax import io, pipeline
+from spectral_jax import io, parallel, pipeline
 from spectral_jax.tasks import common
 
 
@@ -28,7 +28,8 @@ def is_done(workdir, image_id: str, with_features: bool) -> bool:
 def run(config, workdir) -> None:
   common.check_config(config)
   examples = common.examples_from_config(config.data)
-  todo = [ex for ex in examples if not is_done(workdir, ex.id, config.output.features)]
+  todo = [ex for ex in parallel.process_shard(examples)
+          if not is_done(workdir, ex.id, config.output.features)]
   common.log_summary(f'extract: {len(examples)} images, {len(examples) - len(todo)} already done')
   if not todo:
     return

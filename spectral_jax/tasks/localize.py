@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from spectral_jax import io, metrics, pipeline, viz
+from spectral_jax import io, metrics, parallel, pipeline, viz
 from spectral_jax.spectral import segments
 from spectral_jax.tasks import common
 
@@ -22,34 +23,57 @@ def eigenvector_index(which_matrix: str) -> int:
   return {'laplacian': 1, 'affinity': 0}[which_matrix]
 
 
-def corloc_metrics(predictions: list[dict], examples: list) -> dict:
-  """CorLoc over images that have ground-truth boxes (the official protocol)."""
+def corloc_counts(predictions: list[dict], examples: list) -> np.ndarray:
+  """[hits, scored images, predicted images] — sums over processes give the dataset's CorLoc."""
   by_id = {ex.id: ex for ex in examples}
-  hits = []
+  hits = scored = 0
   for pred in predictions:
     ex = by_id.get(pred['id'])
     if ex is None or ex.boxes is None or len(ex.boxes) == 0:
       continue
-    hits.append(metrics.corloc_hit(np.asarray(pred['box_xyxy'], float), np.asarray(ex.boxes)))
-  if not hits:
-    return {'num_images': len(predictions)}
-  return {'corloc': metrics.corloc(hits), 'num_scored': len(hits),
-          'num_images': len(predictions)}
+    scored += 1
+    hits += metrics.corloc_hit(np.asarray(pred['box_xyxy'], float), np.asarray(ex.boxes))
+  return np.array([hits, scored, len(predictions)], np.int64)
+
+
+def corloc_result(counts: np.ndarray) -> dict:
+  hits, scored, total = (int(c) for c in counts)
+  result = {'num_images': total}
+  if scored:
+    result.update(corloc=100.0 * hits / scored, num_scored=scored)
+  return result
+
+
+def prediction_files(workdir: Path) -> list[Path]:
+  return sorted(Path(workdir).glob('predictions*.jsonl'))
 
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
   examples = common.examples_from_config(config.data)
-  pred_path = workdir / 'predictions.jsonl'
-  done = {r['id'] for r in io.read_jsonl(pred_path)}
-  todo = [ex for ex in examples if ex.id not in done]
-  common.log_summary(f'localize: {len(examples)} images, {len(examples) - len(todo)} already done')
+  ids = {ex.id for ex in examples}
+  # Each process owns a strided shard and its own file; ids done by any earlier run count.
+  own_path = workdir / ('predictions.jsonl' if jax.process_count() == 1
+                        else f'predictions.process{jax.process_index()}.jsonl')
+  done = {r['id'] for path in prediction_files(workdir) for r in io.read_jsonl(path)}
+  shard = parallel.process_shard(examples)
+  todo = [ex for ex in shard if ex.id not in done]
+  common.log_summary(f'localize: {len(shard)} images in this process, '
+                     f'{len(shard) - len(todo)} already done')
   if todo:
-    _predict(config, workdir, todo, pred_path, num_panels=max(config.output.num_panels - len(done), 0))
-  predictions = [r for r in io.read_jsonl(pred_path) if r['id'] in {ex.id for ex in examples}]
-  result = corloc_metrics(predictions, examples)
-  io.save_json(workdir / 'metrics.json', result)
+    _predict(config, workdir, todo, own_path,
+             num_panels=max(config.output.num_panels - len(done), 0))
+  shard_ids = {ex.id for ex in shard}
+  own = {r['id']: r for path in prediction_files(workdir) for r in io.read_jsonl(path)
+         if r['id'] in shard_ids}
+  result = corloc_result(parallel.process_sum(corloc_counts(list(own.values()), shard)))
+  parallel.barrier('localize-done')
+  if parallel.is_main_process():
+    if jax.process_count() > 1:  # one predictions.jsonl, as in a single-process run
+      merged = {r['id']: r for path in prediction_files(workdir) for r in io.read_jsonl(path)}
+      io.save_jsonl(workdir / 'predictions.jsonl', [merged[i] for i in sorted(merged) if i in ids])
+    io.save_json(workdir / 'metrics.json', result)
   if 'corloc' in result:
     common.log_summary(f"CorLoc {result['corloc']:.2f} over {result['num_scored']} images")
 

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from spectral_jax import crf, io, metrics, pipeline, viz
+from spectral_jax import crf, io, metrics, parallel, pipeline, viz
 from spectral_jax.data import datasets, decode
 from spectral_jax.spectral import segments
 from spectral_jax.tasks import common
@@ -57,10 +57,14 @@ def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
   examples = common.examples_from_config(config.data)
-  todo = [ex for ex in examples if not mask_path(workdir, ex.id).exists()]
+  todo = [ex for ex in parallel.process_shard(examples)
+          if not mask_path(workdir, ex.id).exists()]
   common.log_summary(f'segment: {len(examples)} images, {len(examples) - len(todo)} already done')
   if todo:
     _predict(config, workdir, todo)
+  parallel.barrier('segment-done')  # then one process scores every mask
+  if not parallel.is_main_process():
+    return
   result = score(examples, workdir)
   io.save_json(workdir / 'metrics.json', result)
   if result['n']:

@@ -18,7 +18,7 @@ import numpy as np
 
 from spectral_jax import io, train
 from spectral_jax.data import datasets
-from spectral_jax.models import checkpoints, segmenter, vit
+from spectral_jax.models import segmenter, vit
 from spectral_jax.tasks import common, semantic
 
 # Keys of config.train that are not TrainConfig hyper-parameters.
@@ -89,9 +89,8 @@ def val_dataset(config, examples: dict, patch_size: int) -> GTDataset:
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
-  params, arch = checkpoints.load_params(config.model.name, config.model.checkpoint or None,
-                                         config.model.cache_dir or None)
-  arch = vit.ViTArch(**arch)
+  backbone = common.load_extractor(config.model)  # pretrained DINO params, arch checked
+  arch = backbone.arch
   model = build_model(config, arch)
   examples = {ex.id: ex for ex in common.examples_from_config(config.data)}
   val = val_dataset(config, examples, arch.patch_size)
@@ -107,7 +106,8 @@ def run(config, workdir) -> None:
   cfg = train.TrainConfig.from_dict({k: v for k, v in config.train.items()
                                      if k not in TASK_KEYS})
   common.log_summary(f'train: {len(train_set)} pseudo-labelled images, {len(val)} val images')
-  summary = train.train_and_evaluate(cfg, model, train_set, val, workdir, backbone_params=params)
+  summary = train.train_and_evaluate(cfg, model, train_set, val, workdir,
+                                     backbone_params=backbone.params)
   final = summary['final'] or {}
   io.save_json(workdir / 'train_metrics.json',  # metrics.json holds the pseudo-label scores
                {'step': summary['step'], 'best_step': summary['best_step'],

@@ -1,0 +1,67 @@
+"""pipeline.py: padded/bucketed batches give the same features and eigenpairs as exact sizes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spectral_jax import pipeline
+from spectral_jax.data import datasets
+from tests.conftest import PARITY, PARITY_IDS
+
+
+@pytest.fixture(scope='module')
+def extractor(tmp_path_factory):
+  return pipeline.load_extractor('dino_vits16', str(PARITY / 'checkpoint.pth'),
+                                 str(tmp_path_factory.mktemp('cache')))
+
+
+def examples(tmp_path):
+  """The parity photos plus crops of them, so that sizes differ within buckets."""
+  out = []
+  for image_id in PARITY_IDS:
+    out.append(datasets.Example(id=image_id, path=str(PARITY / 'images' / f'{image_id}.png')))
+  image = np.array(Image.open(PARITY / 'images' / 'coffee.png'))
+  for name, crop in {'c1': image[:390, :590], 'c2': image[:300, :500], 'c3': image[:100, :70]}.items():
+    Image.fromarray(crop).save(tmp_path / f'{name}.png')
+    out.append(datasets.Example(id=name, path=str(tmp_path / f'{name}.png')))
+  return out
+
+
+def run(extractor, exs, **kw):
+  return {r.example.id: r for r in pipeline.run_images(extractor, exs, max_pixels=10 ** 8,
+                                                        spectral_k=5, **kw)}
+
+
+def test_bucketed_batches_equal_exact_sizes(extractor, tmp_path):
+  exs = examples(tmp_path)
+  exact = run(extractor, exs, batch_size=1, bucket_step=0)
+  extractor.compiled_shapes.clear()
+  bucketed = run(extractor, exs, batch_size=4, bucket_step=8)
+  assert len(extractor.compiled_shapes) < len(exs)
+  for image_id, ref in exact.items():
+    got = bucketed[image_id]
+    assert got.patch_grid == ref.patch_grid
+    scale = np.abs(ref.features).max()
+    np.testing.assert_allclose(got.features, ref.features, atol=1e-5 * scale)
+    np.testing.assert_allclose(got.eigenvalues, ref.eigenvalues, atol=1e-5)
+    fiedler_cos = abs(got.eigenvectors[1] @ ref.eigenvectors[1]) / (
+        np.linalg.norm(got.eigenvectors[1]) * np.linalg.norm(ref.eigenvectors[1]))
+    assert fiedler_cos > 0.999
+
+
+def test_parity_features_through_buckets(extractor, tmp_path):
+  """The official features, computed with the images padded inside one bucket."""
+  exs = examples(tmp_path)[:3]
+  results = run(extractor, exs, batch_size=3, bucket_step=64)
+  assert len({r.patch_grid for r in results.values()}) == 3
+  for image_id in PARITY_IDS:
+    ref = np.load(PARITY / f'{image_id}.npz')
+    got = results[image_id]
+    assert np.abs(got.features - ref['k']).max() <= 1e-4 * np.abs(ref['k']).max()
+    np.testing.assert_allclose(got.eigenvalues, ref['loc_eigenvalues'], atol=1e-4)
+
+
+def test_bucket_grid():
+  assert pipeline.bucket_grid((25, 37), 4) == (28, 40)
+  assert pipeline.bucket_grid((25, 37), 0) == (25, 37)
+  assert pipeline.bucket_grid((32, 32), 4) == (32, 32)
