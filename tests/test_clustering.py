@@ -56,9 +56,9 @@ def test_kmeans_is_deterministic_for_a_key():
 
 
 def test_batched_with_padding_equals_single_runs():
-  xs = [_blobs(s, n=n)[0] for s, n in ((0, 300), (1, 500), (2, 410))]
-  keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  x, mask = C._pad_points(xs, 512)
+  xs = [_blobs(s, n=n)[0] for s, n in ((0, 600), (1, 410))]  # 600: same compile as above
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  x, mask = C._pad_points(xs, 768)
   batched = C.kmeans_batched(jnp.asarray(x), jnp.asarray(mask), keys, 6)
   for i, xi in enumerate(xs):
     single = C.kmeans(jnp.asarray(xi), 6, keys[i])
@@ -181,9 +181,14 @@ def test_cluster_features_and_semantic_map():
   for g in range(3):  # each true group is one cluster
     assert len(np.unique(labels[g * 10:(g + 1) * 10])) == 1
   assert len(np.unique(labels)) == 3
-  assert C.cluster_features(feats, n_clusters=3, pca_dim=4).shape == (30,)
   mb = C.cluster_features(feats, n_clusters=3, method='minibatch')
   assert len(np.unique(mb)) == 3
+  with pytest.raises(ValueError, match='cannot make 3 clusters'):
+    C.cluster_features(feats[:2], n_clusters=3)
+
+  from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
+  np.testing.assert_allclose(np.abs(C.pca(feats, 4)), np.abs(PCA(4).fit_transform(feats)),
+                             atol=1e-4)
 
   seg = np.array([[0, 1], [2, 2]])
   sem = C.semantic_map(seg, np.array([1, 2]), np.array([0, 4]))
