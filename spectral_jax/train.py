@@ -349,20 +349,26 @@ def _save(mngr: ocp.CheckpointManager, state: TrainState, data_position: dict,
       metrics=None if val_miou is None else {'val_miou': val_miou})
 
 
-def _saved_state_metadata(mngr: ocp.CheckpointManager, step: int) -> Any:
+def check_architecture(mngr: ocp.CheckpointManager, step: int, expected_params: Any) -> Any:
+  """Saved state metadata of ``step``, after checking its parameter shapes.
+
+  A checkpoint of another architecture fails here, naming each offending parameter
+  with both shapes and the model that wrote it, instead of deep inside orbax.
+  """
   saved = mngr.item_metadata(step)['state']
-  return getattr(saved, 'tree', saved)
+  saved = getattr(saved, 'tree', saved)
+  try:
+    segmenter.check_compatible(segmenter.shape_tree(saved['params']),
+                               segmenter.shape_tree(expected_params))
+  except ValueError as e:
+    spec = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
+    raise ValueError(f'{e}\n(checkpoint {mngr.directory}/{step} was written by {spec})') from None
+  return saved
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
-  """(state, data position) of ``step``; ``target`` is a concrete or abstract TrainState.
-
-  The parameter shapes are checked first, so a checkpoint of another architecture
-  fails with the offending parameter and both shapes instead of an orbax error.
-  """
-  saved = _saved_state_metadata(mngr, step)
-  segmenter.check_compatible(segmenter.shape_tree(saved['params']),
-                             segmenter.shape_tree(target.params))
+  """(state, data position) of ``step``; ``target`` is a concrete or abstract TrainState."""
+  check_architecture(mngr, step, target.params)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                    data=ocp.args.JsonRestore()))
@@ -385,9 +391,7 @@ def restore_variables(directory: Path, model: segmenter.DeepLabV3Plus,
   step = best_or_latest_step(mngr) if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint under {directory}')
-  saved = _saved_state_metadata(mngr, step)
-  segmenter.check_compatible(segmenter.shape_tree(saved['params']),
-                             segmenter.shape_tree(segmenter.abstract_variables(model)['params']))
+  saved = check_architecture(mngr, step, segmenter.abstract_variables(model)['params'])
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
   state = mngr.restore(step, args=ocp.args.Composite(
@@ -404,6 +408,10 @@ def _data_position(step: int, n: int, cfg: TrainConfig) -> dict:
   epoch, pos = divmod(step, steps_per_epoch(n, cfg.batch_size))
   return {'step': step, 'epoch': epoch, 'position': pos, 'data_seed': cfg.seed,
           'num_examples': n, 'batch_size': cfg.batch_size}
+
+
+def _due(step: int, every: int) -> bool:
+  return every > 0 and step % every == 0
 
 
 def _check_data_position(saved: dict, current: dict) -> None:
@@ -425,6 +433,8 @@ def train_and_evaluate(cfg: TrainConfig, model: segmenter.DeepLabV3Plus,
   all devices on the 'data' axis.
   """
   workdir = Path(workdir)
+  if jax.process_count() > 1:  # batches are assembled on one host
+    raise NotImplementedError('self-training runs on one host (any number of local devices)')
   mesh = mesh or data_mesh()
   if cfg.batch_size % mesh.size:
     raise ValueError(f'batch size {cfg.batch_size} is not divisible by {mesh.size} devices')
@@ -450,19 +460,19 @@ def train_and_evaluate(cfg: TrainConfig, model: segmenter.DeepLabV3Plus,
   for step, batch in train_batches(train_data, cfg, start, end):
     state, step_metrics = step_fn(state, batch)
     done = step + 1
-    if done % cfg.log_every == 0 or done == cfg.steps:
+    if _due(done, cfg.log_every) or done == cfg.steps:
       record = {k: float(v) for k, v in step_metrics.items()}
       record.update(step=done, learning_rate=float(learning_rate_schedule(cfg)(step)),
                     seconds=time.perf_counter() - tick)
       io.append_jsonl(log_path, [record])
       logging.info('step %d: %s', done, record)
-    should_eval = done % eval_every == 0 or done == cfg.steps
+    should_eval = _due(done, eval_every) or done == cfg.steps
     if should_eval and val_data:
       last_eval = evaluate(model, {'params': state.params, 'batch_stats': state.batch_stats},
                            val_data)
       io.append_jsonl(log_path, [{'step': done, 'val_miou': last_eval['miou']}])
       logging.info('step %d: val mIoU %.4f', done, last_eval['miou'])
-    if should_eval or done % cfg.checkpoint_every == 0:
+    if should_eval or _due(done, cfg.checkpoint_every):
       _save(mngr, state, _data_position(done, n, cfg), model,
             None if last_eval is None or not should_eval else last_eval['miou'])
   mngr.wait_until_finished()

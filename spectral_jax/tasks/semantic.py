@@ -21,7 +21,7 @@ shared); multi-region k-means uses ``config.seed``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -188,8 +188,7 @@ def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   sem = config.semantic
-  if not _eig_stems(workdir):
-    extract.run(config, workdir)
+  extract.run(config, workdir)  # computes only the images whose features/eigs are missing
   examples = {ex.id: ex for ex in common.examples_from_config(config.data)}
   stems = [s for s in _eig_stems(workdir) if s in examples]
   if not stems:
