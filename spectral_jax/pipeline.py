@@ -198,10 +198,11 @@ def _eigs_of_features(feats, n_valid, images_lr, color_lambda, k: int, which_mat
 def spectral_decomposition(feats: jax.Array, n_valid: np.ndarray, images: Sequence[np.ndarray],
                            grid_hw, k: int, color_lambda: float = 0.0,
                            which_matrix: str = 'laplacian', solver: str = 'auto'
-                           ) -> tuple[np.ndarray, np.ndarray]:
+                           ) -> tuple[jax.Array, jax.Array]:
   """Eigenpairs for a batch: feats [B, N, D] (real tokens first) → ([B, K], [B, K, N]).
 
-  The colour and affinity variants need every image of the batch on the same grid.
+  Returns device arrays without waiting for them. The colour and affinity variants need
+  every image of the batch on the same grid.
   """
   if which_matrix not in ('laplacian', 'affinity'):
     raise ValueError(f"spectral.which_matrix={which_matrix!r}: use 'laplacian' or 'affinity'")
@@ -210,8 +211,48 @@ def spectral_decomposition(feats: jax.Array, n_valid: np.ndarray, images: Sequen
     lr = np.stack([affinity.color_image_for_grid(im, grid_hw) for im in images])
     images_lr = jnp.asarray(_pad_rows(lr, len(feats)))
   n_valid = jnp.asarray(_pad_rows(np.asarray(n_valid), len(feats)))
-  vals, vecs = _eigs_of_features(feats, n_valid, images_lr, color_lambda, k, which_matrix, solver)
-  return np.asarray(vals), np.asarray(vecs)
+  return _eigs_of_features(feats, n_valid, images_lr, color_lambda, k, which_matrix, solver)
+
+
+@dataclasses.dataclass
+class _InFlight:
+  """A batch whose device work has been dispatched but not waited for."""
+  batch: list
+  grids: list
+  feats: jax.Array
+  vals: Optional[jax.Array]
+  vecs: Optional[jax.Array]
+
+
+def _dispatch(extractor: FeatureExtractor, batch: list, bucket_step: int, spectral_k: int,
+              color_lambda: float, which_matrix: str, solver: str) -> _InFlight:
+  p = extractor.arch.patch_size
+  crops = [vit.crop_to_patches(image, p) for _, image in batch]
+  grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
+  canvas = bucket_grid(grids[0], bucket_step)
+  images = np.zeros((len(crops), canvas[0] * p, canvas[1] * p, 3), np.uint8)
+  for i, c in enumerate(crops):
+    images[i, :c.shape[0], :c.shape[1]] = c
+  feats = extractor(images, grids)['k']
+  # The batch may be padded to the device count: pad the per-image inputs alike.
+  index = _pad_rows(_front_index(grids, canvas), len(feats))
+  feats = jnp.take_along_axis(feats, jnp.asarray(index)[..., None], axis=1)
+  vals = vecs = None
+  if spectral_k:
+    vals, vecs = spectral_decomposition(feats, np.array([h * w for h, w in grids]),
+                                        [im for _, im in batch], grids[0], spectral_k,
+                                        color_lambda, which_matrix, solver)
+  return _InFlight(batch, grids, feats, vals, vecs)
+
+
+def _collect(job: _InFlight, patch_size: int) -> Iterator[ImageResult]:
+  feats = np.asarray(job.feats)
+  vals = None if job.vals is None else np.asarray(job.vals)
+  vecs = None if job.vecs is None else np.asarray(job.vecs)
+  for i, (example, image) in enumerate(job.batch):
+    n = job.grids[i][0] * job.grids[i][1]
+    yield ImageResult(example, image, patch_size, job.grids[i], feats[i, :n],
+                      None if vals is None else vals[i], None if vecs is None else vecs[i, :, :n])
 
 
 def run_images(extractor: FeatureExtractor, examples: Sequence[Any], *, batch_size: int,
@@ -223,33 +264,21 @@ def run_images(extractor: FeatureExtractor, examples: Sequence[Any], *, batch_si
 
   Images are zero-padded to grids rounded up to ``bucket_step`` patches, so a dataset with
   many sizes compiles a few shapes; the colour and affinity variants use exact sizes.
+  Decoding runs in threads ahead of the device, and the next batch is dispatched before
+  the previous one's results are handed out, so host work overlaps device work.
   """
   p = extractor.arch.patch_size
   if color_lambda > 0 or which_matrix != 'laplacian':
     bucket_step = 0
   items = decoded(examples, max_pixels=max_pixels, min_side=p, on_error=on_error)
+  in_flight = None
   for batch in size_batches(items, p, batch_size, bucket_step):
-    crops = [vit.crop_to_patches(image, p) for _, image in batch]
-    grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
-    canvas = bucket_grid(grids[0], bucket_step)
-    images = np.zeros((len(crops), canvas[0] * p, canvas[1] * p, 3), np.uint8)
-    for i, c in enumerate(crops):
-      images[i, :c.shape[0], :c.shape[1]] = c
-    feats = extractor(images, grids)['k']
-    # The batch may be padded to the device count: pad the per-image inputs alike.
-    index = _pad_rows(_front_index(grids, canvas), len(feats))
-    feats = jnp.take_along_axis(feats, jnp.asarray(index)[..., None], axis=1)
-    n_valid = np.array([h * w for h, w in grids])
-    vals = vecs = None
-    if spectral_k:
-      vals, vecs = spectral_decomposition(feats, n_valid, [im for _, im in batch], grids[0],
-                                          spectral_k, color_lambda, which_matrix, solver)
-    feats = np.asarray(feats)
-    for i, (example, image) in enumerate(batch):
-      n = n_valid[i]
-      yield ImageResult(example, image, p, grids[i], feats[i, :n],
-                        None if vals is None else vals[i],
-                        None if vecs is None else vecs[i, :, :n])
+    job = _dispatch(extractor, batch, bucket_step, spectral_k, color_lambda, which_matrix, solver)
+    if in_flight is not None:
+      yield from _collect(in_flight, p)
+    in_flight = job
+  if in_flight is not None:
+    yield from _collect(in_flight, p)
 
 
 class Progress:

@@ -223,8 +223,10 @@ def test_parity_affinity(image_id, solver):
     vals, vecs = affinity_eigs(jnp.asarray(w), 5, solver=solver)
     vals, vecs = np.asarray(vals), np.asarray(vecs)
     ref_vals, ref_vecs = z["affinity_eigenvalues"], z["affinity_eigenvectors"]
-    # Values are O(10²); float32 resolution alone is ~3e-5 there, so compare relatively.
-    np.testing.assert_allclose(vals, ref_vals, rtol=2e-6)
+    # Values are O(10²): float32 work gives absolute errors ~ eps·‖W‖ on every eigenvalue (the
+    # official float32 ARPACK run is itself 3e-4 off float64 on the largest), so the 1e-4
+    # tolerance is taken relative to the spectral scale max|λ|.
+    np.testing.assert_allclose(vals, ref_vals, rtol=0, atol=1e-4 * np.abs(ref_vals).max())
     # Quirk: vectors are largest-first while values are ascending → row i pairs with value k-1-i.
     _assert_rows_match(vecs, ref_vecs, ref_vals[::-1], np.ones(w.shape[0]), gap=1e-3 * ref_vals.max())
     norms = np.linalg.norm(vecs, axis=1)

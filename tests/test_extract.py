@@ -29,6 +29,7 @@ def test_features_file(extracted, manifest, image_id):
     ref = np.load(PARITY / f'{image_id}.npz')['k']
     assert f['k'].shape == ref.shape
     assert np.abs(f['k'] - ref).max() <= 1e-4 * np.abs(ref).max()
+  assert (extracted / 'panels' / f'{image_id}.png').exists()
 
 
 @pytest.mark.parametrize('image_id', PARITY_IDS)

@@ -65,3 +65,17 @@ def test_bucket_grid():
   assert pipeline.bucket_grid((25, 37), 4) == (28, 40)
   assert pipeline.bucket_grid((25, 37), 0) == (25, 37)
   assert pipeline.bucket_grid((32, 32), 4) == (32, 32)
+
+
+def test_few_compiled_shapes_on_a_voc_like_size_mix():
+  """VOC images are mostly 500 px on the long side with many short sides."""
+  rng = np.random.default_rng(0)
+  sizes = [(int(s), 500) for s in rng.integers(200, 500, 300)] + \
+          [(500, int(s)) for s in rng.integers(200, 500, 100)]
+  images = [(i, np.zeros((h, w, 3), np.uint8)) for i, (h, w) in enumerate(sizes)]
+  exact = {(h // 16, w // 16) for h, w in sizes}
+  batches = list(pipeline.size_batches(images, 16, 8, bucket_step=4))
+  shapes = {pipeline.bucket_grid((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 4)
+            for b in batches}
+  assert sum(len(b) for b in batches) == len(images)
+  assert len(exact) > 30 and len(shapes) <= 12

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spectral_jax import io, parallel, pipeline
+from spectral_jax import io, parallel, pipeline, viz
 from spectral_jax.tasks import common
 
 
@@ -46,6 +46,9 @@ def run(config, workdir) -> None:
       io.save_npz(feat_path, k=r.features.astype(np.float32), patch_grid=np.array(r.patch_grid),
                   image_size=np.array(r.image.shape[:2]))
     io.save_npz(eig_path, eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors)
+    if progress.bar.n < config.output.num_panels:
+      io.save_png(Path(workdir) / 'panels' / f'{r.example.id}.png',
+                  viz.panel(r.image, r.eigenvectors, r.patch_grid))
     progress.update()
   common.log_summary(progress.summary(), skipped.summary(),
                      f'{len(extractor.compiled_shapes)} compiled input shapes')
