@@ -23,6 +23,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = 'wb') ->
   try:
     with os.fdopen(fd, mode) as f:
       write(f)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)

@@ -177,7 +177,7 @@ def _front_index(grids: Sequence[tuple[int, int]], canvas: tuple[int, int]) -> n
   return index
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'which_matrix', 'solver'))
+@functools.partial(jax.jit, static_argnames=('color_lambda', 'k', 'which_matrix', 'solver'))
 def _eigs_of_features(feats, n_valid, images_lr, color_lambda, k: int, which_matrix: str,
                       solver: str):
   """feats [B, N, D] with real tokens first and n_valid [B] → ([B, K], [B, K, N])."""

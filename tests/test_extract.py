@@ -52,3 +52,29 @@ def test_second_run_recomputes_nothing(extracted, monkeypatch):
   before = {p: p.stat().st_mtime_ns for p in extracted.glob('*/*.npz')}
   extract.run(config, extracted)
   assert {p: p.stat().st_mtime_ns for p in extracted.glob('*/*.npz')} == before
+
+
+@pytest.mark.parametrize('setting,overrides', [
+    ('color', {'color_lambda': 10.0}),
+    ('affinity', {'which_matrix': 'affinity'}),
+    ('seg', {'K': 2}),
+])
+def test_other_official_settings(tmp_path, setting, overrides):
+  from configs import folder  # pylint: disable=import-outside-toplevel
+  config = folder.get_config()
+  config.data.root = str(PARITY / 'images')
+  config.data.limit = 2
+  config.model.checkpoint = str(PARITY / 'checkpoint.pth')
+  config.model.cache_dir = str(tmp_path / 'cache')
+  config.output.features = False
+  config.spectral.update(overrides)
+  extract.run(config, tmp_path)
+  for image_id in ('astronaut', 'chelsea'):
+    ref = np.load(PARITY / f'{image_id}.npz')
+    with np.load(tmp_path / 'eigs' / f'{image_id}.npz') as f:
+      vals, vecs = f['eigenvalues'], f['eigenvectors']
+    ref_vals, ref_vecs = ref[f'{setting}_eigenvalues'], ref[f'{setting}_eigenvectors']
+    np.testing.assert_allclose(vals, ref_vals, atol=1e-4 * max(1.0, np.abs(ref_vals).max()))
+    i = 0 if setting == 'affinity' else 1  # the vector each task uses
+    cos = vecs[i] @ ref_vecs[i] / np.linalg.norm(vecs[i]) / np.linalg.norm(ref_vecs[i])
+    assert cos >= 0.999
