@@ -389,6 +389,9 @@ def main(argv=None) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch_threads = args.torch_threads or cores
     torch.set_num_threads(torch_threads)
+    if args.torch_device == "cuda":  # true float32 like the official fp32 forward (no TF32)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     load_start = loadavg()
 
     print("## bench_localize")
@@ -474,7 +477,9 @@ def main(argv=None) -> None:
     print()
     print(f"**ours / official = {t_ref / t_ours:.2f}×** images/s (best timed passes); "
           f"boxes identical on {len(same)}/{n} images ({100 * len(same) / n:.0f} %). "
-          f"Load: {load_ours:.1f} s ours (params cache), {load_ref:.1f} s reference.")
+          f"Load: {load_ours:.1f} s ours (params cache), {load_ref:.1f} s reference. "
+          f"Official eigsh shift-invert failures (retried with which='SM'): "
+          f"{ref.FALLBACKS['count']}.")
     diff = [i for i in ids if i not in same]
     if diff:
         print()

@@ -42,6 +42,9 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: How many ``eigsh`` shift-invert calls raised and were retried with ``which='SM'``.
+FALLBACKS = {"count": 0}
+
 
 # ------------------------------------------------------------------------------------------------
 # DINO ViT (vision_transformer.py, rewritten)
@@ -177,7 +180,7 @@ def load_dino(path: str, device: str = "cpu") -> DinoViT:
 def read_image(path: str) -> np.ndarray:
     """RGB uint8 [H, W, 3] (the official code uses cv2.imread + BGR2RGB; PIL here)."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))
 
 
 def preprocess(image: np.ndarray, patch_size: int) -> torch.Tensor:
@@ -217,6 +220,7 @@ def official_eigs(feats: np.ndarray, k: int = 5) -> Tuple[np.ndarray, np.ndarray
     try:
         vals, vecs = scipy.sparse.linalg.eigsh(dm - w, k=k, sigma=0, which="LM", M=dm)
     except Exception:  # the official code's bare except: the slow non-shift-invert retry
+        FALLBACKS["count"] += 1
         vals, vecs = scipy.sparse.linalg.eigsh(dm - w, k=k, which="SM", M=dm)
     vals = torch.from_numpy(vals).float()
     vecs = torch.from_numpy(vecs.T).float().clone()

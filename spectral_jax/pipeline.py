@@ -87,9 +87,28 @@ class FeatureExtractor:
     images = parallel.shard_batch(images_uint8, self.mesh)
     return self._forward(self.params, images, tables, mask, with_cls=with_cls)
 
-  def cls_features(self, image_uint8: np.ndarray) -> np.ndarray:
-    """Final-normed CLS token of one cropped image [H, W, 3] → [D]."""
-    return np.asarray(self(image_uint8[None], with_cls=True)['cls'][0])
+  def cls_batch(self, crops: Sequence[np.ndarray], bucket_step: int = 4) -> np.ndarray:
+    """Final-normed CLS tokens [n, D] of crops [h_i, w_i, 3] (multiples of the patch size).
+
+    Crops are padded into shared buckets (the CLS token attends only to real patches, so
+    the result equals the unpadded forward) and group sizes are padded to powers of two,
+    so boxes of every size and count compile a bounded number of shapes.
+    """
+    p = self.arch.patch_size
+    out = np.zeros((len(crops), self.arch.embed_dim), np.float32)
+    groups = collections.defaultdict(list)
+    for i, crop in enumerate(crops):
+      groups[bucket_grid((crop.shape[0] // p, crop.shape[1] // p), bucket_step)].append(i)
+    for canvas, members in groups.items():
+      grids = [(crops[i].shape[0] // p, crops[i].shape[1] // p) for i in members]
+      size = 1 << (len(members) - 1).bit_length()
+      images = np.zeros((size, canvas[0] * p, canvas[1] * p, 3), np.uint8)
+      for j, i in enumerate(members):
+        images[j, :crops[i].shape[0], :crops[i].shape[1]] = crops[i]
+      grids = grids + [grids[-1]] * (size - len(members))  # padding rows: any valid grid
+      cls = self(images, grids, with_cls=True)['cls']
+      out[members] = np.asarray(cls)[:len(members)]
+    return out
 
 
 def load_extractor(name: str, checkpoint: str = '', cache_dir: str = '',

@@ -217,10 +217,12 @@ def _synthetic_eigs(gt: np.ndarray, rng: np.random.Generator, patch: int = 4, k:
   return (u[:, :k] * inv_sqrt[:, None]).T
 
 
-def _colour_histogram(crop: np.ndarray) -> np.ndarray:
-  """Stand-in for the box CLS feature: a 4×4×4 RGB histogram of the crop."""
-  q = (crop // 64).reshape(-1, 3).astype(int)
-  return np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64).astype(np.float32)
+def _colour_histogram(crops: list[np.ndarray]) -> np.ndarray:
+  """Stand-in for the box CLS features: a 4×4×4 RGB histogram of each crop."""
+  def one(crop):
+    q = (crop // 64).reshape(-1, 3).astype(int)
+    return np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64).astype(np.float32)
+  return np.stack([one(c) for c in crops])
 
 
 def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):

@@ -105,7 +105,7 @@ def localization_box(
     return box_from_patch_mask(fiedler_mask(eigenvectors, grid_hw, index), patch_size, image_hw)
 
 
-def _cv2_nearest_index(out_size: int, in_size: int) -> np.ndarray:
+def cv2_nearest_index(out_size: int, in_size: int) -> np.ndarray:
     """Source indices of cv2.resize(INTER_NEAREST): min(floor(dst * (1 / (out / in))), in - 1).
 
     Same double arithmetic as OpenCV's resizeNN (ifx = 1 / fx, fx = out / in).
@@ -131,9 +131,9 @@ def upsample_patch_mask(mask: np.ndarray, image_hw: tuple[int, int], patch_size:
     P = int(patch_size)
     if h * P > H or w * P > W:
         raise ValueError(f"a {h}x{w} grid of {P}-pixel patches does not fit in an {H}x{W} image")
-    rows = _cv2_nearest_index(H, h)
-    cols = _cv2_nearest_index(W, w)
+    rows = cv2_nearest_index(H, h)
+    cols = cv2_nearest_index(W, w)
     full = m[rows[:, None], cols[None, :]]
     # The patch-covered block: a second nearest resize to (h*P, w*P), i.e. x P replication.
-    full[: h * P, : w * P] = m[_cv2_nearest_index(h * P, h)[:, None], _cv2_nearest_index(w * P, w)[None, :]]
+    full[: h * P, : w * P] = m[cv2_nearest_index(h * P, h)[:, None], cv2_nearest_index(w * P, w)[None, :]]
     return full

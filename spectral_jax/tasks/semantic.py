@@ -49,14 +49,13 @@ def box_crops(image: np.ndarray, boxes: np.ndarray, patch_size: int) -> list[np.
 
 
 def image_box_features(image: np.ndarray, segmap: np.ndarray, patch_size: int,
-                       cls_fn: Callable[[np.ndarray], np.ndarray], num_erode: int = 2,
+                       cls_fn: Callable[[list[np.ndarray]], np.ndarray], num_erode: int = 2,
                        num_dilate: int = 5) -> dict[str, np.ndarray]:
   """Boxes of one image's segments and the feature of each box crop (official §4.2–4.3)."""
   indices, boxes = clustering.segment_boxes(segmap, num_erode, num_dilate)
-  feats = [np.asarray(cls_fn(crop), np.float32) for crop in box_crops(image, boxes, patch_size)]
-  dim = feats[0].shape[-1] if feats else 0
-  return {'segment_indices': indices, 'boxes': boxes,
-          'features': np.stack(feats) if feats else np.zeros((0, dim), np.float32)}
+  crops = list(box_crops(image, boxes, patch_size))
+  feats = np.asarray(cls_fn(crops), np.float32) if crops else np.zeros((0, 0), np.float32)
+  return {'segment_indices': indices, 'boxes': boxes, 'features': feats}
 
 
 def semantic_maps(segmaps: Sequence[np.ndarray], boxes: Sequence[dict], n_clusters: int = 20,
@@ -71,8 +70,8 @@ def semantic_maps(segmaps: Sequence[np.ndarray], boxes: Sequence[dict], n_cluste
 
 def resize_nearest(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   """cv2.resize(INTER_NEAREST) to (H, W): the official pseudo-label resize (§7.2)."""
-  rows = segments._cv2_nearest_index(hw[0], label.shape[0])  # pylint: disable=protected-access
-  cols = segments._cv2_nearest_index(hw[1], label.shape[1])  # pylint: disable=protected-access
+  rows = segments.cv2_nearest_index(hw[0], label.shape[0])
+  cols = segments.cv2_nearest_index(hw[1], label.shape[1])
   return label[rows[:, None], cols[None, :]]
 
 
@@ -177,7 +176,7 @@ def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, 
       raise NotImplementedError(f'{s}: segments at {segmap.shape} but patch grid {grid}; '
                                 'semantic mode needs eigenvectors at patch resolution')
     image = datasets.load_image(examples[s], min_side=p, max_pixels=config.data.max_pixels)
-    out = image_box_features(image, segmap, p, extractor.cls_features, sem.num_erode,
+    out = image_box_features(image, segmap, p, extractor.cls_batch, sem.num_erode,
                              sem.num_dilate)
     io.save_npz(workdir / 'boxes' / f'{s}.npz', **out)
     progress.update()
