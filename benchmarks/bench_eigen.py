@@ -18,8 +18,9 @@ Affinity sources (``--sources``):
 * ``color``: ``parity`` plus the KNN colour affinity of the astronaut image at that grid with
   λ = 10 (the official ``image_color_lambda`` setting): a much sparser-looking, harder spectrum.
 
-Timings are the best of ``--repeats`` runs (after a warm-up run) for every method: the CPU may be
-shared, and the minimum is the least noisy estimate of each method's own cost.
+Timings are the best of at least ``--repeats`` consecutive runs (more for fast methods, up to
+one second's worth; after a pause and a warm-up run) of each method: the CPU may be shared, and
+the minimum is the least noisy estimate of a method's own cost.
 
 Example::
 
@@ -122,20 +123,25 @@ def reference_eigenvalues(w: np.ndarray, k: int) -> np.ndarray:
     return np.sort(1.0 - theta)
 
 
-def best_times(calls: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, Tuple[float, object]]:
-    """Best wall time and last output of each call, after one warm-up run of each.
+def best_time(fn: Callable[[], object], repeats: int, min_total: float = 1.0,
+              max_runs: int = 50) -> Tuple[float, object]:
+    """Best wall time of ``fn()``: after a pause and a warm-up run, at least ``repeats`` runs,
+    continued (up to ``max_runs``) until ``min_total`` seconds have been spent.
 
-    The calls are interleaved round by round, so that load from other processes on a shared CPU
-    hits every method alike; the minimum is the least noisy estimate of each method's own cost.
+    Methods are timed one after the other (not interleaved): BLAS/XLA worker threads keep
+    spinning for a while after a call and would slow down whichever method runs next; the pause
+    and the warm-up run absorb that. On a shared CPU, the minimum over many runs is the least
+    noisy estimate of a method's own cost.
     """
-    outs = {name: fn() for name, fn in calls.items()}
-    best = {name: float("inf") for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            outs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return {name: (best[name], outs[name]) for name in calls}
+    time.sleep(0.5)
+    out = fn()
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < repeats or (spent < min_total and runs < max_runs):
+        t0 = time.perf_counter()
+        out = fn()
+        elapsed = time.perf_counter() - t0
+        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
+    return best, out
 
 
 def run_case(w: np.ndarray, k: int, solvers: List[str], repeats: int) -> Dict[str, Tuple[float, float]]:
@@ -152,9 +158,11 @@ def run_case(w: np.ndarray, k: int, solvers: List[str], repeats: int) -> Dict[st
 
     calls: Dict[str, Callable[[], object]] = {"official eigsh": lambda: official_call(w, k)}
     calls.update({solver: ours(solver) for solver in solvers})
-    timed = best_times(calls, repeats)
-    return {name: (t, float(np.max(np.abs(np.asarray(vals, np.float64) - ref))))
-            for name, (t, vals) in timed.items()}
+    results = {}
+    for name, fn in calls.items():
+        t, vals = best_time(fn, repeats)
+        results[name] = (t, float(np.max(np.abs(np.asarray(vals, np.float64) - ref))))
+    return results
 
 
 def main() -> None:

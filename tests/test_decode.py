@@ -67,11 +67,12 @@ def test_palette_and_palette_with_transparency(tmp_path, logged):
 
 
 def test_16bit_png_is_scaled_not_clipped(tmp_path, logged):
-    a = np.array([[0, 257, 32768, 65535]], np.uint16).repeat(3, 0)
+    a = np.array([[0, 257, 384, 32768, 65535]], np.uint16).repeat(3, 0)
     p = _save(Image.fromarray(a), tmp_path / "d.png")
     assert Image.open(p).mode.startswith("I;16")
     out = decode.load_rgb(p)
-    np.testing.assert_array_equal(out[0, :, 0], [0, 1, 128, 255])
+    # cv2.imread: round-half-even(v / 256), saturated (384 / 256 = 1.5 → 2).
+    np.testing.assert_array_equal(out[0, :, 0], [0, 1, 2, 128, 255])
     assert "16-bit" in logged[0]
 
 

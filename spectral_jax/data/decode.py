@@ -7,7 +7,8 @@ Conversions (each logged once per file with absl, naming the file and what was d
   * L, 1, P, CMYK, YCbCr, LAB, HSV -> RGB with PIL's `convert('RGB')` (what the official code does).
   * LA, PA, RGBA, RGBa and palette images with transparency: the alpha channel is dropped, not
     composited onto a background (PIL `convert('RGB')`, as the official code does).
-  * 16-bit (I;16*): scaled to 8 bits as round(v * 255 / 65535) (PIL would clip v > 255 to 255).
+  * 16-bit (I;16*): scaled to 8 bits as OpenCV's imread does, round(v / 256) saturated at 255
+    (the official feature stage reads with cv2; PIL would clip v > 255 to 255).
   * 32-bit integer (I): treated as 16-bit when all values are in [0, 65535], else stretched
     linearly from [min, max] to [0, 255].
   * Float (F): values in [0, 1] are scaled by 255 and rounded; otherwise stretched from
@@ -108,16 +109,21 @@ def _stretch_to_uint8(a: np.ndarray) -> np.ndarray:
     return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
+def _16bit_to_uint8(a: np.ndarray) -> np.ndarray:
+    """OpenCV's imread rule (the official feature decoder): round(v / 256), saturated at 255."""
+    return np.minimum(np.rint(a.astype(np.float64) / 256.0), 255).astype(np.uint8)
+
+
 def _gray_to_uint8(img: Image.Image, notes: list[str]) -> np.ndarray:
     """High-bit-depth single-channel modes -> uint8 [H, W] (scaled, never clipped)."""
     a = np.asarray(img)
     if img.mode in _16BIT_MODES:
         notes.append(f"16-bit {img.mode} scaled to 8 bits")
-        return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        return _16bit_to_uint8(a)
     if img.mode == "I":
         if a.size and a.min() >= 0 and a.max() <= 65535:
             notes.append("32-bit integer I read as 16-bit and scaled to 8 bits")
-            return ((a.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+            return _16bit_to_uint8(a)
         notes.append("32-bit integer I stretched from [min, max] to 8 bits")
         return _stretch_to_uint8(a)
     # mode F
