@@ -60,3 +60,11 @@ def test_configs_load_and_document_their_command(name):
   assert config.model.name == 'dino_vits16'
   if name != 'base':
     assert 'python main.py --config=configs/' in module.__doc__
+
+
+def test_unprepared_tfds_dataset_prints_the_prepare_command(tmp_path):
+  proc = run_main('--config=configs/voc.py', '--mode=localize', f'--workdir={tmp_path}',
+                  f'--config.data.tfds_dir={tmp_path / "tfds"}')
+  assert proc.returncode != 0
+  assert 'voc/2012' in proc.stderr and 'download_and_prepare' in proc.stderr
+  assert 'tensorflow' in proc.stderr.lower()
