@@ -17,8 +17,9 @@ from ml_collections import config_flags
 
 MODES = ('extract', 'localize', 'segment', 'semantic', 'train', 'evaluate', 'edit')
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a configs/*.py file.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where outputs (and resume state) are written.')
 _MODE = flags.DEFINE_enum('mode', 'extract', MODES, 'What to run.')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -29,10 +30,17 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   dist = _CONFIG.value.distributed
   if dist.enabled:  # multi-host: JAX's own distributed runtime
-    jax.distributed.initialize(dist.coordinator_address or None, dist.num_processes or None,
-                               None if dist.process_id < 0 else dist.process_id)
-  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
-               jax.local_devices())
+    jax.distributed.initialize(
+        dist.coordinator_address or None,
+        dist.num_processes or None,
+        None if dist.process_id < 0 else dist.process_id,
+    )
+  logging.info(
+      'JAX process %d/%d, local devices: %s',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_devices(),
+  )
   task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')
   task.run(_CONFIG.value, _WORKDIR.value)
 

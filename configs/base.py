@@ -45,8 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.segment = ml_collections.ConfigDict()
   config.segment.crf = False  # dense-CRF refinement of object masks (pydensecrf2)
-  config.segment.crf_params = dict(w1=10.0, alpha=80.0, beta=13.0, w2=3.0, gamma=3.0,
-                                   iterations=5)  # the official values
+  config.segment.crf_params = dict(
+      w1=10.0, alpha=80.0, beta=13.0, w2=3.0, gamma=3.0, iterations=5
+  )  # the official values
 
   config.output = ml_collections.ConfigDict()
   config.output.features = True  # write features/<stem>.npz

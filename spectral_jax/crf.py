@@ -29,14 +29,16 @@ def _densecrf():
   try:
     import pydensecrf.densecrf as densecrf  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError('CRF refinement needs pydensecrf2: `pip install pydensecrf2` (it compiles '
-                      'a small C++ extension), or turn it off with --config.segment.crf=False'
-                      ) from e
+    raise ImportError(
+        'CRF refinement needs pydensecrf2: `pip install pydensecrf2` (it compiles '
+        'a small C++ extension), or turn it off with --config.segment.crf=False'
+    ) from e
   return densecrf
 
 
-def refine_labels(image: np.ndarray, labels: np.ndarray, num_classes: int,
-                  params: CRFParams = CRFParams()) -> np.ndarray:
+def refine_labels(
+    image: np.ndarray, labels: np.ndarray, num_classes: int, params: CRFParams = CRFParams()
+) -> np.ndarray:
   """image uint8 [H, W, 3], labels int [H, W] in [0, num_classes) → refined int [H, W]."""
   if image.shape[:2] != labels.shape:
     raise ValueError(f'image {image.shape[:2]} and labels {labels.shape} differ in size')
@@ -46,8 +48,12 @@ def refine_labels(image: np.ndarray, labels: np.ndarray, num_classes: int,
   crf = _densecrf().DenseCRF2D(w, h, num_classes)
   crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
   crf.addPairwiseGaussian(sxy=params.gamma, compat=params.w2)
-  crf.addPairwiseBilateral(sxy=params.alpha, srgb=params.beta,
-                           rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=params.w1)
+  crf.addPairwiseBilateral(
+      sxy=params.alpha,
+      srgb=params.beta,
+      rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+      compat=params.w1,
+  )
   q = np.asarray(crf.inference(int(params.iterations)), dtype=np.float32)
   return q.argmax(0).reshape(h, w).astype(labels.dtype)
 

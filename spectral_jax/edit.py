@@ -77,8 +77,9 @@ def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   if image.ndim == 3:
     return np.stack([resize_image(image[..., c], hw) for c in range(image.shape[-1])], -1)
   # Mode 'F' keeps float32 precision through the resize.
-  out = Image.fromarray(image.astype(np.float32), mode='F').resize((w, h),
-                                                                 Image.Resampling.BILINEAR)
+  out = Image.fromarray(image.astype(np.float32), mode='F').resize(
+      (w, h), Image.Resampling.BILINEAR
+  )
   return np.asarray(out, np.float32)
 
 
@@ -146,8 +147,9 @@ def _window_stats(image: np.ndarray, eps: float):
   return mean, cov
 
 
-def matting_system(image: np.ndarray, trimap: np.ndarray, eps: float = 1e-6
-                   ) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+def matting_system(
+    image: np.ndarray, trimap: np.ndarray, eps: float = 1e-6
+) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
   """The closed-form-matting system restricted to the unknown pixels.
 
   With L the matting Laplacian (Levin et al. 2008, eq. 12, 3×3 windows whose centre is at
@@ -207,8 +209,7 @@ def matting_system(image: np.ndarray, trimap: np.ndarray, eps: float = 1e-6
   a = sparse.coo_matrix((vals[in_u], (rows[in_u], col_pos[in_u])), shape=(n_u, n_u)).tocsr()
   a = a + sparse.diags(diag)
   # Known neighbours move to the right-hand side: b = −L_uk α_k.
-  b = -np.bincount(rows[~in_u], weights=vals[~in_u] * known_alpha[cols_flat[~in_u]],
-                   minlength=n_u)
+  b = -np.bincount(rows[~in_u], weights=vals[~in_u] * known_alpha[cols_flat[~in_u]], minlength=n_u)
   return a.tocsr(), b, u_idx
 
 
@@ -230,8 +231,9 @@ def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, eps: float = 1e-6) 
   b = b + 0.5e-9
   # A is SPD, so LU without pivoting in symmetric mode on a minimum-degree ordering of AᵀA
   # (the band is nearly 1-D, fill-in stays small); ~1 s for 10⁵ unknowns.
-  lu = sparse_linalg.splu(a.tocsc(), permc_spec='MMD_AT_PLUS_A', diag_pivot_thresh=0.0,
-                          options={'SymmetricMode': True})
+  lu = sparse_linalg.splu(
+      a.tocsc(), permc_spec='MMD_AT_PLUS_A', diag_pivot_thresh=0.0, options={'SymmetricMode': True}
+  )
   x = lu.solve(b)
   alpha.ravel()[u_idx] = x
   return np.clip(alpha, 0.0, 1.0).astype(np.float32)
@@ -246,9 +248,14 @@ def _box(x: np.ndarray, radius: int) -> np.ndarray:
   return ndimage.uniform_filter(x, size=size, mode='reflect')
 
 
-def guided_upsample(alpha_lr: np.ndarray, image_lr: np.ndarray, image_hr: np.ndarray,
-                    radius: int = 2, eps: float = 1e-4, strip_pixels: int = 1 << 18
-                    ) -> np.ndarray:
+def guided_upsample(
+    alpha_lr: np.ndarray,
+    image_lr: np.ndarray,
+    image_hr: np.ndarray,
+    radius: int = 2,
+    eps: float = 1e-4,
+    strip_pixels: int = 1 << 18,
+) -> np.ndarray:
   """Fast guided filter (He & Sun 2015): fit α ≈ aᵀI + b at low resolution, apply at high.
 
   The coefficient maps (a, b) are smooth, so bilinear upsampling them loses little, while
@@ -303,8 +310,14 @@ def working_size(hw: tuple[int, int], max_pixels: int) -> tuple[int, int]:
   return max(int(h * scale), 1), max(int(w * scale), 1)
 
 
-def matte(image: np.ndarray, mask: np.ndarray, band_px: float = 16.0, eps: float = 1e-6,
-          max_pixels: int = 1_000_000, levels: float = 0.05) -> np.ndarray:
+def matte(
+    image: np.ndarray,
+    mask: np.ndarray,
+    band_px: float = 16.0,
+    eps: float = 1e-6,
+    max_pixels: int = 1_000_000,
+    levels: float = 0.05,
+) -> np.ndarray:
   """Soft alpha float32 [H, W] refining a coarse foreground mask against the image.
 
   Args:
@@ -347,8 +360,9 @@ def _levels(alpha: np.ndarray, low: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- colours & outputs
 
 
-def estimate_foreground(image: np.ndarray, alpha: np.ndarray, radii: Sequence[int] = (90, 6),
-                        strip_rows: int = 256) -> np.ndarray:
+def estimate_foreground(
+    image: np.ndarray, alpha: np.ndarray, radii: Sequence[int] = (90, 6), strip_rows: int = 256
+) -> np.ndarray:
   """Foreground colours float32 [H, W, 3] in [0, 1] by blur fusion (Forte & Pitié 2021).
 
   Alternates local (alpha-weighted box-blur) estimates of F and B with a correction that
@@ -370,7 +384,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, radii: Sequence[in
     if not fractional.any():
       continue
     h0, h1 = max(r0 - halo, 0), min(r1 + halo, height)
-    fg = _blur_fusion(image[h0:h1], alpha[h0:h1], radii)[r0 - h0:r1 - h0]
+    fg = _blur_fusion(image[h0:h1], alpha[h0:h1], radii)[r0 - h0 : r1 - h0]
     out[r0:r1][fractional] = fg[fractional]
   return out
 
@@ -399,8 +413,9 @@ def _blur_weighted(x: np.ndarray, weight: np.ndarray, radius: int) -> np.ndarray
   return _box(x * weight, radius) / np.maximum(_box(weight, radius), 1e-5)
 
 
-def cutout_rgba(image: np.ndarray, alpha: np.ndarray,
-                foreground: Optional[np.ndarray] = None) -> np.ndarray:
+def cutout_rgba(
+    image: np.ndarray, alpha: np.ndarray, foreground: Optional[np.ndarray] = None
+) -> np.ndarray:
   """Un-premultiplied RGBA uint8 [H, W, 4]: foreground colours + alpha.
 
   ``foreground`` (float [H, W, 3] in [0, 1]) defaults to ``estimate_foreground``; fully
@@ -414,8 +429,12 @@ def cutout_rgba(image: np.ndarray, alpha: np.ndarray,
   return np.concatenate([rgb, _to_uint8(a)[..., None]], axis=-1)
 
 
-def composite(image: np.ndarray, alpha: np.ndarray, background: Union[np.ndarray, ColorSpec],
-              foreground: Optional[np.ndarray] = None) -> np.ndarray:
+def composite(
+    image: np.ndarray,
+    alpha: np.ndarray,
+    background: Union[np.ndarray, ColorSpec],
+    foreground: Optional[np.ndarray] = None,
+) -> np.ndarray:
   """αF + (1−α)B as uint8 [H, W, 3].
 
   ``background`` is an image (any size: resized to cover, centre-cropped) or a colour
@@ -462,11 +481,10 @@ def cover_resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   sh, sw = max(h, int(np.ceil(ih * scale))), max(w, int(np.ceil(iw * scale)))
   scaled = resize_image(image, (sh, sw))
   top, left = (sh - h) // 2, (sw - w) // 2
-  return scaled[top:top + h, left:left + w]
+  return scaled[top : top + h, left : left + w]
 
 
-def background_canvas(background: Union[np.ndarray, ColorSpec], hw: tuple[int, int]
-                      ) -> np.ndarray:
+def background_canvas(background: Union[np.ndarray, ColorSpec], hw: tuple[int, int]) -> np.ndarray:
   """A uint8 [H, W, 3] background from an image array or a colour spec."""
   if isinstance(background, np.ndarray) and background.ndim >= 2:
     bg = cover_resize(background, hw)
@@ -484,9 +502,13 @@ def _checkerboard(hw: tuple[int, int], tile: int = 8) -> np.ndarray:
   return np.where(light[..., None], 204, 153).astype(np.uint8).repeat(3, -1)
 
 
-def edit_panel(image: np.ndarray, mask: np.ndarray, alpha: np.ndarray,
-               composite_image: Optional[np.ndarray] = None, max_height: int = 384
-               ) -> np.ndarray:
+def edit_panel(
+    image: np.ndarray,
+    mask: np.ndarray,
+    alpha: np.ndarray,
+    composite_image: Optional[np.ndarray] = None,
+    max_height: int = 384,
+) -> np.ndarray:
   """Side by side: image | mask over image | alpha | composite (or cutout on a checkerboard).
 
   ``mask`` may be at patch or image resolution; tiles are shrunk to ``max_height`` rows.

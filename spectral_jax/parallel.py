@@ -19,8 +19,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 def local_mesh() -> jax.sharding.Mesh:
   # Auto axes: XLA propagates the batch sharding through the model (no explicit annotations).
-  return jax.make_mesh((jax.local_device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,), devices=jax.local_devices())
+  return jax.make_mesh(
+      (jax.local_device_count(),),
+      ('data',),
+      axis_types=(jax.sharding.AxisType.Auto,),
+      devices=jax.local_devices(),
+  )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -45,7 +49,7 @@ def shard_batch(batch: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
 
 def process_shard(items: Sequence[Any]) -> list[Any]:
   """This process's strided share of the dataset (all of it in a single-process run)."""
-  return list(items[jax.process_index()::jax.process_count()])
+  return list(items[jax.process_index() :: jax.process_count()])
 
 
 def process_sum(values: np.ndarray) -> np.ndarray:

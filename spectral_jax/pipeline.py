@@ -30,6 +30,7 @@ from spectral_jax.spectral import affinity, eigen
 @dataclasses.dataclass
 class ImageResult:
   """What the pipeline knows about one image. Arrays are numpy, on the host."""
+
   example: Any  # datasets.Example
   image: np.ndarray  # uint8 [H, W, 3], uncropped
   patch_size: int
@@ -45,6 +46,7 @@ class FeatureExtractor:
 
   Compiles once per input shape; ``compiled_shapes`` records them (bucketing keeps it small).
   """
+
   arch: vit.ViTArch
   params: Any
   precision: str = 'highest'
@@ -59,13 +61,22 @@ class FeatureExtractor:
     self._forward = jax.jit(self._features, static_argnames=('with_cls',))
 
   def _features(self, params, images_uint8, pos_tables, token_mask, with_cls=False):
-    out = self._model.apply({'params': params}, vit.normalize(images_uint8),
-                            feature_block=self.feature_block, with_cls=with_cls,
-                            pos_tables=pos_tables, token_mask=token_mask)
+    out = self._model.apply(
+        {'params': params},
+        vit.normalize(images_uint8),
+        feature_block=self.feature_block,
+        with_cls=with_cls,
+        pos_tables=pos_tables,
+        token_mask=token_mask,
+    )
     return {key: out[key] for key in (('k', 'cls') if with_cls else ('k',))}
 
-  def __call__(self, images_uint8: np.ndarray, grids: Optional[Sequence[tuple[int, int]]] = None,
-               with_cls: bool = False) -> dict[str, jax.Array]:
+  def __call__(
+      self,
+      images_uint8: np.ndarray,
+      grids: Optional[Sequence[tuple[int, int]]] = None,
+      with_cls: bool = False,
+  ) -> dict[str, jax.Array]:
     """Features of a batch uint8 [B, H, W, 3] (H, W multiples of the patch size).
 
     ``grids``: each image's real patch grid when images were zero-padded to [H, W] (real
@@ -82,8 +93,11 @@ class FeatureExtractor:
     key = (images_uint8.shape, tables is None, with_cls)
     if key not in self.compiled_shapes:
       self.compiled_shapes.add(key)
-      logging.info('compiling the ViT forward for input %s (%d shapes so far)',
-                   images_uint8.shape, len(self.compiled_shapes))
+      logging.info(
+          'compiling the ViT forward for input %s (%d shapes so far)',
+          images_uint8.shape,
+          len(self.compiled_shapes),
+      )
     images = parallel.shard_batch(images_uint8, self.mesh)
     return self._forward(self.params, images, tables, mask, with_cls=with_cls)
 
@@ -104,15 +118,20 @@ class FeatureExtractor:
       size = 1 << (len(members) - 1).bit_length()
       images = np.zeros((size, canvas[0] * p, canvas[1] * p, 3), np.uint8)
       for j, i in enumerate(members):
-        images[j, :crops[i].shape[0], :crops[i].shape[1]] = crops[i]
+        images[j, : crops[i].shape[0], : crops[i].shape[1]] = crops[i]
       grids = grids + [grids[-1]] * (size - len(members))  # padding rows: any valid grid
       cls = self(images, grids, with_cls=True)['cls']
-      out[members] = np.asarray(cls)[:len(members)]
+      out[members] = np.asarray(cls)[: len(members)]
     return out
 
 
-def load_extractor(name: str, checkpoint: str = '', cache_dir: str = '',
-                   precision: str = 'highest', feature_block: int = -1) -> FeatureExtractor:
+def load_extractor(
+    name: str,
+    checkpoint: str = '',
+    cache_dir: str = '',
+    precision: str = 'highest',
+    feature_block: int = -1,
+) -> FeatureExtractor:
   """Loads (downloading if needed, via the orbax cache if present) a DINO backbone."""
   if name not in vit.ARCHS:
     raise ValueError(f'model.name={name!r}: use one of {sorted(vit.ARCHS)}')
@@ -132,9 +151,13 @@ def _decode(example, max_pixels: int, min_side: int):
     return example, None, e
 
 
-def decoded(examples: Sequence[Any], max_pixels: int, min_side: int, workers: int = 4,
-            on_error: Optional[Callable[[Any, Exception], None]] = None
-            ) -> Iterator[tuple[Any, np.ndarray]]:
+def decoded(
+    examples: Sequence[Any],
+    max_pixels: int,
+    min_side: int,
+    workers: int = 4,
+    on_error: Optional[Callable[[Any, Exception], None]] = None,
+) -> Iterator[tuple[Any, np.ndarray]]:
   """Decodes images in background threads, in order, a bounded window ahead."""
   window = max(2 * workers, 8)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -165,8 +188,9 @@ def bucket_grid(grid: tuple[int, int], step: int) -> tuple[int, int]:
   return tuple(-(-g // step) * step for g in grid)
 
 
-def size_batches(items: Iterable[tuple[Any, np.ndarray]], patch_size: int, batch_size: int,
-                 bucket_step: int = 0) -> Iterator[list[tuple[Any, np.ndarray]]]:
+def size_batches(
+    items: Iterable[tuple[Any, np.ndarray]], patch_size: int, batch_size: int, bucket_step: int = 0
+) -> Iterator[list[tuple[Any, np.ndarray]]]:
   """Groups images by (bucketed) patch grid; a group is emitted when full, the rest at the end.
 
   Memory stays bounded by (number of buckets) × batch_size images.
@@ -197,8 +221,9 @@ def _front_index(grids: Sequence[tuple[int, int]], canvas: tuple[int, int]) -> n
 
 
 @functools.partial(jax.jit, static_argnames=('color_lambda', 'k', 'which_matrix', 'solver'))
-def _eigs_of_features(feats, n_valid, images_lr, color_lambda, k: int, which_matrix: str,
-                      solver: str):
+def _eigs_of_features(
+    feats, n_valid, images_lr, color_lambda, k: int, which_matrix: str, solver: str
+):
   """feats [B, N, D] with real tokens first and n_valid [B] → ([B, K], [B, K, N])."""
   n = feats.shape[1]
   valid = jnp.arange(n)[None, :] < n_valid[:, None]
@@ -214,10 +239,16 @@ def _eigs_of_features(feats, n_valid, images_lr, color_lambda, k: int, which_mat
   return eigen.laplacian_eigs(w, k, solver=solver, n_valid=n_valid)
 
 
-def spectral_decomposition(feats: jax.Array, n_valid: np.ndarray, images: Sequence[np.ndarray],
-                           grid_hw, k: int, color_lambda: float = 0.0,
-                           which_matrix: str = 'laplacian', solver: str = 'auto'
-                           ) -> tuple[jax.Array, jax.Array]:
+def spectral_decomposition(
+    feats: jax.Array,
+    n_valid: np.ndarray,
+    images: Sequence[np.ndarray],
+    grid_hw,
+    k: int,
+    color_lambda: float = 0.0,
+    which_matrix: str = 'laplacian',
+    solver: str = 'auto',
+) -> tuple[jax.Array, jax.Array]:
   """Eigenpairs for a batch: feats [B, N, D] (real tokens first) → ([B, K], [B, K, N]).
 
   Returns device arrays without waiting for them. The colour and affinity variants need
@@ -236,6 +267,7 @@ def spectral_decomposition(feats: jax.Array, n_valid: np.ndarray, images: Sequen
 @dataclasses.dataclass
 class _InFlight:
   """A batch whose device work has been dispatched but not waited for."""
+
   batch: list
   grids: list
   feats: jax.Array
@@ -243,24 +275,38 @@ class _InFlight:
   vecs: Optional[jax.Array]
 
 
-def _dispatch(extractor: FeatureExtractor, batch: list, bucket_step: int, spectral_k: int,
-              color_lambda: float, which_matrix: str, solver: str) -> _InFlight:
+def _dispatch(
+    extractor: FeatureExtractor,
+    batch: list,
+    bucket_step: int,
+    spectral_k: int,
+    color_lambda: float,
+    which_matrix: str,
+    solver: str,
+) -> _InFlight:
   p = extractor.arch.patch_size
   crops = [vit.crop_to_patches(image, p) for _, image in batch]
   grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
   canvas = bucket_grid(grids[0], bucket_step)
   images = np.zeros((len(crops), canvas[0] * p, canvas[1] * p, 3), np.uint8)
   for i, c in enumerate(crops):
-    images[i, :c.shape[0], :c.shape[1]] = c
+    images[i, : c.shape[0], : c.shape[1]] = c
   feats = extractor(images, grids)['k']
   # The batch may be padded to the device count: pad the per-image inputs alike.
   index = _pad_rows(_front_index(grids, canvas), len(feats))
   feats = jnp.take_along_axis(feats, jnp.asarray(index)[..., None], axis=1)
   vals = vecs = None
   if spectral_k:
-    vals, vecs = spectral_decomposition(feats, np.array([h * w for h, w in grids]),
-                                        [im for _, im in batch], grids[0], spectral_k,
-                                        color_lambda, which_matrix, solver)
+    vals, vecs = spectral_decomposition(
+        feats,
+        np.array([h * w for h, w in grids]),
+        [im for _, im in batch],
+        grids[0],
+        spectral_k,
+        color_lambda,
+        which_matrix,
+        solver,
+    )
   return _InFlight(batch, grids, feats, vals, vecs)
 
 
@@ -270,15 +316,30 @@ def _collect(job: _InFlight, patch_size: int) -> Iterator[ImageResult]:
   vecs = None if job.vecs is None else np.asarray(job.vecs)
   for i, (example, image) in enumerate(job.batch):
     n = job.grids[i][0] * job.grids[i][1]
-    yield ImageResult(example, image, patch_size, job.grids[i], feats[i, :n],
-                      None if vals is None else vals[i], None if vecs is None else vecs[i, :, :n])
+    yield ImageResult(
+        example,
+        image,
+        patch_size,
+        job.grids[i],
+        feats[i, :n],
+        None if vals is None else vals[i],
+        None if vecs is None else vecs[i, :, :n],
+    )
 
 
-def run_images(extractor: FeatureExtractor, examples: Sequence[Any], *, batch_size: int,
-               max_pixels: int, spectral_k: int = 0, color_lambda: float = 0.0,
-               which_matrix: str = 'laplacian', solver: str = 'auto', bucket_step: int = 4,
-               on_error: Optional[Callable[[Any, Exception], None]] = None
-               ) -> Iterator[ImageResult]:
+def run_images(
+    extractor: FeatureExtractor,
+    examples: Sequence[Any],
+    *,
+    batch_size: int,
+    max_pixels: int,
+    spectral_k: int = 0,
+    color_lambda: float = 0.0,
+    which_matrix: str = 'laplacian',
+    solver: str = 'auto',
+    bucket_step: int = 4,
+    on_error: Optional[Callable[[Any, Exception], None]] = None,
+) -> Iterator[ImageResult]:
   """Features (and eigenpairs if spectral_k > 0) for every readable image.
 
   Images are zero-padded to grids rounded up to ``bucket_step`` patches, so a dataset with
@@ -316,5 +377,7 @@ class Progress:
 
   def summary(self) -> str:
     self.bar.close()
-    return f'{self.bar.desc}: {self.bar.n} images in {time.perf_counter() - self.start:.1f} s ' \
-           f'({self.rate:.2f} images/s)'
+    return (
+        f'{self.bar.desc}: {self.bar.n} images in {time.perf_counter() - self.start:.1f} s '
+        f'({self.rate:.2f} images/s)'
+    )

@@ -50,6 +50,7 @@ Example = tuple[np.ndarray, np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Hyper-parameters of self-training (defaults = README command + train.yaml)."""
+
   steps: int = 5000
   batch_size: int = 96
   learning_rate: float = 2e-4
@@ -92,9 +93,13 @@ class TrainState:
 # Augmentation (numpy / PIL, host side)
 
 
-def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
-                            scale: Sequence[float], ratio: Sequence[float]
-                            ) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+) -> tuple[int, int, int, int]:
   """torchvision's RandomResizedCrop.get_params: (top, left, h, w)."""
   area = height * width
   log_ratio = np.log(ratio)
@@ -119,8 +124,9 @@ def _gray(x: np.ndarray) -> np.ndarray:
   return x @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def color_jitter(image: np.ndarray, rng: np.random.Generator,
-                 strength: Sequence[float]) -> np.ndarray:
+def color_jitter(
+    image: np.ndarray, rng: np.random.Generator, strength: Sequence[float]
+) -> np.ndarray:
   """torchvision ColorJitter(brightness, contrast, saturation, hue): ops in random order."""
   b, c, s, h = strength
   x = image.astype(np.float32) / 255.0
@@ -141,8 +147,9 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator,
   return np.round(x * 255.0).astype(np.uint8)
 
 
-def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-            cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
   """Random resized crop → flip → colour jitter; the mask follows with nearest sampling."""
   if image.shape[:2] != label.shape:
     raise ValueError(f'image {image.shape[:2]} and label {label.shape} differ in size')
@@ -168,8 +175,9 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size  # drop_last=True
 
 
-def batch_plan(step: int, num_examples: int, batch_size: int, seed: int
-               ) -> tuple[int, np.ndarray, np.ndarray]:
+def batch_plan(
+    step: int, num_examples: int, batch_size: int, seed: int
+) -> tuple[int, np.ndarray, np.ndarray]:
   """(epoch, dataset indices [B], positions within the epoch [B]) of a global step."""
   epoch, pos = divmod(step, steps_per_epoch(num_examples, batch_size))
   perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -177,28 +185,35 @@ def batch_plan(step: int, num_examples: int, batch_size: int, seed: int
   return epoch, perm[positions], positions
 
 
-def _augmented(data: Sequence[Example], index: int, seed: int, epoch: int, position: int,
-               cfg: TrainConfig) -> Example:
+def _augmented(
+    data: Sequence[Example], index: int, seed: int, epoch: int, position: int, cfg: TrainConfig
+) -> Example:
   image, label = data[index]
   return augment(image, label, np.random.default_rng([seed, epoch, position]), cfg)
 
 
-def train_batches(data: Sequence[Example], cfg: TrainConfig, start_step: int, end_step: int,
-                  prefetch: int = 2) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+def train_batches(
+    data: Sequence[Example], cfg: TrainConfig, start_step: int, end_step: int, prefetch: int = 2
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
   """(step, {'image' uint8 [B, S, S, 3], 'label' int32 [B, S, S]}) for steps [start, end)."""
   with concurrent.futures.ThreadPoolExecutor(cfg.num_workers) as pool:
+
     def submit(step):
       epoch, indices, positions = batch_plan(step, len(data), cfg.batch_size, cfg.seed)
-      return [pool.submit(_augmented, data, int(i), cfg.seed, epoch, int(p), cfg)
-              for i, p in zip(indices, positions)]
+      return [
+          pool.submit(_augmented, data, int(i), cfg.seed, epoch, int(p), cfg)
+          for i, p in zip(indices, positions)
+      ]
 
     pending = collections.deque()
     for step in range(start_step, end_step):
       while len(pending) < prefetch and step + len(pending) < end_step:
         pending.append(submit(step + len(pending)))
       examples = [f.result() for f in pending.popleft()]
-      yield step, {'image': np.stack([e[0] for e in examples]),
-                   'label': np.stack([e[1] for e in examples]).astype(np.int32)}
+      yield step, {
+          'image': np.stack([e[0] for e in examples]),
+          'label': np.stack([e[1] for e in examples]).astype(np.int32),
+      }
 
 
 # --------------------------------------------------------------------------------------
@@ -217,20 +232,34 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
 @functools.lru_cache(maxsize=None)
 def create_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   """AdamW (cached per config: the same object keeps jit caches warm across runs)."""
-  return optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                     weight_decay=cfg.weight_decay, mask=weight_decay_mask)
+  return optax.adamw(
+      learning_rate_schedule(cfg),
+      b1=cfg.b1,
+      b2=cfg.b2,
+      eps=cfg.eps,
+      weight_decay=cfg.weight_decay,
+      mask=weight_decay_mask,
+  )
 
 
-def create_train_state(model: segmenter.DeepLabV3Plus, cfg: TrainConfig, key: jax.Array,
-                       backbone_params: Optional[Mapping[str, Any]] = None) -> TrainState:
+def create_train_state(
+    model: segmenter.DeepLabV3Plus,
+    cfg: TrainConfig,
+    key: jax.Array,
+    backbone_params: Optional[Mapping[str, Any]] = None,
+) -> TrainState:
   init_key, dropout_key = jax.random.split(key)
   variables = segmenter.init_variables(model, init_key, cfg.crop_size)
   params = variables['params']
   if backbone_params is not None:
     params = segmenter.with_backbone(params, backbone_params)
-  return TrainState(step=jnp.int32(0), params=params,
-                    opt_state=create_optimizer(cfg).init(params),
-                    batch_stats=variables['batch_stats'], key=dropout_key)
+  return TrainState(
+      step=jnp.int32(0),
+      params=params,
+      opt_state=create_optimizer(cfg).init(params),
+      batch_stats=variables['batch_stats'],
+      key=dropout_key,
+  )
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -238,22 +267,33 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def train_step(model: segmenter.DeepLabV3Plus, tx: optax.GradientTransformation,
-               state: TrainState, batch: Mapping[str, jax.Array]
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    model: segmenter.DeepLabV3Plus,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+) -> tuple[TrainState, dict[str, jax.Array]]:
   images = vit.normalize(batch['image'])
   dropout_key = jax.random.fold_in(state.key, state.step)
 
   def loss_fn(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, images,
-                                  train=True, rngs={'dropout': dropout_key},
-                                  mutable=['batch_stats'])
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats},
+        images,
+        train=True,
+        rngs={'dropout': dropout_key},
+        mutable=['batch_stats'],
+    )
     return cross_entropy(logits, batch['label']), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state, batch_stats=batch_stats)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      opt_state=opt_state,
+      batch_stats=batch_stats,
+  )
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   return new_state, {'loss': loss, 'accuracy': accuracy}
 
@@ -261,20 +301,25 @@ def train_step(model: segmenter.DeepLabV3Plus, tx: optax.GradientTransformation,
 def data_mesh(devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
   """Devices (default: all) on one 'data' axis; Auto axis: XLA inserts the reductions."""
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh(
+      (len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+  )
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_train_step(model: segmenter.DeepLabV3Plus, tx: optax.GradientTransformation,
-                        mesh: jax.sharding.Mesh):
+def compiled_train_step(
+    model: segmenter.DeepLabV3Plus, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+):
   """The jitted step: batch sharded over 'data', state replicated."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   donate = () if jax.default_backend() == 'cpu' else (0,)  # CPU cannot donate
-  return jax.jit(functools.partial(train_step, model, tx),
-                 in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                 donate_argnums=donate)
+  return jax.jit(
+      functools.partial(train_step, model, tx),
+      in_shardings=(replicated, sharded),
+      out_shardings=(replicated, replicated),
+      donate_argnums=donate,
+  )
 
 
 # --------------------------------------------------------------------------------------
@@ -293,8 +338,13 @@ def predict(model: segmenter.DeepLabV3Plus, variables: Any, image: np.ndarray) -
   return np.asarray(_predict(model, variables, crop))  # one compile per cropped size
 
 
-def evaluate(model: segmenter.DeepLabV3Plus, variables: Any, data: Sequence[Example],
-             num_classes: Optional[int] = None, hungarian: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: segmenter.DeepLabV3Plus,
+    variables: Any,
+    data: Sequence[Example],
+    num_classes: Optional[int] = None,
+    hungarian: bool = False,
+) -> dict[str, Any]:
   """mIoU over ``data`` (GT 255 = void; ``num_classes`` defaults to the model's).
 
   Hungarian matching is for cluster-valued outputs; a self-trained model predicts
@@ -304,8 +354,9 @@ def evaluate(model: segmenter.DeepLabV3Plus, variables: Any, data: Sequence[Exam
   confusion = np.zeros((model.num_classes, num_classes), np.int64)
   for image, gt in data:
     pred = predict(model, variables, image)
-    confusion += metrics.confusion_matrix(pred, gt[:pred.shape[0], :pred.shape[1]],
-                                          model.num_classes, num_classes)
+    confusion += metrics.confusion_matrix(
+        pred, gt[: pred.shape[0], : pred.shape[1]], model.num_classes, num_classes
+    )
   return score_confusion(confusion, hungarian)
 
 
@@ -317,36 +368,59 @@ def score_confusion(confusion: np.ndarray, hungarian: bool) -> dict[str, Any]:
     n = min(confusion.shape)
     matching = np.stack([np.arange(n), np.arange(n)], 1)
   miou, per_class = metrics.miou_from_confusion(confusion, matching)
-  return {'miou': miou, 'per_class_iou': per_class.tolist(),
-          'matching': [tuple(int(v) for v in m) for m in matching]}
+  return {
+      'miou': miou,
+      'per_class_iou': per_class.tolist(),
+      'matching': [tuple(int(v) for v in m) for m in matching],
+  }
 
 
 # --------------------------------------------------------------------------------------
 # Checkpoints
 
 
-def checkpoint_manager(directory: Path, keep_latest: int = 2,
-                       read_only: bool = False) -> ocp.CheckpointManager:
+def checkpoint_manager(
+    directory: Path, keep_latest: int = 2, read_only: bool = False
+) -> ocp.CheckpointManager:
   """Keeps the ``keep_latest`` newest checkpoints plus the best one by 'val_miou'."""
   policies = ocp.checkpoint_managers
   best = lambda m: m['val_miou']
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policies.AnyPreservationPolicy([
-          policies.LatestN(keep_latest),
-          policies.BestN(get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False)]),
-      best_fn=best, best_mode='max', read_only=read_only, create=not read_only)
-  handlers = {'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler(),
-              'model': ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                               item_handlers=handlers)
+      preservation_policy=policies.AnyPreservationPolicy(
+          [
+              policies.LatestN(keep_latest),
+              policies.BestN(get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False),
+          ]
+      ),
+      best_fn=best,
+      best_mode='max',
+      read_only=read_only,
+      create=not read_only,
+  )
+  handlers = {
+      'state': ocp.StandardCheckpointHandler(),
+      'data': ocp.JsonCheckpointHandler(),
+      'model': ocp.JsonCheckpointHandler(),
+  }
+  return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_handlers=handlers)
 
 
-def _save(mngr: ocp.CheckpointManager, state: TrainState, data_position: dict,
-          model: segmenter.DeepLabV3Plus, val_miou: Optional[float] = None) -> None:
-  mngr.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position),
-      model=ocp.args.JsonSave(segmenter.model_spec(model))),
-      metrics=None if val_miou is None else {'val_miou': val_miou})
+def _save(
+    mngr: ocp.CheckpointManager,
+    state: TrainState,
+    data_position: dict,
+    model: segmenter.DeepLabV3Plus,
+    val_miou: Optional[float] = None,
+) -> None:
+  mngr.save(
+      int(state.step),
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_position),
+          model=ocp.args.JsonSave(segmenter.model_spec(model)),
+      ),
+      metrics=None if val_miou is None else {'val_miou': val_miou},
+  )
 
 
 def check_architecture(mngr: ocp.CheckpointManager, step: int, expected_params: Any) -> Any:
@@ -358,8 +432,9 @@ def check_architecture(mngr: ocp.CheckpointManager, step: int, expected_params: 
   saved = mngr.item_metadata(step)['state']
   saved = getattr(saved, 'tree', saved)
   try:
-    segmenter.check_compatible(segmenter.shape_tree(saved['params']),
-                               segmenter.shape_tree(expected_params))
+    segmenter.check_compatible(
+        segmenter.shape_tree(saved['params']), segmenter.shape_tree(expected_params)
+    )
   except ValueError as e:
     spec = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
     raise ValueError(f'{e}\n(checkpoint {mngr.directory}/{step} was written by {spec})') from None
@@ -370,8 +445,12 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, d
   """(state, data position) of ``step``; ``target`` is a concrete or abstract TrainState."""
   check_architecture(mngr, step, target.params)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                   data=ocp.args.JsonRestore()))
+  out = mngr.restore(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+      ),
+  )
   return out['state'], dict(out['data'])
 
 
@@ -380,8 +459,9 @@ def best_or_latest_step(mngr: ocp.CheckpointManager) -> Optional[int]:
   return mngr.latest_step() if best is None else best
 
 
-def restore_variables(directory: Path, model: segmenter.DeepLabV3Plus,
-                      step: Optional[int] = None) -> tuple[dict, int]:
+def restore_variables(
+    directory: Path, model: segmenter.DeepLabV3Plus, step: Optional[int] = None
+) -> tuple[dict, int]:
   """Inference variables {'params', 'batch_stats'} of a checkpoint (best step by default).
 
   The target is built from the checkpoint's own metadata (any optimiser state
@@ -394,8 +474,9 @@ def restore_variables(directory: Path, model: segmenter.DeepLabV3Plus,
   saved = check_architecture(mngr, step, segmenter.abstract_variables(model)['params'])
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-  state = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))['state']
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
+      'state'
+  ]
   mngr.close()
   return {'params': state['params'], 'batch_stats': state['batch_stats']}, step
 
@@ -406,8 +487,14 @@ def restore_variables(directory: Path, model: segmenter.DeepLabV3Plus,
 
 def _data_position(step: int, n: int, cfg: TrainConfig) -> dict:
   epoch, pos = divmod(step, steps_per_epoch(n, cfg.batch_size))
-  return {'step': step, 'epoch': epoch, 'position': pos, 'data_seed': cfg.seed,
-          'num_examples': n, 'batch_size': cfg.batch_size}
+  return {
+      'step': step,
+      'epoch': epoch,
+      'position': pos,
+      'data_seed': cfg.seed,
+      'num_examples': n,
+      'batch_size': cfg.batch_size,
+  }
 
 
 def _due(step: int, every: int) -> bool:
@@ -417,15 +504,22 @@ def _due(step: int, every: int) -> bool:
 def _check_data_position(saved: dict, current: dict) -> None:
   for key in ('data_seed', 'num_examples', 'batch_size'):
     if saved.get(key) != current[key]:
-      raise ValueError(f'cannot resume exactly: checkpoint has {key}={saved.get(key)}, this run '
-                       f'has {current[key]} (use a fresh workdir)')
+      raise ValueError(
+          f'cannot resume exactly: checkpoint has {key}={saved.get(key)}, this run '
+          f'has {current[key]} (use a fresh workdir)'
+      )
 
 
-def train_and_evaluate(cfg: TrainConfig, model: segmenter.DeepLabV3Plus,
-                       train_data: Sequence[Example], val_data: Sequence[Example],
-                       workdir: Path, backbone_params: Optional[Mapping[str, Any]] = None,
-                       stop_after: Optional[int] = None,
-                       mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, Any]:
+def train_and_evaluate(
+    cfg: TrainConfig,
+    model: segmenter.DeepLabV3Plus,
+    train_data: Sequence[Example],
+    val_data: Sequence[Example],
+    workdir: Path,
+    backbone_params: Optional[Mapping[str, Any]] = None,
+    stop_after: Optional[int] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
+) -> dict[str, Any]:
   """Trains (resuming from ``workdir/checkpoints`` if present); returns a summary.
 
   ``stop_after`` ends the run after that global step, like a preemption
@@ -462,23 +556,36 @@ def train_and_evaluate(cfg: TrainConfig, model: segmenter.DeepLabV3Plus,
     done = step + 1
     if _due(done, cfg.log_every) or done == cfg.steps:
       record = {k: float(v) for k, v in step_metrics.items()}
-      record.update(step=done, learning_rate=float(learning_rate_schedule(cfg)(step)),
-                    seconds=time.perf_counter() - tick)
+      record.update(
+          step=done,
+          learning_rate=float(learning_rate_schedule(cfg)(step)),
+          seconds=time.perf_counter() - tick,
+      )
       io.append_jsonl(log_path, [record])
       logging.info('step %d: %s', done, record)
     should_eval = _due(done, eval_every) or done == cfg.steps
     if should_eval and val_data:
-      last_eval = evaluate(model, {'params': state.params, 'batch_stats': state.batch_stats},
-                           val_data)
+      last_eval = evaluate(
+          model, {'params': state.params, 'batch_stats': state.batch_stats}, val_data
+      )
       io.append_jsonl(log_path, [{'step': done, 'val_miou': last_eval['miou']}])
       logging.info('step %d: val mIoU %.4f', done, last_eval['miou'])
     if should_eval or _due(done, cfg.checkpoint_every):
-      _save(mngr, state, _data_position(done, n, cfg), model,
-            None if last_eval is None or not should_eval else last_eval['miou'])
+      _save(
+          mngr,
+          state,
+          _data_position(done, n, cfg),
+          model,
+          None if last_eval is None or not should_eval else last_eval['miou'],
+      )
   mngr.wait_until_finished()
   best_step = mngr.best_step()
-  summary = {'state': state, 'step': int(state.step), 'best_step': best_step,
-             'best_val_miou': None if best_step is None else mngr.metrics(best_step)['val_miou'],
-             'final': last_eval}
+  summary = {
+      'state': state,
+      'step': int(state.step),
+      'best_step': best_step,
+      'best_val_miou': None if best_step is None else mngr.metrics(best_step)['val_miou'],
+      'final': last_eval,
+  }
   mngr.close()
   return summary

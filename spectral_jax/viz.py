@@ -8,9 +8,21 @@ import numpy as np
 from PIL import Image
 
 # Viridis sampled at 10 points; linear interpolation between them is visually faithful.
-_VIRIDIS = np.array([[68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
-                     [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43],
-                     [253, 231, 37]], np.float32)
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84],
+        [72, 40, 120],
+        [62, 73, 137],
+        [49, 104, 142],
+        [38, 130, 142],
+        [31, 158, 137],
+        [53, 183, 121],
+        [110, 206, 88],
+        [181, 222, 43],
+        [253, 231, 37],
+    ],
+    np.float32,
+)
 
 
 def heatmap(values: np.ndarray) -> np.ndarray:
@@ -28,8 +40,9 @@ def resize_nearest(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.NEAREST))
 
 
-def draw_box(image: np.ndarray, box_xyxy: Sequence[int], color=(255, 0, 0), width: int = 3
-             ) -> np.ndarray:
+def draw_box(
+    image: np.ndarray, box_xyxy: Sequence[int], color=(255, 0, 0), width: int = 3
+) -> np.ndarray:
   """Outline of a box (exclusive max) drawn on a copy of the image."""
   out = image.copy()
   h, w = out.shape[:2]
@@ -45,21 +58,27 @@ def draw_box(image: np.ndarray, box_xyxy: Sequence[int], color=(255, 0, 0), widt
   return out
 
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), opacity: float = 0.5
-                 ) -> np.ndarray:
+def overlay_mask(
+    image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), opacity: float = 0.5
+) -> np.ndarray:
   out = image.astype(np.float32)
   out[mask] = (1 - opacity) * out[mask] + opacity * np.asarray(color, np.float32)
   return out.round().astype(np.uint8)
 
 
-def panel(image: np.ndarray, eigenvectors: Optional[np.ndarray], grid_hw: tuple[int, int],
-          box_xyxy: Optional[Sequence[int]] = None, mask: Optional[np.ndarray] = None,
-          num_eigenvectors: int = 4) -> np.ndarray:
+def panel(
+    image: np.ndarray,
+    eigenvectors: Optional[np.ndarray],
+    grid_hw: tuple[int, int],
+    box_xyxy: Optional[Sequence[int]] = None,
+    mask: Optional[np.ndarray] = None,
+    num_eigenvectors: int = 4,
+) -> np.ndarray:
   """One row: the image, eigenvectors 1..n as heat maps, and the box/mask overlay."""
   h, w = image.shape[:2]
   tiles = [image]
   if eigenvectors is not None:
-    for vec in eigenvectors[1:1 + num_eigenvectors]:
+    for vec in eigenvectors[1 : 1 + num_eigenvectors]:
       tiles.append(resize_nearest(heatmap(vec.reshape(grid_hw)), (h, w)))
   result = image
   if mask is not None:

@@ -19,6 +19,7 @@ def manifest():
 def parity_config(tmp_path):
   """configs/folder.py on the parity photos with the parity checkpoint (official settings)."""
   from configs import folder  # pylint: disable=import-outside-toplevel
+
   config = folder.get_config()
   config.data.root = str(PARITY / 'images')
   config.model.checkpoint = str(PARITY / 'checkpoint.pth')

@@ -63,8 +63,8 @@ def test_batched_with_padding_equals_single_runs():
   for i, xi in enumerate(xs):
     single = C.kmeans(jnp.asarray(xi), 6, keys[i])
     labels = np.asarray(batched.labels[i])
-    np.testing.assert_array_equal(labels[:len(xi)], np.asarray(single.labels))
-    assert (labels[len(xi):] == -1).all()
+    np.testing.assert_array_equal(labels[: len(xi)], np.asarray(single.labels))
+    assert (labels[len(xi) :] == -1).all()
     np.testing.assert_allclose(float(batched.inertia[i]), float(single.inertia), rtol=1e-5)
 
 
@@ -87,8 +87,9 @@ def test_multi_region_segments_recovers_regions_with_background_zero():
   regions = np.zeros((8, 10), np.int64)
   regions[2:5, 2:5] = 1
   regions[3:7, 6:9] = 2
-  seg = C.multi_region_segments(_piecewise_eigvecs(regions), (8, 10), n_segments=3,
-                                key=jax.random.PRNGKey(1))
+  seg = C.multi_region_segments(
+      _piecewise_eigvecs(regions), (8, 10), n_segments=3, key=jax.random.PRNGKey(1)
+  )
   assert seg.shape == (8, 10)
   assert (seg[regions == 0] == 0).all()  # the border region became background
   for r in (1, 2):
@@ -111,16 +112,14 @@ def test_adaptive_num_segments_uses_largest_gap_after_first():
   assert C.adaptive_num_segments(np.array([0.0, 5.0, 5.1, 5.2, 7.2, 7.3])) == 4
   regions = np.zeros((6, 6), np.int64)
   regions[1:4, 1:4] = 1
-  seg = C.multi_region_segments(_piecewise_eigvecs(regions), (6, 6), adaptive=True,
-                                eigenvalues=np.array([0.0, 0.1, 0.9, 1.0]))
+  seg = C.multi_region_segments(
+      _piecewise_eigvecs(regions), (6, 6), adaptive=True, eigenvalues=np.array([0.0, 0.1, 0.9, 1.0])
+  )
   assert len(np.unique(seg)) == 2  # gap at i=1 → 2 clusters
 
 
 def test_border_background_counts_corners_twice_and_breaks_ties_low():
-  seg = np.array([[3, 1, 1, 3],
-                  [3, 0, 0, 1],
-                  [3, 0, 0, 1],
-                  [3, 1, 3, 3]])
+  seg = np.array([[3, 1, 1, 3], [3, 0, 0, 1], [3, 0, 0, 1], [3, 1, 3, 3]])
   # label 3: col0 4 + col3 2 + row0 2 + row3 3 = 11; label 1: 0 + 2 + 2 + 1 = 5
   assert C.border_background(seg) == 3
   swapped = C.swap_background(seg)
@@ -134,6 +133,7 @@ def _skimage_box(mask, num_erode, num_dilate):
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     from skimage.morphology import binary_dilation, binary_erosion
+
     for op, n in ((binary_erosion, num_erode), (binary_dilation, num_dilate)):
       for _ in range(n):
         new = op(mask)
@@ -147,6 +147,7 @@ def test_morphology_matches_skimage():
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     from skimage.morphology import binary_dilation, binary_erosion
+
     rng = np.random.default_rng(0)
     for _ in range(20):
       m = rng.random((9, 13)) < 0.6
@@ -179,7 +180,7 @@ def test_cluster_features_and_semantic_map():
   labels = C.cluster_features(feats, n_clusters=3, seed=0)
   np.testing.assert_array_equal(labels, C.cluster_features(feats, n_clusters=3, seed=0))
   for g in range(3):  # each true group is one cluster
-    assert len(np.unique(labels[g * 10:(g + 1) * 10])) == 1
+    assert len(np.unique(labels[g * 10 : (g + 1) * 10])) == 1
   assert len(np.unique(labels)) == 3
   mb = C.cluster_features(feats, n_clusters=3, method='minibatch')
   assert len(np.unique(mb)) == 3
@@ -187,8 +188,10 @@ def test_cluster_features_and_semantic_map():
     C.cluster_features(feats[:2], n_clusters=3)
 
   from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
-  np.testing.assert_allclose(np.abs(C.pca(feats, 4)), np.abs(PCA(4).fit_transform(feats)),
-                             atol=1e-4)
+
+  np.testing.assert_allclose(
+      np.abs(C.pca(feats, 4)), np.abs(PCA(4).fit_transform(feats)), atol=1e-4
+  )
 
   seg = np.array([[0, 1], [2, 2]])
   sem = C.semantic_map(seg, np.array([1, 2]), np.array([0, 4]))

@@ -13,8 +13,10 @@ def brute_force_crf(image, labels, num_classes, p: crf.CRFParams):
   rgb = image.reshape(-1, 3).astype(np.float64)
   d_pos = ((pos[:, None] - pos[None]) ** 2).sum(-1)
   d_rgb = ((rgb[:, None] - rgb[None]) ** 2).sum(-1)
-  kernels = [(p.w1, np.exp(-d_pos / (2 * p.alpha ** 2) - d_rgb / (2 * p.beta ** 2))),
-             (p.w2, np.exp(-d_pos / (2 * p.gamma ** 2)))]
+  kernels = [
+      (p.w1, np.exp(-d_pos / (2 * p.alpha**2) - d_rgb / (2 * p.beta**2))),
+      (p.w2, np.exp(-d_pos / (2 * p.gamma**2))),
+  ]
   unary = -np.log(np.clip(np.eye(num_classes)[labels.ravel()], 0.01, 0.99))
   q = np.exp(-unary)
   q /= q.sum(1, keepdims=True)
@@ -39,7 +41,7 @@ def test_boundary_snaps_to_the_colour_edge_like_the_exact_crf(shift):
   truth = np.zeros((h, w), np.int32)
   truth[:, 12:] = 1
   labels = np.zeros((h, w), np.int32)
-  labels[:, 12 + shift:] = 1  # a patch-accurate mask, a few pixels off
+  labels[:, 12 + shift :] = 1  # a patch-accurate mask, a few pixels off
   params = crf.CRFParams()  # the official parameters
   exact = brute_force_crf(image, labels, 2, params)
   ours = crf.refine_labels(image, labels, 2, params)

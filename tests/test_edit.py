@@ -19,7 +19,6 @@ from scipy import ndimage
 
 from spectral_jax import edit
 
-
 # ----------------------------------------------------------------------------- generated scenes
 
 
@@ -38,12 +37,14 @@ def scene(h: int, w: int, seed: int = 0, soft: float = 4.0, noise: float = 0.02)
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
   t1, t2 = _noise(rng, (h, w), 4), _noise(rng, (h, w), 1)
   checks = ((xx // 6 + yy // 6) % 2) - 0.5
-  bg = np.stack([0.2 + 0.06 * t1, 0.5 + 0.1 * t1 + 0.1 * checks,
-                 0.45 + 0.08 * t2 + 0.1 * checks], -1)
+  bg = np.stack(
+      [0.2 + 0.06 * t1, 0.5 + 0.1 * t1 + 0.1 * checks, 0.45 + 0.08 * t2 + 0.1 * checks], -1
+  )
   f1, f2 = _noise(rng, (h, w), 3), _noise(rng, (h, w), 1)
   stripes = np.sin((xx + yy) / 3.0)
-  fg = np.stack([0.8 + 0.08 * f1 + 0.06 * stripes, 0.4 + 0.1 * f2,
-                 0.2 + 0.05 * f1 + 0.05 * stripes], -1)
+  fg = np.stack(
+      [0.8 + 0.08 * f1 + 0.06 * stripes, 0.4 + 0.1 * f2, 0.2 + 0.05 * f1 + 0.05 * stripes], -1
+  )
   fg = np.clip(fg + noise * rng.standard_normal(fg.shape), 0, 1)
   bg = np.clip(bg + noise * rng.standard_normal(bg.shape), 0, 1)
   cy, cx = h * 0.5 + rng.uniform(-10, 10), w * 0.5 + rng.uniform(-10, 10)
@@ -63,7 +64,7 @@ def blocky_mask(alpha: np.ndarray, patch: int, n_wrong: int = 1, seed: int = 0) 
   """
   h, w = alpha.shape
   gh, gw = h // patch, w // patch
-  grid = alpha[:gh * patch, :gw * patch].reshape(gh, patch, gw, patch).mean((1, 3)) > 0.5
+  grid = alpha[: gh * patch, : gw * patch].reshape(gh, patch, gw, patch).mean((1, 3)) > 0.5
   inner_edge = np.argwhere(grid & ~ndimage.binary_erosion(grid))
   outer_edge = np.argwhere(ndimage.binary_dilation(grid) & ~grid)
   rng = np.random.default_rng(seed)
@@ -90,8 +91,9 @@ def test_trimap_band_around_mask_edge():
   assert tri.dtype == np.uint8 and tri.shape == mask.shape
   assert set(np.unique(tri)) == {edit.BACKGROUND, edit.UNKNOWN, edit.FOREGROUND}
   assert not (tri == edit.FOREGROUND)[~mask].any() and not (tri == edit.BACKGROUND)[mask].any()
-  dist_to_edge = np.where(mask, ndimage.distance_transform_edt(mask),
-                          ndimage.distance_transform_edt(~mask))
+  dist_to_edge = np.where(
+      mask, ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask)
+  )
   assert (tri[dist_to_edge > 8] != edit.UNKNOWN).all()  # only the band is unknown
   assert (tri[dist_to_edge <= 7] == edit.UNKNOWN).all()
   assert (tri[40:56, 60:84] == edit.FOREGROUND).all()
@@ -161,7 +163,7 @@ def test_matte_recovers_soft_alpha_from_blocky_mask(patch, seed):
 def test_reduced_resolution_path_keeps_quality():
   image, alpha, _, _ = scene(480, 640, seed=4, soft=6.0)
   mask = blocky_mask(alpha, 16, n_wrong=2, seed=4)
-  full = edit.matte(image, mask, band_px=16, max_pixels=10 ** 9)
+  full = edit.matte(image, mask, band_px=16, max_pixels=10**9)
   reduced = edit.matte(image, mask, band_px=16, max_pixels=480 * 640 // 6)  # ~2.4× smaller side
   truth = alpha > 0.5
   assert iou(reduced > 0.5, truth) >= 0.98
@@ -264,11 +266,20 @@ def test_composite_colour_and_image_backgrounds():
   assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-6
 
 
-@pytest.mark.parametrize('spec,rgb', [
-    ('white', (255, 255, 255)), ('Black', (0, 0, 0)), ('#FF8000', (255, 128, 0)),
-    ('#f80', (255, 136, 0)), ('255,128,0', (255, 128, 0)), (' 10, 20 ,30 ', (10, 20, 30)),
-    ('rgb(1,2,3)', (1, 2, 3)), ((4, 5, 6), (4, 5, 6)), ([7, 8, 9], (7, 8, 9)),
-])
+@pytest.mark.parametrize(
+    'spec,rgb',
+    [
+        ('white', (255, 255, 255)),
+        ('Black', (0, 0, 0)),
+        ('#FF8000', (255, 128, 0)),
+        ('#f80', (255, 136, 0)),
+        ('255,128,0', (255, 128, 0)),
+        (' 10, 20 ,30 ', (10, 20, 30)),
+        ('rgb(1,2,3)', (1, 2, 3)),
+        ((4, 5, 6), (4, 5, 6)),
+        ([7, 8, 9], (7, 8, 9)),
+    ],
+)
 def test_parse_color(spec, rgb):
   assert edit.parse_color(spec) == rgb
 
@@ -297,8 +308,9 @@ def test_decoded_odd_files_reach_the_matte(tmp_path):
   image, alpha, _, _ = scene(64, 96, seed=11)
   mask = blocky_mask(alpha, 8, seed=11)
   Image.fromarray(image.mean(-1).astype(np.uint8), 'L').save(tmp_path / 'gray.png')
-  Image.fromarray(np.concatenate([image, np.full((64, 96, 1), 7, np.uint8)], -1),
-                  'RGBA').save(tmp_path / 'rgba.png')
+  Image.fromarray(np.concatenate([image, np.full((64, 96, 1), 7, np.uint8)], -1), 'RGBA').save(
+      tmp_path / 'rgba.png'
+  )
   Image.fromarray((image[..., 0].astype(np.uint16) * 257)).save(tmp_path / 'deep.png')
   for name in ('gray.png', 'rgba.png', 'deep.png'):
     rgb = decode.load_rgb(tmp_path / name)
@@ -319,7 +331,7 @@ def _write_scene(path, seed: int, hw=(160, 224)) -> np.ndarray:
 def _fake_eigs(alpha: np.ndarray, patch: int = 16, seed: int = 0) -> np.ndarray:
   """Eigenvectors [3, N] whose Fiedler vector is > 0 on the (blocky, 2 patches wrong) object."""
   h, w = alpha.shape[0] // patch, alpha.shape[1] // patch
-  grid = blocky_mask(alpha, patch, n_wrong=1, seed=seed)[:h * patch:patch, :w * patch:patch]
+  grid = blocky_mask(alpha, patch, n_wrong=1, seed=seed)[: h * patch : patch, : w * patch : patch]
   rng = np.random.default_rng(seed)
   fiedler = np.where(grid, 1.0, -1.0).ravel() + 0.01 * rng.standard_normal(h * w)
   return np.stack([np.ones(h * w), fiedler, 0.1 * rng.standard_normal(h * w)]).astype(np.float32)
@@ -335,6 +347,7 @@ class FakeExtract:
   def __call__(self, config, workdir):
     from spectral_jax import io as sj_io
     from spectral_jax.tasks import common
+
     self.calls.append(config.data.root)
     skipped = common.SkipLog(workdir)
     for ex in common.examples_from_config(config.data):
@@ -350,6 +363,7 @@ class FakeExtract:
 
 def _edit_config(root, **edit_overrides):
   from configs import edit as edit_config
+
   config = edit_config.get_config()
   config.data.root = str(root)
   config.output.num_panels = 1
@@ -453,14 +467,21 @@ def test_documented_command_line(tmp_path):
   import subprocess
   import sys
   from spectral_jax import io as sj_io
+
   repo = Path(__file__).resolve().parents[1]
   photo = tmp_path / 'cat.png'
   alpha = _write_scene(photo, 30)
   work = tmp_path / 'out'
-  sj_io.save_npz(work / 'eigs' / 'cat.npz', eigenvalues=np.zeros(3),
-                 eigenvectors=_fake_eigs(alpha))
-  cmd = [sys.executable, 'main.py', '--config=configs/edit.py', '--mode=edit',
-         f'--config.data.root={photo}', '--config.edit.background=#00ff00', f'--workdir={work}']
+  sj_io.save_npz(work / 'eigs' / 'cat.npz', eigenvalues=np.zeros(3), eigenvectors=_fake_eigs(alpha))
+  cmd = [
+      sys.executable,
+      'main.py',
+      '--config=configs/edit.py',
+      '--mode=edit',
+      f'--config.data.root={photo}',
+      '--config.edit.background=#00ff00',
+      f'--workdir={work}',
+  ]
   proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert np.asarray(Image.open(work / 'cutout' / 'cat.png')).shape == alpha.shape + (4,)
@@ -478,6 +499,7 @@ def test_task_with_real_extraction(photo_dir, tmp_path):
     pytest.skip('no parity checkpoint')
   root, alphas = photo_dir
   from configs import edit as edit_config
+
   config = edit_config.get_config()
   config.data.root = str(root)
   config.model.checkpoint = str(checkpoint)

@@ -10,6 +10,7 @@ from tests.conftest import PARITY, PARITY_IDS
 @pytest.fixture(scope='module')
 def extracted(tmp_path_factory):
   from configs import folder  # pylint: disable=import-outside-toplevel
+
   config = folder.get_config()
   config.data.root = str(PARITY / 'images')
   config.model.checkpoint = str(PARITY / 'checkpoint.pth')
@@ -46,6 +47,7 @@ def test_eigs_file(extracted, image_id):
 
 def test_second_run_recomputes_nothing(extracted, monkeypatch):
   from configs import folder  # pylint: disable=import-outside-toplevel
+
   config = folder.get_config()
   config.data.root = str(PARITY / 'images')
   config.model.checkpoint = '/nonexistent.pth'  # would fail if the model were loaded
@@ -54,13 +56,17 @@ def test_second_run_recomputes_nothing(extracted, monkeypatch):
   assert {p: p.stat().st_mtime_ns for p in extracted.glob('*/*.npz')} == before
 
 
-@pytest.mark.parametrize('setting,overrides', [
-    ('color', {'color_lambda': 10.0}),
-    ('affinity', {'which_matrix': 'affinity'}),
-    ('seg', {'K': 2}),
-])
+@pytest.mark.parametrize(
+    'setting,overrides',
+    [
+        ('color', {'color_lambda': 10.0}),
+        ('affinity', {'which_matrix': 'affinity'}),
+        ('seg', {'K': 2}),
+    ],
+)
 def test_other_official_settings(tmp_path, setting, overrides):
   from configs import folder  # pylint: disable=import-outside-toplevel
+
   config = folder.get_config()
   config.data.root = str(PARITY / 'images')
   config.data.limit = 2

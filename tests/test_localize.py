@@ -37,7 +37,8 @@ def test_corloc_against_voc_xml_boxes(parity_config, manifest, tmp_path):
     (xml_dir / f'{image_id}.xml').write_text(
         f'<annotation><size><width>1</width><height>1</height></size><object><name>x</name>'
         f'<difficult>0</difficult><truncated>0</truncated><bndbox><xmin>{x0}</xmin>'
-        f'<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>')
+        f'<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>'
+    )
   parity_config.data.boxes = str(xml_dir)
   localize.run(parity_config, tmp_path / 'out')
   result = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
@@ -64,8 +65,9 @@ def test_killed_run_resumes_without_recomputing(parity_config, tmp_path, monkeyp
   with open(tmp_path / 'out' / 'predictions.jsonl', 'a') as f:
     f.write('{"id": "chel')
   calls.clear()
-  monkeypatch.setattr(segments, 'localization_box',
-                      lambda *a, **k: (calls.append(1), real_box(*a, **k))[1])
+  monkeypatch.setattr(
+      segments, 'localization_box', lambda *a, **k: (calls.append(1), real_box(*a, **k))[1]
+  )
   localize.run(parity_config, tmp_path / 'out')
   assert len(calls) == 1  # only the unfinished image
   preds = io.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')

@@ -14,16 +14,21 @@ ROOT = Path(__file__).parent.parent
 
 
 def run_main(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, 'main.py', *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=600)
+  return subprocess.run(
+      [sys.executable, 'main.py', *args], cwd=cwd, capture_output=True, text=True, timeout=600
+  )
 
 
 def test_demo_command_runs(tmp_path):
   """The README demo, with the parity checkpoint instead of the downloaded weights."""
   out = tmp_path / 'demo'
-  proc = run_main('--config=configs/demo.py', '--mode=localize', f'--workdir={out}',
-                  f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-                  f'--config.model.cache_dir={tmp_path / "cache"}')
+  proc = run_main(
+      '--config=configs/demo.py',
+      '--mode=localize',
+      f'--workdir={out}',
+      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+      f'--config.model.cache_dir={tmp_path / "cache"}',
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = (out / 'predictions.jsonl').read_text().splitlines()
   assert len(lines) == 5
@@ -37,18 +42,26 @@ def test_demo_command_runs(tmp_path):
 
 
 def test_unreachable_weights_give_the_fix(tmp_path):
-  proc = run_main('--config=configs/demo.py', '--mode=localize', f'--workdir={tmp_path}',
-                  '--config.model.checkpoint=http://127.0.0.1:9/dino.pth',
-                  f'--config.model.cache_dir={tmp_path / "cache"}')
+  proc = run_main(
+      '--config=configs/demo.py',
+      '--mode=localize',
+      f'--workdir={tmp_path}',
+      '--config.model.checkpoint=http://127.0.0.1:9/dino.pth',
+      f'--config.model.cache_dir={tmp_path / "cache"}',
+  )
   assert proc.returncode != 0
   assert '--config.model.checkpoint' in proc.stderr
 
 
 def test_bad_config_value_is_named(tmp_path):
-  proc = run_main('--config=configs/demo.py', '--mode=localize', f'--workdir={tmp_path}',
-                  '--config.spectral.which_matrix=banana',
-                  f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-                  f'--config.model.cache_dir={tmp_path / "cache"}')
+  proc = run_main(
+      '--config=configs/demo.py',
+      '--mode=localize',
+      f'--workdir={tmp_path}',
+      '--config.spectral.which_matrix=banana',
+      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+      f'--config.model.cache_dir={tmp_path / "cache"}',
+  )
   assert proc.returncode != 0
   assert 'which_matrix' in proc.stderr
 
@@ -63,8 +76,12 @@ def test_configs_load_and_document_their_command(name):
 
 
 def test_unprepared_tfds_dataset_prints_the_prepare_command(tmp_path):
-  proc = run_main('--config=configs/voc.py', '--mode=localize', f'--workdir={tmp_path}',
-                  f'--config.data.tfds_dir={tmp_path / "tfds"}')
+  proc = run_main(
+      '--config=configs/voc.py',
+      '--mode=localize',
+      f'--workdir={tmp_path}',
+      f'--config.data.tfds_dir={tmp_path / "tfds"}',
+  )
   assert proc.returncode != 0
   assert 'voc/2012' in proc.stderr and 'download_and_prepare' in proc.stderr
   assert 'tensorflow' in proc.stderr.lower()

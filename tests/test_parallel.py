@@ -16,17 +16,26 @@ ROOT = Path(__file__).parent.parent
 
 
 def localize_cmd(workdir, cache, *extra):
-  return [sys.executable, 'main.py', '--config=configs/folder.py', '--mode=localize',
-          f'--workdir={workdir}', f'--config.data.root={PARITY / "images"}',
-          f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-          f'--config.model.cache_dir={cache}', '--config.data.batch_size=4',
-          '--config.output.num_panels=0', *extra]
+  return [
+      sys.executable,
+      'main.py',
+      '--config=configs/folder.py',
+      '--mode=localize',
+      f'--workdir={workdir}',
+      f'--config.data.root={PARITY / "images"}',
+      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+      f'--config.model.cache_dir={cache}',
+      '--config.data.batch_size=4',
+      '--config.output.num_panels=0',
+      *extra,
+  ]
 
 
 def run(cmd, devices=1, **kw):
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, **kw)
+  return subprocess.Popen(
+      cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+  )
 
 
 def finish(proc):
@@ -47,7 +56,8 @@ def test_four_devices_and_two_processes_match_one(tmp_path, manifest):
     x0, y0, x1, y1 = info['loc_box_xyxy']
     (xml / f'{image_id}.xml').write_text(
         f'<annotation><object><name>a</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>'
-        f'<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>')
+        f'<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>'
+    )
   boxes = f'--config.data.boxes={xml}'
   finish(run(localize_cmd(tmp_path / 'one', tmp_path / 'c1', boxes)))
   log = finish(run(localize_cmd(tmp_path / 'four', tmp_path / 'c4', boxes), devices=4))
@@ -56,11 +66,20 @@ def test_four_devices_and_two_processes_match_one(tmp_path, manifest):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  procs = [run(localize_cmd(tmp_path / 'two', tmp_path / f'c2{i}', boxes,
-                            '--config.distributed.enabled=True',
-                            f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-                            '--config.distributed.num_processes=2',
-                            f'--config.distributed.process_id={i}')) for i in range(2)]
+  procs = [
+      run(
+          localize_cmd(
+              tmp_path / 'two',
+              tmp_path / f'c2{i}',
+              boxes,
+              '--config.distributed.enabled=True',
+              f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+              '--config.distributed.num_processes=2',
+              f'--config.distributed.process_id={i}',
+          )
+      )
+      for i in range(2)
+  ]
   logs = [finish(proc) for proc in procs]
   assert 'JAX process 1/2' in logs[1]
 
@@ -72,8 +91,10 @@ def test_four_devices_and_two_processes_match_one(tmp_path, manifest):
     assert metrics == json.loads((tmp_path / 'one' / 'metrics.json').read_text())
     assert metrics['corloc'] == 100.0 and metrics['num_scored'] == 3
   # Each process wrote its own shard: 2 + 1 images.
-  shards = [len((tmp_path / 'two' / f'predictions.process{i}.jsonl').read_text().splitlines())
-            for i in range(2)]
+  shards = [
+      len((tmp_path / 'two' / f'predictions.process{i}.jsonl').read_text().splitlines())
+      for i in range(2)
+  ]
   assert sorted(shards) == [1, 2]
 
 

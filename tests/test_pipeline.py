@@ -11,8 +11,9 @@ from tests.conftest import PARITY, PARITY_IDS
 
 @pytest.fixture(scope='module')
 def extractor(tmp_path_factory):
-  return pipeline.load_extractor('dino_vits16', str(PARITY / 'checkpoint.pth'),
-                                 str(tmp_path_factory.mktemp('cache')))
+  return pipeline.load_extractor(
+      'dino_vits16', str(PARITY / 'checkpoint.pth'), str(tmp_path_factory.mktemp('cache'))
+  )
 
 
 def examples(tmp_path):
@@ -21,15 +22,21 @@ def examples(tmp_path):
   for image_id in PARITY_IDS:
     out.append(datasets.Example(id=image_id, path=str(PARITY / 'images' / f'{image_id}.png')))
   image = np.array(Image.open(PARITY / 'images' / 'coffee.png'))
-  for name, crop in {'c1': image[:390, :590], 'c2': image[:300, :500], 'c3': image[:100, :70]}.items():
+  for name, crop in {
+      'c1': image[:390, :590],
+      'c2': image[:300, :500],
+      'c3': image[:100, :70],
+  }.items():
     Image.fromarray(crop).save(tmp_path / f'{name}.png')
     out.append(datasets.Example(id=name, path=str(tmp_path / f'{name}.png')))
   return out
 
 
 def run(extractor, exs, **kw):
-  return {r.example.id: r for r in pipeline.run_images(extractor, exs, max_pixels=10 ** 8,
-                                                        spectral_k=5, **kw)}
+  return {
+      r.example.id: r
+      for r in pipeline.run_images(extractor, exs, max_pixels=10**8, spectral_k=5, **kw)
+  }
 
 
 def test_bucketed_batches_equal_exact_sizes(extractor, tmp_path):
@@ -45,7 +52,8 @@ def test_bucketed_batches_equal_exact_sizes(extractor, tmp_path):
     np.testing.assert_allclose(got.features, ref.features, atol=1e-5 * scale)
     np.testing.assert_allclose(got.eigenvalues, ref.eigenvalues, atol=1e-5)
     fiedler_cos = abs(got.eigenvectors[1] @ ref.eigenvectors[1]) / (
-        np.linalg.norm(got.eigenvectors[1]) * np.linalg.norm(ref.eigenvectors[1]))
+        np.linalg.norm(got.eigenvectors[1]) * np.linalg.norm(ref.eigenvectors[1])
+    )
     assert fiedler_cos > 0.999
 
 
@@ -70,13 +78,15 @@ def test_bucket_grid():
 def test_few_compiled_shapes_on_a_voc_like_size_mix():
   """VOC images are mostly 500 px on the long side with many short sides."""
   rng = np.random.default_rng(0)
-  sizes = [(int(s), 500) for s in rng.integers(200, 500, 300)] + \
-          [(500, int(s)) for s in rng.integers(200, 500, 100)]
+  sizes = [(int(s), 500) for s in rng.integers(200, 500, 300)] + [
+      (500, int(s)) for s in rng.integers(200, 500, 100)
+  ]
   images = [(i, np.zeros((h, w, 3), np.uint8)) for i, (h, w) in enumerate(sizes)]
   exact = {(h // 16, w // 16) for h, w in sizes}
   batches = list(pipeline.size_batches(images, 16, 8, bucket_step=4))
-  shapes = {pipeline.bucket_grid((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 4)
-            for b in batches}
+  shapes = {
+      pipeline.bucket_grid((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 4) for b in batches
+  }
   assert sum(len(b) for b in batches) == len(images)
   assert len(exact) > 30 and len(shapes) <= 12
 

@@ -13,13 +13,14 @@ GRIDS = [(1, 1), (3, 40), (14, 14), (14, 15), (25, 37), (31, 23), (60, 7), (28, 
 
 def direct_bicubic(grid: np.ndarray, out_hw, scale_hw) -> np.ndarray:
   """Float64 per-pixel evaluation of PyTorch's bicubic (A = -0.75, clamped taps)."""
+
   def w(x):
     x = abs(x)
     a = -0.75
     if x <= 1:
-      return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+      return (a + 2) * x**3 - (a + 3) * x**2 + 1
     if x < 2:
-      return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a
+      return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
     return 0.0
 
   g_h, g_w = grid.shape[-2:]
@@ -31,8 +32,12 @@ def direct_bicubic(grid: np.ndarray, out_hw, scale_hw) -> np.ndarray:
       acc = 0.0
       for iy in range(math.floor(sy) - 1, math.floor(sy) + 3):
         for ix in range(math.floor(sx) - 1, math.floor(sx) + 3):
-          acc = acc + w(sy - iy) * w(sx - ix) * grid[..., min(max(iy, 0), g_h - 1),
-                                                     min(max(ix, 0), g_w - 1)]
+          acc = (
+              acc
+              + w(sy - iy)
+              * w(sx - ix)
+              * grid[..., min(max(iy, 0), g_h - 1), min(max(ix, 0), g_w - 1)]
+          )
       out[..., oy, ox] = acc
   return out
 

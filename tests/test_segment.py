@@ -17,9 +17,11 @@ def test_masks_equal_official(parity_config, manifest, tmp_path):
     seg = np.load(PARITY / f'{image_id}.npz')['seg_mask']
     info = manifest['images'][image_id]
     full = np.zeros((info['height'], info['width']), np.uint8)
-    full[:seg.shape[0] * 16, :seg.shape[1] * 16] = np.kron(seg > 0, np.ones((16, 16))) * 255
-    full[seg.shape[0] * 16:, :seg.shape[1] * 16] = full[seg.shape[0] * 16 - 1, :seg.shape[1] * 16]
-    full[:, seg.shape[1] * 16:] = full[:, seg.shape[1] * 16 - 1:seg.shape[1] * 16]
+    full[: seg.shape[0] * 16, : seg.shape[1] * 16] = np.kron(seg > 0, np.ones((16, 16))) * 255
+    full[seg.shape[0] * 16 :, : seg.shape[1] * 16] = full[
+        seg.shape[0] * 16 - 1, : seg.shape[1] * 16
+    ]
+    full[:, seg.shape[1] * 16 :] = full[:, seg.shape[1] * 16 - 1 : seg.shape[1] * 16]
     Image.fromarray(full).save(mask_dir / f'{image_id}.png')
   parity_config.data.masks = str(mask_dir)
   segment.run(parity_config, tmp_path / 'out')
@@ -29,7 +31,7 @@ def test_masks_equal_official(parity_config, manifest, tmp_path):
     assert mask.shape == (info['height'], info['width'])
     assert set(np.unique(mask)) <= {0, 255}
     seg = np.load(PARITY / f'{image_id}.npz')['seg_mask']
-    centres = mask[8::16, 8::16][:seg.shape[0], :seg.shape[1]]
+    centres = mask[8::16, 8::16][: seg.shape[0], : seg.shape[1]]
     np.testing.assert_array_equal(centres > 0, seg > 0)
   result = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
   assert result['n'] == 3

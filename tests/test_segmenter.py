@@ -49,8 +49,11 @@ def test_backbone_features_are_final_normed_block_outputs(model_and_vars):
 def test_logits_at_input_resolution_and_batchnorm_updates(model_and_vars):
   model, variables = model_and_vars
   images = jax.random.normal(jax.random.PRNGKey(2), (2, 48, 32, 3))
-  train_apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
-                                                 rngs={'dropout': jax.random.PRNGKey(3)}))
+  train_apply = jax.jit(
+      lambda v, x: model.apply(
+          v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(3)}
+      )
+  )
   logits, updates = train_apply(variables, images)
   assert logits.shape == (2, 48, 32, 5)
   before = variables['batch_stats']['aspp']['ConvBNReLU_0']['BatchNorm_0']['mean']
@@ -62,14 +65,20 @@ def test_logits_at_input_resolution_and_batchnorm_updates(model_and_vars):
 
 def test_with_backbone_loads_dino_params_and_rejects_other_shapes(model_and_vars):
   _, variables = model_and_vars
-  dino = jax.tree.map(lambda s: np.full(s, 0.5, np.float32), vit.abstract_params(ARCH),
-                      is_leaf=lambda x: isinstance(x, tuple))
+  dino = jax.tree.map(
+      lambda s: np.full(s, 0.5, np.float32),
+      vit.abstract_params(ARCH),
+      is_leaf=lambda x: isinstance(x, tuple),
+  )
   params = S.with_backbone(variables['params'], dino)
   assert float(params['backbone']['blocks_0']['attn']['qkv']['kernel'][0, 0]) == 0.5
   other = vit.abstract_params(vit.ViTArch(8, 48, 2, 3, 16))
   other = jax.tree.map(np.zeros, other, is_leaf=lambda x: isinstance(x, tuple))
-  with pytest.raises(ValueError, match=r'backbone/blocks_0/attn/qkv/kernel: checkpoint has '
-                                       r'shape \(48, 144\), model expects \(32, 96\)'):
+  with pytest.raises(
+      ValueError,
+      match=r'backbone/blocks_0/attn/qkv/kernel: checkpoint has '
+      r'shape \(48, 144\), model expects \(32, 96\)',
+  ):
     S.with_backbone(variables['params'], other)
 
 
@@ -84,15 +93,18 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
   mngr.close()
 
   wide = S.DeepLabV3Plus(vit.ViTArch(8, 48, 2, 3, 16), **SMALL_HEAD)
-  pattern = (r'different architecture[\s\S]*params/backbone/blocks_0/attn/qkv/kernel: '
-             r'checkpoint has shape \(32, 96\), model expects \(48, 144\)[\s\S]*'
-             r"written by \{.*'embed_dim': 32")
+  pattern = (
+      r'different architecture[\s\S]*params/backbone/blocks_0/attn/qkv/kernel: '
+      r'checkpoint has shape \(32, 96\), model expects \(48, 144\)[\s\S]*'
+      r"written by \{.*'embed_dim': 32"
+  )
   with pytest.raises(ValueError, match=pattern):
     train.restore_variables(tmp_path / 'ckpt', wide)
   mngr = train.checkpoint_manager(tmp_path / 'ckpt')
   with pytest.raises(ValueError, match=pattern):
-    abstract = jax.eval_shape(functools.partial(train.create_train_state, wide, cfg),
-                              jax.random.PRNGKey(0))
+    abstract = jax.eval_shape(
+        functools.partial(train.create_train_state, wide, cfg), jax.random.PRNGKey(0)
+    )
     train.restore(mngr, 0, abstract)
   deeper = S.DeepLabV3Plus(vit.ViTArch(8, 32, 2, 4, 16), **SMALL_HEAD)
   with pytest.raises(ValueError, match=r'params/backbone/blocks_3/[\w/]+: missing from checkpoint'):
@@ -100,5 +112,6 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
   # The same architecture restores.
   variables, step = train.restore_variables(tmp_path / 'ckpt', small)
   assert step == 0
-  np.testing.assert_array_equal(variables['params']['classifier']['kernel'],
-                                state.params['classifier']['kernel'])
+  np.testing.assert_array_equal(
+      variables['params']['classifier']['kernel'], state.params['classifier']['kernel']
+  )

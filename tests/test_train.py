@@ -33,7 +33,7 @@ def make_image(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np
   image = np.broadcast_to(bg, (size, size, 3)).astype(np.float32).copy()
   gt = np.zeros((size, size), np.uint8)
   yy, xx = np.mgrid[:size, :size]
-  for cls in rng.permutation(3)[:rng.integers(2, 4)] + 1:
+  for cls in rng.permutation(3)[: rng.integers(2, 4)] + 1:
     cy, cx = rng.integers(14, size - 14, size=2)
     r = rng.integers(7, 12)
     if cls == 1:
@@ -54,13 +54,23 @@ def synthetic(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def tiny_model(num_classes: int = 4) -> segmenter.DeepLabV3Plus:
-  return segmenter.DeepLabV3Plus(TINY, num_classes=num_classes, channels=32,
-                                 low_level_channels=8, dropout=0.1)
+  return segmenter.DeepLabV3Plus(
+      TINY, num_classes=num_classes, channels=32, low_level_channels=8, dropout=0.1
+  )
 
 
 def tiny_config(**kw) -> train.TrainConfig:
-  base = dict(steps=6, batch_size=4, learning_rate=1e-3, crop_size=32, scale=(0.3, 1.0),
-              eval_every=3, checkpoint_every=3, log_every=1, num_workers=2)
+  base = dict(
+      steps=6,
+      batch_size=4,
+      learning_rate=1e-3,
+      crop_size=32,
+      scale=(0.3, 1.0),
+      eval_every=3,
+      checkpoint_every=3,
+      log_every=1,
+      num_workers=2,
+  )
   return train.TrainConfig(**{**base, **kw})
 
 
@@ -128,7 +138,8 @@ def test_augment_keeps_labels_and_is_reproducible():
 def test_color_jitter_brightness_formula_and_identity():
   image = synthetic(1)[0][0]
   np.testing.assert_array_equal(
-      train.color_jitter(image, np.random.default_rng(0), (0, 0, 0, 0)), image)
+      train.color_jitter(image, np.random.default_rng(0), (0, 0, 0, 0)), image
+  )
   rng = np.random.default_rng(3)
   rng.permutation(4)
   factor = rng.uniform(0.6, 1.4)
@@ -165,8 +176,10 @@ def test_train_batches_depend_only_on_step():
 
 
 def _params(summary):
-  return jax.tree.map(np.asarray, (summary['state'].params, summary['state'].opt_state,
-                                   summary['state'].batch_stats))
+  return jax.tree.map(
+      np.asarray,
+      (summary['state'].params, summary['state'].opt_state, summary['state'].batch_stats),
+  )
 
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
@@ -219,9 +232,11 @@ def _synthetic_eigs(gt: np.ndarray, rng: np.random.Generator, patch: int = 4, k:
 
 def _colour_histogram(crops: list[np.ndarray]) -> np.ndarray:
   """Stand-in for the box CLS features: a 4×4×4 RGB histogram of each crop."""
+
   def one(crop):
     q = (crop // 64).reshape(-1, 3).astype(int)
     return np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64).astype(np.float32)
+
   return np.stack([one(c) for c in crops])
 
 
@@ -237,18 +252,29 @@ def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):
   vecs = [_synthetic_eigs(gt, rng) for _, gt in data]
   keys = jax.random.split(jax.random.PRNGKey(0), len(data))
   segs = clustering.multi_region_segments_batch(vecs, [(16, 16)] * len(data), keys, n_segments=4)
-  boxes = [semantic.image_box_features(im, s, 4, _colour_histogram, num_erode=0, num_dilate=0)
-           for (im, _), s in zip(data, segs)]
+  boxes = [
+      semantic.image_box_features(im, s, 4, _colour_histogram, num_erode=0, num_dilate=0)
+      for (im, _), s in zip(data, segs)
+  ]
   maps = semantic.semantic_maps(segs, boxes, n_clusters=3, seed=0)
   pseudo = semantic.score_maps(maps[24:], [gt for _, gt in val_part], n_pred=4, num_classes=4)
   assert pseudo['matching_kind'] == 'hungarian'
   assert pseudo['miou'] >= 0.50, pseudo
 
   lut = train_task.matching_lut(pseudo['matching'])
-  labelled = [(im, semantic.resize_nearest(lut[m], im.shape[:2]))
-              for (im, _), m in zip(train_part, maps[:24])]
-  cfg = tiny_config(steps=40, batch_size=8, learning_rate=5e-3, crop_size=32, eval_every=20,
-                    checkpoint_every=20, log_every=20)
+  labelled = [
+      (im, semantic.resize_nearest(lut[m], im.shape[:2]))
+      for (im, _), m in zip(train_part, maps[:24])
+  ]
+  cfg = tiny_config(
+      steps=40,
+      batch_size=8,
+      learning_rate=5e-3,
+      crop_size=32,
+      eval_every=20,
+      checkpoint_every=20,
+      log_every=20,
+  )
   out = train.train_and_evaluate(cfg, tiny_model(), labelled, val_part, tmp_path)
   assert out['final']['miou'] >= 0.45, out['final']
   assert out['best_val_miou'] >= out['final']['miou']
@@ -262,6 +288,7 @@ def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):
 def voc_like(tmp_path):
   """8 synthetic 128×128 images in a VOC layout; val = img6, img7; parity ViT-S/16 (2 blocks)."""
   from configs import voc_semantic  # pylint: disable=import-outside-toplevel
+
   root = tmp_path / 'VOC2012'
   for sub in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
     (root / sub).mkdir(parents=True)
@@ -286,8 +313,14 @@ def test_semantic_task_writes_maps_metrics_and_resumes(voc_like, tmp_path, monke
   work = tmp_path / 'work'
   semantic.run(voc_like, work)
   stems = [f'img{i}' for i in range(8)]
-  for sub, ext in (('features', 'npz'), ('eigs', 'npz'), ('multi_region', 'png'),
-                   ('boxes', 'npz'), ('semantic', 'png'), ('semantic_seeds/1', 'png')):
+  for sub, ext in (
+      ('features', 'npz'),
+      ('eigs', 'npz'),
+      ('multi_region', 'png'),
+      ('boxes', 'npz'),
+      ('semantic', 'png'),
+      ('semantic_seeds/1', 'png'),
+  ):
     assert sorted(p.stem for p in (work / sub).glob(f'*.{ext}')) == stems, sub
   sem = semantic.read_png(work / 'semantic' / 'img0.png')
   assert sem.shape == (8, 8) and sem.max() <= 3  # patch grid; bg 0 + clusters 1..3
@@ -309,8 +342,9 @@ def test_train_and_evaluate_tasks(voc_like, tmp_path):
   work = tmp_path / 'work'
   voc_like.semantic.seeds = (0,)
   semantic.run(voc_like, work)
-  voc_like.train.update(steps=2, batch_size=2, crop_size=32, eval_every=2, checkpoint_every=2,
-                        num_workers=2)
+  voc_like.train.update(
+      steps=2, batch_size=2, crop_size=32, eval_every=2, checkpoint_every=2, num_workers=2
+  )
   voc_like.segmenter.update(channels=16, low_level_channels=8)
   train_task.run(voc_like, work)
   summary = json.loads((work / 'train_metrics.json').read_text())
@@ -325,7 +359,7 @@ def test_train_and_evaluate_tasks(voc_like, tmp_path):
 @pytest.mark.slow
 def test_data_parallel_step_equals_single_device():
   """Two forced CPU devices: same loss and (global-batch) BatchNorm statistics as one device."""
-  code = '''
+  code = """
 import jax, numpy as np
 import tests.test_train as T
 from spectral_jax import train
@@ -342,8 +376,12 @@ np.testing.assert_allclose(out[2][1]['loss'], out[1][1]['loss'], rtol=1e-6)
 for a, b in zip(jax.tree.leaves(out[2][0].batch_stats), jax.tree.leaves(out[1][0].batch_stats)):
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 assert out[2][0].params['classifier']['kernel'].sharding.spec == jax.sharding.PartitionSpec()
-'''
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-         'JAX_PLATFORMS': 'cpu'}
-  subprocess.run([sys.executable, '-c', code], check=True, env=env,
-                 cwd=Path(__file__).parent.parent)
+"""
+  env = {
+      **os.environ,
+      'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+      'JAX_PLATFORMS': 'cpu',
+  }
+  subprocess.run(
+      [sys.executable, '-c', code], check=True, env=env, cwd=Path(__file__).parent.parent
+  )

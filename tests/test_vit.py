@@ -78,8 +78,9 @@ def test_layernorm_is_two_pass_like_pytorch():
   # Large mean, small spread: E[x²] − E[x]² in float32 loses everything here.
   x = (1e4 + np.random.default_rng(0).normal(size=(4, 64))).astype(np.float32)
   ln = vit.TorchLayerNorm()
-  out = np.asarray(ln.apply({'params': {'scale': np.ones(64, np.float32),
-                                        'bias': np.zeros(64, np.float32)}}, x))
+  out = np.asarray(
+      ln.apply({'params': {'scale': np.ones(64, np.float32), 'bias': np.zeros(64, np.float32)}}, x)
+  )
   x64 = x.astype(np.float64)
   ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
   np.testing.assert_allclose(out, ref, atol=2e-3)
@@ -96,6 +97,7 @@ def test_crop_is_top_left_and_rejects_tiny_images():
 
 def test_normalize_matches_torchvision_formula():
   image = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
-  ref = (image.astype(np.float32) / 255 - np.array([0.485, 0.456, 0.406], np.float32)) \
-      / np.array([0.229, 0.224, 0.225], np.float32)
+  ref = (image.astype(np.float32) / 255 - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
+      [0.229, 0.224, 0.225], np.float32
+  )
   np.testing.assert_allclose(vit.normalize(image), ref, rtol=0, atol=1e-5)

@@ -52,135 +52,133 @@ _16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class BadImageError(ValueError):
-    """An image (or mask) file that exists but cannot be used; `path` and `reason` are kept."""
+  """An image (or mask) file that exists but cannot be used; `path` and `reason` are kept."""
 
-    def __init__(self, path: PathLike | str, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+  def __init__(self, path: PathLike | str, reason: str):
+    self.path = str(path)
+    self.reason = reason
+    super().__init__(f"{self.path}: {reason}")
 
 
 def _check_size(name: str, width: int, height: int, min_side: int, max_pixels: int) -> None:
-    if min(width, height) < min_side:
-        raise BadImageError(
-            name, f"image is {width}x{height} pixels; the minimum side is {min_side} (one patch)"
-        )
-    if width * height > max_pixels:
-        raise BadImageError(
-            name,
-            f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; "
-            "raise --config.data.max_pixels to process it",
-        )
+  if min(width, height) < min_side:
+    raise BadImageError(
+        name, f"image is {width}x{height} pixels; the minimum side is {min_side} (one patch)"
+    )
+  if width * height > max_pixels:
+    raise BadImageError(
+        name,
+        f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; "
+        "raise --config.data.max_pixels to process it",
+    )
 
 
 def _open(source: PathLike | bytes, name: str, max_pixels: int) -> Image.Image:
-    """Opens (header only) with errors mapped to FileNotFoundError / BadImageError."""
-    if not isinstance(source, (bytes, bytearray)) and not os.path.exists(source):
-        raise FileNotFoundError(2, "No such image file", str(source))
-    # PIL refuses images above 2 * MAX_IMAGE_PIXELS at open; never let that limit undercut ours.
-    if max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        if isinstance(source, (bytes, bytearray)):
-            return Image.open(io.BytesIO(source))
-        return Image.open(source)
-    except UnidentifiedImageError as e:
-        raise BadImageError(name, "not a recognised image file (corrupt or unsupported format)") from e
-    except Image.DecompressionBombError as e:
-        raise BadImageError(
-            name, f"{e}; raise --config.data.max_pixels to process it"
-        ) from e
-    except OSError as e:
-        raise BadImageError(name, f"cannot read image: {e}") from e
+  """Opens (header only) with errors mapped to FileNotFoundError / BadImageError."""
+  if not isinstance(source, (bytes, bytearray)) and not os.path.exists(source):
+    raise FileNotFoundError(2, "No such image file", str(source))
+  # PIL refuses images above 2 * MAX_IMAGE_PIXELS at open; never let that limit undercut ours.
+  if max_pixels > Image.MAX_IMAGE_PIXELS:
+    Image.MAX_IMAGE_PIXELS = max_pixels
+  try:
+    if isinstance(source, (bytes, bytearray)):
+      return Image.open(io.BytesIO(source))
+    return Image.open(source)
+  except UnidentifiedImageError as e:
+    raise BadImageError(name, "not a recognised image file (corrupt or unsupported format)") from e
+  except Image.DecompressionBombError as e:
+    raise BadImageError(name, f"{e}; raise --config.data.max_pixels to process it") from e
+  except OSError as e:
+    raise BadImageError(name, f"cannot read image: {e}") from e
 
 
 def _load_pixels(img: Image.Image, name: str) -> None:
-    try:
-        img.load()
-    except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation as OSError
-        raise BadImageError(name, f"truncated or corrupt image data ({e})") from e
+  try:
+    img.load()
+  except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation as OSError
+    raise BadImageError(name, f"truncated or corrupt image data ({e})") from e
 
 
 def _stretch_to_uint8(a: np.ndarray) -> np.ndarray:
-    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(a.min()), float(a.max())
-    if hi <= lo:
-        return np.zeros(a.shape, np.uint8)
-    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+  a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+  lo, hi = float(a.min()), float(a.max())
+  if hi <= lo:
+    return np.zeros(a.shape, np.uint8)
+  return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 def _16bit_to_uint8(a: np.ndarray) -> np.ndarray:
-    """OpenCV's imread rule (the official feature decoder): round(v / 256), saturated at 255."""
-    return np.minimum(np.rint(a.astype(np.float64) / 256.0), 255).astype(np.uint8)
+  """OpenCV's imread rule (the official feature decoder): round(v / 256), saturated at 255."""
+  return np.minimum(np.rint(a.astype(np.float64) / 256.0), 255).astype(np.uint8)
 
 
 def _gray_to_uint8(img: Image.Image, notes: list[str]) -> np.ndarray:
-    """High-bit-depth single-channel modes -> uint8 [H, W] (scaled, never clipped)."""
-    a = np.asarray(img)
-    if img.mode in _16BIT_MODES:
-        notes.append(f"16-bit {img.mode} scaled to 8 bits")
-        return _16bit_to_uint8(a)
-    if img.mode == "I":
-        if a.size and a.min() >= 0 and a.max() <= 65535:
-            notes.append("32-bit integer I read as 16-bit and scaled to 8 bits")
-            return _16bit_to_uint8(a)
-        notes.append("32-bit integer I stretched from [min, max] to 8 bits")
-        return _stretch_to_uint8(a)
-    # mode F
-    finite = np.isfinite(a)
-    if a.size and finite.all() and a.min() >= 0.0 and a.max() <= 1.0:
-        notes.append("float F in [0, 1] scaled by 255")
-        return np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
-    notes.append("float F stretched from [min, max] to 8 bits")
+  """High-bit-depth single-channel modes -> uint8 [H, W] (scaled, never clipped)."""
+  a = np.asarray(img)
+  if img.mode in _16BIT_MODES:
+    notes.append(f"16-bit {img.mode} scaled to 8 bits")
+    return _16bit_to_uint8(a)
+  if img.mode == "I":
+    if a.size and a.min() >= 0 and a.max() <= 65535:
+      notes.append("32-bit integer I read as 16-bit and scaled to 8 bits")
+      return _16bit_to_uint8(a)
+    notes.append("32-bit integer I stretched from [min, max] to 8 bits")
     return _stretch_to_uint8(a)
+  # mode F
+  finite = np.isfinite(a)
+  if a.size and finite.all() and a.min() >= 0.0 and a.max() <= 1.0:
+    notes.append("float F in [0, 1] scaled by 255")
+    return np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
+  notes.append("float F stretched from [min, max] to 8 bits")
+  return _stretch_to_uint8(a)
 
 
 def to_rgb_array(img: Image.Image, name: str, notes: list[str] | None = None) -> np.ndarray:
-    """Converts a loaded PIL image of any mode to RGB uint8 [H, W, 3] (see module docstring).
+  """Converts a loaded PIL image of any mode to RGB uint8 [H, W, 3] (see module docstring).
 
-    Appends a short description of each conversion to `notes` (if given).
-    """
-    notes = [] if notes is None else notes
-    mode = img.mode
-    if mode == "RGB":
-        return np.asarray(img, dtype=np.uint8).copy()
-    if mode in _16BIT_MODES or mode in ("I", "F"):
-        gray = _gray_to_uint8(img, notes)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    try:
-        if mode == "P" and "transparency" in img.info:
-            notes.append("palette with transparency -> RGB (alpha dropped)")
-            return np.asarray(img.convert("RGBA").convert("RGB"), dtype=np.uint8).copy()
-        if mode in _ALPHA_MODES:
-            notes.append(f"{mode} -> RGB (alpha dropped, not composited)")
-        elif mode in _PLAIN_MODES:
-            notes.append(f"{mode} -> RGB")
-        else:
-            notes.append(f"{mode} -> RGB (PIL convert)")
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (ValueError, OSError) as e:
-        raise BadImageError(name, f"unsupported image mode {mode!r} ({e})") from e
+  Appends a short description of each conversion to `notes` (if given).
+  """
+  notes = [] if notes is None else notes
+  mode = img.mode
+  if mode == "RGB":
+    return np.asarray(img, dtype=np.uint8).copy()
+  if mode in _16BIT_MODES or mode in ("I", "F"):
+    gray = _gray_to_uint8(img, notes)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+  try:
+    if mode == "P" and "transparency" in img.info:
+      notes.append("palette with transparency -> RGB (alpha dropped)")
+      return np.asarray(img.convert("RGBA").convert("RGB"), dtype=np.uint8).copy()
+    if mode in _ALPHA_MODES:
+      notes.append(f"{mode} -> RGB (alpha dropped, not composited)")
+    elif mode in _PLAIN_MODES:
+      notes.append(f"{mode} -> RGB")
+    else:
+      notes.append(f"{mode} -> RGB (PIL convert)")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+  except (ValueError, OSError) as e:
+    raise BadImageError(name, f"unsupported image mode {mode!r} ({e})") from e
 
 
 def _decode(
     source: PathLike | bytes, name: str, min_side: int, max_pixels: int, apply_exif: bool
 ) -> np.ndarray:
-    img = _open(source, name, max_pixels)
-    with img:
-        _check_size(name, img.width, img.height, min_side, max_pixels)
-        _load_pixels(img, name)
-        notes: list[str] = []
-        if apply_exif:
-            orientation = img.getexif().get(0x0112, 1)  # 0x0112 = EXIF Orientation
-            if orientation not in (None, 1):
-                transposed = ImageOps.exif_transpose(img)
-                if transposed is not None:
-                    img = transposed
-                notes.append(f"EXIF orientation {orientation} applied")
-        rgb = to_rgb_array(img, name, notes)
-    if notes:
-        logging.info("%s: %s", name, "; ".join(notes))
-    return rgb
+  img = _open(source, name, max_pixels)
+  with img:
+    _check_size(name, img.width, img.height, min_side, max_pixels)
+    _load_pixels(img, name)
+    notes: list[str] = []
+    if apply_exif:
+      orientation = img.getexif().get(0x0112, 1)  # 0x0112 = EXIF Orientation
+      if orientation not in (None, 1):
+        transposed = ImageOps.exif_transpose(img)
+        if transposed is not None:
+          img = transposed
+        notes.append(f"EXIF orientation {orientation} applied")
+    rgb = to_rgb_array(img, name, notes)
+  if notes:
+    logging.info("%s: %s", name, "; ".join(notes))
+  return rgb
 
 
 def load_rgb(
@@ -190,18 +188,18 @@ def load_rgb(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     apply_exif: bool = True,
 ) -> np.ndarray:
-    """Reads an image file as RGB uint8 [H, W, 3].
+  """Reads an image file as RGB uint8 [H, W, 3].
 
-    Args:
-      path: image file.
-      min_side: smallest allowed min(H, W) (pass the patch size: smaller images have no patch).
-      max_pixels: largest allowed H * W (`--config.data.max_pixels`).
-      apply_exif: rotate/flip according to the EXIF orientation tag (see module docstring).
-    Raises:
-      FileNotFoundError: `path` does not exist.
-      BadImageError: not an image, truncated, unsupported mode, too small or too large.
-    """
-    return _decode(path, str(path), min_side, max_pixels, apply_exif)
+  Args:
+    path: image file.
+    min_side: smallest allowed min(H, W) (pass the patch size: smaller images have no patch).
+    max_pixels: largest allowed H * W (`--config.data.max_pixels`).
+    apply_exif: rotate/flip according to the EXIF orientation tag (see module docstring).
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    BadImageError: not an image, truncated, unsupported mode, too small or too large.
+  """
+  return _decode(path, str(path), min_side, max_pixels, apply_exif)
 
 
 def decode_rgb(
@@ -212,39 +210,39 @@ def decode_rgb(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     apply_exif: bool = True,
 ) -> np.ndarray:
-    """`load_rgb` for encoded bytes (e.g. a tfds record); `name` is used in logs and errors."""
-    return _decode(bytes(data), name, min_side, max_pixels, apply_exif)
+  """`load_rgb` for encoded bytes (e.g. a tfds record); `name` is used in logs and errors."""
+  return _decode(bytes(data), name, min_side, max_pixels, apply_exif)
 
 
 def load_mask(path: PathLike) -> np.ndarray:
-    """Reads a ground-truth mask as bool [H, W], official rule: `convert('RGB')` channel 0 > 127.
+  """Reads a ground-truth mask as bool [H, W], official rule: `convert('RGB')` channel 0 > 127.
 
-    (The official code applies ToTensor, i.e. /255, then keeps channel 0 > 0.5.) No EXIF.
-    """
-    name = str(path)
-    img = _open(path, name, DEFAULT_MAX_PIXELS)
-    with img:
-        _load_pixels(img, name)
-        try:
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except (ValueError, OSError) as e:
-            raise BadImageError(name, f"unsupported mask mode {img.mode!r} ({e})") from e
-    return rgb[:, :, 0] > 127
+  (The official code applies ToTensor, i.e. /255, then keeps channel 0 > 0.5.) No EXIF.
+  """
+  name = str(path)
+  img = _open(path, name, DEFAULT_MAX_PIXELS)
+  with img:
+    _load_pixels(img, name)
+    try:
+      rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (ValueError, OSError) as e:
+      raise BadImageError(name, f"unsupported mask mode {img.mode!r} ({e})") from e
+  return rgb[:, :, 0] > 127
 
 
 def center_crop_offsets(height: int, width: int) -> tuple[int, int, int]:
-    """(top, left, side) of torchvision's CenterCrop to the shorter side.
+  """(top, left, side) of torchvision's CenterCrop to the shorter side.
 
-    top = round((H - s) / 2) with Python's round (half to even), as torchvision does.
-    """
-    side = min(height, width)
-    return int(round((height - side) / 2.0)), int(round((width - side) / 2.0)), side
+  top = round((H - s) / 2) with Python's round (half to even), as torchvision does.
+  """
+  side = min(height, width)
+  return int(round((height - side) / 2.0)), int(round((width - side) / 2.0)), side
 
 
 def center_crop_square(array: np.ndarray) -> np.ndarray:
-    """Centre crop of [H, W, ...] to [s, s, ...], s = min(H, W) (CUB protocol)."""
-    top, left, side = center_crop_offsets(array.shape[0], array.shape[1])
-    return array[top : top + side, left : left + side]
+  """Centre crop of [H, W, ...] to [s, s, ...], s = min(H, W) (CUB protocol)."""
+  top, left, side = center_crop_offsets(array.shape[0], array.shape[1])
+  return array[top : top + side, left : left + side]
 
 
 center_crop = center_crop_square  # short alias used by the task runners

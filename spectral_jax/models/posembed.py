@@ -19,6 +19,7 @@ CUBIC_A = -0.75
 
 def _cubic_weights(t: np.ndarray, a: float = CUBIC_A) -> np.ndarray:
   """Keys-kernel weights of the taps at offsets -1, 0, 1, 2 for fraction t: [n, 4]."""
+
   def near(x):  # |x| <= 1
     return ((a + 2) * x - (a + 3)) * x * x + 1
 
@@ -57,12 +58,15 @@ def needs_interpolation(grid_hw: tuple[int, int], pretrained_grid: int) -> bool:
   return not (grid_hw[0] == grid_hw[1] == pretrained_grid)
 
 
-def interpolation_matrices(grid_hw: tuple[int, int], pretrained_grid: int,
-                           dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+def interpolation_matrices(
+    grid_hw: tuple[int, int], pretrained_grid: int, dtype=np.float32
+) -> tuple[np.ndarray, np.ndarray]:
   """Row matrix [h, G] and column matrix [w, G] for the pretrained G×G grid."""
   scale_h, scale_w = dino_scale_factors(grid_hw, pretrained_grid)
   out_h, out_w = int(np.floor(pretrained_grid * scale_h)), int(np.floor(pretrained_grid * scale_w))
   if (out_h, out_w) != tuple(grid_hw):  # DINO asserts the same
     raise ValueError(f"bicubic output {(out_h, out_w)} != patch grid {tuple(grid_hw)}")
-  return (bicubic_matrix(pretrained_grid, out_h, scale_h, dtype),
-          bicubic_matrix(pretrained_grid, out_w, scale_w, dtype))
+  return (
+      bicubic_matrix(pretrained_grid, out_h, scale_h, dtype),
+      bicubic_matrix(pretrained_grid, out_w, scale_w, dtype),
+  )

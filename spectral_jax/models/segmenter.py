@@ -38,6 +38,7 @@ def default_low_level_block(depth: int) -> int:
 
 class ViTBackbone(nn.Module):
   """DINO ViT returning the final-normed patch tokens [B, h, w, D] of the given blocks."""
+
   arch: vit.ViTArch
   blocks: tuple[int, ...]
   precision: Any = 'highest'
@@ -72,8 +73,14 @@ class ConvBNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, (self.kernel, self.kernel), kernel_dilation=self.dilation,
-                padding='SAME', use_bias=False, kernel_init=KAIMING)(x)
+    x = nn.Conv(
+        self.features,
+        (self.kernel, self.kernel),
+        kernel_dilation=self.dilation,
+        padding='SAME',
+        use_bias=False,
+        kernel_init=KAIMING,
+    )(x)
     # PyTorch BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
     return nn.relu(x)
@@ -96,6 +103,7 @@ class ASPP(nn.Module):
 
 class DeepLabV3Plus(nn.Module):
   """images [B, H, W, 3] (ImageNet-normalised, H, W multiples of P) → logits [B, H, W, C]."""
+
   arch: vit.ViTArch
   num_classes: int = 21
   aspp_rates: tuple[int, ...] = (6, 12, 18)
@@ -108,10 +116,14 @@ class DeepLabV3Plus(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     depth = self.arch.depth
-    low_block = (default_low_level_block(depth) if self.low_level_block is None
-                 else self.low_level_block % depth)
-    low, out = ViTBackbone(self.arch, (low_block, depth - 1), self.precision,
-                           name='backbone')(images)
+    low_block = (
+        default_low_level_block(depth)
+        if self.low_level_block is None
+        else self.low_level_block % depth
+    )
+    low, out = ViTBackbone(self.arch, (low_block, depth - 1), self.precision, name='backbone')(
+        images
+    )
     x = ASPP(self.aspp_rates, self.channels, self.dropout, name='aspp')(out, train)
     low = ConvBNReLU(self.low_level_channels, 1, name='project')(low, train)
     # ViT features share one stride, so the official resize of x to low's size is a no-op.
@@ -124,8 +136,11 @@ class DeepLabV3Plus(nn.Module):
 
 def model_spec(model: DeepLabV3Plus) -> dict[str, Any]:
   """JSON-able description saved with checkpoints (to say which model wrote them)."""
-  spec = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-          if f.name not in ('parent', 'name')}
+  spec = {
+      f.name: getattr(model, f.name)
+      for f in dataclasses.fields(model)
+      if f.name not in ('parent', 'name')
+  }
   spec['arch'] = dataclasses.asdict(model.arch)
   spec['aspp_rates'] = list(model.aspp_rates)
   return spec
@@ -159,8 +174,9 @@ def shape_tree(tree: Any) -> Any:
 
 def _flat(tree: Any, prefix: str) -> dict[str, tuple[int, ...]]:
   leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, tuple))[0]
-  return {prefix + ''.join(f'/{getattr(k, "key", k)}' for k in path): tuple(v)
-          for path, v in leaves}
+  return {
+      prefix + ''.join(f'/{getattr(k, "key", k)}' for k in path): tuple(v) for path, v in leaves
+  }
 
 
 def check_compatible(found: Any, expected: Any, prefix: str = 'params') -> None:
@@ -169,12 +185,17 @@ def check_compatible(found: Any, expected: Any, prefix: str = 'params') -> None:
   ``found``/``expected``: trees of shape tuples (checkpoint vs model).
   """
   f, e = _flat(found, prefix), _flat(expected, prefix)
-  problems = [f'{k}: checkpoint has shape {f[k]}, model expects {e[k]}'
-              for k in sorted(f.keys() & e.keys()) if f[k] != e[k]]
-  problems += [f'{k}: missing from checkpoint (model expects {e[k]})'
-               for k in sorted(e.keys() - f.keys())]
-  problems += [f'{k}: in checkpoint {f[k]} but not in the model' for k in sorted(f.keys() - e.keys())]
+  problems = [
+      f'{k}: checkpoint has shape {f[k]}, model expects {e[k]}'
+      for k in sorted(f.keys() & e.keys())
+      if f[k] != e[k]
+  ]
+  problems += [
+      f'{k}: missing from checkpoint (model expects {e[k]})' for k in sorted(e.keys() - f.keys())
+  ]
+  problems += [
+      f'{k}: in checkpoint {f[k]} but not in the model' for k in sorted(f.keys() - e.keys())
+  ]
   if problems:
     shown = problems[:10] + ([f'… and {len(problems) - 10} more'] if len(problems) > 10 else [])
-    raise ValueError('checkpoint was written by a different architecture:\n  '
-                     + '\n  '.join(shown))
+    raise ValueError('checkpoint was written by a different architecture:\n  ' + '\n  '.join(shown))

@@ -25,6 +25,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 @dataclasses.dataclass(frozen=True)
 class ViTArch:
   """Static architecture of a DINO ViT; depth comes from the checkpoint."""
+
   patch_size: int = 16
   embed_dim: int = 384
   num_heads: int = 6
@@ -47,6 +48,7 @@ ARCHS = {
 
 class TorchLayerNorm(nn.Module):
   """LayerNorm with PyTorch's two-pass variance and eps."""
+
   eps: float = 1e-6
 
   @nn.compact
@@ -69,8 +71,8 @@ class Attention(nn.Module):
     b, t, d = x.shape
     hd = d // self.num_heads
     qkv = nn.Dense(3 * d, precision=self.precision, name='qkv')(x)
-    q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(b, t, self.num_heads, hd) for i in range(3))
-    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k, precision=self.precision) * hd ** -0.5
+    q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, t, self.num_heads, hd) for i in range(3))
+    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k, precision=self.precision) * hd**-0.5
     if key_mask is not None:  # padded tokens: exp(-inf) = 0, so real tokens never see them
       logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
     attn = jax.nn.softmax(logits, axis=-1)
@@ -98,7 +100,8 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, key_mask=None):
     attn_out, qkv, attn = Attention(self.num_heads, self.precision, name='attn')(
-        TorchLayerNorm(name='norm1')(x), key_mask)
+        TorchLayerNorm(name='norm1')(x), key_mask
+    )
     x = x + attn_out
     x = x + Mlp(4 * x.shape[-1], self.precision, name='mlp')(TorchLayerNorm(name='norm2')(x))
     return x, qkv, attn
@@ -106,6 +109,7 @@ class Block(nn.Module):
 
 class PatchEmbed(nn.Module):
   """Conv2d(kernel = stride = P) written as a matmul over non-overlapping patches."""
+
   patch_size: int
   embed_dim: int
   precision: Any = 'highest'
@@ -137,19 +141,28 @@ class VisionTransformer(nn.Module):
   the padded grid; see ``padded_pos_tables``) and ``token_mask`` [B, 1 + h·w] (True for
   CLS and real patches). Real tokens then equal the unpadded computation.
   """
+
   arch: ViTArch
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, images, feature_block: int = -1, with_cls: bool = False,
-               pos_tables=None, token_mask=None):
+  def __call__(
+      self,
+      images,
+      feature_block: int = -1,
+      with_cls: bool = False,
+      pos_tables=None,
+      token_mask=None,
+  ):
     a = self.arch
     b, height, width, _ = images.shape
     p = a.patch_size
     grid = (height // p, width // p)
     if grid[0] * p != height or grid[1] * p != width:
-      raise ValueError(f'image size {(height, width)} is not a multiple of patch size {p}; '
-                       'crop with preprocess() first')
+      raise ValueError(
+          f'image size {(height, width)} is not a multiple of patch size {p}; '
+          'crop with preprocess() first'
+      )
     block_index = feature_block % a.depth
 
     x = PatchEmbed(p, a.embed_dim, self.precision, name='patch_embed')(images)
@@ -167,8 +180,13 @@ class VisionTransformer(nn.Module):
       x, qkv, attn = Block(a.num_heads, self.precision, name=f'blocks_{i}')(x, token_mask)
       if i == block_index:
         d = a.embed_dim
-        out.update(q=qkv[:, 1:, :d], k=qkv[:, 1:, d:2 * d], v=qkv[:, 1:, 2 * d:],
-                   tokens=x[:, 1:], attn=attn)
+        out.update(
+            q=qkv[:, 1:, :d],
+            k=qkv[:, 1:, d : 2 * d],
+            v=qkv[:, 1:, 2 * d :],
+            tokens=x[:, 1:],
+            attn=attn,
+        )
     if with_cls:
       out['cls'] = TorchLayerNorm(name='norm')(x)[:, 0]
     return out
@@ -186,8 +204,9 @@ def interpolate_pos_embed(pos_embed, grid_hw, pretrained_grid: int, precision='h
   return jnp.concatenate([pos_embed[:, :1], table.reshape(1, -1, d)], axis=1)
 
 
-def padded_pos_tables(pos_embed: np.ndarray, grids: list[tuple[int, int]],
-                      padded_grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def padded_pos_tables(
+    pos_embed: np.ndarray, grids: list[tuple[int, int]], padded_grid: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
   """Per-image position tables and token masks for images padded to ``padded_grid``.
 
   pos_embed: [1, 1 + G², D] (host copy). Returns tables [B, 1 + H·W, D] (zeros on padded

@@ -50,8 +50,9 @@ def _sq_dists(x: jax.Array, c: jax.Array) -> jax.Array:
   return jnp.maximum(d, 0.0)
 
 
-def kmeans_plusplus(key: jax.Array, x: jax.Array, mask: jax.Array, k: int,
-                    n_local_trials: Optional[int] = None) -> jax.Array:
+def kmeans_plusplus(
+    key: jax.Array, x: jax.Array, mask: jax.Array, k: int, n_local_trials: Optional[int] = None
+) -> jax.Array:
   """Greedy k-means++ (Arthur & Vassilvitskii; sklearn's variant). x [N, D], mask [N] → [k, D].
 
   Each new centre is the best of ``n_local_trials`` candidates drawn ∝ D(x)²,
@@ -112,8 +113,9 @@ def _update_centres(x, w, labels, centres):
   return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], centres)
 
 
-def lloyd(x: jax.Array, mask: jax.Array, init: jax.Array, max_iter: int = 300,
-          tol: float = 1e-4) -> KMeansResult:
+def lloyd(
+    x: jax.Array, mask: jax.Array, init: jax.Array, max_iter: int = 300, tol: float = 1e-4
+) -> KMeansResult:
   """Lloyd iterations from ``init`` [k, D] with sklearn's ``_kmeans_single_lloyd`` semantics."""
   w = mask.astype(x.dtype)
   n_valid = jnp.maximum(jnp.sum(w), 1.0)
@@ -158,8 +160,15 @@ def _kmeans(x, k, key, mask, n_init, max_iter, tol) -> KMeansResult:
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'n_init', 'max_iter'))
-def kmeans(x: jax.Array, k: int, key: jax.Array, mask: Optional[jax.Array] = None,
-           n_init: int = 1, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
+def kmeans(
+    x: jax.Array,
+    k: int,
+    key: jax.Array,
+    mask: Optional[jax.Array] = None,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+) -> KMeansResult:
   """k-means++ then Lloyd; the best of ``n_init`` seedings by inertia. x [N, D], mask [N]."""
   x = jnp.asarray(x, jnp.float32)
   if mask is None:
@@ -168,8 +177,15 @@ def kmeans(x: jax.Array, k: int, key: jax.Array, mask: Optional[jax.Array] = Non
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'n_init', 'max_iter'))
-def kmeans_batched(x: jax.Array, mask: jax.Array, keys: jax.Array, k: int, n_init: int = 1,
-                   max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
+def kmeans_batched(
+    x: jax.Array,
+    mask: jax.Array,
+    keys: jax.Array,
+    k: int,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+) -> KMeansResult:
   """Independent k-means per row: x [B, N, D], mask [B, N] (False = padding), keys [B]."""
   x = jnp.asarray(x, jnp.float32)
   return jax.vmap(lambda xi, ki, mi: _kmeans(xi, k, ki, mi, n_init, max_iter, tol))(x, keys, mask)
@@ -224,16 +240,20 @@ def _pad_points(points: Sequence[np.ndarray], n_pad: int) -> tuple[np.ndarray, n
   x = np.zeros((len(points), n_pad, d), np.float32)
   mask = np.zeros((len(points), n_pad), bool)
   for i, p in enumerate(points):
-    x[i, :len(p)] = p
-    mask[i, :len(p)] = True
+    x[i, : len(p)] = p
+    mask[i, : len(p)] = True
   return x, mask
 
 
-def multi_region_segments_batch(eigenvectors: Sequence[np.ndarray],
-                                grids: Sequence[tuple[int, int]], keys: jax.Array,
-                                n_segments: int = 15, adaptive: bool = False,
-                                eigenvalues: Optional[Sequence[np.ndarray]] = None,
-                                num_eigenvectors: int = 1_000_000) -> list[np.ndarray]:
+def multi_region_segments_batch(
+    eigenvectors: Sequence[np.ndarray],
+    grids: Sequence[tuple[int, int]],
+    keys: jax.Array,
+    n_segments: int = 15,
+    adaptive: bool = False,
+    eigenvalues: Optional[Sequence[np.ndarray]] = None,
+    num_eigenvectors: int = 1_000_000,
+) -> list[np.ndarray]:
   """``multi_region_segments`` for many images at once (one padded vmap per cluster count).
 
   Results equal the per-image call with the same key: padding does not change the
@@ -246,24 +266,31 @@ def multi_region_segments_batch(eigenvectors: Sequence[np.ndarray],
     vecs = np.asarray(vecs, np.float32)
     if vecs.shape[0] < 2:
       raise ValueError(f'need ≥ 2 eigenvectors (the first is constant), got {vecs.shape[0]}')
-    points.append(vecs[1:1 + num_eigenvectors].T)
+    points.append(vecs[1 : 1 + num_eigenvectors].T)
     k = adaptive_num_segments(eigenvalues[i]) if adaptive else n_segments
     ks.append(min(k, vecs.shape[1]))  # sklearn would refuse k > N; we cap
   out: list[Optional[np.ndarray]] = [None] * len(points)
   for k in sorted(set(ks)):
     idx = [i for i, ki in enumerate(ks) if ki == k]
     x, mask = _pad_points([points[i] for i in idx], _bucket(max(len(points[i]) for i in idx)))
-    labels = np.asarray(kmeans_batched(jnp.asarray(x), jnp.asarray(mask), keys[np.array(idx)], k).labels)
+    labels = np.asarray(
+        kmeans_batched(jnp.asarray(x), jnp.asarray(mask), keys[np.array(idx)], k).labels
+    )
     for row, i in enumerate(idx):
       shape = segment_grid(len(points[i]), grids[i])
-      out[i] = swap_background(labels[row, :len(points[i])].reshape(shape))
+      out[i] = swap_background(labels[row, : len(points[i])].reshape(shape))
   return out
 
 
-def multi_region_segments(eigenvectors: np.ndarray, grid_hw: tuple[int, int],
-                          n_segments: int = 15, key: Optional[jax.Array] = None,
-                          adaptive: bool = False, eigenvalues: Optional[np.ndarray] = None,
-                          num_eigenvectors: int = 1_000_000) -> np.ndarray:
+def multi_region_segments(
+    eigenvectors: np.ndarray,
+    grid_hw: tuple[int, int],
+    n_segments: int = 15,
+    key: Optional[jax.Array] = None,
+    adaptive: bool = False,
+    eigenvalues: Optional[np.ndarray] = None,
+    num_eigenvectors: int = 1_000_000,
+) -> np.ndarray:
   """Segment map [h, w] int32 from eigenvectors [K, N] (official §4.1; background = 0).
 
   Clusters the rows 1..K−1 (the constant eigenvector 0 is skipped) into
@@ -271,8 +298,14 @@ def multi_region_segments(eigenvectors: np.ndarray, grid_hw: tuple[int, int],
   """
   key = jax.random.PRNGKey(0) if key is None else key
   return multi_region_segments_batch(
-      [eigenvectors], [grid_hw], key[None], n_segments, adaptive,
-      None if eigenvalues is None else [eigenvalues], num_eigenvectors)[0]
+      [eigenvectors],
+      [grid_hw],
+      key[None],
+      n_segments,
+      adaptive,
+      None if eigenvalues is None else [eigenvalues],
+      num_eigenvectors,
+  )[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -305,8 +338,9 @@ def _morph_box(mask: np.ndarray, num_erode: int, num_dilate: int) -> np.ndarray:
   return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.int64)
 
 
-def segment_boxes(segmap: np.ndarray, num_erode: int = 2, num_dilate: int = 5,
-                  skip_background: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def segment_boxes(
+    segmap: np.ndarray, num_erode: int = 2, num_dilate: int = 5, skip_background: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
   """Per-segment boxes in patch units: (segment_indices [M], boxes [M, 4] = x0, y0, x1, y1).
 
   Segments in ascending label order, background (0) skipped. Morphology only
@@ -336,8 +370,14 @@ def pca(x: np.ndarray, dim: int) -> np.ndarray:
   return (x @ vt[:dim].T).astype(np.float32)
 
 
-def cluster_features(features: np.ndarray, n_clusters: int = 20, seed: int = 0,
-                     pca_dim: int = 0, method: str = 'kmeans', n_init: int = 1) -> np.ndarray:
+def cluster_features(
+    features: np.ndarray,
+    n_clusters: int = 20,
+    seed: int = 0,
+    pca_dim: int = 0,
+    method: str = 'kmeans',
+    n_init: int = 1,
+) -> np.ndarray:
   """Cluster labels [M] of box features [M, D] (L2-normalised first, then optional PCA).
 
   ``method='kmeans'`` (default): full-batch JAX k-means, k-means++ seeded by
@@ -355,13 +395,18 @@ def cluster_features(features: np.ndarray, n_clusters: int = 20, seed: int = 0,
     return np.asarray(res.labels)
   if method == 'minibatch':
     from sklearn.cluster import MiniBatchKMeans  # pylint: disable=g-import-not-at-top
-    return MiniBatchKMeans(n_clusters, batch_size=4096, max_iter=5000,
-                           random_state=seed).fit_predict(x).astype(np.int64)
+
+    return (
+        MiniBatchKMeans(n_clusters, batch_size=4096, max_iter=5000, random_state=seed)
+        .fit_predict(x)
+        .astype(np.int64)
+    )
   raise ValueError(f"cluster method {method!r}: use 'kmeans' or 'minibatch'")
 
 
-def semantic_map(segmap: np.ndarray, segment_indices: np.ndarray,
-                 clusters: np.ndarray) -> np.ndarray:
+def semantic_map(
+    segmap: np.ndarray, segment_indices: np.ndarray, clusters: np.ndarray
+) -> np.ndarray:
   """uint8 semantic map: background 0, segment s with cluster c → c + 1 (see module doc)."""
   lut = np.zeros(int(segmap.max()) + 1, np.int64)
   lut[np.asarray(segment_indices, np.int64)] = np.asarray(clusters, np.int64) + 1

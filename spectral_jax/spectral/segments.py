@@ -28,70 +28,75 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def fiedler_mask(eigenvectors: np.ndarray, grid_hw: tuple[int, int], index: int = 1) -> np.ndarray:
-    """bool [h, w] mask `eigenvectors[index] > 0` (index 1 = Fiedler vector of the Laplacian).
+  """bool [h, w] mask `eigenvectors[index] > 0` (index 1 = Fiedler vector of the Laplacian).
 
-    Args:
-      eigenvectors: [K, N] with N = h * w, rows are eigenvectors (row-major patch order).
-      grid_hw: (h, w) patch grid.
-    """
-    ev = np.asarray(eigenvectors)
-    h, w = grid_hw
-    if ev.ndim != 2 or ev.shape[1] != h * w:
-        raise ValueError(f"eigenvectors {ev.shape} do not match a {h}x{w} grid (expected [K, {h * w}])")
-    return (ev[index] > 0).reshape(h, w)
+  Args:
+    eigenvectors: [K, N] with N = h * w, rows are eigenvectors (row-major patch order).
+    grid_hw: (h, w) patch grid.
+  """
+  ev = np.asarray(eigenvectors)
+  h, w = grid_hw
+  if ev.ndim != 2 or ev.shape[1] != h * w:
+    raise ValueError(f"eigenvectors {ev.shape} do not match a {h}x{w} grid (expected [K, {h * w}])")
+  return (ev[index] > 0).reshape(h, w)
 
 
 def infer_patch_grid(n_tokens: int, image_hw: tuple[int, int]) -> tuple[int, tuple[int, int]]:
-    """(patch size, (h, w)) from the token count and the uncropped image size (official 5.2.4).
+  """(patch size, (h, w)) from the token count and the uncropped image size (official 5.2.4).
 
-    First match of: N = (H//8)(W//8) -> P=8; N = (H//16)(W//16) -> P=16;
-    N = 4(H//16)(W//16) -> P=8 on a (2(H//16), 2(W//16)) grid; N = 16(H//32)(W//32) -> P=8 on
-    a (4(H//32), 4(W//32)) grid.
-    """
-    H, W = image_hw
-    for patch, h, w in (
-        (8, H // 8, W // 8),
-        (16, H // 16, W // 16),
-        (8, 2 * (H // 16), 2 * (W // 16)),
-        (8, 4 * (H // 32), 4 * (W // 32)),
-    ):
-        if h * w == n_tokens:
-            return patch, (h, w)
-    raise ValueError(f"{n_tokens} tokens do not fit an image of size {H}x{W} with patch 8 or 16")
+  First match of: N = (H//8)(W//8) -> P=8; N = (H//16)(W//16) -> P=16;
+  N = 4(H//16)(W//16) -> P=8 on a (2(H//16), 2(W//16)) grid; N = 16(H//32)(W//32) -> P=8 on
+  a (4(H//32), 4(W//32)) grid.
+  """
+  H, W = image_hw
+  for patch, h, w in (
+      (8, H // 8, W // 8),
+      (16, H // 16, W // 16),
+      (8, 2 * (H // 16), 2 * (W // 16)),
+      (8, 4 * (H // 32), 4 * (W // 32)),
+  ):
+    if h * w == n_tokens:
+      return patch, (h, w)
+  raise ValueError(f"{n_tokens} tokens do not fit an image of size {H}x{W} with patch 8 or 16")
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a bool [h, w] mask (ties -> lowest raster label).
+  """The largest 8-connected component of a bool [h, w] mask (ties -> lowest raster label).
 
-    scipy.ndimage.label numbers components in raster order of their first pixel, like
-    skimage.measure.label, so argmax over the sizes picks the same component as the official
-    code. An empty mask raises.
-    """
-    labels, n = ndimage.label(np.asarray(mask, bool), structure=_EIGHT_CONNECTED)
-    if n == 0:
-        raise ValueError("largest_component: empty mask")
-    sizes = np.bincount(labels.ravel())[1:]
-    return labels == (int(np.argmax(sizes)) + 1)
+  scipy.ndimage.label numbers components in raster order of their first pixel, like
+  skimage.measure.label, so argmax over the sizes picks the same component as the official
+  code. An empty mask raises.
+  """
+  labels, n = ndimage.label(np.asarray(mask, bool), structure=_EIGHT_CONNECTED)
+  if n == 0:
+    raise ValueError("largest_component: empty mask")
+  sizes = np.bincount(labels.ravel())[1:]
+  return labels == (int(np.argmax(sizes)) + 1)
 
 
 def box_from_patch_mask(mask: np.ndarray, patch_size: int, image_hw: tuple[int, int]) -> np.ndarray:
-    """Official CorLoc box of a patch mask: int64 [x1, y1, x2, y2] in pixels.
+  """Official CorLoc box of a patch mask: int64 [x1, y1, x2, y2] in pixels.
 
-    If 0.5 < mean(mask) < 1 the mask is inverted (the object is the minority side); an empty
-    mask becomes all ones (whole image). Box of the largest 8-connected component,
-    [xmin, ymin, xmax + 1, ymax + 1] * patch_size, with x2 <= W and y2 <= H.
-    """
-    m = np.asarray(mask, bool)
-    frac = float(np.mean(m))
-    if 0.5 < frac < 1.0:
-        m = ~m
-    elif not m.any():
-        m = np.ones_like(m)
-    ys, xs = np.nonzero(largest_component(m))
-    H, W = image_hw
-    p = int(patch_size)
-    box = [p * int(xs.min()), p * int(ys.min()), min(p * (int(xs.max()) + 1), W), min(p * (int(ys.max()) + 1), H)]
-    return np.asarray(box, dtype=np.int64)
+  If 0.5 < mean(mask) < 1 the mask is inverted (the object is the minority side); an empty
+  mask becomes all ones (whole image). Box of the largest 8-connected component,
+  [xmin, ymin, xmax + 1, ymax + 1] * patch_size, with x2 <= W and y2 <= H.
+  """
+  m = np.asarray(mask, bool)
+  frac = float(np.mean(m))
+  if 0.5 < frac < 1.0:
+    m = ~m
+  elif not m.any():
+    m = np.ones_like(m)
+  ys, xs = np.nonzero(largest_component(m))
+  H, W = image_hw
+  p = int(patch_size)
+  box = [
+      p * int(xs.min()),
+      p * int(ys.min()),
+      min(p * (int(xs.max()) + 1), W),
+      min(p * (int(ys.max()) + 1), H),
+  ]
+  return np.asarray(box, dtype=np.int64)
 
 
 def localization_box(
@@ -101,39 +106,41 @@ def localization_box(
     image_hw: tuple[int, int],
     index: int = 1,
 ) -> np.ndarray:
-    """CorLoc box from eigenvectors [K, N]: `box_from_patch_mask(fiedler_mask(...))`; int64 [4]."""
-    return box_from_patch_mask(fiedler_mask(eigenvectors, grid_hw, index), patch_size, image_hw)
+  """CorLoc box from eigenvectors [K, N]: `box_from_patch_mask(fiedler_mask(...))`; int64 [4]."""
+  return box_from_patch_mask(fiedler_mask(eigenvectors, grid_hw, index), patch_size, image_hw)
 
 
 def cv2_nearest_index(out_size: int, in_size: int) -> np.ndarray:
-    """Source indices of cv2.resize(INTER_NEAREST): min(floor(dst * (1 / (out / in))), in - 1).
+  """Source indices of cv2.resize(INTER_NEAREST): min(floor(dst * (1 / (out / in))), in - 1).
 
-    Same double arithmetic as OpenCV's resizeNN (ifx = 1 / fx, fx = out / in).
-    """
-    inv_scale = 1.0 / (float(out_size) / float(in_size))
-    idx = np.floor(np.arange(out_size, dtype=np.float64) * inv_scale).astype(np.int64)
-    return np.minimum(idx, in_size - 1)
+  Same double arithmetic as OpenCV's resizeNN (ifx = 1 / fx, fx = out / in).
+  """
+  inv_scale = 1.0 / (float(out_size) / float(in_size))
+  idx = np.floor(np.arange(out_size, dtype=np.float64) * inv_scale).astype(np.int64)
+  return np.minimum(idx, in_size - 1)
 
 
 def upsample_patch_mask(mask: np.ndarray, image_hw: tuple[int, int], patch_size: int) -> np.ndarray:
-    """Patch-level mask [h, w] -> pixel mask [H, W], the official recipe (sections 3.2 and 6).
+  """Patch-level mask [h, w] -> pixel mask [H, W], the official recipe (sections 3.2 and 6).
 
-    Official: `full = nearest_resize(mask, (H, W))`, then `full[:h*P, :w*P]` is replaced by the
-    exact x P block replication. Hence inside the patch-covered area each patch becomes a P x P
-    block; the bottom strip repeats the last patch row and the right strip the last patch
-    column. The two strips are indexed along their length by the plain nearest resize
-    (floor(y * h / H)), not by y // P - the same cells as the official code, which differs from
-    naive "pad by edge" exactly there. Works for any dtype (bool, uint8 labels, ...).
-    """
-    m = np.asarray(mask)
-    h, w = m.shape[:2]
-    H, W = image_hw
-    P = int(patch_size)
-    if h * P > H or w * P > W:
-        raise ValueError(f"a {h}x{w} grid of {P}-pixel patches does not fit in an {H}x{W} image")
-    rows = cv2_nearest_index(H, h)
-    cols = cv2_nearest_index(W, w)
-    full = m[rows[:, None], cols[None, :]]
-    # The patch-covered block: a second nearest resize to (h*P, w*P), i.e. x P replication.
-    full[: h * P, : w * P] = m[cv2_nearest_index(h * P, h)[:, None], cv2_nearest_index(w * P, w)[None, :]]
-    return full
+  Official: `full = nearest_resize(mask, (H, W))`, then `full[:h*P, :w*P]` is replaced by the
+  exact x P block replication. Hence inside the patch-covered area each patch becomes a P x P
+  block; the bottom strip repeats the last patch row and the right strip the last patch
+  column. The two strips are indexed along their length by the plain nearest resize
+  (floor(y * h / H)), not by y // P - the same cells as the official code, which differs from
+  naive "pad by edge" exactly there. Works for any dtype (bool, uint8 labels, ...).
+  """
+  m = np.asarray(mask)
+  h, w = m.shape[:2]
+  H, W = image_hw
+  P = int(patch_size)
+  if h * P > H or w * P > W:
+    raise ValueError(f"a {h}x{w} grid of {P}-pixel patches does not fit in an {H}x{W} image")
+  rows = cv2_nearest_index(H, h)
+  cols = cv2_nearest_index(W, w)
+  full = m[rows[:, None], cols[None, :]]
+  # The patch-covered block: a second nearest resize to (h*P, w*P), i.e. x P replication.
+  full[: h * P, : w * P] = m[
+      cv2_nearest_index(h * P, h)[:, None], cv2_nearest_index(w * P, w)[None, :]
+  ]
+  return full

@@ -11,7 +11,6 @@ from absl import logging
 from spectral_jax import io, pipeline
 from spectral_jax.data import datasets
 
-
 SOLVERS = ('auto', 'dense', 'lanczos')
 
 
@@ -19,7 +18,9 @@ def check_config(config) -> None:
   """Fails fast, naming the flag, before any image or weight is touched."""
   s = config.spectral
   if s.which_matrix not in ('laplacian', 'affinity'):
-    raise ValueError(f"--config.spectral.which_matrix={s.which_matrix!r}: use laplacian or affinity")
+    raise ValueError(
+        f'--config.spectral.which_matrix={s.which_matrix!r}: use laplacian or affinity'
+    )
   if s.solver not in SOLVERS:
     raise ValueError(f'--config.spectral.solver={s.solver!r}: use one of {SOLVERS}')
   if not 2 <= s.K <= 64:
@@ -35,14 +36,16 @@ def examples_from_config(data) -> list[Any]:
   source = data.source
   if source == 'folder':
     _require_root(data)
-    examples = datasets.image_folder(data.root, boxes=data.boxes or None,
-                                     masks_dir=data.masks or None)
+    examples = datasets.image_folder(
+        data.root, boxes=data.boxes or None, masks_dir=data.masks or None
+    )
   elif source == 'voc' and data.root:
     _require_existing_root(data)
     examples = datasets.voc_devkit(data.root, data.year, data.split, no_hard=data.no_hard)
   elif source == 'voc':  # no devkit given: the prepared tfds dataset
-    examples = datasets.tfds_detection(f'voc/{data.year}', 'train+validation',
-                                       data.tfds_dir or None, no_hard=data.no_hard)
+    examples = datasets.tfds_detection(
+        f'voc/{data.year}', 'train+validation', data.tfds_dir or None, no_hard=data.no_hard
+    )
   elif source == 'coco20k' and data.root:
     _require_existing_root(data)
     examples = datasets.coco20k(data.root, data.annotations or None)
@@ -52,30 +55,34 @@ def examples_from_config(data) -> list[Any]:
     _require_root(data)
     examples = datasets.saliency_folder(data.name, data.root)
   elif source == 'tfds':
-    examples = datasets.tfds_detection(data.name, data.split, data.tfds_dir or None,
-                                       no_hard=data.no_hard)
+    examples = datasets.tfds_detection(
+        data.name, data.split, data.tfds_dir or None, no_hard=data.no_hard
+    )
   elif source == 'demo':
     examples = demo_examples()
   else:
-    raise ValueError(f"data.source={source!r}: use folder, voc, coco20k, saliency, tfds or demo")
+    raise ValueError(f'data.source={source!r}: use folder, voc, coco20k, saliency, tfds or demo')
   if data.limit:
-    examples = examples[:data.limit]
+    examples = examples[: data.limit]
   _check_unique_ids(examples)
   if not examples:
     raise ValueError(f'no images found for data.source={source!r} data.root={data.root!r}')
   return examples
 
 
-DEMO_IMAGES = ('astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg',
-               'motorcycle_left.png')
+DEMO_IMAGES = ('astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg', 'motorcycle_left.png')
 
 
 def demo_examples() -> list[Any]:
   """Photos that ship inside scikit-image, so the demo downloads nothing but the weights."""
   import skimage.data  # pylint: disable=import-outside-toplevel
+
   folder = Path(skimage.data.__file__).parent
-  return [datasets.Example(id=Path(name).stem, path=str(folder / name)) for name in DEMO_IMAGES
-          if (folder / name).exists()]
+  return [
+      datasets.Example(id=Path(name).stem, path=str(folder / name))
+      for name in DEMO_IMAGES
+      if (folder / name).exists()
+  ]
 
 
 def _require_root(data) -> None:
@@ -86,21 +93,26 @@ def _require_root(data) -> None:
 
 def _require_existing_root(data) -> None:
   if not Path(data.root).exists():
-    raise FileNotFoundError(f'data.root {data.root!r} does not exist: pass an existing folder '
-                            'with --config.data.root=PATH')
+    raise FileNotFoundError(
+        f'data.root {data.root!r} does not exist: pass an existing folder '
+        'with --config.data.root=PATH'
+    )
 
 
 def _check_unique_ids(examples: Sequence[Any]) -> None:
   counts = collections.Counter(ex.id for ex in examples)
   dups = [i for i, n in counts.items() if n > 1]
   if dups:
-    raise ValueError(f'{len(dups)} image ids occur twice (e.g. {dups[:3]}); outputs are named '
-                     'by file stem, so stems must be unique within a run')
+    raise ValueError(
+        f'{len(dups)} image ids occur twice (e.g. {dups[:3]}); outputs are named '
+        'by file stem, so stems must be unique within a run'
+    )
 
 
 def load_extractor(model) -> pipeline.FeatureExtractor:
-  return pipeline.load_extractor(model.name, model.checkpoint, model.cache_dir,
-                                 model.precision, model.feature_block)
+  return pipeline.load_extractor(
+      model.name, model.checkpoint, model.cache_dir, model.precision, model.feature_block
+  )
 
 
 class SkipLog:
@@ -112,8 +124,16 @@ class SkipLog:
 
   def __call__(self, example, error: Exception) -> None:
     self.count += 1
-    io.append_jsonl(self.path, [{'id': example.id, 'path': str(example.path),
-                                 'error': f'{type(error).__name__}: {error}'}])
+    io.append_jsonl(
+        self.path,
+        [
+            {
+                'id': example.id,
+                'path': str(example.path),
+                'error': f'{type(error).__name__}: {error}',
+            }
+        ],
+    )
 
   def summary(self) -> str:
     return f'{self.count} unreadable images skipped (see {self.path})' if self.count else ''

@@ -37,6 +37,7 @@ Background = Union[None, tuple[int, int, int], np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class EditOptions:
   """The ``config.edit`` section (defaults apply when a config has no such section)."""
+
   background: str = ''  # '' = cutout only; an image file or a colour ('white', '#RRGGBB', 'r,g,b')
   segment: int = -1  # -1 = Fiedler vector > 0; else this label of the eigen-segmentation
   n_segments: int = 4  # k-means clusters when segment >= 0
@@ -66,15 +67,20 @@ class EditOptions:
 
 def output_paths(workdir: Path, image_id: str) -> dict[str, Path]:
   workdir = Path(workdir)
-  return {'cutout': workdir / 'cutout' / f'{image_id}.png',
-          'composite': workdir / 'composite' / f'{image_id}.png',
-          'panel': workdir / 'panels' / f'edit_{image_id}.png'}
+  return {
+      'cutout': workdir / 'cutout' / f'{image_id}.png',
+      'composite': workdir / 'composite' / f'{image_id}.png',
+      'panel': workdir / 'panels' / f'edit_{image_id}.png',
+  }
 
 
 def is_done(workdir: Path, image_id: str, with_composite: bool, with_panel: bool) -> bool:
   paths = output_paths(workdir, image_id)
-  return (paths['cutout'].exists() and (paths['composite'].exists() or not with_composite)
-          and (paths['panel'].exists() or not with_panel))
+  return (
+      paths['cutout'].exists()
+      and (paths['composite'].exists() or not with_composite)
+      and (paths['panel'].exists() or not with_panel)
+  )
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -93,8 +99,10 @@ def resolve_background(spec: str, max_pixels: int = decode.DEFAULT_MAX_PIXELS) -
   except ValueError as e:
     if path.suffix.lower() in datasets.IMAGE_EXTENSIONS or '/' in spec:
       raise FileNotFoundError(f'edit.background: no such image file {spec!r}') from e
-    raise ValueError(f'edit.background={spec!r} is neither an image file nor a colour '
-                     "('white', '#RRGGBB', 'r,g,b')") from e
+    raise ValueError(
+        f'edit.background={spec!r} is neither an image file nor a colour '
+        "('white', '#RRGGBB', 'r,g,b')"
+    ) from e
 
 
 @contextlib.contextmanager
@@ -129,8 +137,11 @@ def ensure_eigenvectors(config, workdir: Path, examples: list) -> None:
   resumed run with one bad file does not load the model again just to fail on it.
   """
   unreadable = _unreadable_ids(workdir)
-  missing = [ex for ex in examples
-             if not extract.output_paths(workdir, ex.id)[1].exists() and ex.id not in unreadable]
+  missing = [
+      ex
+      for ex in examples
+      if not extract.output_paths(workdir, ex.id)[1].exists() and ex.id not in unreadable
+  ]
   if missing:
     common.log_summary(f'edit: {len(missing)} images need eigenvectors; running extract')
     extract.run(config, workdir)
@@ -139,20 +150,24 @@ def ensure_eigenvectors(config, workdir: Path, examples: list) -> None:
 # ----------------------------------------------------------------------------- one image
 
 
-def patch_layout(workdir: Path, image_id: str, n_tokens: int, image_hw: tuple[int, int]
-                 ) -> tuple[int, tuple[int, int]]:
+def patch_layout(
+    workdir: Path, image_id: str, n_tokens: int, image_hw: tuple[int, int]
+) -> tuple[int, tuple[int, int]]:
   """(patch size, patch grid) of an image's eigenvectors, checked against extract's record."""
   features = extract.output_paths(workdir, image_id)[0]
   if features.exists():
     with np.load(features) as f:
       if tuple(int(v) for v in f['image_size']) != tuple(image_hw):
-        raise ValueError(f'image is {image_hw} but was {tuple(f["image_size"])} at extraction; '
-                         f'delete {features} and its eigs file to recompute')
+        raise ValueError(
+            f'image is {image_hw} but was {tuple(f["image_size"])} at extraction; '
+            f'delete {features} and its eigs file to recompute'
+        )
   return segments.infer_patch_grid(n_tokens, image_hw)
 
 
-def foreground_patches(eigenvectors: np.ndarray, grid_hw: tuple[int, int], opts: EditOptions,
-                       seed: int = 0) -> np.ndarray:
+def foreground_patches(
+    eigenvectors: np.ndarray, grid_hw: tuple[int, int], opts: EditOptions, seed: int = 0
+) -> np.ndarray:
   """bool [h', w'] foreground on the patch grid (or the eigen-segmentation's grid)."""
   if opts.segment < 0:
     return segments.fiedler_mask(eigenvectors, grid_hw, index=1)
@@ -161,16 +176,20 @@ def foreground_patches(eigenvectors: np.ndarray, grid_hw: tuple[int, int], opts:
   except ImportError as e:
     raise ValueError('edit.segment >= 0 needs spectral_jax.spectral.clustering') from e
   import jax
-  segmap = clustering.multi_region_segments(eigenvectors, grid_hw, opts.n_segments,
-                                            jax.random.PRNGKey(seed))
+
+  segmap = clustering.multi_region_segments(
+      eigenvectors, grid_hw, opts.n_segments, jax.random.PRNGKey(seed)
+  )
   return np.asarray(segmap) == opts.segment
 
 
-def edit_image(image: np.ndarray, mask: np.ndarray, patch_size: int, opts: EditOptions,
-               background: Background) -> dict[str, np.ndarray]:
+def edit_image(
+    image: np.ndarray, mask: np.ndarray, patch_size: int, opts: EditOptions, background: Background
+) -> dict[str, np.ndarray]:
   """alpha / cutout (and composite) arrays of one image from its pixel-level coarse mask."""
-  alpha = edit.matte(image, mask, opts.band_px or patch_size, opts.eps, opts.max_pixels,
-                     opts.levels)
+  alpha = edit.matte(
+      image, mask, opts.band_px or patch_size, opts.eps, opts.max_pixels, opts.levels
+  )
   if opts.foreground == 'image':
     fg = image.astype(np.float32) / 255.0
   else:
@@ -181,8 +200,9 @@ def edit_image(image: np.ndarray, mask: np.ndarray, patch_size: int, opts: EditO
   return out
 
 
-def _process(example, workdir: Path, config, opts: EditOptions, background: Background,
-             with_panel: bool) -> None:
+def _process(
+    example, workdir: Path, config, opts: EditOptions, background: Background, with_panel: bool
+) -> None:
   with np.load(extract.output_paths(workdir, example.id)[1]) as f:
     eigenvectors = np.asarray(f['eigenvectors'])
   image = datasets.load_image(example, min_side=1, max_pixels=config.data.max_pixels)
@@ -212,9 +232,12 @@ def run(config, workdir) -> None:
   background = resolve_background(opts.background, config.data.max_pixels)
   with single_image_root(config) as config:
     examples = common.examples_from_config(config.data)
-    panel_ids = {ex.id for ex in examples[:max(config.output.num_panels, 0)]}
-    todo = [ex for ex in examples
-            if not is_done(workdir, ex.id, background is not None, ex.id in panel_ids)]
+    panel_ids = {ex.id for ex in examples[: max(config.output.num_panels, 0)]}
+    todo = [
+        ex
+        for ex in examples
+        if not is_done(workdir, ex.id, background is not None, ex.id in panel_ids)
+    ]
     common.log_summary(f'edit: {len(examples)} images, {len(examples) - len(todo)} already done')
     if not todo:
       return

@@ -25,8 +25,10 @@ def model_arch(model) -> vit.ViTArch:
 
 def run(config, workdir) -> None:
   if not config.checkpoint:
-    raise ValueError('--mode=evaluate needs --config.checkpoint=DIR (a train workdir or its '
-                     'checkpoints/ folder)')
+    raise ValueError(
+        '--mode=evaluate needs --config.checkpoint=DIR (a train workdir or its '
+        'checkpoints/ folder)'
+    )
   directory = Path(config.checkpoint)
   if (directory / 'checkpoints').is_dir():
     directory = directory / 'checkpoints'
@@ -41,5 +43,7 @@ def run(config, workdir) -> None:
   result = train.evaluate(model, variables, val, config.segmenter.num_classes)
   result.update(checkpoint=str(directory), step=step, n_images=len(val))
   io.save_json(Path(workdir) / 'metrics.json', result)
-  common.log_summary(f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images '
-                     f'(checkpoint step {step})')
+  common.log_summary(
+      f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images '
+      f'(checkpoint step {step})'
+  )

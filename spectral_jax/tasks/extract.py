@@ -28,8 +28,11 @@ def is_done(workdir, image_id: str, with_features: bool) -> bool:
 def run(config, workdir) -> None:
   common.check_config(config)
   examples = common.examples_from_config(config.data)
-  todo = [ex for ex in parallel.process_shard(examples)
-          if not is_done(workdir, ex.id, config.output.features)]
+  todo = [
+      ex
+      for ex in parallel.process_shard(examples)
+      if not is_done(workdir, ex.id, config.output.features)
+  ]
   common.log_summary(f'extract: {len(examples)} images, {len(examples) - len(todo)} already done')
   if not todo:
     return
@@ -37,18 +40,34 @@ def run(config, workdir) -> None:
   skipped = common.SkipLog(workdir)
   progress = pipeline.Progress(len(todo), 'extract')
   s = config.spectral
-  for r in pipeline.run_images(extractor, todo, batch_size=config.data.batch_size,
-                               max_pixels=config.data.max_pixels, spectral_k=s.K,
-                               color_lambda=s.color_lambda, which_matrix=s.which_matrix,
-                               solver=s.solver, on_error=skipped):
+  for r in pipeline.run_images(
+      extractor,
+      todo,
+      batch_size=config.data.batch_size,
+      max_pixels=config.data.max_pixels,
+      spectral_k=s.K,
+      color_lambda=s.color_lambda,
+      which_matrix=s.which_matrix,
+      solver=s.solver,
+      on_error=skipped,
+  ):
     feat_path, eig_path = output_paths(workdir, r.example.id)
     if config.output.features:
-      io.save_npz(feat_path, k=r.features.astype(np.float32), patch_grid=np.array(r.patch_grid),
-                  image_size=np.array(r.image.shape[:2]))
+      io.save_npz(
+          feat_path,
+          k=r.features.astype(np.float32),
+          patch_grid=np.array(r.patch_grid),
+          image_size=np.array(r.image.shape[:2]),
+      )
     io.save_npz(eig_path, eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors)
     if progress.bar.n < config.output.num_panels:
-      io.save_png(Path(workdir) / 'panels' / f'{r.example.id}.png',
-                  viz.panel(r.image, r.eigenvectors, r.patch_grid))
+      io.save_png(
+          Path(workdir) / 'panels' / f'{r.example.id}.png',
+          viz.panel(r.image, r.eigenvectors, r.patch_grid),
+      )
     progress.update()
-  common.log_summary(progress.summary(), skipped.summary(),
-                     f'{len(extractor.compiled_shapes)} compiled input shapes')
+  common.log_summary(
+      progress.summary(),
+      skipped.summary(),
+      f'{len(extractor.compiled_shapes)} compiled input shapes',
+  )

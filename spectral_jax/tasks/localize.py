@@ -54,19 +54,28 @@ def run(config, workdir) -> None:
   examples = common.examples_from_config(config.data)
   ids = {ex.id for ex in examples}
   # Each process owns a strided shard and its own file; ids done by any earlier run count.
-  own_path = workdir / ('predictions.jsonl' if jax.process_count() == 1
-                        else f'predictions.process{jax.process_index()}.jsonl')
+  own_path = workdir / (
+      'predictions.jsonl'
+      if jax.process_count() == 1
+      else f'predictions.process{jax.process_index()}.jsonl'
+  )
   done = {r['id'] for path in prediction_files(workdir) for r in io.read_jsonl(path)}
   shard = parallel.process_shard(examples)
   todo = [ex for ex in shard if ex.id not in done]
-  common.log_summary(f'localize: {len(shard)} images in this process, '
-                     f'{len(shard) - len(todo)} already done')
+  common.log_summary(
+      f'localize: {len(shard)} images in this process, ' f'{len(shard) - len(todo)} already done'
+  )
   if todo:
-    _predict(config, workdir, todo, own_path,
-             num_panels=max(config.output.num_panels - len(done), 0))
+    _predict(
+        config, workdir, todo, own_path, num_panels=max(config.output.num_panels - len(done), 0)
+    )
   shard_ids = {ex.id for ex in shard}
-  own = {r['id']: r for path in prediction_files(workdir) for r in io.read_jsonl(path)
-         if r['id'] in shard_ids}
+  own = {
+      r['id']: r
+      for path in prediction_files(workdir)
+      for r in io.read_jsonl(path)
+      if r['id'] in shard_ids
+  }
   result = corloc_result(parallel.process_sum(corloc_counts(list(own.values()), shard)))
   parallel.barrier('localize-done')
   if parallel.is_main_process():
@@ -84,18 +93,36 @@ def _predict(config, workdir: Path, todo: list, pred_path: Path, num_panels: int
   progress = pipeline.Progress(len(todo), 'localize')
   s = config.spectral
   index = eigenvector_index(s.which_matrix)
-  for r in pipeline.run_images(extractor, todo, batch_size=config.data.batch_size,
-                               max_pixels=config.data.max_pixels, spectral_k=s.K,
-                               color_lambda=s.color_lambda, which_matrix=s.which_matrix,
-                               solver=s.solver, on_error=skipped):
-    box = segments.localization_box(r.eigenvectors, r.patch_grid, r.patch_size,
-                                    r.image.shape[:2], index=index)
+  for r in pipeline.run_images(
+      extractor,
+      todo,
+      batch_size=config.data.batch_size,
+      max_pixels=config.data.max_pixels,
+      spectral_k=s.K,
+      color_lambda=s.color_lambda,
+      which_matrix=s.which_matrix,
+      solver=s.solver,
+      on_error=skipped,
+  ):
+    box = segments.localization_box(
+        r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=index
+    )
     # One line per finished image, so a killed run loses at most the image in flight.
-    io.append_jsonl(pred_path, [{'id': r.example.id, 'box_xyxy': [int(v) for v in box],
-                                 'image_size': [int(r.image.shape[0]), int(r.image.shape[1])]}])
+    io.append_jsonl(
+        pred_path,
+        [
+            {
+                'id': r.example.id,
+                'box_xyxy': [int(v) for v in box],
+                'image_size': [int(r.image.shape[0]), int(r.image.shape[1])],
+            }
+        ],
+    )
     if num_panels > 0:
       num_panels -= 1
-      io.save_png(workdir / 'panels' / f'{r.example.id}.png',
-                  viz.panel(r.image, r.eigenvectors, r.patch_grid, box_xyxy=box))
+      io.save_png(
+          workdir / 'panels' / f'{r.example.id}.png',
+          viz.panel(r.image, r.eigenvectors, r.patch_grid, box_xyxy=box),
+      )
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

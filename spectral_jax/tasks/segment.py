@@ -23,8 +23,9 @@ def mask_path(workdir: Path, image_id: str) -> Path:
   return Path(workdir) / 'masks' / f'{image_id}.png'
 
 
-def object_mask(image: np.ndarray, eigenvectors: np.ndarray, grid_hw, patch_size: int,
-                crf_params=None) -> np.ndarray:
+def object_mask(
+    image: np.ndarray, eigenvectors: np.ndarray, grid_hw, patch_size: int, crf_params=None
+) -> np.ndarray:
   """Fiedler vector > 0 (the minority side, after the sign rule) at image resolution."""
   mask = segments.fiedler_mask(eigenvectors, grid_hw)
   full = segments.upsample_patch_mask(mask, image.shape[:2], patch_size)
@@ -58,8 +59,7 @@ def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
   examples = common.examples_from_config(config.data)
-  todo = [ex for ex in parallel.process_shard(examples)
-          if not mask_path(workdir, ex.id).exists()]
+  todo = [ex for ex in parallel.process_shard(examples) if not mask_path(workdir, ex.id).exists()]
   common.log_summary(f'segment: {len(examples)} images, {len(examples) - len(todo)} already done')
   if todo:
     _predict(config, workdir, todo)
@@ -69,8 +69,10 @@ def run(config, workdir) -> None:
   result = score(examples, workdir)
   io.save_json(workdir / 'metrics.json', result)
   if result['n']:
-    common.log_summary('segment: ' + ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items())
-                                                if isinstance(v, float)))
+    common.log_summary(
+        'segment: '
+        + ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items()) if isinstance(v, float))
+    )
 
 
 def _predict(config, workdir: Path, todo: list) -> None:
@@ -80,15 +82,24 @@ def _predict(config, workdir: Path, todo: list) -> None:
   s = config.spectral
   crf_params = crf.CRFParams(**config.segment.crf_params) if config.segment.crf else None
   num_panels = config.output.num_panels
-  for r in pipeline.run_images(extractor, todo, batch_size=config.data.batch_size,
-                               max_pixels=config.data.max_pixels, spectral_k=s.K,
-                               color_lambda=s.color_lambda, which_matrix='laplacian',
-                               solver=s.solver, on_error=skipped):
+  for r in pipeline.run_images(
+      extractor,
+      todo,
+      batch_size=config.data.batch_size,
+      max_pixels=config.data.max_pixels,
+      spectral_k=s.K,
+      color_lambda=s.color_lambda,
+      which_matrix='laplacian',
+      solver=s.solver,
+      on_error=skipped,
+  ):
     mask = object_mask(r.image, r.eigenvectors, r.patch_grid, r.patch_size, crf_params)
     io.save_png(mask_path(workdir, r.example.id), mask.astype(np.uint8) * 255)
     if num_panels > 0:
       num_panels -= 1
-      io.save_png(workdir / 'panels' / f'{r.example.id}.png',
-                  viz.panel(r.image, r.eigenvectors, r.patch_grid, mask=mask))
+      io.save_png(
+          workdir / 'panels' / f'{r.example.id}.png',
+          viz.panel(r.image, r.eigenvectors, r.patch_grid, mask=mask),
+      )
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

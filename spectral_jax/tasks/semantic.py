@@ -44,13 +44,20 @@ NUM_VOC_CLASSES = 21
 def box_crops(image: np.ndarray, boxes: np.ndarray, patch_size: int) -> list[np.ndarray]:
   """Full-resolution crops of boxes given in patch units (sides are multiples of P)."""
   image = vit.crop_to_patches(image, patch_size)
-  return [image[y0 * patch_size:y1 * patch_size, x0 * patch_size:x1 * patch_size]
-          for x0, y0, x1, y1 in np.asarray(boxes)]
+  return [
+      image[y0 * patch_size : y1 * patch_size, x0 * patch_size : x1 * patch_size]
+      for x0, y0, x1, y1 in np.asarray(boxes)
+  ]
 
 
-def image_box_features(image: np.ndarray, segmap: np.ndarray, patch_size: int,
-                       cls_fn: Callable[[list[np.ndarray]], np.ndarray], num_erode: int = 2,
-                       num_dilate: int = 5) -> dict[str, np.ndarray]:
+def image_box_features(
+    image: np.ndarray,
+    segmap: np.ndarray,
+    patch_size: int,
+    cls_fn: Callable[[list[np.ndarray]], np.ndarray],
+    num_erode: int = 2,
+    num_dilate: int = 5,
+) -> dict[str, np.ndarray]:
   """Boxes of one image's segments and the feature of each box crop (official §4.2–4.3)."""
   indices, boxes = clustering.segment_boxes(segmap, num_erode, num_dilate)
   crops = list(box_crops(image, boxes, patch_size))
@@ -58,14 +65,22 @@ def image_box_features(image: np.ndarray, segmap: np.ndarray, patch_size: int,
   return {'segment_indices': indices, 'boxes': boxes, 'features': feats}
 
 
-def semantic_maps(segmaps: Sequence[np.ndarray], boxes: Sequence[dict], n_clusters: int = 20,
-                  seed: int = 0, pca_dim: int = 0, method: str = 'kmeans') -> list[np.ndarray]:
+def semantic_maps(
+    segmaps: Sequence[np.ndarray],
+    boxes: Sequence[dict],
+    n_clusters: int = 20,
+    seed: int = 0,
+    pca_dim: int = 0,
+    method: str = 'kmeans',
+) -> list[np.ndarray]:
   """Clusters all box features of the dataset; per-image maps (bg 0, cluster c → c + 1)."""
   feats = np.concatenate([b['features'] for b in boxes if len(b['features'])])
   labels = clustering.cluster_features(feats, n_clusters, seed, pca_dim, method)
   splits = np.cumsum([len(b['features']) for b in boxes])[:-1]
-  return [clustering.semantic_map(s, b['segment_indices'], c)
-          for s, b, c in zip(segmaps, boxes, np.split(labels, splits))]
+  return [
+      clustering.semantic_map(s, b['segment_indices'], c)
+      for s, b, c in zip(segmaps, boxes, np.split(labels, splits))
+  ]
 
 
 def resize_nearest(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -75,8 +90,12 @@ def resize_nearest(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   return label[rows[:, None], cols[None, :]]
 
 
-def score_maps(maps: Sequence[np.ndarray], gts: Sequence[np.ndarray], n_pred: int,
-               num_classes: int = NUM_VOC_CLASSES) -> dict[str, Any]:
+def score_maps(
+    maps: Sequence[np.ndarray],
+    gts: Sequence[np.ndarray],
+    n_pred: int,
+    num_classes: int = NUM_VOC_CLASSES,
+) -> dict[str, Any]:
   """Dataset mIoU of label maps (any resolution) against GT (255 = void).
 
   Hungarian matching when there are as many labels as classes (official), else majority.
@@ -87,16 +106,23 @@ def score_maps(maps: Sequence[np.ndarray], gts: Sequence[np.ndarray], n_pred: in
   match = metrics.hungarian_match if n_pred == num_classes else metrics.majority_match
   matching = match(confusion)
   miou, per_class = metrics.miou_from_confusion(confusion, matching)
-  return {'miou': miou, 'per_class_iou': per_class.tolist(),
-          'matching': [[int(p), int(g)] for p, g in matching],
-          'matching_kind': 'hungarian' if n_pred == num_classes else 'majority'}
+  return {
+      'miou': miou,
+      'per_class_iou': per_class.tolist(),
+      'matching': [[int(p), int(g)] for p, g in matching],
+      'matching_kind': 'hungarian' if n_pred == num_classes else 'majority',
+  }
 
 
 def summarize_seeds(per_seed: dict[int, dict]) -> dict[str, Any]:
   mious = np.array([r['miou'] for r in per_seed.values()])
   first = next(iter(per_seed.values()))
-  return {**first, 'miou_mean': float(mious.mean()), 'miou_std': float(mious.std()),
-          'seeds': {str(s): r for s, r in per_seed.items()}}
+  return {
+      **first,
+      'miou_mean': float(mious.mean()),
+      'miou_std': float(mious.std()),
+      'seeds': {str(s): r for s, r in per_seed.items()},
+  }
 
 
 # --------------------------------------------------------------------------------------
@@ -123,8 +149,9 @@ def gt_paths(gt_dir: str, val_list: str, stems: Sequence[str]) -> dict[str, Path
   wanted = set(stems)
   if val_list:
     wanted &= {l.split()[0] for l in Path(val_list).read_text().splitlines() if l.strip()}
-  return {s: Path(gt_dir) / f'{s}.png' for s in sorted(wanted)
-          if (Path(gt_dir) / f'{s}.png').exists()}
+  return {
+      s: Path(gt_dir) / f'{s}.png' for s in sorted(wanted) if (Path(gt_dir) / f'{s}.png').exists()
+  }
 
 
 def voc_defaults(config) -> tuple[str, str]:
@@ -150,13 +177,18 @@ def _segment_all(workdir: Path, stems: Sequence[str], sem, seed: int, chunk: int
   key = jax.random.PRNGKey(seed)
   index = {s: i for i, s in enumerate(stems)}
   for start in range(0, len(todo), chunk):
-    part = todo[start:start + chunk]
+    part = todo[start : start + chunk]
     eigs = [np.load(workdir / 'eigs' / f'{s}.npz') for s in part]
     grids = [tuple(np.load(workdir / 'features' / f'{s}.npz')['patch_grid']) for s in part]
     keys = np.stack([jax.random.fold_in(key, index[s]) for s in part])  # order-independent
     maps = clustering.multi_region_segments_batch(
-        [e['eigenvectors'] for e in eigs], grids, keys, sem.n_segments, sem.adaptive,
-        [e['eigenvalues'] for e in eigs])
+        [e['eigenvectors'] for e in eigs],
+        grids,
+        keys,
+        sem.n_segments,
+        sem.adaptive,
+        [e['eigenvalues'] for e in eigs],
+    )
     for s, m in zip(part, maps):
       io.save_png(workdir / 'multi_region' / f'{s}.png', m.astype(np.uint8))
 
@@ -173,15 +205,15 @@ def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, 
     segmap = read_png(workdir / 'multi_region' / f'{s}.png')
     grid = tuple(np.load(workdir / 'features' / f'{s}.npz')['patch_grid'])
     if segmap.shape != grid:
-      raise NotImplementedError(f'{s}: segments at {segmap.shape} but patch grid {grid}; '
-                                'semantic mode needs eigenvectors at patch resolution')
+      raise NotImplementedError(
+          f'{s}: segments at {segmap.shape} but patch grid {grid}; '
+          'semantic mode needs eigenvectors at patch resolution'
+      )
     image = datasets.load_image(examples[s], min_side=p, max_pixels=config.data.max_pixels)
-    out = image_box_features(image, segmap, p, extractor.cls_batch, sem.num_erode,
-                             sem.num_dilate)
+    out = image_box_features(image, segmap, p, extractor.cls_batch, sem.num_erode, sem.num_dilate)
     io.save_npz(workdir / 'boxes' / f'{s}.npz', **out)
     progress.update()
-  common.log_summary(progress.summary(),
-                     f'{len(extractor.compiled_shapes)} compiled crop shapes')
+  common.log_summary(progress.summary(), f'{len(extractor.compiled_shapes)} compiled crop shapes')
 
 
 def run(config, workdir) -> None:
@@ -214,8 +246,10 @@ def run(config, workdir) -> None:
     result = summarize_seeds(per_seed)
     result.update(n_images=len(scored), gt_dir=gt_dir, val_list=val_list)
     io.save_json(workdir / 'metrics.json', result)
-    common.log_summary(f'semantic: mIoU {100 * result["miou_mean"]:.1f} ± '
-                       f'{100 * result["miou_std"]:.1f} over seeds {list(sem.seeds)} '
-                       f'({len(scored)} images with GT)')
+    common.log_summary(
+        f'semantic: mIoU {100 * result["miou_mean"]:.1f} ± '
+        f'{100 * result["miou_std"]:.1f} over seeds {list(sem.seeds)} '
+        f'({len(scored)} images with GT)'
+    )
   else:
     common.log_summary(f'semantic: {len(stems)} pseudo-label maps written; no GT to score')

@@ -68,17 +68,24 @@ def read_matching(spec: str, workdir: Path) -> list[tuple[int, int]]:
     return [tuple(p) for p in ast.literal_eval(spec)]
   path = workdir / 'metrics.json'
   if not path.exists():
-    raise FileNotFoundError(f'no train.matching given and no {path}: run --mode=semantic with GT '
-                            'first, or pass --config.train.matching="[(0, 0), ...]"')
+    raise FileNotFoundError(
+        f'no train.matching given and no {path}: run --mode=semantic with GT '
+        'first, or pass --config.train.matching="[(0, 0), ...]"'
+    )
   return [tuple(p) for p in json.loads(path.read_text())['matching']]
 
 
 def build_model(config, arch: vit.ViTArch) -> segmenter.DeepLabV3Plus:
   s = config.segmenter
-  return segmenter.DeepLabV3Plus(arch, num_classes=s.num_classes,
-                                 aspp_rates=tuple(s.aspp_rates), channels=s.channels,
-                                 low_level_channels=s.low_level_channels, dropout=s.dropout,
-                                 precision=s.precision)
+  return segmenter.DeepLabV3Plus(
+      arch,
+      num_classes=s.num_classes,
+      aspp_rates=tuple(s.aspp_rates),
+      channels=s.channels,
+      low_level_channels=s.low_level_channels,
+      dropout=s.dropout,
+      precision=s.precision,
+  )
 
 
 def val_dataset(config, examples: dict, patch_size: int) -> GTDataset:
@@ -97,19 +104,25 @@ def run(config, workdir) -> None:
   val_ids = {ex.id for ex in val.examples}
   label_dir = Path(config.train.pseudo_labels or workdir / 'semantic')
   lut = matching_lut(read_matching(config.train.matching, workdir))
-  train_ids = [s for s in sorted(examples) if s not in val_ids
-               and (label_dir / f'{s}.png').exists()]
+  train_ids = [
+      s for s in sorted(examples) if s not in val_ids and (label_dir / f'{s}.png').exists()
+  ]
   if not train_ids:
     raise ValueError(f'no pseudo-labels in {label_dir} for non-val images')
-  train_set = PseudoLabelDataset([examples[s] for s in train_ids], label_dir, lut,
-                                 arch.patch_size)
-  cfg = train.TrainConfig.from_dict({k: v for k, v in config.train.items()
-                                     if k not in TASK_KEYS})
+  train_set = PseudoLabelDataset([examples[s] for s in train_ids], label_dir, lut, arch.patch_size)
+  cfg = train.TrainConfig.from_dict({k: v for k, v in config.train.items() if k not in TASK_KEYS})
   common.log_summary(f'train: {len(train_set)} pseudo-labelled images, {len(val)} val images')
-  summary = train.train_and_evaluate(cfg, model, train_set, val, workdir,
-                                     backbone_params=backbone.params)
+  summary = train.train_and_evaluate(
+      cfg, model, train_set, val, workdir, backbone_params=backbone.params
+  )
   final = summary['final'] or {}
-  io.save_json(workdir / 'train_metrics.json',  # metrics.json holds the pseudo-label scores
-               {'step': summary['step'], 'best_step': summary['best_step'],
-                'best_val_miou': summary['best_val_miou'], **final})
+  io.save_json(
+      workdir / 'train_metrics.json',  # metrics.json holds the pseudo-label scores
+      {
+          'step': summary['step'],
+          'best_step': summary['best_step'],
+          'best_val_miou': summary['best_val_miou'],
+          **final,
+      },
+  )
   common.log_summary(f'train: step {summary["step"]}, best val mIoU {summary["best_val_miou"]}')

@@ -60,8 +60,11 @@ def vit_forward(sd, x, patch, heads):
     y = (attn @ v).transpose(1, 2).reshape(1, t, d)
     x = x + F.linear(y, b('attn.proj.weight'), b('attn.proj.bias'))
     y = F.layer_norm(x, (d,), b('norm2.weight'), b('norm2.bias'), 1e-6)
-    y = F.linear(F.gelu(F.linear(y, b('mlp.fc1.weight'), b('mlp.fc1.bias'))),
-                 b('mlp.fc2.weight'), b('mlp.fc2.bias'))
+    y = F.linear(
+        F.gelu(F.linear(y, b('mlp.fc1.weight'), b('mlp.fc1.bias'))),
+        b('mlp.fc2.weight'),
+        b('mlp.fc2.bias'),
+    )
     x = x + y
   cls = F.layer_norm(x, (d,), sd['norm.weight'], sd['norm.bias'], 1e-6)[:, 0]
   return qkv[0, 1:], cls[0]
@@ -69,13 +72,21 @@ def vit_forward(sd, x, patch, heads):
 
 def vit_fixture():
   d, heads, patch, depth, g = 192, 3, 8, 1, 28
-  sd = {'cls_token': torch.randn(1, 1, d), 'pos_embed': torch.randn(1, 1 + g * g, d) * 0.5,
-        'patch_embed.proj.weight': torch.randn(d, 3, patch, patch) * 0.1,
-        'patch_embed.proj.bias': torch.randn(d) * 0.1,
-        'norm.weight': 1 + 0.2 * torch.randn(d), 'norm.bias': 0.2 * torch.randn(d)}
+  sd = {
+      'cls_token': torch.randn(1, 1, d),
+      'pos_embed': torch.randn(1, 1 + g * g, d) * 0.5,
+      'patch_embed.proj.weight': torch.randn(d, 3, patch, patch) * 0.1,
+      'patch_embed.proj.bias': torch.randn(d) * 0.1,
+      'norm.weight': 1 + 0.2 * torch.randn(d),
+      'norm.bias': 0.2 * torch.randn(d),
+  }
   for i in range(depth):
-    for n, (o, k) in {'attn.qkv': (3 * d, d), 'attn.proj': (d, d), 'mlp.fc1': (4 * d, d),
-                      'mlp.fc2': (d, 4 * d)}.items():
+    for n, (o, k) in {
+        'attn.qkv': (3 * d, d),
+        'attn.proj': (d, d),
+        'mlp.fc1': (4 * d, d),
+        'mlp.fc2': (d, 4 * d),
+    }.items():
       sd[f'blocks.{i}.{n}.weight'] = torch.randn(o, k) / math.sqrt(k)
       sd[f'blocks.{i}.{n}.bias'] = 0.1 * torch.randn(o)
     for n in ('norm1', 'norm2'):
@@ -86,14 +97,19 @@ def vit_fixture():
   torch.save(sd, out / 'checkpoint.pth')
   image = np.array(Image.open(HERE / 'parity/images/chelsea.png').convert('RGB'))[50:153, 200:341]
   Image.fromarray(image).save(out / 'image.png')
-  crop = image[:image.shape[0] // patch * patch, :image.shape[1] // patch * patch]
+  crop = image[: image.shape[0] // patch * patch, : image.shape[1] // patch * patch]
   x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
   mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
   std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
   with torch.no_grad():
     qkv, cls = vit_forward(sd, (x - mean) / std, patch, heads)
-  np.savez(out / 'reference.npz', q=qkv[:, :d].numpy(), k=qkv[:, d:2 * d].numpy(),
-           v=qkv[:, 2 * d:].numpy(), cls=cls.numpy())
+  np.savez(
+      out / 'reference.npz',
+      q=qkv[:, :d].numpy(),
+      k=qkv[:, d : 2 * d].numpy(),
+      v=qkv[:, 2 * d :].numpy(),
+      cls=cls.numpy(),
+  )
 
 
 if __name__ == '__main__':
