@@ -44,193 +44,211 @@ SOLVERS = ["dense", "lanczos"]
 # Reference maths (float64, scipy) and comparison helpers
 # ----------------------------------------------------------------------------------------------
 
+
 def degrees64(w: np.ndarray) -> np.ndarray:
-    d = np.asarray(w, np.float64).sum(axis=1)
-    d[d < 1e-12] = 1.0
-    return d
+  d = np.asarray(w, np.float64).sum(axis=1)
+  d[d < 1e-12] = 1.0
+  return d
 
 
 def reference_pairs(w: np.ndarray, m: int):
-    """``m`` smallest pairs of ``(D − W) v = λ D v`` in float64: values ``[m]``, vectors ``[N, m]``.
+  """``m`` smallest pairs of ``(D − W) v = λ D v`` in float64: values ``[m]``, vectors ``[N, m]``.
 
-    Dense generalized LAPACK ``eigh`` up to 1,500 nodes; above, ARPACK (float64, tol 1e-13) on
-    ``D^-½ W D^-½`` (largest θ ↔ smallest λ = 1 − θ), which is much cheaper on a 2-core CPU.
-    """
-    w64 = np.asarray(w, np.float64)
-    d = degrees64(w64)
-    m = min(m, w64.shape[0])
-    if w64.shape[0] <= 1500:
-        dm = np.diag(d)
-        return sl.eigh(dm - w64, dm, subset_by_index=[0, m - 1])
-    s = 1.0 / np.sqrt(d)
-    theta, u = sla.eigsh(w64 * s[:, None] * s[None, :], k=m, which="LA", tol=1e-13,
-                         ncv=max(2 * m + 1, 60), v0=np.sqrt(d))
-    order = np.argsort(-theta)
-    return 1.0 - theta[order], u[:, order] * s[:, None]
+  Dense generalized LAPACK ``eigh`` up to 1,500 nodes; above, ARPACK (float64, tol 1e-13) on
+  ``D^-½ W D^-½`` (largest θ ↔ smallest λ = 1 − θ), which is much cheaper on a 2-core CPU.
+  """
+  w64 = np.asarray(w, np.float64)
+  d = degrees64(w64)
+  m = min(m, w64.shape[0])
+  if w64.shape[0] <= 1500:
+    dm = np.diag(d)
+    return sl.eigh(dm - w64, dm, subset_by_index=[0, m - 1])
+  s = 1.0 / np.sqrt(d)
+  theta, u = sla.eigsh(
+      w64 * s[:, None] * s[None, :],
+      k=m,
+      which="LA",
+      tol=1e-13,
+      ncv=max(2 * m + 1, 60),
+      v0=np.sqrt(d),
+  )
+  order = np.argsort(-theta)
+  return 1.0 - theta[order], u[:, order] * s[:, None]
 
 
 def assert_sign_rule(vecs: np.ndarray, n_valid: Optional[int] = None) -> None:
-    v = np.asarray(vecs)[:, :n_valid]
-    frac = (v > 0).mean(axis=1)
-    assert not np.any((frac > 0.5) & (frac < 1.0)), frac
+  v = np.asarray(vecs)[:, :n_valid]
+  frac = (v > 0).mean(axis=1)
+  assert not np.any((frac > 0.5) & (frac < 1.0)), frac
 
 
-def assert_matches_reference(w: np.ndarray, vals, vecs, k: int, val_tol: float = 1e-5,
-                             cos_tol: float = 1e-3, group_gap: float = 1e-3) -> None:
-    """Eigenvalues, D-orthonormality and (grouped) eigenvector subspaces vs float64 scipy.
+def assert_matches_reference(
+    w: np.ndarray,
+    vals,
+    vecs,
+    k: int,
+    val_tol: float = 1e-5,
+    cos_tol: float = 1e-3,
+    group_gap: float = 1e-3,
+) -> None:
+  """Eigenvalues, D-orthonormality and (grouped) eigenvector subspaces vs float64 scipy.
 
-    Each computed vector must lie in the span of the reference eigenvectors whose eigenvalues
-    are within ``group_gap`` of its own (a near-degenerate group is only defined as a subspace).
-    """
-    vals = np.asarray(vals, np.float64)
-    vecs = np.asarray(vecs, np.float64)
-    assert vals.shape == (k,) and vecs.shape == (k, w.shape[0])
-    ref_vals, ref_vecs = reference_pairs(w, k + 10)
-    np.testing.assert_allclose(vals, ref_vals[:k], rtol=0, atol=val_tol)
-    assert np.all(np.diff(vals) >= -val_tol)
-    d = degrees64(w)
-    gram = (vecs * d) @ vecs.T
-    np.testing.assert_allclose(gram, np.eye(k), rtol=0, atol=1e-4)
-    coords = (vecs * d) @ ref_vecs  # [k, k+10], ref is D-orthonormal
-    for i in range(k):
-        group = np.abs(ref_vals - vals[i]) <= group_gap
-        assert group.any()
-        captured = np.linalg.norm(coords[i, group])
-        assert captured >= 1 - cos_tol, (i, captured, vals[i])
-    assert_sign_rule(vecs)
+  Each computed vector must lie in the span of the reference eigenvectors whose eigenvalues
+  are within ``group_gap`` of its own (a near-degenerate group is only defined as a subspace).
+  """
+  vals = np.asarray(vals, np.float64)
+  vecs = np.asarray(vecs, np.float64)
+  assert vals.shape == (k,) and vecs.shape == (k, w.shape[0])
+  ref_vals, ref_vecs = reference_pairs(w, k + 10)
+  np.testing.assert_allclose(vals, ref_vals[:k], rtol=0, atol=val_tol)
+  assert np.all(np.diff(vals) >= -val_tol)
+  d = degrees64(w)
+  gram = (vecs * d) @ vecs.T
+  np.testing.assert_allclose(gram, np.eye(k), rtol=0, atol=1e-4)
+  coords = (vecs * d) @ ref_vecs  # [k, k+10], ref is D-orthonormal
+  for i in range(k):
+    group = np.abs(ref_vals - vals[i]) <= group_gap
+    assert group.any()
+    captured = np.linalg.norm(coords[i, group])
+    assert captured >= 1 - cos_tol, (i, captured, vals[i])
+  assert_sign_rule(vecs)
 
 
 def principal_cosines(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Cosines of the principal angles between row spaces of ``a``, ``b`` in the D-inner product."""
-    qa = np.linalg.qr((a * np.sqrt(d)).T)[0]
-    qb = np.linalg.qr((b * np.sqrt(d)).T)[0]
-    return np.linalg.svd(qa.T @ qb, compute_uv=False)
+  """Cosines of the principal angles between row spaces of ``a``, ``b`` in the D-inner product."""
+  qa = np.linalg.qr((a * np.sqrt(d)).T)[0]
+  qb = np.linalg.qr((b * np.sqrt(d)).T)[0]
+  return np.linalg.svd(qa.T @ qb, compute_uv=False)
 
 
 # ----------------------------------------------------------------------------------------------
 # Graph generators
 # ----------------------------------------------------------------------------------------------
 
-def clustered_affinity(n: int, seed: int, clusters: int = 5, dim: int = 32,
-                       spread: float = 1.0) -> np.ndarray:
-    """Thresholded cosine affinity of Gaussian-cluster features (like DINO keys)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=dim) + 1.5 * rng.normal(size=(clusters, dim))
-    feats = centres[rng.integers(clusters, size=n)] + spread * rng.normal(size=(n, dim))
-    return np.asarray(feature_affinity(feats.astype(np.float32)))
+
+def clustered_affinity(
+    n: int, seed: int, clusters: int = 5, dim: int = 32, spread: float = 1.0
+) -> np.ndarray:
+  """Thresholded cosine affinity of Gaussian-cluster features (like DINO keys)."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=dim) + 1.5 * rng.normal(size=(clusters, dim))
+  feats = centres[rng.integers(clusters, size=n)] + spread * rng.normal(size=(n, dim))
+  return np.asarray(feature_affinity(feats.astype(np.float32)))
 
 
 def random_sparse_affinity(n: int, seed: int, density: float = 0.05) -> np.ndarray:
-    """Symmetric random weights on an Erdős–Rényi pattern (with some zero-degree-free rows)."""
-    rng = np.random.default_rng(seed)
-    mask = rng.uniform(size=(n, n)) < density
-    w = np.triu(mask * rng.uniform(0.1, 1.0, size=(n, n)), 1)
-    return (w + w.T).astype(np.float32)
+  """Symmetric random weights on an Erdős–Rényi pattern (with some zero-degree-free rows)."""
+  rng = np.random.default_rng(seed)
+  mask = rng.uniform(size=(n, n)) < density
+  w = np.triu(mask * rng.uniform(0.1, 1.0, size=(n, n)), 1)
+  return (w + w.T).astype(np.float32)
 
 
 def grid_affinity(h: int, w: int) -> np.ndarray:
-    """4-neighbour grid graph: many small, slowly separating eigenvalues (hard for Krylov)."""
-    n = h * w
-    a = np.zeros((n, n), np.float32)
-    for i in range(h):
-        for j in range(w):
-            p = i * w + j
-            if j + 1 < w:
-                a[p, p + 1] = a[p + 1, p] = 1.0
-            if i + 1 < h:
-                a[p, p + w] = a[p + w, p] = 1.0
-    return a
+  """4-neighbour grid graph: many small, slowly separating eigenvalues (hard for Krylov)."""
+  n = h * w
+  a = np.zeros((n, n), np.float32)
+  for i in range(h):
+    for j in range(w):
+      p = i * w + j
+      if j + 1 < w:
+        a[p, p + 1] = a[p + 1, p] = 1.0
+      if i + 1 < h:
+        a[p, p + w] = a[p + w, p] = 1.0
+  return a
 
 
 def block_diag(*blocks: np.ndarray) -> np.ndarray:
-    return sl.block_diag(*blocks).astype(np.float32)
+  return sl.block_diag(*blocks).astype(np.float32)
 
 
 def near_degenerate_affinity(n: int, seed: int) -> np.ndarray:
-    """Two copies of a graph, one with weights perturbed by ~1e-5 (eigenvalue pairs ~1e-6 apart)."""
-    a = clustered_affinity(n, seed, clusters=3)
-    noise = np.random.default_rng(seed).uniform(size=a.shape)
-    b = a * (1 + 1e-5 * (noise + noise.T))
-    return block_diag(a, b)
+  """Two copies of a graph, one with weights perturbed by ~1e-5 (eigenvalue pairs ~1e-6 apart)."""
+  a = clustered_affinity(n, seed, clusters=3)
+  noise = np.random.default_rng(seed).uniform(size=a.shape)
+  b = a * (1 + 1e-5 * (noise + noise.T))
+  return block_diag(a, b)
 
 
 # ----------------------------------------------------------------------------------------------
 # Parity with the official code
 # ----------------------------------------------------------------------------------------------
 
+
 def _parity(image_id: str):
-    return np.load(PARITY / f"{image_id}.npz")
+  return np.load(PARITY / f"{image_id}.npz")
 
 
 def _parity_affinity(image_id: str, setting: str) -> np.ndarray:
-    z = _parity(image_id)
-    if setting == "color":
-        image = np.asarray(Image.open(PARITY / "images" / f"{image_id}.png").convert("RGB"))
-        grid = MANIFEST["images"][image_id]["patch_grid"]
-        image_lr = color_image_for_grid(image, grid)
-        lam = MANIFEST["settings"]["color"]["image_color_lambda"]
-        return np.asarray(combined_affinity(z["k"], image_lr, color_lambda=lam))
-    return np.asarray(feature_affinity(z["k"]))
+  z = _parity(image_id)
+  if setting == "color":
+    image = np.asarray(Image.open(PARITY / "images" / f"{image_id}.png").convert("RGB"))
+    grid = MANIFEST["images"][image_id]["patch_grid"]
+    image_lr = color_image_for_grid(image, grid)
+    lam = MANIFEST["settings"]["color"]["image_color_lambda"]
+    return np.asarray(combined_affinity(z["k"], image_lr, color_lambda=lam))
+  return np.asarray(feature_affinity(z["k"]))
 
 
-def _assert_rows_match(ours: np.ndarray, ref: np.ndarray, ref_vals: np.ndarray,
-                       inner: np.ndarray, gap: float) -> None:
-    """Row-by-row cosines where the eigengap allows, principal angles for close groups.
+def _assert_rows_match(
+    ours: np.ndarray, ref: np.ndarray, ref_vals: np.ndarray, inner: np.ndarray, gap: float
+) -> None:
+  """Row-by-row cosines where the eigengap allows, principal angles for close groups.
 
-    ``inner`` are the weights of the inner product (D for Laplacian vectors, 1 for affinity).
-    Where the official row's sign is fixed by the sign rule (0 < positive fraction < 0.5) the
-    signed cosine is checked, otherwise (all one sign, or exactly half) its absolute value.
-    """
-    k = len(ref_vals)
-    norms = np.sqrt((ours ** 2 * inner).sum(1) * (ref ** 2 * inner).sum(1))
-    cos = (ours * ref * inner).sum(1) / norms
-    for i in range(k):
-        neighbours = [j for j in range(k) if j != i and abs(ref_vals[j] - ref_vals[i]) < gap]
-        if neighbours:
-            group = [i] + neighbours
-            pc = principal_cosines(ours[group], ref[group], inner)
-            assert pc.min() >= 0.999, (i, pc)
-            continue
-        frac = (ref[i] > 0).mean()
-        sign_defined = 0.0 < frac < 0.49
-        value = cos[i] if sign_defined else abs(cos[i])
-        assert value >= 0.999, (i, cos[i], frac)
+  ``inner`` are the weights of the inner product (D for Laplacian vectors, 1 for affinity).
+  Where the official row's sign is fixed by the sign rule (0 < positive fraction < 0.5) the
+  signed cosine is checked, otherwise (all one sign, or exactly half) its absolute value.
+  """
+  k = len(ref_vals)
+  norms = np.sqrt((ours**2 * inner).sum(1) * (ref**2 * inner).sum(1))
+  cos = (ours * ref * inner).sum(1) / norms
+  for i in range(k):
+    neighbours = [j for j in range(k) if j != i and abs(ref_vals[j] - ref_vals[i]) < gap]
+    if neighbours:
+      group = [i] + neighbours
+      pc = principal_cosines(ours[group], ref[group], inner)
+      assert pc.min() >= 0.999, (i, pc)
+      continue
+    frac = (ref[i] > 0).mean()
+    sign_defined = 0.0 < frac < 0.49
+    value = cos[i] if sign_defined else abs(cos[i])
+    assert value >= 0.999, (i, cos[i], frac)
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("setting", ["loc", "seg", "color"])
 @pytest.mark.parametrize("image_id", IDS)
 def test_parity_laplacian(image_id, setting, solver):
-    z = _parity(image_id)
-    k = MANIFEST["settings"][setting]["K"]
-    w = _parity_affinity(image_id, setting)
-    vals, vecs = laplacian_eigs(jnp.asarray(w), k, solver=solver)
-    vals, vecs = np.asarray(vals), np.asarray(vecs)
-    ref_vals, ref_vecs = z[f"{setting}_eigenvalues"], z[f"{setting}_eigenvectors"]
-    np.testing.assert_allclose(vals, ref_vals, rtol=0, atol=1e-4)
-    _assert_rows_match(vecs, ref_vecs, ref_vals, degrees64(w), gap=1e-3)
-    assert_sign_rule(vecs)
-    if setting == "seg":
-        mask = (vecs[1] > 0).reshape(z["seg_mask"].shape)
-        np.testing.assert_array_equal(mask.astype(np.uint8) * 255, z["seg_mask"])
+  z = _parity(image_id)
+  k = MANIFEST["settings"][setting]["K"]
+  w = _parity_affinity(image_id, setting)
+  vals, vecs = laplacian_eigs(jnp.asarray(w), k, solver=solver)
+  vals, vecs = np.asarray(vals), np.asarray(vecs)
+  ref_vals, ref_vecs = z[f"{setting}_eigenvalues"], z[f"{setting}_eigenvectors"]
+  np.testing.assert_allclose(vals, ref_vals, rtol=0, atol=1e-4)
+  _assert_rows_match(vecs, ref_vecs, ref_vals, degrees64(w), gap=1e-3)
+  assert_sign_rule(vecs)
+  if setting == "seg":
+    mask = (vecs[1] > 0).reshape(z["seg_mask"].shape)
+    np.testing.assert_array_equal(mask.astype(np.uint8) * 255, z["seg_mask"])
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("image_id", IDS)
 def test_parity_affinity(image_id, solver):
-    z = _parity(image_id)
-    w = _parity_affinity(image_id, "affinity")
-    vals, vecs = affinity_eigs(jnp.asarray(w), 5, solver=solver)
-    vals, vecs = np.asarray(vals), np.asarray(vecs)
-    ref_vals, ref_vecs = z["affinity_eigenvalues"], z["affinity_eigenvectors"]
-    # Values are O(10²): float32 work gives absolute errors ~ eps·‖W‖ on every eigenvalue (the
-    # official float32 ARPACK run is itself 3e-4 off float64 on the largest), so the 1e-4
-    # tolerance is taken relative to the spectral scale max|λ|.
-    np.testing.assert_allclose(vals, ref_vals, rtol=0, atol=1e-4 * np.abs(ref_vals).max())
-    # Quirk: vectors are largest-first while values are ascending → row i pairs with value k-1-i.
-    _assert_rows_match(vecs, ref_vecs, ref_vals[::-1], np.ones(w.shape[0]), gap=1e-3 * ref_vals.max())
-    norms = np.linalg.norm(vecs, axis=1)
-    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+  z = _parity(image_id)
+  w = _parity_affinity(image_id, "affinity")
+  vals, vecs = affinity_eigs(jnp.asarray(w), 5, solver=solver)
+  vals, vecs = np.asarray(vals), np.asarray(vecs)
+  ref_vals, ref_vecs = z["affinity_eigenvalues"], z["affinity_eigenvectors"]
+  # Values are O(10²): float32 work gives absolute errors ~ eps·‖W‖ on every eigenvalue (the
+  # official float32 ARPACK run is itself 3e-4 off float64 on the largest), so the 1e-4
+  # tolerance is taken relative to the spectral scale max|λ|.
+  np.testing.assert_allclose(vals, ref_vals, rtol=0, atol=1e-4 * np.abs(ref_vals).max())
+  # Quirk: vectors are largest-first while values are ascending → row i pairs with value k-1-i.
+  _assert_rows_match(vecs, ref_vecs, ref_vals[::-1], np.ones(w.shape[0]), gap=1e-3 * ref_vals.max())
+  norms = np.linalg.norm(vecs, axis=1)
+  np.testing.assert_allclose(norms, 1.0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,9 +263,16 @@ CASES = [
     ("clustered-1000-K20", lambda: clustered_affinity(1000, 3, clusters=4), 20),
     ("sparse-400", lambda: random_sparse_affinity(400, 4, density=0.03), 5),
     # 3 components + 1 isolated node: eigenvalue 0 three times, the isolated node gives 1.
-    ("disconnected", lambda: block_diag(clustered_affinity(150, 5), clustered_affinity(90, 6),
-                                        random_sparse_affinity(120, 7, 0.1),
-                                        np.zeros((1, 1))), 6),
+    (
+        "disconnected",
+        lambda: block_diag(
+            clustered_affinity(150, 5),
+            clustered_affinity(90, 6),
+            random_sparse_affinity(120, 7, 0.1),
+            np.zeros((1, 1)),
+        ),
+        6,
+    ),
     # Two identical components: every eigenvalue exactly doubled.
     ("duplicated", lambda: block_diag(*([clustered_affinity(200, 8, clusters=3)] * 2)), 8),
     # Same, one copy's weights perturbed by ~1e-5: near-degenerate pairs.
@@ -259,158 +284,182 @@ CASES = [
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("name,builder,k", CASES, ids=[c[0] for c in CASES])
 def test_laplacian_vs_scipy(name, builder, k, solver):
-    w = builder()
-    vals, vecs, res = laplacian_eigs(jnp.asarray(w), k, solver=solver, max_cycles=200,
-                                     return_residuals=True)
-    assert np.all(np.asarray(res) <= 1e-5)
-    assert_matches_reference(w, vals, vecs, k)
+  w = builder()
+  vals, vecs, res = laplacian_eigs(
+      jnp.asarray(w), k, solver=solver, max_cycles=200, return_residuals=True
+  )
+  assert np.all(np.asarray(res) <= 1e-5)
+  assert_matches_reference(w, vals, vecs, k)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("n,k", [(2500, 5), (5000, 5), (5000, 20)])
 def test_laplacian_vs_scipy_large(n, k, solver):
-    w = clustered_affinity(n, n + k, clusters=6, dim=64)
-    vals, vecs = laplacian_eigs(jnp.asarray(w), k, solver=solver)
-    assert_matches_reference(w, vals, vecs, k)
+  w = clustered_affinity(n, n + k, clusters=6, dim=64)
+  vals, vecs = laplacian_eigs(jnp.asarray(w), k, solver=solver)
+  assert_matches_reference(w, vals, vecs, k)
 
 
 def test_laplacian_large_fast_lanczos():
-    """A 3,000-node graph with the subset solver (dense f64 reference on the subset only)."""
-    w = clustered_affinity(3000, 11, clusters=6, dim=48)
-    vals, vecs = laplacian_eigs(jnp.asarray(w), 5, solver="lanczos")
-    assert_matches_reference(w, vals, vecs, 5)
+  """A 3,000-node graph with the subset solver (dense f64 reference on the subset only)."""
+  w = clustered_affinity(3000, 11, clusters=6, dim=48)
+  vals, vecs = laplacian_eigs(jnp.asarray(w), 5, solver="lanczos")
+  assert_matches_reference(w, vals, vecs, 5)
 
 
 def test_auto_solver_and_choice():
-    assert choose_solver(100, 5, "cpu") == "dense"
-    assert choose_solver(4800, 5, "cpu") == "lanczos"
-    assert choose_solver(4800, 20, "cpu") == "lanczos"
-    assert choose_solver(600, 20, "cpu") == "dense"
-    assert choose_solver(1000, 5, "gpu") == "dense"
-    w = clustered_affinity(600, 12)
-    vals, vecs = laplacian_eigs(jnp.asarray(w), 5)
-    assert_matches_reference(w, vals, vecs, 5)
+  assert choose_solver(100, 5, "cpu") == "dense"
+  assert choose_solver(4800, 5, "cpu") == "lanczos"
+  assert choose_solver(4800, 20, "cpu") == "lanczos"
+  assert choose_solver(600, 20, "cpu") == "dense"
+  assert choose_solver(1000, 5, "gpu") == "dense"
+  w = clustered_affinity(600, 12)
+  vals, vecs = laplacian_eigs(jnp.asarray(w), 5)
+  assert_matches_reference(w, vals, vecs, 5)
 
 
 def test_batched_matches_scipy():
-    ws = [clustered_affinity(180, s) for s in (20, 21, 22)]
-    for solver in SOLVERS:
-        vals, vecs = laplacian_eigs(jnp.asarray(np.stack(ws)), 4, solver=solver)
-        assert vals.shape == (3, 4) and vecs.shape == (3, 4, 180)
-        for i, w in enumerate(ws):
-            assert_matches_reference(w, vals[i], vecs[i], 4)
+  ws = [clustered_affinity(180, s) for s in (20, 21, 22)]
+  for solver in SOLVERS:
+    vals, vecs = laplacian_eigs(jnp.asarray(np.stack(ws)), 4, solver=solver)
+    assert vals.shape == (3, 4) and vecs.shape == (3, 4, 180)
+    for i, w in enumerate(ws):
+      assert_matches_reference(w, vals[i], vecs[i], 4)
 
 
 def test_k_out_of_range():
-    with pytest.raises(ValueError):
-        laplacian_eigs(jnp.eye(4), 5)
-    with pytest.raises(ValueError):
-        laplacian_eigs(jnp.eye(4), 2, solver="nope")
+  with pytest.raises(ValueError):
+    laplacian_eigs(jnp.eye(4), 5)
+  with pytest.raises(ValueError):
+    laplacian_eigs(jnp.eye(4), 2, solver="nope")
 
 
 # ----------------------------------------------------------------------------------------------
 # Affinity eigenpairs
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_affinity_eigs_vs_scipy(solver):
-    """Largest-magnitude semantics (incl. a dominant negative eigenvalue) and the quirky order."""
-    rng = np.random.default_rng(13)
-    q = np.linalg.qr(rng.normal(size=(400, 400)))[0]
-    spectrum = np.concatenate([[50.0, 30.0, -40.0, 20.0], rng.uniform(-1, 1, size=396)])
-    w = ((q * spectrum) @ q.T).astype(np.float32)
-    vals, vecs = affinity_eigs(jnp.asarray(w), 4, solver=solver)
-    vals, vecs = np.asarray(vals, np.float64), np.asarray(vecs, np.float64)
-    ref_vals, ref_vecs = sl.eigh(w.astype(np.float64))
-    top = np.argsort(-np.abs(ref_vals))[:4]
-    asc = top[np.argsort(ref_vals[top])]  # eigsh order: ascending values
-    np.testing.assert_allclose(vals, ref_vals[asc], rtol=1e-5, atol=1e-4)
-    for row, col in enumerate(asc[::-1]):  # vectors largest-first
-        assert abs(vecs[row] @ ref_vecs[:, col]) >= 0.9999
-    assert_sign_rule(vecs)
+  """Largest-magnitude semantics (incl. a dominant negative eigenvalue) and the quirky order."""
+  rng = np.random.default_rng(13)
+  q = np.linalg.qr(rng.normal(size=(400, 400)))[0]
+  spectrum = np.concatenate([[50.0, 30.0, -40.0, 20.0], rng.uniform(-1, 1, size=396)])
+  w = ((q * spectrum) @ q.T).astype(np.float32)
+  vals, vecs = affinity_eigs(jnp.asarray(w), 4, solver=solver)
+  vals, vecs = np.asarray(vals, np.float64), np.asarray(vecs, np.float64)
+  ref_vals, ref_vecs = sl.eigh(w.astype(np.float64))
+  top = np.argsort(-np.abs(ref_vals))[:4]
+  asc = top[np.argsort(ref_vals[top])]  # eigsh order: ascending values
+  np.testing.assert_allclose(vals, ref_vals[asc], rtol=1e-5, atol=1e-4)
+  for row, col in enumerate(asc[::-1]):  # vectors largest-first
+    assert abs(vecs[row] @ ref_vecs[:, col]) >= 0.9999
+  assert_sign_rule(vecs)
 
 
 # ----------------------------------------------------------------------------------------------
 # Sign rule
 # ----------------------------------------------------------------------------------------------
 
+
 def test_sign_fix_rule():
-    v = np.array([
-        [1.0, 1.0, 1.0, -1.0],   # 75 % positive → flipped
-        [1.0, 1.0, -1.0, -1.0],  # exactly 50 % → kept
-        [1.0, 1.0, 1.0, 1.0],    # all positive → kept
-        [-1.0, -1.0, -1.0, -1.0],  # all negative → kept
-        [1.0, -1.0, -1.0, -1.0],  # 25 % → kept
-        [0.0, 1.0, 1.0, -1.0],   # zeros are not positive: 50 % → kept
-    ], np.float32)
-    out = np.asarray(sign_fix(jnp.asarray(v)))
-    expected = v.copy()
-    expected[0] *= -1
-    np.testing.assert_array_equal(out, expected)
+  v = np.array(
+      [
+          [1.0, 1.0, 1.0, -1.0],  # 75 % positive → flipped
+          [1.0, 1.0, -1.0, -1.0],  # exactly 50 % → kept
+          [1.0, 1.0, 1.0, 1.0],  # all positive → kept
+          [-1.0, -1.0, -1.0, -1.0],  # all negative → kept
+          [1.0, -1.0, -1.0, -1.0],  # 25 % → kept
+          [0.0, 1.0, 1.0, -1.0],  # zeros are not positive: 50 % → kept
+      ],
+      np.float32,
+  )
+  out = np.asarray(sign_fix(jnp.asarray(v)))
+  expected = v.copy()
+  expected[0] *= -1
+  np.testing.assert_array_equal(out, expected)
 
 
 def test_sign_fix_ignores_padding_and_batches():
-    v = np.array([[[1.0, 1.0, -1.0, 0.0, 0.0, 0.0]], [[1.0, 1.0, -1.0, 0.0, 0.0, 0.0]]],
-                 np.float32)  # [B=2, K=1, N=6]
-    out = np.asarray(sign_fix(jnp.asarray(v), jnp.asarray([3, 6])))
-    np.testing.assert_array_equal(out[0], -v[0])  # 2/3 positive among the 3 real nodes
-    np.testing.assert_array_equal(out[1], v[1])  # 2/6 positive
+  v = np.array(
+      [[[1.0, 1.0, -1.0, 0.0, 0.0, 0.0]], [[1.0, 1.0, -1.0, 0.0, 0.0, 0.0]]], np.float32
+  )  # [B=2, K=1, N=6]
+  out = np.asarray(sign_fix(jnp.asarray(v), jnp.asarray([3, 6])))
+  np.testing.assert_array_equal(out[0], -v[0])  # 2/3 positive among the 3 real nodes
+  np.testing.assert_array_equal(out[1], v[1])  # 2/6 positive
 
 
 # ----------------------------------------------------------------------------------------------
 # Padding / bucketing
 # ----------------------------------------------------------------------------------------------
 
+
 def test_bucket_size():
-    assert bucket_size(100, [256, 512, 1024]) == 256
-    assert bucket_size(256, [1024, 256, 512]) == 256
-    assert bucket_size(257, [256, 512, 1024]) == 512
-    assert bucket_size(2000, [256, 512, 1024]) == 2000
+  assert bucket_size(100, [256, 512, 1024]) == 256
+  assert bucket_size(256, [1024, 256, 512]) == 256
+  assert bucket_size(257, [256, 512, 1024]) == 512
+  assert bucket_size(2000, [256, 512, 1024]) == 2000
 
 
 def test_padding_keeps_official_generalized_spectrum():
-    """The padding scheme, checked on the official formulation itself (scipy float64)."""
-    w = clustered_affinity(90, 30)
-    batch, n_valid = pad_affinities([w], size=120)
-    wp = np.asarray(batch[0])
-    assert int(n_valid[0]) == 90
-    np.testing.assert_array_equal(np.diag(wp)[90:], PAD_SELF_LOOP)
-    vals_p, vecs_p = reference_pairs(wp, 120)
-    vals, _ = reference_pairs(w, 90)
-    np.testing.assert_allclose(vals_p[:90], vals, atol=1e-10)  # all real pairs come first
-    np.testing.assert_allclose(vals_p[90:], 3.0, atol=1e-10)
-    assert vals.max() <= 2.0
-    np.testing.assert_allclose(vecs_p[90:, :90], 0.0, atol=1e-10)
+  """The padding scheme, checked on the official formulation itself (scipy float64)."""
+  w = clustered_affinity(90, 30)
+  batch, n_valid = pad_affinities([w], size=120)
+  wp = np.asarray(batch[0])
+  assert int(n_valid[0]) == 90
+  np.testing.assert_array_equal(np.diag(wp)[90:], PAD_SELF_LOOP)
+  vals_p, vecs_p = reference_pairs(wp, 120)
+  vals, _ = reference_pairs(w, 90)
+  np.testing.assert_allclose(vals_p[:90], vals, atol=1e-10)  # all real pairs come first
+  np.testing.assert_allclose(vals_p[90:], 3.0, atol=1e-10)
+  assert vals.max() <= 2.0
+  np.testing.assert_allclose(vecs_p[90:, :90], 0.0, atol=1e-10)
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_padded_equals_unpadded(solver):
-    ws = [clustered_affinity(n, 40 + n, clusters=4) for n in (120, 257, 333)]
-    batch, n_valid = pad_affinities(ws, buckets=[256, 400, 512])
-    assert batch.shape == (3, 400, 400)
-    k = 5
-    vals_b, vecs_b = laplacian_eigs(batch, k, solver=solver, n_valid=n_valid)
-    assert np.all(np.abs(np.asarray(vecs_b)[0, :, 120:]) <= 1e-5)
-    for w, (vals_p, vecs_p) in zip(ws, unpad(vals_b, vecs_b, n_valid)):
-        vals_u, vecs_u = laplacian_eigs(jnp.asarray(w), k, solver=solver)
-        vals_u, vecs_u = np.asarray(vals_u), np.asarray(vecs_u)
-        assert vecs_p.shape == vecs_u.shape == (k, w.shape[0])
-        np.testing.assert_allclose(vals_p, vals_u, rtol=0, atol=2e-6)
-        # Same vectors, same signs: the sign rule only counts real nodes. Rows it leaves
-        # undetermined (all one sign, e.g. the constant vector, or exactly half positive) may
-        # differ in sign, as in the official code (ARPACK's random start).
-        frac = (vecs_u > 0).mean(axis=1)
-        free = (frac == 0) | (frac == 0.5) | (frac == 1)
-        flip = np.where(free & (np.sum(vecs_p * vecs_u, axis=1) < 0), -1.0, 1.0)
-        np.testing.assert_allclose(vecs_p * flip[:, None], vecs_u, rtol=0,
-                                   atol=2e-4 * np.abs(vecs_u).max())
-        assert_matches_reference(w, vals_p, vecs_p, k)
+  ws = [clustered_affinity(n, 40 + n, clusters=4) for n in (90, 170, 233)]
+  batch, n_valid = pad_affinities(ws, buckets=[128, 256, 512])
+  assert batch.shape == (3, 256, 256)
+  k = 5
+  vals_b, vecs_b = laplacian_eigs(batch, k, solver=solver, n_valid=n_valid)
+  assert np.all(np.abs(np.asarray(vecs_b)[0, :, 90:]) <= 1e-5)
+  for w, (vals_p, vecs_p) in zip(ws, unpad(vals_b, vecs_b, n_valid)):
+    vals_u, vecs_u = laplacian_eigs(jnp.asarray(w), k, solver=solver)
+    vals_u, vecs_u = np.asarray(vals_u), np.asarray(vecs_u)
+    assert vecs_p.shape == vecs_u.shape == (k, w.shape[0])
+    np.testing.assert_allclose(vals_p, vals_u, rtol=0, atol=2e-6)
+    # Same vectors, same signs: the sign rule only counts real nodes. Rows it leaves
+    # undetermined (all one sign, e.g. the constant vector, or exactly half positive) may
+    # differ in sign, as in the official code (ARPACK's random start).
+    frac = (vecs_u > 0).mean(axis=1)
+    free = (frac == 0) | (frac == 0.5) | (frac == 1)
+    flip = np.where(free & (np.sum(vecs_p * vecs_u, axis=1) < 0), -1.0, 1.0)
+    np.testing.assert_allclose(
+        vecs_p * flip[:, None], vecs_u, rtol=0, atol=2e-4 * np.abs(vecs_u).max()
+    )
+    assert_matches_reference(w, vals_p, vecs_p, k)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_affinity_eigs_padded_vs_scipy(solver):
+  ws = [clustered_affinity(n, 60 + n, clusters=4) for n in (150, 260)]
+  batch, n_valid = pad_affinities(ws, size=300)
+  vals_b, vecs_b = affinity_eigs(batch, 4, solver=solver, n_valid=n_valid)
+  for w, (vals, vecs) in zip(ws, unpad(vals_b, vecs_b, n_valid)):
+    ref_vals, ref_vecs = sl.eigh(w.astype(np.float64))
+    top = np.argsort(-np.abs(ref_vals))[:4]
+    asc = top[np.argsort(ref_vals[top])]
+    np.testing.assert_allclose(vals, ref_vals[asc], rtol=0, atol=1e-4 * np.abs(ref_vals).max())
+    for row, col in enumerate(asc[::-1]):  # top-4 well separated (5th is ~2, like a pad)
+      assert abs(vecs[row] @ ref_vecs[:, col]) >= 0.999
+    assert_sign_rule(vecs)
 
 
 def test_unpad_shapes():
-    vals = np.zeros((2, 3))
-    vecs = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
-    out: List = unpad(vals, vecs, [5, 2])
-    assert out[0][1].shape == (3, 5) and out[1][1].shape == (3, 2)
-    np.testing.assert_array_equal(out[1][1], vecs[1, :, :2])
+  vals = np.zeros((2, 3))
+  vecs = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+  out: List = unpad(vals, vecs, [5, 2])
+  assert out[0][1].shape == (3, 5) and out[1][1].shape == (3, 2)
+  np.testing.assert_array_equal(out[1][1], vecs[1, :, :2])

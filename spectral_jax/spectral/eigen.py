@@ -67,26 +67,27 @@ ACCEL_DENSE_MAX_N = 2048
 # Sign rule
 # ----------------------------------------------------------------------------------------------
 
+
 def sign_fix(vecs: jax.Array, n_valid: Optional[jax.Array] = None) -> jax.Array:
-    """Official sign rule: negate ``v_k`` when ``0.5 < mean(v_k > 0) < 1``.
+  """Official sign rule: negate ``v_k`` when ``0.5 < mean(v_k > 0) < 1``.
 
-    Args:
-      vecs: ``[..., K, N]`` eigenvectors (rows).
-      n_valid: optional ``[...]`` number of real (unpadded) nodes; entries at index ``≥ n_valid``
-        are ignored in the mean.
+  Args:
+    vecs: ``[..., K, N]`` eigenvectors (rows).
+    n_valid: optional ``[...]`` number of real (unpadded) nodes; entries at index ``≥ n_valid``
+      are ignored in the mean.
 
-    Returns:
-      ``[..., K, N]`` eigenvectors; the positive side is the minority (or all / exactly half).
-    """
-    n = vecs.shape[-1]
-    if n_valid is None:
-        n_valid = jnp.asarray(n, jnp.int32)
-    n_valid = jnp.asarray(n_valid, jnp.int32)[..., None]  # [..., 1] broadcasts over K
-    valid = jnp.arange(n) < n_valid[..., None]  # [..., 1, N]
-    count = jnp.sum((vecs > 0) & valid, axis=-1)  # [..., K]
-    # Integer form of 0.5 < count / n < 1 (exact, no float rounding).
-    flip = (2 * count > n_valid) & (count < n_valid)
-    return jnp.where(flip[..., None], -vecs, vecs)
+  Returns:
+    ``[..., K, N]`` eigenvectors; the positive side is the minority (or all / exactly half).
+  """
+  n = vecs.shape[-1]
+  if n_valid is None:
+    n_valid = jnp.asarray(n, jnp.int32)
+  n_valid = jnp.asarray(n_valid, jnp.int32)[..., None]  # [..., 1] broadcasts over K
+  valid = jnp.arange(n) < n_valid[..., None]  # [..., 1, N]
+  count = jnp.sum((vecs > 0) & valid, axis=-1)  # [..., K]
+  # Integer form of 0.5 < count / n < 1 (exact, no float rounding).
+  flip = (2 * count > n_valid) & (count < n_valid)
+  return jnp.where(flip[..., None], -vecs, vecs)
 
 
 _sign_fix_jit = jax.jit(sign_fix)
@@ -96,368 +97,415 @@ _sign_fix_jit = jax.jit(sign_fix)
 # Helpers shared by the solvers
 # ----------------------------------------------------------------------------------------------
 
+
 def _degrees(w: jax.Array) -> jax.Array:
-    """Row sums ``W·1`` with ``d < 1e-12`` → 1 (pymatting ``row_sum`` + official fix-up)."""
-    d = jnp.sum(w, axis=-1)
-    return jnp.where(d < 1e-12, jnp.ones_like(d), d)
+  """Row sums ``W·1`` with ``d < 1e-12`` → 1 (pymatting ``row_sum`` + official fix-up)."""
+  d = jnp.sum(w, axis=-1)
+  return jnp.where(d < 1e-12, jnp.ones_like(d), d)
 
 
 def _hash_uniform(n: int, b: int) -> jax.Array:
-    """Deterministic start block ``[n, b]`` in ``[-1, 1)`` from an integer hash of (row, col).
+  """Deterministic start block ``[n, b]`` in ``[-1, 1)`` from an integer hash of (row, col).
 
-    Row ``i`` does not depend on ``n``, so a zero-padded graph starts from the same vectors on
-    its real nodes as the unpadded one.
-    """
-    i = jnp.arange(n, dtype=jnp.uint32)[:, None]
-    j = jnp.arange(b, dtype=jnp.uint32)[None, :]
-    h = i * jnp.uint32(0x9E3779B1) + (j + jnp.uint32(1)) * jnp.uint32(0x85EBCA77)
-    # murmur3 finaliser: good bit mixing with wrap-around uint32 arithmetic.
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    h = h ^ (h >> 16)
-    return (h >> 8).astype(jnp.float32) * jnp.float32(2.0 / (1 << 24)) - 1.0
+  Row ``i`` does not depend on ``n``, so a zero-padded graph starts from the same vectors on
+  its real nodes as the unpadded one.
+  """
+  i = jnp.arange(n, dtype=jnp.uint32)[:, None]
+  j = jnp.arange(b, dtype=jnp.uint32)[None, :]
+  h = i * jnp.uint32(0x9E3779B1) + (j + jnp.uint32(1)) * jnp.uint32(0x85EBCA77)
+  # murmur3 finaliser: good bit mixing with wrap-around uint32 arithmetic.
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  h = h ^ (h >> 16)
+  return (h >> 8).astype(jnp.float32) * jnp.float32(2.0 / (1 << 24)) - 1.0
 
 
 def _project_out(basis: jax.Array, z: jax.Array) -> jax.Array:
-    """``z − V (Vᵀ z)`` for an orthonormal ``V``."""
-    return z - jnp.matmul(basis, jnp.matmul(basis.T, z, precision=_HI), precision=_HI)
+  """``z − V (Vᵀ z)`` for an orthonormal ``V``."""
+  return z - jnp.matmul(basis, jnp.matmul(basis.T, z, precision=_HI), precision=_HI)
 
 
 def _orthonormalize_against(basis: jax.Array, z: jax.Array) -> jax.Array:
-    """Orthonormal block spanning ``z`` minus its component in ``span(V)``.
+  """Orthonormal block spanning ``z`` minus its component in ``span(V)``.
 
-    Project + QR twice ("twice is enough"): the second pass restores orthogonality to float32
-    precision, also when ``z`` is numerically inside ``span(V)`` (e.g. an invariant Krylov
-    space on a disconnected graph) and the first QR amplified rounding noise.
-    """
-    q, _ = jnp.linalg.qr(_project_out(basis, z))
-    q, _ = jnp.linalg.qr(_project_out(basis, q))
-    return q
+  Project + QR twice ("twice is enough"): the second pass restores orthogonality to float32
+  precision, also when ``z`` is numerically inside ``span(V)`` (e.g. an invariant Krylov
+  space on a disconnected graph) and the first QR amplified rounding noise.
+  """
+  q, _ = jnp.linalg.qr(_project_out(basis, z))
+  q, _ = jnp.linalg.qr(_project_out(basis, q))
+  return q
 
 
 def _select(theta: jax.Array, count: int, which: str) -> jax.Array:
-    """Indices of the ``count`` wanted Ritz values, best first (``'LA'`` or ``'LM'``)."""
-    key = theta if which == "LA" else jnp.abs(theta)
-    return jnp.argsort(-key)[:count]
+  """Indices of the ``count`` wanted Ritz values, best first (``'LA'`` or ``'LM'``)."""
+  key = theta if which == "LA" else jnp.abs(theta)
+  return jnp.argsort(-key)[:count]
 
 
 class _KrylovState(NamedTuple):
-    x: jax.Array  # [N, b] orthonormal restart block (best Ritz vectors)
-    ax: jax.Array  # [N, b] operator applied to x
-    theta: jax.Array  # [K] wanted Ritz values
-    u: jax.Array  # [N, K] wanted Ritz vectors
-    res: jax.Array  # [K] residual norms
-    cycle: jax.Array  # [] number of restart cycles done
+  x: jax.Array  # [N, b] orthonormal restart block (best Ritz vectors)
+  ax: jax.Array  # [N, b] operator applied to x
+  theta: jax.Array  # [K] wanted Ritz values
+  u: jax.Array  # [N, K] wanted Ritz vectors
+  res: jax.Array  # [K] residual norms
+  cycle: jax.Array  # [] number of restart cycles done
 
 
-def _block_krylov(apply_op, x0: jax.Array, k: int, steps: int, max_cycles: int,
-                  tol: float, which: str) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Restarted block Krylov (block Lanczos) eigen-solver for a symmetric operator.
+def _block_krylov(
+    apply_op, x0: jax.Array, k: int, steps: int, max_cycles: int, tol: float, which: str
+) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Restarted block Krylov (block Lanczos) eigen-solver for a symmetric operator.
 
-    Each cycle builds ``V = [X, A X, …, A^steps X]`` (orthonormalised block by block against all
-    previous blocks), ``AV`` alongside, and solves the projected problem ``Vᵀ A V`` exactly
-    (Rayleigh–Ritz). The next cycle restarts from the best ``b`` Ritz vectors, whose images are
-    ``AV Y`` (no extra operator application). Stops when every wanted residual
-    ``‖A u − θ u‖ ≤ tol`` or after ``max_cycles`` cycles.
+  Each cycle builds ``V = [X, A X, …, A^steps X]`` (orthonormalised block by block against all
+  previous blocks), ``AV`` alongside, and solves the projected problem ``Vᵀ A V`` exactly
+  (Rayleigh–Ritz). The next cycle restarts from the best ``b`` Ritz vectors, whose images are
+  ``AV Y`` (no extra operator application). Stops when every wanted residual
+  ``‖A u − θ u‖ ≤ tol`` or after ``max_cycles`` cycles.
 
-    Args:
-      apply_op: ``[N, b] -> [N, b]`` symmetric operator.
-      x0: ``[N, b]`` start block (need not be orthonormal), ``b ≥ k``.
-      k: number of wanted eigenpairs.
-      steps: block operator applications per cycle (basis ``b·(steps+1)`` columns).
-      max_cycles: cycle limit.
-      tol: residual tolerance (absolute).
-      which: ``'LA'`` largest algebraic or ``'LM'`` largest magnitude.
+  Args:
+    apply_op: ``[N, b] -> [N, b]`` symmetric operator.
+    x0: ``[N, b]`` start block (need not be orthonormal), ``b ≥ k``.
+    k: number of wanted eigenpairs.
+    steps: block operator applications per cycle (basis ``b·(steps+1)`` columns).
+    max_cycles: cycle limit.
+    tol: residual tolerance (absolute).
+    which: ``'LA'`` largest algebraic or ``'LM'`` largest magnitude.
 
-    Returns:
-      ``theta [k]`` (best first), ``u [N, k]``, residual norms ``[k]``, cycles used ``[]``.
-    """
-    n, b = x0.shape
-    nb = b * (steps + 1)
+  Returns:
+    ``theta [k]`` (best first), ``u [N, k]``, residual norms ``[k]``, cycles used ``[]``.
+  """
+  n, b = x0.shape
+  nb = b * (steps + 1)
 
-    def cycle(state: _KrylovState) -> _KrylovState:
-        # Re-orthonormalise the restart block (Ritz vectors inherit the basis' rounding errors,
-        # which would otherwise accumulate over cycles); R ≈ I, so A X R⁻¹ is accurate.
-        x, r = jnp.linalg.qr(state.x)
-        ax = jax.scipy.linalg.solve_triangular(r, state.ax.T, trans="T", lower=False).T
-        basis = jnp.zeros((n, nb), x0.dtype).at[:, :b].set(x)
-        abasis = jnp.zeros((n, nb), x0.dtype).at[:, :b].set(ax)
-        for j in range(1, steps + 1):
-            # Python-unrolled (`steps` is small) so that slices are static and each block is
-            # orthogonalised only against the j·b columns filled so far.
-            q = _orthonormalize_against(basis[:, :j * b], abasis[:, (j - 1) * b:j * b])
-            basis = basis.at[:, j * b:(j + 1) * b].set(q)
-            abasis = abasis.at[:, j * b:(j + 1) * b].set(apply_op(q))
-        t = jnp.matmul(basis.T, abasis, precision=_HI)
-        theta, y = jnp.linalg.eigh(0.5 * (t + t.T))
-        order = _select(theta, b, which)
-        y = y[:, order]
-        x = jnp.matmul(basis, y, precision=_HI)
-        ax = jnp.matmul(abasis, y, precision=_HI)
-        th = theta[order]
-        res = jnp.linalg.norm(ax[:, :k] - x[:, :k] * th[None, :k], axis=0)
-        return _KrylovState(x, ax, th[:k], x[:, :k], res, state.cycle + 1)
+  def cycle(state: _KrylovState) -> _KrylovState:
+    # Re-orthonormalise the restart block (Ritz vectors inherit the basis' rounding errors,
+    # which would otherwise accumulate over cycles); R ≈ I, so A X R⁻¹ is accurate.
+    x, r = jnp.linalg.qr(state.x)
+    ax = jax.scipy.linalg.solve_triangular(r, state.ax.T, trans="T", lower=False).T
+    basis = jnp.zeros((n, nb), x0.dtype).at[:, :b].set(x)
+    abasis = jnp.zeros((n, nb), x0.dtype).at[:, :b].set(ax)
+    for j in range(1, steps + 1):
+      # Python-unrolled (`steps` is small) so that slices are static and each block is
+      # orthogonalised only against the j·b columns filled so far.
+      q = _orthonormalize_against(basis[:, : j * b], abasis[:, (j - 1) * b : j * b])
+      basis = basis.at[:, j * b : (j + 1) * b].set(q)
+      abasis = abasis.at[:, j * b : (j + 1) * b].set(apply_op(q))
+    t = jnp.matmul(basis.T, abasis, precision=_HI)
+    theta, y = jnp.linalg.eigh(0.5 * (t + t.T))
+    order = _select(theta, b, which)
+    y = y[:, order]
+    x = jnp.matmul(basis, y, precision=_HI)
+    ax = jnp.matmul(abasis, y, precision=_HI)
+    th = theta[order]
+    res = jnp.linalg.norm(ax[:, :k] - x[:, :k] * th[None, :k], axis=0)
+    return _KrylovState(x, ax, th[:k], x[:, :k], res, state.cycle + 1)
 
-    def not_done(state: _KrylovState) -> jax.Array:
-        return (state.cycle < max_cycles) & (jnp.max(state.res) > tol)
+  def not_done(state: _KrylovState) -> jax.Array:
+    return (state.cycle < max_cycles) & (jnp.max(state.res) > tol)
 
-    x, _ = jnp.linalg.qr(x0)
-    init = _KrylovState(x, apply_op(x), jnp.zeros((k,), x0.dtype), x[:, :k],
-                        jnp.full((k,), jnp.inf, x0.dtype), jnp.zeros((), jnp.int32))
-    final = jax.lax.while_loop(not_done, cycle, init)
-    return final.theta, final.u, final.res, final.cycle
+  x, _ = jnp.linalg.qr(x0)
+  init = _KrylovState(
+      x,
+      apply_op(x),
+      jnp.zeros((k,), x0.dtype),
+      x[:, :k],
+      jnp.full((k,), jnp.inf, x0.dtype),
+      jnp.zeros((), jnp.int32),
+  )
+  final = jax.lax.while_loop(not_done, cycle, init)
+  return final.theta, final.u, final.res, final.cycle
 
 
 def _krylov_sizes(n: int, k: int, block: Optional[int], steps: Optional[int]) -> Tuple[int, int]:
-    """Block size and steps per cycle, capped so that the basis never exceeds ``n`` columns.
+  """Block size and steps per cycle, capped so that the basis never exceeds ``n`` columns.
 
-    Defaults (measured on CPU, see the benchmark): a block of ``k + max(3, k // 4)`` (≥ 8)
-    columns and 6 steps per cycle. On CPU a 4800×4800 GEMM with ≤ 16 right-hand sides is
-    memory-bound and costs about one matvec, ``b > k`` speeds convergence (the rate is set by the
-    gap to ``θ_{b+1}``), and ``b ≥ k`` captures eigenvalues of multiplicity up to ``b``
-    (e.g. several connected components).
-    """
-    b = block if block is not None else max(8, k + max(3, k // 4))
-    s = steps if steps is not None else 6
-    b = min(b, n)
-    s = max(1, min(s, n // b - 1))
-    return b, s
+  Defaults (measured on CPU, see the benchmark): a block of ``k + max(3, k // 4)`` (≥ 8)
+  columns and 6 steps per cycle. On CPU a 4800×4800 GEMM with ≤ 16 right-hand sides is
+  memory-bound and costs about one matvec, ``b > k`` speeds convergence (the rate is set by the
+  gap to ``θ_{b+1}``), and ``b ≥ k`` captures eigenvalues of multiplicity up to ``b``
+  (e.g. several connected components).
+  """
+  b = block if block is not None else max(8, k + max(3, k // 4))
+  s = steps if steps is not None else 6
+  b = min(b, n)
+  s = max(1, min(s, n // b - 1))
+  return b, s
 
 
 # ----------------------------------------------------------------------------------------------
 # Laplacian eigenpairs
 # ----------------------------------------------------------------------------------------------
 
-def choose_solver(n: int, k: int, backend: Optional[str] = None) -> str:
-    """The ``'auto'`` choice: ``'dense'`` or ``'lanczos'`` for an ``n``-node graph and ``k`` pairs.
 
-    CPU: dense LAPACK ``eigh`` is cubic and, from a few hundred nodes on, much slower than block
-    Lanczos (whose cost is a few GEMMs with ``W``); tiny graphs, or ``k`` so large that the
-    Krylov basis would not fit, go dense. GPU/TPU: dense ``eigh`` up to
-    :data:`ACCEL_DENSE_MAX_N` nodes (robust, one library call), Lanczos above.
-    """
-    backend = backend or jax.default_backend()
-    b, s = _krylov_sizes(n, k, None, None)
-    if s < 2 or 2 * k > n:
-        return "dense"
-    limit = max(CPU_DENSE_MAX_N, CPU_DENSE_PER_K * k) if backend == "cpu" else ACCEL_DENSE_MAX_N
-    return "dense" if n <= limit else "lanczos"
+def choose_solver(n: int, k: int, backend: Optional[str] = None) -> str:
+  """The ``'auto'`` choice: ``'dense'`` or ``'lanczos'`` for an ``n``-node graph and ``k`` pairs.
+
+  CPU: dense LAPACK ``eigh`` is cubic and, from a few hundred nodes on, much slower than block
+  Lanczos (whose cost is a few GEMMs with ``W``); tiny graphs, or ``k`` so large that the
+  Krylov basis would not fit, go dense. GPU/TPU: dense ``eigh`` up to
+  :data:`ACCEL_DENSE_MAX_N` nodes (robust, one library call), Lanczos above.
+  """
+  backend = backend or jax.default_backend()
+  b, s = _krylov_sizes(n, k, None, None)
+  if s < 2 or 2 * k > n:
+    return "dense"
+  limit = max(CPU_DENSE_MAX_N, CPU_DENSE_PER_K * k) if backend == "cpu" else ACCEL_DENSE_MAX_N
+  return "dense" if n <= limit else "lanczos"
 
 
 def _lap_dense_single(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
-    """``[N, N] -> ([K], [K, N])`` via dense ``eigh(I − A)``."""
-    s = jax.lax.rsqrt(_degrees(w))
-    a = w * s[:, None] * s[None, :]
-    # eigh symmetrises its input ((L + Lᵀ)/2), absorbing rounding asymmetry of s_i w_ij s_j.
-    lam, u = jnp.linalg.eigh(jnp.eye(w.shape[0], dtype=w.dtype) - a)
-    return lam[:k], (u[:, :k] * s[:, None]).T
+  """``[N, N] -> ([K], [K, N])`` via dense ``eigh(I − A)``."""
+  s = jax.lax.rsqrt(_degrees(w))
+  a = w * s[:, None] * s[None, :]
+  # eigh symmetrises its input ((L + Lᵀ)/2), absorbing rounding asymmetry of s_i w_ij s_j.
+  lam, u = jnp.linalg.eigh(jnp.eye(w.shape[0], dtype=w.dtype) - a)
+  return lam[:k], (u[:, :k] * s[:, None]).T
 
 
-def _lap_lanczos_single(w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int,
-                        max_cycles: int, tol: float) -> Tuple[jax.Array, jax.Array, jax.Array]:
-    """``[N, N] -> ([K], [K, N], residuals [K])`` via block Lanczos on ``A``."""
-    d = _degrees(w)
-    s = jax.lax.rsqrt(d)
+def _lap_lanczos_single(
+    w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int, max_cycles: int, tol: float
+) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """``[N, N] -> ([K], [K, N], residuals [K])`` via block Lanczos on ``A``."""
+  d = _degrees(w)
+  s = jax.lax.rsqrt(d)
 
-    def apply_a(x: jax.Array) -> jax.Array:
-        return s[:, None] * jnp.matmul(w, s[:, None] * x, precision=_HI)
+  def apply_a(x: jax.Array) -> jax.Array:
+    return s[:, None] * jnp.matmul(w, s[:, None] * x, precision=_HI)
 
-    # Start block: sqrt(d) (the exact θ = 1 eigenvector of a connected graph) + hashed vectors,
-    # zero on padded nodes so that their (decoupled, unwanted) eigenspace is never entered.
-    valid = (jnp.arange(w.shape[0]) < n_valid)[:, None]
-    x0 = _hash_uniform(w.shape[0], block).at[:, 0].set(jnp.sqrt(d))
-    x0 = jnp.where(valid, x0, 0.0)
-    theta, u, res, _ = _block_krylov(apply_a, x0, k, steps, max_cycles, tol, "LA")
-    # Ritz values come out largest-first, i.e. λ = 1 − θ ascending.
-    return 1.0 - theta, (u * s[:, None]).T, res
+  # Start block: sqrt(d) (the exact θ = 1 eigenvector of a connected graph) + hashed vectors,
+  # zero on padded nodes so that their (decoupled, unwanted) eigenspace is never entered.
+  valid = (jnp.arange(w.shape[0]) < n_valid)[:, None]
+  x0 = _hash_uniform(w.shape[0], block).at[:, 0].set(jnp.sqrt(d))
+  x0 = jnp.where(valid, x0, 0.0)
+  theta, u, res, _ = _block_krylov(apply_a, x0, k, steps, max_cycles, tol, "LA")
+  # Ritz values come out largest-first, i.e. λ = 1 − θ ascending.
+  return 1.0 - theta, (u * s[:, None]).T, res
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def _lap_dense(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
-    fn = functools.partial(_lap_dense_single, k=k)
-    for _ in range(w.ndim - 2):
-        fn = jax.vmap(fn)
-    return fn(w)
+  fn = functools.partial(_lap_dense_single, k=k)
+  for _ in range(w.ndim - 2):
+    fn = jax.vmap(fn)
+  return fn(w)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "block", "steps", "max_cycles", "tol"))
-def _lap_lanczos(w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int,
-                 max_cycles: int, tol: float) -> Tuple[jax.Array, jax.Array, jax.Array]:
-    fn = functools.partial(_lap_lanczos_single, k=k, block=block, steps=steps,
-                           max_cycles=max_cycles, tol=tol)
-    for _ in range(w.ndim - 2):
-        fn = jax.vmap(fn)
-    return fn(w, n_valid)
+def _lap_lanczos(
+    w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int, max_cycles: int, tol: float
+) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  fn = functools.partial(
+      _lap_lanczos_single, k=k, block=block, steps=steps, max_cycles=max_cycles, tol=tol
+  )
+  for _ in range(w.ndim - 2):
+    fn = jax.vmap(fn)
+  return fn(w, n_valid)
 
 
-def laplacian_eigs(w: jax.Array, k: int, solver: str = "auto",
-                   n_valid: Optional[jax.Array] = None, *, tol: float = 1e-5,
-                   block: Optional[int] = None, steps: Optional[int] = None,
-                   max_cycles: int = 30, return_residuals: bool = False):
-    """The ``k`` smallest eigenpairs of ``(D − W) v = λ D v`` (official Laplacian branch).
+def laplacian_eigs(
+    w: jax.Array,
+    k: int,
+    solver: str = "auto",
+    n_valid: Optional[jax.Array] = None,
+    *,
+    tol: float = 1e-5,
+    block: Optional[int] = None,
+    steps: Optional[int] = None,
+    max_cycles: int = 30,
+    return_residuals: bool = False,
+):
+  """The ``k`` smallest eigenpairs of ``(D − W) v = λ D v`` (official Laplacian branch).
 
-    Args:
-      w: ``[N, N]`` or ``[B, N, N]`` symmetric float32 affinity (see
-        :func:`spectral_jax.spectral.affinity.combined_affinity`); padded batches from
-        :func:`pad_affinities`.
-      k: number of eigenpairs (``k ≤ N``, and ``k ≤ n_valid`` for padded graphs).
-      solver: ``'auto'``, ``'dense'`` or ``'lanczos'`` (see the module docstring).
-      n_valid: optional ``[B]`` (or scalar) number of real nodes of padded graphs: the sign rule
-        only counts real entries, and Lanczos start vectors are zero on padded nodes. Padded
-        entries of the returned eigenvectors are ~0; drop them with :func:`unpad`.
-      tol: Lanczos residual tolerance on ``‖A u − θ u‖`` (``A`` has norm ≤ 1).
-      block, steps, max_cycles: Lanczos block size, block steps per restart cycle, cycle limit.
-      return_residuals: also return the Lanczos residual norms ``[..., K]`` (zeros for dense).
+  Args:
+    w: ``[N, N]`` or ``[B, N, N]`` symmetric float32 affinity (see
+      :func:`spectral_jax.spectral.affinity.combined_affinity`); padded batches from
+      :func:`pad_affinities`.
+    k: number of eigenpairs (``k ≤ N``, and ``k ≤ n_valid`` for padded graphs).
+    solver: ``'auto'``, ``'dense'`` or ``'lanczos'`` (see the module docstring).
+    n_valid: optional ``[B]`` (or scalar) number of real nodes of padded graphs: the sign rule
+      only counts real entries, and Lanczos start vectors are zero on padded nodes. Padded
+      entries of the returned eigenvectors are ~0; drop them with :func:`unpad`.
+    tol: Lanczos residual tolerance on ``‖A u − θ u‖`` (``A`` has norm ≤ 1).
+    block, steps, max_cycles: Lanczos block size, block steps per restart cycle, cycle limit.
+    return_residuals: also return the Lanczos residual norms ``[..., K]`` (zeros for dense).
 
-    Returns:
-      ``eigenvalues [..., K]`` ascending and ``eigenvectors [..., K, N]`` (rows, D-orthonormal,
-      sign-fixed); plus residuals when ``return_residuals``.
-    """
-    w = jnp.asarray(w, jnp.float32)
-    n = w.shape[-1]
-    if not 0 < k <= n:
-        raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
-    if solver == "auto":
-        solver = choose_solver(n, k)
-    if solver == "dense":
-        vals, vecs = _lap_dense(w, k)
-        res = jnp.zeros_like(vals)
-    elif solver == "lanczos":
-        b, s = _krylov_sizes(n, k, block, steps)
-        if b < k or b * (s + 1) > n:  # basis cannot fit: too few nodes for a subset method
-            vals, vecs = _lap_dense(w, k)
-            res = jnp.zeros_like(vals)
-        else:
-            nv = jnp.broadcast_to(jnp.asarray(n if n_valid is None else n_valid, jnp.int32),
-                                  w.shape[:-2])
-            vals, vecs, res = _lap_lanczos(w, nv, k, b, s, int(max_cycles), float(tol))
+  Returns:
+    ``eigenvalues [..., K]`` ascending and ``eigenvectors [..., K, N]`` (rows, D-orthonormal,
+    sign-fixed); plus residuals when ``return_residuals``.
+  """
+  w = jnp.asarray(w, jnp.float32)
+  n = w.shape[-1]
+  if not 0 < k <= n:
+    raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
+  if solver == "auto":
+    solver = choose_solver(n, k)
+  if solver == "dense":
+    vals, vecs = _lap_dense(w, k)
+    res = jnp.zeros_like(vals)
+  elif solver == "lanczos":
+    b, s = _krylov_sizes(n, k, block, steps)
+    if b < k or b * (s + 1) > n:  # basis cannot fit: too few nodes for a subset method
+      vals, vecs = _lap_dense(w, k)
+      res = jnp.zeros_like(vals)
     else:
-        raise ValueError(f"unknown solver {solver!r}")
-    vecs = _sign_fix_jit(vecs, n if n_valid is None else n_valid)
-    return (vals, vecs, res) if return_residuals else (vals, vecs)
+      nv = jnp.broadcast_to(jnp.asarray(n if n_valid is None else n_valid, jnp.int32), w.shape[:-2])
+      vals, vecs, res = _lap_lanczos(w, nv, k, b, s, int(max_cycles), float(tol))
+  else:
+    raise ValueError(f"unknown solver {solver!r}")
+  vecs = _sign_fix_jit(vecs, n if n_valid is None else n_valid)
+  return (vals, vecs, res) if return_residuals else (vals, vecs)
 
 
 # ----------------------------------------------------------------------------------------------
 # Affinity eigenpairs (which_matrix='affinity')
 # ----------------------------------------------------------------------------------------------
 
+
 def _quirky_order(theta: jax.Array, u: jax.Array) -> Tuple[jax.Array, jax.Array]:
-    """Official 'affinity' order: values ascending, vectors descending (``[K], [N, K] -> [K, N]``)."""
-    order = jnp.argsort(theta)
-    return theta[order], u[:, order[::-1]].T
+  """Official 'affinity' order: values ascending, vectors descending (``[K], [N, K] -> [K, N]``)."""
+  order = jnp.argsort(theta)
+  return theta[order], u[:, order[::-1]].T
 
 
 def _aff_dense_single(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
-    theta, u = jnp.linalg.eigh(w)
-    idx = _select(theta, k, "LM")
-    return _quirky_order(theta[idx], u[:, idx])
+  theta, u = jnp.linalg.eigh(w)
+  idx = _select(theta, k, "LM")
+  return _quirky_order(theta[idx], u[:, idx])
 
 
-def _aff_lanczos_single(w: jax.Array, k: int, block: int, steps: int, max_cycles: int,
-                        tol: float) -> Tuple[jax.Array, jax.Array]:
-    def apply_w(x: jax.Array) -> jax.Array:
-        return jnp.matmul(w, x, precision=_HI)
+def _aff_lanczos_single(
+    w: jax.Array, k: int, block: int, steps: int, max_cycles: int, tol: float
+) -> Tuple[jax.Array, jax.Array]:
+  def apply_w(x: jax.Array) -> jax.Array:
+    return jnp.matmul(w, x, precision=_HI)
 
-    # Work on W / scale so that the residual tolerance is relative (max row sum ≥ ‖W‖₂).
-    scale = jnp.max(jnp.sum(jnp.abs(w), axis=-1))
-    theta, u, _, _ = _block_krylov(lambda x: apply_w(x) / scale, _hash_uniform(w.shape[0], block),
-                                   k, steps, max_cycles, tol, "LM")
-    return _quirky_order(theta * scale, u)
+  # Work on W / scale so that the residual tolerance is relative (max row sum ≥ ‖W‖₂).
+  scale = jnp.max(jnp.sum(jnp.abs(w), axis=-1))
+  theta, u, _, _ = _block_krylov(
+      lambda x: apply_w(x) / scale,
+      _hash_uniform(w.shape[0], block),
+      k,
+      steps,
+      max_cycles,
+      tol,
+      "LM",
+  )
+  return _quirky_order(theta * scale, u)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "solver", "block", "steps", "max_cycles", "tol"))
-def _aff(w: jax.Array, k: int, solver: str, block: int, steps: int, max_cycles: int,
-         tol: float) -> Tuple[jax.Array, jax.Array]:
-    if solver == "dense":
-        fn = functools.partial(_aff_dense_single, k=k)
-    else:
-        fn = functools.partial(_aff_lanczos_single, k=k, block=block, steps=steps,
-                               max_cycles=max_cycles, tol=tol)
-    for _ in range(w.ndim - 2):
-        fn = jax.vmap(fn)
-    return fn(w)
+def _aff(
+    w: jax.Array, k: int, solver: str, block: int, steps: int, max_cycles: int, tol: float
+) -> Tuple[jax.Array, jax.Array]:
+  if solver == "dense":
+    fn = functools.partial(_aff_dense_single, k=k)
+  else:
+    fn = functools.partial(
+        _aff_lanczos_single, k=k, block=block, steps=steps, max_cycles=max_cycles, tol=tol
+    )
+  for _ in range(w.ndim - 2):
+    fn = jax.vmap(fn)
+  return fn(w)
 
 
-def affinity_eigs(w: jax.Array, k: int, solver: str = "auto", *, tol: float = 1e-6,
-                  block: Optional[int] = None, steps: Optional[int] = None,
-                  max_cycles: int = 30) -> Tuple[jax.Array, jax.Array]:
-    """The ``k`` largest-magnitude eigenpairs of ``W`` itself (``which_matrix='affinity'``).
+def affinity_eigs(
+    w: jax.Array,
+    k: int,
+    solver: str = "auto",
+    n_valid: Optional[jax.Array] = None,
+    *,
+    tol: float = 1e-6,
+    block: Optional[int] = None,
+    steps: Optional[int] = None,
+    max_cycles: int = 30,
+) -> Tuple[jax.Array, jax.Array]:
+  """The ``k`` largest-magnitude eigenpairs of ``W`` itself (``which_matrix='affinity'``).
 
-    Reproduces the official quirk: ``eigsh(W, k, which='LM')`` returns eigenvalues in ascending
-    order and the code then reverses only the eigenvectors, so ``eigenvectors[0]`` belongs to
-    ``eigenvalues[-1]`` (vectors largest-first, values ascending). Eigenvectors have unit norm
-    and are sign-fixed with :func:`sign_fix`.
+  Reproduces the official quirk: ``eigsh(W, k, which='LM')`` returns eigenvalues in ascending
+  order and the code then reverses only the eigenvectors, so ``eigenvectors[0]`` belongs to
+  ``eigenvalues[-1]`` (vectors largest-first, values ascending). Eigenvectors have unit norm
+  and are sign-fixed with :func:`sign_fix`.
 
-    Args:
-      w: ``[N, N]`` or ``[B, N, N]`` symmetric affinity.
-      k: number of eigenpairs.
-      solver: ``'auto'``, ``'dense'`` or ``'lanczos'``.
-      tol: Lanczos residual tolerance relative to ``max_i Σ_j |W_ij|`` (≥ ‖W‖₂).
+  Args:
+    w: ``[N, N]`` or ``[B, N, N]`` symmetric affinity.
+    k: number of eigenpairs.
+    solver: ``'auto'``, ``'dense'`` or ``'lanczos'``.
+    n_valid: optional ``[B]`` (or scalar) real sizes of a padded batch: padded rows/columns
+      (incl. the −2 self-loops of :func:`pad_affinities`) are zeroed, so padded eigenvalues
+      are 0 and come last in magnitude order; the sign rule counts real nodes only.
+    tol: Lanczos residual tolerance relative to ``max_i Σ_j |W_ij|`` (≥ ‖W‖₂).
 
-    Returns:
-      ``eigenvalues [..., K]`` ascending, ``eigenvectors [..., K, N]`` in reversed order.
-    """
-    w = jnp.asarray(w, jnp.float32)
-    n = w.shape[-1]
-    if not 0 < k <= n:
-        raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
-    if solver == "auto":
-        solver = choose_solver(n, k)
-    if solver not in ("dense", "lanczos"):
-        raise ValueError(f"unknown solver {solver!r}")
-    b, s = _krylov_sizes(n, k, block, steps)
-    if solver == "lanczos" and (b < k or b * (s + 1) > n):
-        solver = "dense"
-    vals, vecs = _aff(w, k, solver, b, s, int(max_cycles), float(tol))
-    return vals, _sign_fix_jit(vecs, n)
+  Returns:
+    ``eigenvalues [..., K]`` ascending, ``eigenvectors [..., K, N]`` in reversed order.
+  """
+  w = jnp.asarray(w, jnp.float32)
+  n = w.shape[-1]
+  if not 0 < k <= n:
+    raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
+  if solver == "auto":
+    solver = choose_solver(n, k)
+  if solver not in ("dense", "lanczos"):
+    raise ValueError(f"unknown solver {solver!r}")
+  b, s = _krylov_sizes(n, k, block, steps)
+  if solver == "lanczos" and (b < k or b * (s + 1) > n):
+    solver = "dense"
+  if n_valid is not None:
+    valid = jnp.arange(n) < jnp.asarray(n_valid, jnp.int32)[..., None]  # [..., N]
+    w = jnp.where(valid[..., :, None] & valid[..., None, :], w, 0.0)
+  vals, vecs = _aff(w, k, solver, b, s, int(max_cycles), float(tol))
+  return vals, _sign_fix_jit(vecs, n if n_valid is None else n_valid)
 
 
 # ----------------------------------------------------------------------------------------------
 # Mixed sizes: padding and bucketing
 # ----------------------------------------------------------------------------------------------
 
+
 def bucket_size(n: int, buckets: Sequence[int]) -> int:
-    """Smallest bucket ``≥ n`` (``buckets`` in any order); ``n`` itself when none is large enough."""
-    fitting = [b for b in buckets if b >= n]
-    return min(fitting) if fitting else int(n)
+  """Smallest bucket ``≥ n`` (``buckets`` in any order); ``n`` itself when none is large enough."""
+  fitting = [b for b in buckets if b >= n]
+  return min(fitting) if fitting else int(n)
 
 
-def pad_affinities(ws: Sequence[np.ndarray], buckets: Optional[Sequence[int]] = None,
-                   size: Optional[int] = None) -> Tuple[jax.Array, jax.Array]:
-    """Stack affinities of different sizes into one zero-padded batch.
+def pad_affinities(
+    ws: Sequence[np.ndarray], buckets: Optional[Sequence[int]] = None, size: Optional[int] = None
+) -> Tuple[jax.Array, jax.Array]:
+  """Stack affinities of different sizes into one zero-padded batch.
 
-    Padded nodes are isolated with a self-loop of :data:`PAD_SELF_LOOP` (= −2): degree → 1,
-    normalised-Laplacian eigenvalue 3, above every real eigenvalue (see the module docstring).
+  Padded nodes are isolated with a self-loop of :data:`PAD_SELF_LOOP` (= −2): degree → 1,
+  normalised-Laplacian eigenvalue 3, above every real eigenvalue (see the module docstring).
 
-    Args:
-      ws: list of ``[N_i, N_i]`` affinities.
-      buckets: optional sizes; the batch is padded to ``bucket_size(max N_i, buckets)`` so that
-        few distinct shapes (and jit compilations) occur.
-      size: explicit padded size (overrides ``buckets``).
+  Args:
+    ws: list of ``[N_i, N_i]`` affinities.
+    buckets: optional sizes; the batch is padded to ``bucket_size(max N_i, buckets)`` so that
+      few distinct shapes (and jit compilations) occur.
+    size: explicit padded size (overrides ``buckets``).
 
-    Returns:
-      ``W_batch [B, Nmax, Nmax]`` float32 and ``n_valid [B]`` int32.
-    """
-    sizes = [int(np.shape(w)[0]) for w in ws]
-    nmax = max(sizes)
-    if size is not None:
-        if size < nmax:
-            raise ValueError(f"size {size} < largest graph {nmax}")
-        nmax = int(size)
-    elif buckets is not None:
-        nmax = bucket_size(nmax, buckets)
-    out = np.zeros((len(ws), nmax, nmax), np.float32)
-    for i, (w, n) in enumerate(zip(ws, sizes)):
-        out[i, :n, :n] = np.asarray(w, np.float32)
-        idx = np.arange(n, nmax)
-        out[i, idx, idx] = PAD_SELF_LOOP
-    return jnp.asarray(out), jnp.asarray(sizes, jnp.int32)
+  Returns:
+    ``W_batch [B, Nmax, Nmax]`` float32 and ``n_valid [B]`` int32.
+  """
+  sizes = [int(np.shape(w)[0]) for w in ws]
+  nmax = max(sizes)
+  if size is not None:
+    if size < nmax:
+      raise ValueError(f"size {size} < largest graph {nmax}")
+    nmax = int(size)
+  elif buckets is not None:
+    nmax = bucket_size(nmax, buckets)
+  out = np.zeros((len(ws), nmax, nmax), np.float32)
+  for i, (w, n) in enumerate(zip(ws, sizes)):
+    out[i, :n, :n] = np.asarray(w, np.float32)
+    idx = np.arange(n, nmax)
+    out[i, idx, idx] = PAD_SELF_LOOP
+  return jnp.asarray(out), jnp.asarray(sizes, jnp.int32)
 
 
-def unpad(vals: jax.Array, vecs: jax.Array,
-          n_valid: Sequence[int]) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Split a padded batch result into per-graph ``(eigenvalues [K], eigenvectors [K, N_i])``."""
-    vals_np, vecs_np = np.asarray(vals), np.asarray(vecs)
-    return [(vals_np[i], vecs_np[i, :, :int(n)]) for i, n in enumerate(np.asarray(n_valid))]
+def unpad(
+    vals: jax.Array, vecs: jax.Array, n_valid: Sequence[int]
+) -> List[Tuple[np.ndarray, np.ndarray]]:
+  """Split a padded batch result into per-graph ``(eigenvalues [K], eigenvectors [K, N_i])``."""
+  vals_np, vecs_np = np.asarray(vals), np.asarray(vecs)
+  return [(vals_np[i], vecs_np[i, :, : int(n)]) for i, n in enumerate(np.asarray(n_valid))]
