@@ -88,3 +88,26 @@ def panel(
   tiles.append(result)
   gap = np.full((h, 4, 3), 255, np.uint8)
   return np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+
+
+def label_palette(n: int = 256) -> np.ndarray:
+  """The PASCAL VOC colour map: label bits spread over the high bits of R, G and B."""
+  palette = np.zeros((n, 3), np.uint8)
+  for label in range(n):
+    c, r, g, b = label, 0, 0, 0
+    for shift in range(7, -1, -1):
+      r |= (c & 1) << shift
+      g |= ((c >> 1) & 1) << shift
+      b |= ((c >> 2) & 1) << shift
+      c >>= 3
+    palette[label] = (r, g, b)
+  return palette
+
+
+def label_panel(image: np.ndarray, label_maps: Sequence[np.ndarray]) -> np.ndarray:
+  """One row: the image and each label map (any resolution) in VOC colours at image size."""
+  h, w = image.shape[:2]
+  palette = label_palette()
+  tiles = [image] + [resize_nearest(palette[m.astype(np.uint8)], (h, w)) for m in label_maps]
+  gap = np.full((h, 4, 3), 255, np.uint8)
+  return np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)

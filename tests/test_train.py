@@ -324,6 +324,8 @@ def test_semantic_task_writes_maps_metrics_and_resumes(voc_like, tmp_path, monke
     assert sorted(p.stem for p in (work / sub).glob(f'*.{ext}')) == stems, sub
   sem = semantic.read_png(work / 'semantic' / 'img0.png')
   assert sem.shape == (8, 8) and sem.max() <= 3  # patch grid; bg 0 + clusters 1..3
+  n_panels = min(voc_like.output.num_panels, len(stems))
+  assert len(list((work / 'panels').glob('semantic_*.png'))) == n_panels > 0
   result = json.loads((work / 'metrics.json').read_text())
   assert result['n_images'] == 2 and set(result['seeds']) == {'0', '1'}
   assert result['matching_kind'] == 'majority'  # 4 labels vs 21 classes

@@ -33,3 +33,13 @@ def test_panel_layout():
   overlay = viz.panel(image, None, (2, 3), mask=mask)
   assert overlay.shape == (32, 2 * 48 + 4, 3)
   assert overlay[0, 52:, 0].max() > 0 and overlay[20, 52:].max() == 0
+
+
+def test_voc_palette_and_label_panel():
+  palette = viz.label_palette()
+  np.testing.assert_array_equal(palette[:4], [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]])
+  assert len({tuple(c) for c in palette[:21]}) == 21
+  image = np.zeros((16, 16, 3), np.uint8)
+  panel = viz.label_panel(image, [np.array([[0, 1], [2, 3]])])
+  assert panel.shape == (16, 36, 3)
+  np.testing.assert_array_equal(panel[0, 28], [128, 0, 0])  # label 1, top right

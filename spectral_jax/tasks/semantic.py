@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from spectral_jax import io, metrics, pipeline
+from spectral_jax import io, metrics, pipeline, viz
 from spectral_jax.data import datasets
 from spectral_jax.models import vit
 from spectral_jax.spectral import clustering, segments
@@ -216,6 +216,15 @@ def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, 
   common.log_summary(progress.summary(), f'{len(extractor.compiled_shapes)} compiled crop shapes')
 
 
+def _write_panels(workdir: Path, stems, examples, segmaps, maps, config) -> None:
+  """image | per-image eigen-segments | dataset-level semantic map, for the first images."""
+  for i, s in enumerate(stems):
+    image = datasets.load_image(examples[s], max_pixels=config.data.max_pixels)
+    io.save_png(
+        workdir / 'panels' / f'semantic_{s}.png', viz.label_panel(image, [segmaps[i], maps[i]])
+    )
+
+
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   sem = config.semantic
@@ -239,6 +248,8 @@ def run(config, workdir) -> None:
     out_dir = workdir / 'semantic' if n == 0 else workdir / 'semantic_seeds' / str(seed)
     for s, m in zip(stems, maps):
       io.save_png(out_dir / f'{s}.png', m)
+    if n == 0:
+      _write_panels(workdir, stems[: config.output.num_panels], examples, segmaps, maps, config)
     if gt_arrays:
       per_seed[seed] = score_maps([maps[i] for i in scored], gt_arrays, sem.num_clusters + 1)
       logging.info('seed %d: mIoU %.4f on %d images', seed, per_seed[seed]['miou'], len(scored))
