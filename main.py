@@ -8,12 +8,15 @@ Any config value can be overridden with --config.<key>=<value>.
 """
 
 import importlib
+from pathlib import Path
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+
+from spectral_jax.models import checkpoints
 
 MODES = ('extract', 'localize', 'segment', 'semantic', 'train', 'evaluate', 'edit')
 

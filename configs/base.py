@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.no_hard = False  # drop difficult/truncated VOC boxes, skip images left with none
   config.data.limit = 0  # 0 = all images
   config.data.max_pixels = 8192 * 8192
-  config.data.batch_size = 8  # images of equal cropped size per forward
+  config.data.batch_size = 8  # images per forward (same size bucket)
+  config.data.bucket_step = -1  # pad grids up to multiples of this many patches; -1 = by backend
 
   config.spectral = ml_collections.ConfigDict()
   config.spectral.K = 5

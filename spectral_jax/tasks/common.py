@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from absl import logging
+import jax
 
 from spectral_jax import io, pipeline
 from spectral_jax.data import datasets
@@ -112,6 +113,36 @@ def _check_unique_ids(examples: Sequence[Any]) -> None:
 def load_extractor(model) -> pipeline.FeatureExtractor:
   return pipeline.load_extractor(
       model.name, model.checkpoint, model.cache_dir, model.precision, model.feature_block
+  )
+
+
+def bucket_step(config) -> int:
+  """data.bucket_step, with -1 = by backend.
+
+  On an accelerator, padding images of similar size into shared shapes lets them batch and
+  compile once. On a CPU, batching buys nothing and padding costs ~10 % more FLOPs, so exact
+  sizes are used there (each new size compiles once; JAX's compilation cache keeps them).
+  """
+  step = config.data.bucket_step
+  if step >= 0:
+    return step
+  return 0 if jax.default_backend() == 'cpu' else 4
+
+
+def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: str = ''):
+  """pipeline.run_images with the run's config (spectral settings, batching, limits)."""
+  s = config.spectral
+  return pipeline.run_images(
+      extractor,
+      todo,
+      batch_size=config.data.batch_size,
+      max_pixels=config.data.max_pixels,
+      spectral_k=s.K,
+      color_lambda=s.color_lambda,
+      which_matrix=which_matrix or s.which_matrix,
+      solver=s.solver,
+      bucket_step=bucket_step(config),
+      on_error=on_error,
   )
 
 

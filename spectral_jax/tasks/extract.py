@@ -39,18 +39,7 @@ def run(config, workdir) -> None:
   extractor = common.load_extractor(config.model)
   skipped = common.SkipLog(workdir)
   progress = pipeline.Progress(len(todo), 'extract')
-  s = config.spectral
-  for r in pipeline.run_images(
-      extractor,
-      todo,
-      batch_size=config.data.batch_size,
-      max_pixels=config.data.max_pixels,
-      spectral_k=s.K,
-      color_lambda=s.color_lambda,
-      which_matrix=s.which_matrix,
-      solver=s.solver,
-      on_error=skipped,
-  ):
+  for r in common.run_images(config, extractor, todo, skipped):
     feat_path, eig_path = output_paths(workdir, r.example.id)
     if config.output.features:
       io.save_npz(

@@ -91,19 +91,8 @@ def _predict(config, workdir: Path, todo: list, pred_path: Path, num_panels: int
   extractor = common.load_extractor(config.model)
   skipped = common.SkipLog(workdir)
   progress = pipeline.Progress(len(todo), 'localize')
-  s = config.spectral
-  index = eigenvector_index(s.which_matrix)
-  for r in pipeline.run_images(
-      extractor,
-      todo,
-      batch_size=config.data.batch_size,
-      max_pixels=config.data.max_pixels,
-      spectral_k=s.K,
-      color_lambda=s.color_lambda,
-      which_matrix=s.which_matrix,
-      solver=s.solver,
-      on_error=skipped,
-  ):
+  index = eigenvector_index(config.spectral.which_matrix)
+  for r in common.run_images(config, extractor, todo, skipped):
     box = segments.localization_box(
         r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=index
     )

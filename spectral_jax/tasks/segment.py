@@ -79,20 +79,9 @@ def _predict(config, workdir: Path, todo: list) -> None:
   extractor = common.load_extractor(config.model)
   skipped = common.SkipLog(workdir)
   progress = pipeline.Progress(len(todo), 'segment')
-  s = config.spectral
   crf_params = crf.CRFParams(**config.segment.crf_params) if config.segment.crf else None
   num_panels = config.output.num_panels
-  for r in pipeline.run_images(
-      extractor,
-      todo,
-      batch_size=config.data.batch_size,
-      max_pixels=config.data.max_pixels,
-      spectral_k=s.K,
-      color_lambda=s.color_lambda,
-      which_matrix='laplacian',
-      solver=s.solver,
-      on_error=skipped,
-  ):
+  for r in common.run_images(config, extractor, todo, skipped, which_matrix='laplacian'):
     mask = object_mask(r.image, r.eigenvectors, r.patch_grid, r.patch_size, crf_params)
     io.save_png(mask_path(workdir, r.example.id), mask.astype(np.uint8) * 255)
     if num_panels > 0:
