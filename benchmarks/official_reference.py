@@ -209,7 +209,7 @@ def extract_keys(model: DinoViT, image: np.ndarray, device: str = "cpu") -> np.n
 
 def official_eigs(feats: np.ndarray, k: int = 5) -> Tuple[np.ndarray, np.ndarray]:
     """Official ``_extract_eig`` Laplacian branch (λ_color = 0): → (values [K], vectors [K, N])."""
-    f = F.normalize(torch.from_numpy(feats), p=2, dim=-1)
+    f = F.normalize(torch.from_numpy(np.array(feats, np.float32)), p=2, dim=-1)
     w_feat = f @ f.T
     w_feat = w_feat * (w_feat > 0)
     w_feat = w_feat / w_feat.max()
