@@ -8,11 +8,12 @@ import pytest
 
 PARITY = Path(__file__).parent / 'data' / 'parity'
 PARITY_IDS = ('astronaut', 'chelsea', 'coffee')
+MANIFEST = json.loads((PARITY / 'manifest.json').read_text())
 
 
 @pytest.fixture(scope='session')
 def manifest():
-  return json.loads((PARITY / 'manifest.json').read_text())
+  return MANIFEST
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,9 +16,7 @@ from spectral_jax.spectral.affinity import (
     knn_color_affinity,
 )
 
-PARITY = Path(__file__).parent / "data" / "parity"
-IDS = ["astronaut", "chelsea", "coffee"]
-MANIFEST = json.loads((PARITY / "manifest.json").read_text())
+from tests.conftest import MANIFEST, PARITY, PARITY_IDS as IDS
 
 
 def _grid(image_id: str):

@@ -18,6 +18,9 @@ from PIL import Image
 from scipy import ndimage
 
 from spectral_jax import edit
+from spectral_jax.data import decode
+from spectral_jax.tasks import edit as task
+from tests.conftest import PARITY
 
 # ----------------------------------------------------------------------------- generated scenes
 
@@ -304,7 +307,6 @@ def test_edit_panel():
 
 
 def test_decoded_odd_files_reach_the_matte(tmp_path):
-  decode = pytest.importorskip('spectral_jax.data.decode')
   image, alpha, _, _ = scene(64, 96, seed=11)
   mask = blocky_mask(alpha, 8, seed=11)
   Image.fromarray(image.mean(-1).astype(np.uint8), 'L').save(tmp_path / 'gray.png')
@@ -384,7 +386,6 @@ def photo_dir(tmp_path):
 
 
 def test_task_folder_outputs_resume_and_bad_image(photo_dir, tmp_path, monkeypatch):
-  task = pytest.importorskip('spectral_jax.tasks.edit')
   root, alphas = photo_dir
   fake = FakeExtract(alphas)
   monkeypatch.setattr(task.extract, 'run', fake)
@@ -420,7 +421,6 @@ def test_task_folder_outputs_resume_and_bad_image(photo_dir, tmp_path, monkeypat
 
 
 def test_task_single_image_and_image_background(tmp_path, monkeypatch):
-  task = pytest.importorskip('spectral_jax.tasks.edit')
   photo = tmp_path / 'holiday.png'
   alpha = _write_scene(photo, 22)
   Image.fromarray(np.full((50, 400, 3), (10, 20, 200), np.uint8)).save(tmp_path / 'sky.png')
@@ -437,8 +437,6 @@ def test_task_single_image_and_image_background(tmp_path, monkeypatch):
 
 
 def test_task_eigen_segment_path(tmp_path, monkeypatch):
-  task = pytest.importorskip('spectral_jax.tasks.edit')
-  pytest.importorskip('spectral_jax.spectral.clustering')
   photo = tmp_path / 'seg.png'
   alpha = _write_scene(photo, 23)
   monkeypatch.setattr(task.extract, 'run', FakeExtract({'seg': alpha}))
@@ -451,7 +449,6 @@ def test_task_eigen_segment_path(tmp_path, monkeypatch):
 
 
 def test_task_rejects_bad_options(tmp_path):
-  task = pytest.importorskip('spectral_jax.tasks.edit')
   with pytest.raises(ValueError, match='neither an image file nor a colour'):
     task.run(_edit_config(tmp_path, background='notacolour'), str(tmp_path / 'out'))
   with pytest.raises(FileNotFoundError):
@@ -493,10 +490,7 @@ def test_documented_command_line(tmp_path):
 def test_task_with_real_extraction(photo_dir, tmp_path):
   """extract → eigs → edit for real, with the tiny random-weight checkpoint the parity tests
   use (its masks mean nothing: this checks the plumbing, not the quality)."""
-  task = pytest.importorskip('spectral_jax.tasks.edit')
-  checkpoint = Path(__file__).parent / 'data' / 'parity' / 'checkpoint.pth'
-  if not checkpoint.exists():
-    pytest.skip('no parity checkpoint')
+  checkpoint = PARITY / 'checkpoint.pth'
   root, alphas = photo_dir
   from configs import edit as edit_config
 

@@ -7,8 +7,6 @@ padded-vs-unpadded and batched-vs-single consistency (both also checked against 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import List, Optional
 
 import jax.numpy as jnp
@@ -34,9 +32,8 @@ from spectral_jax.spectral.eigen import (
     unpad,
 )
 
-PARITY = Path(__file__).parent / "data" / "parity"
-IDS = ["astronaut", "chelsea", "coffee"]
-MANIFEST = json.loads((PARITY / "manifest.json").read_text())
+from tests.conftest import MANIFEST, PARITY, PARITY_IDS as IDS
+
 SOLVERS = ["dense", "lanczos"]
 
 

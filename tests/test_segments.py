@@ -1,16 +1,13 @@
 """Tests for spectral_jax.spectral.segments (single-object part)."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 from skimage.measure import label as sk_label
 
 from spectral_jax.spectral import segments
 
-PARITY = Path(__file__).parent / "data" / "parity"
-MANIFEST = json.loads((PARITY / "manifest.json").read_text())
+from tests.conftest import MANIFEST, PARITY
+
 IMAGES = sorted(MANIFEST["images"])
 
 

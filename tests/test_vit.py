@@ -1,7 +1,5 @@
 """models/vit.py against the official DINO outputs (parity data) and a PyTorch patch-8 model."""
 
-import json
-
 import jax
 import numpy as np
 import pytest
@@ -9,8 +7,7 @@ from PIL import Image
 
 from spectral_jax.models import checkpoints, vit
 
-PARITY = 'tests/data/parity'
-IDS = ['astronaut', 'chelsea', 'coffee']
+from tests.conftest import MANIFEST, PARITY, PARITY_IDS as IDS
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +28,7 @@ def test_qkv_match_official_dino(parity_model, image_id):
   model, params = parity_model
   image = np.array(Image.open(f'{PARITY}/images/{image_id}.png').convert('RGB'))
   ref = np.load(f'{PARITY}/{image_id}.npz')
-  grid = json.load(open(f'{PARITY}/manifest.json'))['images'][image_id]['patch_grid']
+  grid = MANIFEST['images'][image_id]['patch_grid']
   out = features(model, params, image)
   for key in 'qkv':
     got = np.asarray(out[key][0])
