@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import jax
@@ -144,6 +144,21 @@ def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: s
       bucket_step=bucket_step(config),
       on_error=on_error,
   )
+
+
+class Panels:
+  """Writes ``workdir/panels/<id>.png`` for the first ``count`` images a run processes."""
+
+  def __init__(self, workdir, count: int):
+    self.folder = Path(workdir) / 'panels'
+    self.left = count
+
+  def __call__(self, image_id: str, render: Callable[[], Any]) -> None:
+    """``render`` builds the panel only when one is still due."""
+    if self.left <= 0:
+      return
+    self.left -= 1
+    io.save_png(self.folder / f'{image_id}.png', render())
 
 
 class SkipLog:

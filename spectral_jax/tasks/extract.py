@@ -39,6 +39,7 @@ def run(config, workdir) -> None:
   extractor = common.load_extractor(config.model)
   skipped = common.SkipLog(workdir)
   progress = pipeline.Progress(len(todo), 'extract')
+  panels = common.Panels(workdir, config.output.num_panels)
   for r in common.run_images(config, extractor, todo, skipped):
     feat_path, eig_path = output_paths(workdir, r.example.id)
     if config.output.features:
@@ -49,11 +50,7 @@ def run(config, workdir) -> None:
           image_size=np.array(r.image.shape[:2]),
       )
     io.save_npz(eig_path, eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors)
-    if progress.bar.n < config.output.num_panels:
-      io.save_png(
-          Path(workdir) / 'panels' / f'{r.example.id}.png',
-          viz.panel(r.image, r.eigenvectors, r.patch_grid),
-      )
+    panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid))
     progress.update()
   common.log_summary(
       progress.summary(),

@@ -91,6 +91,7 @@ def _predict(config, workdir: Path, todo: list, pred_path: Path, num_panels: int
   extractor = common.load_extractor(config.model)
   skipped = common.SkipLog(workdir)
   progress = pipeline.Progress(len(todo), 'localize')
+  panels = common.Panels(workdir, num_panels)
   index = eigenvector_index(config.spectral.which_matrix)
   for r in common.run_images(config, extractor, todo, skipped):
     box = segments.localization_box(
@@ -107,11 +108,6 @@ def _predict(config, workdir: Path, todo: list, pred_path: Path, num_panels: int
             }
         ],
     )
-    if num_panels > 0:
-      num_panels -= 1
-      io.save_png(
-          workdir / 'panels' / f'{r.example.id}.png',
-          viz.panel(r.image, r.eigenvectors, r.patch_grid, box_xyxy=box),
-      )
+    panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid, box_xyxy=box))
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

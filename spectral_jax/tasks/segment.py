@@ -80,15 +80,10 @@ def _predict(config, workdir: Path, todo: list) -> None:
   skipped = common.SkipLog(workdir)
   progress = pipeline.Progress(len(todo), 'segment')
   crf_params = crf.CRFParams(**config.segment.crf_params) if config.segment.crf else None
-  num_panels = config.output.num_panels
+  panels = common.Panels(workdir, config.output.num_panels)
   for r in common.run_images(config, extractor, todo, skipped, which_matrix='laplacian'):
     mask = object_mask(r.image, r.eigenvectors, r.patch_grid, r.patch_size, crf_params)
     io.save_png(mask_path(workdir, r.example.id), mask.astype(np.uint8) * 255)
-    if num_panels > 0:
-      num_panels -= 1
-      io.save_png(
-          workdir / 'panels' / f'{r.example.id}.png',
-          viz.panel(r.image, r.eigenvectors, r.patch_grid, mask=mask),
-      )
+    panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid, mask=mask))
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())
