@@ -4,7 +4,7 @@ Measures images/s of the whole per-image localization pipeline on the same image
 checkpoint:
 
 * **ours**: ``spectral_jax.pipeline.run_images(extractor, examples, batch_size, max_pixels,
-  spectral_k=5, bucket_step)`` (decode threads, size-bucketed batched ViT forward, batched
+  spectral_k=5, bucket_tokens)`` (decode threads, size-bucketed batched ViT forward, batched
   Laplacian eigenvectors) followed by ``spectral_jax.spectral.segments.localization_box`` for
   every result. A warm-up pass over the same images comes first; its time (which includes XLA
   compilation) is reported separately, with the number of compiled ViT shapes.
@@ -37,7 +37,7 @@ always on the CPU, as the official code does (scipy).
 
 Example (the numbers in benchmarks/README.md)::
 
-    python benchmarks/bench_localize.py --images 40 --batch-size 4 --bucket-step 4 --torch-threads 2,1
+    python benchmarks/bench_localize.py --images 40 --batch-size 4 --bucket-tokens 32 --torch-threads 2,1
 """
 
 from __future__ import annotations
@@ -186,10 +186,8 @@ def make_images(folder: str, n: int, seed: int) -> List[str]:
 # FLOPs and matmul peak
 # ------------------------------------------------------------------------------------------------
 
-def vit_flops(grid_hw: Tuple[int, int], depth: int = 12, dim: int = 384, patch: int = 16) -> float:
-    """FLOPs (2 per MAC) of one ViT forward on a (h, w) patch grid: matmuls + attention."""
-    h, w = grid_hw
-    n = h * w
+def vit_flops(n: int, depth: int = 12, dim: int = 384, patch: int = 16) -> float:
+    """FLOPs (2 per MAC) of one ViT forward on n patches: matmuls + attention."""
     t = n + 1
     flops = 2.0 * n * (3 * patch * patch) * dim  # patch embedding
     per_block = (2.0 * t * dim * 3 * dim  # qkv
@@ -262,7 +260,7 @@ def run_ours(extractor, examples, args) -> Tuple[float, Dict[str, np.ndarray]]:
     t0 = time.perf_counter()
     for r in pipeline.run_images(extractor, examples, batch_size=args.batch_size,
                                  max_pixels=args.max_pixels, spectral_k=5,
-                                 bucket_step=args.bucket_step, solver=args.solver):
+                                 bucket_tokens=args.bucket_tokens, solver=args.solver):
         boxes[r.example.id] = segments.localization_box(
             r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=1)
     return time.perf_counter() - t0, boxes
@@ -279,9 +277,9 @@ def run_official(model, paths, args, timers=None) -> Tuple[float, Dict[str, dict
 
 @dataclasses.dataclass
 class OurBatch:
-    images: np.ndarray  # uint8 [B, Hc, Wc, 3] padded canvas
+    crops: List[np.ndarray]  # uint8 [h·16, w·16, 3]
     grids: List[Tuple[int, int]]
-    canvas: Tuple[int, int]
+    length: int  # tokens per padded sequence
     ids: List[str]
 
 
@@ -292,14 +290,11 @@ def our_batches(examples, args, patch: int) -> Tuple[List[OurBatch], float]:
              for ex in examples]
     decode_s = time.perf_counter() - t0
     batches = []
-    for batch in pipeline.size_batches(items, patch, args.batch_size, args.bucket_step):
+    for batch in pipeline.size_batches(items, patch, args.batch_size, args.bucket_tokens):
         crops = [vit.crop_to_patches(im, patch) for _, im in batch]
         grids = [(c.shape[0] // patch, c.shape[1] // patch) for c in crops]
-        canvas = pipeline.bucket_grid(grids[0], args.bucket_step)
-        images = np.zeros((len(crops), canvas[0] * patch, canvas[1] * patch, 3), np.uint8)
-        for i, c in enumerate(crops):
-            images[i, :c.shape[0], :c.shape[1]] = c
-        batches.append(OurBatch(images, grids, canvas, [ex.id for ex, _ in batch]))
+        length = pipeline.bucket_length(grids[0], args.bucket_tokens)
+        batches.append(OurBatch(crops, grids, length, [ex.id for ex, _ in batch]))
     return batches, decode_s
 
 
@@ -307,30 +302,25 @@ def time_our_vit(extractor, batches: Sequence[OurBatch],
                  repeats: int = 2) -> Tuple[float, List[np.ndarray]]:
     """ViT forward alone over the batches, best of ``repeats`` (shapes compiled beforehand)."""
     for b in batches:  # make sure every shape is compiled (no-op after the warm-up pass)
-        extractor(b.images, b.grids)["k"].block_until_ready()
+        extractor(b.crops, b.length)["k"].block_until_ready()
     best, outs = float("inf"), []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        outs = [extractor(b.images, b.grids)["k"] for b in batches]
+        outs = [extractor(b.crops, b.length)["k"] for b in batches]
         jax.block_until_ready(outs)
         best = min(best, time.perf_counter() - t0)
     return best, [np.asarray(o) for o in outs]
 
 
-def real_features(feats: np.ndarray, grid: Tuple[int, int], canvas: Tuple[int, int]) -> np.ndarray:
-    d = feats.shape[-1]
-    return feats.reshape(canvas[0], canvas[1], d)[:grid[0], :grid[1]].reshape(-1, d)
-
-
 def time_our_eigen(batches: Sequence[OurBatch], feats: Sequence[np.ndarray], solver: str,
                    repeats: int = 1) -> float:
     """Eigen solver alone as the pipeline batches it: affinities (computed beforehand) padded to
-    the canvas with ``eigen.pad_affinities``, one vmapped ``laplacian_eigs`` call per batch."""
+    the sequence length with ``eigen.pad_affinities``, one vmapped ``laplacian_eigs`` call per batch."""
     aff = jax.jit(affinity.feature_affinity)
     inputs = []
     for b, f in zip(batches, feats):
-        ws = [np.asarray(aff(real_features(f[i], g, b.canvas))) for i, g in enumerate(b.grids)]
-        inputs.append(eigen.pad_affinities(ws, size=b.canvas[0] * b.canvas[1]))
+        ws = [np.asarray(aff(f[i, :h * w])) for i, (h, w) in enumerate(b.grids)]
+        inputs.append(eigen.pad_affinities(ws, size=b.length))
 
     def run():
         outs = [eigen.laplacian_eigs(w, 5, solver=solver, n_valid=nv) for w, nv in inputs]
@@ -384,8 +374,8 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=40, help="number of images (default 40)")
     ap.add_argument("--batch-size", type=int, default=4, help="our batch size (default 4)")
-    ap.add_argument("--bucket-step", type=int, default=4,
-                    help="our size bucketing in patches (0 = exact sizes; default 4)")
+    ap.add_argument("--bucket-tokens", type=int, default=32,
+                    help="our token-count bucket step (0 = exact token counts; default 32)")
     ap.add_argument("--solver", default="auto", choices=("auto", "dense", "lanczos"),
                     help="our eigen-solver (default auto)")
     ap.add_argument("--max-pixels", type=int, default=8192 * 8192)
@@ -508,7 +498,7 @@ def main(argv=None) -> None:
           "boxes = ours |")
     print("|---|---|---:|---:|---:|---:|---:|")
     print(f"| ours: run_images + localization_box (batch {args.batch_size}, bucket "
-          f"{args.bucket_step}, solver {args.solver}; {n_shapes} compiled shapes) | {backend} | "
+          f"{args.bucket_tokens} tokens, solver {args.solver}; {n_shapes} compiled shapes) | {backend} | "
           f"{first_s:.2f} | {passes(ours_times, ours_loads)} | {n / t_ours:.3f} | "
           "1.00 | - |")
     for nt in thread_list:
@@ -542,12 +532,12 @@ def main(argv=None) -> None:
 
     # --- FLOPs / peak -------------------------------------------------------------------------
     grids = [tuple(out_ref[base][i]["grid"].tolist()) for i in ids]
-    useful = sum(vit_flops(g, depth) for g in grids)
+    useful = sum(vit_flops(h * w, depth) for h, w in grids)
     batches, decode_s = our_batches(examples, args, patch)
     executed = 0.0
     dev_mult = jax.local_device_count()
     for b in batches:
-        executed += vit_flops(b.canvas, depth) * (-(-len(b.grids) // dev_mult) * dev_mult)
+        executed += vit_flops(b.length, depth) * (-(-len(b.grids) // dev_mult) * dev_mult)
     peak_jax = jax_matmul_peak()
     vit_ours, feats = time_our_vit(extractor, batches)
     print()
@@ -575,8 +565,9 @@ def main(argv=None) -> None:
         return
 
     # --- stage profile ------------------------------------------------------------------------
-    ns = sorted({b.canvas[0] * b.canvas[1] for b in batches})
-    choices = sorted({eigen.choose_solver(x, 5) for x in ns})
+    ns = sorted({b.length for b in batches})
+    choices = sorted({eigen.resolve_solver("auto", b.length, 5, min(h * w for h, w in b.grids))
+                      for b in batches})
     eig_times = {s: time_our_eigen(batches, feats, s, repeats=2)
                  for s in ("auto", "dense", "lanczos")}
     aff_s = time_our_affinity(batches, feats)

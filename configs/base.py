@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.limit = 0  # 0 = all images
   config.data.max_pixels = 8192 * 8192
   config.data.batch_size = 8  # images per forward (same size bucket)
-  config.data.bucket_step = -1  # pad grids up to multiples of this many patches; -1 = by backend
+  config.data.bucket_tokens = -1  # pad token counts up to multiples of this; -1 = by backend
 
   config.spectral = ml_collections.ConfigDict()
   config.spectral.K = 5

@@ -44,7 +44,8 @@ class ImageResult:
 class FeatureExtractor:
   """A DINO ViT with its parameters and one jitted forward, data-parallel over local devices.
 
-  Compiles once per input shape; ``compiled_shapes`` records them (bucketing keeps it small).
+  Images run as patch sequences, so any mix of sizes with the same (bucketed) token count
+  shares one compiled shape; ``compiled_shapes`` records them.
   """
 
   arch: vit.ViTArch
@@ -57,13 +58,14 @@ class FeatureExtractor:
     self.mesh = parallel.local_mesh()
     self.params = jax.device_put(self.params, parallel.replicated(self.mesh))
     self._pos_embed = np.asarray(self.params['pos_embed'])
+    self._pos_tables = {}  # patch grid → its interpolated [1 + h·w, D] table
     self._model = vit.VisionTransformer(self.arch, precision=self.precision)
     self._forward = jax.jit(self._features, static_argnames=('with_cls',))
 
-  def _features(self, params, images_uint8, pos_tables, token_mask, with_cls=False):
+  def _features(self, params, patches_uint8, pos_tables, token_mask, with_cls=False):
     out = self._model.apply(
         {'params': params},
-        vit.normalize(images_uint8),
+        vit.normalize(patches_uint8),
         feature_block=self.feature_block,
         with_cls=with_cls,
         pos_tables=pos_tables,
@@ -71,56 +73,64 @@ class FeatureExtractor:
     )
     return {key: out[key] for key in (('k', 'cls') if with_cls else ('k',))}
 
-  def __call__(
-      self,
-      images_uint8: np.ndarray,
-      grids: Optional[Sequence[tuple[int, int]]] = None,
-      with_cls: bool = False,
-  ) -> dict[str, jax.Array]:
-    """Features of a batch uint8 [B, H, W, 3] (H, W multiples of the patch size).
+  def _sequence_inputs(self, crops, length):
+    """Patches [B, length, P, P, 3], position tables [B, 1 + length, D], token mask."""
+    p = self.arch.patch_size
+    patches = np.zeros((len(crops), length, p, p, 3), np.uint8)
+    tables = np.zeros((len(crops), 1 + length, self.arch.embed_dim), np.float32)
+    mask = np.zeros((len(crops), 1 + length), bool)
+    for i, crop in enumerate(crops):
+      grid = (crop.shape[0] // p, crop.shape[1] // p)
+      n = grid[0] * grid[1]
+      if n > length:
+        raise ValueError(f'a {crop.shape[:2]} crop has more than {length} patches')
+      if grid not in self._pos_tables:
+        self._pos_tables[grid] = vit.sequence_pos_tables(self._pos_embed, [grid], n)[0][0]
+      patches[i, :n] = vit.patchify(crop[None], p)[0]
+      tables[i, : 1 + n] = self._pos_tables[grid]
+      mask[i, : 1 + n] = True
+    return patches, tables, mask
 
-    ``grids``: each image's real patch grid when images were zero-padded to [H, W] (real
-    pixels top-left); None when every image fills the canvas. Outputs keep the padded
-    token layout and a batch padded to a multiple of the device count.
+  def __call__(
+      self, crops: Sequence[np.ndarray], length: Optional[int] = None, with_cls: bool = False
+  ) -> dict[str, jax.Array]:
+    """Features of uint8 crops [h_i·P, w_i·P, 3] run as one batch of patch sequences.
+
+    ``length``: tokens per sequence (default: the largest crop's h·w). Returns 'k'
+    [B', length, D] with each crop's h_i·w_i tokens first in row-major order (and 'cls'
+    [B', D] if with_cls); B' is len(crops) padded to a multiple of the device count.
     """
     p = self.arch.patch_size
-    canvas = (images_uint8.shape[1] // p, images_uint8.shape[2] // p)
-    tables = mask = None
-    if grids is not None and any(tuple(g) != canvas for g in grids):
-      tables, mask = vit.padded_pos_tables(self._pos_embed, list(grids), canvas)
-      tables = parallel.shard_batch(tables, self.mesh)
-      mask = parallel.shard_batch(mask, self.mesh)
-    key = (images_uint8.shape, tables is None, with_cls)
+    length = length or max((c.shape[0] // p) * (c.shape[1] // p) for c in crops)
+    patches, tables, mask = self._sequence_inputs(crops, length)
+    key = (patches.shape, with_cls)
     if key not in self.compiled_shapes:
       self.compiled_shapes.add(key)
       logging.info(
-          'compiling the ViT forward for input %s (%d shapes so far)',
-          images_uint8.shape,
+          'compiling the ViT forward for %d × %d tokens (%d shapes so far)',
+          len(crops),
+          length,
           len(self.compiled_shapes),
       )
-    images = parallel.shard_batch(images_uint8, self.mesh)
-    return self._forward(self.params, images, tables, mask, with_cls=with_cls)
+    shard = functools.partial(parallel.shard_batch, mesh=self.mesh)
+    return self._forward(self.params, shard(patches), shard(tables), shard(mask), with_cls=with_cls)
 
-  def cls_batch(self, crops: Sequence[np.ndarray], bucket_step: int = 4) -> np.ndarray:
-    """Final-normed CLS tokens [n, D] of crops [h_i, w_i, 3] (multiples of the patch size).
+  def cls_batch(self, crops: Sequence[np.ndarray], bucket_tokens: int = 64) -> np.ndarray:
+    """Final-normed CLS tokens [n, D] of crops [h, w, 3] (multiples of the patch size).
 
-    Crops are padded into shared buckets (the CLS token attends only to real patches, so
-    the result equals the unpadded forward) and group sizes are padded to powers of two,
-    so boxes of every size and count compile a bounded number of shapes.
+    Crops share token-count buckets (the CLS token attends only to real patches, so the
+    result equals the unpadded forward) and group sizes are padded to powers of two, so
+    boxes of every size and count compile a bounded number of shapes.
     """
     p = self.arch.patch_size
     out = np.zeros((len(crops), self.arch.embed_dim), np.float32)
     groups = collections.defaultdict(list)
     for i, crop in enumerate(crops):
-      groups[bucket_grid((crop.shape[0] // p, crop.shape[1] // p), bucket_step)].append(i)
-    for canvas, members in groups.items():
-      grids = [(crops[i].shape[0] // p, crops[i].shape[1] // p) for i in members]
+      groups[bucket_length((crop.shape[0] // p, crop.shape[1] // p), bucket_tokens)].append(i)
+    for length, members in groups.items():
       size = 1 << (len(members) - 1).bit_length()
-      images = np.zeros((size, canvas[0] * p, canvas[1] * p, 3), np.uint8)
-      for j, i in enumerate(members):
-        images[j, : crops[i].shape[0], : crops[i].shape[1]] = crops[i]
-      grids = grids + [grids[-1]] * (size - len(members))  # padding rows: any valid grid
-      cls = self(images, grids, with_cls=True)['cls']
+      group = [crops[i] for i in members] + [crops[members[-1]]] * (size - len(members))
+      cls = self(group, length, with_cls=True)['cls']
       out[members] = np.asarray(cls)[: len(members)]
     return out
 
@@ -181,23 +191,28 @@ def _finish(future, on_error):
   yield example, image
 
 
-def bucket_grid(grid: tuple[int, int], step: int) -> tuple[int, int]:
-  """Rounds a patch grid up to multiples of ``step`` patches (0 = no bucketing)."""
-  if step <= 0:
-    return tuple(grid)
-  return tuple(-(-g // step) * step for g in grid)
+def bucket_length(grid: tuple[int, int], step: int) -> int:
+  """A grid's token count h·w rounded up to a multiple of ``step`` (0 = exact)."""
+  n = grid[0] * grid[1]
+  return -(-n // step) * step if step > 0 else n
 
 
 def size_batches(
-    items: Iterable[tuple[Any, np.ndarray]], patch_size: int, batch_size: int, bucket_step: int = 0
+    items: Iterable[tuple[Any, np.ndarray]],
+    patch_size: int,
+    batch_size: int,
+    bucket_tokens: int = 0,
+    same_grid: bool = False,
 ) -> Iterator[list[tuple[Any, np.ndarray]]]:
-  """Groups images by (bucketed) patch grid; a group is emitted when full, the rest at the end.
+  """Groups images by bucketed token count (or by exact patch grid if ``same_grid``).
 
-  Memory stays bounded by (number of buckets) × batch_size images.
+  A group is emitted when full, the rest at the end; memory stays bounded by (number of
+  buckets) × batch_size images.
   """
-  groups: dict[tuple[int, int], list] = collections.defaultdict(list)
+  groups: dict[Any, list] = collections.defaultdict(list)
   for example, image in items:
-    key = bucket_grid((image.shape[0] // patch_size, image.shape[1] // patch_size), bucket_step)
+    grid = (image.shape[0] // patch_size, image.shape[1] // patch_size)
+    key = grid if same_grid else bucket_length(grid, bucket_tokens)
     groups[key].append((example, image))
     if len(groups[key]) == batch_size:
       yield groups.pop(key)
@@ -207,17 +222,6 @@ def size_batches(
 def _pad_rows(array: np.ndarray, n: int) -> np.ndarray:
   """Repeats the last row up to n rows (device-count padding of per-image inputs)."""
   return np.concatenate([array, np.repeat(array[-1:], n - len(array), axis=0)])
-
-
-def _front_index(grids: Sequence[tuple[int, int]], canvas: tuple[int, int]) -> np.ndarray:
-  """Per image, token indices of the padded layout with the real grid's tokens first."""
-  index = np.zeros((len(grids), canvas[0] * canvas[1]), np.int32)
-  for i, (h, w) in enumerate(grids):
-    real = np.zeros(canvas, bool)
-    real[:h, :w] = True
-    flat = real.reshape(-1)
-    index[i] = np.concatenate([np.flatnonzero(flat), np.flatnonzero(~flat)])
-  return index
 
 
 @functools.partial(jax.jit, static_argnames=('color_lambda', 'k', 'which_matrix', 'solver'))
@@ -260,6 +264,7 @@ def spectral_decomposition(
   if color_lambda > 0:
     lr = np.stack([affinity.color_image_for_grid(im, grid_hw) for im in images])
     images_lr = jnp.asarray(_pad_rows(lr, len(feats)))
+  solver = eigen.resolve_solver(solver, feats.shape[1], k, smallest=int(np.min(n_valid)))
   n_valid = jnp.asarray(_pad_rows(np.asarray(n_valid), len(feats)))
   return _eigs_of_features(feats, n_valid, images_lr, color_lambda, k, which_matrix, solver)
 
@@ -278,7 +283,7 @@ class _InFlight:
 def _dispatch(
     extractor: FeatureExtractor,
     batch: list,
-    bucket_step: int,
+    bucket_tokens: int,
     spectral_k: int,
     color_lambda: float,
     which_matrix: str,
@@ -287,14 +292,7 @@ def _dispatch(
   p = extractor.arch.patch_size
   crops = [vit.crop_to_patches(image, p) for _, image in batch]
   grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
-  canvas = bucket_grid(grids[0], bucket_step)
-  images = np.zeros((len(crops), canvas[0] * p, canvas[1] * p, 3), np.uint8)
-  for i, c in enumerate(crops):
-    images[i, : c.shape[0], : c.shape[1]] = c
-  feats = extractor(images, grids)['k']
-  # The batch may be padded to the device count: pad the per-image inputs alike.
-  index = _pad_rows(_front_index(grids, canvas), len(feats))
-  feats = jnp.take_along_axis(feats, jnp.asarray(index)[..., None], axis=1)
+  feats = extractor(crops, bucket_length(grids[0], bucket_tokens))['k']
   vals = vecs = None
   if spectral_k:
     vals, vecs = spectral_decomposition(
@@ -337,23 +335,25 @@ def run_images(
     color_lambda: float = 0.0,
     which_matrix: str = 'laplacian',
     solver: str = 'auto',
-    bucket_step: int = 4,
+    bucket_tokens: int = 32,
     on_error: Optional[Callable[[Any, Exception], None]] = None,
 ) -> Iterator[ImageResult]:
   """Features (and eigenpairs if spectral_k > 0) for every readable image.
 
-  Images are zero-padded to grids rounded up to ``bucket_step`` patches, so a dataset with
-  many sizes compiles a few shapes; the colour and affinity variants use exact sizes.
-  Decoding runs in threads ahead of the device, and the next batch is dispatched before
-  the previous one's results are handed out, so host work overlaps device work.
+  Images run as patch sequences padded to token counts rounded up to ``bucket_tokens``,
+  so a dataset with many sizes compiles a few shapes (500×375 and 375×500 share one);
+  the colour and affinity variants batch images of the same grid only. Decoding runs in
+  threads ahead of the device, and the next batch is dispatched before the previous
+  one's results are handed out, so host work overlaps device work.
   """
   p = extractor.arch.patch_size
-  if color_lambda > 0 or which_matrix != 'laplacian':
-    bucket_step = 0
+  same_grid = color_lambda > 0 or which_matrix != 'laplacian'
+  if same_grid:
+    bucket_tokens = 0
   items = decoded(examples, max_pixels=max_pixels, min_side=p, on_error=on_error)
   in_flight = None
-  for batch in size_batches(items, p, batch_size, bucket_step):
-    job = _dispatch(extractor, batch, bucket_step, spectral_k, color_lambda, which_matrix, solver)
+  for batch in size_batches(items, p, batch_size, bucket_tokens, same_grid):
+    job = _dispatch(extractor, batch, bucket_tokens, spectral_k, color_lambda, which_matrix, solver)
     if in_flight is not None:
       yield from _collect(in_flight, p)
     in_flight = job

@@ -28,6 +28,7 @@ from spectral_jax.spectral.eigen import (
     choose_solver,
     laplacian_eigs,
     pad_affinities,
+    resolve_solver,
     sign_fix,
     unpad,
 )
@@ -437,6 +438,23 @@ def test_padded_equals_unpadded(solver):
         vecs_p * flip[:, None], vecs_u, rtol=0, atol=2e-4 * np.abs(vecs_u).max()
     )
     assert_matches_reference(w, vals_p, vecs_p, k)
+
+
+def test_lanczos_on_a_tiny_graph_in_a_large_padded_batch():
+  """24 real nodes padded to 512: a 56-column Krylov basis cannot live in 24 dimensions
+  (it broke down into a spurious eigenvalue −0.69), so the solver goes dense."""
+  ws = [clustered_affinity(24, 5, clusters=2), clustered_affinity(500, 6, clusters=4)]
+  batch, n_valid = pad_affinities(ws, size=512)
+  assert resolve_solver("lanczos", 512, 5, smallest=24) == "dense"
+  assert resolve_solver("auto", 512, 5, smallest=500, backend="cpu") == "lanczos"
+  assert resolve_solver("auto", 512, 5, smallest=24, backend="cpu") == "dense"
+  vals_b, vecs_b = laplacian_eigs(batch, 5, solver="lanczos", n_valid=n_valid)
+  for w, (vals, vecs) in zip(ws, unpad(vals_b, vecs_b, n_valid)):
+    assert_matches_reference(w, vals, vecs, 5)
+  vals_b, vecs_b = affinity_eigs(batch, 4, solver="lanczos", n_valid=n_valid)
+  ref_vals = sl.eigvalsh(ws[0].astype(np.float64))
+  top = np.sort(ref_vals[np.argsort(-np.abs(ref_vals))[:4]])
+  np.testing.assert_allclose(np.asarray(vals_b)[0], top, atol=1e-5 * np.abs(top).max())
 
 
 @pytest.mark.parametrize("solver", SOLVERS)

@@ -41,9 +41,9 @@ def run(extractor, exs, **kw):
 
 def test_bucketed_batches_equal_exact_sizes(extractor, tmp_path):
   exs = examples(tmp_path)
-  exact = run(extractor, exs, batch_size=1, bucket_step=0)
+  exact = run(extractor, exs, batch_size=1, bucket_tokens=0)
   extractor.compiled_shapes.clear()
-  bucketed = run(extractor, exs, batch_size=4, bucket_step=8)
+  bucketed = run(extractor, exs, batch_size=4, bucket_tokens=512)
   assert len(extractor.compiled_shapes) < len(exs)
   for image_id, ref in exact.items():
     got = bucketed[image_id]
@@ -60,7 +60,7 @@ def test_bucketed_batches_equal_exact_sizes(extractor, tmp_path):
 def test_parity_features_through_buckets(extractor, tmp_path):
   """The official features, computed with the images padded inside one bucket."""
   exs = examples(tmp_path)[:3]
-  results = run(extractor, exs, batch_size=3, bucket_step=64)
+  results = run(extractor, exs, batch_size=3, bucket_tokens=1024)
   assert len({r.patch_grid for r in results.values()}) == 3
   for image_id in PARITY_IDS:
     ref = np.load(PARITY / f'{image_id}.npz')
@@ -69,10 +69,23 @@ def test_parity_features_through_buckets(extractor, tmp_path):
     np.testing.assert_allclose(got.eigenvalues, ref['loc_eigenvalues'], atol=1e-4)
 
 
-def test_bucket_grid():
-  assert pipeline.bucket_grid((25, 37), 4) == (28, 40)
-  assert pipeline.bucket_grid((25, 37), 0) == (25, 37)
-  assert pipeline.bucket_grid((32, 32), 4) == (32, 32)
+def test_bucket_length():
+  assert pipeline.bucket_length((25, 37), 32) == 928  # 925 tokens
+  assert pipeline.bucket_length((25, 37), 0) == 925
+  assert pipeline.bucket_length((32, 32), 64) == 1024
+
+
+def test_transposed_sizes_share_a_batch_without_padding(extractor):
+  """500×375 and 375×500 have the same token count: one shape, both equal to their own run."""
+  image = np.array(Image.open(PARITY / 'images' / 'coffee.png'))  # 400×600
+  wide, tall = image[:160, :224], image[:224, :160]
+  batch = list(pipeline.size_batches([('w', wide), ('t', tall)], 16, 4, 0))
+  assert len(batch) == 1 and len(batch[0]) == 2
+  both = np.asarray(extractor([wide, tall])['k'])
+  assert both.shape[1] == 140
+  for row, crop in zip(both, [wide, tall]):
+    alone = np.asarray(extractor([crop])['k'])[0]
+    np.testing.assert_allclose(row, alone, atol=1e-5 * np.abs(alone).max())
 
 
 def test_few_compiled_shapes_on_a_voc_like_size_mix():
@@ -83,12 +96,18 @@ def test_few_compiled_shapes_on_a_voc_like_size_mix():
   ]
   images = [(i, np.zeros((h, w, 3), np.uint8)) for i, (h, w) in enumerate(sizes)]
   exact = {(h // 16, w // 16) for h, w in sizes}
-  batches = list(pipeline.size_batches(images, 16, 8, bucket_step=4))
-  shapes = {
-      pipeline.bucket_grid((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 4) for b in batches
+  batches = list(pipeline.size_batches(images, 16, 8, bucket_tokens=64))
+  lengths = {
+      pipeline.bucket_length((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 64) for b in batches
   }
+  tokens = sum((h // 16) * (w // 16) for h, w in sizes)
+  padded = sum(
+      len(b) * pipeline.bucket_length((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 64)
+      for b in batches
+  )
   assert sum(len(b) for b in batches) == len(images)
-  assert len(exact) > 30 and len(shapes) <= 12
+  assert len(exact) > 30 and len(lengths) <= 12
+  assert padded / tokens < 1.06  # vs ~12 % for grids rounded up to 4 patches
 
 
 def test_cls_batch_equals_one_crop_at_a_time(extractor):
@@ -96,5 +115,5 @@ def test_cls_batch_equals_one_crop_at_a_time(extractor):
   crops = [image[:64, :96], image[16:96, 32:80], image[:48, :48], image[100:260, 200:440]]
   got = extractor.cls_batch(crops)
   for crop, row in zip(crops, got):
-    ref = np.asarray(extractor(crop[None], with_cls=True)['cls'][0])
+    ref = np.asarray(extractor([crop], with_cls=True)['cls'][0])
     np.testing.assert_allclose(row, ref, atol=1e-5 * np.abs(ref).max())

@@ -49,10 +49,9 @@ class ViTBackbone(nn.Module):
     b, height, width, _ = images.shape
     p = a.patch_size
     grid = (height // p, width // p)
-    if grid[0] * p != height or grid[1] * p != width:
-      raise ValueError(f'image size {(height, width)} is not a multiple of patch size {p}')
+    patches = vit.patchify(images, p)  # raises for sizes that are not multiples of p
     # Parameter names and order match vit.VisionTransformer (DINO checkpoints load as-is).
-    x = vit.PatchEmbed(p, a.embed_dim, self.precision, name='patch_embed')(images)
+    x = vit.PatchEmbed(p, a.embed_dim, self.precision, name='patch_embed')(patches)
     cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, a.embed_dim))
     pos_embed = self.param('pos_embed', nn.initializers.zeros, (1, 1 + a.num_pos, a.embed_dim))
     x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, a.embed_dim)), x], axis=1)

@@ -107,39 +107,51 @@ class Block(nn.Module):
     return x, qkv, attn
 
 
+def patchify(images, patch_size: int):
+  """[B, H, W, C] → [B, h·w, P, P, C] patches in row-major grid order (numpy or jax)."""
+  b, height, width, c = images.shape
+  p = patch_size
+  if height % p or width % p:
+    raise ValueError(
+        f'image size {(height, width)} is not a multiple of patch size {p}; '
+        'crop with crop_to_patches() first'
+    )
+  patches = images.reshape(b, height // p, p, width // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return patches.reshape(b, (height // p) * (width // p), p, p, c)
+
+
 class PatchEmbed(nn.Module):
-  """Conv2d(kernel = stride = P) written as a matmul over non-overlapping patches."""
+  """Conv2d(kernel = stride = P) as a matmul over patches [B, L, P, P, C] → [B, L, D]."""
 
   patch_size: int
   embed_dim: int
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, images):
-    b, height, width, c = images.shape
-    p = self.patch_size
+  def __call__(self, patches):
+    p, c = self.patch_size, patches.shape[-1]
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (p, p, c, self.embed_dim))
     bias = self.param('bias', nn.initializers.zeros, (self.embed_dim,))
-    patches = images.reshape(b, height // p, p, width // p, p, c)
-    x = jnp.einsum('bhiwjc,ijcd->bhwd', patches, kernel, precision=self.precision) + bias
-    return x.reshape(b, -1, self.embed_dim)
+    return jnp.einsum('blijc,ijcd->bld', patches, kernel, precision=self.precision) + bias
 
 
 class VisionTransformer(nn.Module):
-  """DINO ViT. Input: normalised images [B, H, W, 3], H and W multiples of the patch size.
+  """DINO ViT. Input: normalised images [B, H, W, 3], H and W multiples of the patch size,
+  or patch sequences [B, L, P, P, 3] (see ``patchify``) with ``pos_tables``.
 
   Returns a dict for ``feature_block`` (negative indices count from the end):
-    q, k, v:  [B, h·w, D] qkv output of that block, heads concatenated, CLS dropped,
+    q, k, v:  [B, L, D] qkv output of that block, heads concatenated, CLS dropped,
               row-major over the patch grid (DSM uses ``k`` of the last block);
-    tokens:   [B, h·w, D] the block's output tokens, CLS dropped;
-    attn:     [B, heads, 1 + h·w, 1 + h·w] the block's attention probabilities;
+    tokens:   [B, L, D] the block's output tokens, CLS dropped;
+    attn:     [B, heads, 1 + L, 1 + L] the block's attention probabilities;
     cls:      [B, D] final-normed CLS token of the whole network (only if with_cls;
               blocks after ``feature_block`` run only then).
 
-  Images of different sizes can share one compiled shape: pad them to a common size and
-  pass ``pos_tables`` [B, 1 + h·w, D] (each image's own interpolated table, laid out on
-  the padded grid; see ``padded_pos_tables``) and ``token_mask`` [B, 1 + h·w] (True for
-  CLS and real patches). Real tokens then equal the unpadded computation.
+  Images of any sizes share one compiled shape as patch sequences: each image's h·w patches
+  first, zero patches after, ``pos_tables`` [B, 1 + L, D] (each image's own interpolated
+  table; see ``sequence_pos_tables``) and ``token_mask`` [B, 1 + L] (True for CLS and real
+  patches). Real tokens then equal the unpadded computation: attention is the only place
+  tokens meet, and padded keys are masked out of it.
   """
 
   arch: ViTArch
@@ -155,17 +167,16 @@ class VisionTransformer(nn.Module):
       token_mask=None,
   ):
     a = self.arch
-    b, height, width, _ = images.shape
     p = a.patch_size
-    grid = (height // p, width // p)
-    if grid[0] * p != height or grid[1] * p != width:
-      raise ValueError(
-          f'image size {(height, width)} is not a multiple of patch size {p}; '
-          'crop with preprocess() first'
-      )
+    if images.ndim == 4:
+      grid = (images.shape[1] // p, images.shape[2] // p)
+      images = patchify(images, p)
+    elif pos_tables is None:
+      raise ValueError('patch sequences need pos_tables (their grids are not in the shape)')
     block_index = feature_block % a.depth
 
     x = PatchEmbed(p, a.embed_dim, self.precision, name='patch_embed')(images)
+    b = x.shape[0]
     cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, a.embed_dim))
     pos_embed = self.param('pos_embed', nn.initializers.zeros, (1, 1 + a.num_pos, a.embed_dim))
     x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, a.embed_dim)), x], axis=1)
@@ -204,27 +215,23 @@ def interpolate_pos_embed(pos_embed, grid_hw, pretrained_grid: int, precision='h
   return jnp.concatenate([pos_embed[:, :1], table.reshape(1, -1, d)], axis=1)
 
 
-def padded_pos_tables(
-    pos_embed: np.ndarray, grids: list[tuple[int, int]], padded_grid: tuple[int, int]
+def sequence_pos_tables(
+    pos_embed: np.ndarray, grids: list[tuple[int, int]], length: int
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Per-image position tables and token masks for images padded to ``padded_grid``.
+  """Per-image position tables and token masks for patch sequences of ``length`` tokens.
 
-  pos_embed: [1, 1 + G², D] (host copy). Returns tables [B, 1 + H·W, D] (zeros on padded
-  positions) and token_mask [B, 1 + H·W] bool, H, W = padded_grid.
+  pos_embed: [1, 1 + G², D] (host copy). Image i's table (CLS, then its h·w patches in
+  row-major order) fills the first 1 + h·w rows of tables [B, 1 + length, D]; token_mask
+  [B, 1 + length] is True on those rows.
   """
   g = int(round(np.sqrt(pos_embed.shape[1] - 1)))
-  d = pos_embed.shape[-1]
-  height, width = padded_grid
-  tables = np.zeros((len(grids), 1 + height * width, d), np.float32)
-  masks = np.zeros((len(grids), 1 + height * width), bool)
+  tables = np.zeros((len(grids), 1 + length, pos_embed.shape[-1]), np.float32)
+  masks = np.zeros((len(grids), 1 + length), bool)
   for i, (h, w) in enumerate(grids):
-    table = np.asarray(interpolate_pos_embed(pos_embed, (h, w), g))[0]
-    layout = np.zeros((height, width, d), np.float32)
-    layout[:h, :w] = table[1:].reshape(h, w, d)
-    tables[i, 0], tables[i, 1:] = table[0], layout.reshape(-1, d)
-    valid = np.zeros((height, width), bool)
-    valid[:h, :w] = True
-    masks[i, 0], masks[i, 1:] = True, valid.reshape(-1)
+    if h * w > length:
+      raise ValueError(f'grid {(h, w)} has more than {length} patches')
+    tables[i, : 1 + h * w] = np.asarray(interpolate_pos_embed(pos_embed, (h, w), g))[0]
+    masks[i, : 1 + h * w] = True
   return tables, masks
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "pad_affinities",
     "unpad",
     "choose_solver",
+    "resolve_solver",
     "PAD_SELF_LOOP",
     "CPU_DENSE_MAX_N",
     "CPU_DENSE_PER_K",
@@ -256,6 +257,39 @@ def choose_solver(n: int, k: int, backend: Optional[str] = None) -> str:
   return "dense" if n <= limit else "lanczos"
 
 
+def _krylov_fits(b: int, s: int, k: int, smallest: int) -> bool:
+  """Whether a Krylov basis of b·(s + 1) columns fits in the fewest real nodes of a batch.
+
+  Padded nodes are outside the start block's span, so the basis lives in the real nodes'
+  space; a basis larger than that space breaks down (spurious Ritz values).
+  """
+  return b >= k and b * (s + 1) <= smallest
+
+
+def _smallest_graph(n: int, n_valid) -> int:
+  """Fewest real nodes in a batch; with n_valid traced (inside jit) the caller checks the
+  Krylov fit (see resolve_solver)."""
+  if n_valid is None or isinstance(n_valid, jax.core.Tracer):
+    return n
+  return int(np.min(np.asarray(n_valid)))
+
+
+def resolve_solver(
+    solver: str, n: int, k: int, smallest: Optional[int] = None, backend: Optional[str] = None
+) -> str:
+  """``'dense'`` or ``'lanczos'`` for a batch of ``n``-node graphs, the smallest with
+  ``smallest`` real nodes (padded batches; default ``n``): ``'auto'`` is decided by
+  :func:`choose_solver`, and Lanczos falls back to dense when its basis cannot fit."""
+  if solver not in ("auto", "dense", "lanczos"):
+    raise ValueError(f"unknown solver {solver!r}")
+  if solver == "auto":
+    solver = choose_solver(n, k, backend)
+  b, s = _krylov_sizes(n, k, None, None)
+  if solver == "lanczos" and not _krylov_fits(b, s, k, min(n, smallest or n)):
+    return "dense"
+  return solver
+
+
 def _lap_dense_single(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
   """``[N, N] -> ([K], [K, N])`` via dense ``eigh(I − A)``."""
   s = jax.lax.rsqrt(_degrees(w))
@@ -342,12 +376,13 @@ def laplacian_eigs(
     raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
   if solver == "auto":
     solver = choose_solver(n, k)
+  smallest = _smallest_graph(n, n_valid)
   if solver == "dense":
     vals, vecs = _lap_dense(w, k)
     res = jnp.zeros_like(vals)
   elif solver == "lanczos":
     b, s = _krylov_sizes(n, k, block, steps)
-    if b < k or b * (s + 1) > n:  # basis cannot fit: too few nodes for a subset method
+    if not _krylov_fits(b, s, k, smallest):  # too few nodes for a subset method
       vals, vecs = _lap_dense(w, k)
       res = jnp.zeros_like(vals)
     else:
@@ -450,7 +485,7 @@ def affinity_eigs(
   if solver not in ("dense", "lanczos"):
     raise ValueError(f"unknown solver {solver!r}")
   b, s = _krylov_sizes(n, k, block, steps)
-  if solver == "lanczos" and (b < k or b * (s + 1) > n):
+  if solver == "lanczos" and not _krylov_fits(b, s, k, _smallest_graph(n, n_valid)):
     solver = "dense"
   if n_valid is not None:
     valid = jnp.arange(n) < jnp.asarray(n_valid, jnp.int32)[..., None]  # [..., N]

@@ -13,6 +13,9 @@ from spectral_jax import io, pipeline
 from spectral_jax.data import datasets
 
 SOLVERS = ('auto', 'dense', 'lanczos')
+# data.bucket_tokens = -1: measured in benchmarks/README.md (bench_localize.py --bucket-tokens).
+CPU_BUCKET_TOKENS = 32
+ACCELERATOR_BUCKET_TOKENS = 64
 
 
 def check_config(config) -> None:
@@ -30,6 +33,11 @@ def check_config(config) -> None:
     raise ValueError(f'--config.spectral.color_lambda={s.color_lambda}: must be >= 0')
   if config.data.batch_size < 1:
     raise ValueError(f'--config.data.batch_size={config.data.batch_size}: must be >= 1')
+  if config.data.bucket_tokens < -1:
+    raise ValueError(
+        f'--config.data.bucket_tokens={config.data.bucket_tokens}: use -1 (by backend), '
+        '0 (exact token counts) or a positive step'
+    )
 
 
 def examples_from_config(data) -> list[Any]:
@@ -116,17 +124,17 @@ def load_extractor(model) -> pipeline.FeatureExtractor:
   )
 
 
-def bucket_step(config) -> int:
-  """data.bucket_step, with -1 = by backend.
+def bucket_tokens(config) -> int:
+  """data.bucket_tokens, with -1 = by backend.
 
-  On an accelerator, padding images of similar size into shared shapes lets them batch and
-  compile once. On a CPU, batching buys nothing and padding costs ~10 % more FLOPs, so exact
-  sizes are used there (each new size compiles once; JAX's compilation cache keeps them).
+  Padding a patch sequence to a shared length lets images of similar size batch and
+  compile once, for a few % more FLOPs. Accelerators want large batches and pay more per
+  compilation, so they get coarser buckets than a CPU.
   """
-  step = config.data.bucket_step
+  step = config.data.bucket_tokens
   if step >= 0:
     return step
-  return 0 if jax.default_backend() == 'cpu' else 4
+  return CPU_BUCKET_TOKENS if jax.default_backend() == 'cpu' else ACCELERATOR_BUCKET_TOKENS
 
 
 def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: str = ''):
@@ -141,7 +149,7 @@ def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: s
       color_lambda=s.color_lambda,
       which_matrix=which_matrix or s.which_matrix,
       solver=s.solver,
-      bucket_step=bucket_step(config),
+      bucket_tokens=bucket_tokens(config),
       on_error=on_error,
   )
 
