@@ -142,7 +142,7 @@ def load_extractor(
     precision: str = 'highest',
     feature_block: int = -1,
 ) -> FeatureExtractor:
-  """Loads (downloading if needed, via the orbax cache if present) a DINO backbone."""
+  """Loads (downloading if needed, via the converted-params cache if present) a DINO backbone."""
   if name not in vit.ARCHS:
     raise ValueError(f'model.name={name!r}: use one of {sorted(vit.ARCHS)}')
   params, found = checkpoints.load_params(name, checkpoint or None, cache_dir or None)

@@ -7,8 +7,12 @@
   The order is a pure function of (seed, step): epoch e uses permutation
   ``default_rng([seed, e])`` and example j of it augments with
   ``default_rng([seed, e, j])``, so a resumed run sees exactly the same batches.
-* Parallelism: one jitted step over a ``('data',)`` mesh; the batch is sharded,
-  the state replicated. BatchNorm statistics are therefore global-batch statistics.
+* Parallelism: one jitted step over a ``('data',)`` mesh of every device of every
+  process; the batch is sharded, the state replicated. BatchNorm statistics are
+  therefore global-batch statistics. On several hosts each process loads and augments
+  only the rows of each global batch that live on its devices
+  (``jax.make_array_from_callback``), evaluates a strided share of the val set, and the
+  confusion matrices are summed across processes: results equal a one-process run.
 * Checkpoints (orbax): every ``checkpoint_every`` steps and at each evaluation;
   the 2 latest and the best by val mIoU are kept. A checkpoint holds the whole
   ``TrainState`` (step, params, optimiser state, batch stats, dropout key) and
@@ -40,7 +44,7 @@ from absl import logging
 from PIL import Image
 from skimage import color as skcolor
 
-from spectral_jax import io, metrics
+from spectral_jax import io, metrics, parallel
 from spectral_jax.models import segmenter, vit
 
 # (image uint8 [H, W, 3], label uint8 [H, W]); labels use 255 for void in GT.
@@ -193,16 +197,25 @@ def _augmented(
 
 
 def train_batches(
-    data: Sequence[Example], cfg: TrainConfig, start_step: int, end_step: int, prefetch: int = 2
+    data: Sequence[Example],
+    cfg: TrainConfig,
+    start_step: int,
+    end_step: int,
+    prefetch: int = 2,
+    rows: Optional[Sequence[int]] = None,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-  """(step, {'image' uint8 [B, S, S, 3], 'label' int32 [B, S, S]}) for steps [start, end)."""
+  """(step, {'image' uint8 [R, S, S, 3], 'label' int32 [R, S, S]}) for steps [start, end).
+
+  ``rows``: which rows of each global batch to load (default all B; see ``local_rows``).
+  """
+  rows = np.arange(cfg.batch_size) if rows is None else np.asarray(rows)
   with concurrent.futures.ThreadPoolExecutor(cfg.num_workers) as pool:
 
     def submit(step):
       epoch, indices, positions = batch_plan(step, len(data), cfg.batch_size, cfg.seed)
       return [
           pool.submit(_augmented, data, int(i), cfg.seed, epoch, int(p), cfg)
-          for i, p in zip(indices, positions)
+          for i, p in zip(indices[rows], positions[rows])
       ]
 
     pending = collections.deque()
@@ -306,6 +319,42 @@ def data_mesh(devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
   )
 
 
+def local_rows(sharding: jax.sharding.Sharding, batch_size: int) -> np.ndarray:
+  """Rows of a [batch_size, ...] global batch that live on this process's devices."""
+  index = sharding.addressable_devices_indices_map((batch_size,))
+  return np.unique(np.concatenate([np.arange(batch_size)[i] for i in index.values()]))
+
+
+def replicate(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+  """Host values (equal on every process) as arrays replicated over ``sharding``'s mesh.
+
+  Unlike ``jax.device_put`` of a device array, this needs no cross-host transfer.
+  """
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)
+
+
+def global_batch(
+    local: Mapping[str, np.ndarray],
+    rows: np.ndarray,
+    sharding: jax.sharding.Sharding,
+    batch_size: int,
+) -> dict[str, jax.Array]:
+  """The global batch from this process's ``rows`` of it (as ordered by ``local_rows``)."""
+
+  def build(x):
+    def shard(index):
+      return x[np.searchsorted(rows, np.arange(batch_size)[index[0]])]
+
+    return jax.make_array_from_callback((batch_size,) + x.shape[1:], sharding, shard)
+
+  return {key: build(x) for key, x in local.items()}
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_train_step(
     model: segmenter.DeepLabV3Plus, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
@@ -351,13 +400,22 @@ def evaluate(
   class ids already (identity matching).
   """
   num_classes = num_classes or model.num_classes
+  # Each process predicts a strided share with its own copy of the (replicated) variables.
+  variables = jax.tree.map(_local_copy, variables)
   confusion = np.zeros((model.num_classes, num_classes), np.int64)
-  for image, gt in data:
+  for i in range(jax.process_index(), len(data), jax.process_count()):
+    image, gt = data[i]
     pred = predict(model, variables, image)
     confusion += metrics.confusion_matrix(
         pred, gt[: pred.shape[0], : pred.shape[1]], model.num_classes, num_classes
     )
-  return score_confusion(confusion, hungarian)
+  return score_confusion(parallel.process_sum(confusion), hungarian)
+
+
+def _local_copy(x: Any) -> Any:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return x.addressable_data(0)  # replicated: every device holds the whole value
+  return x
 
 
 def score_confusion(confusion: np.ndarray, hungarian: bool) -> dict[str, Any]:
@@ -472,7 +530,7 @@ def restore_variables(
   if step is None:
     raise FileNotFoundError(f'no checkpoint under {directory}')
   saved = check_architecture(mngr, step, segmenter.abstract_variables(model)['params'])
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
   state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
       'state'
@@ -527,8 +585,6 @@ def train_and_evaluate(
   all devices on the 'data' axis.
   """
   workdir = Path(workdir)
-  if jax.process_count() > 1:  # batches are assembled on one host
-    raise NotImplementedError('self-training runs on one host (any number of local devices)')
   mesh = mesh or data_mesh()
   if cfg.batch_size % mesh.size:
     raise ValueError(f'batch size {cfg.batch_size} is not divisible by {mesh.size} devices')
@@ -538,21 +594,24 @@ def train_and_evaluate(
   tx = create_optimizer(cfg)
   step_fn = compiled_train_step(model, tx, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  rows = local_rows(sharded, cfg.batch_size)
 
   state = create_train_state(model, cfg, jax.random.PRNGKey(cfg.seed), backbone_params)
+  state = replicate(state, replicated)
   mngr = checkpoint_manager(workdir / 'checkpoints', cfg.keep_checkpoints)
   if mngr.latest_step() is not None:
     state, saved_position = restore(mngr, mngr.latest_step(), state)
     _check_data_position(saved_position, _data_position(int(state.step), n, cfg))
     logging.info('resumed from step %d', int(state.step))
-  state = jax.device_put(state, replicated)
   start = int(state.step)
   end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
   log_path = workdir / 'train_log.jsonl'
   last_eval: Optional[dict] = None
   tick = time.perf_counter()
-  for step, batch in train_batches(train_data, cfg, start, end):
-    state, step_metrics = step_fn(state, batch)
+  log = io.append_jsonl if parallel.is_main_process() else lambda *_: None
+  for step, local in train_batches(train_data, cfg, start, end, rows=rows):
+    state, step_metrics = step_fn(state, global_batch(local, rows, sharded, cfg.batch_size))
     done = step + 1
     if _due(done, cfg.log_every) or done == cfg.steps:
       record = {k: float(v) for k, v in step_metrics.items()}
@@ -561,14 +620,14 @@ def train_and_evaluate(
           learning_rate=float(learning_rate_schedule(cfg)(step)),
           seconds=time.perf_counter() - tick,
       )
-      io.append_jsonl(log_path, [record])
+      log(log_path, [record])
       logging.info('step %d: %s', done, record)
     should_eval = _due(done, eval_every) or done == cfg.steps
     if should_eval and val_data:
       last_eval = evaluate(
           model, {'params': state.params, 'batch_stats': state.batch_stats}, val_data
       )
-      io.append_jsonl(log_path, [{'step': done, 'val_miou': last_eval['miou']}])
+      log(log_path, [{'step': done, 'val_miou': last_eval['miou']}])
       logging.info('step %d: val mIoU %.4f', done, last_eval['miou'])
     if should_eval or _due(done, cfg.checkpoint_every):
       _save(

@@ -455,14 +455,14 @@ def test_missing_and_unexpected_keys(state_dict):
 
 
 # --------------------------------------------------------------------------
-# orbax cache
+# cache of converted parameters
 # --------------------------------------------------------------------------
 
 
-def test_orbax_roundtrip(tmp_path, state_dict):
+def test_params_cache_roundtrip(tmp_path, state_dict):
   params = ckpt.state_dict_to_params(state_dict)
-  ckpt.save_params(params, tmp_path / "params")
-  restored = ckpt.restore_params(tmp_path / "params")
+  ckpt.save_params(params, tmp_path / "params.npz")
+  restored = ckpt.restore_params(tmp_path / "params.npz")
   a, b = leaves(params), leaves(restored)
   assert sorted(a) == sorted(b)
   for k in a:
@@ -484,6 +484,22 @@ def test_load_params_uses_cache_without_the_pth(tmp_path, state_dict):
   assert arch2 == arch
   a, b = leaves(params), leaves(params2)
   assert sorted(a) == sorted(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_cache_entry_is_written_once_and_half_written_ones_are_replaced(tmp_path, state_dict):
+  """Processes sharing a cache directory: a finished entry is never clobbered, an
+  interrupted one (no arch.json) is replaced, and no staging directory is left behind."""
+  params, arch = ckpt.state_dict_to_params(state_dict), ckpt.infer_arch(state_dict)
+  entry = tmp_path / "params" / "model-0123"
+  entry.mkdir(parents=True)  # an interrupted write
+  (entry / "params.npz").write_bytes(b"PK")
+  ckpt._write_cache(entry, params, arch, "first", ZIP_PTH)
+  assert json.loads((entry / "arch.json").read_text())["source"] == "first"
+  ckpt._write_cache(entry, params, arch, "second", ZIP_PTH)  # another process, same entry
+  assert json.loads((entry / "arch.json").read_text())["source"] == "first"
+  assert [p.name for p in entry.parent.iterdir()] == ["model-0123"]
+  restored = leaves(ckpt.restore_params(entry / "params.npz"))
+  assert all(restored[k].tobytes() == v.tobytes() for k, v in leaves(params).items())
 
 
 def test_load_params_url_cache_needs_no_download(tmp_path):

@@ -490,15 +490,3 @@ def test_image_folder_with_coco_json(tmp_path, coco_root):
   assert by_id["COCO_train2014_000000000002"].boxes.shape == (0, 4)
   with pytest.raises(ValueError, match="VOC XML"):
     datasets.image_folder(root / "train2014", boxes=root / "instances_train2014.txt")
-
-
-# ---------------------------------------------------------------- sharding
-
-
-def test_process_shard():
-  ex = [datasets.Example(id=str(i), path=None) for i in range(7)]
-  shards = [datasets.process_shard(ex, i, 3) for i in range(3)]
-  assert [[e.id for e in s] for s in shards] == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
-  assert sorted(e.id for s in shards for e in s) == sorted(e.id for e in ex)
-  with pytest.raises(ValueError):
-    datasets.process_shard(ex, 3, 3)

@@ -1,4 +1,5 @@
-"""parallel.py: 4 simulated devices and 2 real processes give the single-process results."""
+"""parallel.py: 4 simulated devices and 2 real processes give the single-process results
+(localize; semantic → train → evaluate)."""
 
 import json
 import os
@@ -63,9 +64,7 @@ def test_four_devices_and_two_processes_match_one(tmp_path, manifest):
   log = finish(run(localize_cmd(tmp_path / 'four', tmp_path / 'c4', boxes), devices=4))
   assert 'CpuDevice(id=3)' in log  # the batch really was sharded over 4 devices
 
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
+  port = free_port()
   procs = [
       run(
           localize_cmd(
@@ -102,3 +101,98 @@ def test_pad_to_multiple():
   batch = np.arange(5)[:, None]
   np.testing.assert_array_equal(parallel.pad_to_multiple(batch, 4)[:, 0], [0, 1, 2, 3, 4, 4, 4, 4])
   assert parallel.pad_to_multiple(batch, 5) is batch
+
+
+def semantic_cmds(root, workdir, cache):
+  """--mode=semantic → train → evaluate on a VOC-like folder (parity ViT-S/16, 2 blocks)."""
+  common = [
+      sys.executable,
+      'main.py',
+      '--config=configs/voc_semantic.py',
+      f'--workdir={workdir}',
+      f'--config.data.root={root / "JPEGImages"}',
+      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+      f'--config.model.cache_dir={cache}',
+      '--config.output.num_panels=0',
+      '--config.semantic.n_segments=3',
+      '--config.semantic.num_dilate=1',
+      '--config.semantic.num_clusters=3',
+      '--config.train.steps=4',
+      '--config.train.batch_size=2',
+      '--config.train.crop_size=32',
+      '--config.train.eval_every=2',
+      '--config.train.checkpoint_every=2',
+      '--config.train.log_every=1',
+      '--config.train.num_workers=2',
+      '--config.segmenter.channels=16',
+      '--config.segmenter.low_level_channels=8',
+  ]
+  return [
+      common + ['--mode=semantic'],
+      common + ['--mode=train'],
+      common + ['--mode=evaluate', f'--config.checkpoint={workdir}', f'--workdir={workdir}/eval'],
+  ]
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
+  """Pseudo-labels, self-training (global batch over 2 devices) and evaluation: one process
+  with 2 devices and two processes with 1 device each write the same results."""
+  from tests.test_train import make_image  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  root = tmp_path / 'VOC2012'
+  for sub in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
+    (root / sub).mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for i in range(8):
+    image, gt = make_image(rng, 128)
+    Image.fromarray(image).save(root / 'JPEGImages' / f'img{i}.png')
+    Image.fromarray(gt).save(root / 'SegmentationClass' / f'img{i}.png')
+  (root / 'ImageSets/Segmentation/val.txt').write_text('img6\nimg7\n')
+
+  for cmd in semantic_cmds(root, tmp_path / 'one', tmp_path / 'c1'):
+    finish(run(cmd, devices=2))
+  for cmd0, cmd1 in zip(
+      *(semantic_cmds(root, tmp_path / 'two', tmp_path / f'c2{i}') for i in range(2))
+  ):
+    port = free_port()
+    flags = lambda i: [
+        '--config.distributed.enabled=True',
+        f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+        '--config.distributed.num_processes=2',
+        f'--config.distributed.process_id={i}',
+    ]
+    logs = [finish(p) for p in [run(cmd0 + flags(0)), run(cmd1 + flags(1))]]
+    assert 'JAX process 1/2' in logs[1]
+
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  stems = sorted(p.stem for p in (one / 'semantic').glob('*.png'))
+  assert len(stems) == 8
+  for s in stems:
+    a = np.array(Image.open(one / 'semantic' / f'{s}.png'))
+    np.testing.assert_array_equal(np.array(Image.open(two / 'semantic' / f'{s}.png')), a)
+  assert json.loads((two / 'metrics.json').read_text()) == json.loads(
+      (one / 'metrics.json').read_text()
+  )
+  logs = [
+      [r for r in map(json.loads, (w / 'train_log.jsonl').read_text().splitlines())]
+      for w in (one, two)
+  ]
+  assert [r['step'] for r in logs[0]] == [r['step'] for r in logs[1]] and len(logs[0]) >= 4
+  for a, b in zip(*logs):
+    for key in ('loss', 'accuracy', 'val_miou'):
+      if key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6)
+  summaries = [json.loads((w / 'train_metrics.json').read_text()) for w in (one, two)]
+  assert summaries[0]['step'] == summaries[1]['step'] == 4
+  np.testing.assert_allclose(summaries[1]['best_val_miou'], summaries[0]['best_val_miou'], 1e-6)
+  scores = [json.loads((w / 'eval' / 'metrics.json').read_text()) for w in (one, two)]
+  assert scores[0]['n_images'] == scores[1]['n_images'] == 2
+  np.testing.assert_allclose(scores[1]['miou'], scores[0]['miou'], rtol=1e-6)
+  np.testing.assert_allclose(scores[0]['miou'], summaries[0]['best_val_miou'], rtol=1e-6)

@@ -6,7 +6,6 @@ Readers (all return `list[Example]` in a deterministic order):
   * `tfds_detection` - prepared tfds `voc/2007`, `voc/2012`, `coco/2014` (read without TensorFlow).
   * `saliency_folder`- ECSSD, DUTS-TE, DUT-OMRON, CUB (object segmentation, section 6).
   * `image_folder`   - any folder of images, optional VOC-XML / COCO-JSON boxes or masks.
-  * `process_shard`  - strided split of a list over processes.
 
 Boxes are float xyxy in pixels of the stored image (no EXIF rotation), converted as the official
 code does: VOC (xmin - 1, ymin - 1, xmax, ymax); COCO int(round(.)) of [x, y, x + w, y + h].
@@ -44,7 +43,6 @@ __all__ = [
     "examples_from_tfds_records",
     "saliency_folder",
     "image_folder",
-    "process_shard",
     "load_image",
     "load_gt_mask",
 ]
@@ -721,17 +719,8 @@ def image_folder(
 
 
 # ----------------------------------------------------------------------------------------------
-# Sharding and loading
+# Loading
 # ----------------------------------------------------------------------------------------------
-
-
-def process_shard(
-    examples: Sequence[Example], process_index: int, process_count: int
-) -> list[Example]:
-  """Strided split: process i gets examples i, i + n, i + 2n, ... (balanced within one)."""
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"bad shard {process_index} of {process_count}")
-  return list(examples[process_index::process_count])
 
 
 def load_image(

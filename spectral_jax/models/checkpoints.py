@@ -4,7 +4,7 @@ The pipeline is ``resolve_checkpoint`` (local path, URL or registry name ->
 local file) -> ``read_state_dict`` (PyTorch zip / legacy / safetensors file ->
 ``{name: np.ndarray}``) -> ``state_dict_to_params`` (torch names and layouts ->
 the nested dict used by ``spectral_jax.models.vit``). ``load_params`` runs the
-whole pipeline once and caches the converted tree with orbax, so later runs
+whole pipeline once and caches the converted tree (an ``.npz``), so later runs
 need neither the ``.pth`` file nor the conversion.
 
 PyTorch files are pickles, and unpickling untrusted data can run arbitrary
@@ -26,7 +26,7 @@ import pickle
 import re
 import shutil
 import struct
-import tempfile
+import uuid
 import time
 import urllib.error
 import urllib.parse
@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Mapping
 
 import numpy as np
+
+from spectral_jax import io as spectral_io
 
 __all__ = [
     "CheckpointError",
@@ -749,32 +751,27 @@ def infer_arch(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------
-# orbax cache of converted parameters
+# cache of converted parameters
 # --------------------------------------------------------------------------
 
 
-def save_params(params: Mapping[str, Any], directory: str | os.PathLike) -> Path:
-  """Save a parameter tree with orbax (orbax writes to a temp dir and renames)."""
-  import orbax.checkpoint as ocp
+def save_params(params: Mapping[str, Any], path: str | os.PathLike) -> Path:
+  """Saves a parameter tree as one ``.npz`` (keys ``'blocks_0/attn/qkv/kernel'``), atomically.
 
-  directory = Path(directory).expanduser().absolute()
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(directory, params, force=True)
-    ckptr.wait_until_finished()
-  return directory
+  A plain file rather than an orbax checkpoint: every process of a multi-host run reads
+  it on its own, with no cross-process coordination to deadlock on.
+  """
+  flat = {"/".join(key): np.asarray(value) for key, value in _flatten(params).items()}
+  return spectral_io.save_npz(Path(path).expanduser().absolute(), **flat)
 
 
-def restore_params(directory: str | os.PathLike) -> dict[str, Any]:
-  """Restore a tree saved by ``save_params`` as nested dicts of numpy arrays."""
-  import orbax.checkpoint as ocp
-
-  directory = Path(directory).expanduser().absolute()
-  if not directory.is_dir():
-    raise _missing_file(directory)
-  with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.restore(directory)
-  return _unflatten({p: np.asarray(v) for p, v in _flatten(tree).items()})
+def restore_params(path: str | os.PathLike) -> dict[str, Any]:
+  """The tree saved by ``save_params``, as nested dicts of numpy arrays."""
+  path = Path(path).expanduser().absolute()
+  if not path.is_file():
+    raise _missing_file(path)
+  with np.load(path) as data:
+    return _unflatten({tuple(key.split("/")): data[key] for key in data.files})
 
 
 def _cache_entry(source: str, label: str, cache_root: Path) -> Path:
@@ -824,18 +821,18 @@ def load_params(
     checkpoint: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-  """Flax params and arch for a DINO ViT, converting once and caching with orbax.
+  """Flax params and arch for a DINO ViT, converting once and caching the result.
 
-  The cache lives in ``<cache_dir>/params/<name>-<hash>/`` (``params/`` orbax
-  tree + ``arch.json``, written last so it marks a complete entry). It is keyed
-  on the URL for downloads and on path, size and mtime for local files.
+  The cache lives in ``<cache_dir>/params/<name>-<hash>/`` (``params.npz`` +
+  ``arch.json``; an entry with both is complete). It is keyed on the URL for
+  downloads and on path, size and mtime for local files.
   """
   cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
   cache_root = cache_dir.absolute() / "params"
   entry, source = _cache_lookup(model_name, checkpoint, cache_root)
-  if entry is not None and (entry / "arch.json").is_file():
+  if entry is not None and _complete(entry):
     meta = json.loads((entry / "arch.json").read_text())
-    return restore_params(entry / "params"), meta["arch"]
+    return restore_params(entry / "params.npz"), meta["arch"]
 
   path = resolve_checkpoint(model_name, checkpoint, cache_dir)
   state_dict = read_state_dict(path)
@@ -849,19 +846,27 @@ def load_params(
   return params, arch
 
 
+def _complete(entry: Path) -> bool:
+  return (entry / "arch.json").is_file() and (entry / "params.npz").is_file()
+
+
 def _write_cache(
     entry: Path, params: Mapping[str, Any], arch: Mapping[str, int], source: str, path: Path
 ) -> None:
-  shutil.rmtree(entry, ignore_errors=True)  # drop any half-written entry
-  save_params(params, entry / "params")
+  """Writes the entry under a private name and renames it into place, so processes that
+  share a cache directory never see (or clobber) each other's half-written entries."""
+  staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+  save_params(params, staging / "params.npz")
   meta = {
       "arch": dict(arch),
       "source": source,
       "path": str(path.absolute()),
       "created": time.time(),
   }
-  # arch.json is the completion marker: write it atomically, last.
-  fd, tmp = tempfile.mkstemp(dir=entry, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(meta, f, indent=1)
-  os.replace(tmp, entry / "arch.json")
+  (staging / "arch.json").write_text(json.dumps(meta, indent=1))
+  if not _complete(entry):  # absent, half-written, or from an older version
+    shutil.rmtree(entry, ignore_errors=True)
+  try:
+    os.rename(staging, entry)
+  except OSError:  # another process finished the same entry first
+    shutil.rmtree(staging, ignore_errors=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spectral_jax import io, train
+from spectral_jax import io, parallel, train
 from spectral_jax.models import vit
 from spectral_jax.tasks import common
 from spectral_jax.tasks import train as train_task
@@ -42,6 +42,8 @@ def run(config, workdir) -> None:
     raise ValueError('no images with GT to evaluate on (set --config.semantic.gt_dir)')
   result = train.evaluate(model, variables, val, config.segmenter.num_classes)
   result.update(checkpoint=str(directory), step=step, n_images=len(val))
+  if not parallel.is_main_process():  # every process scored a share; the sums agree
+    return
   io.save_json(Path(workdir) / 'metrics.json', result)
   common.log_summary(
       f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images '

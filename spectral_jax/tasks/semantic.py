@@ -16,6 +16,9 @@ Writes (resumable: per-image files that exist are kept)
 
 Seeds vary the dataset-wide clustering only (the expensive box features are
 shared); multi-region k-means uses ``config.seed``.
+
+On several processes (shared workdir) each computes its strided share of the per-image
+files; after a barrier, process 0 clusters the whole dataset and writes the maps.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from spectral_jax import io, metrics, pipeline, viz
+from spectral_jax import io, metrics, parallel, pipeline, viz
 from spectral_jax.data import datasets
 from spectral_jax.models import vit
 from spectral_jax.spectral import clustering, segments
@@ -172,8 +175,12 @@ def _eig_stems(workdir: Path) -> list[str]:
 
 
 def _segment_all(workdir: Path, stems: Sequence[str], sem, seed: int, chunk: int = 64) -> None:
-  """Writes multi_region/<stem>.png for stems that lack it (batched k-means per chunk)."""
-  todo = [s for s in stems if not (workdir / 'multi_region' / f'{s}.png').exists()]
+  """Writes multi_region/<stem>.png for this process's stems that lack it (batched k-means)."""
+  todo = [
+      s
+      for s in parallel.process_shard(stems)
+      if not (workdir / 'multi_region' / f'{s}.png').exists()
+  ]
   key = jax.random.PRNGKey(seed)
   index = {s: i for i, s in enumerate(stems)}
   for start in range(0, len(todo), chunk):
@@ -194,8 +201,8 @@ def _segment_all(workdir: Path, stems: Sequence[str], sem, seed: int, chunk: int
 
 
 def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, config) -> None:
-  """Writes boxes/<stem>.npz (boxes + box CLS features) for stems that lack it."""
-  todo = [s for s in stems if not (workdir / 'boxes' / f'{s}.npz').exists()]
+  """Writes boxes/<stem>.npz (boxes + box CLS features) for this process's stems that lack it."""
+  todo = [s for s in parallel.process_shard(stems) if not (workdir / 'boxes' / f'{s}.npz').exists()]
   if not todo:
     return
   extractor = common.load_extractor(config.model)
@@ -229,12 +236,16 @@ def run(config, workdir) -> None:
   workdir = Path(workdir)
   sem = config.semantic
   extract.run(config, workdir)  # computes only the images whose features/eigs are missing
+  parallel.barrier('semantic-extract')
   examples = {ex.id: ex for ex in common.examples_from_config(config.data)}
   stems = [s for s in _eig_stems(workdir) if s in examples]
   if not stems:
     raise ValueError(f'no eigenvectors in {workdir / "eigs"} for the configured images')
   _segment_all(workdir, stems, sem, config.seed)
   _box_features_all(workdir, stems, examples, sem, config)
+  parallel.barrier('semantic-per-image')
+  if not parallel.is_main_process():  # dataset-level clustering and scoring: one process
+    return
 
   segmaps = [read_png(workdir / 'multi_region' / f'{s}.png') for s in stems]
   boxes = [dict(np.load(workdir / 'boxes' / f'{s}.npz')) for s in stems]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from spectral_jax import io, train
+from spectral_jax import io, parallel, train
 from spectral_jax.data import datasets
 from spectral_jax.models import segmenter, vit
 from spectral_jax.tasks import common, semantic
@@ -116,6 +116,8 @@ def run(config, workdir) -> None:
       cfg, model, train_set, val, workdir, backbone_params=backbone.params
   )
   final = summary['final'] or {}
+  if not parallel.is_main_process():
+    return
   io.save_json(
       workdir / 'train_metrics.json',  # metrics.json holds the pseudo-label scores
       {
