@@ -31,7 +31,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  dist = _CONFIG.value.distributed
+  config = _CONFIG.value
+  # Persistent compilation cache: a resumed or repeated run loads its compiled shapes.
+  cache_dir = config.model.cache_dir or checkpoints.default_cache_dir()
+  jax.config.update('jax_compilation_cache_dir', str(Path(cache_dir).expanduser() / 'xla'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  dist = config.distributed
   if dist.enabled:  # multi-host: JAX's own distributed runtime
     jax.distributed.initialize(
         dist.coordinator_address or None,
@@ -45,7 +50,7 @@ def main(argv):
       jax.local_devices(),
   )
   task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')
-  task.run(_CONFIG.value, _WORKDIR.value)
+  task.run(config, _WORKDIR.value)
 
 
 if __name__ == '__main__':

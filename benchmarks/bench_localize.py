@@ -37,7 +37,7 @@ always on the CPU, as the official code does (scipy).
 
 Example (the numbers in benchmarks/README.md)::
 
-    python benchmarks/bench_localize.py --images 40 --batch-size 4 --bucket-tokens 32 --torch-threads 2,1
+    python benchmarks/bench_localize.py --images 40 --batch-size 4 --torch-threads 2,1
 """
 
 from __future__ import annotations

@@ -224,9 +224,8 @@ def _pad_rows(array: np.ndarray, n: int) -> np.ndarray:
   return np.concatenate([array, np.repeat(array[-1:], n - len(array), axis=0)])
 
 
-@functools.partial(jax.jit, static_argnames=('color_lambda', 'k', 'which_matrix', 'solver'))
 def _eigs_of_features(
-    feats, n_valid, images_lr, color_lambda, k: int, which_matrix: str, solver: str
+    feats, n_valid, images_lr, color_lambda: float, k: int, which_matrix: str, solver: str
 ):
   """feats [B, N, D] with real tokens first and n_valid [B] → ([B, K], [B, K, N])."""
   n = feats.shape[1]
@@ -241,6 +240,29 @@ def _eigs_of_features(
   pad = ~valid
   w = w * (valid[:, :, None] & valid[:, None, :]) + jax.vmap(jnp.diag)(pad * eigen.PAD_SELF_LOOP)
   return eigen.laplacian_eigs(w, k, solver=solver, n_valid=n_valid)
+
+
+@functools.lru_cache(maxsize=None)
+def _eigs_step(mesh, with_color: bool, color_lambda: float, k: int, which_matrix: str, solver: str):
+  """The jitted eigen step. On a mesh every device solves its own shard with
+  ``shard_map``: under plain SPMD, the batched Lanczos loop would all-reduce its stopping
+  test across devices every iteration (on a CPU split into devices that can deadlock)."""
+
+  def step(feats, n_valid, images_lr=None):
+    return _eigs_of_features(feats, n_valid, images_lr, color_lambda, k, which_matrix, solver)
+
+  if mesh is None:
+    return jax.jit(step)
+  spec = parallel.batch_sharding(mesh).spec
+  return jax.jit(
+      jax.shard_map(
+          step,
+          mesh=mesh,
+          in_specs=(spec,) * (3 if with_color else 2),
+          out_specs=spec,
+          check_vma=False,
+      )
+  )
 
 
 def spectral_decomposition(
@@ -266,7 +288,10 @@ def spectral_decomposition(
     images_lr = jnp.asarray(_pad_rows(lr, len(feats)))
   solver = eigen.resolve_solver(solver, feats.shape[1], k, smallest=int(np.min(n_valid)))
   n_valid = jnp.asarray(_pad_rows(np.asarray(n_valid), len(feats)))
-  return _eigs_of_features(feats, n_valid, images_lr, color_lambda, k, which_matrix, solver)
+  sharding = feats.sharding
+  mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+  step = _eigs_step(mesh, images_lr is not None, color_lambda, k, which_matrix, solver)
+  return step(feats, n_valid) if images_lr is None else step(feats, n_valid, images_lr)
 
 
 @dataclasses.dataclass

@@ -311,9 +311,20 @@ def train_step(
   return new_state, {'loss': loss, 'accuracy': accuracy}
 
 
-def data_mesh(devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
-  """Devices (default: all) on one 'data' axis; Auto axis: XLA inserts the reductions."""
+def data_mesh(
+    devices: Optional[Sequence[Any]] = None, batch_size: Optional[int] = None
+) -> jax.sharding.Mesh:
+  """Devices (default: all) on one 'data' axis; Auto axis: XLA inserts the reductions.
+
+  With ``batch_size`` in a one-process run, the most devices that split it evenly
+  (e.g. 1 of 2 CPU devices for an odd batch).
+  """
   devices = jax.devices() if devices is None else list(devices)
+  if batch_size is not None and jax.process_count() == 1:
+    usable = max(n for n in range(1, len(devices) + 1) if batch_size % n == 0)
+    if usable < len(devices):
+      logging.info('batch %d: training on %d of %d devices', batch_size, usable, len(devices))
+    devices = devices[:usable]
   return jax.make_mesh(
       (len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
   )
@@ -585,9 +596,12 @@ def train_and_evaluate(
   all devices on the 'data' axis.
   """
   workdir = Path(workdir)
-  mesh = mesh or data_mesh()
+  mesh = mesh or data_mesh(batch_size=cfg.batch_size)
   if cfg.batch_size % mesh.size:
-    raise ValueError(f'batch size {cfg.batch_size} is not divisible by {mesh.size} devices')
+    raise ValueError(
+        f'--config.train.batch_size={cfg.batch_size} is not divisible by the {mesh.size} '
+        'devices of this multi-process run: use a multiple of the device count'
+    )
   n = len(train_data)
   spe = steps_per_epoch(n, cfg.batch_size)
   eval_every = cfg.eval_every or spe

@@ -39,6 +39,8 @@ def test_demo_command_runs(tmp_path):
     assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
   assert len(list((out / 'panels').glob('*.png'))) == 5
   assert 'images/s' in proc.stdout
+  # The compiled shapes are kept for the next run.
+  assert list((tmp_path / 'cache' / 'xla').iterdir())
 
 
 def test_unreachable_weights_give_the_fix(tmp_path):

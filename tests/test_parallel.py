@@ -97,6 +97,19 @@ def test_four_devices_and_two_processes_match_one(tmp_path, manifest):
   assert sorted(shards) == [1, 2]
 
 
+def test_training_mesh_uses_the_devices_that_split_the_batch():
+  code = """
+import jax
+from spectral_jax import train
+assert jax.device_count() == 3
+assert train.data_mesh(batch_size=6).size == 3
+assert train.data_mesh(batch_size=4).size == 2
+assert train.data_mesh(batch_size=5).size == 1
+"""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=3')
+  subprocess.run([sys.executable, '-c', code], check=True, env=env, cwd=ROOT)
+
+
 def test_pad_to_multiple():
   batch = np.arange(5)[:, None]
   np.testing.assert_array_equal(parallel.pad_to_multiple(batch, 4)[:, 0], [0, 1, 2, 3, 4, 4, 4, 4])
