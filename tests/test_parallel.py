@@ -209,3 +209,48 @@ def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
   assert scores[0]['n_images'] == scores[1]['n_images'] == 2
   np.testing.assert_allclose(scores[1]['miou'], scores[0]['miou'], rtol=1e-6)
   np.testing.assert_allclose(scores[0]['miou'], summaries[0]['best_val_miou'], rtol=1e-6)
+
+
+def test_edit_on_two_processes_matches_one(tmp_path):
+  """--mode=edit: each process cuts out its own share; the files equal a one-process run."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  def cmd(workdir, cache):
+    return [
+        sys.executable,
+        'main.py',
+        '--config=configs/edit.py',
+        '--mode=edit',
+        f'--workdir={workdir}',
+        f'--config.data.root={PARITY / "images"}',
+        f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+        f'--config.model.cache_dir={cache}',
+        '--config.edit.background=#00ff00',
+        '--config.output.num_panels=0',
+    ]
+
+  finish(run(cmd(tmp_path / 'one', tmp_path / 'c1')))
+  port = free_port()
+  procs = [
+      run(
+          cmd(tmp_path / 'two', tmp_path / f'c2{i}')
+          + [
+              '--config.distributed.enabled=True',
+              f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+              '--config.distributed.num_processes=2',
+              f'--config.distributed.process_id={i}',
+          ]
+      )
+      for i in range(2)
+  ]
+  logs = [finish(p) for p in procs]
+  assert 'edit: 2 images' in logs[0] and 'edit: 1 images' in logs[1]  # strided shares
+  for sub in ('cutout', 'composite'):
+    names = sorted(p.name for p in (tmp_path / 'one' / sub).glob('*.png'))
+    assert len(names) == 3
+    assert sorted(p.name for p in (tmp_path / 'two' / sub).glob('*.png')) == names
+    for name in names:
+      np.testing.assert_array_equal(
+          np.asarray(Image.open(tmp_path / 'two' / sub / name)),
+          np.asarray(Image.open(tmp_path / 'one' / sub / name)),
+      )

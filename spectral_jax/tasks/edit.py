@@ -26,7 +26,7 @@ from typing import Any, Iterator, Union
 import numpy as np
 from absl import logging
 
-from spectral_jax import edit, io, pipeline
+from spectral_jax import edit, io, parallel, pipeline
 from spectral_jax.data import datasets, decode
 from spectral_jax.spectral import segments
 from spectral_jax.tasks import common, extract
@@ -233,12 +233,13 @@ def run(config, workdir) -> None:
   with single_image_root(config) as config:
     examples = common.examples_from_config(config.data)
     panel_ids = {ex.id for ex in examples[: max(config.output.num_panels, 0)]}
+    shard = parallel.process_shard(examples)  # the same share extract gives this process
     todo = [
         ex
-        for ex in examples
+        for ex in shard
         if not is_done(workdir, ex.id, background is not None, ex.id in panel_ids)
     ]
-    common.log_summary(f'edit: {len(examples)} images, {len(examples) - len(todo)} already done')
+    common.log_summary(f'edit: {len(shard)} images, {len(shard) - len(todo)} already done')
     if not todo:
       return
     ensure_eigenvectors(config, workdir, todo)
