@@ -98,3 +98,28 @@ def test_normalize_matches_torchvision_formula():
       [0.229, 0.224, 0.225], np.float32
   )
   np.testing.assert_allclose(vit.normalize(image), ref, rtol=0, atol=1e-5)
+
+
+def test_padded_patch_sequence_equals_the_image(parity_model):
+  """An image as a patch sequence padded with 13 zero patches (its own position table,
+  masked keys) gives the official keys on its real tokens; bad inputs fail clearly."""
+  model, params = parity_model
+  image = np.array(Image.open(f'{PARITY}/images/chelsea.png').convert('RGB'))
+  crop = vit.crop_to_patches(image, 16)
+  grid = MANIFEST['images']['chelsea']['patch_grid']
+  n = grid[0] * grid[1]
+  patches = np.zeros((1, n + 13, 16, 16, 3), np.uint8)
+  patches[0, :n] = vit.patchify(crop[None], 16)[0]
+  tables, mask = vit.sequence_pos_tables(np.asarray(params['pos_embed']), [tuple(grid)], n + 13)
+  assert mask.sum() == 1 + n and not tables[0, 1 + n :].any()
+  out = jax.jit(
+      lambda p, x, t, m: model.apply({'params': p}, vit.normalize(x), pos_tables=t, token_mask=m)
+  )(params, patches, tables, mask)
+  ref = np.load(f'{PARITY}/chelsea.npz')['k']
+  assert np.abs(np.asarray(out['k'][0, :n]) - ref).max() <= 1e-4 * np.abs(ref).max()
+  with pytest.raises(ValueError, match='need pos_tables'):
+    model.apply({'params': params}, vit.normalize(patches))
+  with pytest.raises(ValueError, match='more than 10 patches'):
+    vit.sequence_pos_tables(np.asarray(params['pos_embed']), [(3, 4)], 10)
+  with pytest.raises(ValueError, match='not a multiple of patch size 16'):
+    vit.patchify(np.zeros((1, 20, 32, 3)), 16)
