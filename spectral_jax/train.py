@@ -3,7 +3,8 @@
 * Optimiser: AdamW (β 0.9/0.999, eps 1e-8), weight decay only on ≥2-D weights
   (timm's rule), learning rate decaying linearly to 0 over ``steps`` (no warm-up).
 * Data: host-side numpy augmentation — random resized crop (bicubic image,
-  nearest mask), horizontal flip, colour jitter — in a thread pool, one batch ahead.
+  nearest mask), horizontal flip, colour jitter, to-gray, Gaussian blur (the official
+  intended albumentations recipe) — in a thread pool, one batch ahead.
   The order is a pure function of (seed, step): epoch e uses permutation
   ``default_rng([seed, e])`` and example j of it augments with
   ``default_rng([seed, e, j])``, so a resumed run sees exactly the same batches.
@@ -42,6 +43,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
+from scipy import ndimage
 from skimage import color as skcolor
 
 from spectral_jax import io, metrics, parallel
@@ -68,6 +70,8 @@ class TrainConfig:
   flip_p: float = 0.5
   jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
   jitter_p: float = 0.8
+  gray_p: float = 0.2  # ToGray
+  blur_p: float = 0.1  # GaussianBlur, odd kernel 3..7
   seed: int = 1
   eval_every: int = 0  # steps; 0 = once per epoch (official)
   checkpoint_every: int = 500
@@ -151,10 +155,30 @@ def color_jitter(
   return np.round(x * 255.0).astype(np.uint8)
 
 
+def to_gray(image: np.ndarray) -> np.ndarray:
+  """ToGray: OpenCV's fixed-point RGB→GRAY (≈ 0.299 R + 0.587 G + 0.114 B), on every channel."""
+  r, g, b = (image[..., i].astype(np.int32) for i in range(3))
+  y = ((r * 4899 + g * 9617 + b * 1868 + 8192) >> 14).astype(np.uint8)
+  return np.repeat(y[..., None], 3, axis=-1)
+
+
+def gaussian_blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """GaussianBlur(blur_limit=(3, 7), sigma from the kernel size as OpenCV does), reflect-101."""
+  ksize = int(rng.choice([3, 5, 7]))
+  sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
+  x = np.arange(ksize) - ksize // 2
+  kernel = np.exp(-(x**2) / (2 * sigma**2))
+  kernel /= kernel.sum()
+  out = image.astype(np.float32)
+  for axis in (0, 1):
+    out = ndimage.correlate1d(out, kernel, axis=axis, mode='mirror')
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def augment(
     image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Random resized crop → flip → colour jitter; the mask follows with nearest sampling."""
+  """Random resized crop → flip → colour jitter → gray → blur; the mask follows (nearest)."""
   if image.shape[:2] != label.shape:
     raise ValueError(f'image {image.shape[:2]} and label {label.shape} differ in size')
   top, left, h, w = random_resized_crop_box(rng, *label.shape, cfg.scale, cfg.ratio)
@@ -166,6 +190,10 @@ def augment(
     image, label = image[:, ::-1], label[:, ::-1]
   if rng.random() < cfg.jitter_p:
     image = color_jitter(image, rng, cfg.jitter)
+  if rng.random() < cfg.gray_p:
+    image = to_gray(image)
+  if rng.random() < cfg.blur_p:
+    image = gaussian_blur(image, rng)
   return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 

@@ -154,8 +154,8 @@ def free_port():
 
 
 def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
-  """Pseudo-labels, self-training (global batch over 2 devices) and evaluation: one process
-  with 2 devices and two processes with 1 device each write the same results."""
+  """Pseudo-labels, self-training and evaluation: two processes with one device each (a
+  global batch over 2 devices) write what one process writes."""
   from tests.test_train import make_image  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
@@ -170,7 +170,7 @@ def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
   (root / 'ImageSets/Segmentation/val.txt').write_text('img6\nimg7\n')
 
   for cmd in semantic_cmds(root, tmp_path / 'one', tmp_path / 'c1'):
-    finish(run(cmd, devices=2))
+    finish(run(cmd))
   for cmd0, cmd1 in zip(
       *(semantic_cmds(root, tmp_path / 'two', tmp_path / f'c2{i}') for i in range(2))
   ):
@@ -201,14 +201,19 @@ def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
   for a, b in zip(*logs):
     for key in ('loss', 'accuracy', 'val_miou'):
       if key in a:
-        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6)
+        # One device vs two: same maths, different reduction order (a near-tie pixel of
+        # the barely trained model may flip, hence the absolute mIoU tolerance).
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-5)
   summaries = [json.loads((w / 'train_metrics.json').read_text()) for w in (one, two)]
   assert summaries[0]['step'] == summaries[1]['step'] == 4
-  np.testing.assert_allclose(summaries[1]['best_val_miou'], summaries[0]['best_val_miou'], 1e-6)
+  np.testing.assert_allclose(
+      summaries[1]['best_val_miou'], summaries[0]['best_val_miou'], rtol=0, atol=1e-5
+  )
   scores = [json.loads((w / 'eval' / 'metrics.json').read_text()) for w in (one, two)]
   assert scores[0]['n_images'] == scores[1]['n_images'] == 2
-  np.testing.assert_allclose(scores[1]['miou'], scores[0]['miou'], rtol=1e-6)
-  np.testing.assert_allclose(scores[0]['miou'], summaries[0]['best_val_miou'], rtol=1e-6)
+  np.testing.assert_allclose(scores[1]['miou'], scores[0]['miou'], rtol=0, atol=1e-5)
+  for score, summary in zip(scores, summaries):  # evaluate scores the best validated step
+    np.testing.assert_allclose(score['miou'], summary['best_val_miou'], rtol=1e-6)
 
 
 def test_edit_on_two_processes_matches_one(tmp_path):
