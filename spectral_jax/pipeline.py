@@ -290,6 +290,12 @@ def spectral_decomposition(
   n_valid = jnp.asarray(_pad_rows(np.asarray(n_valid), len(feats)))
   sharding = feats.sharding
   mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+  if mesh is not None and mesh.size > 1 and jax.default_backend() == 'cpu':
+    # jaxlib's batched CPU eigh (inside Lanczos and dense) blocks on the shared intra-op
+    # thread pool; several CPU devices doing so at once deadlock once they hold every pool
+    # thread (seen with 2 devices on 2 cores). On a CPU, one device solves the batch.
+    feats = jax.device_put(feats, mesh.devices.flat[0])
+    mesh = None
   step = _eigs_step(mesh, images_lr is not None, color_lambda, k, which_matrix, solver)
   return step(feats, n_valid) if images_lr is None else step(feats, n_valid, images_lr)
 
