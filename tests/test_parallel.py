@@ -64,23 +64,7 @@ def test_four_devices_and_two_processes_match_one(tmp_path, manifest):
   log = finish(run(localize_cmd(tmp_path / 'four', tmp_path / 'c4', boxes), devices=4))
   assert 'CpuDevice(id=3)' in log  # the batch really was sharded over 4 devices
 
-  port = free_port()
-  procs = [
-      run(
-          localize_cmd(
-              tmp_path / 'two',
-              tmp_path / f'c2{i}',
-              boxes,
-              '--config.distributed.enabled=True',
-              f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-              '--config.distributed.num_processes=2',
-              f'--config.distributed.process_id={i}',
-          )
-      )
-      for i in range(2)
-  ]
-  logs = [finish(proc) for proc in procs]
-  assert 'JAX process 1/2' in logs[1]
+  run_two_processes([localize_cmd(tmp_path / 'two', tmp_path / f'c2{i}', boxes) for i in range(2)])
 
   one = predictions(tmp_path / 'one')
   assert len(one) == 3
@@ -153,36 +137,37 @@ def free_port():
     return s.getsockname()[1]
 
 
+def run_two_processes(cmds):
+  """Runs cmds[i] as process i of a 2-process JAX distributed run; returns their logs."""
+  port = free_port()
+  procs = [
+      run(
+          cmd
+          + [
+              '--config.distributed.enabled=True',
+              f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+              '--config.distributed.num_processes=2',
+              f'--config.distributed.process_id={i}',
+          ]
+      )
+      for i, cmd in enumerate(cmds)
+  ]
+  logs = [finish(proc) for proc in procs]
+  assert 'JAX process 1/2' in logs[1]
+  return logs
+
+
 def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
   """Pseudo-labels, self-training and evaluation: two processes with one device each (a
   global batch over 2 devices) write what one process writes."""
-  from tests.test_train import make_image  # pylint: disable=import-outside-toplevel
+  from tests.test_train import write_voc_like  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
-  root = tmp_path / 'VOC2012'
-  for sub in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
-    (root / sub).mkdir(parents=True)
-  rng = np.random.default_rng(0)
-  for i in range(8):
-    image, gt = make_image(rng, 128)
-    Image.fromarray(image).save(root / 'JPEGImages' / f'img{i}.png')
-    Image.fromarray(gt).save(root / 'SegmentationClass' / f'img{i}.png')
-  (root / 'ImageSets/Segmentation/val.txt').write_text('img6\nimg7\n')
-
+  root = write_voc_like(tmp_path / 'VOC2012')
   for cmd in semantic_cmds(root, tmp_path / 'one', tmp_path / 'c1'):
     finish(run(cmd))
-  for cmd0, cmd1 in zip(
-      *(semantic_cmds(root, tmp_path / 'two', tmp_path / f'c2{i}') for i in range(2))
-  ):
-    port = free_port()
-    flags = lambda i: [
-        '--config.distributed.enabled=True',
-        f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-        '--config.distributed.num_processes=2',
-        f'--config.distributed.process_id={i}',
-    ]
-    logs = [finish(p) for p in [run(cmd0 + flags(0)), run(cmd1 + flags(1))]]
-    assert 'JAX process 1/2' in logs[1]
+  for cmds in zip(*(semantic_cmds(root, tmp_path / 'two', tmp_path / f'c2{i}') for i in range(2))):
+    run_two_processes(list(cmds))
 
   one, two = tmp_path / 'one', tmp_path / 'two'
   stems = sorted(p.stem for p in (one / 'semantic').glob('*.png'))
@@ -235,20 +220,7 @@ def test_edit_on_two_processes_matches_one(tmp_path):
     ]
 
   finish(run(cmd(tmp_path / 'one', tmp_path / 'c1')))
-  port = free_port()
-  procs = [
-      run(
-          cmd(tmp_path / 'two', tmp_path / f'c2{i}')
-          + [
-              '--config.distributed.enabled=True',
-              f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-              '--config.distributed.num_processes=2',
-              f'--config.distributed.process_id={i}',
-          ]
-      )
-      for i in range(2)
-  ]
-  logs = [finish(p) for p in procs]
+  logs = run_two_processes([cmd(tmp_path / 'two', tmp_path / f'c2{i}') for i in range(2)])
   assert 'edit: 2 images' in logs[0] and 'edit: 1 images' in logs[1]  # strided shares
   for sub in ('cutout', 'composite'):
     names = sorted(p.name for p in (tmp_path / 'one' / sub).glob('*.png'))

@@ -313,12 +313,8 @@ def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):
 # Task runners (--mode=semantic / train / evaluate) on a VOC-like folder
 
 
-@pytest.fixture
-def voc_like(tmp_path):
-  """8 synthetic 128×128 images in a VOC layout; val = img6, img7; parity ViT-S/16 (2 blocks)."""
-  from configs import voc_semantic  # pylint: disable=import-outside-toplevel
-
-  root = tmp_path / 'VOC2012'
+def write_voc_like(root: Path) -> Path:
+  """8 synthetic 128×128 images + GT in a VOC devkit layout; val = img6, img7."""
   for sub in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
     (root / sub).mkdir(parents=True)
   rng = np.random.default_rng(0)
@@ -327,6 +323,15 @@ def voc_like(tmp_path):
     Image.fromarray(image).save(root / 'JPEGImages' / f'img{i}.png')
     Image.fromarray(gt).save(root / 'SegmentationClass' / f'img{i}.png')
   (root / 'ImageSets/Segmentation/val.txt').write_text('img6\nimg7\n')
+  return root
+
+
+@pytest.fixture
+def voc_like(tmp_path):
+  """8 synthetic 128×128 images in a VOC layout; val = img6, img7; parity ViT-S/16 (2 blocks)."""
+  from configs import voc_semantic  # pylint: disable=import-outside-toplevel
+
+  root = write_voc_like(tmp_path / 'VOC2012')
   config = voc_semantic.get_config()
   config.data.root = str(root / 'JPEGImages')
   config.model.checkpoint = str(PARITY / 'checkpoint.pth')
