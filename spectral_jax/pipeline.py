@@ -246,7 +246,8 @@ def _eigs_of_features(
 def _eigs_step(mesh, with_color: bool, color_lambda: float, k: int, which_matrix: str, solver: str):
   """The jitted eigen step. On a mesh every device solves its own shard with
   ``shard_map``: under plain SPMD, the batched Lanczos loop would all-reduce its stopping
-  test across devices every iteration (on a CPU split into devices that can deadlock)."""
+  test across devices every iteration. (A CPU host passes no mesh: see
+  ``spectral_decomposition``.)"""
 
   def step(feats, n_valid, images_lr=None):
     return _eigs_of_features(feats, n_valid, images_lr, color_lambda, k, which_matrix, solver)
