@@ -1,0 +1,220 @@
+"""DINOv3 ViT in Flax, numerically equal to the official model (``backbones_protocol.md`` §3).
+
+Tokens ``[CLS, 4 storage tokens, patches]`` with no absolute position embedding; positions
+enter through RoPE on the queries and keys of the patch tokens only. The key third of the
+qkv bias is masked to zero (``bias_mask``; folded into the parameters at load time), the
+LayerNorms use eps 1e-5, LayerScale on both branches, exact GELU MLP (S/B/L) or a three-layer
+SwiGLU (the "plus" models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spectral_jax.models.dinov2 import LayerScale, Mlp
+from spectral_jax.models.vit import PatchEmbed, TorchLayerNorm, patchify
+
+
+@dataclasses.dataclass(frozen=True)
+class DinoV3Arch:
+  """Static architecture of a DINOv3 ViT; depth and widths come from the checkpoint."""
+
+  patch_size: int = 16
+  embed_dim: int = 384
+  num_heads: int = 6
+  depth: int = 12
+  num_storage: int = 4
+  ffn: str = 'mlp'  # 'mlp' (fc1 → GELU → fc2) or 'swiglu' (w3(SiLU(w1 x) ⊙ w2 x))
+  ffn_hidden: int = 1536
+  norm_eps: float = 1e-5
+  rope_base: float = 100.0  # only for the periods' initial value: files carry their own
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    return 1 + self.num_storage
+
+  @property
+  def head_dim(self) -> int:
+    return self.embed_dim // self.num_heads
+
+
+def swiglu_hidden(embed_dim: int, ratio: float, align: int = 8) -> int:
+  """DINOv3's SwiGLU width: 2/3 of int(D·ratio), rounded up to ``align``."""
+  d = int(int(embed_dim * ratio) * 2 / 3)
+  return (d + align - 1) // align * align
+
+
+def hub_arch(embed_dim: int, depth: int, num_heads: int, plus: bool) -> DinoV3Arch:
+  """The hub builders' settings (the "plus" models use SwiGLU with ratio 6)."""
+  return DinoV3Arch(
+      embed_dim=embed_dim,
+      num_heads=num_heads,
+      depth=depth,
+      ffn='swiglu' if plus else 'mlp',
+      ffn_hidden=swiglu_hidden(embed_dim, 6) if plus else 4 * embed_dim,
+  )
+
+
+class SwiGLU(nn.Module):
+  hidden: int
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, x):
+    gate = nn.Dense(self.hidden, precision=self.precision, name='w1')(x)
+    value = nn.Dense(self.hidden, precision=self.precision, name='w2')(x)
+    return nn.Dense(x.shape[-1], precision=self.precision, name='w3')(jax.nn.silu(gate) * value)
+
+
+def patch_coords(grid_hw: tuple[int, int]) -> jnp.ndarray:
+  """Patch-centre coordinates [h·w, 2] (row, col) in [-1, 1], each axis by its own length."""
+  h, w = grid_hw
+  rows = jnp.arange(0.5, h, dtype=jnp.float32) / h
+  cols = jnp.arange(0.5, w, dtype=jnp.float32) / w
+  coords = jnp.stack(jnp.meshgrid(rows, cols, indexing='ij'), axis=-1).reshape(h * w, 2)
+  return 2.0 * coords - 1.0
+
+
+def sequence_coords(grids: list[tuple[int, int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+  """RoPE coordinates [B, length, 2] and token masks [B, 5 + length] for patch sequences.
+
+  Padded patches get coordinate 0 (any value works: the mask keeps them out of attention).
+  """
+  coords = np.zeros((len(grids), length, 2), np.float32)
+  masks = np.zeros((len(grids), 5 + length), bool)
+  for i, (h, w) in enumerate(grids):
+    if h * w > length:
+      raise ValueError(f'grid {(h, w)} has more than {length} patches')
+    coords[i, : h * w] = np.asarray(patch_coords((h, w)))
+    masks[i, : 5 + h * w] = True
+  return coords, masks
+
+
+def rope_cos_sin(coords, periods):
+  """coords [..., L, 2], periods [hd/4] → cos, sin [..., L, hd]: all row angles, then all
+  column angles, the 32 repeated twice (pairs (m, m + hd/2) rotate together)."""
+  angles = 2 * math.pi * coords[..., :, None] / periods  # [..., L, 2, hd/4]
+  angles = angles.reshape(*angles.shape[:-2], -1)
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+  """x [B, L, heads, hd]; cos/sin [B or 1, L, hd] → x·cos + [-x₂, x₁]·sin."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos[:, :, None] + rotated * sin[:, :, None]
+
+
+class RopeAttention(nn.Module):
+  """Multi-head attention with RoPE on the patch tokens (the last tokens after ``prefix``).
+
+  Returns (output [B, T, D], k [B, T, D] before RoPE, k_rope [B, T, D] after RoPE).
+  """
+
+  num_heads: int
+  prefix: int
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, x, cos, sin, key_mask=None):
+    b, t, d = x.shape
+    hd = d // self.num_heads
+    qkv = nn.Dense(3 * d, precision=self.precision, name='qkv')(x)  # key bias is zero
+    q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, t, self.num_heads, hd) for i in range(3))
+    n = self.prefix
+    q = jnp.concatenate([q[:, :n], apply_rope(q[:, n:], cos, sin)], axis=1)
+    k_rope = jnp.concatenate([k[:, :n], apply_rope(k[:, n:], cos, sin)], axis=1)
+    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k_rope, precision=self.precision) * hd**-0.5
+    if key_mask is not None:
+      logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
+    attn = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum('bhqk,bkhc->bqhc', attn, v, precision=self.precision).reshape(b, t, d)
+    out = nn.Dense(d, precision=self.precision, name='proj')(out)
+    return out, qkv[..., d : 2 * d], k_rope.reshape(b, t, d)
+
+
+class Block(nn.Module):
+  arch: DinoV3Arch
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, x, cos, sin, key_mask=None):
+    a = self.arch
+    attn_out, k, k_rope = RopeAttention(a.num_heads, a.num_prefix_tokens, self.precision, name='attn')(
+        TorchLayerNorm(a.norm_eps, name='norm1')(x), cos, sin, key_mask
+    )
+    x = x + LayerScale(name='ls1')(attn_out)
+    if a.ffn == 'mlp':
+      ffn = Mlp(a.ffn_hidden, self.precision, name='mlp')
+    elif a.ffn == 'swiglu':
+      ffn = SwiGLU(a.ffn_hidden, self.precision, name='mlp')
+    else:
+      raise ValueError(f'unknown FFN kind {a.ffn!r}')
+    x = x + LayerScale(name='ls2')(ffn(TorchLayerNorm(a.norm_eps, name='norm2')(x)))
+    return x, k, k_rope
+
+
+def _default_periods(base: float, head_dim: int):
+  def init(_key, shape, dtype=jnp.float32):
+    return jnp.asarray(base ** (2 * np.arange(head_dim // 4) / (head_dim // 2)), dtype)
+
+  return init
+
+
+class DinoV3(nn.Module):
+  """DINOv3 ViT. Input: normalised images [B, H, W, 3] (H, W multiples of 16), or patch
+  sequences [B, L, 16, 16, 3] with ``rope_coords`` [B, L, 2] and ``token_mask`` [B, 5 + L]
+  (see ``sequence_coords``).
+
+  Returns, prefix tokens (CLS and 4 storage tokens) dropped, rows row-major over the grid:
+    k:                  [B, L, D] keys of block ``feature_block`` as the qkv layer outputs
+                        them (key bias masked, before RoPE): what DSM's hook records;
+    k_rope:             [B, L, D] the same keys after RoPE, as attention uses them;
+    x_norm_patchtokens: [B, L, D] final-normed patch tokens of the last block;
+    x_norm_clstoken:    [B, D].
+  """
+
+  arch: DinoV3Arch
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, images, feature_block: int = -1, rope_coords=None, token_mask=None):
+    a = self.arch
+    d = a.embed_dim
+    if images.ndim == 4:
+      grid = (images.shape[1] // a.patch_size, images.shape[2] // a.patch_size)
+      images = patchify(images[:, : grid[0] * a.patch_size, : grid[1] * a.patch_size], a.patch_size)
+      rope_coords = patch_coords(grid)[None]
+    elif rope_coords is None:
+      raise ValueError('patch sequences need rope_coords (their grids are not in the shape)')
+    x = PatchEmbed(a.patch_size, d, self.precision, name='patch_embed')(images)
+    b = x.shape[0]
+    cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, d))
+    storage = self.param('storage_tokens', nn.initializers.zeros, (1, a.num_storage, d))
+    periods = self.param('rope_periods', _default_periods(a.rope_base, a.head_dim), (a.head_dim // 4,))
+    x = jnp.concatenate(
+        [jnp.broadcast_to(cls_token, (b, 1, d)), jnp.broadcast_to(storage, (b, a.num_storage, d)), x],
+        axis=1,
+    )
+    cos, sin = rope_cos_sin(jnp.asarray(rope_coords, jnp.float32), periods)
+
+    n = a.num_prefix_tokens
+    block_index = feature_block % a.depth
+    out = {}
+    for i in range(a.depth):
+      x, k, k_rope = Block(a, self.precision, name=f'blocks_{i}')(x, cos, sin, token_mask)
+      if i == block_index:
+        out['k'] = k[:, n:]
+        out['k_rope'] = k_rope[:, n:]
+    x = TorchLayerNorm(a.norm_eps, name='norm')(x)
+    out['x_norm_patchtokens'] = x[:, n:]
+    out['x_norm_clstoken'] = x[:, 0]
+    return out
