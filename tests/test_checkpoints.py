@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from spectral_jax.models import checkpoints as ckpt
+from spectral_jax.models import weights_cache
 from spectral_jax.models.checkpoints import CheckpointError
 
 DATA = Path(__file__).parent / "data" / "parity"
@@ -493,9 +494,9 @@ def test_cache_entry_is_written_once_and_half_written_ones_are_replaced(tmp_path
   entry = tmp_path / "params" / "model-0123"
   entry.mkdir(parents=True)  # an interrupted write
   (entry / "params.npz").write_bytes(b"PK")
-  ckpt._write_cache(entry, params, arch, "first", ZIP_PTH)
+  weights_cache.write_entry(entry, params, arch, "first", ZIP_PTH)
   assert json.loads((entry / "arch.json").read_text())["source"] == "first"
-  ckpt._write_cache(entry, params, arch, "second", ZIP_PTH)  # another process, same entry
+  weights_cache.write_entry(entry, params, arch, "second", ZIP_PTH)  # another process, same entry
   assert json.loads((entry / "arch.json").read_text())["source"] == "first"
   assert [p.name for p in entry.parent.iterdir()] == ["model-0123"]
   restored = leaves(ckpt.restore_params(entry / "params.npz"))
