@@ -35,8 +35,9 @@ class BilateralGrid:
   """Splat/slice/blur operators of the official grid.
 
   Attributes:
-    idx: [H·W] vertex of each pixel; nvertices; neighbours: [10, nv] vertex index of each
-    vertex shifted by ∓1 in each of the 5 dimensions (−1 where that is not a vertex).
+    idx: [H·W] vertex of each pixel; vertices: [nv, 5] int grid coordinates (x, y, luma, u, v)
+    in the official (hash) order; nvertices; neighbours: [10, nv] vertex index of each vertex
+    shifted by ∓1 in each of the 5 dimensions (−1 where that is not a vertex).
   """
 
   def __init__(self, image: np.ndarray, sigma_spatial=16, sigma_luma=16, sigma_chroma=8):
@@ -61,6 +62,7 @@ class BilateralGrid:
     hashes, first, self.idx = np.unique(coords @ hash_vec, return_index=True, return_inverse=True)
     self.idx = self.idx.ravel()
     unique = coords[first]
+    self.vertices = unique
     self.nvertices = len(hashes)
     nbs = []
     for d in range(5):
