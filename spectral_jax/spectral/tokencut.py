@@ -181,6 +181,8 @@ def discover(
   if n_valid.min() < 3:
     raise ValueError('TokenCut needs at least 3 patches')
   w = binary_graph(keys, jnp.asarray(n_valid), tau=tau, eps=eps)
+  # k = 3: λ0 = 0 and the official pair λ1, λ2. laplacian_eigs applies Deep Spectral Methods'
+  # minority sign rule; TokenCut's own orientation (seed side) is applied by bipartition().
   vals, vecs = eigen.laplacian_eigs(w, 3, solver=solver, n_valid=jnp.asarray(n_valid), tol=tol)
   v, part, seed = bipartition(vecs[:, 1], jnp.asarray(n_valid))
   v, part, seed = np.asarray(v), np.asarray(part), np.asarray(seed).astype(np.int64)
