@@ -1,0 +1,509 @@
+"""MaskCut: multi-object discovery by iterated normalized cuts (CutLER's pseudo-mask generator).
+
+Written from ``shared/reference/maskcut_protocol.md`` (our own description of the official
+numerics; CutLER's code is not used). The stages, each a public function:
+
+* :func:`preprocess` - Pillow LANCZOS resize of the photo to a ``fixed_size`` square (aspect
+  ratio not kept), snapped to the patch grid.
+* :func:`discover` - up to ``max_objects`` cuts per image, batched over images of one grid: per
+  iteration one jitted call builds the binary key graph of every image (keys of already found
+  patches zeroed) and its normalised form ``I − D^-½ A D^-½``, whose dense ``eigh`` (batched on
+  the device, or LAPACK's two-pair solver on a CPU host; float64 by default, as the official)
+  gives ``(D − A) x = λ D x``; the bipartition, the side rule, the 4-connected component of the seed and the overlap/size filter run on the host.
+* :func:`to_image_masks` - kept patch masks → disjoint ``S × S`` masks → optional dense CRF with
+  its IoU filter → the original image size (Pillow bicubic of the 0/255 mask, relative threshold).
+* :func:`run` - all of the above from uint8 photos and a
+  :class:`spectral_jax.pipeline.FeatureExtractor`; what ``--mode=discover`` needs.
+
+Score of an object: ``1 − Ncut(M)``, with ``Ncut(M) = cut(M, M̄)/vol(M) + cut(M, M̄)/vol(M̄)``
+the normalized-cut value of the kept component ``M`` against the rest, on the very binary graph
+``A`` its iteration cut (degrees include the ``eps`` non-edges). A cleanly separated object has
+``Ncut ≈ 0`` (score ≈ 1); a subset no better separated than a random one of the complete graph
+has ``Ncut ≈ 1`` (score ≈ 0), so a score near or below 0 flags "no object here". It is not
+calibrated and not used to drop anything (the official rules decide which objects exist); an
+image whose cuts keep nothing, or whose masks vanish after subtraction, CRF or resizing, gets
+zero objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import scipy.linalg
+from scipy import ndimage
+
+__all__ = [
+    'FIXED_SIZE',
+    'TAU',
+    'EPS',
+    'MAX_OBJECTS',
+    'CRF_PARAMS',
+    'MaskCutResult',
+    'Discovery',
+    'preprocess',
+    'cut_graphs',
+    'choose_side',
+    'discover',
+    'upsample_masks',
+    'crf_refine',
+    'resize_to_original',
+    'to_image_masks',
+    'run',
+]
+
+FIXED_SIZE = 480
+TAU = 0.15
+EPS = 1e-5  # weight of a non-edge: keeps the graph complete, hence connected
+MAX_OBJECTS = 3
+MIN_AREA_FRACTION = 0.01  # candidates of ≤ 1 % of the grid are dropped at iterations ≥ 2
+MAX_OVERLAP = 0.5  # candidates with IoU > 0.5 against the previous kept mask are dropped
+
+
+@dataclasses.dataclass(frozen=True)
+class _MaskCutCRF:
+  """MaskCut's CRF (not DSM's): softmax unary of the 0/1 mask, 10 mean-field iterations."""
+
+  gaussian_sxy: float = 3.0
+  gaussian_compat: float = 7.0
+  bilateral_sxy: float = 50.0
+  bilateral_srgb: float = 5.0
+  bilateral_compat: float = 10.0
+  iterations: int = 10
+  min_iou: float = 0.5  # the refined mask is emptied when IoU(mask, refined) < 0.5
+
+
+CRF_PARAMS = _MaskCutCRF()
+
+
+@dataclasses.dataclass
+class MaskCutResult:
+  """Everything MaskCut computed for one image; T = max_objects iterations, (h, w) the grid.
+
+  ``patch_masks[t]`` is the kept mask of iteration t (all false when dropped); it is what
+  :func:`to_image_masks` turns into pixels. The other arrays are per-iteration diagnostics.
+  """
+
+  grid_hw: Tuple[int, int]
+  patch_masks: np.ndarray  # bool [T, h, w]: kept component (before the pixel subtraction)
+  kept: np.ndarray  # bool [T]: the candidate survived the overlap/size filter
+  scores: np.ndarray  # float64 [T]: 1 − Ncut of the candidate component (see module doc)
+  eigenvalues: np.ndarray  # float [T, 2]: λ2, λ3 of (D − A) x = λ D x
+  eigenvectors: np.ndarray  # float [T, h·w]: the 2nd eigenvector, D-normalised, solver's sign
+  masked: np.ndarray  # bool [T, h, w]: patches whose keys were zeroed for this iteration
+  edges: np.ndarray  # int [T]: entries of A equal to 1 (both triangles and the diagonal)
+  bipartition: np.ndarray  # bool [T, h, w]: x > mean(x)
+  corners: np.ndarray  # int [T]: grid corners inside the bipartition
+  reversed: np.ndarray  # bool [T]: the object is the complement of the bipartition
+  seed: np.ndarray  # int [T]: flat (row-major) seed index
+  foreground: np.ndarray  # bool [T, h, w]: the chosen side
+  component: np.ndarray  # bool [T, h, w]: 4-connected component of the seed (the candidate)
+
+
+@dataclasses.dataclass
+class Discovery:
+  """Final objects of one image: non-empty masks at the original size, in discovery order."""
+
+  masks: np.ndarray  # bool [K, H, W], K ≤ max_objects (0 when nothing was found)
+  scores: np.ndarray  # float64 [K]
+  iterations: np.ndarray  # int [K]: which cut iteration each object comes from
+  result: MaskCutResult  # the per-iteration record
+  image_s: np.ndarray  # uint8 [S, S, 3]: the resized image (ViT and CRF input)
+  masks_s: np.ndarray  # bool [T, S, S]: disjoint cut masks at S × S (before CRF)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing
+# ----------------------------------------------------------------------------------------------
+
+
+def preprocess(
+    image: np.ndarray, fixed_size: int = FIXED_SIZE, patch_size: int = 16
+) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
+  """uint8 [H, W, 3] → (image_s [S, S, 3], image_vit [G·P, G·P, 3], grid (G, G)).
+
+  ``image_s`` is Pillow's LANCZOS resize to S × S (aspect ratio not kept; small images are
+  enlarged), rounded to uint8 like Pillow does; the CRF sees it. ``image_vit`` is it snapped to
+  the patch grid, G = round(S / P) (a second LANCZOS resize only when G·P ≠ S; for S = 480 and
+  P ∈ {8, 16} it is ``image_s`` itself).
+  """
+  pil = Image.fromarray(np.asarray(image, np.uint8)).convert('RGB')
+  pil = pil.resize((fixed_size, fixed_size), Image.Resampling.LANCZOS)
+  g = int(round(fixed_size / patch_size))
+  image_s = np.array(pil)
+  if g * patch_size == fixed_size:
+    return image_s, image_s, (g, g)
+  snapped = pil.resize((g * patch_size, g * patch_size), Image.Resampling.LANCZOS)
+  return image_s, np.array(snapped), (g, g)
+
+
+# ----------------------------------------------------------------------------------------------
+# The cut (device part)
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=('dtype', 'solve'))
+def _cut_batch(keys, painted, tau, eps, dtype, solve):
+  """keys f32 [B, N, D], painted bool [B, N] → edges bool [B, N, N] and, when ``solve``,
+  (λ2, λ3) [B, 2] and x [B, N]; otherwise the normalised Laplacian [B, N, N] and d^-½ [B, N]."""
+  f = keys.astype(jnp.float32) * (1.0 - painted.astype(jnp.float32))[..., None]
+  f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+  # The binary graph is the fragile step: float32 cosines at full precision, as the official.
+  cos = jnp.einsum('bnd,bmd->bnm', f, f, precision=jax.lax.Precision.HIGHEST)
+  edge = cos > tau
+  a = jnp.where(edge, 1.0, eps).astype(dtype)
+  s = jax.lax.rsqrt(a.sum(-1))
+  n = a.shape[-1]
+  lap = jnp.eye(n, dtype=dtype) - a * s[..., :, None] * s[..., None, :]
+  if not solve:
+    return edge, lap, s
+  theta, u = jnp.linalg.eigh(lap)
+  return edge, theta[..., 1:3], u[..., :, 1] * s  # D-normalised: xᵀ D x = 1
+
+
+def _solver(solver: str) -> str:
+  if solver == 'auto':
+    # Measured on CPU: LAPACK's dsyevr for 2 pairs beats a full batched eigh several times.
+    return 'scipy' if jax.default_backend() == 'cpu' else 'jax'
+  if solver not in ('jax', 'scipy'):
+    raise ValueError(f"solver must be 'auto', 'jax' or 'scipy', got {solver!r}")
+  return solver
+
+
+def cut_graphs(
+    keys: np.ndarray,
+    painted: np.ndarray,
+    tau: float = TAU,
+    eps: float = EPS,
+    dtype: str = 'float64',
+    solver: str = 'auto',
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One batched cut step: binary key graphs and their 2nd generalised eigenpair.
+
+  The eigenproblem ``(D − A) x = λ D x`` is solved as ``eigh(I − D^-½ A D^-½)``, ``x = D^-½ u``
+  (same pairs as the official ``scipy.linalg.eigh(D − A, D)``, up to sign).
+
+  Args:
+    keys: float32 [B, N, D] patch keys (row-major grid order).
+    painted: bool [B, N] patches whose keys are zeroed (found by earlier iterations).
+    tau: cosine threshold (strict ``>``) for an edge of weight 1; other entries weigh ``eps``.
+    dtype: 'float64' (the official solver's precision; runs under ``jax.enable_x64``) or
+      'float32'.
+    solver: 'jax' (batched dense ``jnp.linalg.eigh`` on the device), 'scipy' (the graphs are
+      built on the device, the two wanted pairs by host LAPACK per image) or 'auto' (scipy on
+      a CPU backend, jax on an accelerator).
+
+  Returns:
+    ``edges`` bool [B, N, N] (A = 1 there, eps elsewhere), ``eigenvalues`` [B, 2] (λ2, λ3) and
+    ``x`` [B, N], the 2nd eigenvector of (D − A) x = λ D x, D-normalised, arbitrary sign.
+  """
+  if dtype not in ('float32', 'float64'):
+    raise ValueError(f'dtype must be float32 or float64, got {dtype!r}')
+  solver = _solver(solver)
+  keys = np.asarray(keys, np.float32)
+  painted = np.asarray(painted, bool)
+  with jax.enable_x64(dtype == 'float64'):
+    out = _cut_batch(
+        jnp.asarray(keys), jnp.asarray(painted), np.float32(tau), float(eps), dtype,
+        solver == 'jax',
+    )
+    edge, first, second = (np.asarray(v) for v in out)
+  if solver == 'jax':
+    return edge, first, second
+  lam = np.zeros((len(keys), 2), first.dtype)
+  x = np.zeros(keys.shape[:2], first.dtype)
+  for i, (lap, s) in enumerate(zip(first, second)):
+    theta, u = scipy.linalg.eigh(lap, subset_by_index=[1, 2])
+    lam[i], x[i] = theta, u[:, 0] * s
+  return edge, lam, x
+
+
+# ----------------------------------------------------------------------------------------------
+# Host rules
+# ----------------------------------------------------------------------------------------------
+
+
+def choose_side(x: np.ndarray, grid_hw: Tuple[int, int]) -> Tuple[np.ndarray, int, bool, int]:
+  """Bipartition and object side of one eigenvector x [h·w] (sign-free rule, protocol §2.6–2.7).
+
+  Returns (bipartition bool [h·w] = x > mean(x), corners, reversed, seed): the object is the
+  complement when ≥ 3 grid corners are in the bipartition, else the side holding argmax |x|;
+  the seed is the extreme patch of that side (argmax x, or argmin x when reversed).
+  """
+  h, w = grid_hw
+  x = np.asarray(x, np.float64)
+  bip = x > x.mean()  # the plain mean over all patches, zeroed ones included
+  corners = int(bip[[0, w - 1, (h - 1) * w, h * w - 1]].sum())
+  s0 = int(np.argmax(np.abs(x)))
+  rev = corners >= 3 or not bip[s0]
+  seed = int(np.argmin(x) if rev else np.argmax(x))
+  return bip, corners, bool(rev), seed
+
+
+def _component(fg: np.ndarray, seed: int) -> np.ndarray:
+  """4-connected component (scipy's default structure) of bool [h, w] holding the flat seed."""
+  labels, _ = ndimage.label(fg)
+  lab = labels.reshape(-1)[seed]
+  return labels == lab if lab > 0 else np.zeros_like(fg)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+  union = np.logical_or(a, b).sum()
+  return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def _ncut_score(edge: np.ndarray, m: np.ndarray, eps: float) -> float:
+  """1 − Ncut(M, M̄) on A = where(edge, 1, eps); M empty or everything → 0 (no separation)."""
+  m = m.reshape(-1)
+  if not m.any() or m.all():
+    return 0.0
+  a_in = np.where(edge[m], 1.0, eps)  # rows of M
+  vol_m = a_in.sum()
+  cut = a_in[:, ~m].sum()
+  vol_rest = np.where(edge[~m], 1.0, eps).sum()
+  return float(1.0 - cut / vol_m - cut / vol_rest)
+
+
+def discover(
+    keys: np.ndarray,
+    grid_hw: Tuple[int, int],
+    max_objects: int = MAX_OBJECTS,
+    tau: float = TAU,
+    eps: float = EPS,
+    dtype: str = 'float64',
+    solver: str = 'auto',
+) -> List[MaskCutResult]:
+  """MaskCut's iterated cuts (protocol §2–3) for a batch of images on one patch grid.
+
+  Args:
+    keys: float32 [B, N, D] last-block keys, N = h·w tokens in row-major order (CLS dropped).
+    grid_hw: (h, w) patch grid.
+    max_objects: number of iterations T (the official N, 3).
+    tau: edge threshold on the cosine of keys (0.15 as in CutLER's README command).
+    dtype, solver: precision and route of the eigen-solve, see :func:`cut_graphs`.
+
+  Returns:
+    one :class:`MaskCutResult` per image; ``patch_masks`` [T, h, w] holds the kept masks.
+  """
+  keys = np.asarray(keys, np.float32)
+  h, w = grid_hw
+  b, n = keys.shape[:2]
+  if n != h * w:
+    raise ValueError(f'keys have {n} tokens, grid {grid_hw} has {h * w}')
+  t_max = int(max_objects)
+  painted = np.zeros((b, n), bool)
+  prev = np.zeros((b, n), bool)
+  rec = {
+      'patch_masks': np.zeros((b, t_max, n), bool),
+      'kept': np.zeros((b, t_max), bool),
+      'scores': np.zeros((b, t_max)),
+      'eigenvalues': np.zeros((b, t_max, 2)),
+      'eigenvectors': np.zeros((b, t_max, n)),
+      'masked': np.zeros((b, t_max, n), bool),
+      'edges': np.zeros((b, t_max), np.int64),
+      'bipartition': np.zeros((b, t_max, n), bool),
+      'corners': np.zeros((b, t_max), np.int64),
+      'reversed': np.zeros((b, t_max), bool),
+      'seed': np.zeros((b, t_max), np.int64),
+      'foreground': np.zeros((b, t_max, n), bool),
+      'component': np.zeros((b, t_max, n), bool),
+  }
+  for t in range(t_max):
+    edge, lam, x = cut_graphs(keys, painted, tau, eps, dtype, solver)
+    for i in range(b):
+      bip, corners, rev, seed = choose_side(x[i], grid_hw)
+      fg = ~bip if rev else bip
+      comp = _component(fg.reshape(h, w), seed).reshape(-1)
+      drop = t > 0 and (_iou(prev[i], comp) > MAX_OVERLAP or comp.sum() / n <= MIN_AREA_FRACTION)
+      kept_mask = np.zeros(n, bool) if drop else comp
+      rec['masked'][i, t] = painted[i]
+      rec['edges'][i, t] = edge[i].sum()
+      rec['eigenvalues'][i, t] = lam[i]
+      rec['eigenvectors'][i, t] = x[i]
+      rec['bipartition'][i, t] = bip
+      rec['corners'][i, t] = corners
+      rec['reversed'][i, t] = rev
+      rec['seed'][i, t] = seed
+      rec['foreground'][i, t] = fg
+      rec['component'][i, t] = comp
+      rec['kept'][i, t] = not drop
+      rec['patch_masks'][i, t] = kept_mask
+      rec['scores'][i, t] = _ncut_score(edge[i], comp, eps)
+      painted[i] |= kept_mask
+      prev[i] = kept_mask
+  grid_fields = ('patch_masks', 'masked', 'bipartition', 'foreground', 'component')
+  out = []
+  for i in range(b):
+    fields = {k: (v[i].reshape(t_max, h, w) if k in grid_fields else v[i]) for k, v in rec.items()}
+    out.append(MaskCutResult(grid_hw=(h, w), **fields))
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Back to pixels
+# ----------------------------------------------------------------------------------------------
+
+
+def upsample_masks(patch_masks: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
+  """bool [T, h, w] → disjoint bool [T, S_h, S_w]: nearest upsampling, earlier masks win.
+
+  Nearest follows torch's rule ``src = floor(dst · h / S_h)`` (a P × P block per patch when S
+  is a multiple of the grid); each mask then loses the union of the earlier ones.
+  """
+  pm = np.asarray(patch_masks, bool)
+  _, h, w = pm.shape
+  sh, sw = size_hw
+  rows = np.minimum((np.arange(sh) * h) // sh, h - 1)
+  cols = np.minimum((np.arange(sw) * w) // sw, w - 1)
+  up = pm[:, rows][:, :, cols]
+  out = np.zeros_like(up)
+  seen = np.zeros(up.shape[1:], bool)
+  for t in range(up.shape[0]):
+    out[t] = up[t] & ~seen
+    seen |= up[t]
+  return out
+
+
+def _densecrf():
+  try:
+    import pydensecrf.densecrf as densecrf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(
+        "MaskCut's CRF needs pydensecrf2 (`pip install pydensecrf2`), or run without it "
+        '(--config.discover.crf=False)'
+    ) from e
+  return densecrf
+
+
+def crf_refine(
+    image_s: np.ndarray, mask_s: np.ndarray, params: _MaskCutCRF = CRF_PARAMS
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+  """MaskCut's CRF step on one S × S mask (protocol §4 steps 1–5).
+
+  Args:
+    image_s: uint8 [S, S, 3], the resized image (:func:`preprocess`).
+    mask_s: bool [S, S], a mask of :func:`upsample_masks`.
+
+  Returns:
+    (crf_map, filled, refined, iou): the CRF argmax bool [S, S]; it with holes filled
+    (4-connected background); ``refined`` = filled, or all false when IoU(mask, filled) < 0.5;
+    the IoU (NaN when both are empty).
+  """
+  m = np.asarray(mask_s, np.float64)
+  sh, sw = m.shape
+  logits = np.stack([1.0 - m, m]).reshape(2, -1)
+  p = np.exp(logits) / np.exp(logits).sum(0, keepdims=True)
+  unary = (-np.log(np.maximum(p, 1e-5))).astype(np.float32)
+  crf = _densecrf().DenseCRF2D(sw, sh, 2)
+  crf.setUnaryEnergy(np.ascontiguousarray(unary))
+  crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+  crf.addPairwiseBilateral(
+      sxy=params.bilateral_sxy,
+      srgb=params.bilateral_srgb,
+      rgbim=np.array(image_s, dtype=np.uint8, order='C'),  # pydensecrf needs a writable buffer
+      compat=params.bilateral_compat,
+  )
+  q = np.asarray(crf.inference(int(params.iterations)), np.float32)
+  crf_map = q.argmax(0).reshape(sh, sw).astype(bool)
+  filled = ndimage.binary_fill_holes(crf_map)
+  union = np.logical_or(mask_s, filled).sum()
+  iou = float(np.logical_and(mask_s, filled).sum() / union) if union else float('nan')
+  refined = np.zeros_like(filled) if iou < params.min_iou else filled  # NaN is not < 0.5
+  return crf_map, filled, refined, iou
+
+
+def resize_to_original(mask_s: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
+  """bool [S, S] → bool [H, W]: Pillow bicubic of the 0/255 mask, kept where > max / 2.
+
+  The threshold is relative to the resized mask's own maximum, so a tiny mask whose resized
+  peak stays below 255 survives; an empty mask stays empty.
+  """
+  hh, ww = image_hw
+  pil = Image.fromarray(np.asarray(mask_s, np.uint8) * 255, mode='L')
+  r = np.asarray(pil.resize((ww, hh), Image.Resampling.BICUBIC))
+  peak = int(r.max())
+  return r > peak / 2 if peak > 0 else np.zeros((hh, ww), bool)
+
+
+def to_image_masks(
+    patch_masks: np.ndarray,
+    image_hw: Tuple[int, int],
+    size_s: Tuple[int, int] = (FIXED_SIZE, FIXED_SIZE),
+    image_s: Optional[np.ndarray] = None,
+    crf: bool = False,
+    crf_params: _MaskCutCRF = CRF_PARAMS,
+) -> Tuple[np.ndarray, np.ndarray]:
+  """Kept patch masks [T, h, w] → (final bool [T, H, W], cut masks bool [T, S, S]).
+
+  ``crf=True`` (CutLER's pseudo-label path) refines each S × S mask with :func:`crf_refine` on
+  ``image_s`` (uint8 [S, S, 3], required) before the resize; dropped, emptied and vanished
+  masks are all-false planes (callers skip them: see :func:`run`).
+  """
+  masks_s = upsample_masks(patch_masks, size_s)
+  if crf and image_s is None:
+    raise ValueError('crf=True needs image_s, the resized image')
+  final = np.zeros((masks_s.shape[0],) + tuple(image_hw), bool)
+  for t, m in enumerate(masks_s):
+    if crf:
+      m = crf_refine(image_s, m, crf_params)[2]
+    final[t] = resize_to_original(m, image_hw)
+  return final, masks_s
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+# ----------------------------------------------------------------------------------------------
+
+
+def run(
+    extractor: Any,
+    images: Sequence[np.ndarray],
+    max_objects: int = MAX_OBJECTS,
+    tau: float = TAU,
+    fixed_size: int = FIXED_SIZE,
+    crf: bool = False,
+    batch_size: int = 8,
+    dtype: str = 'float64',
+    solver: str = 'auto',
+) -> List[Discovery]:
+  """Photos → objects. ``extractor``: a ``pipeline.FeatureExtractor`` (keys of the last block).
+
+  Args:
+    images: uint8 [H_i, W_i, 3] photos (any sizes: all are resized to ``fixed_size``²).
+    batch_size: images per ViT forward and per batched cut.
+    dtype, solver: the eigen-solve, see :func:`cut_graphs`.
+
+  Returns:
+    one :class:`Discovery` per image, in order: the non-empty final masks [K, H, W] with their
+    scores and iteration indices (K = 0 when MaskCut finds nothing).
+  """
+  p = extractor.arch.patch_size
+  out = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start : start + batch_size]
+    prepped = [preprocess(im, fixed_size, p) for im in chunk]
+    grid = prepped[0][2]
+    n = grid[0] * grid[1]
+    keys = np.asarray(extractor([pr[1] for pr in prepped], n)['k'])[: len(chunk), :n]
+    results = discover(keys, grid, max_objects, tau, dtype=dtype, solver=solver)
+    for im, (image_s, _, _), res in zip(chunk, prepped, results):
+      final, masks_s = to_image_masks(
+          res.patch_masks, im.shape[:2], image_s.shape[:2], image_s, crf
+      )
+      keep = np.flatnonzero(final.reshape(len(final), -1).any(1))
+      out.append(
+          Discovery(
+              masks=final[keep],
+              scores=res.scores[keep],
+              iterations=keep,
+              result=res,
+              image_s=image_s,
+              masks_s=masks_s,
+          )
+      )
+  return out
