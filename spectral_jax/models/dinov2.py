@@ -35,7 +35,7 @@ class DinoV2Arch:
   num_heads: int = 6
   depth: int = 12
   num_registers: int = 0
-  ffn: str = 'mlp'  # 'mlp' (fc1 → GELU → fc2) or 'swiglufused' (ViT-g: w12 → SiLU gate → w3)
+  ffn: str = 'mlp'  # 'mlp' (fc1 → GELU → fc2) or 'swiglufused' (ViT-g: w12, SiLU gate, w3)
   ffn_hidden: int = 1536
   pos_grid: int = 37  # the pretrained position table is pos_grid × pos_grid (518 / 14)
   # Hub settings: register models resample by size with antialias, the others with offset 0.1.

@@ -148,9 +148,8 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, cos, sin, key_mask=None):
     a = self.arch
-    attn_out, k, k_rope = RopeAttention(a.num_heads, a.num_prefix_tokens, self.precision, name='attn')(
-        TorchLayerNorm(a.norm_eps, name='norm1')(x), cos, sin, key_mask
-    )
+    attention = RopeAttention(a.num_heads, a.num_prefix_tokens, self.precision, name='attn')
+    attn_out, k, k_rope = attention(TorchLayerNorm(a.norm_eps, name='norm1')(x), cos, sin, key_mask)
     x = x + LayerScale(name='ls1')(attn_out)
     if a.ffn == 'mlp':
       ffn = Mlp(a.ffn_hidden, self.precision, name='mlp')
@@ -191,7 +190,8 @@ class DinoV3(nn.Module):
     d = a.embed_dim
     if images.ndim == 4:
       grid = (images.shape[1] // a.patch_size, images.shape[2] // a.patch_size)
-      images = patchify(images[:, : grid[0] * a.patch_size, : grid[1] * a.patch_size], a.patch_size)
+      crop = images[:, : grid[0] * a.patch_size, : grid[1] * a.patch_size]  # as the stride-16 conv
+      images = patchify(crop, a.patch_size)
       rope_coords = patch_coords(grid)[None]
     elif rope_coords is None:
       raise ValueError('patch sequences need rope_coords (their grids are not in the shape)')
@@ -199,11 +199,11 @@ class DinoV3(nn.Module):
     b = x.shape[0]
     cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, d))
     storage = self.param('storage_tokens', nn.initializers.zeros, (1, a.num_storage, d))
-    periods = self.param('rope_periods', _default_periods(a.rope_base, a.head_dim), (a.head_dim // 4,))
-    x = jnp.concatenate(
-        [jnp.broadcast_to(cls_token, (b, 1, d)), jnp.broadcast_to(storage, (b, a.num_storage, d)), x],
-        axis=1,
+    periods = self.param(
+        'rope_periods', _default_periods(a.rope_base, a.head_dim), (a.head_dim // 4,)
     )
+    cls_token = jnp.broadcast_to(cls_token, (b, 1, d))
+    x = jnp.concatenate([cls_token, jnp.broadcast_to(storage, (b, a.num_storage, d)), x], axis=1)
     cos, sin = rope_cos_sin(jnp.asarray(rope_coords, jnp.float32), periods)
 
     n = a.num_prefix_tokens

@@ -198,8 +198,10 @@ def resnet_to_flax(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
       continue
     stage, block, module, field = m.groups()
     prefix = (f'layer{stage}_{block}',) if stage else ()
-    module = {'downsample.0': 'downsample_conv', 'downsample.1': 'downsample_bn'}.get(module, module)
-    if not re.fullmatch(r'conv\d|bn\d|downsample_(conv|bn)', module) or (
+    module = {'downsample.0': 'downsample_conv', 'downsample.1': 'downsample_bn'}.get(
+        module, module
+    )
+    if not re.fullmatch(r'conv[123]|bn[123]|downsample_(conv|bn)', module) or (
         stage is None and module not in ('conv1', 'bn1')
     ):
       unknown.append(name)
@@ -411,7 +413,9 @@ def check_tree(got: Mapping[str, Any], expected: Mapping[str, Any], what: str = 
     if path not in got_flat:
       problems.append(f'{"/".join(path)}: missing, model expects {shape}')
     elif tuple(np.shape(got_flat[path])) != shape:
-      problems.append(f'{"/".join(path)}: {what} has {np.shape(got_flat[path])}, model expects {shape}')
+      problems.append(
+          f'{"/".join(path)}: {what} has {np.shape(got_flat[path])}, model expects {shape}'
+      )
   for path in got_flat.keys() - exp_flat.keys():
     problems.append(f'{"/".join(path)}: unexpected in {what}')
   if problems:

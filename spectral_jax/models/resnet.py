@@ -71,7 +71,8 @@ class Bottleneck(nn.Module):
     y = nn.relu(_bn('bn2')(y))
     y = _bn('bn3')(_conv(4 * p, 1, precision=prec, name='conv3')(y))
     if self.downsample:
-      x = _bn('downsample_bn')(_conv(4 * p, 1, self.stride, precision=prec, name='downsample_conv')(x))
+      x = _conv(4 * p, 1, self.stride, precision=prec, name='downsample_conv')(x)
+      x = _bn('downsample_bn')(x)
     return nn.relu(y + x)
 
 
