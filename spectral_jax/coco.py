@@ -51,7 +51,9 @@ def _rle_bytes(rle: Mapping[str, Any]) -> Dict[str, Any]:
   counts = rle['counts']
   if isinstance(counts, list):  # uncompressed RLE → compressed
     return mask_utils.frPyObjects(dict(rle), *rle['size'])
-  return {'size': list(rle['size']), 'counts': counts.encode('ascii') if isinstance(counts, str) else counts}
+  if isinstance(counts, str):
+    counts = counts.encode('ascii')
+  return {'size': list(rle['size']), 'counts': counts}
 
 
 def decode(rle: Mapping[str, Any]) -> np.ndarray:
@@ -196,8 +198,9 @@ def evaluate_class_agnostic(
   for ann in gt.get('annotations', []):
     ann['category_id'] = 1
     ann.setdefault('iscrowd', 0)
-    if 'area' not in ann:
-      ann['area'] = area(ann['segmentation']) if 'segmentation' in ann else ann['bbox'][2] * ann['bbox'][3]
+    if 'area' not in ann:  # COCOeval's area ranges need it
+      box = ann.get('bbox', [0, 0, 0, 0])
+      ann['area'] = area(ann['segmentation']) if 'segmentation' in ann else box[2] * box[3]
   gt.setdefault('info', {})
   dets = []
   for d in detections:

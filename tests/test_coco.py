@@ -52,7 +52,8 @@ def brute_bbox(mask):
   ys, xs = np.nonzero(mask)
   if not len(xs):
     return [0.0, 0.0, 0.0, 0.0]
-  return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+  x0, y0 = xs.min(), ys.min()
+  return [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
 
 
 def _random_masks():
@@ -105,7 +106,7 @@ def test_instances_equal_the_official_file(kind, tmp_path):
   assert ours['categories'][0] == official['categories'][0]
   for mine, ref in zip(ours['images'], official['images'], strict=True):
     assert set(mine) == {'id', 'file_name', 'height', 'width'}
-    assert mine['id'] == ref['id'] and mine['file_name'] == ref['file_name']
+    assert (mine['id'], mine['file_name']) == (ref['id'], ref['file_name'])
     # The official file swaps them; ours carries the true size.
     assert (mine['height'], mine['width']) == (ref['width'], ref['height'])
   assert len(ours['annotations']) == len(official['annotations'])
@@ -123,7 +124,8 @@ def test_instances_equal_the_official_file(kind, tmp_path):
     res = gt.loadRes(json.loads(path.read_text())['annotations'])
   assert len(gt.getImgIds()) == 3 and len(res.getAnnIds()) == len(ours['annotations'])
   for ann in ours['annotations']:
-    np.testing.assert_array_equal(gt.annToMask(gt.anns[ann['id']]), coco.decode(ann['segmentation']))
+    decoded = coco.decode(ann['segmentation'])
+    np.testing.assert_array_equal(gt.annToMask(gt.anns[ann['id']]), decoded)
 
 
 # --- class-agnostic AP on a generated dataset ---------------------------------------------------
@@ -143,8 +145,8 @@ def _gt_dataset():
       {'image_id': i, 'mask': _square((40, 60), y, x), 'category_id': 1 + n % 2}
       for n, (i, y, x) in enumerate(objects)
   ]
-  gt = coco.instances_json(images, anns, categories=[{'id': 1, 'name': 'a'}, {'id': 2, 'name': 'b'}])
-  return gt, objects
+  categories = [{'id': 1, 'name': 'a'}, {'id': 2, 'name': 'b'}]
+  return coco.instances_json(images, anns, categories), objects
 
 
 def _detections(objects, scores, shift=None):

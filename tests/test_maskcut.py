@@ -105,12 +105,29 @@ def test_per_iteration_rules(name, results):
   assert (res.scores <= 1).all()
 
 
-def test_single_float32_equals_batched_float64(results):
-  # One image alone, float32 graph and batched jnp eigh (the fixture used host LAPACK in
-  # float64 on CPU): the README says a float32 solve reproduces every mask.
-  (f32,) = maskcut.discover(_data('coffee')['k'][None], GRID, dtype='float32', solver='jax')
-  np.testing.assert_array_equal(f32.patch_masks, results['coffee'].patch_masks)
-  np.testing.assert_allclose(f32.eigenvalues, results['coffee'].eigenvalues, atol=1e-4)
+@pytest.mark.parametrize(
+    'solver, dtype', [('jax', 'float32'), ('jax', 'float64'), ('lapack', 'float64')]
+)
+def test_other_solvers_on_one_graph(solver, dtype):
+  """The other routes (the fixture ran 'auto', i.e. ARPACK on a CPU host) on one official graph.
+
+  Chelsea's 2nd iteration (171 patches painted, the side rule reverses). The README: even a
+  float32 solve reproduces every mask of the set.
+  """
+  data, t = _data('chelsea'), 1
+  edges, lam, x = maskcut.cut_graphs(
+      data['k'][None], data['iter_masked_patches'][t].reshape(1, -1), dtype=dtype, solver=solver
+  )
+  assert abs(int(edges.sum()) - int(data['iter_edges'][t])) <= 4
+  f64 = dtype == 'float64'
+  np.testing.assert_allclose(lam[0], data['iter_eigenvalues'][t], atol=1e-12 if f64 else 1e-4)
+  ref = data['iter_eigenvector'][t]
+  sign = np.sign(x[0] @ ref)
+  np.testing.assert_allclose(sign * x[0], ref, atol=(1e-9 if f64 else 1e-3) * np.abs(ref).max())
+  bip, _, rev, seed = maskcut.choose_side(x[0], GRID)
+  fg = (~bip if rev else bip).reshape(GRID)
+  np.testing.assert_array_equal(fg, data['iter_foreground'][t])
+  np.testing.assert_array_equal(maskcut.seed_component(fg, seed), data['iter_component'][t])
 
 
 @pytest.mark.parametrize('name', IDS)
@@ -188,6 +205,13 @@ def test_synthetic_object_and_the_overlap_quirk():
   final, masks_s = maskcut.to_image_masks(res.patch_masks, (30, 45), (96, 96))
   assert [m.any() for m in masks_s] == [True, False, False]
   assert [m.any() for m in final] == [True, False, False]
+
+
+def test_degenerate_graph_does_not_break():
+  # All keys zero: every affinity is eps, the eigenspace is degenerate; any cut, no NaN.
+  (res,) = maskcut.discover(np.zeros((1, 16, 4), np.float32), (4, 4))
+  assert np.isfinite(res.eigenvectors).all() and np.isfinite(res.scores).all()
+  assert res.kept[0] and res.patch_masks[0].any()
 
 
 def test_nothing_found_gives_zero_objects():
