@@ -6,6 +6,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A workdir remembers the settings of its outputs; a rerun with other settings stops
+  # unless overwrite=True, which deletes the outdated outputs and recomputes them.
+  config.overwrite = False
 
   # Multi-process runs (one process per host): JAX's distributed runtime. On TPU pods, SLURM
   # and similar clusters the empty values are detected automatically.
@@ -14,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.coordinator_address = ''  # host:port of process 0
   config.distributed.num_processes = 0
   config.distributed.process_id = -1
+  config.distributed.timeout_s = 300  # how long a process waits for its peers at start-up
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'dino_vits16'  # dino_vits16 | dino_vits8 | dino_vitb16 | dino_vitb8
@@ -34,8 +38,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.tfds_dir = ''  # tfds data_dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)
   config.data.no_hard = False  # drop difficult/truncated VOC boxes, skip images left with none
   config.data.limit = 0  # 0 = all images
-  config.data.max_pixels = 8192 * 8192
+  config.data.max_pixels = 8192 * 8192  # larger files are refused before decoding
+  # Working resolution: an image with more patches than this runs downscaled (aspect kept;
+  # outputs in the original's pixels). 6,400 = 640×640 at patch 8, so no image of VOC, COCO
+  # or the saliency sets changes. resize_large=False skips such images instead.
+  config.data.max_tokens = 6400
+  config.data.resize_large = True
   config.data.batch_size = 8  # images per forward (same size bucket)
+  config.data.batch_tokens = 32768  # and at most this many tokens per forward
   config.data.bucket_tokens = -1  # pad token counts up to multiples of this; -1 = by backend
 
   config.spectral = ml_collections.ConfigDict()

@@ -9,8 +9,10 @@ the hot path communicates. Processes meet only to reduce metrics (``process_sum`
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
+from absl import logging
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -62,7 +64,10 @@ def process_sum(values: np.ndarray) -> np.ndarray:
 
 def barrier(name: str) -> None:
   if jax.process_count() > 1:
+    start = time.perf_counter()
+    logging.info('process %d waiting for the other processes at %r', jax.process_index(), name)
     multihost_utils.sync_global_devices(name)
+    logging.info('%r reached by every process after %.1f s', name, time.perf_counter() - start)
 
 
 def is_main_process() -> bool:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
+from PIL import Image
 
 from spectral_jax import parallel
 from spectral_jax.data import datasets
@@ -32,12 +33,30 @@ class ImageResult:
   """What the pipeline knows about one image. Arrays are numpy, on the host."""
 
   example: Any  # datasets.Example
-  image: np.ndarray  # uint8 [H, W, 3], uncropped
+  image: np.ndarray  # uint8 [H', W', 3], uncropped, at working resolution (see fit_tokens)
   patch_size: int
   patch_grid: tuple[int, int]
   features: Optional[np.ndarray] = None  # [h·w, D]
-  eigenvalues: Optional[np.ndarray] = None  # [K]
-  eigenvectors: Optional[np.ndarray] = None  # [K, h·w]
+  eigenvalues: Optional[np.ndarray] = None  # [K'], K' = min(K, h·w − 1)
+  eigenvectors: Optional[np.ndarray] = None  # [K', h·w]
+  original_hw: Optional[tuple[int, int]] = None  # (H, W) of the file; None = image.shape
+
+  @property
+  def image_hw(self) -> tuple[int, int]:
+    """(H, W) of the original image: the frame every output is given in."""
+    return self.original_hw or (int(self.image.shape[0]), int(self.image.shape[1]))
+
+  @property
+  def resized(self) -> bool:
+    return tuple(self.image_hw) != tuple(self.image.shape[:2])
+
+  def box_to_original(self, box_xyxy) -> np.ndarray:
+    """A box [x0, y0, x1, y1] (exclusive max) in working pixels → pixels of the original."""
+    return scale_box(box_xyxy, self.image.shape[:2], self.image_hw)
+
+  def mask_to_original(self, mask: np.ndarray) -> np.ndarray:
+    """A mask [H', W'] at working resolution → [H, W] (nearest)."""
+    return resize_mask(mask, self.image_hw)
 
 
 @dataclasses.dataclass
@@ -154,27 +173,120 @@ def load_extractor(
   return FeatureExtractor(arch, jax.device_put(params), precision, feature_block)
 
 
-def _decode(example, max_pixels: int, min_side: int):
+class TooLargeError(ValueError):
+  """An image above ``data.max_tokens`` patches with ``data.resize_large=False``."""
+
+
+def working_size(image_hw, patch_size: int, max_tokens: int) -> tuple[int, int]:
+  """(H', W') with at most ``max_tokens`` whole patches, aspect kept; (H, W) if it fits."""
+  h, w = int(image_hw[0]), int(image_hw[1])
+  if (h // patch_size) * (w // patch_size) <= max_tokens:
+    return h, w
+  scale = np.sqrt(max_tokens * patch_size * patch_size / (h * w))
+  while True:  # rounding can leave a patch too many: shrink by 0.5 % until it fits
+    size = max(int(h * scale), 1), max(int(w * scale), 1)
+    if (size[0] // patch_size) * (size[1] // patch_size) <= max_tokens:
+      return size
+    scale *= 0.995
+
+
+def fit_tokens(
+    image: np.ndarray, patch_size: int, max_tokens: int, resize: bool = True, name: str = ''
+) -> np.ndarray:
+  """The image at working resolution: downscaled (antialiased bicubic) to ``max_tokens``
+  patches if it has more, else unchanged. ``resize=False`` raises TooLargeError instead."""
+  size = working_size(image.shape[:2], patch_size, max_tokens)
+  if size == tuple(image.shape[:2]):
+    return image
+  tokens = (image.shape[0] // patch_size) * (image.shape[1] // patch_size)
+  if not resize:
+    raise TooLargeError(
+        f'{name}: {image.shape[1]}x{image.shape[0]} has {tokens} patches, above '
+        f'data.max_tokens={max_tokens}, and data.resize_large=False'
+    )
+  logging.info(
+      '%s: %dx%d (%d patches) downscaled to %dx%d for the model; outputs are given at %dx%d',
+      name, image.shape[1], image.shape[0], tokens, size[1], size[0], image.shape[1],
+      image.shape[0],
+  )
+  return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def scale_box(box_xyxy, from_hw, to_hw) -> np.ndarray:
+  """Box [x0, y0, x1, y1] (exclusive max) from one pixel frame to another, covering the same
+  area (floor of the minimum, ceiling of the maximum), clipped to the target image."""
+  if tuple(from_hw) == tuple(to_hw):
+    return np.asarray(box_xyxy)
+  sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+  x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+  return np.array(
+      [
+          max(int(np.floor(x0 * sx)), 0),
+          max(int(np.floor(y0 * sy)), 0),
+          min(int(np.ceil(x1 * sx)), to_hw[1]),
+          min(int(np.ceil(y1 * sy)), to_hw[0]),
+      ]
+  )
+
+
+def resize_mask(mask: np.ndarray, to_hw) -> np.ndarray:
+  """Nearest-neighbour resize of a 2-D mask or label map to (H, W)."""
+  if tuple(mask.shape[:2]) == tuple(to_hw):
+    return mask
+  rows = np.minimum((np.arange(to_hw[0]) + 0.5) * mask.shape[0] / to_hw[0], mask.shape[0] - 1)
+  cols = np.minimum((np.arange(to_hw[1]) + 0.5) * mask.shape[1] / to_hw[1], mask.shape[1] - 1)
+  return mask[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+
+
+# Fewest patches an image needs: eigenvector 1 (the Fiedler vector) of K' >= 2 needs 3 nodes.
+MIN_TOKENS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+  """What ``data.*`` allows per image (see configs/base.py)."""
+
+  max_pixels: int = 8192 * 8192
+  max_tokens: int = 6400
+  resize_large: bool = True
+  min_tokens: int = MIN_TOKENS
+
+
+def _decode(example, patch_size: int, limits: ImageLimits):
+  """(example, working image, original (H, W), error) — errors are returned, never raised."""
   try:
-    return example, datasets.load_image(example, min_side=min_side, max_pixels=max_pixels), None
-  except (OSError, ValueError) as e:  # one bad image must not stop a dataset run
-    return example, None, e
+    image = datasets.load_image(example, min_side=patch_size, max_pixels=limits.max_pixels)
+    original = (int(image.shape[0]), int(image.shape[1]))
+    name = str(example.path or example.id)
+    image = fit_tokens(image, patch_size, limits.max_tokens, limits.resize_large, name)
+    tokens = (image.shape[0] // patch_size) * (image.shape[1] // patch_size)
+    if tokens < limits.min_tokens:
+      raise datasets.decode.BadImageError(
+          name,
+          f'{image.shape[1]}x{image.shape[0]} has {tokens} patches of {patch_size} px; '
+          f'at least {limits.min_tokens} are needed',
+      )
+    return example, image, original, None
+  except (OSError, ValueError, MemoryError) as e:  # one bad image must not stop a dataset run
+    return example, None, None, e
 
 
 def decoded(
     examples: Sequence[Any],
-    max_pixels: int,
-    min_side: int,
+    patch_size: int,
+    limits: ImageLimits = ImageLimits(),
     workers: int = 4,
     on_error: Optional[Callable[[Any, Exception], None]] = None,
-) -> Iterator[tuple[Any, np.ndarray]]:
-  """Decodes images in background threads, in order, a bounded window ahead."""
+) -> Iterator[tuple[Any, np.ndarray, tuple[int, int]]]:
+  """(example, working image, original (H, W)) per readable image, decoded in background
+  threads, in order, a bounded window ahead (large images are downscaled in the thread, so
+  the window holds working-size images only)."""
   window = max(2 * workers, 8)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     pending = collections.deque()
     it = iter(examples)
     for ex in it:
-      pending.append(pool.submit(_decode, ex, max_pixels, min_side))
+      pending.append(pool.submit(_decode, ex, patch_size, limits))
       if len(pending) >= window:
         yield from _finish(pending.popleft(), on_error)
     while pending:
@@ -182,13 +294,13 @@ def decoded(
 
 
 def _finish(future, on_error):
-  example, image, error = future.result()
+  example, image, original, error = future.result()
   if error is not None:
-    logging.warning('skipping %s: %s', example.path, error)
+    logging.warning('skipping %s: %s', example.path or example.id, error)
     if on_error is not None:
       on_error(example, error)
     return
-  yield example, image
+  yield example, image, original
 
 
 def bucket_length(grid: tuple[int, int], step: int) -> int:
@@ -197,24 +309,43 @@ def bucket_length(grid: tuple[int, int], step: int) -> int:
   return -(-n // step) * step if step > 0 else n
 
 
+# Largest B·N² of a batch's affinity matrices (float32: 256 MiB per copy).
+MAX_BATCH_PAIRS = 1 << 26
+
+
+def batch_capacity(length: int, batch_size: int, batch_tokens: int) -> int:
+  """Images per batch at ``length`` tokens: ≤ batch_size, B·L ≤ batch_tokens, B·L² bounded."""
+  return max(1, min(batch_size, batch_tokens // length, MAX_BATCH_PAIRS // (length * length)))
+
+
 def size_batches(
-    items: Iterable[tuple[Any, np.ndarray]],
+    items: Iterable[tuple[Any, np.ndarray, Any]],
     patch_size: int,
     batch_size: int,
     bucket_tokens: int = 0,
     same_grid: bool = False,
-) -> Iterator[list[tuple[Any, np.ndarray]]]:
+    batch_tokens: int = 1 << 15,
+    spectral_k: int = 0,
+) -> Iterator[list[tuple[Any, np.ndarray, Any]]]:
   """Groups images by bucketed token count (or by exact patch grid if ``same_grid``).
 
-  A group is emitted when full, the rest at the end; memory stays bounded by (number of
-  buckets) × batch_size images.
+  A group is emitted when its token budget is full (``batch_capacity``), the rest at the
+  end; memory stays bounded by (number of buckets) × one batch. Images with no more than
+  ``spectral_k`` patches group by their exact count (their K is clamped to count − 1).
   """
   groups: dict[Any, list] = collections.defaultdict(list)
-  for example, image in items:
+  for item in items:
+    image = item[1]
     grid = (image.shape[0] // patch_size, image.shape[1] // patch_size)
-    key = grid if same_grid else bucket_length(grid, bucket_tokens)
-    groups[key].append((example, image))
-    if len(groups[key]) == batch_size:
+    n = grid[0] * grid[1]
+    if same_grid:
+      key, length = grid, n
+    elif spectral_k and n <= spectral_k:
+      key, length = ('exact', n), n
+    else:
+      key = length = bucket_length(grid, bucket_tokens)
+    groups[key].append(item)
+    if len(groups[key]) >= batch_capacity(length, batch_size, batch_tokens):
       yield groups.pop(key)
   yield from groups.values()
 
@@ -322,17 +453,26 @@ def _dispatch(
     solver: str,
 ) -> _InFlight:
   p = extractor.arch.patch_size
-  crops = [vit.crop_to_patches(image, p) for _, image in batch]
+  crops = [vit.crop_to_patches(item[1], p) for item in batch]
   grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
-  feats = extractor(crops, bucket_length(grids[0], bucket_tokens))['k']
+  tokens = [h * w for h, w in grids]
+  feats = extractor(crops, bucket_length(grids[0], bucket_tokens) if min(tokens) > spectral_k
+                    else max(tokens))['k']
   vals = vecs = None
   if spectral_k:
+    # Tiny images (no more patches than K) come in batches of one token count: K' = N − 1.
+    k = min(spectral_k, min(tokens) - 1)
+    if k < spectral_k:
+      logging.info(
+          '%s: %d patches, so %d eigenvectors instead of spectral.K=%d',
+          ', '.join(str(item[0].id) for item in batch), min(tokens), k, spectral_k,
+      )
     vals, vecs = spectral_decomposition(
         feats,
-        np.array([h * w for h, w in grids]),
-        [im for _, im in batch],
+        np.array(tokens),
+        [item[1] for item in batch],
         grids[0],
-        spectral_k,
+        k,
         color_lambda,
         which_matrix,
         solver,
@@ -340,13 +480,21 @@ def _dispatch(
   return _InFlight(batch, grids, feats, vals, vecs)
 
 
-def _collect(job: _InFlight, patch_size: int) -> Iterator[ImageResult]:
+def _nonfinite(result: ImageResult) -> str:
+  for name in ('features', 'eigenvalues', 'eigenvectors'):
+    value = getattr(result, name)
+    if value is not None and not np.isfinite(value).all():
+      return name
+  return ''
+
+
+def _collect(job: _InFlight, patch_size: int, on_error=None) -> Iterator[ImageResult]:
   feats = np.asarray(job.feats)
   vals = None if job.vals is None else np.asarray(job.vals)
   vecs = None if job.vecs is None else np.asarray(job.vecs)
-  for i, (example, image) in enumerate(job.batch):
+  for i, (example, image, original) in enumerate(job.batch):
     n = job.grids[i][0] * job.grids[i][1]
-    yield ImageResult(
+    result = ImageResult(
         example,
         image,
         patch_size,
@@ -354,7 +502,16 @@ def _collect(job: _InFlight, patch_size: int) -> Iterator[ImageResult]:
         feats[i, :n],
         None if vals is None else vals[i],
         None if vecs is None else vecs[i, :, :n],
+        original,
     )
+    bad = _nonfinite(result)
+    if bad:  # NaN weights or an overflow: never a box from NaN eigenvectors
+      error = FloatingPointError(f'non-finite {bad} (NaN or inf) for {example.path or example.id}')
+      logging.warning('skipping %s: %s', example.id, error)
+      if on_error is not None:
+        on_error(example, error)
+      continue
+    yield result
 
 
 def run_images(
@@ -362,35 +519,44 @@ def run_images(
     examples: Sequence[Any],
     *,
     batch_size: int,
-    max_pixels: int,
+    limits: ImageLimits = ImageLimits(),
     spectral_k: int = 0,
     color_lambda: float = 0.0,
     which_matrix: str = 'laplacian',
     solver: str = 'auto',
     bucket_tokens: int = 32,
+    batch_tokens: int = 1 << 15,
     on_error: Optional[Callable[[Any, Exception], None]] = None,
 ) -> Iterator[ImageResult]:
   """Features (and eigenpairs if spectral_k > 0) for every readable image.
 
-  Images run as patch sequences padded to token counts rounded up to ``bucket_tokens``,
-  so a dataset with many sizes compiles a few shapes (500×375 and 375×500 share one);
-  the colour and affinity variants batch images of the same grid only. Decoding runs in
-  threads ahead of the device, and the next batch is dispatched before the previous
-  one's results are handed out, so host work overlaps device work.
+  Images above ``limits.max_tokens`` patches run downscaled (``fit_tokens``; results carry
+  ``original_hw`` to map outputs back). Images run as patch sequences padded to token counts
+  rounded up to ``bucket_tokens``, so a dataset with many sizes compiles a few shapes
+  (500×375 and 375×500 share one); batches hold at most ``batch_size`` images and
+  ``batch_tokens`` tokens. The colour and affinity variants batch images of the same grid
+  only. Decoding runs in threads ahead of the device, and the next batch is dispatched before
+  the previous one's results are handed out, so host work overlaps device work. Unreadable,
+  too small or non-finite images go to ``on_error`` and are not yielded.
   """
   p = extractor.arch.patch_size
   same_grid = color_lambda > 0 or which_matrix != 'laplacian'
   if same_grid:
     bucket_tokens = 0
-  items = decoded(examples, max_pixels=max_pixels, min_side=p, on_error=on_error)
+  if spectral_k:
+    limits = dataclasses.replace(limits, min_tokens=max(limits.min_tokens, MIN_TOKENS))
+  items = decoded(examples, p, limits, on_error=on_error)
   in_flight = None
-  for batch in size_batches(items, p, batch_size, bucket_tokens, same_grid):
+  batches = size_batches(
+      items, p, batch_size, bucket_tokens, same_grid, batch_tokens, spectral_k
+  )
+  for batch in batches:
     job = _dispatch(extractor, batch, bucket_tokens, spectral_k, color_lambda, which_matrix, solver)
     if in_flight is not None:
-      yield from _collect(in_flight, p)
+      yield from _collect(in_flight, p, on_error)
     in_flight = job
   if in_flight is not None:
-    yield from _collect(in_flight, p)
+    yield from _collect(in_flight, p, on_error)
 
 
 class Progress:

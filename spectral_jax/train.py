@@ -730,6 +730,25 @@ def _check_data_position(saved: dict, current: dict) -> None:
       )
 
 
+def _trim_log(log_path: Path, step: int) -> None:
+  """Drops log lines after ``step`` (written after the checkpoint a resumed run starts
+  from), so a resumed run logs each step once."""
+  records = io.read_jsonl(log_path)
+  kept = [r for r in records if r.get('step', 0) <= step]
+  if len(kept) != len(records):
+    io.save_jsonl(log_path, kept)
+
+
+def _check_finite(record: Mapping[str, float], step: int, cfg: TrainConfig) -> None:
+  bad = sorted(k for k, v in record.items() if not np.isfinite(v))
+  if bad:
+    raise FloatingPointError(
+        f'training diverged at step {step}: {", ".join(bad)} not finite '
+        f'(learning_rate={cfg.learning_rate}); the last finite checkpoint is kept: lower '
+        '--config.train.learning_rate and rerun'
+    )
+
+
 def train_and_evaluate(
     cfg: TrainConfig,
     model: segmenter.DeepLabV3Plus,
@@ -772,6 +791,8 @@ def train_and_evaluate(
   start = int(state.step)
   end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
   log_path = workdir / 'train_log.jsonl'
+  if parallel.is_main_process():
+    _trim_log(log_path, start)
   last_eval: Optional[dict] = None
   tick = time.perf_counter()
   log = io.append_jsonl if parallel.is_main_process() else lambda *_: None
@@ -780,6 +801,7 @@ def train_and_evaluate(
     done = step + 1
     if _due(done, cfg.log_every) or done == cfg.steps:
       record = {k: float(v) for k, v in step_metrics.items()}
+      _check_finite(record, done, cfg)
       record.update(
           step=done,
           learning_rate=float(learning_rate_schedule(cfg)(step)),
@@ -795,6 +817,7 @@ def train_and_evaluate(
       log(log_path, [{'step': done, 'val_miou': last_eval['miou']}])
       logging.info('step %d: val mIoU %.4f', done, last_eval['miou'])
     if should_eval or _due(done, cfg.checkpoint_every):
+      _check_finite({k: float(v) for k, v in step_metrics.items()}, done, cfg)  # no NaN saved
       _save(
           mngr,
           state,

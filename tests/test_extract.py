@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spectral_jax.tasks import extract
+from spectral_jax.tasks import common, extract
 from tests.conftest import PARITY, PARITY_IDS
 
 
@@ -50,7 +50,12 @@ def test_second_run_recomputes_nothing(extracted, monkeypatch):
 
   config = folder.get_config()
   config.data.root = str(PARITY / 'images')
-  config.model.checkpoint = '/nonexistent.pth'  # would fail if the model were loaded
+  config.model.checkpoint = str(PARITY / 'checkpoint.pth')
+
+  def no_model(*_):
+    raise AssertionError('the model was loaded although every image is done')
+
+  monkeypatch.setattr(common, 'load_extractor', no_model)
   before = {p: p.stat().st_mtime_ns for p in extracted.glob('*/*.npz')}
   extract.run(config, extracted)
   assert {p: p.stat().st_mtime_ns for p in extracted.glob('*/*.npz')} == before

@@ -35,7 +35,7 @@ def examples(tmp_path):
 def run(extractor, exs, **kw):
   return {
       r.example.id: r
-      for r in pipeline.run_images(extractor, exs, max_pixels=10**8, spectral_k=5, **kw)
+      for r in pipeline.run_images(extractor, exs, spectral_k=5, **kw)
   }
 
 

@@ -48,7 +48,11 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
+)
+# A folder holding this entry is a spectral_jax workdir: never listed as input.
+WORKDIR_MARKER = ".spectral_jax"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +80,7 @@ class Example:
       features from the full image and crops only at evaluation.
     apply_exif: honour EXIF orientation when decoding (False where annotations exist).
     tfds_ref: record location for tfds datasets.
+    gt_error: set when the image's annotation exists but cannot be read (scored as skipped).
   """
 
   id: str
@@ -87,6 +92,7 @@ class Example:
   center_crop: bool = False
   apply_exif: bool = True
   tfds_ref: TfdsRef | None = None
+  gt_error: str | None = None  # why the ground truth of an annotated image is unusable
 
   @property
   def gt_boxes(self) -> np.ndarray | None:
@@ -194,7 +200,19 @@ def voc_devkit(
     xml_path = base / "Annotations" / f"{image_id}.xml"
     if not xml_path.is_file():
       raise FileNotFoundError(f"VOC annotation not found: {xml_path}")
-    ann = parse_voc_xml(xml_path, no_hard=no_hard)
+    try:
+      ann = parse_voc_xml(xml_path, no_hard=no_hard)
+    except ValueError as e:  # one bad annotation is not scored; the image still runs
+      logging.warning("%s", e)
+      examples.append(
+          Example(
+              id=image_id,
+              path=str(base / "JPEGImages" / f"{image_id}.jpg"),
+              apply_exif=False,
+              gt_error=str(e),
+          )
+      )
+      continue
     if no_hard and len(ann["boxes"]) == 0:
       skipped += 1
       continue
@@ -556,13 +574,42 @@ _SALIENCY_LAYOUTS: dict[str, tuple[tuple[str, ...], str, str, bool]] = {
 }
 
 
-def _list_images(folder: Path) -> list[Path]:
-  """Image files under `folder` (recursive), sorted by path; hidden files skipped."""
-  return sorted(
-      p
-      for p in folder.rglob("*")
-      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-  )
+def _list_images(folder: Path, exclude: Sequence[PathLike] = ()) -> list[Path]:
+  """Image files under `folder` (recursive, symlinked folders followed once), sorted by path.
+
+  Hidden files and folders are skipped, and so are spectral_jax workdirs (``exclude`` and any
+  folder holding ``WORKDIR_MARKER``), so outputs written inside `folder` never become inputs.
+  Files with other extensions are counted in one log line.
+  """
+  excluded = {os.path.realpath(p) for p in exclude}
+  seen_dirs: set[tuple[int, int]] = set()
+  images, others = [], {}
+  for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    st = os.stat(dirpath)
+    if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop or a second link to a folder
+      dirnames[:] = []
+      continue
+    seen_dirs.add((st.st_dev, st.st_ino))
+    if WORKDIR_MARKER in dirnames or os.path.realpath(dirpath) in excluded:
+      dirnames[:] = []
+      continue
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for name in filenames:
+      if name.startswith("."):
+        continue
+      suffix = os.path.splitext(name)[1].lower()
+      if suffix in IMAGE_EXTENSIONS:
+        images.append(Path(dirpath) / name)
+      else:
+        others[suffix or "(none)"] = others.get(suffix or "(none)", 0) + 1
+  if others:
+    logging.warning(
+        "%s: %d files that are not images were ignored (%s)",
+        folder,
+        sum(others.values()),
+        ", ".join(f"{k}: {v}" for k, v in sorted(others.items())),
+    )
+  return sorted(images)
 
 
 def _by_stem(paths: Sequence[Path], what: str) -> dict[str, Path]:
@@ -641,23 +688,31 @@ def _folder_id(path: Path, root: Path) -> str:
 
 
 def image_folder(
-    root: PathLike, boxes: PathLike | None = None, masks_dir: PathLike | None = None
+    root: PathLike,
+    boxes: PathLike | None = None,
+    masks_dir: PathLike | None = None,
+    exclude: Sequence[PathLike] = (),
 ) -> list[Example]:
-  """Every image under `root` (jpg/jpeg/png/bmp/webp, recursive, sorted by path).
+  """Every image under `root` (see `IMAGE_EXTENSIONS`; recursive, sorted by path).
 
   Args:
-    root: folder of images. Example ids are the relative paths without suffix, '/' -> '__'.
+    root: folder of images, or one image file. Example ids are the relative paths without
+      suffix, '/' -> '__'. Hidden entries and spectral_jax workdirs are skipped.
     boxes: None, a folder of VOC XML files (matched by image stem; LOST conversion) or a COCO
       JSON file (matched by file name, relative path or basename; int(round(.)), no crowd).
       Images without an annotation get an empty [0, 4] box array (logged).
     masks_dir: folder of GT masks matched by image stem.
+    exclude: folders never listed (e.g. the run's workdir).
   EXIF orientation is applied only when no boxes or masks are given (annotations refer to
   the stored pixel grid).
   """
-  root = Path(root)
-  if not root.is_dir():
+  root = Path(root).expanduser()
+  if root.is_file():  # a single image: its own one-image dataset, named by its stem
+    images, root = [root], root.parent
+  elif not root.is_dir():
     raise FileNotFoundError(f"image folder not found: {root}")
-  images = _list_images(root)
+  else:
+    images = _list_images(root, exclude)
   if masks_dir is not None:
     masks_dir = Path(masks_dir)
     masks_abs = masks_dir.resolve()
@@ -668,6 +723,7 @@ def image_folder(
     raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
 
   box_of: dict[Path, tuple[np.ndarray, tuple[str, ...], tuple[int, int] | None]] = {}
+  gt_errors: dict[Path, str] = {}
   if boxes is not None:
     bpath = Path(boxes)
     missing = []
@@ -675,7 +731,12 @@ def image_folder(
       for p in images:
         xml = bpath / f"{p.stem}.xml"
         if xml.is_file():
-          ann = parse_voc_xml(xml)
+          try:
+            ann = parse_voc_xml(xml)
+          except ValueError as e:  # scored as skipped; the image still runs
+            logging.warning("%s", e)
+            gt_errors[p] = str(e)
+            continue
           box_of[p] = (ann["boxes"], ann["labels"], ann["image_hw"])
         else:
           missing.append(p.name)
@@ -700,7 +761,7 @@ def image_folder(
   examples = []
   for p in images:
     b, lab, hw = box_of.get(p, (None, None, None))
-    if boxes is not None and b is None:
+    if boxes is not None and b is None and p not in gt_errors:
       b, lab = np.zeros((0, 4), np.float64), ()
     m = masks.get(p.stem)
     examples.append(
@@ -712,6 +773,7 @@ def image_folder(
             labels=lab,
             mask_path=str(m) if m is not None else None,
             apply_exif=not annotated,
+            gt_error=gt_errors.get(p),
         )
     )
   logging.info("%s: %d images", root, len(examples))

@@ -62,7 +62,46 @@ class TorchLayerNorm(nn.Module):
     return centred / jnp.sqrt(var + self.eps) * scale + bias
 
 
+# Attention logits above this many bytes run in query chunks (memory B·heads·chunk·T instead
+# of B·heads·T²): a 12 MP photo at patch 16 would otherwise need 157 GB per block.
+ATTENTION_CHUNK_BYTES = 1 << 28
+
+
+def _attend(q, k, v, key_mask, precision):
+  """softmax(q kᵀ / √c) v for q [B, Q, H, C], k, v [B, T, H, C] → ([B, Q, H, C], [B, H, Q, T])."""
+  logits = jnp.einsum('bqhc,bkhc->bhqk', q, k, precision=precision) * q.shape[-1] ** -0.5
+  if key_mask is not None:  # padded tokens: exp(-inf) = 0, so real tokens never see them
+    logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
+  attn = jax.nn.softmax(logits, axis=-1)
+  return jnp.einsum('bhqk,bkhc->bqhc', attn, v, precision=precision), attn
+
+
+def query_chunk(batch: int, heads: int, tokens: int, budget: int = ATTENTION_CHUNK_BYTES) -> int:
+  """Queries per chunk so that float32 logits [B, H, chunk, T] fit ``budget`` (T if they all do)."""
+  full = batch * heads * tokens * tokens * 4
+  if full <= budget:
+    return tokens
+  return max(budget // (batch * heads * tokens * 4), 64)
+
+
+def chunked_attention(q, k, v, key_mask, precision, chunk: int):
+  """``_attend`` over query chunks of ``chunk`` rows, one at a time (``lax.map``); the same
+  values, with peak memory B·H·chunk·T instead of B·H·T²."""
+  b, t, h, c = q.shape
+  n_chunks = -(-t // chunk)
+  q = jnp.pad(q, ((0, 0), (0, n_chunks * chunk - t), (0, 0), (0, 0)))
+  q = q.reshape(b, n_chunks, chunk, h, c).transpose(1, 0, 2, 3, 4)
+  out = jax.lax.map(lambda qc: _attend(qc, k, v, key_mask, precision)[0], q)
+  return out.transpose(1, 0, 2, 3, 4).reshape(b, n_chunks * chunk, h, c)[:, :t]
+
+
 class Attention(nn.Module):
+  """Multi-head self-attention; returns (output, qkv, attention probabilities or None).
+
+  Above ``ATTENTION_CHUNK_BYTES`` of logits the queries run in chunks and the probabilities
+  are not materialised (None).
+  """
+
   num_heads: int
   precision: Any = 'highest'
 
@@ -72,12 +111,12 @@ class Attention(nn.Module):
     hd = d // self.num_heads
     qkv = nn.Dense(3 * d, precision=self.precision, name='qkv')(x)
     q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, t, self.num_heads, hd) for i in range(3))
-    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k, precision=self.precision) * hd**-0.5
-    if key_mask is not None:  # padded tokens: exp(-inf) = 0, so real tokens never see them
-      logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
-    attn = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum('bhqk,bkhc->bqhc', attn, v, precision=self.precision).reshape(b, t, d)
-    out = nn.Dense(d, precision=self.precision, name='proj')(out)
+    chunk = query_chunk(b, self.num_heads, t)
+    if chunk >= t:
+      out, attn = _attend(q, k, v, key_mask, self.precision)
+    else:
+      out, attn = chunked_attention(q, k, v, key_mask, self.precision, chunk), None
+    out = nn.Dense(d, precision=self.precision, name='proj')(out.reshape(b, t, d))
     return out, qkv, attn
 
 

@@ -133,7 +133,9 @@ def knn_color_affinity(
   rows = jnp.arange(n)[:, None]
   for k, dw in zip(n_neighbors, distance_weights):
     points = jnp.concatenate([rgb, jnp.asarray(_pixel_positions(h, w, float(dw)))], axis=1)
-    idx = _knn_indices(points, int(k))
+    # A thumbnail with fewer pixels than neighbours: every pixel is a neighbour (the
+    # official KNN would fail there; for n >= k nothing changes).
+    idx = _knn_indices(points, min(int(k), n))
     counts = counts.at[rows, idx].add(1.0)
   # Each (i, j) pair is also entered as (j, i).
   return counts + counts.T

@@ -3,50 +3,97 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import math
+import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import jax
 
-from spectral_jax import io, pipeline
+from spectral_jax import io, pipeline, workdirs
 from spectral_jax.data import datasets
+from spectral_jax.models import checkpoints
 
 SOLVERS = ('auto', 'dense', 'lanczos')
+PRECISIONS = ('highest', 'high', 'default', 'float32', 'bfloat16')
 # data.bucket_tokens = -1: measured in benchmarks/README.md (bench_localize.py --bucket-tokens).
 CPU_BUCKET_TOKENS = 32
 ACCELERATOR_BUCKET_TOKENS = 64
+MAX_BUCKET_TOKENS = 4096
+
+
+def _fail(flag: str, value: Any, why: str) -> None:
+  raise ValueError(f'--config.{flag}={value!r}: {why}')
+
+
+def _finite_number(flag: str, value: Any, minimum: float = -math.inf) -> None:
+  if not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+    _fail(flag, value, f'must be a finite number >= {minimum}')
+
+
+def expand_user_paths(config) -> None:
+  """Expands a leading '~' in every string setting (every path flag, whatever its section)."""
+  for key, value in list(config.items()):
+    if hasattr(value, 'items'):
+      expand_user_paths(value)
+    elif isinstance(value, str) and (value == '~' or value.startswith('~/')):
+      config[key] = os.path.expanduser(value)
 
 
 def check_config(config) -> None:
   """Fails fast, naming the flag, before any image or weight is touched."""
-  s = config.spectral
+  expand_user_paths(config)
+  s, d = config.spectral, config.data
   if s.which_matrix not in ('laplacian', 'affinity'):
-    raise ValueError(
-        f'--config.spectral.which_matrix={s.which_matrix!r}: use laplacian or affinity'
-    )
+    _fail('spectral.which_matrix', s.which_matrix, 'use laplacian or affinity')
   if s.solver not in SOLVERS:
-    raise ValueError(f'--config.spectral.solver={s.solver!r}: use one of {SOLVERS}')
-  if not 2 <= s.K <= 64:
-    raise ValueError(f'--config.spectral.K={s.K}: use 2..64 (eigenvector 1 is the Fiedler vector)')
-  if s.color_lambda < 0:
-    raise ValueError(f'--config.spectral.color_lambda={s.color_lambda}: must be >= 0')
-  if config.data.batch_size < 1:
-    raise ValueError(f'--config.data.batch_size={config.data.batch_size}: must be >= 1')
-  if config.data.bucket_tokens < -1:
-    raise ValueError(
-        f'--config.data.bucket_tokens={config.data.bucket_tokens}: use -1 (by backend), '
-        '0 (exact token counts) or a positive step'
+    _fail('spectral.solver', s.solver, f'use one of {SOLVERS}')
+  if not isinstance(s.K, int) or not 2 <= s.K <= 64:
+    _fail('spectral.K', s.K, 'use 2..64 (eigenvector 1 is the Fiedler vector)')
+  _finite_number('spectral.color_lambda', s.color_lambda, 0.0)
+  if config.model.precision not in PRECISIONS:
+    _fail('model.precision', config.model.precision, f'use one of {PRECISIONS}')
+  if d.batch_size < 1:
+    _fail('data.batch_size', d.batch_size, 'must be >= 1')
+  if not -1 <= d.bucket_tokens <= MAX_BUCKET_TOKENS:
+    _fail(
+        'data.bucket_tokens',
+        d.bucket_tokens,
+        f'use -1 (by backend), 0 (exact token counts) or a step up to {MAX_BUCKET_TOKENS}',
     )
+  if d.limit < 0:
+    _fail('data.limit', d.limit, 'must be >= 0 (0 = all images)')
+  if d.max_pixels <= 0:
+    _fail('data.max_pixels', d.max_pixels, 'must be > 0')
+  if d.max_tokens < 16:
+    _fail('data.max_tokens', d.max_tokens, 'must be >= 16 patches')
+  if d.batch_tokens < d.max_tokens:
+    _fail('data.batch_tokens', d.batch_tokens, f'must be >= data.max_tokens ({d.max_tokens})')
+  for flag in ('boxes', 'masks', 'annotations'):
+    value = d.get(flag, '')
+    if value and not Path(value).exists():
+      raise FileNotFoundError(f'--config.data.{flag}={value!r} does not exist')
+  checkpoint = config.model.checkpoint
+  if checkpoint and '://' not in checkpoint and not Path(checkpoint).exists():
+    raise FileNotFoundError(f'--config.model.checkpoint={checkpoint!r} does not exist')
 
 
-def examples_from_config(data) -> list[Any]:
-  """The dataset's examples (lazy: nothing decoded), in a fixed order, ``data.limit`` applied."""
+def examples_from_config(data, workdir=None) -> list[Any]:
+  """The dataset's examples (lazy: nothing decoded), in a fixed order, ``data.limit`` applied.
+
+  Ids are made safe as output names (``io.safe_id``); a folder listing never includes
+  ``workdir`` or any other spectral_jax workdir.
+  """
   source = data.source
   if source == 'folder':
     _require_root(data)
     examples = datasets.image_folder(
-        data.root, boxes=data.boxes or None, masks_dir=data.masks or None
+        data.root,
+        boxes=data.boxes or None,
+        masks_dir=data.masks or None,
+        exclude=[workdir] if workdir else (),
     )
   elif source == 'voc' and data.root:
     _require_existing_root(data)
@@ -73,6 +120,10 @@ def examples_from_config(data) -> list[Any]:
     raise ValueError(f'data.source={source!r}: use folder, voc, coco20k, saliency, tfds or demo')
   if data.limit:
     examples = examples[: data.limit]
+  examples = [
+      ex if io.safe_id(ex.id) == ex.id else dataclasses.replace(ex, id=io.safe_id(ex.id))
+      for ex in examples
+  ]
   _check_unique_ids(examples)
   if not examples:
     raise ValueError(f'no images found for data.source={source!r} data.root={data.root!r}')
@@ -109,12 +160,15 @@ def _require_existing_root(data) -> None:
 
 
 def _check_unique_ids(examples: Sequence[Any]) -> None:
-  counts = collections.Counter(ex.id for ex in examples)
-  dups = [i for i, n in counts.items() if n > 1]
+  paths = collections.defaultdict(list)
+  for ex in examples:
+    paths[ex.id].append(str(ex.path or ex.id))
+  dups = {i: p for i, p in paths.items() if len(p) > 1}
   if dups:
+    listing = '; '.join(f'{i!r}: {", ".join(p)}' for i, p in list(dups.items())[:5])
     raise ValueError(
-        f'{len(dups)} image ids occur twice (e.g. {dups[:3]}); outputs are named '
-        'by file stem, so stems must be unique within a run'
+        f'{len(dups)} output names are shared by several images ({listing}); outputs are named '
+        'by file stem, so rename or move one of each'
     )
 
 
@@ -137,6 +191,12 @@ def bucket_tokens(config) -> int:
   return CPU_BUCKET_TOKENS if jax.default_backend() == 'cpu' else ACCELERATOR_BUCKET_TOKENS
 
 
+def image_limits(data) -> pipeline.ImageLimits:
+  return pipeline.ImageLimits(
+      max_pixels=data.max_pixels, max_tokens=data.max_tokens, resize_large=data.resize_large
+  )
+
+
 def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: str = ''):
   """pipeline.run_images with the run's config (spectral settings, batching, limits)."""
   s = config.spectral
@@ -144,53 +204,183 @@ def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: s
       extractor,
       todo,
       batch_size=config.data.batch_size,
-      max_pixels=config.data.max_pixels,
+      limits=image_limits(config.data),
       spectral_k=s.K,
       color_lambda=s.color_lambda,
       which_matrix=which_matrix or s.which_matrix,
       solver=s.solver,
       bucket_tokens=bucket_tokens(config),
+      batch_tokens=config.data.batch_tokens,
       on_error=on_error,
   )
 
 
 class Panels:
-  """Writes ``workdir/panels/<id>.png`` for the first ``count`` images a run processes."""
+  """Writes ``workdir/panels/<prefix><id>.png`` for the first ``count`` images of the dataset.
 
-  def __init__(self, workdir, count: int):
+  Which images get a panel depends on the dataset order only, so a resumed run neither
+  writes more panels nor skips due ones.
+  """
+
+  def __init__(self, workdir, count: int, examples: Sequence[Any] = (), prefix: str = ''):
     self.folder = Path(workdir) / 'panels'
-    self.left = count
+    self.due = {ex.id for ex in list(examples)[: max(count, 0)]}
+    self.prefix = prefix
 
   def __call__(self, image_id: str, render: Callable[[], Any]) -> None:
-    """``render`` builds the panel only when one is still due."""
-    if self.left <= 0:
-      return
-    self.left -= 1
-    io.save_png(self.folder / f'{image_id}.png', render())
+    """``render`` builds the panel only when one is due."""
+    if image_id in self.due:
+      try:
+        io.save_png(self.folder / f'{self.prefix}{image_id}.png', render())
+      except OSError as e:  # a panel is an illustration: never worth losing the image for
+        logging.warning('could not write the panel of %s: %s', image_id, e)
 
 
 class SkipLog:
-  """Records unreadable images in ``workdir/skipped.jsonl`` so a run reports them at the end."""
+  """Records unusable images in ``workdir/skipped.jsonl`` (one line per image and stage), so
+  a run reports them at the end and a resumed run does not retry them."""
 
-  def __init__(self, workdir: Path):
+  def __init__(self, workdir: Path, stage: str):
     self.path = Path(workdir) / 'skipped.jsonl'
+    self.stage = stage
     self.count = 0
+    self.recorded = previously_skipped(workdir, stage)
 
   def __call__(self, example, error: Exception) -> None:
     self.count += 1
+    if example.id in self.recorded:
+      return
+    self.recorded.add(example.id)
     io.append_jsonl(
         self.path,
         [
             {
                 'id': example.id,
                 'path': str(example.path),
+                'stage': self.stage,
                 'error': f'{type(error).__name__}: {error}',
             }
         ],
     )
 
   def summary(self) -> str:
-    return f'{self.count} unreadable images skipped (see {self.path})' if self.count else ''
+    return f'{self.count} images skipped (see {self.path})' if self.count else ''
+
+
+def previously_skipped(workdir, stage: str) -> set[str]:
+  return {
+      r['id']
+      for r in io.read_jsonl(Path(workdir) / 'skipped.jsonl')
+      if r.get('stage', stage) == stage and 'id' in r
+  }
+
+
+def _forget_skipped(workdir: Path, stage: str) -> None:
+  path = Path(workdir) / 'skipped.jsonl'
+  if path.exists():
+    io.save_jsonl(path, [r for r in io.read_jsonl(path) if r.get('stage', stage) != stage])
+
+
+# ----------------------------------------------------------------------------- settings
+
+# Config keys that change a stage's outputs, beyond the model and the input (and which of the
+# stage's files and folders hold them). Keys absent from a config are skipped.
+STAGES = {
+    'extract': (('spectral',), ('features', 'eigs')),
+    'localize': (('spectral', 'method', 'tokencut', 'lost'), ('predictions*.jsonl',)),
+    'segment': (('spectral', 'segment', 'method', 'tokencut'), ('masks',)),
+    'edit': (('edit', 'seed'), ('cutout', 'composite', 'panels/edit_*')),
+    'semantic': (
+        ('semantic', 'seed'),
+        ('multi_region', 'boxes', 'semantic', 'semantic_seeds'),
+    ),
+}
+# Keys that do not change outputs (solver: equal results to tolerance; scoring inputs).
+_IGNORED = {'spectral.solver', 'semantic.gt_dir', 'semantic.val_list', 'semantic.seeds'}
+
+
+def checkpoint_identity(model, previous: Optional[dict] = None) -> dict:
+  """The weights' identity: the URL for official or remote weights, else the file's sha256."""
+  text = model.checkpoint
+  if not text:
+    return {'url': checkpoints.WEIGHTS.get(model.name, f'<official {model.name}>')}
+  if '://' in text:
+    return {'url': text}
+  return workdirs.file_identity(text, previous)
+
+
+def stage_settings(config, stage: str, previous: Optional[dict] = None) -> dict:
+  """The settings that determine ``stage``'s outputs, as a JSON-able dict."""
+  d = config.data
+  root = d.root
+  settings = {
+      'version': workdirs.VERSION,
+      'model': {
+          'name': config.model.name,
+          'checkpoint': checkpoint_identity(
+              config.model, (previous or {}).get('model', {}).get('checkpoint')
+          ),
+          'feature_block': config.model.feature_block,
+          'precision': config.model.precision,
+      },
+      'data': {
+          'source': d.source,
+          'root': str(Path(root).absolute()) if root else '',
+          'name': d.name,
+          'year': d.year,
+          'split': d.split,
+          'max_tokens': d.max_tokens,
+          'resize_large': d.resize_large,
+      },
+  }
+  sections, _ = STAGES[stage]
+  for name in sections:
+    value = config.get(name, None)
+    if value is None:
+      continue
+    if hasattr(value, 'to_dict'):
+      value = value.to_dict()
+    if isinstance(value, dict):
+      value = {k: v for k, v in value.items() if f'{name}.{k}' not in _IGNORED}
+      if stage == 'segment' and name == 'spectral':
+        value.pop('which_matrix', None)  # segment always cuts the Laplacian
+    settings[name] = value
+  return settings
+
+
+def stage_outputs(workdir: Path, stage: str) -> list[Path]:
+  out = []
+  for pattern in STAGES[stage][1]:
+    out += sorted(Path(workdir).glob(pattern)) if '*' in pattern else [Path(workdir) / pattern]
+  return out
+
+
+def begin_stage(config, workdir, stage: str) -> None:
+  """Resumes a stage's outputs made with the same settings; other settings stop the run
+  (or, with ``config.overwrite``, delete them: they are recomputed)."""
+  workdir = workdirs.prepare(workdir)
+  previous = workdirs.read_record(workdir, stage)
+  settings = stage_settings(config, stage, previous)
+  outputs = stage_outputs(workdir, stage)
+  overwrite = bool(config.get('overwrite', False))
+  had_outputs = any(p.exists() for p in outputs)
+  changed = bool(workdirs.differences(previous, settings)) if previous else had_outputs
+  leader = jax.process_index() == 0
+  workdirs.check_settings(workdir, stage, settings, outputs, overwrite, leader=leader)
+  if overwrite and changed and leader:
+    _forget_skipped(workdir, stage)
+
+
+def write_or_skip(example, skipped: SkipLog, write: Callable[..., Any], *args) -> bool:
+  """Runs one image's write; an OSError (disk full, name too long, permissions) skips that
+  image, logged, instead of ending the run."""
+  try:
+    write(*args)
+    return True
+  except OSError as e:
+    logging.warning('could not write the output of %s: %s', example.id, e)
+    skipped(example, e)
+    return False
 
 
 def log_summary(*lines: str) -> None:

@@ -16,12 +16,9 @@ unreadable image is logged to ``workdir/skipped.jsonl`` and skipped.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Union
 
 import numpy as np
 from absl import logging
@@ -105,64 +102,41 @@ def resolve_background(spec: str, max_pixels: int = decode.DEFAULT_MAX_PIXELS) -
     ) from e
 
 
-@contextlib.contextmanager
-def single_image_root(config) -> Iterator[Any]:
-  """A config whose ``data.root`` is a folder: a single image file is linked into a temp folder.
-
-  The image keeps its file name, so its outputs are named by its stem as usual.
-  """
-  root = Path(config.data.root) if config.data.root else None
-  if config.data.source != 'folder' or root is None or not root.is_file():
-    yield config
-    return
-  with tempfile.TemporaryDirectory(prefix='spectral_edit_') as tmp:
-    link = Path(tmp) / root.name
-    try:
-      link.symlink_to(root.resolve())
-    except OSError:  # no symlinks (some filesystems): a copy does as well
-      shutil.copy2(root, link)
-    single = config.copy_and_resolve_references()
-    single.data.root = tmp
-    yield single
-
-
-def _unreadable_ids(workdir: Path) -> set[str]:
-  return {r.get('id') for r in io.read_jsonl(Path(workdir) / 'skipped.jsonl')}
-
-
 def ensure_eigenvectors(config, workdir: Path, examples: list) -> None:
-  """Runs ``--mode=extract`` if some image has no eigenvectors yet.
+  """Runs ``--mode=extract`` (with this run's settings) if some image has no eigenvectors yet.
 
-  Images that extraction already logged as unreadable (``skipped.jsonl``) do not count, so a
-  resumed run with one bad file does not load the model again just to fail on it.
+  Images that extraction already logged as unusable (``skipped.jsonl``) do not count, so a
+  resumed run with one bad file does not load the model again just to fail on it. Extract
+  checks its own settings record: eigenvectors made with other settings are never reused.
   """
-  unreadable = _unreadable_ids(workdir)
+  unusable = common.previously_skipped(workdir, 'extract')
   missing = [
       ex
       for ex in examples
-      if not extract.output_paths(workdir, ex.id)[1].exists() and ex.id not in unreadable
+      if not extract.output_paths(workdir, ex.id)[1].exists() and ex.id not in unusable
   ]
   if missing:
     common.log_summary(f'edit: {len(missing)} images need eigenvectors; running extract')
-    extract.run(config, workdir)
+  extract.run(config, workdir)
 
 
 # ----------------------------------------------------------------------------- one image
 
 
-def patch_layout(
-    workdir: Path, image_id: str, n_tokens: int, image_hw: tuple[int, int]
-) -> tuple[int, tuple[int, int]]:
-  """(patch size, patch grid) of an image's eigenvectors, checked against extract's record."""
-  features = extract.output_paths(workdir, image_id)[0]
-  if features.exists():
-    with np.load(features) as f:
-      if tuple(int(v) for v in f['image_size']) != tuple(image_hw):
-        raise ValueError(
-            f'image is {image_hw} but was {tuple(f["image_size"])} at extraction; '
-            f'delete {features} and its eigs file to recompute'
-        )
-  return segments.infer_patch_grid(n_tokens, image_hw)
+def eigen_frame(record, image_hw: tuple[int, int]) -> tuple[int, tuple[int, int], tuple[int, int]]:
+  """(patch size, patch grid, working size) of an eigs record, checked against the image."""
+  n_tokens = record['eigenvectors'].shape[1]
+  if 'working_size' not in record:  # written before working sizes existed
+    patch, grid = segments.infer_patch_grid(n_tokens, image_hw)
+    return patch, grid, tuple(image_hw)
+  if tuple(int(v) for v in record['image_size']) != tuple(image_hw):
+    raise ValueError(
+        f'image is {image_hw} but was {tuple(record["image_size"])} at extraction; '
+        'rerun with --config.overwrite=True to recompute'
+    )
+  grid = tuple(int(v) for v in record['patch_grid'])
+  working = tuple(int(v) for v in record['working_size'])
+  return working[0] // grid[0], grid, working
 
 
 def foreground_patches(
@@ -203,17 +177,18 @@ def edit_image(
 def _process(
     example, workdir: Path, config, opts: EditOptions, background: Background, with_panel: bool
 ) -> None:
-  with np.load(extract.output_paths(workdir, example.id)[1]) as f:
-    eigenvectors = np.asarray(f['eigenvectors'])
   image = datasets.load_image(example, min_side=1, max_pixels=config.data.max_pixels)
-  patch, grid = patch_layout(workdir, example.id, eigenvectors.shape[1], image.shape[:2])
-  patch_mask = foreground_patches(eigenvectors, grid, opts, config.get('seed', 0))
+  with np.load(extract.output_paths(workdir, example.id)[1]) as f:
+    record = {k: np.asarray(f[k]) for k in f.files}
+  patch, grid, working = eigen_frame(record, image.shape[:2])
+  patch_mask = foreground_patches(record['eigenvectors'], grid, opts, config.get('seed', 0))
   if not patch_mask.any():
     logging.warning('%s: no foreground patches; the cutout is empty', example.id)
   # A segment map may be finer than the patch grid (2× for downsampled-8 eigenvectors).
   cell = max(patch * grid[0] // patch_mask.shape[0], 1)
-  mask = segments.upsample_patch_mask(patch_mask, image.shape[:2], cell)
-  out = edit_image(image, mask, patch, opts, background)
+  mask = pipeline.resize_mask(segments.upsample_patch_mask(patch_mask, working, cell), image.shape[:2])
+  band = patch * image.shape[0] / working[0]  # one patch, in pixels of the original
+  out = edit_image(image, mask, band, opts, background)
   paths = output_paths(workdir, example.id)
   # Cutout last: it is what marks the image done, so a crash before it redoes the image.
   if 'composite' in out:
@@ -228,32 +203,35 @@ def _process(
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
+  common.check_config(config)
   opts = EditOptions.from_config(config)
   background = resolve_background(opts.background, config.data.max_pixels)
-  with single_image_root(config) as config:
-    examples = common.examples_from_config(config.data)
-    panel_ids = {ex.id for ex in examples[: max(config.output.num_panels, 0)]}
-    shard = parallel.process_shard(examples)  # the same share extract gives this process
-    todo = [
-        ex
-        for ex in shard
-        if not is_done(workdir, ex.id, background is not None, ex.id in panel_ids)
-    ]
-    common.log_summary(f'edit: {len(shard)} images, {len(shard) - len(todo)} already done')
-    if not todo:
-      return
-    ensure_eigenvectors(config, workdir, todo)
-    skipped = common.SkipLog(workdir)
-    progress = pipeline.Progress(len(todo), 'edit')
-    for ex in todo:
-      if not extract.output_paths(workdir, ex.id)[1].exists():
-        logging.warning('%s: no eigenvectors (unreadable at extraction?); skipped', ex.id)
-        continue
-      try:
-        _process(ex, workdir, config, opts, background, ex.id in panel_ids)
-      except Exception as e:  # pylint: disable=broad-except  # one bad image must not stop a run
-        logging.exception('edit: skipping %s', ex.id)
-        skipped(ex, e)
-        continue
-      progress.update()
-    common.log_summary(progress.summary(), skipped.summary())
+  examples = common.examples_from_config(config.data, workdir)
+  common.begin_stage(config, workdir, 'edit')
+  panel_ids = {ex.id for ex in examples[: max(config.output.num_panels, 0)]}
+  shard = parallel.process_shard(examples)  # the same share extract gives this process
+  unusable = common.previously_skipped(workdir, 'edit')
+  todo = [
+      ex
+      for ex in shard
+      if not is_done(workdir, ex.id, background is not None, ex.id in panel_ids)
+      and ex.id not in unusable
+  ]
+  common.log_summary(f'edit: {len(shard)} images, {len(shard) - len(todo)} already done or skipped')
+  if not todo:
+    return
+  ensure_eigenvectors(config, workdir, todo)
+  skipped = common.SkipLog(workdir, 'edit')
+  progress = pipeline.Progress(len(todo), 'edit')
+  for ex in todo:
+    if not extract.output_paths(workdir, ex.id)[1].exists():
+      logging.warning('%s: no eigenvectors (unreadable at extraction?); skipped', ex.id)
+      continue
+    try:
+      _process(ex, workdir, config, opts, background, ex.id in panel_ids)
+    except Exception as e:  # pylint: disable=broad-except  # one bad image must not stop a run
+      logging.exception('edit: skipping %s', ex.id)
+      skipped(ex, e)
+      continue
+    progress.update()
+  common.log_summary(progress.summary(), skipped.summary())

@@ -3,7 +3,8 @@
 The model is built from the config (backbone ``model.name``, head ``segmenter``); a
 checkpoint of another architecture fails naming the mismatching parameter. Scores
 the best step (by val mIoU) unless ``checkpoint_step`` ≥ 0; predictions are already
-class ids, so no matching is applied. Writes ``workdir/metrics.json``.
+class ids, so no matching is applied. Writes ``workdir/evaluate_metrics.json`` (never
+``metrics.json``, which holds semantic's matching that training reads).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def model_arch(model) -> vit.ViTArch:
 
 
 def run(config, workdir) -> None:
+  common.check_config(config)
   if not config.checkpoint:
     raise ValueError(
         '--mode=evaluate needs --config.checkpoint=DIR (a train workdir or its '
@@ -36,7 +38,7 @@ def run(config, workdir) -> None:
   model = train_task.build_model(config, arch)
   step = config.checkpoint_step if config.checkpoint_step >= 0 else None
   variables, step = train.restore_variables(directory, model, step)
-  examples = {ex.id: ex for ex in common.examples_from_config(config.data)}
+  examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}
   val = train_task.val_dataset(config, examples, arch.patch_size)
   if not len(val):
     raise ValueError('no images with GT to evaluate on (set --config.semantic.gt_dir)')
@@ -44,7 +46,7 @@ def run(config, workdir) -> None:
   result.update(checkpoint=str(directory), step=step, n_images=len(val))
   if not parallel.is_main_process():  # every process scored a share; the sums agree
     return
-  io.save_json(Path(workdir) / 'metrics.json', result)
+  io.save_json(Path(workdir) / 'evaluate_metrics.json', result)
   common.log_summary(
       f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images '
       f'(checkpoint step {step})'

@@ -1,8 +1,10 @@
 """``--mode=extract``: features and eigenvectors per image, the inputs of every other stage.
 
 Writes ``workdir/features/<stem>.npz`` (k [h·w, D] float32 row-major over the patch grid,
-patch_grid (h, w), image_size (H, W)) and ``workdir/eigs/<stem>.npz`` (eigenvalues [K],
-eigenvectors [K, h·w]). Images whose files exist are not recomputed.
+patch_grid (h, w), image_size (H, W) of the original image, working_size (H', W') the model
+saw: smaller when the image was downscaled to data.max_tokens) and ``workdir/eigs/<stem>.npz``
+(eigenvalues [K'], eigenvectors [K', h·w], patch_grid, image_size, working_size; K' = K
+unless the image has no more than K patches). Images whose files exist are not recomputed.
 """
 
 from __future__ import annotations
@@ -25,31 +27,42 @@ def is_done(workdir, image_id: str, with_features: bool) -> bool:
   return eigs.exists() and (features.exists() or not with_features)
 
 
+def _write(r: pipeline.ImageResult, workdir, with_features: bool) -> None:
+  feat_path, eig_path = output_paths(workdir, r.example.id)
+  frame = dict(
+      patch_grid=np.array(r.patch_grid),
+      image_size=np.array(r.image_hw),
+      working_size=np.array(r.image.shape[:2]),
+  )
+  if with_features:
+    io.save_npz(feat_path, k=r.features.astype(np.float32), **frame)
+  # eigs last: it is what marks the image done.
+  io.save_npz(eig_path, eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors, **frame)
+
+
 def run(config, workdir) -> None:
   common.check_config(config)
-  examples = common.examples_from_config(config.data)
+  examples = common.examples_from_config(config.data, workdir)
+  common.begin_stage(config, workdir, 'extract')
+  skipped_before = common.previously_skipped(workdir, 'extract')
   todo = [
       ex
       for ex in parallel.process_shard(examples)
-      if not is_done(workdir, ex.id, config.output.features)
+      if not is_done(workdir, ex.id, config.output.features) and ex.id not in skipped_before
   ]
-  common.log_summary(f'extract: {len(examples)} images, {len(examples) - len(todo)} already done')
+  common.log_summary(
+      f'extract: {len(examples)} images, {len(examples) - len(todo)} already done'
+      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
+  )
   if not todo:
     return
   extractor = common.load_extractor(config.model)
-  skipped = common.SkipLog(workdir)
+  skipped = common.SkipLog(workdir, 'extract')
   progress = pipeline.Progress(len(todo), 'extract')
-  panels = common.Panels(workdir, config.output.num_panels)
+  panels = common.Panels(workdir, config.output.num_panels, examples)
   for r in common.run_images(config, extractor, todo, skipped):
-    feat_path, eig_path = output_paths(workdir, r.example.id)
-    if config.output.features:
-      io.save_npz(
-          feat_path,
-          k=r.features.astype(np.float32),
-          patch_grid=np.array(r.patch_grid),
-          image_size=np.array(r.image.shape[:2]),
-      )
-    io.save_npz(eig_path, eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors)
+    if not common.write_or_skip(r.example, skipped, _write, r, workdir, config.output.features):
+      continue
     panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid))
     progress.update()
   common.log_summary(

@@ -24,7 +24,11 @@ def eigenvector_index(which_matrix: str) -> int:
 
 
 def corloc_counts(predictions: list[dict], examples: list) -> np.ndarray:
-  """[hits, scored images, predicted images] — sums over processes give the dataset's CorLoc."""
+  """[hits, scored, predicted, annotated] — sums over processes give the dataset's CorLoc.
+
+  Annotated: images with ground-truth boxes, or whose annotation is unreadable; those and
+  the annotated images without a prediction (skipped) are not scored.
+  """
   by_id = {ex.id: ex for ex in examples}
   hits = scored = 0
   for pred in predictions:
@@ -33,14 +37,19 @@ def corloc_counts(predictions: list[dict], examples: list) -> np.ndarray:
       continue
     scored += 1
     hits += metrics.corloc_hit(np.asarray(pred['box_xyxy'], float), np.asarray(ex.boxes))
-  return np.array([hits, scored, len(predictions)], np.int64)
+  annotated = sum(
+      1 for ex in examples if ex.gt_error or (ex.boxes is not None and len(ex.boxes) > 0)
+  )
+  return np.array([hits, scored, len(predictions), annotated], np.int64)
 
 
 def corloc_result(counts: np.ndarray) -> dict:
-  hits, scored, total = (int(c) for c in counts)
+  hits, scored, total, annotated = (int(c) for c in counts)
   result = {'num_images': total}
+  if annotated:
+    result.update(num_annotated=annotated, num_scored=scored, num_skipped=annotated - scored)
   if scored:
-    result.update(corloc=100.0 * hits / scored, num_scored=scored)
+    result.update(corloc=100.0 * hits / scored)
   return result
 
 
@@ -51,24 +60,25 @@ def prediction_files(workdir: Path) -> list[Path]:
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
-  examples = common.examples_from_config(config.data)
+  examples = common.examples_from_config(config.data, workdir)
+  common.begin_stage(config, workdir, 'localize')
   ids = {ex.id for ex in examples}
-  # Each process owns a strided shard and its own file; ids done by any earlier run count.
+  # Each process owns a strided share and its own file; ids done by any earlier run count.
   own_path = workdir / (
       'predictions.jsonl'
       if jax.process_count() == 1
       else f'predictions.process{jax.process_index()}.jsonl'
   )
   done = {r['id'] for path in prediction_files(workdir) for r in io.read_jsonl(path)}
+  skipped_before = common.previously_skipped(workdir, 'localize')
   shard = parallel.process_shard(examples)
-  todo = [ex for ex in shard if ex.id not in done]
+  todo = [ex for ex in shard if ex.id not in done and ex.id not in skipped_before]
   common.log_summary(
-      f'localize: {len(shard)} images in this process, ' f'{len(shard) - len(todo)} already done'
+      f'localize: {len(shard)} images in this process, {len(shard) - len(todo)} already done'
+      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
   )
   if todo:
-    _predict(
-        config, workdir, todo, own_path, num_panels=max(config.output.num_panels - len(done), 0)
-    )
+    _predict(config, workdir, todo, own_path, examples)
   shard_ids = {ex.id for ex in shard}
   own = {
       r['id']: r
@@ -87,27 +97,28 @@ def run(config, workdir) -> None:
     common.log_summary(f"CorLoc {result['corloc']:.2f} over {result['num_scored']} images")
 
 
-def _predict(config, workdir: Path, todo: list, pred_path: Path, num_panels: int) -> None:
+def _predict(config, workdir: Path, todo: list, pred_path: Path, examples: list) -> None:
   extractor = common.load_extractor(config.model)
-  skipped = common.SkipLog(workdir)
+  skipped = common.SkipLog(workdir, 'localize')
   progress = pipeline.Progress(len(todo), 'localize')
-  panels = common.Panels(workdir, num_panels)
+  panels = common.Panels(workdir, config.output.num_panels, examples)
   index = eigenvector_index(config.spectral.which_matrix)
   for r in common.run_images(config, extractor, todo, skipped):
-    box = segments.localization_box(
+    working_box = segments.localization_box(
         r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=index
     )
+    box = r.box_to_original(working_box)
+    record = {
+        'id': r.example.id,
+        'box_xyxy': [int(v) for v in box],
+        'image_size': [int(v) for v in r.image_hw],
+    }
     # One line per finished image, so a killed run loses at most the image in flight.
-    io.append_jsonl(
-        pred_path,
-        [
-            {
-                'id': r.example.id,
-                'box_xyxy': [int(v) for v in box],
-                'image_size': [int(r.image.shape[0]), int(r.image.shape[1])],
-            }
-        ],
+    if not common.write_or_skip(r.example, skipped, io.append_jsonl, pred_path, [record]):
+      continue
+    panels(
+        r.example.id,
+        lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid, box_xyxy=working_box),
     )
-    panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid, box_xyxy=box))
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

@@ -35,34 +35,60 @@ def object_mask(
 
 
 def score(examples: list, workdir: Path) -> dict:
-  """Mean per-image IoU / accuracy and maxFβ (β² = 0.3) over images with a ground-truth mask."""
+  """Mean per-image IoU / accuracy and maxFβ (β² = 0.3) over images with a ground-truth mask.
+
+  An unreadable ground truth or one whose size differs from the image is skipped, named in
+  the log and counted (``num_skipped``), never the end of the scoring.
+  """
   meter = metrics.ObjectSegMeter()
+  annotated = [ex for ex in examples if ex.mask_path is not None]
   scored = 0
-  for ex in examples:
+  for ex in annotated:
     path = mask_path(workdir, ex.id)
-    if ex.mask_path is None or not path.exists():
+    if not path.exists():
       continue
-    pred = np.asarray(Image.open(path)) > 127
-    gt = datasets.load_gt_mask(ex)
+    try:
+      pred = np.asarray(Image.open(path)) > 127
+      gt = datasets.load_gt_mask(ex)
+    except (OSError, ValueError) as e:
+      logging.warning('%s: ground truth or mask unreadable (%s); not scored', ex.id, e)
+      continue
     if ex.center_crop:  # CUB: features on the full image, scored on the centred square
       pred, gt = decode.center_crop_square(pred), decode.center_crop_square(gt)
     if pred.shape != gt.shape:
-      logging.warning('%s: mask %s vs ground truth %s; not scored', ex.id, pred.shape, gt.shape)
+      logging.warning(
+          '%s: mask %s vs ground truth %s (%s); not scored', ex.id, pred.shape, gt.shape,
+          ex.mask_path,
+      )
       continue
     # Binary masks: maxFβ is Fβ of the mask (the same at every threshold in (0, 1)).
     meter.update(pred, gt, soft_pred=pred.astype(np.float32))
     scored += 1
-  return meter.result() if scored else {'n': 0}
+  result = meter.result() if scored else {'n': 0}
+  if annotated:
+    result.update(
+        num_annotated=len(annotated), num_scored=scored, num_skipped=len(annotated) - scored
+    )
+  return result
 
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
-  examples = common.examples_from_config(config.data)
-  todo = [ex for ex in parallel.process_shard(examples) if not mask_path(workdir, ex.id).exists()]
-  common.log_summary(f'segment: {len(examples)} images, {len(examples) - len(todo)} already done')
+  examples = common.examples_from_config(config.data, workdir)
+  common.begin_stage(config, workdir, 'segment')
+  skipped_before = common.previously_skipped(workdir, 'segment')
+  todo = [
+      ex
+      for ex in parallel.process_shard(examples)
+      if not mask_path(workdir, ex.id).exists() and ex.id not in skipped_before
+  ]
+  common.log_summary(
+      f'segment: {len(examples)} images, {len(examples) - len(todo)} already done'
+      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
+  )
   if todo:
-    _predict(config, workdir, todo)
+    _predict(config, workdir, todo, examples)
   parallel.barrier('segment-done')  # then one process scores every mask
   if not parallel.is_main_process():
     return
@@ -75,15 +101,19 @@ def run(config, workdir) -> None:
     )
 
 
-def _predict(config, workdir: Path, todo: list) -> None:
+def _predict(config, workdir: Path, todo: list, examples: list) -> None:
   extractor = common.load_extractor(config.model)
-  skipped = common.SkipLog(workdir)
+  skipped = common.SkipLog(workdir, 'segment')
   progress = pipeline.Progress(len(todo), 'segment')
   crf_params = crf.CRFParams(**config.segment.crf_params) if config.segment.crf else None
-  panels = common.Panels(workdir, config.output.num_panels)
+  panels = common.Panels(workdir, config.output.num_panels, examples)
   for r in common.run_images(config, extractor, todo, skipped, which_matrix='laplacian'):
     mask = object_mask(r.image, r.eigenvectors, r.patch_grid, r.patch_size, crf_params)
-    io.save_png(mask_path(workdir, r.example.id), mask.astype(np.uint8) * 255)
+    full = r.mask_to_original(mask)
+    if not common.write_or_skip(
+        r.example, skipped, io.save_png, mask_path(workdir, r.example.id), full.astype(np.uint8) * 255
+    ):
+      continue
     panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid, mask=mask))
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

@@ -174,6 +174,12 @@ def _eig_stems(workdir: Path) -> list[str]:
   return sorted(p.stem for p in (workdir / 'eigs').glob('*.npz'))
 
 
+def _patch_grid(workdir: Path, stem: str, eigs) -> tuple[int, int]:
+  if 'patch_grid' in eigs:
+    return tuple(int(v) for v in eigs['patch_grid'])
+  return tuple(int(v) for v in np.load(workdir / 'features' / f'{stem}.npz')['patch_grid'])
+
+
 def _segment_all(workdir: Path, stems: Sequence[str], sem, seed: int, chunk: int = 64) -> None:
   """Writes multi_region/<stem>.png for this process's stems that lack it (batched k-means)."""
   todo = [
@@ -186,7 +192,7 @@ def _segment_all(workdir: Path, stems: Sequence[str], sem, seed: int, chunk: int
   for start in range(0, len(todo), chunk):
     part = todo[start : start + chunk]
     eigs = [np.load(workdir / 'eigs' / f'{s}.npz') for s in part]
-    grids = [tuple(np.load(workdir / 'features' / f'{s}.npz')['patch_grid']) for s in part]
+    grids = [_patch_grid(workdir, s, e) for s, e in zip(part, eigs)]
     keys = np.stack([jax.random.fold_in(key, index[s]) for s in part])  # order-independent
     maps = clustering.multi_region_segments_batch(
         [e['eigenvectors'] for e in eigs],
@@ -210,13 +216,15 @@ def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, 
   progress = pipeline.Progress(len(todo), 'box features')
   for s in todo:
     segmap = read_png(workdir / 'multi_region' / f'{s}.png')
-    grid = tuple(np.load(workdir / 'features' / f'{s}.npz')['patch_grid'])
+    grid = _patch_grid(workdir, s, np.load(workdir / 'eigs' / f'{s}.npz'))
     if segmap.shape != grid:
       raise NotImplementedError(
           f'{s}: segments at {segmap.shape} but patch grid {grid}; '
           'semantic mode needs eigenvectors at patch resolution'
       )
     image = datasets.load_image(examples[s], min_side=p, max_pixels=config.data.max_pixels)
+    # The frame the eigenvectors were computed in (downscaled above data.max_tokens).
+    image = pipeline.fit_tokens(image, p, config.data.max_tokens, True, str(examples[s].path))
     out = image_box_features(image, segmap, p, extractor.cls_batch, sem.num_erode, sem.num_dilate)
     io.save_npz(workdir / 'boxes' / f'{s}.npz', **out)
     progress.update()
@@ -237,7 +245,8 @@ def run(config, workdir) -> None:
   sem = config.semantic
   extract.run(config, workdir)  # computes only the images whose features/eigs are missing
   parallel.barrier('semantic-extract')
-  examples = {ex.id: ex for ex in common.examples_from_config(config.data)}
+  examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}
+  common.begin_stage(config, workdir, 'semantic')
   stems = [s for s in _eig_stems(workdir) if s in examples]
   if not stems:
     raise ValueError(f'no eigenvectors in {workdir / "eigs"} for the configured images')

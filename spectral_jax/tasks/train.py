@@ -63,16 +63,64 @@ def matching_lut(matching: Sequence[Sequence[int]], n_labels: int = 256) -> np.n
   return lut
 
 
-def read_matching(spec: str, workdir: Path) -> list[tuple[int, int]]:
+def read_matching(spec: str, workdir: Path, num_classes: int = 256) -> list[tuple[int, int]]:
+  """Cluster → class pairs from ``train.matching`` or from semantic's ``metrics.json``."""
   if spec:
-    return [tuple(p) for p in ast.literal_eval(spec)]
-  path = workdir / 'metrics.json'
-  if not path.exists():
-    raise FileNotFoundError(
-        f'no train.matching given and no {path}: run --mode=semantic with GT '
-        'first, or pass --config.train.matching="[(0, 0), ...]"'
+    try:
+      pairs = [tuple(int(v) for v in p) for p in ast.literal_eval(spec)]
+    except (ValueError, SyntaxError, TypeError) as e:
+      raise ValueError(
+          f'--config.train.matching={spec!r}: write pairs like "[(0, 0), (1, 15)]"'
+      ) from e
+  else:
+    path = workdir / 'metrics.json'
+    record = json.loads(path.read_text()) if path.exists() else {}
+    if 'matching' not in record:
+      raise FileNotFoundError(
+          f'no train.matching given and no cluster matching in {path}: run --mode=semantic '
+          'with GT in this workdir first, or pass --config.train.matching="[(0, 0), ...]"'
+      )
+    pairs = [tuple(int(v) for v in p) for p in record['matching']]
+  bad = [p for p in pairs if len(p) != 2 or not 0 <= p[1] < num_classes or p[0] < 0]
+  if bad:
+    raise ValueError(
+        f'cluster matching {bad[:3]}: classes must lie in 0..{num_classes - 1} '
+        f'(--config.segmenter.num_classes={num_classes})'
     )
-  return [tuple(p) for p in json.loads(path.read_text())['matching']]
+  return pairs
+
+
+def check_stored_matching(checkpoint_dir: Path, matching: list[tuple[int, int]]) -> None:
+  """The matching a training run uses is stored beside its checkpoints; a resume with
+  another matching would train on other labels, so it stops."""
+  path = checkpoint_dir / 'matching.json'
+  current = [list(p) for p in matching]
+  if path.exists():
+    stored = json.loads(path.read_text())
+    if stored != current:
+      raise ValueError(
+          f'{checkpoint_dir} was trained with the cluster matching {stored}, this run has '
+          f'{current}; use another --workdir, or pass --config.train.matching with the stored one'
+      )
+    return
+  if parallel.is_main_process():
+    io.save_json(path, current)
+
+
+def check_train_config(config) -> None:
+  """Flag-named errors for training settings, before anything loads."""
+  t = config.train
+  for flag, minimum in (('batch_size', 1), ('num_workers', 1), ('crop_size', 16), ('steps', 1)):
+    value = t.get(flag, minimum)
+    if not isinstance(value, int) or value < minimum:
+      raise ValueError(f'--config.train.{flag}={value!r}: must be an integer >= {minimum}')
+  lr = t.get('learning_rate', 1e-4)
+  if not isinstance(lr, (int, float)) or not np.isfinite(lr) or lr <= 0:
+    raise ValueError(f'--config.train.learning_rate={lr!r}: must be a finite number > 0')
+  if config.segmenter.num_classes < 2:
+    raise ValueError(
+        f'--config.segmenter.num_classes={config.segmenter.num_classes}: must be >= 2'
+    )
 
 
 def build_model(config, arch: vit.ViTArch) -> segmenter.DeepLabV3Plus:
@@ -96,21 +144,26 @@ def val_dataset(config, examples: dict, patch_size: int) -> GTDataset:
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
+  common.check_config(config)
+  check_train_config(config)
+  cfg = train.TrainConfig.from_dict({k: v for k, v in config.train.items() if k not in TASK_KEYS})
+  matching = read_matching(config.train.matching, workdir, config.segmenter.num_classes)
+  examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}
   backbone = common.load_extractor(config.model)  # pretrained DINO params, arch checked
   arch = backbone.arch
   model = build_model(config, arch)
-  examples = {ex.id: ex for ex in common.examples_from_config(config.data)}
   val = val_dataset(config, examples, arch.patch_size)
   val_ids = {ex.id for ex in val.examples}
   label_dir = Path(config.train.pseudo_labels or workdir / 'semantic')
-  lut = matching_lut(read_matching(config.train.matching, workdir))
+  (workdir / 'checkpoints').mkdir(parents=True, exist_ok=True)
+  check_stored_matching(workdir / 'checkpoints', matching)
+  lut = matching_lut(matching)
   train_ids = [
       s for s in sorted(examples) if s not in val_ids and (label_dir / f'{s}.png').exists()
   ]
   if not train_ids:
     raise ValueError(f'no pseudo-labels in {label_dir} for non-val images')
   train_set = PseudoLabelDataset([examples[s] for s in train_ids], label_dir, lut, arch.patch_size)
-  cfg = train.TrainConfig.from_dict({k: v for k, v in config.train.items() if k not in TASK_KEYS})
   common.log_summary(f'train: {len(train_set)} pseudo-labelled images, {len(val)} val images')
   summary = train.train_and_evaluate(
       cfg, model, train_set, val, workdir, backbone_params=backbone.params
