@@ -17,8 +17,8 @@ numerics; CutLER's code is not used). The stages, each a public function:
   :class:`spectral_jax.pipeline.FeatureExtractor`; what ``--mode=discover`` needs.
 
 Score of an object: ``1 − Ncut(M)``, with ``Ncut(M) = cut(M, M̄)/vol(M) + cut(M, M̄)/vol(M̄)``
-the normalized-cut value of the kept component ``M`` against the rest, on the very binary graph
-``A`` its iteration cut (degrees include the ``eps`` non-edges). A cleanly separated object has
+the normalized-cut value of an iteration's component ``M`` against the rest, on the very binary
+graph ``A`` that iteration cut (degrees include the ``eps`` non-edges). A cleanly separated object has
 ``Ncut ≈ 0`` (score ≈ 1); a subset no better separated than a random one of the complete graph
 has ``Ncut ≈ 1`` (score ≈ 0), so a score near or below 0 flags "no object here". It is not
 calibrated and not used to drop anything (the official rules decide which objects exist); an
@@ -47,6 +47,7 @@ __all__ = [
     'EPS',
     'MAX_OBJECTS',
     'CRF_PARAMS',
+    'MaskCutCRF',
     'MaskCutResult',
     'Discovery',
     'preprocess',
@@ -72,7 +73,7 @@ MAX_OVERLAP = 0.5  # candidates with IoU > 0.5 against the previous kept mask ar
 
 
 @dataclasses.dataclass(frozen=True)
-class _MaskCutCRF:
+class MaskCutCRF:
   """MaskCut's CRF (not DSM's): softmax unary of the 0/1 mask, 10 mean-field iterations."""
 
   gaussian_sxy: float = 3.0
@@ -84,7 +85,7 @@ class _MaskCutCRF:
   min_iou: float = 0.5  # the refined mask is emptied when IoU(mask, refined) < 0.5
 
 
-CRF_PARAMS = _MaskCutCRF()
+CRF_PARAMS = MaskCutCRF()
 
 
 @dataclasses.dataclass
@@ -411,7 +412,7 @@ def _densecrf():
 
 
 def crf_refine(
-    image_s: np.ndarray, mask_s: np.ndarray, params: _MaskCutCRF = CRF_PARAMS
+    image_s: np.ndarray, mask_s: np.ndarray, params: MaskCutCRF = CRF_PARAMS
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
   """MaskCut's CRF step on one S × S mask (protocol §4 steps 1–5).
 
@@ -466,7 +467,7 @@ def to_image_masks(
     size_s: Tuple[int, int] = (FIXED_SIZE, FIXED_SIZE),
     image_s: Optional[np.ndarray] = None,
     crf: bool = False,
-    crf_params: _MaskCutCRF = CRF_PARAMS,
+    crf_params: MaskCutCRF = CRF_PARAMS,
 ) -> Tuple[np.ndarray, np.ndarray]:
   """Kept patch masks [T, h, w] → (final bool [T, H, W], cut masks bool [T, S, S]).
 
