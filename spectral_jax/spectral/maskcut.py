@@ -19,11 +19,11 @@ numerics; CutLER's code is not used). The stages, each a public function:
 Score of an object: ``1 − Ncut(M)``, with ``Ncut(M) = cut(M, M̄)/vol(M) + cut(M, M̄)/vol(M̄)``
 the normalized-cut value of an iteration's component ``M`` against the rest, on the very binary
 graph ``A`` that iteration cut (degrees include the ``eps`` non-edges). A cleanly separated
-object has ``Ncut ≈ 0`` (score ≈ 1); a subset no better separated than a random one of the complete graph
-has ``Ncut ≈ 1`` (score ≈ 0), so a score near or below 0 flags "no object here". It is not
-calibrated and not used to drop anything (the official rules decide which objects exist); an
-image whose cuts keep nothing, or whose masks vanish after subtraction, CRF or resizing, gets
-zero objects.
+object has ``Ncut ≈ 0`` (score ≈ 1); a subset no better separated than a random one of the
+complete graph has ``Ncut ≈ 1`` (score ≈ 0), so a score near or below 0 flags "no object
+here". It is not calibrated and not used to drop anything (the official rules decide which
+objects exist); an image whose cuts keep nothing, or whose masks vanish after subtraction, CRF
+or resizing, gets zero objects.
 """
 
 from __future__ import annotations
