@@ -60,6 +60,16 @@ def get_config() -> ml_collections.ConfigDict:
       w1=10.0, alpha=80.0, beta=13.0, w2=3.0, gamma=3.0, iterations=5
   )  # the official values
 
+  # --mode=discover: MaskCut (CutLER's pseudo-mask settings; maskcut_protocol.md).
+  config.discover = ml_collections.ConfigDict()
+  config.discover.max_objects = 3  # cuts per image (the official N)
+  config.discover.fixed_size = 480  # every image is resized to this square
+  config.discover.tau = 0.15  # edge threshold on the cosine of keys
+  config.discover.eps = 1e-5  # weight of a non-edge
+  config.discover.crf = True  # MaskCut's dense CRF + IoU filter (the released pseudo-labels)
+  config.discover.solver = 'auto'  # auto | jax | lapack | arpack (auto: arpack on CPU)
+  config.discover.dtype = 'float64'  # eigen-solve precision (the official: float64)
+
   config.output = ml_collections.ConfigDict()
   config.output.features = True  # write features/<stem>.npz
   config.output.num_panels = 8  # PNG panels for the first N images

@@ -290,6 +290,10 @@ STAGES = {
     'localize': (('spectral', 'method', 'tokencut', 'lost'), ('predictions*.jsonl',)),
     'segment': (('spectral', 'segment', 'method', 'tokencut'), ('masks',)),
     'edit': (('edit', 'seed'), ('cutout', 'composite', 'panels/edit_*')),
+    'discover': (
+        ('discover',),
+        ('discover', 'instances.json', 'instance_maps', 'panels/discover_*'),
+    ),
     'semantic': (
         ('semantic', 'seed'),
         ('multi_region', 'boxes', 'semantic', 'semantic_seeds'),

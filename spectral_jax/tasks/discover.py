@@ -1,0 +1,410 @@
+"""``--mode=discover``: MaskCut multi-object discovery, written as a COCO instances file.
+
+Per image, up to ``discover.max_objects`` objects by MaskCut (CutLER's pseudo-mask generator,
+``spectral_jax.spectral.maskcut``, protocol in ``shared/reference/maskcut_protocol.md``): the
+photo is resized to ``discover.fixed_size``² (LANCZOS), the last block's keys give a binary
+graph (cosine > ``discover.tau``), each of the iterated normalized cuts zeroes the keys of the
+objects already found, takes the bipartition, the object side and the seed's 4-connected
+component, and the kept masks go back to the original size (optionally through MaskCut's dense
+CRF and its IoU filter; ``discover.crf=True`` by default, as in the released pseudo-labels).
+All images share one grid, so a batch runs one ViT forward and, per iteration, one batched
+graph build (and one batched eigen-solve on an accelerator; ARPACK per graph on a CPU host).
+
+Outputs (``workdir/``):
+
+* ``instances.json`` - COCO instances: ``images`` (id from 1 in dataset order, ``file_name``
+  relative to the data root, true height/width; images with no object are listed too),
+  ``categories`` = one class ``fg``, ``annotations`` (COCO RLE ``segmentation`` with str
+  ``counts``, pycocotools' ``bbox`` [x, y, w, h] and ``area`` of the mask, ``iscrowd`` 0,
+  ``score``), in discovery order. It loads with ``pycocotools.coco.COCO`` and, being
+  annotations with scores, with ``COCO.loadRes`` as detections.
+* ``instance_maps/<id>.png`` - uint8 [H, W]: 0 background, i = the image's i-th object.
+* ``panels/discover_<id>.png`` - photo | instance map in VOC colours, for the first
+  ``output.num_panels`` images.
+* ``discover/records.jsonl`` - one line per finished image (its objects as RLE); a killed run
+  started again skips those images, and ``instances.json`` is rebuilt from all lines in dataset
+  order, so it is the same file as one uninterrupted run.
+* ``metrics.json`` - class-agnostic COCO AP, AP50 and AR100 (in %, mask ``segm`` when the
+  ground truth has masks, and ``bbox``) when ground truth is given: ``--config.data.boxes``
+  (a COCO JSON, with or without segmentations, or a folder of VOC XML files),
+  ``--config.data.masks`` (instance PNGs: each distinct non-zero value, or colour, is one
+  object; 255 is VOC's "void" border unless it is the only value), VOC or COCO20k sources.
+
+Score of an object: ``1 − Ncut(M)`` of the cut that found it, on the very graph that iteration
+cut (``Ncut = cut(M, M̄)/vol(M) + cut(M, M̄)/vol(M̄)``). A cleanly separated object has
+Ncut ≈ 0, score ≈ 1; a set no better separated than a random subset of the graph has Ncut ≈ 1,
+score ≈ 0. Use it to rank detections (AP) and to flag "no object here": a score near or below 0
+(we suggest < 0.2 as a first threshold) means the cut did not separate anything. It is not
+calibrated and drops nothing: which objects exist is decided by the official rules. Images where
+the cuts keep nothing (or whose masks vanish after the subtraction, the CRF filter or the
+resize) get zero annotations.
+
+Unreadable images and images with a side under the patch size are skipped, named in
+``skipped.jsonl``, and get no image entry (as the official script, which consumes no id).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image
+
+from spectral_jax import coco, io, parallel, pipeline, viz
+from spectral_jax.data import datasets
+from spectral_jax.spectral import maskcut
+from spectral_jax.tasks import common
+
+STAGE = 'discover'
+DTYPES = ('float32', 'float64')
+MAX_OBJECTS = 255  # instance maps are uint8
+
+
+def check_discover_config(d) -> None:
+  """Fails fast, naming the flag."""
+  if not isinstance(d.max_objects, int) or not 1 <= d.max_objects <= MAX_OBJECTS:
+    common._fail('discover.max_objects', d.max_objects, f'use 1..{MAX_OBJECTS}')  # pylint: disable=protected-access
+  if not isinstance(d.fixed_size, int) or d.fixed_size < 32:
+    common._fail('discover.fixed_size', d.fixed_size, 'use an int >= 32 pixels')  # pylint: disable=protected-access
+  if not isinstance(d.tau, (int, float)) or not -1.0 <= d.tau < 1.0:
+    common._fail('discover.tau', d.tau, 'use a cosine threshold in [-1, 1)')  # pylint: disable=protected-access
+  if d.solver not in maskcut.SOLVERS:
+    common._fail('discover.solver', d.solver, f'use one of {maskcut.SOLVERS}')  # pylint: disable=protected-access
+  if d.dtype not in DTYPES:
+    common._fail('discover.dtype', d.dtype, f'use one of {DTYPES}')  # pylint: disable=protected-access
+  if not isinstance(d.eps, (int, float)) or not 0 < d.eps < 1:
+    common._fail('discover.eps', d.eps, 'use a weight in (0, 1)')  # pylint: disable=protected-access
+
+
+def record_files(workdir: Path) -> list[Path]:
+  return sorted((Path(workdir) / STAGE).glob('records*.jsonl'))
+
+
+def read_records(workdir: Path) -> dict[str, dict]:
+  """Finished images by id, over every process's file (a later line wins)."""
+  return {r['id']: r for path in record_files(workdir) for r in io.read_jsonl(path)}
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def run(config, workdir) -> None:
+  workdir = Path(workdir)
+  common.check_config(config)
+  check_discover_config(config.discover)
+  examples = common.examples_from_config(config.data, workdir)
+  common.begin_stage(config, workdir, STAGE)
+  # Each process owns a strided share and its own records file.
+  own_path = (
+      workdir / STAGE / 'records.jsonl'
+      if jax.process_count() == 1
+      else workdir / STAGE / f'records.process{jax.process_index()}.jsonl'
+  )
+  done = set(read_records(workdir))
+  skipped_before = common.previously_skipped(workdir, STAGE)
+  shard = parallel.process_shard(examples)
+  todo = [ex for ex in shard if ex.id not in done and ex.id not in skipped_before]
+  common.log_summary(
+      f'discover: {len(shard)} images in this process, {len(shard) - len(todo)} already done'
+      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
+  )
+  if todo:
+    _discover(config, workdir, todo, own_path, examples)
+  parallel.barrier('discover-done')
+  if not parallel.is_main_process():
+    return
+  records = read_records(workdir)
+  instances = build_instances([records[ex.id] for ex in examples if ex.id in records])
+  io.save_json(workdir / 'instances.json', instances)
+  n_obj = len(instances['annotations'])
+  common.log_summary(
+      f'discover: {n_obj} objects in {len(instances["images"])} images → '
+      f'{workdir / "instances.json"}'
+  )
+  result = {'num_images': len(instances['images']), 'num_objects': n_obj}
+  result.update(evaluate(config, examples, records, instances))
+  io.save_json(workdir / 'metrics.json', result)
+  for kind in ('segm', 'bbox'):
+    if kind in result:
+      m = result[kind]
+      common.log_summary(
+          f"class-agnostic {kind}: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AR100 {m['AR100']:.2f}"
+          f" over {result['num_evaluated']} images"
+      )
+
+
+@dataclasses.dataclass
+class _Decoded:
+  example: Any
+  original_hw: tuple[int, int]
+  image_s: np.ndarray  # uint8 [S, S, 3]: the CRF's image
+  image_vit: np.ndarray  # uint8 [G·P, G·P, 3]: the ViT's
+  grid: tuple[int, int]
+  image: Optional[np.ndarray]  # the photo, kept only when a panel is due
+
+
+def _decode(example, patch_size: int, fixed_size: int, max_pixels: int, keep: bool):
+  """(decoded, error): the photo and its MaskCut resize, made in a worker thread."""
+  try:
+    image = datasets.load_image(example, min_side=patch_size, max_pixels=max_pixels)
+    image_s, image_vit, grid = maskcut.preprocess(image, fixed_size, patch_size)
+    hw = (int(image.shape[0]), int(image.shape[1]))
+    return _Decoded(example, hw, image_s, image_vit, grid, image if keep else None), None
+  except (OSError, ValueError, MemoryError) as e:  # one bad image must not stop a dataset run
+    return example, e
+
+
+def decoded(
+    examples: Sequence[Any],
+    patch_size: int,
+    fixed_size: int,
+    max_pixels: int,
+    keep_images: frozenset = frozenset(),
+    on_error=None,
+    workers: int = 4,
+) -> Iterator[_Decoded]:
+  """Decoded and resized images, in order, made by threads a bounded window ahead."""
+  window = max(2 * workers, 8)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    pending = collections.deque()
+
+    def finish():
+      item, error = pending.popleft().result()
+      if error is None:
+        return item
+      logging.warning('skipping %s: %s', item.path or item.id, error)
+      if on_error is not None:
+        on_error(item, error)
+      return None
+
+    for ex in examples:
+      pending.append(
+          pool.submit(_decode, ex, patch_size, fixed_size, max_pixels, ex.id in keep_images)
+      )
+      if len(pending) >= window:
+        item = finish()
+        if item is not None:
+          yield item
+    while pending:
+      item = finish()
+      if item is not None:
+        yield item
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list]:
+  chunk = []
+  for item in items:
+    chunk.append(item)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+def instance_map(masks: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+  """Disjoint bool [K, H, W] → uint8 [H, W] with 0 = background, i = object i (1-based)."""
+  out = np.zeros(image_hw, np.uint8)
+  for i, m in enumerate(masks):
+    out[m & (out == 0)] = i + 1  # masks are disjoint by construction; first one wins anyway
+  return out
+
+
+def _discover(config, workdir: Path, todo: list, own_path: Path, examples: list) -> None:
+  d = config.discover
+  extractor = common.load_extractor(config.model)
+  p = extractor.arch.patch_size
+  skipped = common.SkipLog(workdir, STAGE)
+  progress = pipeline.Progress(len(todo), STAGE)
+  panels = common.Panels(workdir, config.output.num_panels, examples, prefix='discover_')
+  grid_side = int(round(d.fixed_size / p))
+  n = grid_side * grid_side
+  # Every image has the same grid, so one batch size (and one compiled shape) serves all.
+  batch = max(1, min(config.data.batch_size, config.data.batch_tokens // n, len(todo)))
+  stream = decoded(
+      todo, p, d.fixed_size, config.data.max_pixels, frozenset(panels.due), skipped
+  )
+  for chunk in _chunks(stream, batch):
+    crops = [item.image_vit for item in chunk]
+    crops += [crops[-1]] * (batch - len(crops))  # a short last batch reuses the compiled shape
+    keys = np.asarray(extractor(crops, n)['k'])[: len(chunk), :n]
+    results = maskcut.discover(
+        keys, chunk[0].grid, d.max_objects, d.tau, eps=d.eps, dtype=d.dtype, solver=d.solver
+    )
+    for item, res in zip(chunk, results):
+      ex = item.example
+      try:
+        final, _ = maskcut.to_image_masks(
+            res.patch_masks, item.original_hw, item.image_s.shape[:2], item.image_s, d.crf
+        )
+      except (ValueError, MemoryError) as e:
+        logging.warning('skipping %s: %s', ex.path or ex.id, e)
+        skipped(ex, e)
+        continue
+      keep = np.flatnonzero(final.reshape(len(final), -1).any(1))
+      masks, scores = final[keep], res.scores[keep]
+      if not np.isfinite(scores).all():
+        skipped(ex, ValueError(f'non-finite object scores {scores}'))
+        continue
+      record = {
+          'id': ex.id,
+          'file_name': file_name(ex, config.data.root),
+          'height': item.original_hw[0],
+          'width': item.original_hw[1],
+          'objects': [
+              {'segmentation': coco.encode(m), 'score': float(s), 'iteration': int(t)}
+              for m, s, t in zip(masks, scores, keep)
+          ],
+      }
+      labels = instance_map(masks, item.original_hw)
+      # The map first, the record last: a record means the image is finished.
+      if not common.write_or_skip(ex, skipped, _write, workdir, ex.id, labels, own_path, record):
+        continue
+      if item.image is not None:
+        panels(ex.id, lambda im=item.image, lab=labels: viz.label_panel(im, [lab]))
+      progress.update()
+  common.log_summary(progress.summary(), skipped.summary())
+
+
+def _write(workdir: Path, image_id: str, labels: np.ndarray, path: Path, record: dict) -> None:
+  io.save_png(workdir / 'instance_maps' / f'{image_id}.png', labels)
+  io.append_jsonl(path, [record])
+
+
+def file_name(example, root: str) -> str:
+  """The image's path relative to the data root (its base name when not under it)."""
+  if example.path is None:
+    return example.id
+  path = Path(example.path)
+  if root:
+    try:
+      return path.resolve().relative_to(Path(root).expanduser().resolve()).as_posix()
+    except ValueError:
+      pass
+  return path.name
+
+
+def build_instances(records: Sequence[dict]) -> dict:
+  """Records (dataset order) → the COCO instances dict; ids run from 1 over this list."""
+  images, anns = [], []
+  for image_id, r in enumerate(records, start=1):
+    images.append(
+        {'id': image_id, 'file_name': r['file_name'], 'height': r['height'], 'width': r['width']}
+    )
+    for obj in r['objects']:
+      rle = obj['segmentation']
+      anns.append(
+          {
+              'id': len(anns) + 1,
+              'image_id': image_id,
+              'category_id': 1,
+              'segmentation': rle,
+              'bbox': coco.bbox(rle),
+              'area': coco.area(rle),
+              'iscrowd': 0,
+              'score': float(obj['score']),
+          }
+      )
+  return coco.instances_json(images, anns)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _gt_json_path(data) -> str:
+  if data.source == 'folder' and data.boxes and str(data.boxes).lower().endswith('.json'):
+    return data.boxes
+  if data.source == 'coco20k' and data.annotations:
+    return data.annotations
+  return ''
+
+
+def _json_ground_truth(path: str, examples: Sequence[Any], image_ids: dict, root: str):
+  """Our image id → annotations of that image in a COCO JSON (matched by relative path or name)."""
+  with open(path) as f:
+    data = json.load(f)
+  by_name = {}
+  for im in data.get('images', []):
+    by_name[im['file_name']] = im['id']
+    by_name.setdefault(os.path.basename(im['file_name']), im['id'])
+  anns = collections.defaultdict(list)
+  for a in data.get('annotations', []):
+    anns[a['image_id']].append(a)
+  out = {}
+  for ex in examples:
+    if ex.id not in image_ids or ex.path is None:
+      continue
+    theirs = by_name.get(file_name(ex, root), by_name.get(Path(ex.path).name))
+    if theirs is not None:
+      out[image_ids[ex.id]] = anns.get(theirs, [])
+  return out
+
+
+def mask_instances(path: str) -> list[np.ndarray]:
+  """Instance masks of a ground-truth PNG: each distinct non-zero value (or colour) is one
+  object; 255 is VOC's void border unless it is the only non-zero value."""
+  arr = np.asarray(Image.open(path))
+  if arr.ndim == 3:
+    flat = arr[..., :3].reshape(-1, 3)
+    colours, inverse = np.unique(flat, axis=0, return_inverse=True)
+    labels = inverse.reshape(arr.shape[:2])
+    return [labels == i for i, c in enumerate(colours) if c.any()]
+  values = [int(v) for v in np.unique(arr) if v != 0]
+  if len(values) > 1 and 255 in values:
+    values.remove(255)
+  return [arr == v for v in values]
+
+
+def evaluate(config, examples: Sequence[Any], records: dict, instances: dict) -> dict:
+  """Class-agnostic AP/AP50/AR100 (in %) of the discovered objects when ground truth is given."""
+  image_ids = {r['id']: i for i, r in enumerate(
+      (records[ex.id] for ex in examples if ex.id in records), start=1)}
+  gt_anns: dict[int, list[dict]] = {}
+  json_path = _gt_json_path(config.data)
+  if json_path:
+    gt_anns = _json_ground_truth(json_path, examples, image_ids, config.data.root)
+  else:
+    for ex in examples:
+      if ex.id not in image_ids or ex.gt_error:
+        continue
+      if ex.mask_path is not None:
+        try:
+          masks = mask_instances(ex.mask_path)
+        except (OSError, ValueError) as e:
+          logging.warning('unreadable ground truth %s: %s', ex.mask_path, e)
+          continue
+        gt_anns[image_ids[ex.id]] = [
+            {'segmentation': coco.encode(m), 'bbox': coco.bbox(coco.encode(m))} for m in masks
+        ]
+      elif ex.boxes is not None:
+        gt_anns[image_ids[ex.id]] = [
+            {'bbox': [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
+            for b in np.asarray(ex.boxes, float).reshape(-1, 4)
+        ]
+  if not gt_anns:
+    return {}
+  evaluated = set(gt_anns)
+  gt_images = [im for im in instances['images'] if im['id'] in evaluated]
+  gt = {'images': gt_images, 'annotations': []}
+  for image_id in sorted(gt_anns):
+    for a in gt_anns[image_id]:
+      a = dict(a, image_id=image_id, id=len(gt['annotations']) + 1)
+      a.setdefault('iscrowd', 0)
+      gt['annotations'].append(a)
+  dets = [a for a in instances['annotations'] if a['image_id'] in evaluated]
+  kinds = ['bbox']
+  if gt['annotations'] and all('segmentation' in a for a in gt['annotations']):
+    kinds.insert(0, 'segm')
+  result = {'num_evaluated': len(evaluated), 'num_gt_objects': len(gt['annotations'])}
+  for kind in kinds:
+    scores = coco.evaluate_class_agnostic(gt, dets, kind)
+    result[kind] = {k: 100.0 * v for k, v in scores.items()}
+  return result

@@ -1,0 +1,195 @@
+"""--mode=discover (spectral_jax/tasks/discover.py) against the official MaskCut instances.
+
+tests/data/maskcut/instances_{crf,nocrf}.json are the official pseudo-label files of the parity
+photos with the parity checkpoint (tests/data/maskcut/README.md). Objects are matched per image
+(by file stem) one to one by mask IoU, at the bound tests/test_maskcut.py uses (≥ 0.999, same
+count); a faithful port reproduces them pixel for pixel, which is checked as well.
+"""
+
+import copy
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from spectral_jax import coco
+from spectral_jax.tasks import discover
+from tests.conftest import PARITY
+
+REPO = Path(__file__).parent.parent
+MASKCUT = Path(__file__).parent / 'data' / 'maskcut'
+
+
+def _config(root, crf=False, **data):
+  from configs import folder  # pylint: disable=import-outside-toplevel
+
+  config = folder.get_config()
+  config.data.root = str(root)
+  config.model.checkpoint = str(PARITY / 'checkpoint.pth')
+  config.output.num_panels = 1
+  config.discover.crf = crf
+  for key, value in data.items():
+    config.data[key] = value
+  return config
+
+
+def _by_stem(instances):
+  """file stem → list of (bool mask [H, W], annotation)."""
+  names = {im['id']: Path(im['file_name']).stem for im in instances['images']}
+  out = {stem: [] for stem in names.values()}
+  for a in instances['annotations']:
+    out[names[a['image_id']]].append((coco.decode(a['segmentation']), a))
+  return out
+
+
+def _check_against_official(ours, official_path):
+  ref = _by_stem(json.loads(official_path.read_text()))
+  mine = _by_stem(ours)
+  assert sorted(mine) == sorted(ref)
+  for stem, objects in ref.items():
+    pred = mine[stem]
+    assert len(pred) == len(objects), stem
+    iou = np.array([[(p & r).sum() / (p | r).sum() for r, _ in objects] for p, _ in pred])
+    rows, cols = linear_sum_assignment(-iou)
+    assert iou[rows, cols].min() >= 0.999, (stem, iou)
+    for (p, a), (r, b) in zip(pred, objects):  # discovery order, pixel for pixel
+      np.testing.assert_array_equal(p, r)
+      assert a['bbox'] == b['bbox'] and a['area'] == b['area']
+      assert a['segmentation']['counts'] == b['segmentation']['counts']
+
+
+def _check_file_format(path):
+  from pycocotools.coco import COCO  # pylint: disable=import-outside-toplevel
+
+  data = json.loads(Path(path).read_text())
+  assert data['categories'] == [coco.FG_CATEGORY]
+  for im in data['images']:
+    assert set(im) >= {'id', 'file_name', 'height', 'width'}
+  for a in data['annotations']:
+    assert isinstance(a['segmentation']['counts'], str) and a['iscrowd'] == 0
+    assert a['category_id'] == 1 and np.isfinite(a['score'])
+    assert a['bbox'] == coco.bbox(a['segmentation']) and a['area'] == coco.area(a['segmentation'])
+  gt = COCO(str(path))  # loadable as instances …
+  assert len(gt.getAnnIds()) == len(data['annotations'])
+  dets = gt.loadRes(copy.deepcopy(data['annotations']))  # … and as results (it edits them)
+  assert len(dets.getAnnIds()) == len(data['annotations'])
+  return data
+
+
+@pytest.fixture(scope='module')
+def nocrf_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp('discover_nocrf')
+  discover.run(_config(PARITY / 'images'), out)
+  return out
+
+
+def test_parity_without_crf(nocrf_run):
+  data = _check_file_format(nocrf_run / 'instances.json')
+  # True sizes (not the official swap), paths relative to the data root.
+  sizes = {im['file_name']: (im['height'], im['width']) for im in data['images']}
+  assert sizes == {'astronaut.png': (512, 512), 'chelsea.png': (300, 451), 'coffee.png': (400, 600)}
+  _check_against_official(data, MASKCUT / 'instances_nocrf.json')
+  # Instance maps agree with the annotations; one panel (num_panels=1).
+  for stem, objects in _by_stem(data).items():
+    labels = np.asarray(Image.open(nocrf_run / 'instance_maps' / f'{stem}.png'))
+    assert labels.max() == len(objects)
+    for i, (mask, _) in enumerate(objects):
+      np.testing.assert_array_equal(labels == i + 1, mask)
+  assert [p.name for p in (nocrf_run / 'panels').iterdir()] == ['discover_astronaut.png']
+  # Scores: 1 − Ncut, finite and at most 1.
+  assert all(a['score'] <= 1 for a in data['annotations'])
+
+
+def test_resume_gives_the_same_file(nocrf_run, tmp_path):
+  out = tmp_path / 'resumed'
+  discover.run(_config(PARITY / 'images', limit=1), out)
+  first = json.loads((out / 'instances.json').read_text())
+  assert len(first['images']) == 1
+  discover.run(_config(PARITY / 'images'), out)  # the first image is not recomputed
+  assert len((out / 'discover' / 'records.jsonl').read_text().splitlines()) == 3
+  assert (out / 'instances.json').read_bytes() == (nocrf_run / 'instances.json').read_bytes()
+
+
+def test_main_with_crf_default(tmp_path):
+  """Once through main.py (CRF on by default, the official pseudo-label path)."""
+  out = tmp_path / 'out'
+  cmd = [
+      sys.executable, 'main.py', '--config=configs/folder.py', '--mode=discover',
+      f'--config.data.root={PARITY / "images"}', '--config.model.name=dino_vits16',
+      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}', f'--workdir={out}',
+  ]  # fmt: skip
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  data = _check_file_format(out / 'instances.json')
+  _check_against_official(data, MASKCUT / 'instances_crf.json')
+
+
+def _generated(root):
+  """Photos with known instances (a red and a blue box on grass), a corrupt and a tiny file."""
+  images, masks = root / 'images', root / 'masks'
+  images.mkdir(parents=True)
+  masks.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    h, w = 240, 320
+    im = (np.array([40, 120, 40]) + rng.integers(0, 20, (h, w, 3))).astype(np.uint8)
+    lab = np.zeros((h, w), np.uint8)
+    y, x = rng.integers(20, 100), rng.integers(20, 160)
+    im[y : y + 110, x : x + 130] = (230, 30, 30)
+    lab[y : y + 110, x : x + 130] = 1
+    Image.fromarray(im).save(images / f'g{i}.png')
+    Image.fromarray(lab).save(masks / f'g{i}.png')
+  (images / 'broken.png').write_bytes(b'not a png')
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / 'tiny.png')
+  return images, masks
+
+
+def test_ap_on_generated_instances_and_skips(tmp_path):
+  images, masks = _generated(tmp_path / 'data')
+  out = tmp_path / 'out'
+  discover.run(_config(images, masks=str(masks)), out)
+  data = _check_file_format(out / 'instances.json')
+  assert sorted(im['file_name'] for im in data['images']) == [f'g{i}.png' for i in range(4)]
+  skipped = {r['id'] for r in map(json.loads, (out / 'skipped.jsonl').read_text().splitlines())}
+  assert skipped == {'broken', 'tiny'}
+  metrics = json.loads((out / 'metrics.json').read_text())
+  assert metrics['num_evaluated'] == 4 and metrics['num_gt_objects'] == 4
+  # Each box is found (an untrained 2-block ViT: edges follow colour), its mask nearly exact.
+  assert metrics['segm']['AP50'] == 100.0 and metrics['bbox']['AP50'] == 100.0
+  assert metrics['segm']['AP'] > 70 and metrics['segm']['AR100'] > 70
+  # Evaluating the ground truth against itself gives 100 (the evaluation path is sound).
+  gt = {
+      'images': data['images'],
+      'annotations': [
+          dict(coco.annotation(i + 1, im['id'], np.asarray(Image.open(masks / im['file_name'])) > 0))
+          for i, im in enumerate(data['images'])
+      ],
+  }
+  assert coco.evaluate_class_agnostic(gt, gt['annotations'])['AP'] == pytest.approx(1.0)
+
+
+def test_instance_map_and_config_errors():
+  masks = np.zeros((2, 4, 5), bool)
+  masks[0, :2] = True
+  masks[1, 3, 1:] = True
+  labels = discover.instance_map(masks, (4, 5))
+  assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2}
+  config = _config(PARITY / 'images')
+  config.discover.solver = 'magic'
+  with pytest.raises(ValueError, match='discover.solver'):
+    discover.run(config, '/nonexistent-never-created')
+
+
+def test_mask_instances(tmp_path):
+  voc = np.zeros((6, 6), np.uint8)
+  voc[:2, :2], voc[4:, 4:], voc[3, :] = 1, 2, 255  # two objects and VOC's void border
+  Image.fromarray(voc).save(tmp_path / 'voc.png')
+  binary = np.where(voc == 1, 255, 0).astype(np.uint8)
+  Image.fromarray(binary).save(tmp_path / 'binary.png')
+  assert [m.sum() for m in discover.mask_instances(tmp_path / 'voc.png')] == [4, 4]
+  assert [m.sum() for m in discover.mask_instances(tmp_path / 'binary.png')] == [4]
