@@ -20,7 +20,7 @@ from spectral_jax import io, workdirs
 from spectral_jax.models import checkpoints
 from spectral_jax.tasks import common
 
-MODES = ('extract', 'localize', 'segment', 'semantic', 'train', 'evaluate', 'edit')
+MODES = ('extract', 'localize', 'segment', 'semantic', 'train', 'evaluate', 'edit', 'discover')
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a configs/*.py file.', lock_config=True
