@@ -29,9 +29,9 @@ from typing import Any, Iterator, Mapping, Optional
 from absl import logging
 
 from spectral_jax import io
+from spectral_jax.version import __version__ as VERSION
 
 RECORD_DIR = '.spectral_jax'
-VERSION = '0.2.0'
 
 
 class WorkdirError(RuntimeError):

@@ -1,0 +1,159 @@
+"""The command line, shared by ``python main.py``, ``python -m spectral_jax`` and the
+``spectral-jax`` console script.
+
+  spectral-jax --config=voc --mode=localize --workdir=/tmp/voc12
+  python -m spectral_jax --config=configs/folder.py --mode=extract \
+      --config.data.root=IMAGES_DIR --workdir=OUT
+
+``--config`` takes a config file, or the name of a shipped config (``voc``, ``folder``,
+``demo``, ...: the files of ``configs/``, installed as the package ``configs``). A path
+``configs/<name>.py`` that does not exist from the current directory also resolves to the
+shipped file, so the README's commands work from anywhere once the package is installed.
+Any config value can be overridden with --config.<key>=<value>.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from spectral_jax import io, workdirs
+from spectral_jax.models import checkpoints
+from spectral_jax.tasks import common
+
+_ALL_MODES = (
+    'extract', 'localize', 'segment', 'semantic', 'train', 'evaluate', 'edit', 'discover'
+)
+# A mode is a module spectral_jax/tasks/<mode>.py with run(config, workdir).
+_TASKS = Path(__file__).parent / 'tasks'
+MODES = tuple(m for m in _ALL_MODES if (_TASKS / f'{m}.py').exists())
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config',
+    None,
+    'A config file, or the name of a shipped config (voc, folder, demo, ...).',
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where outputs (and resume state) are written.')
+_MODE = flags.DEFINE_enum('mode', 'extract', MODES, 'What to run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def configs_dir() -> Optional[Path]:
+  """The folder of the importable ``configs`` package (the repository's, or the installed one)."""
+  try:
+    spec = importlib.util.find_spec('configs')
+  except (ImportError, ValueError):
+    return None
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  for folder in spec.submodule_search_locations:
+    if (Path(folder) / 'base.py').exists():
+      return Path(folder)
+  return None
+
+
+def shipped_configs() -> list[str]:
+  folder = configs_dir()
+  if folder is None:
+    return []
+  return sorted(p.stem for p in folder.glob('*.py') if not p.stem.startswith('_'))
+
+
+def resolve_config(value: str) -> str:
+  """A --config value → the file config_flags loads.
+
+  An existing file is kept; 'voc' (or 'voc.py', or 'configs/voc.py' where that path does not
+  exist) becomes the shipped configs/voc.py. A ':args' suffix (config_flags' config string)
+  is kept. Anything else is returned unchanged, for config_flags to report.
+  """
+  path, sep, args = value.partition(':')
+  if not path or Path(path).expanduser().exists():
+    return value
+  p = Path(path)
+  bare = len(p.parts) == 1
+  under_configs = len(p.parts) == 2 and p.parts[0] == 'configs'
+  if not (bare or under_configs) or p.suffix not in ('', '.py'):
+    return value
+  folder = configs_dir()
+  if folder is None or not (folder / f'{p.stem}.py').exists():
+    if bare and p.suffix == '':
+      names = ', '.join(shipped_configs()) or '(none found: is the package installed?)'
+      raise app.UsageError(
+          f'--config={value}: no such file and no shipped config {p.stem!r}; '
+          f'shipped configs: {names}'
+      )
+    return value
+  return str(folder / f'{p.stem}.py') + sep + args
+
+
+def resolve_argv(argv: Sequence[str]) -> list[str]:
+  """argv with ``--config=NAME`` / ``--config NAME`` resolved by ``resolve_config``."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if i == 0:
+      continue
+    if arg.startswith('--config='):
+      out[i] = '--config=' + resolve_config(arg[len('--config='):])
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = resolve_config(out[i + 1])
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  common.check_config(config)  # flag-named errors before anything loads
+  workdir = workdirs.prepare(_WORKDIR.value)
+  # Persistent compilation cache: a resumed or repeated run loads its compiled shapes.
+  cache_dir = config.model.cache_dir or checkpoints.default_cache_dir()
+  jax.config.update('jax_compilation_cache_dir', str(Path(cache_dir).expanduser() / 'xla'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  dist = config.distributed
+  if dist.enabled:  # multi-host: JAX's own distributed runtime
+    timeout = dist.get('timeout_s', 300)
+    logging.warning(
+        'process %s waiting up to %d s for %s processes at %s',
+        dist.process_id if dist.process_id >= 0 else '(auto)',
+        timeout,
+        dist.num_processes or '(auto)',
+        dist.coordinator_address or '(auto)',
+    )
+    jax.distributed.initialize(
+        dist.coordinator_address or None,
+        dist.num_processes or None,
+        None if dist.process_id < 0 else dist.process_id,
+        initialization_timeout=timeout,
+    )
+  logging.info(
+      'JAX process %d/%d, local devices: %s',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_devices(),
+  )
+  task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')
+  with workdirs.locked(workdir, jax.process_index(), jax.process_count()):
+    if jax.process_index() == 0:
+      io.clean_stale_temporaries(workdir)
+    task.run(config, str(workdir))
+
+
+def run(argv: Optional[Sequence[str]] = None) -> None:
+  """The entry point: resolves config names, then absl parses the flags and runs ``main``."""
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    argv = resolve_argv(argv)
+  except app.UsageError as e:
+    sys.stderr.write(f'FATAL Flags parsing error: {e}\n')
+    sys.exit(1)
+  app.run(main, argv=argv)
