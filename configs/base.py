@@ -2,6 +2,10 @@
 
 import ml_collections
 
+from spectral_jax.models import weights_cache
+
+METHOD_ARGS = ('dsm', 'tokencut', 'lost', 'tokencut_vits8', 'lost_vits8')
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -54,7 +58,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.spectral.which_matrix = 'laplacian'  # laplacian | affinity
   config.spectral.solver = 'auto'  # auto | dense | lanczos (block Krylov)
 
+  # Object discovery method (localize, segment; extract where it has eigenvectors):
+  # dsm = Deep Spectral Methods (cropped input, Laplacian eigenvectors),
+  # tokencut = TokenCut (padded input; segment: its saliency path, Lanczos-resized input),
+  # lost = LOST (padded input, seed expansion). See spectral_jax/pipeline.py METHODS.
+  config.method = 'dsm'
+  config.tokencut = ml_collections.ConfigDict()
+  config.tokencut.tau = 0.2  # official --tau: similarity threshold of the binary graph
+  config.tokencut.eps = 1e-5  # official --eps: weight of the edges below tau
+  config.lost = ml_collections.ConfigDict()
+  config.lost.k_patches = 100  # official --k_patches: lowest-degree patches tried for expansion
+
   config.segment = ml_collections.ConfigDict()
+  # Mask refinement for any method: none | crf (dense CRF) | bilateral (TokenCut's bilateral
+  # solver, mask = output > 0.5). crf=True is the older spelling of refine='crf'.
+  config.segment.refine = 'none'
+  config.segment.bilateral_params = dict(
+      sigma_spatial=16, sigma_luma=16, sigma_chroma=8
+  )  # TokenCut's README values (the solver function's own defaults 24/4/4 are not used)
   config.segment.crf = False  # dense-CRF refinement of object masks (pydensecrf2)
   config.segment.crf_params = dict(
       w1=10.0, alpha=80.0, beta=13.0, w2=3.0, gamma=3.0, iterations=5
@@ -73,4 +94,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.output = ml_collections.ConfigDict()
   config.output.features = True  # write features/<stem>.npz
   config.output.num_panels = 8  # PNG panels for the first N images
+  return config
+
+
+def with_method(config: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
+  """Applies a config-file argument (``--config=configs/voc.py:tokencut``): dsm (default),
+  tokencut or lost with ViT-S/16, or tokencut_vits8 / lost_vits8 with the 300-epoch ViT-S/8
+  file those methods use (Deep Spectral Methods' dino_vits8 is another file)."""
+  arg = arg or 'dsm'
+  if arg not in METHOD_ARGS:
+    raise ValueError(f'config argument {arg!r}: use one of {METHOD_ARGS}')
+  config.method = arg.split('_')[0]
+  if arg.endswith('_vits8'):
+    config.model.name = 'dino_vits8'
+    config.model.checkpoint = weights_cache.VARIANT_WEIGHTS['dino_vits8_300ep']
   return config

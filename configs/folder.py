@@ -10,13 +10,21 @@ Segment the main object (IoU/acc/maxFβ if --config.data.masks=MASKS_DIR is give
   python main.py --config=configs/folder.py --mode=segment --config.data.root=IMAGES_DIR \
       --workdir=OUT
 
+Any method (--config.method=dsm|tokencut|lost), any refinement
+(--config.segment.refine=none|crf|bilateral), e.g. TokenCut boxes and bilateral-solver masks:
+  python main.py --config=configs/folder.py --mode=localize --config.method=tokencut \
+      --config.data.root=IMAGES_DIR --config.model.name=dino_vits16 \
+      --config.model.checkpoint=FILE --workdir=OUT
+  python main.py --config=configs/folder.py --mode=segment --config.method=tokencut \
+      --config.segment.refine=bilateral --config.data.root=IMAGES_DIR --workdir=OUT
+
 There is no paper number for an arbitrary folder; the outputs are described in README.md.
 """
 
 from configs import base
 
 
-def get_config():
-  config = base.get_config()
+def get_config(arg=None):
+  config = base.with_method(base.get_config(), arg)
   config.data.source = 'folder'
   return config

@@ -25,7 +25,7 @@ from PIL import Image
 from spectral_jax import parallel
 from spectral_jax.data import datasets
 from spectral_jax.models import checkpoints, vit
-from spectral_jax.spectral import affinity, eigen
+from spectral_jax.spectral import affinity, eigen, lost, tokencut
 
 
 @dataclasses.dataclass
@@ -40,6 +40,10 @@ class ImageResult:
   eigenvalues: Optional[np.ndarray] = None  # [K'], K' = min(K, h·w − 1)
   eigenvectors: Optional[np.ndarray] = None  # [K', h·w]
   original_hw: Optional[tuple[int, int]] = None  # (H, W) of the file; None = image.shape
+  # Object-discovery outputs of method 'tokencut' / 'lost' (see METHODS): 'patch_mask' bool
+  # [h, w] (the seed's component), 'box' int64 [4] in working pixels, 'seed' (flat index);
+  # LOST adds 'M' [h·w], its seed-expansion map.
+  outputs: Optional[dict] = None
 
   @property
   def image_hw(self) -> tuple[int, int]:
@@ -81,10 +85,12 @@ class FeatureExtractor:
     self._model = vit.VisionTransformer(self.arch, precision=self.precision)
     self._forward = jax.jit(self._features, static_argnames=('with_cls',))
 
-  def _features(self, params, patches_uint8, pos_tables, token_mask, with_cls=False):
+  def _features(self, params, patches, pos_tables, token_mask, with_cls=False):
+    # uint8 patches are normalised here; float ones arrive normalised (and zero-padded after
+    # normalisation: TokenCut's and LOST's input, see ``prepare_input``).
     out = self._model.apply(
         {'params': params},
-        vit.normalize(patches_uint8),
+        vit.normalize(patches) if patches.dtype == jnp.uint8 else patches,
         feature_block=self.feature_block,
         with_cls=with_cls,
         pos_tables=pos_tables,
@@ -93,9 +99,13 @@ class FeatureExtractor:
     return {key: out[key] for key in (('k', 'cls') if with_cls else ('k',))}
 
   def _sequence_inputs(self, crops, length):
-    """Patches [B, length, P, P, 3], position tables [B, 1 + length, D], token mask."""
+    """Patches [B, length, P, P, 3] (uint8, or float32 if the crops are), position tables
+    [B, 1 + length, D], token mask."""
     p = self.arch.patch_size
-    patches = np.zeros((len(crops), length, p, p, 3), np.uint8)
+    dtype = crops[0].dtype
+    if any(c.dtype != dtype for c in crops) or dtype not in (np.uint8, np.float32):
+      raise ValueError('a batch mixes input dtypes: use uint8 or normalised float32 crops')
+    patches = np.zeros((len(crops), length, p, p, 3), dtype)
     tables = np.zeros((len(crops), 1 + length, self.arch.embed_dim), np.float32)
     mask = np.zeros((len(crops), 1 + length), bool)
     for i, crop in enumerate(crops):
@@ -113,7 +123,8 @@ class FeatureExtractor:
   def __call__(
       self, crops: Sequence[np.ndarray], length: Optional[int] = None, with_cls: bool = False
   ) -> dict[str, jax.Array]:
-    """Features of uint8 crops [h_i·P, w_i·P, 3] run as one batch of patch sequences.
+    """Features of crops [h_i·P, w_i·P, 3] run as one batch of patch sequences: uint8
+    (normalised on the device) or float32 already normalised.
 
     ``length``: tokens per sequence (default: the largest crop's h·w). Returns 'k'
     [B', length, D] with each crop's h_i·w_i tokens first in row-major order (and 'cls'
@@ -326,8 +337,10 @@ def size_batches(
     same_grid: bool = False,
     batch_tokens: int = 1 << 15,
     spectral_k: int = 0,
+    preprocess: str = 'crop',
 ) -> Iterator[list[tuple[Any, np.ndarray, Any]]]:
-  """Groups images by bucketed token count (or by exact patch grid if ``same_grid``).
+  """Groups images by bucketed token count (or by exact patch grid if ``same_grid``) of their
+  model input (``input_grid`` for ``preprocess``).
 
   A group is emitted when its token budget is full (``batch_capacity``), the rest at the
   end; memory stays bounded by (number of buckets) × one batch. Images with no more than
@@ -335,8 +348,7 @@ def size_batches(
   """
   groups: dict[Any, list] = collections.defaultdict(list)
   for item in items:
-    image = item[1]
-    grid = (image.shape[0] // patch_size, image.shape[1] // patch_size)
+    grid = input_grid(item[1].shape[:2], patch_size, preprocess)
     n = grid[0] * grid[1]
     if same_grid:
       key, length = grid, n
@@ -432,6 +444,139 @@ def spectral_decomposition(
   return step(feats, n_valid) if images_lr is None else step(feats, n_valid, images_lr)
 
 
+# ----------------------------------------------------------------------------------------------
+# Methods: one table of how each one builds its input and turns keys into outputs
+# ----------------------------------------------------------------------------------------------
+
+PREPROCESS = ('crop', 'pad', 'resize')
+
+
+def prepare_input(image: np.ndarray, patch_size: int, preprocess: str = 'crop') -> np.ndarray:
+  """The model input [h·P, w·P, 3] of a working-resolution image uint8 [H, W, 3].
+
+  'crop': uint8 top-left crop to ⌊H/P⌋·P × ⌊W/P⌋·P (Deep Spectral Methods).
+  'pad': float32 ImageNet-normalised, THEN zero-padded bottom/right to ⌈H/P⌉·P × ⌈W/P⌉·P
+    (TokenCut's and LOST's object discovery: the padding is the mean colour).
+  'resize': uint8 PIL-Lanczos-resized to round(H/P)·P × round(W/P)·P, halves to even
+    (TokenCut's saliency path).
+  """
+  if preprocess == 'crop':
+    return vit.crop_to_patches(image, patch_size)
+  if preprocess == 'pad':
+    return tokencut.padded_input(image, patch_size)
+  if preprocess == 'resize':
+    return tokencut.saliency_input(image, patch_size)
+  raise ValueError(f'preprocess={preprocess!r}: use one of {PREPROCESS}')
+
+
+def input_grid(image_hw, patch_size: int, preprocess: str = 'crop') -> tuple[int, int]:
+  """The patch grid (h, w) that ``prepare_input`` gives an (H, W) image, without building it."""
+  h, w, p = int(image_hw[0]), int(image_hw[1]), int(patch_size)
+  if preprocess == 'crop':
+    return h // p, w // p
+  if preprocess == 'pad':
+    return -(-h // p), -(-w // p)
+  if preprocess == 'resize':
+    sh, sw = tokencut.saliency_size(h, w, p)
+    return sh // p, sw // p
+  raise ValueError(f'preprocess={preprocess!r}: use one of {PREPROCESS}')
+
+
+def _tokencut_device(feats, n_valid, *, solver: str, tau: float = 0.2, eps: float = 1e-5,
+                     tol: float = 1e-6):
+  """Graph, (λ0, λ1, λ2) and vectors, TokenCut's bipartition and seed (equal to
+  ``tokencut.discover``'s device part). Eigenvector 1 comes back oriented the TokenCut way."""
+  w = tokencut.binary_graph(feats, n_valid, tau=tau, eps=eps)
+  vals, vecs = eigen.laplacian_eigs(w, 3, solver=solver, n_valid=n_valid, tol=tol)
+  v, part, seed = tokencut.bipartition(vecs[:, 1], n_valid)
+  return dict(eigenvalues=vals, eigenvectors=vecs.at[:, 1].set(v), part=part, seed=seed)
+
+
+def _tokencut_host(out: dict, grid, patch_size: int, image_hw) -> dict:
+  comp = tokencut.seed_component(tokencut.as_grid(out['part'], grid), out['seed'])
+  box = tokencut.box_from_mask(comp, patch_size, image_hw)
+  return dict(patch_mask=comp, box=box, seed=int(out['seed']))
+
+
+def _lost_device(feats, n_valid, *, solver: str, k_patches: int = 100):
+  """Degrees, the stable order, seed expansion and the map M (``lost.discover``'s device part)."""
+  del solver  # LOST has no eigenproblem
+  degree, order = lost.degree_order(feats, n_valid)
+  seed, _, _, m = lost.expansion(feats, n_valid, order, k_patches=k_patches)
+  return dict(seed=seed, M=m, degree=degree)
+
+
+def _lost_host(out: dict, grid, patch_size: int, image_hw) -> dict:
+  m = tokencut.as_grid(out['M'], grid)
+  comp = tokencut.seed_component(m > 0, out['seed'])  # M_s > 0 always (see lost.py)
+  box = tokencut.box_from_mask(comp, patch_size, image_hw)
+  return dict(patch_mask=comp, box=box, seed=int(out['seed']), M=m.ravel())
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """How a method builds its input (``prepare_input``) and turns a batch of keys into outputs.
+
+  ``device``: (keys [B, L, D], n_valid [B], solver=, **params) → dict of [B, ...] arrays, jitted
+  and batched (None: Deep Spectral Methods' eigenpairs, ``spectral_decomposition``).
+  ``host``: (one image's slice of those arrays (numpy), grid, P, working (H, W)) → the
+  ``ImageResult.outputs`` dict. ``preprocess`` is the object-discovery input,
+  ``segment_preprocess`` the one of the method's mask (segment mode).
+  """
+
+  name: str
+  preprocess: str
+  segment_preprocess: str
+  has_eigenvectors: bool
+  device: Optional[Callable] = None
+  host: Optional[Callable] = None
+
+
+METHODS = {
+    'dsm': Method('dsm', 'crop', 'crop', True),
+    # Object discovery pads; the saliency masks of the paper's segmentation table resize.
+    'tokencut': Method('tokencut', 'pad', 'resize', True, _tokencut_device, _tokencut_host),
+    'lost': Method('lost', 'pad', 'pad', False, _lost_device, _lost_host),
+}
+
+
+def get_method(name: str) -> Method:
+  if name not in METHODS:
+    raise ValueError(f'method={name!r}: use one of {sorted(METHODS)}')
+  return METHODS[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _method_step(mesh, name: str, solver: str, params: tuple):
+  """The jitted device part of a method (per-device shards under shard_map on a mesh)."""
+  step = functools.partial(METHODS[name].device, solver=solver, **dict(params))
+  if mesh is None:
+    return jax.jit(step)
+  spec = parallel.batch_sharding(mesh).spec
+  return jax.jit(
+      jax.shard_map(step, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
+  )
+
+
+def method_outputs(
+    method: Method, feats: jax.Array, n_valid: np.ndarray, solver: str = 'auto', params=None
+) -> dict:
+  """A method's device part on a batch: feats [B, L, D] (real tokens first), n_valid [B] →
+  dict of [B, ...] device arrays, not waited for."""
+  params = tuple(sorted((params or {}).items()))
+  if method.name == 'tokencut':
+    solver = eigen.resolve_solver(solver, feats.shape[1], 3, smallest=int(np.min(n_valid)))
+  n_valid = jnp.asarray(_pad_rows(np.asarray(n_valid, np.int32), len(feats)))
+  sharding = feats.sharding
+  mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+  if mesh is not None and mesh.size > 1 and jax.default_backend() == 'cpu':
+    feats = jax.device_put(feats, mesh.devices.flat[0])  # see spectral_decomposition
+    mesh = None
+  if mesh is not None and mesh.size == 1:
+    mesh = None
+  return _method_step(mesh, method.name, solver, params)(feats, n_valid)
+
+
 @dataclasses.dataclass
 class _InFlight:
   """A batch whose device work has been dispatched but not waited for."""
@@ -441,6 +586,7 @@ class _InFlight:
   feats: jax.Array
   vals: Optional[jax.Array]
   vecs: Optional[jax.Array]
+  outputs: Optional[dict] = None  # a method's device outputs (Method.device)
 
 
 def _dispatch(
@@ -451,14 +597,20 @@ def _dispatch(
     color_lambda: float,
     which_matrix: str,
     solver: str,
+    method: Method = METHODS['dsm'],
+    preprocess: str = 'crop',
+    method_params: Optional[dict] = None,
 ) -> _InFlight:
   p = extractor.arch.patch_size
-  crops = [vit.crop_to_patches(item[1], p) for item in batch]
+  crops = [prepare_input(item[1], p, preprocess) for item in batch]
   grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
   tokens = [h * w for h, w in grids]
-  feats = extractor(crops, bucket_length(grids[0], bucket_tokens) if min(tokens) > spectral_k
-                    else max(tokens))['k']
+  length = max(bucket_length(grids[0], bucket_tokens), max(tokens))
+  feats = extractor(crops, length if min(tokens) > spectral_k else max(tokens))['k']
   vals = vecs = None
+  if method.device is not None:
+    outputs = method_outputs(method, feats, np.array(tokens), solver, method_params)
+    return _InFlight(batch, grids, feats, None, None, outputs)
   if spectral_k:
     # Tiny images (no more patches than K) come in batches of one token count: K' = N − 1.
     k = min(spectral_k, min(tokens) - 1)
@@ -488,8 +640,14 @@ def _nonfinite(result: ImageResult) -> str:
   return ''
 
 
-def _collect(job: _InFlight, patch_size: int, on_error=None) -> Iterator[ImageResult]:
+def _collect(
+    job: _InFlight, patch_size: int, on_error=None, method: Method = METHODS['dsm']
+) -> Iterator[ImageResult]:
   feats = np.asarray(job.feats)
+  outputs = None
+  if job.outputs is not None:
+    outputs = {key: np.asarray(value) for key, value in job.outputs.items()}
+    job.vals, job.vecs = outputs.pop('eigenvalues', None), outputs.pop('eigenvectors', None)
   vals = None if job.vals is None else np.asarray(job.vals)
   vecs = None if job.vecs is None else np.asarray(job.vecs)
   for i, (example, image, original) in enumerate(job.batch):
@@ -511,6 +669,15 @@ def _collect(job: _InFlight, patch_size: int, on_error=None) -> Iterator[ImageRe
       if on_error is not None:
         on_error(example, error)
       continue
+    if outputs is not None:
+      try:
+        mine = {key: value[i] for key, value in outputs.items()}
+        result.outputs = method.host(mine, job.grids[i], patch_size, image.shape[:2])
+      except ValueError as error:  # e.g. a seed outside its own side: never a made-up box
+        logging.warning('skipping %s: %s', example.id, error)
+        if on_error is not None:
+          on_error(example, error)
+        continue
     yield result
 
 
@@ -527,8 +694,17 @@ def run_images(
     bucket_tokens: int = 32,
     batch_tokens: int = 1 << 15,
     on_error: Optional[Callable[[Any, Exception], None]] = None,
+    method: str = 'dsm',
+    preprocess: str = '',
+    method_params: Optional[dict] = None,
 ) -> Iterator[ImageResult]:
   """Features (and eigenpairs if spectral_k > 0) for every readable image.
+
+  ``method`` (see METHODS): 'dsm' (Deep Spectral Methods: cropped input, ``spectral_k``
+  eigenpairs), 'tokencut' (eigenpairs λ0..λ2 and ``outputs``) or 'lost' (``outputs`` only),
+  with ``method_params`` (tokencut: tau, eps; lost: k_patches); ``preprocess`` overrides the
+  method's input ('crop' | 'pad' | 'resize', see ``prepare_input``). Every method shares the
+  batching, token budget, working resolution and error handling below.
 
   Images above ``limits.max_tokens`` patches run downscaled (``fit_tokens``; results carry
   ``original_hw`` to map outputs back). Images run as patch sequences padded to token counts
@@ -540,23 +716,32 @@ def run_images(
   too small or non-finite images go to ``on_error`` and are not yielded.
   """
   p = extractor.arch.patch_size
+  spec = get_method(method)
+  preprocess = preprocess or spec.preprocess
+  if preprocess not in PREPROCESS:
+    raise ValueError(f'preprocess={preprocess!r}: use one of {PREPROCESS}')
+  if spec.device is not None:  # the method's own graph: no DSM eigenpairs or colour term
+    spectral_k, color_lambda, which_matrix = 0, 0.0, 'laplacian'
   same_grid = color_lambda > 0 or which_matrix != 'laplacian'
   if same_grid:
     bucket_tokens = 0
-  if spectral_k:
+  if spectral_k or spec.device is not None:
     limits = dataclasses.replace(limits, min_tokens=max(limits.min_tokens, MIN_TOKENS))
   items = decoded(examples, p, limits, on_error=on_error)
   in_flight = None
   batches = size_batches(
-      items, p, batch_size, bucket_tokens, same_grid, batch_tokens, spectral_k
+      items, p, batch_size, bucket_tokens, same_grid, batch_tokens, spectral_k, preprocess
   )
   for batch in batches:
-    job = _dispatch(extractor, batch, bucket_tokens, spectral_k, color_lambda, which_matrix, solver)
+    job = _dispatch(
+        extractor, batch, bucket_tokens, spectral_k, color_lambda, which_matrix, solver,
+        spec, preprocess, method_params,
+    )
     if in_flight is not None:
-      yield from _collect(in_flight, p, on_error)
+      yield from _collect(in_flight, p, on_error, spec)
     in_flight = job
   if in_flight is not None:
-    yield from _collect(in_flight, p, on_error)
+    yield from _collect(in_flight, p, on_error, spec)
 
 
 class Progress:

@@ -50,6 +50,13 @@ WEIGHTS: dict[str, str] = {
     "dino_vitb16": _DINO_URL + "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
     "dino_vitb8": _DINO_URL + "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
 }
+# Other official files of the same architectures, passed as --config.model.checkpoint=URL.
+# TokenCut and LOST load the 300-epoch ViT-S/8 (Deep Spectral Methods' dino_vits8 is the
+# other file above); S/16 and B/16 are the same files in all three.
+VARIANT_WEIGHTS: dict[str, str] = {
+    "dino_vits8_300ep": _DINO_URL
+    + "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth",
+}
 
 _RUN_START = time.time()  # temporaries older than this run and idle for STALE_AFTER are stale
 STALE_AFTER = 600.0  # seconds; live writers touch their files far more often

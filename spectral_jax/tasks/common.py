@@ -197,8 +197,9 @@ def image_limits(data) -> pipeline.ImageLimits:
   )
 
 
-def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: str = ''):
-  """pipeline.run_images with the run's config (spectral settings, batching, limits)."""
+def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: str = '', **method):
+  """pipeline.run_images with the run's config (spectral settings, batching, limits);
+  ``method``: pipeline.run_images' method, preprocess and method_params."""
   s = config.spectral
   return pipeline.run_images(
       extractor,
@@ -212,6 +213,7 @@ def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: s
       bucket_tokens=bucket_tokens(config),
       batch_tokens=config.data.batch_tokens,
       on_error=on_error,
+      **method,
   )
 
 
@@ -286,9 +288,9 @@ def _forget_skipped(workdir: Path, stage: str) -> None:
 # Config keys that change a stage's outputs, beyond the model and the input (and which of the
 # stage's files and folders hold them). Keys absent from a config are skipped.
 STAGES = {
-    'extract': (('spectral',), ('features', 'eigs')),
+    'extract': (('spectral', 'method', 'tokencut'), ('features', 'eigs')),
     'localize': (('spectral', 'method', 'tokencut', 'lost'), ('predictions*.jsonl',)),
-    'segment': (('spectral', 'segment', 'method', 'tokencut'), ('masks',)),
+    'segment': (('spectral', 'segment', 'method', 'tokencut', 'lost'), ('masks',)),
     'edit': (('edit', 'seed'), ('cutout', 'composite', 'panels/edit_*')),
     'discover': (
         ('discover',),

@@ -5,6 +5,10 @@ patch_grid (h, w), image_size (H, W) of the original image, working_size (H', W'
 saw: smaller when the image was downscaled to data.max_tokens) and ``workdir/eigs/<stem>.npz``
 (eigenvalues [K'], eigenvectors [K', h·w], patch_grid, image_size, working_size; K' = K
 unless the image has no more than K patches). Images whose files exist are not recomputed.
+
+``--config.method=tokencut``: keys of TokenCut's input (normalised, zero-padded to ⌈H/P⌉ ×
+⌈W/P⌉ patches) and its eigenpairs λ0, λ1, λ2 of (D − W) v = λ D v on the binary graph,
+eigenvector 1 oriented by TokenCut's seed rule. LOST has no eigenvectors: method=lost stops.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from spectral_jax import io, parallel, pipeline, viz
-from spectral_jax.tasks import common
+from spectral_jax.tasks import common, localize
 
 
 def output_paths(workdir, image_id: str) -> tuple[Path, Path]:
@@ -42,6 +46,12 @@ def _write(r: pipeline.ImageResult, workdir, with_features: bool) -> None:
 
 def run(config, workdir) -> None:
   common.check_config(config)
+  args = localize.method_args(config)
+  if not pipeline.METHODS[args['method']].has_eigenvectors:
+    raise ValueError(
+        f"--config.method={args['method']!r} has no eigenvectors to extract: use "
+        '--mode=localize or --mode=segment (or method dsm / tokencut)'
+    )
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'extract')
   skipped_before = common.previously_skipped(workdir, 'extract')
@@ -60,7 +70,7 @@ def run(config, workdir) -> None:
   skipped = common.SkipLog(workdir, 'extract')
   progress = pipeline.Progress(len(todo), 'extract')
   panels = common.Panels(workdir, config.output.num_panels, examples)
-  for r in common.run_images(config, extractor, todo, skipped):
+  for r in common.run_images(config, extractor, todo, skipped, **args):
     if not common.write_or_skip(r.example, skipped, _write, r, workdir, config.output.features):
       continue
     panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid))

@@ -1,4 +1,8 @@
-"""``--mode=localize``: one box per image from the Fiedler vector; CorLoc when boxes are known.
+"""``--mode=localize``: one box per image; CorLoc when boxes are known.
+
+``--config.method``: dsm (the Fiedler vector's largest 8-connected component, cropped input),
+tokencut (TokenCut's seed component, normalised then zero-padded input) or lost (LOST's seed
+expansion, same input); see ``pipeline.METHODS``.
 
 Writes ``workdir/predictions.jsonl`` (one line per image: id, box_xyxy [x0, y0, x1, y1] in
 pixels of the original image with exclusive max, image_size [H, W]), ``workdir/metrics.json``
@@ -53,6 +57,33 @@ def corloc_result(counts: np.ndarray) -> dict:
   return result
 
 
+def method_args(config, segment: bool = False) -> dict:
+  """``common.run_images`` keywords of ``config.method``: its input for object discovery (or
+  for its mask with ``segment``) and its parameters; a bad value names the flag."""
+  name = config.get('method', 'dsm')
+  if name not in pipeline.METHODS:
+    raise ValueError(f'--config.method={name!r}: use one of {sorted(pipeline.METHODS)}')
+  method = pipeline.METHODS[name]
+  params = {}
+  if name == 'tokencut':
+    params = dict(tau=float(config.tokencut.tau), eps=float(config.tokencut.eps))
+    if not params['eps'] > 0:
+      raise ValueError(f"--config.tokencut.eps={params['eps']!r}: must be > 0")
+  elif name == 'lost':
+    params = dict(k_patches=int(config.lost.k_patches))
+    if params['k_patches'] < 1:
+      raise ValueError(f"--config.lost.k_patches={params['k_patches']!r}: must be >= 1")
+  preprocess = method.segment_preprocess if segment else method.preprocess
+  return dict(method=name, preprocess=preprocess, method_params=params)
+
+
+def panel_vectors(r: pipeline.ImageResult):
+  """What a panel shows as heat maps: eigenvectors, or LOST's map M in their place."""
+  if r.eigenvectors is not None or not r.outputs or 'M' not in r.outputs:
+    return r.eigenvectors
+  return np.stack([np.zeros_like(r.outputs['M']), r.outputs['M']])
+
+
 def prediction_files(workdir: Path) -> list[Path]:
   return sorted(Path(workdir).glob('predictions*.jsonl'))
 
@@ -60,6 +91,7 @@ def prediction_files(workdir: Path) -> list[Path]:
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
+  method_args(config)  # fail fast on a bad method
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'localize')
   ids = {ex.id for ex in examples}
@@ -103,10 +135,13 @@ def _predict(config, workdir: Path, todo: list, pred_path: Path, examples: list)
   progress = pipeline.Progress(len(todo), 'localize')
   panels = common.Panels(workdir, config.output.num_panels, examples)
   index = eigenvector_index(config.spectral.which_matrix)
-  for r in common.run_images(config, extractor, todo, skipped):
-    working_box = segments.localization_box(
-        r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=index
-    )
+  for r in common.run_images(config, extractor, todo, skipped, **method_args(config)):
+    if r.outputs is not None:  # TokenCut / LOST: the seed component's box
+      working_box = r.outputs['box']
+    else:
+      working_box = segments.localization_box(
+          r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=index
+      )
     box = r.box_to_original(working_box)
     record = {
         'id': r.example.id,
@@ -118,7 +153,7 @@ def _predict(config, workdir: Path, todo: list, pred_path: Path, examples: list)
       continue
     panels(
         r.example.id,
-        lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid, box_xyxy=working_box),
+        lambda: viz.panel(r.image, panel_vectors(r), r.patch_grid, box_xyxy=working_box),
     )
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

@@ -1,4 +1,10 @@
-"""``--mode=segment``: the main object's mask from the Fiedler vector, optionally CRF-refined.
+"""``--mode=segment``: the main object's mask, optionally refined.
+
+``--config.method``: dsm (Fiedler vector > 0, cropped input), tokencut (TokenCut's saliency
+path: Lanczos-resized input, the seed component upsampled by torch's nearest rule to the
+original size) or lost (LOST's seed component on the padded input, ×P blocks).
+``--config.segment.refine``: none | crf (dense CRF) | bilateral (TokenCut's bilateral solver,
+mask = output > 0.5); ``segment.crf=True`` means refine=crf.
 
 Writes ``workdir/masks/<stem>.png`` (0/255, image size), ``workdir/metrics.json`` (mean
 per-image IoU and accuracy, and maxFβ with β² = 0.3, when ground-truth masks are known) and
@@ -15,8 +21,10 @@ from PIL import Image
 
 from spectral_jax import crf, io, metrics, parallel, pipeline, viz
 from spectral_jax.data import datasets, decode
-from spectral_jax.spectral import segments
-from spectral_jax.tasks import common
+from spectral_jax.spectral import bilateral, segments, tokencut
+from spectral_jax.tasks import common, localize
+
+REFINES = ('none', 'crf', 'bilateral')
 
 
 def mask_path(workdir: Path, image_id: str) -> Path:
@@ -32,6 +40,60 @@ def object_mask(
   if crf_params is not None:
     full = crf.refine_mask(image, full, crf_params)
   return full
+
+
+def refine_mode(segment_config) -> str:
+  """segment.refine, with the older flag segment.crf=True meaning 'crf'."""
+  refine = segment_config.get('refine', 'none')
+  if refine not in REFINES:
+    raise ValueError(f'--config.segment.refine={refine!r}: use one of {REFINES}')
+  if segment_config.crf:
+    if refine not in ('none', 'crf'):
+      raise ValueError(
+          f'--config.segment.crf=True and --config.segment.refine={refine!r}: choose one '
+          "(segment.crf=True means refine='crf'; pass --config.segment.crf=False)"
+      )
+    return 'crf'
+  return refine
+
+
+def method_mask(r: pipeline.ImageResult, preprocess: str, hw=None) -> np.ndarray:
+  """The method's unrefined mask, bool [H, W] at ``hw`` (default: the working image size).
+
+  dsm ('crop'): Fiedler vector > 0, the official ×P upsampling of the cropped grid.
+  tokencut ('resize'): torch nearest interpolation of the seed component to the image, as
+  the official saliency code. lost ('pad'): ×P blocks of the seed component, cropped to the
+  image (at another size: nearest resize of that).
+  """
+  hw = tuple(int(v) for v in (hw or r.image.shape[:2]))
+  if r.outputs is None:
+    mask = segments.fiedler_mask(r.eigenvectors, r.patch_grid)
+    return segments.upsample_patch_mask(mask, hw, r.patch_size)
+  patch_mask = r.outputs['patch_mask']
+  if preprocess == 'resize':
+    return tokencut.upsample_nearest(patch_mask, hw)
+  p = r.patch_size
+  blocks = np.repeat(np.repeat(patch_mask, p, axis=0), p, axis=1)
+  if preprocess == 'pad':
+    blocks = blocks[: r.image.shape[0], : r.image.shape[1]]
+  else:
+    blocks = segments.upsample_patch_mask(patch_mask, r.image.shape[:2], p)
+  return pipeline.resize_mask(blocks, hw)
+
+
+def refine_mask(image: np.ndarray, mask: np.ndarray, refine: str, config) -> np.ndarray:
+  """Refined bool [H, W] mask of uint8 image [H, W, 3].
+
+  bilateral: ``bilateral.solve(image, mask) > 0.5`` — what TokenCut's evaluation scores. The
+  official ``get_saliency.py`` also "flips" masks whose IoU with the unrefined one is < 0.5,
+  but its flip multiplies a boolean mask by −1 (values 0/−1), which empties the mask instead
+  of inverting it, and the scores never see it: that rule is broken and is not reproduced.
+  """
+  if refine == 'crf':
+    return crf.refine_mask(image, mask, crf.CRFParams(**config.segment.crf_params))
+  if refine == 'bilateral':
+    return bilateral.solve(image, mask, **dict(config.segment.bilateral_params))[1]
+  return mask
 
 
 def score(examples: list, workdir: Path) -> dict:
@@ -75,6 +137,8 @@ def score(examples: list, workdir: Path) -> dict:
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
+  localize.method_args(config, segment=True)  # fail fast on a bad method or refinement
+  refine_mode(config.segment)
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'segment')
   skipped_before = common.previously_skipped(workdir, 'segment')
@@ -105,15 +169,28 @@ def _predict(config, workdir: Path, todo: list, examples: list) -> None:
   extractor = common.load_extractor(config.model)
   skipped = common.SkipLog(workdir, 'segment')
   progress = pipeline.Progress(len(todo), 'segment')
-  crf_params = crf.CRFParams(**config.segment.crf_params) if config.segment.crf else None
+  refine = refine_mode(config.segment)
+  args = localize.method_args(config, segment=True)
   panels = common.Panels(workdir, config.output.num_panels, examples)
-  for r in common.run_images(config, extractor, todo, skipped, which_matrix='laplacian'):
-    mask = object_mask(r.image, r.eigenvectors, r.patch_grid, r.patch_size, crf_params)
-    full = r.mask_to_original(mask)
-    if not common.write_or_skip(
-        r.example, skipped, io.save_png, mask_path(workdir, r.example.id), full.astype(np.uint8) * 255
-    ):
+  for r in common.run_images(config, extractor, todo, skipped, which_matrix='laplacian', **args):
+    try:
+      if refine == 'none' and r.outputs is not None:
+        # Straight to the original frame (the official saliency mask is upsampled to H × W).
+        mask = full = method_mask(r, args['preprocess'], r.image_hw)
+      else:  # refined at working resolution, with the image the model saw
+        mask = refine_mask(r.image, method_mask(r, args['preprocess']), refine, config)
+        full = r.mask_to_original(mask)
+    except ValueError as e:  # e.g. an image too large for the bilateral grid's hash
+      logging.warning('skipping %s: %s', r.example.id, e)
+      skipped(r.example, e)
       continue
-    panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid, mask=mask))
+    out = mask_path(workdir, r.example.id)
+    if not common.write_or_skip(r.example, skipped, io.save_png, out, full.astype(np.uint8) * 255):
+      continue
+    panel_mask = pipeline.resize_mask(mask, r.image.shape[:2])
+    panels(
+        r.example.id,
+        lambda: viz.panel(r.image, localize.panel_vectors(r), r.patch_grid, mask=panel_mask),
+    )
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())
