@@ -1,0 +1,147 @@
+"""The package as users install it: wheel → fresh venv → API and CLI from outside the repo.
+
+Offline: the wheel is built with --no-build-isolation (setuptools and wheel from this
+environment), installed with --no-index --no-deps into a fresh venv that sees this
+environment's site-packages through a .pth file (so the installed dependency versions are
+reused), and run from a directory outside the repository.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MANIFEST, PARITY, PARITY_IDS
+
+ROOT = Path(__file__).parent.parent
+CKPT = PARITY / 'checkpoint.pth'
+
+
+def _run(cmd, cwd, env, timeout=300):
+  proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, f'{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}'
+  return proc
+
+
+def _clean_env():
+  env = dict(os.environ)
+  env.pop('PYTHONPATH', None)  # nothing from the repository may leak in
+  env.pop('VIRTUAL_ENV', None)
+  env['JAX_PLATFORMS'] = env.get('JAX_PLATFORMS', 'cpu')
+  return env
+
+
+@pytest.fixture(scope='module')
+def installed(tmp_path_factory):
+  """(python, bin folder, scratch folder) of a fresh venv with the built wheel installed."""
+  if importlib.util.find_spec('wheel') is None or importlib.util.find_spec('setuptools') is None:
+    pytest.skip('building the wheel offline needs setuptools and wheel (requirements-test.txt)')
+  tmp = tmp_path_factory.mktemp('packaging')
+  # Build from a copy: an in-tree build would leave build/ and *.egg-info in the repository.
+  src = tmp / 'src'
+  ignore = shutil.ignore_patterns('__pycache__', '*.pyc')
+  for name in ('spectral_jax', 'configs'):
+    shutil.copytree(ROOT / name, src / name, ignore=ignore)
+  for name in ('pyproject.toml', 'README.md'):
+    shutil.copy(ROOT / name, src / name)
+  env = _clean_env()
+  dist = tmp / 'dist'
+  _run(
+      [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index',
+       '-q', '-w', str(dist), str(src)],
+      tmp, env,
+  )
+  (wheel,) = dist.glob('spectral_jax-*.whl')
+  venv = tmp / 'venv'
+  _run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], tmp, env)
+  python = venv / 'bin' / 'python'
+  purelib = _run(
+      [str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], tmp, env
+  ).stdout.strip()
+  # This environment's packages (jax, ..., pip) after the venv's own: the wheel wins.
+  Path(purelib, 'zz_reuse_deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
+  _run(
+      [str(python), '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', str(wheel)], tmp,
+      env,
+  )
+  work = tmp / 'elsewhere'
+  work.mkdir()
+  return python, venv / 'bin', work, env, wheel
+
+
+def test_wheel_contents_and_version(installed):
+  python, _, work, env, wheel = installed
+  assert wheel.name.startswith('spectral_jax-0.2.0-')
+  proc = _run(
+      [str(python), '-c', textwrap.dedent('''
+          import importlib.metadata, spectral_jax, configs, spectral_jax.workdirs as w
+          print(spectral_jax.__file__, configs.__file__)
+          assert spectral_jax.__version__ == importlib.metadata.version('spectral_jax')
+          assert w.VERSION == spectral_jax.__version__
+          import spectral_jax.data.datasets as d
+          assert len(d.coco20k_filenames()) == 19817
+      ''')],
+      work, env,
+  )
+  venv = str(python.parent.parent)
+  for path in proc.stdout.split():
+    assert path.startswith(venv), proc.stdout  # the installed copy, not the repository's
+
+
+def test_installed_api_and_cli_give_the_parity_boxes(installed, tmp_path):
+  python, bin_dir, work, env, _ = installed
+  paths = [str(PARITY / 'images' / f'{i}.png') for i in PARITY_IDS]
+  cache = tmp_path / 'cache'
+  script = textwrap.dedent(f'''
+      import json, spectral_jax
+      b = spectral_jax.load_backbone('dino_vits16', checkpoint={str(CKPT)!r},
+                                     cache_dir={str(cache)!r})
+      print(json.dumps([list(r.box_xyxy) for r in spectral_jax.localize(b, {paths!r})]))
+  ''')
+  # The API run fills the CLI's persistent compilation cache (cache/xla): same shapes, so the
+  # CLI run below compiles nothing.
+  api_env = dict(env, JAX_COMPILATION_CACHE_DIR=str(cache / 'xla'),
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  proc = _run([str(python), '-c', script], work, api_env)
+  api_boxes = json.loads(proc.stdout.strip().splitlines()[-1])
+  expected = [MANIFEST['images'][i]['loc_box_xyxy'] for i in PARITY_IDS]
+  assert api_boxes == expected
+
+  out = tmp_path / 'out'
+  _run(
+      [str(python), '-m', 'spectral_jax', '--config=folder', '--mode=localize',
+       f'--config.data.root={PARITY / "images"}', f'--config.model.checkpoint={CKPT}',
+       f'--config.model.cache_dir={cache}', f'--workdir={out}'],
+      work, env,
+  )
+  records = {
+      r['id']: r['box_xyxy']
+      for r in map(json.loads, (out / 'predictions.jsonl').read_text().splitlines())
+  }
+  assert [records[i] for i in PARITY_IDS] == expected
+
+
+def test_console_script_resolves_shipped_configs(installed, tmp_path):
+  _, bin_dir, work, env, _ = installed
+  proc = subprocess.run(
+      [str(bin_dir / 'spectral-jax'), '--config=nonesuch', '--mode=localize',
+       f'--workdir={tmp_path}'],
+      cwd=work, env=env, capture_output=True, text=True, timeout=120,
+  )
+  assert proc.returncode != 0
+  for name in ('folder', 'voc', 'demo', 'object_seg', 'edit'):
+    assert name in proc.stderr
+  # A config found by name, checked before anything loads (an unknown value is named).
+  proc = subprocess.run(
+      [str(bin_dir / 'spectral-jax'), '--config=voc', '--mode=localize',
+       '--config.spectral.which_matrix=banana', f'--workdir={tmp_path}'],
+      cwd=work, env=env, capture_output=True, text=True, timeout=120,
+  )
+  assert proc.returncode != 0 and 'which_matrix' in proc.stderr, proc.stderr[-2000:]
