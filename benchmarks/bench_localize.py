@@ -61,15 +61,27 @@ sys.path.insert(0, HERE)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+try:  # the official reference needs torch; ours does not
+    import torch  # noqa: E402
+except ImportError:
+    torch = None
+
+TORCH_MISSING = (
+    "torch is NOT installed: the official reference (torch ViT + scipy) cannot run, so nothing "
+    "is timed or compared. Install torch (e.g. `pip install torch`, CPU is enough) and rerun.")
 
 try:  # limits scipy's BLAS threads for the reference (installed with scikit-learn)
     from threadpoolctl import threadpool_limits
 except ImportError:  # pragma: no cover
     threadpool_limits = None
 
-import official_reference as ref  # noqa: E402
+import official_methods as ref_methods  # noqa: E402
+
+ref = None
+if torch is not None:
+    import official_reference as ref  # noqa: E402
 from spectral_jax import pipeline  # noqa: E402
 from spectral_jax.data import datasets  # noqa: E402
 from spectral_jax.models import vit  # noqa: E402
@@ -259,7 +271,8 @@ def run_ours(extractor, examples, args) -> Tuple[float, Dict[str, np.ndarray]]:
     boxes = {}
     t0 = time.perf_counter()
     for r in pipeline.run_images(extractor, examples, batch_size=args.batch_size,
-                                 max_pixels=args.max_pixels, spectral_k=5,
+                                 limits=pipeline.ImageLimits(max_pixels=args.max_pixels),
+                                 spectral_k=5,
                                  bucket_tokens=args.bucket_tokens, solver=args.solver):
         boxes[r.example.id] = segments.localization_box(
             r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=1)
@@ -369,7 +382,119 @@ def thread_limit(n: int):
     return threadpool_limits(n)
 
 
-def main(argv=None) -> None:
+# ------------------------------------------------------------------------------------------------
+# --method tokencut | lost
+# ------------------------------------------------------------------------------------------------
+
+METHODS_DIR = os.path.join(ROOT, "tests", "data", "methods")
+
+
+def verify_method_graph(method: str) -> str:
+    """The reference's graph/box part on the official keys (no torch needed): boxes and seeds
+    must equal the official ones of tests/data/methods."""
+    import json  # pylint: disable=import-outside-toplevel
+
+    manifest = json.load(open(os.path.join(METHODS_DIR, "manifest.json")))
+    fn = ref_methods.tokencut_box if method == "tokencut" else ref_methods.lost_box
+    lines = []
+    for pid, info in sorted(manifest["images"].items()):
+        k = np.load(os.path.join(METHODS_DIR, pid + ".npz"))["k"]
+        out = fn(k, tuple(info["patch_grid"]), 16, (info["height"], info["width"]))
+        want = info[f"{method}_box_xyxy"]
+        assert out["box"].tolist() == want, f"{pid}: box {out['box'].tolist()} vs {want}"
+        assert int(out["seed"]) == info[f"{method}_seed"], f"{pid}: seed {out['seed']}"
+        lines.append(f"{pid}: box {want} == official")
+    return "; ".join(lines)
+
+
+def verify_method_reference(method: str, device: str) -> str:
+    """Torch ViT keys of the padded input vs the official keys, then boxes, end to end."""
+    import json  # pylint: disable=import-outside-toplevel
+
+    manifest = json.load(open(os.path.join(METHODS_DIR, "manifest.json")))
+    model = ref.load_dino(os.path.join(PARITY_DIR, "checkpoint.pth"), device)
+    lines = []
+    for pid, info in sorted(manifest["images"].items()):
+        path = os.path.join(PARITY_DIR, "images", pid + ".png")
+        with Image.open(path) as im:
+            keys = ref_methods.extract_padded_keys(model, np.array(im.convert("RGB")), device)
+        k_ref = np.load(os.path.join(METHODS_DIR, pid + ".npz"))["k"]
+        rel = float(np.abs(keys - k_ref).max() / np.abs(k_ref).max())
+        assert keys.shape == k_ref.shape and rel <= 1e-4, f"{pid}: keys differ by {rel:.2e}·max"
+        out = ref_methods.localize(model, path, method, device)
+        assert out["box"].tolist() == info[f"{method}_box_xyxy"], f"{pid}: box {out['box']}"
+        lines.append(f"{pid}: keys {rel:.1e}·max, box == official")
+    return "; ".join(lines)
+
+
+def run_ours_method(extractor, examples, args) -> Tuple[float, Dict[str, np.ndarray]]:
+    boxes = {}
+    t0 = time.perf_counter()
+    for r in pipeline.run_images(extractor, examples, batch_size=args.batch_size,
+                                 limits=pipeline.ImageLimits(max_pixels=args.max_pixels),
+                                 bucket_tokens=args.bucket_tokens, solver=args.solver,
+                                 method=args.method):
+        boxes[r.example.id] = r.box_to_original(r.outputs["box"])
+    return time.perf_counter() - t0, boxes
+
+
+def main_method(args, argv) -> int:
+    """Ours (pipeline.run_images, method=...) vs the official per-image TokenCut / LOST loop."""
+    print(f"## bench_localize --method {args.method}")
+    print()
+    print(f"- command: `python benchmarks/{os.path.basename(__file__)} "
+          f"{' '.join(sys.argv[1:] if argv is None else argv)}`")
+    print(f"- JAX {jax.__version__} backend `{jax.default_backend()}`; torch "
+          f"{torch.__version__ if torch is not None else 'NOT INSTALLED'}; load average "
+          f"{loadavg()}")
+    print(f"- reference graph/box part on the official keys: {verify_method_graph(args.method)}")
+    if torch is None:
+        print(f"- {TORCH_MISSING}")
+        return 2
+    if not args.skip_verify:
+        msg = verify_method_reference(args.method, args.torch_device)
+        print(f"- reference verified end to end against tests/data/methods: {msg}")
+    os.makedirs(args.cache_dir, exist_ok=True)
+    ckpt = args.checkpoint
+    if not ckpt:
+        ckpt = os.path.join(args.cache_dir, f"random_vits16_d12_seed{args.seed}.pth")
+        if not os.path.isfile(ckpt):
+            make_checkpoint(ckpt, args.seed)
+    paths = make_images(os.path.join(args.cache_dir, f"images_seed{args.seed}"), args.images,
+                        args.seed)
+    examples = [datasets.Example(id=os.path.splitext(os.path.basename(p))[0], path=p)
+                for p in paths]
+    extractor = pipeline.load_extractor("dino_vits16", checkpoint=ckpt, cache_dir=args.cache_dir)
+    model = ref.load_dino(ckpt, args.torch_device)
+    first_s, _ = run_ours_method(extractor, examples, args)  # compiles
+    ref_methods.localize(model, paths[0], args.method, args.torch_device)  # torch warm-up
+    ours_s, ref_s, boxes, ref_out = [], [], {}, {}
+    timers: Dict[str, float] = {}
+    for _ in range(args.repeats):
+        t, boxes = run_ours_method(extractor, examples, args)
+        ours_s.append(t)
+        t0 = time.perf_counter()
+        for p in paths:
+            ref_out[os.path.splitext(os.path.basename(p))[0]] = ref_methods.localize(
+                model, p, args.method, args.torch_device, timers)
+        ref_s.append(time.perf_counter() - t0)
+    n = len(paths)
+    same = sum(np.array_equal(boxes[i], ref_out[i]["box"]) for i in ref_out)
+    print(f"- checkpoint `{ckpt}`, {n} images; our warm-up pass (compilation) {first_s:.1f} s")
+    print()
+    print("| side | images/s (best of passes) | s per pass |")
+    print("|---|---|---|")
+    print(f"| ours ({args.method}, batch {args.batch_size}) | {n / min(ours_s):.2f} | "
+          + ", ".join(f"{t:.1f}" for t in ours_s) + " |")
+    print(f"| official loop (torch {args.torch_device} + scipy) | {n / min(ref_s):.2f} | "
+          + ", ".join(f"{t:.1f}" for t in ref_s) + " |")
+    print()
+    print(f"- speed-up {min(ref_s) / min(ours_s):.2f}×; identical boxes {same}/{n}; reference "
+          "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timers.items()))
+    return 0
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=40, help="number of images (default 40)")
@@ -399,7 +524,15 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-verify", action="store_true",
                     help="do not verify the reference against tests/data/parity")
     ap.add_argument("--no-profile", action="store_true", help="skip the stage profile")
+    ap.add_argument("--method", default="dsm", choices=("dsm", "tokencut", "lost"),
+                    help="dsm (default), or TokenCut / LOST object discovery against their "
+                         "official per-image loop (benchmarks/official_methods.py)")
     args = ap.parse_args(argv)
+    if args.method != "dsm":
+        return main_method(args, argv)
+    if torch is None:
+        print(TORCH_MISSING)
+        raise SystemExit(2)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     thread_list = [int(x) for x in args.torch_threads.split(",") if x.strip()] or [cores]
@@ -607,4 +740,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
