@@ -18,7 +18,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from spectral_jax import coco
-from spectral_jax.tasks import discover
+from spectral_jax.tasks import common, discover
 from tests.conftest import PARITY
 
 REPO = Path(__file__).parent.parent
@@ -163,14 +163,35 @@ def test_ap_on_generated_instances_and_skips(tmp_path):
   assert metrics['segm']['AP50'] == 100.0 and metrics['bbox']['AP50'] == 100.0
   assert metrics['segm']['AP'] > 70 and metrics['segm']['AR100'] > 70
   # Evaluating the ground truth against itself gives 100 (the evaluation path is sound).
+  truth = [np.asarray(Image.open(masks / im['file_name'])) > 0 for im in data['images']]
   gt = {
       'images': data['images'],
       'annotations': [
-          dict(coco.annotation(i + 1, im['id'], np.asarray(Image.open(masks / im['file_name'])) > 0))
-          for i, im in enumerate(data['images'])
+          coco.annotation(i + 1, im['id'], m)
+          for i, (im, m) in enumerate(zip(data['images'], truth))
       ],
   }
   assert coco.evaluate_class_agnostic(gt, gt['annotations'])['AP'] == pytest.approx(1.0)
+  # The same ground truth as a COCO JSON (segm + bbox) and as VOC XML boxes (bbox only).
+  records = discover.read_records(out)
+  gt_json = tmp_path / 'gt.json'
+  gt_json.write_text(json.dumps(gt))
+  examples = common.examples_from_config(_config(images, boxes=str(gt_json)).data, out)
+  by_json = discover.evaluate(_config(images, boxes=str(gt_json)), examples, records, data)
+  assert by_json['segm'] == metrics['segm'] and by_json['bbox'] == metrics['bbox']
+  xml_dir = tmp_path / 'xml'
+  xml_dir.mkdir()
+  for im, m in zip(data['images'], truth):
+    ys, xs = np.nonzero(m)
+    corners = (xs.min() + 1, ys.min() + 1, xs.max() + 1, ys.max() + 1)  # VOC: 1-based, inclusive
+    box = ''.join(f'<{k}>{v}</{k}>' for k, v in zip(('xmin', 'ymin', 'xmax', 'ymax'), corners))
+    (xml_dir / im['file_name'].replace('.png', '.xml')).write_text(
+        f'<annotation><object><name>box</name><bndbox>{box}</bndbox></object></annotation>'
+    )
+  config = _config(images, boxes=str(xml_dir))
+  examples = common.examples_from_config(config.data, out)
+  by_xml = discover.evaluate(config, examples, records, data)
+  assert 'segm' not in by_xml and by_xml['bbox'] == metrics['bbox']
 
 
 def test_instance_map_and_config_errors():

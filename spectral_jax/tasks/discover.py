@@ -70,18 +70,19 @@ MAX_OBJECTS = 255  # instance maps are uint8
 
 def check_discover_config(d) -> None:
   """Fails fast, naming the flag."""
+  fail = common._fail  # pylint: disable=protected-access
   if not isinstance(d.max_objects, int) or not 1 <= d.max_objects <= MAX_OBJECTS:
-    common._fail('discover.max_objects', d.max_objects, f'use 1..{MAX_OBJECTS}')  # pylint: disable=protected-access
+    fail('discover.max_objects', d.max_objects, f'use 1..{MAX_OBJECTS}')
   if not isinstance(d.fixed_size, int) or d.fixed_size < 32:
-    common._fail('discover.fixed_size', d.fixed_size, 'use an int >= 32 pixels')  # pylint: disable=protected-access
+    fail('discover.fixed_size', d.fixed_size, 'use an int >= 32 pixels')
   if not isinstance(d.tau, (int, float)) or not -1.0 <= d.tau < 1.0:
-    common._fail('discover.tau', d.tau, 'use a cosine threshold in [-1, 1)')  # pylint: disable=protected-access
+    fail('discover.tau', d.tau, 'use a cosine threshold in [-1, 1)')
   if d.solver not in maskcut.SOLVERS:
-    common._fail('discover.solver', d.solver, f'use one of {maskcut.SOLVERS}')  # pylint: disable=protected-access
+    fail('discover.solver', d.solver, f'use one of {maskcut.SOLVERS}')
   if d.dtype not in DTYPES:
-    common._fail('discover.dtype', d.dtype, f'use one of {DTYPES}')  # pylint: disable=protected-access
+    fail('discover.dtype', d.dtype, f'use one of {DTYPES}')
   if not isinstance(d.eps, (int, float)) or not 0 < d.eps < 1:
-    common._fail('discover.eps', d.eps, 'use a weight in (0, 1)')  # pylint: disable=protected-access
+    fail('discover.eps', d.eps, 'use a weight in (0, 1)')
 
 
 def record_files(workdir: Path) -> list[Path]:
@@ -328,7 +329,7 @@ def _gt_json_path(data) -> str:
 
 
 def _json_ground_truth(path: str, examples: Sequence[Any], image_ids: dict, root: str):
-  """Our image id → annotations of that image in a COCO JSON (matched by relative path or name)."""
+  """Our image id → that image's annotations in a COCO JSON (matched by relative path or name)."""
   with open(path) as f:
     data = json.load(f)
   by_name = {}
@@ -365,8 +366,9 @@ def mask_instances(path: str) -> list[np.ndarray]:
 
 def evaluate(config, examples: Sequence[Any], records: dict, instances: dict) -> dict:
   """Class-agnostic AP/AP50/AR100 (in %) of the discovered objects when ground truth is given."""
-  image_ids = {r['id']: i for i, r in enumerate(
-      (records[ex.id] for ex in examples if ex.id in records), start=1)}
+  # The ids build_instances gave: dataset order over the finished images.
+  finished = [ex.id for ex in examples if ex.id in records]
+  image_ids = {image_id: i for i, image_id in enumerate(finished, start=1)}
   gt_anns: dict[int, list[dict]] = {}
   json_path = _gt_json_path(config.data)
   if json_path:
