@@ -1,0 +1,169 @@
+"""spectral_jax's Python API: the CLI's boxes and masks, input kinds, return types, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import spectral_jax as sj
+from spectral_jax.tasks import localize as localize_task
+from spectral_jax.tasks import segment as segment_task
+from tests.conftest import PARITY, PARITY_IDS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PATHS = [str(PARITY / 'images' / f'{i}.png') for i in PARITY_IDS]
+
+
+@pytest.fixture(scope='module')
+def backbone(tmp_path_factory):
+  return sj.load_backbone(
+      'dino_vits16',
+      checkpoint=PARITY / 'checkpoint.pth',
+      cache_dir=tmp_path_factory.mktemp('cache'),
+  )
+
+
+def test_lazy_public_names_and_version():
+  assert sj.__version__ == '0.2.0'
+  from spectral_jax import workdirs  # pylint: disable=import-outside-toplevel
+
+  assert workdirs.VERSION == sj.__version__
+  for name in ('load_backbone', 'eigenvectors', 'localize', 'segment', 'discover',
+               'remove_background', 'Backbone', 'Localization'):
+    assert name in dir(sj) and callable(getattr(sj, name))
+  with pytest.raises(AttributeError):
+    sj.nonesuch  # pylint: disable=pointless-statement
+
+
+def test_boxes_equal_cli_and_official(backbone, parity_config, manifest, tmp_path):
+  localize_task.run(parity_config, tmp_path / 'cli')
+  cli = {
+      r['id']: r
+      for r in map(json.loads, (tmp_path / 'cli' / 'predictions.jsonl').read_text().splitlines())
+  }
+  results = sj.localize(backbone, PATHS)
+  assert isinstance(results, list) and len(results) == 3
+  for image_id, r in zip(PARITY_IDS, results):
+    assert isinstance(r, sj.Localization)
+    assert list(r.box_xyxy) == cli[image_id]['box_xyxy']
+    assert list(r.box_xyxy) == manifest['images'][image_id]['loc_box_xyxy']
+    assert list(r.box_xyxy) == np.load(PARITY / f'{image_id}.npz')['loc_box_xyxy'].tolist()
+    assert list(r.image_size) == cli[image_id]['image_size']
+    assert -1.0 <= r.score <= 1.0
+
+
+def test_masks_equal_cli(backbone, parity_config, tmp_path):
+  parity_config.spectral.K = 2  # configs/object_seg.py, what segment() reproduces
+  segment_task.run(parity_config, tmp_path / 'cli')
+  masks = sj.segment(backbone, PATHS)
+  for image_id, mask in zip(PARITY_IDS, masks):
+    cli = np.asarray(Image.open(tmp_path / 'cli' / 'masks' / f'{image_id}.png')) > 127
+    assert mask.dtype == bool and mask.shape == cli.shape
+    np.testing.assert_array_equal(mask, cli)
+  # Official patch mask at the patch centres.
+  seg = np.load(PARITY / 'astronaut.npz')['seg_mask']
+  np.testing.assert_array_equal(masks[0][8::16, 8::16] > 0, seg > 0)
+
+
+def same(a, b) -> bool:
+  # Scores of different batch sizes agree to float32 rounding only.
+  return (a.box_xyxy, a.image_size) == (b.box_xyxy, b.image_size) and abs(a.score - b.score) < 1e-5
+
+
+def test_input_kinds_give_the_same_result(backbone):
+  rgb = np.asarray(Image.open(PATHS[0]).convert('RGB'))
+  rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
+  gray = np.asarray(Image.open(PATHS[0]).convert('L'))
+  inputs = [PATHS[0], Image.open(PATHS[0]), rgb, rgba, gray, gray[:, :, None],
+            Image.fromarray(gray)]
+  results = sj.localize(backbone, inputs)
+  assert len(results) == len(inputs)
+  for r in results[1:4]:  # path, PIL, RGB, RGBA (alpha dropped): the same pixels
+    assert same(r, results[0])
+  for r in results[5:]:  # grayscale as [H, W], [H, W, 1] and a PIL 'L' image
+    assert same(r, results[4])
+  assert results[4].image_size == (512, 512)
+  # One image in, one result out; a list of one, a list.
+  single = sj.localize(backbone, rgb)
+  assert isinstance(single, sj.Localization) and same(single, results[0])
+  assert isinstance(sj.localize(backbone, [rgb]), list)
+
+
+def test_eigenvectors_discover_and_background(backbone):
+  e = sj.eigenvectors(backbone, PATHS[1], K=5)
+  ref = np.load(PARITY / 'chelsea.npz')
+  assert e.eigenvectors.shape == (5, *e.patch_grid) and e.patch_size == 16
+  assert e.image_size == e.working_size == (300, 451)
+  np.testing.assert_allclose(e.eigenvalues, ref['loc_eigenvalues'], atol=1e-4)
+  fiedler = e.eigenvectors[1].reshape(-1)
+  official = ref['loc_eigenvectors'][1]
+  cos = abs(fiedler @ official) / np.linalg.norm(fiedler) / np.linalg.norm(official)
+  assert cos > 0.999
+
+  rgba = sj.remove_background(backbone, PATHS[1])
+  assert rgba.shape == (300, 451, 4) and rgba.dtype == np.uint8
+  assert 0 < (rgba[..., 3] > 127).mean() < 1
+  white = sj.remove_background(backbone, PATHS[1], background='white')
+  assert white.shape == (300, 451, 3) and white.dtype == np.uint8
+  assert (white[rgba[..., 3] == 0] == 255).all()
+
+  found = sj.discover(backbone, [PATHS[1]], max_objects=2)
+  assert isinstance(found, list) and len(found) == 1
+  objects = found[0]
+  n = len(objects.masks)
+  assert n <= 2 and objects.masks.shape[1:] == (300, 451) and objects.boxes.shape == (n, 4)
+  for mask, box in zip(objects.masks, objects.boxes):
+    ys, xs = np.nonzero(mask)
+    assert list(box) == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_bad_inputs_are_named(backbone, tmp_path):
+  rgb = np.zeros((64, 64, 3), np.uint8)
+  cases = [
+      ([rgb, rgb.astype(np.float32)], 'images[1]: dtype float32'),
+      ([rgb, np.zeros((64, 64, 2), np.uint8)], 'images[1]: shape (64, 64, 2)'),
+      ([rgb, rgb, str(tmp_path / 'missing.png')], 'images[2]: no such image file'),
+      ([np.zeros((8, 64, 3), np.uint8)], 'images[0]: 64x8 pixels; the minimum side is 16'),
+      ([rgb, 3], 'images[1]: a int'),
+      ([], 'empty list'),
+      (rgb.astype(np.int64), 'images: dtype int64'),
+  ]
+  for images, message in cases:
+    with pytest.raises(ValueError, match=None) as info:
+      sj.localize(backbone, images)
+    assert message in str(info.value), (message, str(info.value))
+  bad = tmp_path / 'bad.png'
+  bad.write_bytes(b'not a png')
+  with pytest.raises(ValueError, match=r'images\[1\]: .*bad.png'):
+    sj.localize(backbone, [PATHS[0], str(bad)])
+  with pytest.raises(ValueError, match="method='nonesuch'.*dsm"):
+    sj.localize(backbone, rgb, method='nonesuch')
+  with pytest.raises(ValueError, match='refine'):
+    sj.segment(backbone, rgb, refine='sharpen')
+  with pytest.raises(ValueError, match='K=1'):
+    sj.eigenvectors(backbone, rgb, K=1)
+  with pytest.raises(ValueError, match='precision'):
+    sj.load_backbone('dino_vits16', precision='float16')
+  with pytest.raises(ValueError, match='one image'):
+    sj.remove_background(backbone, [rgb])
+  with pytest.raises(FileNotFoundError, match='checkpoint'):
+    sj.load_backbone('dino_vits16', checkpoint=tmp_path / 'none.pth')
+
+
+def test_quickstart_example_runs(tmp_path):
+  env = dict(os.environ, SPECTRAL_JAX_CHECKPOINT=str(PARITY / 'checkpoint.pth'),
+             SPECTRAL_JAX_CACHE=str(tmp_path / 'cache'), PYTHONPATH=ROOT)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'examples', 'quickstart.py'), '--out',
+       str(tmp_path / 'out'), PATHS[1]],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'box (192, 0, 448, 224)' in proc.stdout
+  for name in ('panel.png', 'cutout.png', 'on_white.png'):
+    assert (tmp_path / 'out' / name).exists()
+  assert Image.open(tmp_path / 'out' / 'cutout.png').mode == 'RGBA'
