@@ -148,3 +148,34 @@ def test_downscaled_images_give_outputs_in_the_original_frame(config, tmp_path):
       mask = np.asarray(Image.open(tmp_path / f'seg_{refine}' / 'masks' / f'{image_id}.png'))
       assert mask.shape == (info['height'], info['width'])
       assert 0 < (mask > 0).mean() < 1
+
+
+def test_lost_segment_masks_are_the_official_seed_component(config, tmp_path):
+  """LOST's mask (stable sort: the official seed component on every reference image), ×16
+  blocks of the padded grid cropped to the image."""
+  config.method = 'lost'
+  segment.run(config, tmp_path / 'out')
+  for image_id in IDS:
+    ours = np.asarray(Image.open(tmp_path / 'out' / 'masks' / f'{image_id}.png')) > 0
+    blocks = np.kron(_ref(image_id)['lost_mask'], np.ones((16, 16), bool))
+    np.testing.assert_array_equal(ours, blocks[: ours.shape[0], : ours.shape[1]])
+
+
+def test_extract_tokencut_eigenpairs_and_lost_refused(config, tmp_path):
+  from spectral_jax.tasks import extract  # pylint: disable=import-outside-toplevel
+
+  config.method = 'tokencut'
+  config.data.limit = 1
+  extract.run(config, tmp_path / 'out')
+  eigs = np.load(tmp_path / 'out' / 'eigs' / f'{IDS[0]}.npz')
+  ref = _ref(IDS[0])
+  assert eigs['patch_grid'].tolist() == MANIFEST['images'][IDS[0]]['patch_grid']
+  np.testing.assert_allclose(eigs['eigenvalues'][1:3], ref['tc_eigenvalues'], atol=2e-6)
+  v = eigs['eigenvectors'][1]
+  assert np.dot(v, ref['tc_eigvec']) / np.linalg.norm(v) / np.linalg.norm(ref['tc_eigvec']) > 0.9999
+  feats = np.load(tmp_path / 'out' / 'features' / f'{IDS[0]}.npz')['k']
+  k = ref['k'][1:]
+  assert np.abs(feats - k).max() <= 1e-4 * np.abs(k).max()
+  config.method = 'lost'
+  with pytest.raises(ValueError, match='no eigenvectors'):
+    extract.run(config, tmp_path / 'lost')
