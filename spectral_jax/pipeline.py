@@ -482,8 +482,9 @@ def input_grid(image_hw, patch_size: int, preprocess: str = 'crop') -> tuple[int
   raise ValueError(f'preprocess={preprocess!r}: use one of {PREPROCESS}')
 
 
-def _tokencut_device(feats, n_valid, *, solver: str, tau: float = 0.2, eps: float = 1e-5,
-                     tol: float = 1e-6):
+def _tokencut_device(
+    feats, n_valid, *, solver: str, tau: float = 0.2, eps: float = 1e-5, tol: float = 1e-6
+):
   """Graph, (λ0, λ1, λ2) and vectors, TokenCut's bipartition and seed (equal to
   ``tokencut.discover``'s device part). Eigenvector 1 comes back oriented the TokenCut way."""
   w = tokencut.binary_graph(feats, n_valid, tau=tau, eps=eps)
@@ -734,8 +735,16 @@ def run_images(
   )
   for batch in batches:
     job = _dispatch(
-        extractor, batch, bucket_tokens, spectral_k, color_lambda, which_matrix, solver,
-        spec, preprocess, method_params,
+        extractor,
+        batch,
+        bucket_tokens,
+        spectral_k,
+        color_lambda,
+        which_matrix,
+        solver,
+        spec,
+        preprocess,
+        method_params,
     )
     if in_flight is not None:
       yield from _collect(in_flight, p, on_error, spec)
