@@ -90,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.discover.crf = True  # MaskCut's dense CRF + IoU filter (the released pseudo-labels)
   config.discover.solver = 'auto'  # auto | jax | lapack | arpack (auto: arpack on CPU)
   config.discover.dtype = 'float64'  # eigen-solve precision (the official: float64)
+  config.discover.workers = 0  # CRF processes; 0 = auto (up to 8 when crf and many images)
 
   config.output = ml_collections.ConfigDict()
   config.output.features = True  # write features/<stem>.npz

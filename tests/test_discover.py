@@ -116,12 +116,14 @@ def test_resume_gives_the_same_file(nocrf_run, tmp_path):
 
 
 def test_main_with_crf_default(tmp_path):
-  """Once through main.py (CRF on by default, the official pseudo-label path)."""
+  """Once through main.py (CRF on by default, the official pseudo-label path), with the CRF
+  in 2 worker processes."""
   out = tmp_path / 'out'
   cmd = [
       sys.executable, 'main.py', '--config=configs/folder.py', '--mode=discover',
       f'--config.data.root={PARITY / "images"}', '--config.model.name=dino_vits16',
       f'--config.model.checkpoint={PARITY / "checkpoint.pth"}', f'--workdir={out}',
+      '--config.discover.workers=2',
   ]  # fmt: skip
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -303,6 +303,7 @@ STAGES = {
 }
 # Keys that do not change outputs (solver: equal results to tolerance; scoring inputs).
 _IGNORED = {'spectral.solver', 'semantic.gt_dir', 'semantic.val_list', 'semantic.seeds'}
+_IGNORED |= {'discover.solver', 'discover.workers'}
 
 
 def checkpoint_identity(model, previous: Optional[dict] = None) -> dict:

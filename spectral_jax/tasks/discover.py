@@ -49,6 +49,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -83,6 +84,8 @@ def check_discover_config(d) -> None:
     fail('discover.dtype', d.dtype, f'use one of {DTYPES}')
   if not isinstance(d.eps, (int, float)) or not 0 < d.eps < 1:
     fail('discover.eps', d.eps, 'use a weight in (0, 1)')
+  if not isinstance(d.workers, int) or d.workers < 0:
+    fail('discover.workers', d.workers, 'use 0 (auto) or a number of processes')
 
 
 def record_files(workdir: Path) -> list[Path]:
@@ -219,6 +222,54 @@ def instance_map(masks: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
   return out
 
 
+def image_objects(
+    patch_masks: np.ndarray,
+    scores: np.ndarray,
+    original_hw: tuple[int, int],
+    image_s: np.ndarray,
+    crf: bool,
+) -> tuple[list[dict], np.ndarray]:
+  """One image's host post-processing (what a CRF worker process runs).
+
+  Kept patch masks bool [T, h, w] and scores [T] → (objects: ``{'segmentation': RLE, 'score',
+  'iteration'}`` per non-empty final mask in discovery order, instance map uint8 [H, W]).
+  """
+  final, _ = maskcut.to_image_masks(patch_masks, original_hw, image_s.shape[:2], image_s, crf)
+  keep = np.flatnonzero(final.reshape(len(final), -1).any(1))
+  if not np.isfinite(scores[keep]).all():
+    raise ValueError(f'non-finite object scores {scores[keep]}')
+  objects = [
+      {'segmentation': coco.encode(final[t]), 'score': float(scores[t]), 'iteration': int(t)}
+      for t in keep
+  ]
+  return objects, instance_map(final[keep], original_hw)
+
+
+def crf_workers(d, todo: int) -> int:
+  """Processes for the host post-processing: the CRF holds the GIL and costs ~1 s per mask."""
+  if d.workers > 0:
+    return d.workers
+  if not d.crf:
+    return 1  # without the CRF the host part is cheap: no pool
+  auto = min(8, (os.cpu_count() or 1) - 1)
+  return auto if todo >= 4 * auto else 1  # a pool's start-up (~s) only pays on larger runs
+
+
+class _Serial:
+  """The ``concurrent.futures`` surface used below, run in this process."""
+
+  def submit(self, fn, *args):
+    future = concurrent.futures.Future()
+    try:
+      future.set_result(fn(*args))
+    except Exception as e:  # pylint: disable=broad-except
+      future.set_exception(e)
+    return future
+
+  def shutdown(self, wait=True, cancel_futures=False):
+    del wait, cancel_futures
+
+
 def _discover(config, workdir: Path, todo: list, own_path: Path, examples: list) -> None:
   d = config.discover
   extractor = common.load_extractor(config.model)
@@ -233,45 +284,58 @@ def _discover(config, workdir: Path, todo: list, own_path: Path, examples: list)
   stream = decoded(
       todo, p, d.fixed_size, config.data.max_pixels, frozenset(panels.due), skipped
   )
-  for chunk in _chunks(stream, batch):
-    crops = [item.image_vit for item in chunk]
-    crops += [crops[-1]] * (batch - len(crops))  # a short last batch reuses the compiled shape
-    keys = np.asarray(extractor(crops, n)['k'])[: len(chunk), :n]
-    results = maskcut.discover(
-        keys, chunk[0].grid, d.max_objects, d.tau, eps=d.eps, dtype=d.dtype, solver=d.solver
-    )
-    for item, res in zip(chunk, results):
-      ex = item.example
-      try:
-        final, _ = maskcut.to_image_masks(
-            res.patch_masks, item.original_hw, item.image_s.shape[:2], item.image_s, d.crf
-        )
-      except (ValueError, MemoryError) as e:
-        logging.warning('skipping %s: %s', ex.path or ex.id, e)
-        skipped(ex, e)
-        continue
-      keep = np.flatnonzero(final.reshape(len(final), -1).any(1))
-      masks, scores = final[keep], res.scores[keep]
-      if not np.isfinite(scores).all():
-        skipped(ex, ValueError(f'non-finite object scores {scores}'))
-        continue
-      record = {
-          'id': ex.id,
-          'file_name': file_name(ex, config.data.root),
-          'height': item.original_hw[0],
-          'width': item.original_hw[1],
-          'objects': [
-              {'segmentation': coco.encode(m), 'score': float(s), 'iteration': int(t)}
-              for m, s, t in zip(masks, scores, keep)
-          ],
-      }
-      labels = instance_map(masks, item.original_hw)
-      # The map first, the record last: a record means the image is finished.
-      if not common.write_or_skip(ex, skipped, _write, workdir, ex.id, labels, own_path, record):
-        continue
-      if item.image is not None:
-        panels(ex.id, lambda im=item.image, lab=labels: viz.label_panel(im, [lab]))
-      progress.update()
+  workers = crf_workers(d, len(todo))
+  # 'spawn': forking a process that runs JAX threads can deadlock.
+  pool = (
+      concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context('spawn')
+      )
+      if workers > 1
+      else _Serial()
+  )
+  pending = collections.deque()  # (item, future), in dataset order
+
+  def finish_one():
+    item, future = pending.popleft()
+    ex = item.example
+    try:
+      objects, labels = future.result()
+    except (ValueError, MemoryError) as e:
+      logging.warning('skipping %s: %s', ex.path or ex.id, e)
+      skipped(ex, e)
+      return
+    record = {
+        'id': ex.id,
+        'file_name': file_name(ex, config.data.root),
+        'height': item.original_hw[0],
+        'width': item.original_hw[1],
+        'objects': objects,
+    }
+    # The map first, the record last: a record means the image is finished.
+    if not common.write_or_skip(ex, skipped, _write, workdir, ex.id, labels, own_path, record):
+      return
+    if item.image is not None:
+      panels(ex.id, lambda: viz.label_panel(item.image, [labels]))
+    progress.update()
+
+  try:
+    for chunk in _chunks(stream, batch):
+      crops = [item.image_vit for item in chunk]
+      crops += [crops[-1]] * (batch - len(crops))  # a short last batch reuses the compiled shape
+      keys = np.asarray(extractor(crops, n)['k'])[: len(chunk), :n]
+      results = maskcut.discover(
+          keys, chunk[0].grid, d.max_objects, d.tau, eps=d.eps, dtype=d.dtype, solver=d.solver
+      )
+      for item, res in zip(chunk, results):
+        args = (res.patch_masks, res.scores, item.original_hw, item.image_s, d.crf)
+        pending.append((item, pool.submit(image_objects, *args)))
+      # The device runs ahead of the CRF workers by at most two rounds of them.
+      while len(pending) > max(2 * workers, batch):
+        finish_one()
+    while pending:
+      finish_one()
+  finally:
+    pool.shutdown(wait=False, cancel_futures=True)
   common.log_summary(progress.summary(), skipped.summary())
 
 
