@@ -24,6 +24,7 @@ _API = (
     'load_backbone',
     'eigenvectors',
     'localize',
+    'localize_methods',
     'segment',
     'discover',
     'remove_background',
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
       eigenvectors,
       load_backbone,
       localize,
+      localize_methods,
       remove_background,
       segment,
   )

@@ -21,6 +21,7 @@ the image at working resolution (``data.max_tokens`` patches at most, see config
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -40,7 +41,7 @@ from spectral_jax.tasks import segment as segment_task
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 Images = Union[ImageLike, Sequence[ImageLike]]
 
-METHODS = ('dsm',)
+METHODS = ('dsm',)  # and those of pipeline.METHODS where the pipeline takes a method
 REFINES = ('none', 'crf')
 # --precision: the API's 'float32' is the CLI's 'highest' (true float32 matmuls).
 PRECISIONS = {'float32': 'highest', 'highest': 'highest', 'high': 'high', 'default': 'default',
@@ -56,6 +57,7 @@ __all__ = [
     'Localization',
     'Objects',
     'load_backbone',
+    'localize_methods',
     'eigenvectors',
     'localize',
     'segment',
@@ -119,8 +121,8 @@ class Localization:
   box_xyxy: (x0, y0, x1, y1) in pixels of the original image, exclusive max (the CLI's
     predictions.jsonl).
   score: 1 − λ₁, λ₁ the Fiedler eigenvalue of the normalized Laplacian (it relaxes the
-    normalized cut): near 1 for a cleanly separated object, lower otherwise. Uncalibrated; for
-    ranking, not thresholding.
+    normalized cut; TokenCut: of its own graph; LOST: nan): near 1 for a cleanly separated
+    object, lower otherwise. Uncalibrated; for ranking, not thresholding.
   image_size: (H, W) of the original image.
   """
 
@@ -284,17 +286,45 @@ class _Inputs:
     return results[0] if self.single else results
 
 
-def _check_method(method: str) -> None:
-  if method not in METHODS:
-    raise ValueError(f'method={method!r}: supported methods are {", ".join(METHODS)}')
+def localize_methods() -> tuple[str, ...]:
+  """Methods ``localize`` accepts: 'dsm', plus TokenCut and LOST where the pipeline runs them
+  (``pipeline.run_images(method=...)``)."""
+  if 'method' not in inspect.signature(pipeline.run_images).parameters:
+    return METHODS
+  return METHODS + tuple(m for m in getattr(pipeline, 'METHODS', {}) if m not in METHODS)
 
 
-def _results(backbone: Backbone, inputs: _Inputs, config, which_matrix: str = '') -> list:
+def _check_method(method: str, supported: Sequence[str] = METHODS, what: str = '') -> None:
+  if method not in supported:
+    raise ValueError(
+        f'method={method!r}: {what or "supported methods are"} {", ".join(supported)}'
+    )
+
+
+def _results(
+    backbone: Backbone, inputs: _Inputs, config, which_matrix: str = '', method: str = 'dsm'
+) -> list:
   """``pipeline.ImageResult`` per input, in input order (the pipeline yields by size bucket)."""
+  if method == 'dsm':  # exactly the CLI's call
+    stream = common.run_images(
+        config, backbone.extractor, inputs.examples, inputs.error, which_matrix=which_matrix
+    )
+  else:  # common.run_images with the method (the pipeline ignores the DSM spectral settings)
+    s = config.spectral
+    stream = pipeline.run_images(
+        backbone.extractor,
+        inputs.examples,
+        batch_size=config.data.batch_size,
+        limits=common.image_limits(config.data),
+        spectral_k=s.K,
+        solver=s.solver,
+        bucket_tokens=common.bucket_tokens(config),
+        batch_tokens=config.data.batch_tokens,
+        on_error=inputs.error,
+        method=method,
+    )
   out: list = [None] * len(inputs.examples)
-  for r in common.run_images(
-      config, backbone.extractor, inputs.examples, inputs.error, which_matrix=which_matrix
-  ):
+  for r in stream:
     out[inputs.index[r.example.id]] = r
   return out
 
@@ -323,7 +353,7 @@ def eigenvectors(
     An ``Eigen`` (eigenvalues [K], eigenvectors [K, h, w]) per image; one for one image, a
     list for a list.
   """
-  _check_method(method)
+  _check_method(method, METHODS, 'eigenvectors supports')
   if not isinstance(K, int) or not 2 <= K <= 64:
     raise ValueError(f'K={K!r}: use an int in 2..64 (eigenvector 1 is the Fiedler vector)')
   if not np.isfinite(color_lambda) or color_lambda < 0:
@@ -350,28 +380,33 @@ def localize(
 ) -> Union[Localization, list[Localization]]:
   """The main object's box per image (``--mode=localize``, configs/voc.py settings: K = 5).
 
-  The Fiedler vector > 0 (minority side after the sign rule), its largest 8-connected patch
-  component, that component's box; the same functions as the CLI, hence its boxes.
+  'dsm': the Fiedler vector > 0 (minority side after the sign rule), its largest 8-connected
+  patch component, that component's box; the same functions as the CLI, hence its boxes.
+  'tokencut' / 'lost' (where ``localize_methods()`` lists them): the seed's component of
+  TokenCut's bipartition or LOST's seed expansion (``pipeline.METHODS``), its box.
 
   Returns:
     A ``Localization`` (box_xyxy in original pixels, exclusive max; score; image_size) per
-    image; one for one image, a list for a list.
+    image; one for one image, a list for a list. LOST has no eigenvalue: score is nan.
   """
-  _check_method(method)
+  _check_method(method, localize_methods())
   with _Inputs(images, backbone.patch_size) as inputs:
     config = _config(backbone, LOCALIZE_K)
     index = localize_task.eigenvector_index(config.spectral.which_matrix)
     out = []
-    for r in _results(backbone, inputs, config):
-      working_box = segments.localization_box(
-          r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=index
-      )
+    for r in _results(backbone, inputs, config, method=method):
+      if method == 'dsm':
+        working_box = segments.localization_box(
+            r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=index
+        )
+      else:
+        working_box = r.outputs['box']  # working pixels, as DSM's box
       box = r.box_to_original(working_box)
+      values = r.eigenvalues
+      score = float(1.0 - values[1]) if values is not None and len(values) > 1 else float('nan')
       out.append(
           Localization(
-              tuple(int(v) for v in box),
-              float(1.0 - r.eigenvalues[index]),
-              tuple(int(v) for v in r.image_hw),
+              tuple(int(v) for v in box), score, tuple(int(v) for v in r.image_hw)
           )
       )
   return inputs.output(out)
@@ -383,12 +418,13 @@ def segment(
   """The main object's mask per image (``--mode=segment``, configs/object_seg.py: K = 2).
 
   Args:
+    method: 'dsm' (TokenCut's and LOST's masks are not wired here yet).
     refine: 'none' (the Fiedler mask upsampled to pixels) or 'crf' (the official dense-CRF
       refinement; needs the ``crf`` extra, pydensecrf2).
   Returns:
     bool [H, W] at the original size per image; one for one image, a list for a list.
   """
-  _check_method(method)
+  _check_method(method, METHODS, 'segment supports')
   if refine not in REFINES:
     raise ValueError(f'refine={refine!r}: use one of {", ".join(REFINES)}')
   with _Inputs(images, backbone.patch_size) as inputs:
@@ -481,7 +517,9 @@ def _background(background: Any) -> edit_task.Background:
   )
 
 
-def remove_background(backbone: Backbone, image: ImageLike, *, background: Any = None) -> np.ndarray:
+def remove_background(
+    backbone: Backbone, image: ImageLike, *, background: Any = None
+) -> np.ndarray:
   """Cuts the main object out (``--mode=edit`` with configs/edit.py's defaults).
 
   Fiedler foreground patches → trimap → closed-form matting → blur-fusion colours.

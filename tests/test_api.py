@@ -56,6 +56,20 @@ def test_boxes_equal_cli_and_official(backbone, parity_config, manifest, tmp_pat
     assert -1.0 <= r.score <= 1.0
 
 
+@pytest.mark.slow  # ~40 s on 2 busy cores; test_tokencut.py / test_lost.py cover the methods
+def test_tokencut_and_lost_boxes_equal_official(backbone):
+  methods = [m for m in ('tokencut', 'lost') if m in sj.localize_methods()]
+  if not methods:
+    pytest.skip('pipeline.run_images has no method argument yet')
+  manifest = json.loads((PARITY.parent / 'methods' / 'manifest.json').read_text())
+  for method in methods:
+    results = sj.localize(backbone, PATHS, method=method)
+    for image_id, r in zip(PARITY_IDS, results):
+      assert list(r.box_xyxy) == manifest['images'][image_id][f'{method}_box_xyxy'], method
+  with pytest.raises(ValueError, match="method='tokencut': segment supports dsm"):
+    sj.segment(backbone, PATHS[0], method='tokencut')
+
+
 def test_masks_equal_cli(backbone, parity_config, tmp_path):
   parity_config.spectral.K = 2  # configs/object_seg.py, what segment() reproduces
   segment_task.run(parity_config, tmp_path / 'cli')
