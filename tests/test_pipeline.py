@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.linalg
 from PIL import Image
 
 from spectral_jax import pipeline
@@ -117,3 +118,111 @@ def test_cls_batch_equals_one_crop_at_a_time(extractor):
   for crop, row in zip(crops, got):
     ref = np.asarray(extractor([crop], with_cls=True)['cls'][0])
     np.testing.assert_allclose(row, ref, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize('hw', [(4000, 3000), (3000, 4000), (300, 20000), (8000, 6000), (401, 99)])
+@pytest.mark.parametrize('patch,max_tokens', [(16, 6400), (8, 6400), (14, 1000)])
+def test_working_size_fits_the_budget_and_keeps_the_aspect(hw, patch, max_tokens):
+  h, w = pipeline.working_size(hw, patch, max_tokens)
+  assert (h // patch) * (w // patch) <= max_tokens
+  if (hw[0] // patch) * (hw[1] // patch) <= max_tokens:
+    assert (h, w) == hw
+  else:
+    assert abs(h / w - hw[0] / hw[1]) <= 2.0 / min(h, w) * max(1.0, hw[0] / hw[1])
+    # Nearly the whole budget is used (whole patches lost to rounding on a short side).
+    assert (h // patch) * (w // patch) >= (1 - 1.5 * patch / min(h, w)) * 0.99 * max_tokens
+
+
+def test_benchmark_sizes_are_never_downscaled():
+  """VOC, COCO and the saliency sets are at most 640 px a side: unchanged at patch 8."""
+  for hw in [(640, 640), (500, 375), (640, 480), (300, 640)]:
+    assert pipeline.working_size(hw, 8, 6400) == hw
+
+
+def test_scale_box_and_resize_mask_against_brute_force():
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    small = tuple(int(v) for v in rng.integers(20, 60, 2))
+    big = tuple(int(v) for v in rng.integers(60, 300, 2))
+    mask = np.zeros(small, bool)
+    y0, x0 = (int(rng.integers(0, s - 5)) for s in small)
+    mask[y0 : y0 + 5, x0 : x0 + 4] = True
+    full = pipeline.resize_mask(mask, big)
+    assert full.shape == big
+    ys, xs = np.nonzero(full)
+    box = pipeline.scale_box([x0, y0, x0 + 4, y0 + 5], small, big)
+    # The scaled box covers every pixel of the scaled mask and stays inside the image.
+    assert box[0] <= xs.min() and box[1] <= ys.min()
+    assert box[2] >= xs.max() + 1 and box[3] >= ys.max() + 1
+    assert 0 <= box[0] < box[2] <= big[1] and 0 <= box[1] < box[3] <= big[0]
+    # Brute-force nearest: each output pixel takes the input pixel whose cell holds its centre.
+    i, j = int(rng.integers(0, big[0])), int(rng.integers(0, big[1]))
+    src = mask[int((i + 0.5) * small[0] / big[0]), int((j + 0.5) * small[1] / big[1])]
+    assert full[i, j] == src
+
+
+def test_batches_respect_the_token_budget():
+  images = [(i, np.zeros((h, 640, 3), np.uint8)) for i, h in enumerate([640] * 9 + [64] * 20)]
+  for batch in pipeline.size_batches(images, 8, 8, 64, batch_tokens=16384):
+    tokens = sum((im.shape[0] // 8) * (im.shape[1] // 8) for _, im in batch)
+    assert tokens <= 16384 or len(batch) == 1
+    n = max((im.shape[0] // 8) * (im.shape[1] // 8) for _, im in batch)
+    assert len(batch) * n * n <= pipeline.MAX_BATCH_PAIRS or len(batch) == 1
+  assert pipeline.batch_capacity(6400, 8, 32768) == 1  # 6400² pairs: one image at a time
+  assert pipeline.batch_capacity(736, 8, 32768) == 8  # VOC at patch 16: unchanged
+
+
+def test_large_image_runs_downscaled_with_outputs_in_its_frame(extractor, tmp_path):
+  image = np.array(Image.open(PARITY / 'images' / 'astronaut.png'))
+  big = np.asarray(Image.fromarray(image).resize((1024, 1024)))
+  Image.fromarray(big).save(tmp_path / 'big.png')
+  ex = datasets.Example(id='big', path=str(tmp_path / 'big.png'))
+  limits = pipeline.ImageLimits(max_tokens=1024)
+  (r,) = pipeline.run_images(extractor, [ex], batch_size=1, limits=limits, spectral_k=5)
+  assert r.original_hw == (1024, 1024) and r.image.shape[:2] == (512, 512) and r.resized
+  assert r.patch_grid == (32, 32)
+  # At working resolution the features are close to those of the 512² photo (the official
+  # ones; bicubic up- then downscaling is not the identity).
+  ref = np.load(PARITY / 'astronaut.npz')['k']
+  cos = np.sum(r.features * ref, 1) / np.linalg.norm(r.features, axis=1) / np.linalg.norm(ref, axis=1)
+  assert np.median(cos) > 0.99
+  skipped = []
+  limits = pipeline.ImageLimits(max_tokens=1024, resize_large=False)
+  out = list(
+      pipeline.run_images(
+          extractor, [ex], batch_size=1, limits=limits, on_error=lambda e, x: skipped.append(x)
+      )
+  )
+  assert not out and 'resize_large=False' in str(skipped[0]) and 'big.png' in str(skipped[0])
+
+
+def test_tiny_images_clamp_k_or_are_skipped_by_name(extractor, tmp_path):
+  image = np.array(Image.open(PARITY / 'images' / 'chelsea.png'))
+  sizes = {'thumb': (64, 64), 'strip': (16, 48), 'one_patch': (16, 16), 'normal': (96, 128)}
+  exs = []
+  for name, (h, w) in sizes.items():
+    Image.fromarray(image[:h, :w]).save(tmp_path / f'{name}.png')
+    exs.append(datasets.Example(id=name, path=str(tmp_path / f'{name}.png')))
+  errors = {}
+  results = {
+      r.example.id: r
+      for r in pipeline.run_images(
+          extractor, exs, batch_size=4, spectral_k=40,
+          on_error=lambda ex, e: errors.setdefault(ex.id, str(e)),
+      )
+  }
+  assert set(results) == {'thumb', 'strip', 'normal'} and set(errors) == {'one_patch'}
+  assert 'one_patch.png' in errors['one_patch'] and 'at least 3' in errors['one_patch']
+  for name, r in results.items():
+    n = r.patch_grid[0] * r.patch_grid[1]
+    k = min(40, n - 1)
+    assert r.eigenvalues.shape == (k,) and r.eigenvectors.shape == (k, n)
+    assert np.isfinite(r.eigenvectors).all() and np.abs(r.eigenvectors[1]).max() > 0
+    # An independent float64 oracle: the generalised problem of this image's graph.
+    fn = r.features.astype(np.float64)
+    fn = fn / np.linalg.norm(fn, axis=1, keepdims=True)
+    w = np.maximum(fn @ fn.T, 0)
+    w = w / w.max()
+    d = np.diag(w.sum(1))
+    ref = scipy.linalg.eigh(d - w, d, eigvals_only=True)[:k]
+    np.testing.assert_allclose(r.eigenvalues, ref, atol=2e-4)

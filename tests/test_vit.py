@@ -123,3 +123,26 @@ def test_padded_patch_sequence_equals_the_image(parity_model):
     vit.sequence_pos_tables(np.asarray(params['pos_embed']), [(3, 4)], 10)
   with pytest.raises(ValueError, match='not a multiple of patch size 16'):
     vit.patchify(np.zeros((1, 20, 32, 3)), 16)
+
+
+def test_chunked_attention_equals_full_attention(parity_model, monkeypatch):
+  """Above the logits budget, queries run in chunks: same keys as the unchunked forward
+  (against the official keys too), with padded tokens masked as before."""
+  model, params = parity_model
+  image = np.array(Image.open(f'{PARITY}/images/coffee.png').convert('RGB'))
+  full = features(model, params, image)['k']
+  n = full.shape[1] + 1
+  assert vit.query_chunk(1, 6, n) == n  # the default budget holds this image whole
+  monkeypatch.setattr(vit, 'ATTENTION_CHUNK_BYTES', 6 * n * 4 * 100)  # ~100 queries a chunk
+  assert vit.query_chunk(1, 6, n) < n
+  chunked = features(model, params, image)
+  assert chunked['attn'] is None  # probabilities are not materialised
+  np.testing.assert_allclose(chunked['k'], full, atol=1e-5 * np.abs(full).max())
+  ref = np.load(f'{PARITY}/coffee.npz')['k']
+  assert np.abs(np.asarray(chunked['k'])[0] - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_query_chunk_bounds_the_logits():
+  for b, h, t in [(1, 6, 47_000), (8, 6, 6400), (5, 12, 20_000)]:
+    c = vit.query_chunk(b, h, t)
+    assert b * h * c * t * 4 <= max(vit.ATTENTION_CHUNK_BYTES, b * h * 64 * t * 4)

@@ -76,8 +76,10 @@ def _attend(q, k, v, key_mask, precision):
   return jnp.einsum('bhqk,bkhc->bqhc', attn, v, precision=precision), attn
 
 
-def query_chunk(batch: int, heads: int, tokens: int, budget: int = ATTENTION_CHUNK_BYTES) -> int:
-  """Queries per chunk so that float32 logits [B, H, chunk, T] fit ``budget`` (T if they all do)."""
+def query_chunk(batch: int, heads: int, tokens: int, budget: int | None = None) -> int:
+  """Queries per chunk so that float32 logits [B, H, chunk, T] fit ``budget`` (default
+  ``ATTENTION_CHUNK_BYTES``), or T if they all do."""
+  budget = ATTENTION_CHUNK_BYTES if budget is None else budget
   full = batch * heads * tokens * tokens * 4
   if full <= budget:
     return tokens
