@@ -107,7 +107,7 @@ def test_input_kinds_give_the_same_result(backbone):
   assert isinstance(sj.localize(backbone, [rgb]), list)
 
 
-def test_eigenvectors_discover_and_background(backbone):
+def test_eigenvectors_and_discover(backbone):
   e = sj.eigenvectors(backbone, PATHS[1], K=5)
   ref = np.load(PARITY / 'chelsea.npz')
   assert e.eigenvectors.shape == (5, *e.patch_grid) and e.patch_size == 16
@@ -118,13 +118,6 @@ def test_eigenvectors_discover_and_background(backbone):
   cos = abs(fiedler @ official) / np.linalg.norm(fiedler) / np.linalg.norm(official)
   assert cos > 0.999
 
-  rgba = sj.remove_background(backbone, PATHS[1])
-  assert rgba.shape == (300, 451, 4) and rgba.dtype == np.uint8
-  assert 0 < (rgba[..., 3] > 127).mean() < 1
-  white = sj.remove_background(backbone, PATHS[1], background='white')
-  assert white.shape == (300, 451, 3) and white.dtype == np.uint8
-  assert (white[rgba[..., 3] == 0] == 255).all()
-
   found = sj.discover(backbone, [PATHS[1]], max_objects=2)
   assert isinstance(found, list) and len(found) == 1
   objects = found[0]
@@ -133,6 +126,28 @@ def test_eigenvectors_discover_and_background(backbone):
   for mask, box in zip(objects.masks, objects.boxes):
     ys, xs = np.nonzero(mask)
     assert list(box) == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_background_removal_equals_cli_edit(backbone, tmp_path):
+  from configs import edit as edit_config  # pylint: disable=import-outside-toplevel
+  from spectral_jax.tasks import edit as edit_task  # pylint: disable=import-outside-toplevel
+
+  config = edit_config.get_config()
+  config.data.root = PATHS[1]  # a single image
+  config.model.checkpoint = str(PARITY / 'checkpoint.pth')
+  config.model.cache_dir = str(tmp_path / 'cache')
+  config.edit.background = '#204080'
+  config.output.num_panels = 0
+  edit_task.run(config, tmp_path / 'cli')
+  cutout = np.asarray(Image.open(tmp_path / 'cli' / 'cutout' / 'chelsea.png'))
+  composite = np.asarray(Image.open(tmp_path / 'cli' / 'composite' / 'chelsea.png'))
+  rgba = sj.remove_background(backbone, PATHS[1])
+  assert rgba.shape == (300, 451, 4) and rgba.dtype == np.uint8
+  assert 0 < (rgba[..., 3] > 127).mean() < 1
+  np.testing.assert_array_equal(rgba, cutout)
+  on_colour = sj.remove_background(backbone, Image.open(PATHS[1]), background=(32, 64, 128))
+  assert on_colour.shape == (300, 451, 3) and on_colour.dtype == np.uint8
+  np.testing.assert_array_equal(on_colour, composite)
 
 
 def test_bad_inputs_are_named(backbone, tmp_path):

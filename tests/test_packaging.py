@@ -145,3 +145,25 @@ def test_console_script_resolves_shipped_configs(installed, tmp_path):
       cwd=work, env=env, capture_output=True, text=True, timeout=120,
   )
   assert proc.returncode != 0 and 'which_matrix' in proc.stderr, proc.stderr[-2000:]
+
+
+def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch):
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from spectral_jax import cli  # pylint: disable=import-outside-toplevel
+
+  voc = str(ROOT / 'configs' / 'voc.py')
+  assert cli.resolve_config('voc') == voc
+  assert cli.resolve_config('voc.py') == voc
+  assert cli.resolve_config('voc:arg') == voc + ':arg'
+  assert cli.resolve_argv(['prog', '--config', 'folder', '--mode=localize']) == [
+      'prog', '--config', str(ROOT / 'configs' / 'folder.py'), '--mode=localize'
+  ]
+  own = tmp_path / 'mine.py'
+  own.write_text('')
+  assert cli.resolve_config(str(own)) == str(own)  # a file is never replaced
+  monkeypatch.chdir(tmp_path)  # the README's relative path from elsewhere: the shipped file
+  assert cli.resolve_config('configs/voc.py') == voc
+  assert cli.resolve_config('other/voc.py') == 'other/voc.py'  # left for config_flags to report
+  with pytest.raises(app.UsageError, match='shipped configs: .*folder.*voc'):
+    cli.resolve_config('nonesuch')
+  assert {'base', 'folder', 'voc', 'demo', 'edit', 'object_seg'} <= set(cli.shipped_configs())
