@@ -24,7 +24,7 @@ from PIL import Image
 
 from spectral_jax import parallel
 from spectral_jax.data import datasets
-from spectral_jax.models import checkpoints, vit
+from spectral_jax.models import backbones, checkpoints, registry_extractor, vit
 from spectral_jax.spectral import affinity, eigen, lost, tokencut
 
 
@@ -44,6 +44,9 @@ class ImageResult:
   # [h, w] (the seed's component), 'box' int64 [4] in working pixels, 'seed' (flat index);
   # LOST adds 'M' [h·w], its seed-expansion map.
   outputs: Optional[dict] = None
+  # Other arrays of the backbone, rows like ``features`` (see RegistryExtractor):
+  # 'x_norm_patchtokens', 'k_rope' [h·w, D]; 'low_level' [(2h)·(2w), 256].
+  extras: Optional[dict] = None
 
   @property
   def image_hw(self) -> tuple[int, int]:
@@ -172,9 +175,12 @@ def load_extractor(
     precision: str = 'highest',
     feature_block: int = -1,
 ) -> FeatureExtractor:
-  """Loads (downloading if needed, via the converted-params cache if present) a DINO backbone."""
+  """Loads (downloading if needed, via the converted-params cache if present) a DINO backbone;
+  DINOv2 / DINOv3 / ResNet-50 names of the registry get a ``RegistryExtractor``."""
+  if registry_extractor.is_registry_only(name):
+    return registry_extractor.load(name, checkpoint, cache_dir, precision, feature_block)
   if name not in vit.ARCHS:
-    raise ValueError(f'model.name={name!r}: use one of {sorted(vit.ARCHS)}')
+    raise ValueError(f'model.name={name!r}: use one of {sorted(backbones.BACKBONES)}')
   params, found = checkpoints.load_params(name, checkpoint or None, cache_dir or None)
   # Width, heads and patch size come from the name; depth and the pretrained grid from the file.
   arch = dataclasses.replace(vit.ARCHS[name], depth=found['depth'], num_pos=found['num_pos'])
@@ -588,6 +594,7 @@ class _InFlight:
   vals: Optional[jax.Array]
   vecs: Optional[jax.Array]
   outputs: Optional[dict] = None  # a method's device outputs (Method.device)
+  extras: Optional[dict] = None  # the extractor's other arrays [B, r·length, C]
 
 
 def _dispatch(
@@ -607,11 +614,13 @@ def _dispatch(
   grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
   tokens = [h * w for h, w in grids]
   length = max(bucket_length(grids[0], bucket_tokens), max(tokens))
-  feats = extractor(crops, length if min(tokens) > spectral_k else max(tokens))['k']
+  out = extractor(crops, length if min(tokens) > spectral_k else max(tokens))
+  feats = out['k']
+  extras = {key: value for key, value in out.items() if key != 'k'} or None
   vals = vecs = None
   if method.device is not None:
     outputs = method_outputs(method, feats, np.array(tokens), solver, method_params)
-    return _InFlight(batch, grids, feats, None, None, outputs)
+    return _InFlight(batch, grids, feats, None, None, outputs, extras)
   if spectral_k:
     # Tiny images (no more patches than K) come in batches of one token count: K' = N − 1.
     k = min(spectral_k, min(tokens) - 1)
@@ -630,7 +639,7 @@ def _dispatch(
         which_matrix,
         solver,
     )
-  return _InFlight(batch, grids, feats, vals, vecs)
+  return _InFlight(batch, grids, feats, vals, vecs, extras=extras)
 
 
 def _nonfinite(result: ImageResult) -> str:
@@ -651,6 +660,7 @@ def _collect(
     job.vals, job.vecs = outputs.pop('eigenvalues', None), outputs.pop('eigenvectors', None)
   vals = None if job.vals is None else np.asarray(job.vals)
   vecs = None if job.vecs is None else np.asarray(job.vecs)
+  extras = {key: np.asarray(value) for key, value in (job.extras or {}).items()}
   for i, (example, image, original) in enumerate(job.batch):
     n = job.grids[i][0] * job.grids[i][1]
     result = ImageResult(
@@ -663,6 +673,10 @@ def _collect(
         None if vecs is None else vecs[i, :, :n],
         original,
     )
+    if extras:  # r rows per feature cell (4 for the ResNet's stride-4 low_level)
+      result.extras = {
+          key: value[i, : n * (value.shape[1] // feats.shape[1])] for key, value in extras.items()
+      }
     bad = _nonfinite(result)
     if bad:  # NaN weights or an overflow: never a box from NaN eigenvectors
       error = FloatingPointError(f'non-finite {bad} (NaN or inf) for {example.path or example.id}')

@@ -313,6 +313,16 @@ def checkpoint_identity(model, previous: Optional[dict] = None) -> dict:
     return {'url': checkpoints.WEIGHTS.get(model.name, f'<official {model.name}>')}
   if '://' in text:
     return {'url': text}
+  folder = Path(text).expanduser()
+  if folder.is_dir():  # a Hugging Face folder: its files' identities
+    return {
+        'path': str(folder.absolute()),
+        'files': {
+            f.name: workdirs.file_identity(str(f))['sha256']
+            for f in sorted(folder.iterdir())
+            if f.is_file() and f.suffix in ('.json', '.safetensors')
+        },
+    }
   return workdirs.file_identity(text, previous)
 
 

@@ -5,6 +5,8 @@ patch_grid (h, w), image_size (H, W) of the original image, working_size (H', W'
 saw: smaller when the image was downscaled to data.max_tokens) and ``workdir/eigs/<stem>.npz``
 (eigenvalues [K'], eigenvectors [K', h·w], patch_grid, image_size, working_size; K' = K
 unless the image has no more than K patches). Images whose files exist are not recomputed.
+Registry backbones add their other arrays to features/: x_norm_patchtokens (DINOv2/v3),
+k_rope (DINOv3), and for dino_resnet50 features (= k, layer4) and low_level [(2h)·(2w), 256].
 
 ``--config.method=tokencut``: keys of TokenCut's input (normalised, zero-padded to ⌈H/P⌉ ×
 ⌈W/P⌉ patches) and its eigenpairs λ0, λ1, λ2 of (D − W) v = λ D v on the binary graph,
@@ -39,7 +41,10 @@ def _write(r: pipeline.ImageResult, workdir, with_features: bool) -> None:
       working_size=np.array(r.image.shape[:2]),
   )
   if with_features:
-    io.save_npz(feat_path, k=r.features.astype(np.float32), **frame)
+    extras = {key: value.astype(np.float32) for key, value in (r.extras or {}).items()}
+    if 'low_level' in extras:  # the ResNet's layer4 map, under its own name too
+      extras['features'] = r.features.astype(np.float32)
+    io.save_npz(feat_path, k=r.features.astype(np.float32), **extras, **frame)
   # eigs last: it is what marks the image done.
   io.save_npz(eig_path, eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors, **frame)
 
