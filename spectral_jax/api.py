@@ -86,9 +86,13 @@ class Backbone:
     return self.extractor.arch.patch_size
 
   def __repr__(self) -> str:
-    a = self.extractor.arch
+    a = self.extractor.arch  # ViT archs have depth and width; a ResNet's differ
+    shape = ''.join(
+        f'{k}={getattr(a, f)}, ' for k, f in (('depth', 'depth'), ('dim', 'embed_dim'))
+        if hasattr(a, f)
+    )
     return (
-        f'Backbone({self.name!r}, depth={a.depth}, dim={a.embed_dim}, patch={a.patch_size}, '
+        f'Backbone({self.name!r}, {shape}patch={a.patch_size}, '
         f'precision={self.precision!r}, checkpoint={self.checkpoint!r})'
     )
 
@@ -158,7 +162,8 @@ def load_backbone(
     precision: str = 'float32',
     cache_dir: Optional[Union[str, os.PathLike]] = None,
 ) -> Backbone:
-  """Loads a DINO ViT (``dino_vits16``, ``dino_vits8``, ``dino_vitb16``, ``dino_vitb8``).
+  """Loads a DINO ViT (``dino_vits16``, ``dino_vits8``, ``dino_vitb16``, ``dino_vitb8``), or
+  another backbone ``pipeline.load_extractor`` knows (the DINOv2 / DINOv3 / ResNet-50 registry).
 
   Args:
     name: the architecture.
