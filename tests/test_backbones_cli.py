@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from spectral_jax import io
+from spectral_jax.models import registry_extractor
 from spectral_jax.models.checkpoints import read_state_dict
 from tests import backbones_data as bd
 from tests.test_backbones import _official_to_hf_dinov2
@@ -110,3 +111,10 @@ def test_localize_with_dinov2(tmp_path):
   assert (h, w) == (400, 600)
   x0, y0, x1, y1 = pred['box_xyxy']
   assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+@pytest.mark.parametrize('mode', ['semantic', 'train', 'evaluate'])
+def test_modes_on_the_dino_vit_refuse_other_backbones(mode):
+  with pytest.raises(ValueError, match='needs a DINO ViT'):
+    registry_extractor.require_dino_vit('dinov3_vits16', mode)
+  registry_extractor.require_dino_vit('dino_vits16', mode)

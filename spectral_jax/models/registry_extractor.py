@@ -29,6 +29,16 @@ def is_registry_only(name: str) -> bool:
   return name in backbones.BACKBONES and backbones.BACKBONES[name].family != 'dino'
 
 
+def require_dino_vit(name: str, mode: str) -> None:
+  """Modes built on the DINO ViT (CLS crops, the segmenter's backbone) refuse the others."""
+  if is_registry_only(name):
+    dino = sorted(n for n, b in backbones.BACKBONES.items() if b.family == 'dino')
+    raise ValueError(
+        f'--mode={mode} with model.name={name!r}: this mode needs a DINO ViT backbone '
+        f'({", ".join(dino)}); {name} runs with --mode=extract, localize and segment'
+    )
+
+
 @dataclasses.dataclass
 class RegistryExtractor:
   """``FeatureExtractor``'s interface for DINOv2 / DINOv3 / ResNet-50 (no CLS crops)."""

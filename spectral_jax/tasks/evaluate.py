@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spectral_jax import io, parallel, train
-from spectral_jax.models import vit
+from spectral_jax.models import registry_extractor, vit
 from spectral_jax.tasks import common
 from spectral_jax.tasks import train as train_task
 
@@ -26,6 +26,7 @@ def model_arch(model) -> vit.ViTArch:
 
 def run(config, workdir) -> None:
   common.check_config(config)
+  registry_extractor.require_dino_vit(config.model.name, 'evaluate')
   if not config.checkpoint:
     raise ValueError(
         '--mode=evaluate needs --config.checkpoint=DIR (a train workdir or its '

@@ -33,7 +33,7 @@ from PIL import Image
 
 from spectral_jax import io, metrics, parallel, pipeline, viz
 from spectral_jax.data import datasets
-from spectral_jax.models import vit
+from spectral_jax.models import registry_extractor, vit
 from spectral_jax.spectral import clustering, segments
 from spectral_jax.tasks import common, extract
 
@@ -243,6 +243,7 @@ def _write_panels(workdir: Path, stems, examples, segmaps, maps, config) -> None
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   sem = config.semantic
+  registry_extractor.require_dino_vit(config.model.name, 'semantic')  # box CLS features
   extract.run(config, workdir)  # computes only the images whose features/eigs are missing
   parallel.barrier('semantic-extract')
   examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}

@@ -18,7 +18,7 @@ import numpy as np
 
 from spectral_jax import io, parallel, train
 from spectral_jax.data import datasets
-from spectral_jax.models import segmenter, vit
+from spectral_jax.models import registry_extractor, segmenter, vit
 from spectral_jax.tasks import common, semantic
 
 # Keys of config.train that are not TrainConfig hyper-parameters.
@@ -146,6 +146,7 @@ def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
   check_train_config(config)
+  registry_extractor.require_dino_vit(config.model.name, 'train')  # the segmenter's backbone
   cfg = train.TrainConfig.from_dict({k: v for k, v in config.train.items() if k not in TASK_KEYS})
   matching = read_matching(config.train.matching, workdir, config.segmenter.num_classes)
   examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}
