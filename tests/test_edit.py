@@ -351,7 +351,7 @@ class FakeExtract:
     from spectral_jax.tasks import common
 
     self.calls.append(config.data.root)
-    skipped = common.SkipLog(workdir)
+    skipped = common.SkipLog(workdir, 'extract')
     for ex in common.examples_from_config(config.data):
       out = Path(workdir) / 'eigs' / f'{ex.id}.npz'
       if out.exists():
@@ -428,7 +428,7 @@ def test_task_single_image_and_image_background(tmp_path, monkeypatch):
   monkeypatch.setattr(task.extract, 'run', fake)
   work = tmp_path / 'out'
   task.run(_edit_config(photo, background=str(tmp_path / 'sky.png')), str(work))
-  assert fake.calls and fake.calls[0] != str(photo)  # extract saw a folder holding the photo
+  assert fake.calls == [str(photo)]  # extract takes the single file as its dataset too
   assert sorted(p.name for p in (work / 'cutout').iterdir()) == ['holiday.png']
   comp = np.asarray(Image.open(work / 'composite' / 'holiday.png'))
   assert comp.shape == alpha.shape + (3,)
@@ -469,6 +469,13 @@ def test_documented_command_line(tmp_path):
   photo = tmp_path / 'cat.png'
   alpha = _write_scene(photo, 30)
   work = tmp_path / 'out'
+  # Eigenvectors made by an extract with the command's settings (its record says so).
+  from configs import edit as edit_config
+  from spectral_jax.tasks import common
+
+  config = edit_config.get_config()
+  config.data.root = str(photo)
+  common.begin_stage(config, work, 'extract')
   sj_io.save_npz(work / 'eigs' / 'cat.npz', eigenvalues=np.zeros(3), eigenvectors=_fake_eigs(alpha))
   cmd = [
       sys.executable,

@@ -17,7 +17,9 @@ from spectral_jax.data import datasets
 from spectral_jax.models import checkpoints
 
 SOLVERS = ('auto', 'dense', 'lanczos')
-PRECISIONS = ('highest', 'high', 'default', 'float32', 'bfloat16')
+# model.precision → matmul precision: 'float32' (= 'highest', true float32, the default) keeps
+# parity; 'default' lets accelerators use TF32/bf16 passes.
+PRECISIONS = {'float32': 'highest', 'highest': 'highest', 'high': 'high', 'default': 'default'}
 # data.bucket_tokens = -1: measured in benchmarks/README.md (bench_localize.py --bucket-tokens).
 CPU_BUCKET_TOKENS = 32
 ACCELERATOR_BUCKET_TOKENS = 64
@@ -54,7 +56,7 @@ def check_config(config) -> None:
     _fail('spectral.K', s.K, 'use 2..64 (eigenvector 1 is the Fiedler vector)')
   _finite_number('spectral.color_lambda', s.color_lambda, 0.0)
   if config.model.precision not in PRECISIONS:
-    _fail('model.precision', config.model.precision, f'use one of {PRECISIONS}')
+    _fail('model.precision', config.model.precision, f'use one of {sorted(PRECISIONS)}')
   if d.batch_size < 1:
     _fail('data.batch_size', d.batch_size, 'must be >= 1')
   if not -1 <= d.bucket_tokens <= MAX_BUCKET_TOKENS:
@@ -174,7 +176,11 @@ def _check_unique_ids(examples: Sequence[Any]) -> None:
 
 def load_extractor(model) -> pipeline.FeatureExtractor:
   return pipeline.load_extractor(
-      model.name, model.checkpoint, model.cache_dir, model.precision, model.feature_block
+      model.name,
+      model.checkpoint,
+      model.cache_dir,
+      PRECISIONS[model.precision],
+      model.feature_block,
   )
 
 

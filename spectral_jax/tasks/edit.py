@@ -210,7 +210,10 @@ def run(config, workdir) -> None:
   common.begin_stage(config, workdir, 'edit')
   panel_ids = {ex.id for ex in examples[: max(config.output.num_panels, 0)]}
   shard = parallel.process_shard(examples)  # the same share extract gives this process
-  unusable = common.previously_skipped(workdir, 'edit')
+  # Images extraction or an earlier edit found unusable are not retried (see skipped.jsonl).
+  unusable = common.previously_skipped(workdir, 'edit') | common.previously_skipped(
+      workdir, 'extract'
+  )
   todo = [
       ex
       for ex in shard
