@@ -125,8 +125,8 @@ class Localization:
   box_xyxy: (x0, y0, x1, y1) in pixels of the original image, exclusive max (the CLI's
     predictions.jsonl).
   score: 1 − λ₁, λ₁ the Fiedler eigenvalue of the normalized Laplacian (it relaxes the
-    normalized cut; TokenCut: of its own graph; LOST: nan): near 1 for a cleanly separated
-    object, lower otherwise. Uncalibrated; for ranking, not thresholding.
+    normalized cut; TokenCut: of its own graph; LOST: 1, uninformative): near 1 for a clean
+    cut, lower otherwise. Uncalibrated; for ranking, not thresholding.
   image_size: (H, W) of the original image.
   """
 
@@ -392,23 +392,14 @@ def localize(
 
   Returns:
     A ``Localization`` (box_xyxy in original pixels, exclusive max; score; image_size) per
-    image; one for one image, a list for a list. LOST has no eigenvalue: score is nan.
+    image; one for one image, a list for a list. LOST has no eigenvalue: its score is 1.
   """
   _check_method(method, localize_methods())
   with _Inputs(images, backbone.patch_size) as inputs:
     config = _config(backbone, LOCALIZE_K)
-    index = localize_task.eigenvector_index(config.spectral.which_matrix)
     out = []
     for r in _results(backbone, inputs, config, method=method):
-      if method == 'dsm':
-        working_box = segments.localization_box(
-            r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=index
-        )
-      else:
-        working_box = r.outputs['box']  # working pixels, as DSM's box
-      box = r.box_to_original(working_box)
-      values = r.eigenvalues
-      score = float(1.0 - values[1]) if values is not None and len(values) > 1 else float('nan')
+      box, _, score = localize_task.localization(r, config.spectral.which_matrix)
       out.append(
           Localization(
               tuple(int(v) for v in box), score, tuple(int(v) for v in r.image_hw)

@@ -47,3 +47,22 @@ def test_crf_option_writes_refined_masks(parity_config, tmp_path):
   segment.run(parity_config, tmp_path / 'out')
   mask = np.array(Image.open(tmp_path / 'out' / 'masks' / 'astronaut.png'))
   assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_detections_json_rle_equals_the_masks(parity_config, tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  from spectral_jax import coco  # pylint: disable=import-outside-toplevel
+  from spectral_jax.tasks import segment  # pylint: disable=import-outside-toplevel
+
+  segment.run(parity_config, tmp_path / 'out')
+  dets = json.loads((tmp_path / 'out' / 'detections.json').read_text())
+  names = sorted(p.stem for p in (tmp_path / 'out' / 'masks').glob('*.png'))
+  assert [d['image_id'] for d in dets] == [1, 2, 3] and names == ['astronaut', 'chelsea', 'coffee']
+  for det, name in zip(dets, names):
+    mask = np.asarray(Image.open(tmp_path / 'out' / 'masks' / f'{name}.png')) > 127
+    assert np.array_equal(coco.decode(det['segmentation']), mask)
+    ys, xs = np.nonzero(mask)
+    assert det['bbox'] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]

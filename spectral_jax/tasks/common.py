@@ -296,7 +296,10 @@ def _forget_skipped(workdir: Path, stage: str) -> None:
 STAGES = {
     'extract': (('spectral', 'method', 'tokencut'), ('features', 'eigs')),
     'localize': (('spectral', 'method', 'tokencut', 'lost'), ('predictions*.jsonl',)),
-    'segment': (('spectral', 'segment', 'method', 'tokencut', 'lost'), ('masks',)),
+    'segment': (
+        ('spectral', 'segment', 'method', 'tokencut', 'lost'),
+        ('masks', 'mask_scores.jsonl'),
+    ),
     'edit': (('edit', 'seed'), ('cutout', 'composite', 'panels/edit_*')),
     'discover': (
         ('discover',),

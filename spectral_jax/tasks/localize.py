@@ -12,12 +12,13 @@ predictions.jsonl) are not recomputed when a killed run is started again.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from spectral_jax import io, metrics, parallel, pipeline, viz
+from spectral_jax import coco, io, metrics, parallel, pipeline, viz
 from spectral_jax.spectral import segments
 from spectral_jax.tasks import common
 
@@ -125,8 +126,67 @@ def run(config, workdir) -> None:
       merged = {r['id']: r for path in prediction_files(workdir) for r in io.read_jsonl(path)}
       io.save_jsonl(workdir / 'predictions.jsonl', [merged[i] for i in sorted(merged) if i in ids])
     io.save_json(workdir / 'metrics.json', result)
+    final = {r['id']: r for path in prediction_files(workdir) for r in io.read_jsonl(path)}
+    write_detections(workdir, [final[ex.id] for ex in examples if ex.id in final], examples,
+                     config.data)
   if 'corloc' in result:
     common.log_summary(f"CorLoc {result['corloc']:.2f} over {result['num_scored']} images")
+
+
+def localization(r, which_matrix: str = 'laplacian') -> tuple[np.ndarray, np.ndarray, float]:
+  """(box in original pixels, box in working pixels, score) of one pipeline result.
+
+  Boxes are [x0, y0, x1, y1] with exclusive max. ``score`` is 1 − λ₁, λ₁ the Fiedler
+  eigenvalue of the normalized Laplacian (DSM, TokenCut): near 1 for a clean cut, near 0 (or
+  below) when the graph has no separable object, so a low score flags "no object here".
+  LOST and the affinity variant have no such eigenvalue: their score is 1 (uninformative).
+  """
+  if r.outputs is not None:  # TokenCut / LOST: the seed component's box
+    working_box = np.asarray(r.outputs['box'])
+  else:
+    working_box = segments.localization_box(
+        r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2],
+        index=eigenvector_index(which_matrix),
+    )
+  values = r.eigenvalues
+  laplacian = which_matrix == 'laplacian' or r.outputs is not None
+  score = 1.0 - float(values[1]) if laplacian and values is not None and len(values) > 1 else 1.0
+  return np.asarray(r.box_to_original(working_box)), working_box, score
+
+
+def coco_image_ids(examples: list, data) -> dict[str, int]:
+  """COCO image ids for ``detections.json``: the ids of a COCO ground-truth file where one is
+  given (matched by file name), else 1, 2, … in dataset order (as discover's instances.json)."""
+  ids = {ex.id: i for i, ex in enumerate(examples, start=1)}
+  gt = data.get('boxes', '') if data.source == 'folder' else data.get('annotations', '')
+  if gt and str(gt).endswith('.json') and Path(gt).is_file():
+    try:
+      images = json.loads(Path(gt).read_text()).get('images', [])
+    except (OSError, ValueError):
+      return ids
+    by_name = {}
+    for im in images:
+      by_name[im['file_name']] = im['id']
+      by_name.setdefault(Path(im['file_name']).name, im['id'])
+    for ex in examples:
+      if ex.path is not None and Path(ex.path).name in by_name:
+        ids[ex.id] = int(by_name[Path(ex.path).name])
+  return ids
+
+
+def write_detections(workdir: Path, records: list[dict], examples: list, data) -> None:
+  """``workdir/detections.json``: COCO results (image_id, category_id 1, bbox [x, y, w, h],
+  score) of the predictions, for standard evaluation tools."""
+  ids = coco_image_ids(examples, data)
+  kept = [r for r in records if r['id'] in ids]
+  dets = coco.detections_json(
+      [ids[r['id']] for r in kept],
+      [float(r.get('score', 1.0)) for r in kept],
+      boxes=[
+          [x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (r['box_xyxy'] for r in kept)
+      ],
+  )
+  io.save_json(workdir / 'detections.json', dets)
 
 
 def _predict(config, workdir: Path, todo: list, pred_path: Path, examples: list) -> None:
@@ -134,19 +194,13 @@ def _predict(config, workdir: Path, todo: list, pred_path: Path, examples: list)
   skipped = common.SkipLog(workdir, 'localize')
   progress = pipeline.Progress(len(todo), 'localize')
   panels = common.Panels(workdir, config.output.num_panels, examples)
-  index = eigenvector_index(config.spectral.which_matrix)
   for r in common.run_images(config, extractor, todo, skipped, **method_args(config)):
-    if r.outputs is not None:  # TokenCut / LOST: the seed component's box
-      working_box = r.outputs['box']
-    else:
-      working_box = segments.localization_box(
-          r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=index
-      )
-    box = r.box_to_original(working_box)
+    box, working_box, score = localization(r, config.spectral.which_matrix)
     record = {
         'id': r.example.id,
         'box_xyxy': [int(v) for v in box],
         'image_size': [int(v) for v in r.image_hw],
+        'score': round(score, 6),
     }
     # One line per finished image, so a killed run loses at most the image in flight.
     if not common.write_or_skip(r.example, skipped, io.append_jsonl, pred_path, [record]):

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from spectral_jax import crf, io, metrics, parallel, pipeline, viz
+from spectral_jax import coco, crf, io, metrics, parallel, pipeline, viz
 from spectral_jax.data import datasets, decode
 from spectral_jax.spectral import bilateral, segments, tokencut
 from spectral_jax.tasks import common, localize
@@ -96,6 +96,26 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, refine: str, config) -> np.
   return mask
 
 
+def score_path(workdir: Path) -> Path:
+  return Path(workdir) / 'mask_scores.jsonl'
+
+
+def write_detections(workdir: Path, examples: list, data) -> None:
+  """``workdir/detections.json``: COCO results with an RLE segmentation per mask (bbox from
+  the mask, ``score`` as ``localize.localization``), for standard evaluation tools."""
+  ids = localize.coco_image_ids(examples, data)
+  scores = {r['id']: r['score'] for r in io.read_jsonl(score_path(workdir))}
+  dets = []
+  for ex in examples:  # one mask in memory at a time (RLE encoded at once)
+    path = mask_path(workdir, ex.id)
+    if not path.exists():
+      continue
+    mask = np.asarray(Image.open(path)) > 127
+    if mask.any():  # nothing found: no detection, not an empty one
+      dets += coco.detections_json([ids[ex.id]], [float(scores.get(ex.id, 1.0))], masks=[mask])
+  io.save_json(workdir / 'detections.json', dets)
+
+
 def score(examples: list, workdir: Path) -> dict:
   """Mean per-image IoU / accuracy and maxFβ (β² = 0.3) over images with a ground-truth mask.
 
@@ -158,6 +178,7 @@ def run(config, workdir) -> None:
     return
   result = score(examples, workdir)
   io.save_json(workdir / 'metrics.json', result)
+  write_detections(workdir, examples, config.data)
   if result['n']:
     common.log_summary(
         'segment: '
@@ -185,6 +206,11 @@ def _predict(config, workdir: Path, todo: list, examples: list) -> None:
       skipped(r.example, e)
       continue
     out = mask_path(workdir, r.example.id)
+    # The score first: the mask file marks the image done (see localize.localization).
+    score = localize.localization(r)[2] if r.outputs is None or r.eigenvalues is not None else 1.0
+    record = [{'id': r.example.id, 'score': round(score, 6)}]
+    if not common.write_or_skip(r.example, skipped, io.append_jsonl, score_path(workdir), record):
+      continue
     if not common.write_or_skip(r.example, skipped, io.save_png, out, full.astype(np.uint8) * 255):
       continue
     panel_mask = pipeline.resize_mask(mask, r.image.shape[:2])
