@@ -28,7 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.checkpoint = ''  # local .pth/.safetensors file or URL; '' = official weights
   config.model.cache_dir = ''  # '' = $SPECTRAL_JAX_CACHE or ~/.cache/spectral_jax
   config.model.feature_block = -1  # block whose keys are the features
-  config.model.precision = 'highest'  # matmul precision; 'default' allows TF32/bf16
+  # ViT matmuls: 'highest' (= 'float32', exact parity) | 'bfloat16' (bf16 operands, float32
+  # accumulation and features) | 'high' / 'default' (TF32/bf16 passes on accelerators)
+  config.model.precision = 'highest'
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'folder'  # folder | voc | coco20k | saliency | tfds | demo

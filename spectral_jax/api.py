@@ -43,9 +43,15 @@ Images = Union[ImageLike, Sequence[ImageLike]]
 
 METHODS = ('dsm',)  # and those of pipeline.METHODS where the pipeline takes a method
 REFINES = ('none', 'crf')
-# --precision: the API's 'float32' is the CLI's 'highest' (true float32 matmuls).
-PRECISIONS = {'float32': 'highest', 'highest': 'highest', 'high': 'high', 'default': 'default',
-              'bfloat16': 'bfloat16'}
+# --precision: the API's 'float32' is the CLI's 'highest' (true float32 matmuls); 'bfloat16':
+# bf16 ViT matmul operands with float32 accumulation (vit.BFLOAT16).
+PRECISIONS = {
+    'float32': 'highest',
+    'bfloat16': 'bfloat16',
+    'highest': 'highest',
+    'high': 'high',
+    'default': 'default',
+}
 # Settings of the CLI configs each function reproduces (configs/voc.py, configs/object_seg.py).
 LOCALIZE_K = 5
 SEGMENT_K = 2
@@ -170,7 +176,8 @@ def load_backbone(
     checkpoint: a local .pth/.safetensors file or a URL; None = the official weights,
       downloaded once into ``cache_dir``.
     precision: matmul precision: 'float32' (true float32, as the official code and the
-      CLI's default 'highest'), 'high', 'default' (TF32/bf16 on GPUs) or 'bfloat16'.
+      CLI's default 'highest'), 'bfloat16' (bf16 ViT matmuls, float32 accumulation and
+      features; DINO ViTs only), 'high' or 'default' (TF32/bf16 passes on GPUs).
     cache_dir: weights and converted-params cache (None = $SPECTRAL_JAX_CACHE or
       ~/.cache/spectral_jax).
   """

@@ -76,7 +76,7 @@ class FeatureExtractor:
 
   arch: vit.ViTArch
   params: Any
-  precision: str = 'highest'
+  precision: str = 'highest'  # lax matmul precision, or vit.BFLOAT16
   feature_block: int = -1
   compiled_shapes: set = dataclasses.field(default_factory=set)
 
@@ -178,6 +178,11 @@ def load_extractor(
   """Loads (downloading if needed, via the converted-params cache if present) a DINO backbone;
   DINOv2 / DINOv3 / ResNet-50 names of the registry get a ``RegistryExtractor``."""
   if registry_extractor.is_registry_only(name):
+    if vit.is_bfloat16(precision):  # their own MLPs would silently stay float32 on CPU
+      raise ValueError(
+          f"model.precision='bfloat16' is implemented for the DINO ViTs {sorted(vit.ARCHS)}, "
+          f'not {name!r}: use float32'
+      )
     return registry_extractor.load(name, checkpoint, cache_dir, precision, feature_block)
   if name not in vit.ARCHS:
     raise ValueError(f'model.name={name!r}: use one of {sorted(backbones.BACKBONES)}')

@@ -4,6 +4,10 @@ Differences from stock Flax that matter for parity with the PyTorch model:
 LayerNorm computes the variance as mean((x - mean)²) (Flax's fast variance
 differs in float32), GELU is the exact erf form, and every matmul runs at the
 precision given by ``precision`` ('highest' = true float32 on GPU/TPU).
+
+``precision='bfloat16'`` runs every ViT matmul on bfloat16 operands (weights and activations,
+cast in the forward) with float32 accumulation and float32 outputs; LayerNorm, softmax, GELU,
+position tables and the returned features stay float32.
 """
 
 from __future__ import annotations
@@ -46,6 +50,50 @@ ARCHS = {
 }
 
 
+# ``precision`` value for bfloat16 matmuls (any other value is a lax matmul precision).
+BFLOAT16 = 'bfloat16'
+
+
+def is_bfloat16(precision) -> bool:
+  return isinstance(precision, str) and precision == BFLOAT16
+
+
+def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+  """``lax.dot_general`` on bfloat16 operands, accumulated and returned in float32."""
+  del precision, kwargs  # bf16 operands take the native bf16 pass (AMX / tensor cores / MXU)
+  return jax.lax.dot_general(
+      lhs.astype(jnp.bfloat16),
+      rhs.astype(jnp.bfloat16),
+      dimension_numbers,
+      preferred_element_type=jnp.float32,
+  )
+
+
+def einsum(subscripts: str, a, b, precision):
+  """``jnp.einsum`` at ``precision``; 'bfloat16': bf16 operands, float32 accumulation."""
+  if is_bfloat16(precision):
+    return jnp.einsum(
+        subscripts,
+        a.astype(jnp.bfloat16),
+        b.astype(jnp.bfloat16),
+        preferred_element_type=jnp.float32,
+    )
+  return jnp.einsum(subscripts, a, b, precision=precision)
+
+
+def dense(features: int, precision, name: str) -> nn.Dense:
+  """``nn.Dense`` at ``precision`` (same parameters either way; float32 output)."""
+  if is_bfloat16(precision):
+    return nn.Dense(features, dot_general=_bf16_dot_general, name=name)
+  return nn.Dense(features, precision=precision, name=name)
+
+
+def table_precision(precision):
+  """Position tables are interpolated in true float32 under 'bfloat16' (tiny, and shared with
+  the host-side ``sequence_pos_tables``)."""
+  return 'highest' if is_bfloat16(precision) else precision
+
+
 class TorchLayerNorm(nn.Module):
   """LayerNorm with PyTorch's two-pass variance and eps."""
 
@@ -69,11 +117,11 @@ ATTENTION_CHUNK_BYTES = 1 << 28
 
 def _attend(q, k, v, key_mask, precision):
   """softmax(q kᵀ / √c) v for q [B, Q, H, C], k, v [B, T, H, C] → ([B, Q, H, C], [B, H, Q, T])."""
-  logits = jnp.einsum('bqhc,bkhc->bhqk', q, k, precision=precision) * q.shape[-1] ** -0.5
+  logits = einsum('bqhc,bkhc->bhqk', q, k, precision) * q.shape[-1] ** -0.5
   if key_mask is not None:  # padded tokens: exp(-inf) = 0, so real tokens never see them
     logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
   attn = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum('bhqk,bkhc->bqhc', attn, v, precision=precision), attn
+  return einsum('bhqk,bkhc->bqhc', attn, v, precision), attn
 
 
 def query_chunk(batch: int, heads: int, tokens: int, budget: int | None = None) -> int:
@@ -111,14 +159,14 @@ class Attention(nn.Module):
   def __call__(self, x, key_mask=None):
     b, t, d = x.shape
     hd = d // self.num_heads
-    qkv = nn.Dense(3 * d, precision=self.precision, name='qkv')(x)
+    qkv = dense(3 * d, self.precision, 'qkv')(x)
     q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, t, self.num_heads, hd) for i in range(3))
     chunk = query_chunk(b, self.num_heads, t)
     if chunk >= t:
       out, attn = _attend(q, k, v, key_mask, self.precision)
     else:
       out, attn = chunked_attention(q, k, v, key_mask, self.precision, chunk), None
-    out = nn.Dense(d, precision=self.precision, name='proj')(out.reshape(b, t, d))
+    out = dense(d, self.precision, 'proj')(out.reshape(b, t, d))
     return out, qkv, attn
 
 
@@ -129,9 +177,9 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    x = nn.Dense(self.hidden, precision=self.precision, name='fc1')(x)
+    x = dense(self.hidden, self.precision, 'fc1')(x)
     x = jax.nn.gelu(x, approximate=False)
-    return nn.Dense(d, precision=self.precision, name='fc2')(x)
+    return dense(d, self.precision, 'fc2')(x)
 
 
 class Block(nn.Module):
@@ -173,7 +221,7 @@ class PatchEmbed(nn.Module):
     p, c = self.patch_size, patches.shape[-1]
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (p, p, c, self.embed_dim))
     bias = self.param('bias', nn.initializers.zeros, (self.embed_dim,))
-    return jnp.einsum('blijc,ijcd->bld', patches, kernel, precision=self.precision) + bias
+    return einsum('blijc,ijcd->bld', patches, kernel, self.precision) + bias
 
 
 class VisionTransformer(nn.Module):
@@ -222,7 +270,9 @@ class VisionTransformer(nn.Module):
     pos_embed = self.param('pos_embed', nn.initializers.zeros, (1, 1 + a.num_pos, a.embed_dim))
     x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, a.embed_dim)), x], axis=1)
     if pos_tables is None:
-      x = x + interpolate_pos_embed(pos_embed, grid, a.pretrained_grid, self.precision)
+      x = x + interpolate_pos_embed(
+          pos_embed, grid, a.pretrained_grid, table_precision(self.precision)
+      )
     else:
       x = x + pos_tables
 

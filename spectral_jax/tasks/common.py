@@ -17,9 +17,17 @@ from spectral_jax.data import datasets
 from spectral_jax.models import checkpoints
 
 SOLVERS = ('auto', 'dense', 'lanczos')
-# model.precision → matmul precision: 'float32' (= 'highest', true float32, the default) keeps
-# parity; 'default' lets accelerators use TF32/bf16 passes.
-PRECISIONS = {'float32': 'highest', 'highest': 'highest', 'high': 'high', 'default': 'default'}
+# model.precision → the ViT's matmul precision: 'float32' (= 'highest', true float32, the
+# default) keeps parity; 'bfloat16' runs the ViT matmuls on bf16 operands with float32
+# accumulation (vit.BFLOAT16; features, LayerNorm, softmax and the eigen step stay float32);
+# 'high' / 'default' let accelerators use TF32/bf16 passes.
+PRECISIONS = {
+    'float32': 'highest',
+    'bfloat16': 'bfloat16',
+    'highest': 'highest',
+    'high': 'high',
+    'default': 'default',
+}
 # data.bucket_tokens = -1: measured in benchmarks/README.md (bench_localize.py --bucket-tokens).
 CPU_BUCKET_TOKENS = 32
 ACCELERATOR_BUCKET_TOKENS = 64
