@@ -94,6 +94,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.discover.dtype = 'float64'  # eigen-solve precision (the official: float64)
   config.discover.workers = 0  # CRF processes; 0 = auto (up to 8 when crf and many images)
 
+  # --mode=serve: the local web demo and HTTP API (spectral_jax/web.py).
+  config.serve = ml_collections.ConfigDict()
+  config.serve.host = '127.0.0.1'  # localhost only; '0.0.0.0' exposes it (no authentication)
+  config.serve.port = 8000  # 0 = any free port (printed at start)
+  config.serve.max_upload_bytes = 32 * 1024 * 1024  # larger uploads get 413
+  config.serve.max_queue = 32  # requests admitted at once (running or waiting); more get 503
+  config.serve.timeout = 300.0  # seconds a request waits for the model before a 503
+
   config.output = ml_collections.ConfigDict()
   config.output.features = True  # write features/<stem>.npz
   config.output.num_panels = 8  # PNG panels for the first N images

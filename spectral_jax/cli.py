@@ -14,9 +14,11 @@ Any config value can be overridden with --config.<key>=<value>.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,8 +33,11 @@ from spectral_jax.models import checkpoints
 from spectral_jax.tasks import common
 
 _ALL_MODES = (
-    'extract', 'localize', 'segment', 'semantic', 'train', 'evaluate', 'edit', 'discover'
+    'extract', 'localize', 'segment', 'semantic', 'train', 'evaluate', 'edit', 'discover',
+    'serve',
 )
+# Modes that need no --workdir (they write no outputs): a temporary one is used and deleted.
+_OPTIONAL_WORKDIR = ('serve',)
 # A mode is a module spectral_jax/tasks/<mode>.py with run(config, workdir).
 _TASKS = Path(__file__).parent / 'tasks'
 MODES = tuple(m for m in _ALL_MODES if (_TASKS / f'{m}.py').exists())
@@ -43,9 +48,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     'A config file, or the name of a shipped config (voc, folder, demo, ...).',
     lock_config=True,
 )
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where outputs (and resume state) are written.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Where outputs (and resume state) are written (optional for --mode=serve).'
+)
 _MODE = flags.DEFINE_enum('mode', 'extract', MODES, 'What to run.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['config'])
 
 
 def configs_dir() -> Optional[Path]:
@@ -114,7 +121,17 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   common.check_config(config)  # flag-named errors before anything loads
-  workdir = workdirs.prepare(_WORKDIR.value)
+  if _WORKDIR.value is None and _MODE.value not in _OPTIONAL_WORKDIR:
+    raise app.UsageError(f'--workdir is required for --mode={_MODE.value}')
+  with contextlib.ExitStack() as stack:
+    workdir = _WORKDIR.value
+    if workdir is None:  # deleted at exit, lock included
+      prefix = f'spectral_jax_{_MODE.value}_'
+      workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+    _run_mode(config, workdirs.prepare(workdir))
+
+
+def _run_mode(config, workdir: Path) -> None:
   # Persistent compilation cache: a resumed or repeated run loads its compiled shapes.
   cache_dir = config.model.cache_dir or checkpoints.default_cache_dir()
   jax.config.update('jax_compilation_cache_dir', str(Path(cache_dir).expanduser() / 'xla'))

@@ -1,0 +1,496 @@
+"""``--mode=serve``: a local web page and HTTP API on one loaded backbone (standard library only).
+
+  POST /api/localize           → JSON {box_xyxy, score, image_size, method}
+  POST /api/segment            → PNG mask (0 / 255, the image's size)
+  POST /api/remove-background  → RGBA PNG cutout, or an RGB composite with ``background``
+  POST /api/eigenvectors       → npz (default) or JSON with ``?format=json``
+  GET  /api/health             → JSON: model, methods, limits, requests in flight
+  GET  /                       → the demo page (spectral_jax/static/index.html)
+
+An image is the raw request body (any ``Content-Type``) or the multipart field ``image``;
+options are query parameters or multipart fields: method, K, lambda, refine, background,
+format. Errors are JSON ``{"error": "..."}`` with a 4xx/5xx status.
+
+Why this shape: the model is one jitted function on one device, so a single worker thread owns
+it and runs requests one at a time, in arrival order; handler threads only read, decode and
+encode. At most ``max_queue`` requests are admitted at once (running or waiting, counted
+before the body is decoded, so memory stays bounded); more are answered 503 at once. Uploads
+above ``max_upload_bytes`` get 413, images above ``max_pixels`` 413, undecodable ones 400.
+Uploads are decoded in memory; the API writes its temporary PNGs to a private temporary
+folder it deletes before the response is sent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import email.message
+import http.server
+import io
+import json
+import math
+import queue
+import socket
+import socketserver
+import threading
+import time
+import urllib.parse
+from importlib import resources
+from typing import Any, Callable, Optional
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from spectral_jax import api
+from spectral_jax import edit as edit_lib
+from spectral_jax.data import decode
+from spectral_jax.version import __version__
+
+JSON = 'application/json'
+_CHUNK = 1 << 16
+# A body above the limit is read and dropped (so the client sees the 413, not a reset) up to
+# this many times the limit; anything larger is cut off.
+_DRAIN_FACTOR = 4
+
+
+class HTTPError(Exception):
+  """An answer with a status and a message in words (sent as JSON)."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+    self.message = message
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+class Worker:
+  """The one thread that owns the model: jobs run one at a time, in submission order."""
+
+  def __init__(self):
+    self._jobs: queue.Queue = queue.Queue()
+    self._thread = threading.Thread(target=self._loop, name='spectral_jax-model', daemon=True)
+    self._thread.start()
+
+  def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    self._jobs.put((fn, future))
+    return future
+
+  def stop(self) -> None:
+    self._jobs.put(None)
+    self._thread.join(timeout=30)
+
+  def _loop(self) -> None:
+    while True:
+      job = self._jobs.get()
+      if job is None:
+        return
+      fn, future = job
+      if not future.set_running_or_notify_cancel():  # timed out while waiting: skip it
+        continue
+      try:
+        future.set_result(fn())
+      except BaseException as e:  # pylint: disable=broad-except  # handed to the request
+        future.set_exception(e)
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def _header_params(value: str, header: str = 'content-type') -> email.message.Message:
+  msg = email.message.Message()
+  msg[header] = value
+  return msg
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[Optional[str], bytes]]:
+  """multipart/form-data → {field: (filename or None, bytes)} (the first part of each name)."""
+  boundary = _header_params(content_type).get_param('boundary')
+  if not boundary or not isinstance(boundary, str):
+    raise HTTPError(400, 'multipart/form-data without a boundary parameter')
+  delimiter = b'--' + boundary.encode('latin-1')
+  fields: dict[str, tuple[Optional[str], bytes]] = {}
+  chunks = body.split(delimiter)
+  if len(chunks) < 3:
+    raise HTTPError(400, 'malformed multipart body (no parts between the boundaries)')
+  for chunk in chunks[1:]:
+    if chunk.startswith(b'--'):  # the closing delimiter
+      break
+    head, sep, content = chunk.partition(b'\r\n\r\n')
+    if not sep:
+      raise HTTPError(400, 'malformed multipart part (no blank line after its headers)')
+    if content.endswith(b'\r\n'):
+      content = content[:-2]
+    disposition = ''
+    for line in head.decode('latin-1').split('\r\n'):
+      key, _, value = line.partition(':')
+      if key.strip().lower() == 'content-disposition':
+        disposition = value.strip()
+    params = _header_params(disposition, 'content-disposition')
+    name = params.get_param('name', header='content-disposition')
+    if isinstance(name, str) and name not in fields:
+      filename = params.get_param('filename', header='content-disposition')
+      fields[name] = (filename if isinstance(filename, str) else None, content)
+  return fields
+
+
+class Upload:
+  """An image request: the image bytes, its name for messages, options, a background file."""
+
+  def __init__(self, body: bytes, content_type: str, query: dict[str, list[str]]):
+    self.options = {k: v[-1] for k, v in query.items() if v}
+    self.background: Optional[tuple[str, bytes]] = None
+    if content_type.split(';')[0].strip().lower() == 'multipart/form-data':
+      fields = parse_multipart(body, content_type)
+      if 'image' not in fields:
+        raise HTTPError(400, "multipart upload without a field named 'image'")
+      filename, self.data = fields.pop('image')
+      self.name = filename or 'image'
+      if 'background' in fields and fields['background'][0] is not None:
+        filename, data = fields.pop('background')
+        if data:  # an empty file input sends an empty part
+          self.background = (filename or 'background', data)
+      for key, (filename, value) in fields.items():
+        if filename is None:  # form fields; query parameters win over them
+          self.options.setdefault(key, value.decode('utf-8', 'replace'))
+    else:
+      self.data, self.name = body, 'upload'
+    if not self.data:
+      raise HTTPError(
+          400, "no image: send it as the request body or as the multipart field 'image'"
+      )
+
+  def option(self, key: str, default: str) -> str:
+    return self.options.get(key, default).strip() or default
+
+
+def _choice(upload: Upload, key: str, default: str, allowed) -> str:
+  value = upload.option(key, default)
+  if value not in allowed:
+    raise HTTPError(400, f'{key}={value!r}: use one of {", ".join(allowed)}')
+  return value
+
+
+def _number(upload: Upload, key: str, default, kind, lo, hi):
+  text = upload.option(key, str(default))
+  try:
+    value = kind(text)
+  except ValueError:
+    raise HTTPError(400, f'{key}={text!r}: not a number') from None
+  if not (math.isfinite(value) and lo <= value <= hi):
+    raise HTTPError(400, f'{key}={text!r}: use a value in {lo}..{hi}')
+  return value
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+  out = io.BytesIO()
+  Image.fromarray(array).save(out, format='PNG', compress_level=3)
+  return out.getvalue()
+
+
+def _error_body(status: int, message: str) -> bytes:
+  return json.dumps({'error': message, 'status': status}).encode()
+
+
+def _finite(x: float) -> Optional[float]:
+  return float(x) if math.isfinite(x) else None  # JSON has no NaN (LOST has no score)
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+  """The HTTP server: a thread per connection, one ``Worker`` for the model."""
+
+  daemon_threads = True
+  allow_reuse_address = True
+
+  def __init__(
+      self,
+      backbone: api.Backbone,
+      host: str = '127.0.0.1',
+      port: int = 8000,
+      *,
+      max_upload_bytes: int = 32 << 20,
+      max_queue: int = 32,
+      timeout: float = 300.0,
+      max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+  ):
+    if max_upload_bytes < 1 or max_queue < 1 or timeout <= 0 or max_pixels < 1:
+      raise ValueError('max_upload_bytes, max_queue, timeout and max_pixels must be positive')
+    self.backbone = backbone
+    self.max_upload_bytes = int(max_upload_bytes)
+    self.max_queue = int(max_queue)
+    self.timeout = float(timeout)
+    self.max_pixels = int(max_pixels)
+    self.worker = Worker()
+    self._slots = threading.BoundedSemaphore(self.max_queue)
+    self._count_lock = threading.Lock()
+    self.in_flight = 0  # admitted requests (running or waiting)
+    if ':' in host:  # an IPv6 address such as ::1
+      self.address_family = socket.AF_INET6
+    super().__init__((host, port), Handler)
+
+  @property
+  def url(self) -> str:
+    host, port = self.server_address[:2]
+    return f'http://{host}:{port}'
+
+  def admit(self) -> bool:
+    if not self._slots.acquire(blocking=False):
+      return False
+    with self._count_lock:
+      self.in_flight += 1
+    return True
+
+  def release(self) -> None:
+    with self._count_lock:
+      self.in_flight -= 1
+    self._slots.release()
+
+  def run_on_model(self, fn: Callable[[], Any]) -> Any:
+    """Runs ``fn`` on the worker thread and waits (``timeout`` seconds) for its result."""
+    future = self.worker.submit(fn)
+    try:
+      return future.result(timeout=self.timeout)
+    except concurrent.futures.TimeoutError:
+      future.cancel()  # not started yet: the worker skips it
+      raise HTTPError(
+          503, f'timed out after {self.timeout:g} s waiting for the model (server busy)'
+      ) from None
+
+  def server_close(self) -> None:
+    super().server_close()
+    self.worker.stop()
+
+  def health(self) -> dict:
+    return {
+        'status': 'ok',
+        'version': __version__,
+        'model': self.backbone.name,
+        'checkpoint': self.backbone.checkpoint,
+        'patch_size': self.backbone.patch_size,
+        'methods': list(api.localize_methods()),
+        'segment_methods': list(api.METHODS),
+        'refines': list(api.REFINES),
+        'max_upload_bytes': self.max_upload_bytes,
+        'max_pixels': self.max_pixels,
+        'max_queue': self.max_queue,
+        'in_flight': self.in_flight,
+    }
+
+  # ------------------------------------------------------------------- endpoints
+
+  def decode(self, name: str, data: bytes) -> np.ndarray:
+    """Bytes → RGB (the CLI's decoder: EXIF applied, alpha dropped), limits as 4xx."""
+    try:
+      return decode.decode_rgb(
+          data, name, min_side=self.backbone.patch_size, max_pixels=self.max_pixels
+      )
+    except decode.BadImageError as e:
+      status = 413 if 'above the limit' in e.reason else 400
+      raise HTTPError(status, str(e)) from None
+
+  def localize(self, upload: Upload) -> tuple[int, str, bytes]:
+    method = _choice(upload, 'method', 'dsm', api.localize_methods())
+    rgb = self.decode(upload.name, upload.data)
+    r = self.run_on_model(lambda: api.localize(self.backbone, rgb, method=method))
+    body = {
+        'box_xyxy': [int(v) for v in r.box_xyxy],
+        'score': _finite(r.score),
+        'image_size': [int(v) for v in r.image_size],
+        'method': method,
+    }
+    return 200, JSON, json.dumps(body).encode()
+
+  def segment(self, upload: Upload) -> tuple[int, str, bytes]:
+    method = _choice(upload, 'method', 'dsm', api.METHODS)
+    refine = _choice(upload, 'refine', 'none', api.REFINES)
+    rgb = self.decode(upload.name, upload.data)
+    mask = self.run_on_model(
+        lambda: api.segment(self.backbone, rgb, method=method, refine=refine)
+    )
+    return 200, 'image/png', png_bytes(np.asarray(mask, np.uint8) * 255)
+
+  def remove_background(self, upload: Upload) -> tuple[int, str, bytes]:
+    background: Any = None
+    spec = upload.option('background', '')
+    if upload.background is not None:
+      background = self.decode(*upload.background)
+    elif spec and spec.lower() not in ('none', 'transparent'):
+      try:  # a colour only: a path here would read the server's files
+        background = edit_lib.parse_color(spec)
+      except ValueError as e:
+        raise HTTPError(400, f'background: {e}') from None
+    rgb = self.decode(upload.name, upload.data)
+    out = self.run_on_model(
+        lambda: api.remove_background(self.backbone, rgb, background=background)
+    )
+    return 200, 'image/png', png_bytes(out)
+
+  def eigenvectors(self, upload: Upload) -> tuple[int, str, bytes]:
+    fmt = _choice(upload, 'format', 'npz', ('npz', 'json'))
+    k = _number(upload, 'K', 5, int, 2, 64)
+    color_lambda = _number(upload, 'lambda', 0.0, float, 0.0, 1e6)
+    rgb = self.decode(upload.name, upload.data)
+    e = self.run_on_model(
+        lambda: api.eigenvectors(self.backbone, rgb, K=k, color_lambda=color_lambda)
+    )
+    if fmt == 'json':
+      body = {
+          'eigenvalues': [float(v) for v in e.eigenvalues],
+          'eigenvectors': np.round(e.eigenvectors.astype(np.float64), 6).tolist(),
+          'patch_grid': list(e.patch_grid),
+          'patch_size': e.patch_size,
+          'image_size': list(e.image_size),
+          'working_size': list(e.working_size),
+      }
+      return 200, JSON, json.dumps(body).encode()
+    out = io.BytesIO()
+    np.savez(
+        out,
+        eigenvalues=e.eigenvalues,
+        eigenvectors=e.eigenvectors,
+        patch_grid=np.array(e.patch_grid),
+        patch_size=np.array(e.patch_size),
+        image_size=np.array(e.image_size),
+        working_size=np.array(e.working_size),
+    )
+    return 200, 'application/octet-stream', out.getvalue()
+
+
+ENDPOINTS = {
+    '/api/localize': Server.localize,
+    '/api/segment': Server.segment,
+    '/api/remove-background': Server.remove_background,
+    '/api/eigenvectors': Server.eigenvectors,
+}
+
+
+def index_html() -> bytes:
+  return resources.files('spectral_jax').joinpath('static/index.html').read_bytes()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+  """One connection: routes, limits, JSON errors."""
+
+  server: Server
+  protocol_version = 'HTTP/1.1'
+  timeout = 60  # a client that stops sending mid-body does not hold a thread forever
+
+  def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+    logging.info('%s %s', self.address_string(), format % args)
+
+  def _send(self, status: int, content_type: str, body: bytes, extra=None) -> None:
+    self.send_response(status)
+    self.send_header('Content-Type', content_type)
+    self.send_header('Content-Length', str(len(body)))
+    self.send_header('Cache-Control', 'no-store')
+    self.send_header('X-Content-Type-Options', 'nosniff')
+    for key, value in (extra or {}).items():
+      self.send_header(key, value)
+    self.end_headers()
+    if self.command != 'HEAD':
+      self.wfile.write(body)
+
+  def _error(self, status: int, message: str, extra=None) -> None:
+    self._send(status, JSON, _error_body(status, message), extra)
+
+  def _drain(self, length: int) -> bool:
+    """Reads and drops a body (so the client gets the answer, not a reset); False if cut."""
+    limit = self.server.max_upload_bytes * _DRAIN_FACTOR
+    if length > limit:
+      self.close_connection = True
+      return False
+    while length > 0:
+      chunk = self.rfile.read(min(_CHUNK, length))
+      if not chunk:
+        break
+      length -= len(chunk)
+    return True
+
+  def _read_body(self, length: int) -> bytes:
+    parts, left = [], length
+    while left > 0:
+      chunk = self.rfile.read(min(_CHUNK, left))
+      if not chunk:
+        raise HTTPError(400, f'the body ended after {length - left} of {length} bytes')
+      parts.append(chunk)
+      left -= len(chunk)
+    return b''.join(parts)
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    path = urllib.parse.urlsplit(self.path).path
+    if path in ('/', '/index.html'):
+      csp = (
+          "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+          "script-src 'self' 'unsafe-inline'; connect-src 'self'"
+      )
+      self._send(200, 'text/html; charset=utf-8', index_html(), {'Content-Security-Policy': csp})
+    elif path == '/api/health':
+      self._send(200, JSON, json.dumps(self.server.health()).encode())
+    elif path in ENDPOINTS:
+      self._error(405, f'{path} takes POST with an image', {'Allow': 'POST'})
+    else:
+      self._error(404, f'no such page: {path}')
+
+  do_HEAD = do_GET  # pylint: disable=invalid-name
+
+  def do_POST(self):  # pylint: disable=invalid-name
+    split = urllib.parse.urlsplit(self.path)
+    length_text = self.headers.get('Content-Length')
+    if self.headers.get('Transfer-Encoding', '').lower() not in ('', 'identity'):
+      self.close_connection = True
+      return self._error(411, 'chunked uploads are not supported: send a Content-Length')
+    try:
+      length = int(length_text) if length_text is not None else -1
+    except ValueError:
+      length = -1
+    if length < 0:
+      self.close_connection = True
+      return self._error(411, 'a POST needs a Content-Length header')
+    handler = ENDPOINTS.get(split.path)
+    if handler is None:
+      self._drain(length)
+      return self._error(404, f'no such endpoint: {split.path}')
+    if length > self.server.max_upload_bytes:
+      self._drain(length)
+      return self._error(
+          413,
+          f'upload of {length} bytes is above the limit of {self.server.max_upload_bytes} '
+          'bytes (serve.max_upload_bytes)',
+          {'Connection': 'close'},
+      )
+    if not self.server.admit():
+      self._drain(length)
+      return self._error(
+          503,
+          f'server busy: {self.server.max_queue} requests already queued (serve.max_queue); '
+          'retry later',
+          {'Retry-After': '1'},
+      )
+    start = time.monotonic()
+    try:
+      body = self._read_body(length)
+      upload = Upload(
+          body, self.headers.get('Content-Type', ''), urllib.parse.parse_qs(split.query)
+      )
+      status, content_type, payload = handler(self.server, upload)
+      logging.info('%s done in %.2f s', split.path, time.monotonic() - start)
+    except HTTPError as e:
+      status, content_type, payload = e.status, JSON, _error_body(e.status, e.message)
+    except ValueError as e:  # the API's argument and image errors
+      status, content_type, payload = 400, JSON, _error_body(400, str(e))
+    except Exception as e:  # pylint: disable=broad-except  # the server keeps serving
+      logging.exception('%s failed', split.path)
+      message = f'internal error: {type(e).__name__}: {e}'
+      status, content_type, payload = 500, JSON, _error_body(500, message)
+    finally:
+      self.server.release()  # before the answer: a client's next request finds the slot free
+    return self._send(status, content_type, payload)
+
+
+def is_loopback(host: str) -> bool:
+  return host in ('localhost', '::1') or host.startswith('127.')
