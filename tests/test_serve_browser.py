@@ -25,6 +25,7 @@ from PIL import Image
 import spectral_jax as sj
 from spectral_jax import web
 from tests.conftest import MANIFEST, PARITY
+from tests.test_serve import shared_cache
 
 ROOT = Path(__file__).parent.parent
 PHOTO = PARITY / 'images' / 'chelsea.png'
@@ -110,12 +111,16 @@ class Browser:
 
   def wait_for(self, expression: str, timeout: float = 90):
     deadline = time.monotonic() + timeout
+    error = None
     while time.monotonic() < deadline:
-      value = self.eval(expression)
+      try:
+        value = self.eval(expression)
+      except RuntimeError as e:  # e.g. the page is still loading: its elements are missing
+        value, error = None, e
       if value:
         return value
       time.sleep(0.1)
-    raise TimeoutError(f'{expression} still false after {timeout} s')
+    raise TimeoutError(f'{expression} still false after {timeout} s (last error: {error})')
 
   def upload(self, selector: str, path: Path) -> None:
     node = self.send('Runtime.evaluate', expression=f'document.querySelector("{selector}")')
@@ -139,7 +144,7 @@ class Browser:
 @pytest.fixture(scope='module')
 def server(tmp_path_factory):
   backbone = sj.load_backbone('dino_vits16', PARITY / 'checkpoint.pth',
-                              cache_dir=tmp_path_factory.mktemp('cache'))
+                              cache_dir=shared_cache(tmp_path_factory))
   s = web.Server(backbone, '127.0.0.1', 0)
   threading.Thread(target=s.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True).start()
   yield s
