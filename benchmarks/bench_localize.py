@@ -35,9 +35,29 @@ On a GPU the script runs unchanged: our side runs on JAX's default backend; the 
 forward runs on ``--torch-device`` (``cpu`` by default, ``cuda`` allowed) and its eigen step
 always on the CPU, as the official code does (scipy).
 
+``--precision bfloat16`` runs our ViT matmuls on bfloat16 operands with float32 accumulation
+(``model.precision=bfloat16``); the reference then gains a second row, the same official loop
+with its ViT forward under ``torch.autocast('cpu'|'cuda', dtype=torch.bfloat16)`` (keys cast
+back to float32; the eigen step stays float32 / scipy as in the official code).
+``--model dino_vits8`` generates a random ViT-S/8 instead (patch 8, 28×28 pretrained grid).
+``--synthetic N`` replaces the image set by N generated VOC-sized JPEG files (random crops of
+the scikit-image photos, quality 90), timed end to end like the others (decode threads
+included).
+
+Two further modes print tables instead of timing the official loop:
+
+* ``--agreement``: our bfloat16 vs our float32 on the parity photos (parity checkpoint) and
+  on the benchmark images (the generated checkpoint): identical boxes, mean box IoU, Fiedler
+  |cos|, object-mask agreement (patches with the same label in the box's component mask) and
+  max|Δk| / max|k|.
+* ``--attention``: one attention layer at the model's token count of a 500×375 image (about
+  2,900 tokens for ViT-S/8): our einsum path vs ``jax.nn.dot_product_attention`` (``xla``, and
+  ``cudnn`` on GPUs), float32 and bfloat16, times and max differences.
+
 Example (the numbers in benchmarks/README.md)::
 
     python benchmarks/bench_localize.py --images 40 --batch-size 4 --torch-threads 2,1
+    python benchmarks/bench_localize.py --precision bfloat16 --synthetic 24
 """
 
 from __future__ import annotations
@@ -86,6 +106,10 @@ from spectral_jax import pipeline  # noqa: E402
 from spectral_jax.data import datasets  # noqa: E402
 from spectral_jax.models import vit  # noqa: E402
 from spectral_jax.spectral import affinity, eigen, segments  # noqa: E402
+from spectral_jax.tasks import common  # noqa: E402
+
+# --model: (patch size, pretrained grid) of the generated random checkpoint.
+MODELS = {"dino_vits16": (16, 14), "dino_vits8": (8, 28)}
 
 PARITY_DIR = os.path.join(ROOT, "tests", "data", "parity")
 PARITY_IDS = ("astronaut", "chelsea", "coffee")
@@ -151,8 +175,9 @@ def skimage_data_dir() -> str:
     return os.path.dirname(skimage.data.__file__)
 
 
-def make_images(folder: str, n: int, seed: int) -> List[str]:
-    """``n`` RGB PNGs: the parity images, a few photos at their size, then VOC-sized crops."""
+def make_images(folder: str, n: int, seed: int, synthetic: bool = False) -> List[str]:
+    """``n`` RGB PNGs: the parity images, a few photos at their size, then VOC-sized crops;
+    ``synthetic``: only VOC-sized crops, as JPEG files (quality 90)."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     sk = skimage_data_dir()
@@ -163,10 +188,10 @@ def make_images(folder: str, n: int, seed: int) -> List[str]:
             with Image.open(p) as im:
                 sources[name] = im.convert("RGB")
     images: List[Tuple[str, Image.Image]] = []
-    for pid in PARITY_IDS:
+    for pid in () if synthetic else PARITY_IDS:
         with Image.open(os.path.join(PARITY_DIR, "images", pid + ".png")) as im:
             images.append((f"parity_{pid}", im.convert("RGB")))
-    for name in KEEP_ORIGINAL:
+    for name in () if synthetic else KEEP_ORIGINAL:
         if name in sources:
             images.append((f"orig_{os.path.splitext(name)[0]}", sources[name]))
     names = sorted(sources)
@@ -187,9 +212,9 @@ def make_images(folder: str, n: int, seed: int) -> List[str]:
         i += 1
     paths = []
     for image_id, im in images[:n]:
-        p = os.path.join(folder, image_id + ".png")
+        p = os.path.join(folder, image_id + (".jpg" if synthetic else ".png"))
         if not os.path.isfile(p):
-            im.save(p)
+            im.save(p, quality=90) if synthetic else im.save(p)
         paths.append(p)
     return paths
 
@@ -494,10 +519,204 @@ def main_method(args, argv) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# --precision bfloat16: the reference under torch.autocast
+# ------------------------------------------------------------------------------------------------
+
+def autocast_keys(model, image: np.ndarray, device: str) -> np.ndarray:
+    """``ref.extract_keys`` with the ViT forward under bf16 autocast; keys back to float32."""
+    x = ref.preprocess(image, model.patch_embed.patch_size).to(device)
+    with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16):
+        model.get_intermediate_layers(x)
+    qkv = model.blocks[-1].attn.last_qkv.float()  # numpy has no bfloat16
+    b, t, c3 = qkv.shape
+    heads = model.blocks[-1].attn.num_heads
+    qkv = qkv.reshape(b, t, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4)
+    k = qkv[1].transpose(1, 2).reshape(b, t, -1)[:, 1:]
+    model.blocks[-1].attn.last_qkv = None
+    return k[0].cpu().numpy()
+
+
+def localize_autocast(model, path: str, device: str, timers=None) -> Dict[str, np.ndarray]:
+    """``ref.localize`` with only the ViT forward under autocast (eigen step: float32 + scipy,
+    as the official code)."""
+    t0 = time.perf_counter()
+    image = ref.read_image(path)
+    t1 = time.perf_counter()
+    keys = autocast_keys(model, image, device)
+    t2 = time.perf_counter()
+    vals, vecs = ref.official_eigs(keys, 5)
+    t3 = time.perf_counter()
+    p = model.patch_embed.patch_size
+    grid = (image.shape[0] // p, image.shape[1] // p)
+    box = ref.official_box(vecs, grid, p, image.shape[:2])
+    t4 = time.perf_counter()
+    if timers is not None:
+        for name, dt in (("decode", t1 - t0), ("vit", t2 - t1), ("eigen", t3 - t2),
+                         ("box", t4 - t3)):
+            timers[name] = timers.get(name, 0.0) + dt
+    return {"k": keys, "eigenvalues": vals, "eigenvectors": vecs, "box": box,
+            "grid": np.asarray(grid), "image_hw": np.asarray(image.shape[:2])}
+
+
+def run_reference(model, paths, args, autocast: bool, timers=None):
+    if not autocast:
+        return run_official(model, paths, args, timers)
+    out = {}
+    t0 = time.perf_counter()
+    for p in paths:
+        out[os.path.splitext(os.path.basename(p))[0]] = localize_autocast(
+            model, p, args.torch_device, timers)
+    return time.perf_counter() - t0, out
+
+
+# ------------------------------------------------------------------------------------------------
+# --agreement: our bfloat16 vs our float32
+# ------------------------------------------------------------------------------------------------
+
+def object_mask(r) -> np.ndarray:
+    """The patch mask whose largest component gives the box (box_from_patch_mask's steps)."""
+    m = segments.fiedler_mask(r.eigenvectors, r.patch_grid, 1)
+    frac = float(np.mean(m))
+    if 0.5 < frac < 1.0:
+        m = ~m
+    elif not m.any():
+        m = np.ones_like(m)
+    return segments.largest_component(m)
+
+
+def agreement(ckpt: str, examples, args, label: str) -> str:
+    results = {}
+    for prec in ("float32", "bfloat16"):
+        extractor = pipeline.load_extractor(args.model, checkpoint=ckpt, cache_dir=args.cache_dir,
+                                            precision=common.PRECISIONS[prec])
+        results[prec] = {r.example.id: r for r in pipeline.run_images(
+            extractor, examples, batch_size=args.batch_size, spectral_k=5,
+            bucket_tokens=args.bucket_tokens, solver=args.solver)}
+    same, ious, coss, masks, dks = 0, [], [], [], []
+    for i, a in results["float32"].items():
+        b = results["bfloat16"][i]
+        ba, bb = (segments.localization_box(r.eigenvectors, r.patch_grid, r.patch_size,
+                                            r.image.shape[:2]) for r in (a, b))
+        same += int(np.array_equal(ba, bb))
+        ious.append(iou(ba, bb))
+        u, v = a.eigenvectors[1], b.eigenvectors[1]
+        coss.append(abs(u @ v) / (np.linalg.norm(u) * np.linalg.norm(v)))
+        masks.append(float(np.mean(object_mask(a) == object_mask(b))))
+        dks.append(float(np.abs(b.features - a.features).max() / np.abs(a.features).max()))
+    n = len(ious)
+    return (f"| {label} | {n} | {same}/{n} ({100 * same / n:.0f} %) | {np.mean(ious):.3f} "
+            f"(min {np.min(ious):.2f}) | {np.mean(coss):.4f} (min {np.min(coss):.3f}) | "
+            f"{np.mean(masks):.4f} (min {np.min(masks):.3f}) | {np.mean(dks):.4f} "
+            f"(max {np.max(dks):.4f}) |")
+
+
+def main_agreement(args, argv, ckpt: str, examples) -> int:
+    print(f"## bench_localize --agreement ({args.model}): bfloat16 vs float32 (ours)")
+    print()
+    print(f"- command: `python benchmarks/{os.path.basename(__file__)} "
+          f"{' '.join(sys.argv[1:] if argv is None else argv)}`")
+    print(f"- JAX {jax.__version__} backend `{jax.default_backend()}`; load average {loadavg()}")
+    print()
+    print("| images | n | identical boxes | mean box IoU | mean Fiedler abs(cos) | "
+          "object-mask agreement | max abs(Δk) / max abs(k) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    if args.model == "dino_vits16":  # the parity checkpoint is a ViT-S/16
+        parity = [datasets.Example(id=i, path=os.path.join(PARITY_DIR, "images", i + ".png"))
+                  for i in PARITY_IDS]
+        print(agreement(os.path.join(PARITY_DIR, "checkpoint.pth"), parity, args,
+                        "parity photos, parity checkpoint (depth 2)"))
+    print(agreement(ckpt, examples, args, f"benchmark images, random {args.model} (depth 12)"))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# --attention: einsum path vs jax.nn.dot_product_attention
+# ------------------------------------------------------------------------------------------------
+
+def main_attention(args) -> int:
+    patch = MODELS[args.model][0]
+    t = (375 // patch) * (500 // patch) + 1
+    heads, hd = 6, 64
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, t, heads, hd)), jnp.float32)
+               for _ in range(3))
+    mask = jnp.ones((1, t), bool)
+    print(f"## bench_localize --attention ({args.model}: {t} tokens, {heads} heads × {hd})")
+    print()
+    print(f"- JAX {jax.__version__} backend `{jax.default_backend()}`; load average {loadavg()}")
+    print()
+
+    def ours(prec):
+        return jax.jit(lambda q, k, v: vit._attend(q, k, v, mask, prec)[0])
+
+    def dpa(prec, impl):
+        def f(q, k, v):
+            if vit.is_bfloat16(prec):
+                q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],
+                                               implementation=impl)
+            return out.astype(jnp.float32)
+        return jax.jit(f)
+
+    impls = ["xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+    variants = []
+    for prec in ("highest", vit.BFLOAT16):
+        variants.append((f"einsum ({prec})", ours(prec)))
+        for impl in impls:
+            variants.append((f"dot_product_attention {impl} ({prec} operands)", dpa(prec, impl)))
+    ref_out = np.asarray(ours("highest")(q, k, v))
+    print("| variant | best of 5 (ms) | max abs(Δ) vs einsum float32 |")
+    print("|---|---:|---:|")
+    for name, f in variants:
+        try:
+            out = f(q, k, v).block_until_ready()
+        except Exception as e:  # e.g. cudnn without a supported GPU
+            print(f"| {name} | n/a ({type(e).__name__}) | - |")
+            continue
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            f(q, k, v).block_until_ready()
+            best = min(best, time.perf_counter() - t0)
+        diff = float(np.abs(np.asarray(out) - ref_out).max())
+        print(f"| {name} | {1e3 * best:.1f} | {diff:.2e} |")
+    print()
+    print(f"Load average at the end: {loadavg()}")
+    return 0
+
+
+def jax_bf16_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n×n bfloat16 matmul with float32 accumulation."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
+    f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=40, help="number of images (default 40)")
+    ap.add_argument("--synthetic", type=int, default=0,
+                    help="N > 0: time N generated VOC-sized JPEG files instead of --images")
+    ap.add_argument("--model", default="dino_vits16", choices=sorted(MODELS),
+                    help="generated random backbone (default dino_vits16)")
+    ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                    help="our model.precision (default float32); bfloat16 adds the reference "
+                         "under torch.autocast(bfloat16)")
+    ap.add_argument("--no-autocast", action="store_true",
+                    help="with --precision bfloat16: skip the autocast reference row")
+    ap.add_argument("--agreement", action="store_true",
+                    help="only compare our bfloat16 with our float32 (no timing, no torch ViT)")
+    ap.add_argument("--attention", action="store_true",
+                    help="only time attention variants at the model's VOC token count")
     ap.add_argument("--batch-size", type=int, default=4, help="our batch size (default 4)")
     ap.add_argument("--bucket-tokens", type=int, default=32,
                     help="our token-count bucket step (0 = exact token counts; default 32)")
@@ -509,7 +728,7 @@ def main(argv=None) -> int:
                          "default 2)")
     ap.add_argument("--seed", type=int, default=0, help="checkpoint and image seed")
     ap.add_argument("--checkpoint", default="",
-                    help="DINO-format .pth for both sides (default: generated random ViT-S/16)")
+                    help="DINO-format .pth for both sides (default: generated random --model)")
     ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(),
                                                         "spectral_jax_bench"),
                     help="generated checkpoint, images and our params cache")
@@ -528,27 +747,59 @@ def main(argv=None) -> int:
                     help="dsm (default), or TokenCut / LOST object discovery against their "
                          "official per-image loop (benchmarks/official_methods.py)")
     args = ap.parse_args(argv)
+    if args.attention:
+        return main_attention(args)
     if args.method != "dsm":
         return main_method(args, argv)
     if torch is None:
         print(TORCH_MISSING)
         raise SystemExit(2)
 
+    # --- checkpoint and images ----------------------------------------------------------------
+    os.makedirs(args.cache_dir, exist_ok=True)
+    patch, grid = MODELS[args.model]
+    ckpt = args.checkpoint
+    if not ckpt:
+        tag = "vits16" if args.model == "dino_vits16" else args.model.replace("dino_", "")
+        ckpt = os.path.join(args.cache_dir, f"random_{tag}_d12_seed{args.seed}.pth")
+        if not os.path.isfile(ckpt):
+            make_checkpoint(ckpt, args.seed, patch=patch, grid=grid)
+    if args.synthetic:
+        paths = make_images(os.path.join(args.cache_dir, f"synthetic_jpeg_seed{args.seed}"),
+                            args.synthetic, args.seed, synthetic=True)
+    else:
+        paths = make_images(os.path.join(args.cache_dir, f"images_seed{args.seed}"),
+                            args.images, args.seed)
+    examples = [datasets.Example(id=os.path.splitext(os.path.basename(p))[0], path=p)
+                for p in paths]
+    if args.agreement:
+        return main_agreement(args, argv, ckpt, examples)
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     thread_list = [int(x) for x in args.torch_threads.split(",") if x.strip()] or [cores]
+    # Reference rows: (threads, autocast); the autocast row with the first thread count.
+    ref_rows = [(nt, False) for nt in thread_list]
+    if args.precision == "bfloat16" and not args.no_autocast:
+        ref_rows.append((thread_list[0], True))
     if args.torch_device == "cuda":  # true float32 like the official fp32 forward (no TF32)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     load_start = loadavg()
     backend = jax.default_backend()
 
+    def row_name(key):
+        nt, ac = key
+        return f"{nt} thread(s)" + (", autocast bf16" if ac else "")
+
     print("## bench_localize")
     print()
     print(f"- command: `python benchmarks/{os.path.basename(__file__)} "
           f"{' '.join(sys.argv[1:] if argv is None else argv)}`")
     print(f"- JAX {jax.__version__} backend `{backend}`, devices {jax.devices()}; torch "
-          f"{torch.__version__}; reference ViT on `{args.torch_device}` with "
-          f"{'/'.join(map(str, thread_list))} threads, eigen on CPU (scipy, same BLAS threads)")
+          f"{torch.__version__}; ours {args.model} model.precision={args.precision}; reference "
+          f"ViT on `{args.torch_device}` with {'/'.join(map(str, thread_list))} threads"
+          f"{' (+ autocast bf16)' if any(ac for _, ac in ref_rows) else ''}, eigen on CPU "
+          "(scipy, same BLAS threads)")
     print(f"- usable CPU cores {cores}; load average at start {load_start}"
           + (f"; device note: {args.device}" if args.device else ""))
 
@@ -558,26 +809,15 @@ def main(argv=None) -> int:
             msg = verify_reference(args.torch_device)
         print(f"- reference verified against tests/data/parity (depth-2 checkpoint): {msg}")
 
-    # --- checkpoint and images ----------------------------------------------------------------
-    os.makedirs(args.cache_dir, exist_ok=True)
-    ckpt = args.checkpoint
-    if not ckpt:
-        ckpt = os.path.join(args.cache_dir, f"random_vits16_d12_seed{args.seed}.pth")
-        if not os.path.isfile(ckpt):
-            make_checkpoint(ckpt, args.seed)
-    paths = make_images(os.path.join(args.cache_dir, f"images_seed{args.seed}"), args.images,
-                        args.seed)
-    examples = [datasets.Example(id=os.path.splitext(os.path.basename(p))[0], path=p)
-                for p in paths]
     ids = [e.id for e in examples]
     n = len(paths)
     sizes = []
     for p in paths:
         with Image.open(p) as im:
             sizes.append((im.height, im.width))
-    print(f"- checkpoint `{ckpt}`; {n} images in `{os.path.dirname(paths[0])}`, "
-          f"{len(set(sizes))} distinct sizes, {sum(h * w for h, w in sizes) / n:,.0f} "
-          "pixels on average")
+    print(f"- checkpoint `{ckpt}`; {n} {'JPEG' if args.synthetic else ''} images in "
+          f"`{os.path.dirname(paths[0])}`, {len(set(sizes))} distinct sizes, "
+          f"{sum(h * w for h, w in sizes) / n:,.0f} pixels on average")
     if args.checkpoint and os.path.abspath(args.checkpoint) == os.path.abspath(
             os.path.join(PARITY_DIR, "checkpoint.pth")):
         print("- (parity checkpoint given: the reference was asserted against the official "
@@ -585,41 +825,45 @@ def main(argv=None) -> int:
 
     # --- load both sides ----------------------------------------------------------------------
     t0 = time.perf_counter()
-    extractor = pipeline.load_extractor("dino_vits16", checkpoint=ckpt, cache_dir=args.cache_dir)
+    extractor = pipeline.load_extractor(args.model, checkpoint=ckpt, cache_dir=args.cache_dir,
+                                        precision=common.PRECISIONS[args.precision])
     load_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
     model = ref.load_dino(ckpt, args.torch_device)
     load_ref = time.perf_counter() - t0
-    patch = extractor.arch.patch_size
     depth = extractor.arch.depth
+    dim = extractor.arch.embed_dim
 
     # --- ours: warm-up (compile) pass, then timed passes alternating with the reference -------
     first_s, _ = run_ours(extractor, examples, args)
     n_shapes = len(extractor.compiled_shapes)
-    with thread_limit(thread_list[0]):
-        ref_first_s, _ = run_official(model, paths[:1], args)  # torch warm-up on one image
+    ref_first: Dict[tuple, float] = {}
+    for key in ref_rows:  # torch warm-up on one image (autocast too)
+        with thread_limit(key[0]):
+            ref_first[key], _ = run_reference(model, paths[:1], args, key[1])
     ours_times: List[float] = []
-    ref_times: Dict[int, List[float]] = {t: [] for t in thread_list}
-    ref_timers: Dict[int, Dict[str, float]] = {}
-    out_ref: Dict[int, dict] = {}
-    fallbacks: Dict[int, int] = {t: 0 for t in thread_list}
+    ref_times: Dict[tuple, List[float]] = {key: [] for key in ref_rows}
+    ref_timers: Dict[tuple, Dict[str, float]] = {}
+    out_ref: Dict[tuple, dict] = {}
+    fallbacks: Dict[str, int] = {row_name(key): 0 for key in ref_rows}
     boxes_ours: Dict[str, np.ndarray] = {}
     ours_loads: List[str] = []
-    ref_loads: Dict[int, List[str]] = {t: [] for t in thread_list}
+    ref_loads: Dict[tuple, List[str]] = {key: [] for key in ref_rows}
     for _ in range(args.repeats):
         ours_loads.append(loadavg().split()[0])
         s, boxes_ours = run_ours(extractor, examples, args)
         ours_times.append(s)
-        for nt in thread_list:
+        for key in ref_rows:
             timers: Dict[str, float] = {}
             before = ref.FALLBACKS["count"]
-            ref_loads[nt].append(loadavg().split()[0])
-            with thread_limit(nt):
-                s, out = run_official(model, paths, args, timers)
-            fallbacks[nt] = max(fallbacks[nt], ref.FALLBACKS["count"] - before)
-            ref_times[nt].append(s)
-            if s <= min(ref_times[nt]):
-                ref_timers[nt], out_ref[nt] = timers, out
+            ref_loads[key].append(loadavg().split()[0])
+            with thread_limit(key[0]):
+                s, out = run_reference(model, paths, args, key[1], timers)
+            fallbacks[row_name(key)] = max(fallbacks[row_name(key)],
+                                           ref.FALLBACKS["count"] - before)
+            ref_times[key].append(s)
+            if s <= min(ref_times[key]):
+                ref_timers[key], out_ref[key] = timers, out
     torch.set_num_threads(cores)
     load_end = loadavg()
 
@@ -627,51 +871,56 @@ def main(argv=None) -> int:
     print(f"- load average at end {load_end}")
     print()
     print("| side | device | first pass (s) | timed passes (s) [1-min load before] | images/s | "
-          "ours / this | "
-          "boxes = ours |")
+          "ours / this | boxes = ours |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    print(f"| ours: run_images + localization_box (batch {args.batch_size}, bucket "
-          f"{args.bucket_tokens} tokens, solver {args.solver}; {n_shapes} compiled shapes) | {backend} | "
+    print(f"| ours: run_images + localization_box ({args.model}, {args.precision}, batch "
+          f"{args.batch_size}, bucket {args.bucket_tokens} tokens, solver {args.solver}; "
+          f"{n_shapes} compiled shapes) | {backend} | "
           f"{first_s:.2f} | {passes(ours_times, ours_loads)} | {n / t_ours:.3f} | "
           "1.00 | - |")
-    for nt in thread_list:
-        t_ref = min(ref_times[nt])
-        same = sum(np.array_equal(boxes_ours[i], out_ref[nt][i]["box"]) for i in ids)
-        print(f"| official: torch ViT + scipy eigsh + skimage, per image, {nt} thread(s) | "
-              f"{args.torch_device} + cpu | "
-              f"{'(1 image: %.2f)' % ref_first_s if nt == thread_list[0] else '-'} | "
-              f"{passes(ref_times[nt], ref_loads[nt])} | {n / t_ref:.3f} | "
+    for key in ref_rows:
+        t_ref = min(ref_times[key])
+        same = sum(np.array_equal(boxes_ours[i], out_ref[key][i]["box"]) for i in ids)
+        kind = "torch.autocast(bf16) ViT" if key[1] else "torch ViT"
+        print(f"| official: {kind} + scipy eigsh + skimage, per image, {key[0]} thread(s) | "
+              f"{args.torch_device} + cpu | (1 image: {ref_first[key]:.2f}) | "
+              f"{passes(ref_times[key], ref_loads[key])} | {n / t_ref:.3f} | "
               f"**{t_ref / t_ours:.2f}×** | {same}/{n} |")
     print()
     print(f"Best timed pass per side; ours / this = official time / our time. Load: "
           f"{load_ours:.1f} s ours (params cache), {load_ref:.1f} s reference. Official eigsh "
-          "shift-invert failures retried with which='SM' (per pass, by threads): "
+          "shift-invert failures retried with which='SM' (per pass, by row): "
           f"{fallbacks}.")
-    base = thread_list[0]
-    rows = [(nt, i) for nt in thread_list for i in ids
-            if not np.array_equal(boxes_ours[i], out_ref[nt][i]["box"])]
+    base = ref_rows[0]
+    rows = [(key, i) for key in ref_rows for i in ids
+            if not np.array_equal(boxes_ours[i], out_ref[key][i]["box"])]
     if rows:
+        ious = [iou(boxes_ours[i], out_ref[key][i]["box"]) for key, i in rows]
         print()
-        print("Box disagreements (official run with that many threads, its eigenvalues):")
+        print(f"Box disagreements: {len(rows)} (image, row) pairs, mean IoU {np.mean(ious):.2f}"
+              " (official run of that row, its eigenvalues; first 20):")
         print()
-        print("| image | threads | grid | ours | official | IoU | λ1 | λ2 | (λ2−λ1)/λ2 |")
-        print("|---|---:|---|---|---|---:|---:|---:|---:|")
-        for nt, i in rows:
-            r = out_ref[nt][i]
+        print("| image | row | grid | ours | official | IoU | λ1 | λ2 | (λ2−λ1)/λ2 |")
+        print("|---|---|---|---|---|---:|---:|---:|---:|")
+        for key, i in rows[:20]:
+            r = out_ref[key][i]
             v = r["eigenvalues"]
-            print(f"| {i} | {nt} | {tuple(r['grid'].tolist())} | {boxes_ours[i].tolist()} | "
-                  f"{r['box'].tolist()} | {iou(boxes_ours[i], r['box']):.2f} | {v[1]:.4g} | "
+            print(f"| {i} | {row_name(key)} | {tuple(r['grid'].tolist())} | "
+                  f"{boxes_ours[i].tolist()} | {r['box'].tolist()} | "
+                  f"{iou(boxes_ours[i], r['box']):.2f} | {v[1]:.4g} | "
                   f"{v[2]:.4g} | {(v[2] - v[1]) / max(v[2], 1e-12):.3f} |")
 
     # --- FLOPs / peak -------------------------------------------------------------------------
     grids = [tuple(out_ref[base][i]["grid"].tolist()) for i in ids]
-    useful = sum(vit_flops(h * w, depth) for h, w in grids)
+    useful = sum(vit_flops(h * w, depth, dim, patch) for h, w in grids)
     batches, decode_s = our_batches(examples, args, patch)
     executed = 0.0
     dev_mult = jax.local_device_count()
     for b in batches:
-        executed += vit_flops(b.length, depth) * (-(-len(b.grids) // dev_mult) * dev_mult)
-    peak_jax = jax_matmul_peak()
+        executed += (vit_flops(b.length, depth, dim, patch)
+                     * (-(-len(b.grids) // dev_mult) * dev_mult))
+    bf16 = args.precision == "bfloat16"
+    peak_jax = jax_bf16_matmul_peak() if bf16 else jax_matmul_peak()
     vit_ours, feats = time_our_vit(extractor, batches)
     print()
     print(f"ViT forward ({depth} blocks): {useful / 1e9:.1f} GFLOP on the real tokens of the "
@@ -679,23 +928,24 @@ def main(argv=None) -> int:
           f"{executed / 1e9:.1f} GFLOP with bucket/batch padding "
           f"(+{100 * (executed / useful - 1):.0f} %).")
     print()
-    print("| ViT forward | time (s) | useful GFLOP/s | float32 matmul peak (GFLOP/s, 2048²) "
+    print("| ViT forward | time (s) | useful GFLOP/s | matmul peak (GFLOP/s, 2048²) "
           "| fraction of peak |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| ours (jax, {backend}, HIGHEST; separate runs over the same batches, best of 2) | "
-          f"{vit_ours:.2f} | {useful / vit_ours / 1e9:.1f} | {peak_jax:.1f} (jnp.matmul) | "
-          f"{useful / vit_ours / 1e9 / peak_jax:.2f} |")
-    for nt in thread_list:
-        with thread_limit(nt):
+    peak_name = "bf16 jnp.matmul, f32 accumulation" if bf16 else "f32 jnp.matmul, HIGHEST"
+    print(f"| ours (jax, {backend}, {args.precision}; separate runs over the same batches, best "
+          f"of 2) | {vit_ours:.2f} | {useful / vit_ours / 1e9:.1f} | {peak_jax:.1f} "
+          f"({peak_name}) | {useful / vit_ours / 1e9 / peak_jax:.2f} |")
+    for key in ref_rows:
+        with thread_limit(key[0]):
             peak_torch = torch_matmul_peak(device=args.torch_device)
-        vit_ref = ref_timers[nt]["vit"]
-        print(f"| official (torch, {args.torch_device}, {nt} thread(s); its best pass) | "
-              f"{vit_ref:.2f} | {useful / vit_ref / 1e9:.1f} | {peak_torch:.1f} (torch.matmul, "
-              f"{nt} thread(s)) | {useful / vit_ref / 1e9 / peak_torch:.2f} |")
+        vit_ref = ref_timers[key]["vit"]
+        print(f"| official (torch, {args.torch_device}, {row_name(key)}; its best pass) | "
+              f"{vit_ref:.2f} | {useful / vit_ref / 1e9:.1f} | {peak_torch:.1f} (f32 "
+              f"torch.matmul, {key[0]} thread(s)) | {useful / vit_ref / 1e9 / peak_torch:.2f} |")
     torch.set_num_threads(cores)
 
     if args.no_profile:
-        return
+        return 0
 
     # --- stage profile ------------------------------------------------------------------------
     ns = sorted({b.length for b in batches})
@@ -716,13 +966,13 @@ def main(argv=None) -> int:
           f"timed pass). Padded graph sizes N in our batches: {ns}; `auto` picks {choices} for "
           f"K=5 on {backend}.")
     print()
-    print("| stage | ours (s) | " + " | ".join(f"official, {nt} thread(s) (s)"
-                                              for nt in thread_list) + " |")
-    print("|---|---:|" + "---:|" * len(thread_list))
+    print("| stage | ours (s) | " + " | ".join(f"official, {row_name(key)} (s)"
+                                              for key in ref_rows) + " |")
+    print("|---|---:|" + "---:|" * len(ref_rows))
 
-    def row(name, ours, key):
-        cells = " | ".join(f"{ref_timers[nt].get(key, float('nan')):.3f}" if key else "-"
-                           for nt in thread_list)
+    def row(name, ours, stage):
+        cells = " | ".join(f"{ref_timers[key].get(stage, float('nan')):.3f}" if stage else "-"
+                           for key in ref_rows)
         print(f"| {name} | {ours} | {cells} |")
 
     row("decode (PIL)", f"{decode_s:.3f} (threads, overlapped in run_images)", "decode")
@@ -733,10 +983,11 @@ def main(argv=None) -> int:
     row("eigen: solver `dense` (eigh)", f"{eig_times['dense']:.3f}", None)
     row("eigen: solver `lanczos`", f"{eig_times['lanczos']:.3f}", None)
     row("box", f"{box_ours:.3f}", "box")
-    cells = " | ".join(f"{min(ref_times[nt]):.2f}" for nt in thread_list)
+    cells = " | ".join(f"{min(ref_times[key]):.2f}" for key in ref_rows)
     print(f"| end to end | {t_ours:.2f} | {cells} |")
     print()
     print(f"Load average at the very end: {loadavg()}")
+    return 0
 
 
 if __name__ == "__main__":
