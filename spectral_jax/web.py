@@ -48,9 +48,10 @@ from spectral_jax.version import __version__
 
 JSON = 'application/json'
 _CHUNK = 1 << 16
-# A body above the limit is read and dropped (so the client sees the 413, not a reset) up to
-# this many times the limit; anything larger is cut off.
-_DRAIN_FACTOR = 4
+# A refused body is read and dropped (clients send it all before reading the answer, so the
+# 413/503 arrives instead of a connection reset) up to this many bytes; a larger one is cut off.
+_DRAIN_MIN = 512 << 20
+_DRAIN_FACTOR = 4  # or this many times max_upload_bytes, if larger
 
 
 class HTTPError(Exception):
@@ -400,7 +401,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
   def _drain(self, length: int) -> bool:
     """Reads and drops a body (so the client gets the answer, not a reset); False if cut."""
-    limit = self.server.max_upload_bytes * _DRAIN_FACTOR
+    limit = max(self.server.max_upload_bytes * _DRAIN_FACTOR, _DRAIN_MIN)
     if length > limit:
       self.close_connection = True
       return False
