@@ -2,6 +2,9 @@
 
 * Optimiser: AdamW (β 0.9/0.999, eps 1e-8), weight decay only on ≥2-D weights
   (timm's rule), learning rate decaying linearly to 0 over ``steps`` (no warm-up).
+  Frozen backbone parameters (ResNet: conv1, bn1, layer1–3; see
+  ``segmenter.frozen_backbone_modules``) get no update and no optimiser state, while
+  every BatchNorm, frozen ones included, updates its running statistics in train mode.
 * Data: host-side numpy augmentation — random resized crop (bicubic image,
   nearest mask), horizontal flip, colour jitter, to-gray, Gaussian blur (the official
   intended albumentations recipe) — in a thread pool, one batch ahead.
@@ -21,8 +24,8 @@
 
 Deviations from the official script (which does not run as released, §10.7):
 training stops at exactly ``steps`` (the official loop finishes the epoch with
-lr = 0); eval images are cropped top-left to multiples of the patch size (the
-ViT needs it; GT is cropped alike).
+lr = 0); with the ViT, eval images are cropped top-left to multiples of the patch
+size (the ViT needs it; GT is cropped alike); the ResNet runs at the original size.
 """
 
 from __future__ import annotations
@@ -270,10 +273,26 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
   return optax.linear_schedule(cfg.learning_rate, 0.0, cfg.steps)
 
 
+def freeze_labels(params: Any, frozen: frozenset[str]) -> Any:
+  """'frozen' on ``params['backbone'][name]`` subtrees with ``name`` in ``frozen``, else 'train'."""
+
+  def label(path, _):
+    keys = [getattr(k, 'key', None) for k in path[:2]]
+    return 'frozen' if keys[0] == 'backbone' and keys[1] in frozen else 'train'
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 @functools.lru_cache(maxsize=None)
-def create_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """AdamW (cached per config: the same object keeps jit caches warm across runs)."""
-  return optax.adamw(
+def create_optimizer(
+    cfg: TrainConfig, frozen: tuple[str, ...] = ()
+) -> optax.GradientTransformation:
+  """AdamW (cached per config: the same object keeps jit caches warm across runs).
+
+  ``frozen``: top-level backbone parameter names left unchanged (``set_to_zero``: no
+  update, no decay, no Adam moments). Without any, plain AdamW (the ViT's state layout).
+  """
+  adamw = optax.adamw(
       learning_rate_schedule(cfg),
       b1=cfg.b1,
       b2=cfg.b2,
@@ -281,6 +300,17 @@ def create_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
       weight_decay=cfg.weight_decay,
       mask=weight_decay_mask,
   )
+  if not frozen:
+    return adamw
+  labels = functools.partial(freeze_labels, frozen=frozenset(frozen))
+  return optax.multi_transform({'train': adamw, 'frozen': optax.set_to_zero()}, labels)
+
+
+def model_optimizer(
+    model: segmenter.DeepLabV3Plus, cfg: TrainConfig
+) -> optax.GradientTransformation:
+  """The optimiser of ``model``: AdamW with its frozen backbone stages (official rule)."""
+  return create_optimizer(cfg, segmenter.frozen_backbone_modules(model))
 
 
 def create_train_state(
@@ -289,15 +319,22 @@ def create_train_state(
     key: jax.Array,
     backbone_params: Optional[Mapping[str, Any]] = None,
 ) -> TrainState:
+  """Random head + (optionally) pretrained backbone.
+
+  ``backbone_params``: the ViT's params tree, or a variables dict {'params', 'batch_stats'}
+  (the ResNet's, as ``backbones.load_backbone_params`` returns it).
+  """
   init_key, dropout_key = jax.random.split(key)
   variables = segmenter.init_variables(model, init_key, cfg.crop_size)
-  params = variables['params']
   if backbone_params is not None:
-    params = segmenter.with_backbone(params, backbone_params)
+    if 'params' not in backbone_params:  # a bare ViT params tree
+      backbone_params = {'params': backbone_params}
+    variables = segmenter.with_backbone_variables(variables, backbone_params)
+  params = variables['params']
   return TrainState(
       step=jnp.int32(0),
       params=params,
-      opt_state=create_optimizer(cfg).init(params),
+      opt_state=model_optimizer(model, cfg).init(params),
       batch_stats=variables['batch_stats'],
       key=dropout_key,
   )
@@ -421,9 +458,10 @@ def _predict(model: segmenter.DeepLabV3Plus, variables: Any, image: jax.Array) -
 
 
 def predict(model: segmenter.DeepLabV3Plus, variables: Any, image: np.ndarray) -> np.ndarray:
-  """Label map of one image, at its resolution cropped top-left to multiples of P."""
-  crop = vit.crop_to_patches(image, model.arch.patch_size)
-  return np.asarray(_predict(model, variables, crop))  # one compile per cropped size
+  """Label map of one image [H', W'], at its resolution cropped top-left to multiples of P
+  (ViT; the ResNet takes any size: H' = H, W' = W)."""
+  crop = vit.crop_to_patches(image, segmenter.input_multiple(model))
+  return np.asarray(_predict(model, variables, crop))  # one compile per (cropped) size
 
 
 def evaluate(
@@ -775,7 +813,7 @@ def train_and_evaluate(
   n = len(train_data)
   spe = steps_per_epoch(n, cfg.batch_size)
   eval_every = cfg.eval_every or spe
-  tx = create_optimizer(cfg)
+  tx = model_optimizer(model, cfg)
   step_fn = compiled_train_step(model, tx, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))

@@ -9,7 +9,7 @@ import pytest
 
 from spectral_jax import train
 from spectral_jax.models import segmenter as S
-from spectral_jax.models import vit
+from spectral_jax.models import resnet, vit
 
 ARCH = vit.ViTArch(patch_size=8, embed_dim=32, num_heads=2, depth=3, num_pos=16)
 SMALL_HEAD = dict(num_classes=5, channels=16, low_level_channels=8)
@@ -115,3 +115,115 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
   np.testing.assert_array_equal(
       variables['params']['classifier']['kernel'], state.params['classifier']['kernel']
   )
+
+
+# --------------------------------------------------------------------------------------
+# DeepLabV3+ on the dilated DINO ResNet-50 (official §7.3), reference checkpoint [1,1,1,1]
+
+
+@pytest.fixture(scope='module')
+def resnet_segmenter():
+  """(model, pretrained backbone variables, segmenter variables with them loaded)."""
+  from spectral_jax.models import backbones  # pylint: disable=import-outside-toplevel
+  from tests import backbones_data as bd  # pylint: disable=import-outside-toplevel
+
+  arch, pretrained = backbones.load_backbone_params(
+      'dino_resnet50', bd.DATA / 'dino_resnet50' / 'checkpoint.pth'
+  )
+  model = S.DeepLabV3Plus(arch, aspp_rates=S.default_aspp_rates(arch), **SMALL_HEAD)
+  cfg = train.TrainConfig(steps=2, batch_size=2, crop_size=32)
+  state = train.create_train_state(model, cfg, jax.random.PRNGKey(0), pretrained)
+  return model, pretrained, {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def test_resnet_segmenter_backbone_equals_official_features(resnet_segmenter):
+  """Pretrained weights really sit in the segmenter: its backbone's layer4 / layer1 maps on
+  the reference image match the official outputs; eval mode leaves batch_stats alone."""
+  from tests import backbones_data as bd  # pylint: disable=import-outside-toplevel
+
+  model, _, variables = resnet_segmenter
+  image = vit.crop_to_patches(bd.image('dino_resnet50'), 8)
+  apply = jax.jit(
+      lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['batch_stats'])
+  )
+  logits, state = apply(variables, vit.normalize(image)[None])
+  assert logits.shape == (1, *image.shape[:2], 5)
+  maps = state['intermediates']['backbone']['__call__'][0]
+  out = {k: np.asarray(m[0]).reshape(-1, m.shape[-1]) for k, m in maps.items()}
+  out['grid'] = (image.shape[0] // 8, image.shape[1] // 8)
+  errs = bd.rel_errors(out, 'dino_resnet50')
+  assert set(errs) == {'features', 'low_level'} and max(errs.values()) <= 1e-4, errs
+  for a, b in zip(
+      jax.tree.leaves(state['batch_stats']), jax.tree.leaves(variables['batch_stats'])
+  ):
+    np.testing.assert_array_equal(a, b)  # running statistics are not touched in eval
+
+
+def test_resnet_segmenter_shapes_strides_and_aspp_rates(resnet_segmenter):
+  model, _, variables = resnet_segmenter
+  assert model.aspp_rates == (12, 24, 36) and model.arch.output_stride == 8
+  x = jax.ShapeDtypeStruct((2, 64, 48, 3), jnp.float32)
+  logits, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates']),
+      variables,
+      x,
+  )
+  assert logits.shape == (2, 64, 48, 5)  # upsampled to the input
+  inter = state['intermediates']
+  maps = inter['backbone']['__call__'][0]
+  assert maps['features'].shape == (2, 8, 6, 2048)  # layer4, stride 8
+  assert maps['low_level'].shape == (2, 16, 12, 256)  # layer1, stride 4
+  assert inter['aspp']['__call__'][0].shape == (2, 8, 6, 16)  # resized to 16×12 in the decoder
+  assert inter['project']['__call__'][0].shape == (2, 16, 12, 8)  # 48 ch officially
+  # Dilations read back from the traced model: the three 3×3 ASPP convs on the 2048-ch map.
+  jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, np.zeros(x.shape, x.dtype))
+  aspp = [
+      (e.params['rhs_dilation'], e.params['padding'])
+      for e in jaxpr.eqns
+      if e.primitive.name == 'conv_general_dilated'
+      and e.invars[1].aval.shape[:3] == (3, 3, 2048)
+  ]
+  assert aspp == [((r, r), ((r, r), (r, r))) for r in (12, 24, 36)]
+
+
+def test_resnet_frozen_layers_get_no_update_and_no_state(resnet_segmenter):
+  """Official rule (unfrozen_backbone_layers=1): conv1, bn1, layer1–3 frozen; layer4 + head
+  train. Random gradients through the optimiser: frozen updates exactly 0, others not."""
+  model, _, variables = resnet_segmenter
+  assert S.frozen_backbone_modules(model) == ('conv1', 'bn1', 'layer1_0', 'layer2_0', 'layer3_0')
+  full = S.frozen_backbone_modules(
+      S.DeepLabV3Plus(resnet.ResNetArch(), unfrozen_backbone_layers=2)
+  )
+  assert full[-1] == 'layer2_3' and len(full) == 2 + 3 + 4  # conv1, bn1, layer1, layer2
+  assert S.frozen_backbone_modules(S.DeepLabV3Plus(ARCH)) == ()  # ViT: one child, nothing frozen
+  # The segmenter's tree with tiny leaves (labels go by name, decay by ndim): fast eager ops.
+  params = jax.tree.map(lambda p: jnp.full((2,) * p.ndim, 0.5), variables['params'])
+  tx = train.model_optimizer(model, train.TrainConfig(learning_rate=1e-3, steps=10))
+  grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
+  updates, opt_state = tx.update(grads, tx.init(params), params)
+  frozen = set(S.frozen_backbone_modules(model))
+  for name, tree in updates['backbone'].items():
+    moved = any(np.abs(u).max() > 0 for u in jax.tree.leaves(tree))
+    assert moved == (name not in frozen), name
+  assert all(np.abs(u).max() > 0 for u in jax.tree.leaves(updates['classifier']))
+  n_moments = len(jax.tree.leaves(opt_state))
+  n_trained = sum(len(jax.tree.leaves(t)) for k, t in params.items() if k != 'backbone')
+  n_trained += sum(len(jax.tree.leaves(t)) for k, t in params['backbone'].items() if k not in frozen)
+  assert n_moments == 2 * n_trained + 2  # mu, nu of trained params; Adam's, schedule's counts
+
+
+def test_resnet_train_mode_updates_every_batch_norm(resnet_segmenter):
+  """PyTorch's model.train(): frozen stages' BatchNorms too use and update batch statistics."""
+  model, _, variables = resnet_segmenter
+  images = jax.random.normal(jax.random.PRNGKey(4), (2, 32, 32, 3))
+  _, updates = jax.jit(
+      lambda v, x: model.apply(
+          v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(5)}
+      )
+  )(variables, images)
+  for module in ('bn1', 'layer1_0', 'layer4_0'):
+    before = jax.tree.leaves(variables['batch_stats']['backbone'][module])
+    after = jax.tree.leaves(updates['batch_stats']['backbone'][module])
+    assert all(not np.allclose(a, b) for a, b in zip(before, after)), module
+  with pytest.raises(ValueError, match="collections \\['params'\\]"):
+    S.with_backbone_variables(variables, {'params': variables['params']['backbone']})

@@ -1,6 +1,18 @@
-"""DeepLabV3+ on a DINO ViT: the self-training network of the official code (§7.3, ViT option).
+"""DeepLabV3+ for self-training (official §7.3) on a DINO ViT or on DINO's dilated ResNet-50.
 
-Backbone: the DINO ViT (parameters named exactly as ``vit.VisionTransformer``,
+ResNet-50 backbone (the official default, ``model.name: resnet50``): torchvision's ResNet-50
+with ``replace_stride_with_dilation=[False, True, True]`` and DINO's weights; ``low_level`` =
+layer1 (256 channels, stride 4), ``out`` = layer4 (2048 channels, stride 8), ASPP rates
+(12, 24, 36). Parameters and BatchNorm statistics are named exactly as ``resnet.ResNet``
+(so ``backbones.load_backbone_params('dino_resnet50', ...)`` drops into
+``params['backbone']`` / ``batch_stats['backbone']``). In train mode every BatchNorm, frozen
+stages included, normalises with batch statistics and updates its running statistics, as
+PyTorch's ``model.train()`` does; the optimiser leaves the frozen stages' parameters alone
+(``frozen_backbone_modules``: conv1, bn1, layer1–3 for ``unfrozen_backbone_layers=1``). The
+ASPP output (stride 8) is bilinearly resized to the low-level size (stride 4) before the
+decoder. Any input size works (as in PyTorch); the ViT needs multiples of its patch size.
+
+ViT backbone: the DINO ViT (parameters named exactly as ``vit.VisionTransformer``,
 so pretrained DINO params drop into ``params['backbone']``). Features are the
 outputs of two blocks, each passed through the final LayerNorm with CLS
 dropped, as DINO's ``get_intermediate_layers`` returns them: ``low_level`` =
@@ -26,9 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.models import vit
+from spectral_jax.models import resnet, vit
 
 KAIMING = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+# The backbone's children in torchvision order (what IntermediateLayerGetter keeps): the
+# official freezing rule counts them from the end, parameter-free ones included.
+RESNET_CHILDREN = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4')
+_conv = resnet._conv  # pylint: disable=protected-access  (PyTorch-style explicit padding)
 
 
 def default_low_level_block(depth: int) -> int:
@@ -63,6 +79,74 @@ class ViTBackbone(nn.Module):
       if i in self.blocks:
         outs[i] = norm(x)[:, 1:].reshape(b, grid[0], grid[1], a.embed_dim)
     return [outs[i] for i in self.blocks]
+
+
+def _train_bn(train: bool, name: str) -> nn.BatchNorm:
+  # PyTorch BatchNorm2d: momentum 0.1 (= Flax 0.9), eps 1e-5.
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, epsilon=resnet.BN_EPS, name=name
+  )
+
+
+class ResNetBottleneck(nn.Module):
+  """``resnet.Bottleneck`` (same names) with BatchNorm in batch-statistics mode when training."""
+
+  planes: int
+  stride: int = 1
+  dilation: int = 1
+  downsample: bool = False
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    p, prec, conv = self.planes, self.precision, _conv
+    y = nn.relu(_train_bn(train, 'bn1')(conv(p, 1, precision=prec, name='conv1')(x)))
+    y = conv(p, 3, self.stride, self.dilation, self.dilation, prec, name='conv2')(y)
+    y = nn.relu(_train_bn(train, 'bn2')(y))
+    y = _train_bn(train, 'bn3')(conv(4 * p, 1, precision=prec, name='conv3')(y))
+    if self.downsample:
+      x = conv(4 * p, 1, self.stride, precision=prec, name='downsample_conv')(x)
+      x = _train_bn(train, 'downsample_bn')(x)
+    return nn.relu(y + x)
+
+
+class ResNetBackbone(nn.Module):
+  """``resnet.ResNet`` (same parameter tree and numerics in eval mode) with a train mode.
+
+  images [B, H, W, 3] → {'features' [B, ⌈H/8⌉, ⌈W/8⌉, 2048] (layer4), 'low_level'
+  [B, ⌈H/4⌉, ⌈W/4⌉, 256] (layer1)} (exact /8, /4 for multiples of 8).
+  """
+
+  arch: resnet.ResNetArch
+  precision: Any = 'highest'
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    a = self.arch
+    x = _conv(64, 7, 2, 1, 3, self.precision, name='conv1')(images)
+    x = nn.relu(_train_bn(train, 'bn1')(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
+    dilation, in_ch, out = 1, 64, {}
+    for stage, (planes, blocks) in enumerate(zip(resnet.PLANES, a.layers)):
+      stride = 1 if stage == 0 else 2
+      previous = dilation
+      if stage > 0 and a.replace_stride_with_dilation[stage - 1]:
+        dilation *= stride
+        stride = 1
+      for i in range(blocks):
+        x = ResNetBottleneck(
+            planes,
+            stride if i == 0 else 1,
+            previous if i == 0 else dilation,  # block 0 runs at the previous dilation
+            downsample=i == 0 and (stride != 1 or in_ch != 4 * planes),
+            precision=self.precision,
+            name=f'layer{stage + 1}_{i}',
+        )(x, train)
+        in_ch = 4 * planes
+      if stage == 0:
+        out['low_level'] = x
+    out['features'] = x
+    return out
 
 
 class ConvBNReLU(nn.Module):
@@ -100,32 +184,50 @@ class ASPP(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
-class DeepLabV3Plus(nn.Module):
-  """images [B, H, W, 3] (ImageNet-normalised, H, W multiples of P) → logits [B, H, W, C]."""
+def default_aspp_rates(arch: Any) -> tuple[int, ...]:
+  """Official rates by output stride: (12, 24, 36) at 8 (the ResNet), (6, 12, 18) at 16.
 
-  arch: vit.ViTArch
+  The ViT head keeps (6, 12, 18) for every patch size (its stride-16 default).
+  """
+  if isinstance(arch, resnet.ResNetArch) and arch.output_stride == 8:
+    return (12, 24, 36)
+  return (6, 12, 18)
+
+
+class DeepLabV3Plus(nn.Module):
+  """images [B, H, W, 3] (ImageNet-normalised) → logits [B, H, W, C].
+
+  ``arch``: a ``vit.ViTArch`` (H, W multiples of P) or a ``resnet.ResNetArch`` (any H, W).
+  """
+
+  arch: Any  # vit.ViTArch | resnet.ResNetArch
   num_classes: int = 21
   aspp_rates: tuple[int, ...] = (6, 12, 18)
   channels: int = 256
   low_level_channels: int = 48
   dropout: float = 0.5
-  low_level_block: Optional[int] = None  # 0-based; None = default_low_level_block(depth)
+  low_level_block: Optional[int] = None  # ViT, 0-based; None = default_low_level_block(depth)
   precision: Any = 'highest'
+  unfrozen_backbone_layers: int = 1  # ResNet: trained last children (< 0: all); ViT: ignored
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    depth = self.arch.depth
-    low_block = (
-        default_low_level_block(depth)
-        if self.low_level_block is None
-        else self.low_level_block % depth
-    )
-    low, out = ViTBackbone(self.arch, (low_block, depth - 1), self.precision, name='backbone')(
-        images
-    )
+    if isinstance(self.arch, resnet.ResNetArch):
+      maps = ResNetBackbone(self.arch, self.precision, name='backbone')(images, train)
+      low, out = maps['low_level'], maps['features']
+    else:
+      depth = self.arch.depth
+      low_block = (
+          default_low_level_block(depth)
+          if self.low_level_block is None
+          else self.low_level_block % depth
+      )
+      backbone = ViTBackbone(self.arch, (low_block, depth - 1), self.precision, name='backbone')
+      low, out = backbone(images)
     x = ASPP(self.aspp_rates, self.channels, self.dropout, name='aspp')(out, train)
     low = ConvBNReLU(self.low_level_channels, 1, name='project')(low, train)
-    # ViT features share one stride, so the official resize of x to low's size is a no-op.
+    if x.shape[1:3] != low.shape[1:3]:  # ResNet: stride 8 → 4 (ViT: one stride, no-op)
+      x = jax.image.resize(x, x.shape[:1] + low.shape[1:3] + x.shape[3:], 'bilinear')
     x = jnp.concatenate([low, x], -1)
     x = ConvBNReLU(self.channels, 3, name='classifier_conv')(x, train)
     logits = nn.Conv(self.num_classes, (1, 1), kernel_init=KAIMING, name='classifier')(x)
@@ -141,21 +243,97 @@ def model_spec(model: DeepLabV3Plus) -> dict[str, Any]:
       if f.name not in ('parent', 'name')
   }
   spec['arch'] = dataclasses.asdict(model.arch)
+  spec['backbone'] = 'dino_resnet50' if is_resnet(model) else 'vit'
   spec['aspp_rates'] = list(model.aspp_rates)
   return spec
 
 
+def is_resnet(model: DeepLabV3Plus) -> bool:
+  return isinstance(model.arch, resnet.ResNetArch)
+
+
+def input_multiple(model: DeepLabV3Plus) -> int:
+  """Evaluation crops images top-left to multiples of this: P for the ViT, 1 for the ResNet
+  (which, as officially, runs at the original resolution)."""
+  return 1 if is_resnet(model) else model.arch.patch_size
+
+
+def frozen_backbone_modules(model: DeepLabV3Plus) -> tuple[str, ...]:
+  """Top-level names in ``params['backbone']`` that the optimiser never changes.
+
+  Official rule (``unfrozen_backbone_layers``, default 1): every backbone child but the last
+  n is frozen. ResNet children: conv1, bn1, relu, maxpool, layer1–4, so n = 1 freezes
+  conv1, bn1 and layer1–3 (n < 0 freezes nothing, 0 everything). The ViT wrapper is a single
+  child: nothing frozen. Their BatchNorm statistics still update in train mode.
+  """
+  if not is_resnet(model) or model.unfrozen_backbone_layers < 0:
+    return ()
+  children = RESNET_CHILDREN[: max(len(RESNET_CHILDREN) - model.unfrozen_backbone_layers, 0)]
+  names: list[str] = []
+  for child in children:
+    if child in ('conv1', 'bn1'):
+      names.append(child)
+    elif child.startswith('layer'):
+      stage = int(child[5:])
+      names += [f'{child}_{i}' for i in range(model.arch.layers[stage - 1])]
+  return tuple(names)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def init_variables(model: DeepLabV3Plus, key: jax.Array, image_size: int = 224) -> dict:
-  """Random variables {'params', 'batch_stats'} (input size only shapes the init trace)."""
+def _init_jit(model: DeepLabV3Plus, key: jax.Array, image_size: int) -> dict:
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   return dict(model.init({'params': key}, dummy, train=False))
+
+
+def init_variables(model: DeepLabV3Plus, key: jax.Array, image_size: int = 224) -> dict:
+  """Random variables {'params', 'batch_stats'} (input size only shapes the init trace).
+
+  The ResNet model is initialised on the host (``_host_init``): XLA's CPU compile of ~60
+  fused random initialisers takes minutes, numpy takes a second.
+  """
+  if is_resnet(model):
+    return _host_init(abstract_variables(model, image_size), key)
+  return _init_jit(model, key, image_size)
+
+
+def _host_init(shapes: Mapping[str, Any], key: jax.Array) -> dict:
+  """PyTorch's initialisation of the official ResNet DeepLabV3+, drawn with numpy.
+
+  Head convs: ``kaiming_normal_`` (fan-in, gain √2; the official ``_init_weight``), their
+  biases PyTorch's default U(±1/√fan_in); backbone convs: torchvision's ResNet init
+  (kaiming normal, fan-out); BatchNorm scale 1, bias 0, running mean 0, var 1. The
+  backbone values only matter without pretrained weights. ``key``: a PRNGKey (uint32[2]).
+  """
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+  def init(path, leaf):
+    keys = [str(getattr(k, 'key', k)) for k in path]
+    shape, name = tuple(leaf.shape), keys[-1]
+    if keys[0] == 'batch_stats':
+      value = np.zeros(shape) if name == 'mean' else np.ones(shape)
+    elif name == 'kernel':
+      fan_in, fan_out = int(np.prod(shape[:-1])), shape[-1] * int(np.prod(shape[:-2]))
+      fan = fan_out if keys[1] == 'backbone' else fan_in
+      value = rng.normal(0.0, np.sqrt(2.0 / fan), shape)
+    elif name == 'scale':
+      value = np.ones(shape)
+    else:  # bias: of a conv (beside a kernel) or of a BatchNorm (beside a scale)
+      value = np.zeros(shape)
+      parent = shapes[keys[0]]
+      for k in keys[1:-1]:
+        parent = parent[k]
+      if 'kernel' in parent:
+        bound = 1.0 / np.sqrt(np.prod(parent['kernel'].shape[:-1]))
+        value = rng.uniform(-bound, bound, shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return dict(jax.tree_util.tree_map_with_path(init, dict(shapes)))
 
 
 def abstract_variables(model: DeepLabV3Plus, image_size: Optional[int] = None) -> Any:
   """Shape tree of ``init_variables`` without compute."""
   size = image_size or model.arch.patch_size
-  return jax.eval_shape(init_variables, model, jax.random.PRNGKey(0), size)
+  return jax.eval_shape(_init_jit, model, jax.random.PRNGKey(0), size)
 
 
 def with_backbone(params: Mapping[str, Any], backbone_params: Mapping[str, Any]) -> dict:
@@ -163,6 +341,27 @@ def with_backbone(params: Mapping[str, Any], backbone_params: Mapping[str, Any])
   check_compatible(shape_tree(backbone_params), shape_tree(params['backbone']), 'backbone')
   out = dict(params)
   out['backbone'] = jax.tree.map(jnp.asarray, backbone_params)
+  return out
+
+
+def with_backbone_variables(
+    variables: Mapping[str, Any], backbone_variables: Mapping[str, Any]
+) -> dict:
+  """``variables`` {'params', 'batch_stats'} with every backbone collection replaced by the
+  pretrained one (``backbone_variables``: {'params'} for a ViT, + 'batch_stats' for the
+  ResNet, as ``backbones.load_backbone_params`` returns them); shapes checked."""
+  expected = {c for c, tree in variables.items() if 'backbone' in tree}
+  if set(backbone_variables) != expected:
+    raise ValueError(
+        f'pretrained backbone has collections {sorted(backbone_variables)}, the segmenter\'s '
+        f'backbone {sorted(expected)}'
+    )
+  out = {c: dict(tree) for c, tree in variables.items()}
+  for collection, tree in backbone_variables.items():
+    check_compatible(
+        shape_tree(tree), shape_tree(out[collection]['backbone']), f'{collection}/backbone'
+    )
+    out[collection]['backbone'] = jax.tree.map(jnp.asarray, tree)
   return out
 
 

@@ -1,7 +1,8 @@
 """``--mode=evaluate --config.checkpoint=DIR``: val mIoU of a saved segmenter checkpoint.
 
-The model is built from the config (backbone ``model.name``, head ``segmenter``); a
-checkpoint of another architecture fails naming the mismatching parameter. Scores
+The model is built from the config (backbone ``segmenter.backbone``: the ViT of
+``model.name`` or the DINO ResNet-50; head ``segmenter``); a checkpoint of another
+architecture fails naming the mismatching parameter. Scores
 the best step (by val mIoU) unless ``checkpoint_step`` ≥ 0; predictions are already
 class ids, so no matching is applied. Writes ``workdir/evaluate_metrics.json`` (never
 ``metrics.json``, which holds semantic's matching that training reads).
@@ -12,21 +13,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from spectral_jax import io, parallel, train
-from spectral_jax.models import registry_extractor, vit
+from typing import Any
+
+from spectral_jax.models import resnet, vit
 from spectral_jax.tasks import common
 from spectral_jax.tasks import train as train_task
 
 
 def model_arch(model) -> vit.ViTArch:
-  """Backbone architecture of the config (no weight loading for official names)."""
+  """ViT architecture of ``config.model`` (no weight loading for official names)."""
   if model.name in vit.ARCHS and not model.checkpoint:
     return vit.ARCHS[model.name]
   return common.load_extractor(model).arch  # depth and grid come from the file
 
 
+def segmenter_arch(config) -> Any:
+  """Backbone architecture of the segmenter (weights come from the segmenter checkpoint)."""
+  if train_task.segmenter_backbone(config) == 'vit':
+    return model_arch(config.model)
+  if not config.segmenter.get('backbone_checkpoint', ''):
+    return resnet.ResNetArch()  # the official file: ResNet-50 (3, 4, 6, 3)
+  return train_task.load_backbone(config)[0]  # blocks per stage come from the file
+
+
 def run(config, workdir) -> None:
   common.check_config(config)
-  registry_extractor.require_dino_vit(config.model.name, 'evaluate')
+  train_task.check_segmenter_backbone(config, 'evaluate')
   if not config.checkpoint:
     raise ValueError(
         '--mode=evaluate needs --config.checkpoint=DIR (a train workdir or its '
@@ -35,7 +47,7 @@ def run(config, workdir) -> None:
   directory = Path(config.checkpoint)
   if (directory / 'checkpoints').is_dir():
     directory = directory / 'checkpoints'
-  arch = model_arch(config.model)
+  arch = segmenter_arch(config)
   model = train_task.build_model(config, arch)
   step = config.checkpoint_step if config.checkpoint_step >= 0 else None
   variables, step = train.restore_variables(directory, model, step)

@@ -1,4 +1,10 @@
-"""``--mode=train``: self-training of DeepLabV3+ (DINO ViT) on the semantic pseudo-labels.
+"""``--mode=train``: self-training of DeepLabV3+ on the semantic pseudo-labels.
+
+Backbone (``segmenter.backbone``): 'vit' = the DINO ViT of ``model.name`` (default), or
+'dino_resnet50' = the official network, DeepLabV3+ on DINO's dilated ResNet-50 (output
+stride 8, ASPP rates 12/24/36, conv1/bn1/layer1–3 frozen), pretrained weights from
+``segmenter.backbone_checkpoint`` ('' = the official ``dino_resnet50_pretrain.pth``, downloaded
+into ``model.cache_dir``).
 
 Train set: every image with a pseudo-label (``workdir/semantic`` by default) that is not
 in the val list; pseudo-label clusters are mapped to classes with the matching found by
@@ -18,11 +24,12 @@ import numpy as np
 
 from spectral_jax import io, parallel, train
 from spectral_jax.data import datasets
-from spectral_jax.models import registry_extractor, segmenter, vit
+from spectral_jax.models import registry_extractor, segmenter
 from spectral_jax.tasks import common, semantic
 
 # Keys of config.train that are not TrainConfig hyper-parameters.
 TASK_KEYS = ('pseudo_labels', 'matching')
+SEGMENTER_BACKBONES = ('vit', 'dino_resnet50')
 
 
 class PseudoLabelDataset:
@@ -121,18 +128,59 @@ def check_train_config(config) -> None:
     raise ValueError(
         f'--config.segmenter.num_classes={config.segmenter.num_classes}: must be >= 2'
     )
+  check_segmenter_backbone(config)
 
 
-def build_model(config, arch: vit.ViTArch) -> segmenter.DeepLabV3Plus:
+def segmenter_backbone(config) -> str:
+  return config.segmenter.get('backbone', 'vit')
+
+
+def check_segmenter_backbone(config, mode: str = 'train') -> None:
+  """Flag-named errors for the segmenter's backbone, before anything loads."""
+  kind = segmenter_backbone(config)
+  if kind not in SEGMENTER_BACKBONES:
+    raise ValueError(
+        f'--config.segmenter.backbone={kind!r}: use one of {", ".join(SEGMENTER_BACKBONES)} '
+        "('vit' = the DINO ViT of model.name)"
+    )
+  if kind == 'vit':
+    try:
+      registry_extractor.require_dino_vit(config.model.name, mode)
+    except ValueError as e:
+      raise ValueError(
+          f'{e}; for the official ResNet-50 segmenter use --config.segmenter.backbone='
+          'dino_resnet50 (or --config=configs/voc_semantic.py:resnet50)'
+      ) from None
+  rates = tuple(config.segmenter.get('aspp_rates', ()))
+  if not all(isinstance(r, int) and r >= 1 for r in rates):
+    raise ValueError(f'--config.segmenter.aspp_rates={rates!r}: positive integers, or () = auto')
+
+
+def load_backbone(config) -> tuple[Any, Any]:
+  """(arch, pretrained backbone) of the segmenter: the ViT's params tree, or the ResNet's
+  variables {'params', 'batch_stats'}."""
+  if segmenter_backbone(config) == 'vit':
+    extractor = common.load_extractor(config.model)  # pretrained DINO params, arch checked
+    return extractor.arch, extractor.params
+  extractor = registry_extractor.load(
+      'dino_resnet50', config.segmenter.get('backbone_checkpoint', ''), config.model.cache_dir
+  )  # arch (blocks per stage) read from the file; loaded strictly
+  return extractor.arch, extractor.params
+
+
+def build_model(config, arch: Any) -> segmenter.DeepLabV3Plus:
+  """The segmenter on ``arch`` (vit.ViTArch or resnet.ResNetArch); ``aspp_rates`` () picks
+  the official rates of the backbone's output stride (ResNet 12/24/36, ViT 6/12/18)."""
   s = config.segmenter
   return segmenter.DeepLabV3Plus(
       arch,
       num_classes=s.num_classes,
-      aspp_rates=tuple(s.aspp_rates),
+      aspp_rates=tuple(s.aspp_rates) or segmenter.default_aspp_rates(arch),
       channels=s.channels,
       low_level_channels=s.low_level_channels,
       dropout=s.dropout,
       precision=s.precision,
+      unfrozen_backbone_layers=s.get('unfrozen_backbone_layers', 1),
   )
 
 
@@ -146,12 +194,10 @@ def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
   check_train_config(config)
-  registry_extractor.require_dino_vit(config.model.name, 'train')  # the segmenter's backbone
   cfg = train.TrainConfig.from_dict({k: v for k, v in config.train.items() if k not in TASK_KEYS})
   matching = read_matching(config.train.matching, workdir, config.segmenter.num_classes)
   examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}
-  backbone = common.load_extractor(config.model)  # pretrained DINO params, arch checked
-  arch = backbone.arch
+  arch, backbone_params = load_backbone(config)
   model = build_model(config, arch)
   val = val_dataset(config, examples, arch.patch_size)
   val_ids = {ex.id for ex in val.examples}
@@ -167,7 +213,7 @@ def run(config, workdir) -> None:
   train_set = PseudoLabelDataset([examples[s] for s in train_ids], label_dir, lut, arch.patch_size)
   common.log_summary(f'train: {len(train_set)} pseudo-labelled images, {len(val)} val images')
   summary = train.train_and_evaluate(
-      cfg, model, train_set, val, workdir, backbone_params=backbone.params
+      cfg, model, train_set, val, workdir, backbone_params=backbone_params
   )
   final = summary['final'] or {}
   if not parallel.is_main_process():
