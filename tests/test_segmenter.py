@@ -186,6 +186,23 @@ def test_resnet_segmenter_shapes_strides_and_aspp_rates(resnet_segmenter):
   assert aspp == [((r, r), ((r, r), (r, r))) for r in (12, 24, 36)]
 
 
+def test_full_resnet50_segmenter_holds_the_official_backbone_tree():
+  """ResNet-50 (3, 4, 6, 3): the segmenter's backbone params and batch_stats are exactly the
+  tree ``load_backbone_params`` fills from dino_resnet50_pretrain.pth (shapes only)."""
+  from spectral_jax.models import backbones  # pylint: disable=import-outside-toplevel
+
+  arch = resnet.ResNetArch()
+  model = S.DeepLabV3Plus(arch, aspp_rates=S.default_aspp_rates(arch))
+  shapes = S.shape_tree(S.abstract_variables(model, 32))
+  official = backbones._abstract_variables(arch)  # pylint: disable=protected-access
+  assert shapes['params']['backbone'] == official['params']
+  assert shapes['batch_stats']['backbone'] == official['batch_stats']
+  assert shapes['params']['aspp']['ConvBNReLU_1']['Conv_0']['kernel'] == (3, 3, 2048, 256)
+  assert shapes['params']['project']['Conv_0']['kernel'] == (1, 1, 256, 48)
+  assert shapes['params']['classifier_conv']['Conv_0']['kernel'] == (3, 3, 304, 256)
+  assert shapes['params']['classifier']['kernel'] == (1, 1, 256, 21)
+
+
 def test_resnet_frozen_layers_get_no_update_and_no_state(resnet_segmenter):
   """Official rule (unfrozen_backbone_layers=1): conv1, bn1, layer1–3 frozen; layer4 + head
   train. Random gradients through the optimiser: frozen updates exactly 0, others not."""
@@ -208,7 +225,8 @@ def test_resnet_frozen_layers_get_no_update_and_no_state(resnet_segmenter):
   assert all(np.abs(u).max() > 0 for u in jax.tree.leaves(updates['classifier']))
   n_moments = len(jax.tree.leaves(opt_state))
   n_trained = sum(len(jax.tree.leaves(t)) for k, t in params.items() if k != 'backbone')
-  n_trained += sum(len(jax.tree.leaves(t)) for k, t in params['backbone'].items() if k not in frozen)
+  backbone = params['backbone']
+  n_trained += sum(len(jax.tree.leaves(t)) for k, t in backbone.items() if k not in frozen)
   assert n_moments == 2 * n_trained + 2  # mu, nu of trained params; Adam's, schedule's counts
 
 

@@ -129,6 +129,12 @@ def test_train_resume_evaluate_with_the_resnet_backbone(tmp_path, monkeypatch):
   scored = json.loads((tmp_path / 'eval' / 'evaluate_metrics.json').read_text())
   assert scored['step'] == 2 and scored['n_images'] == 2
   assert scored['miou'] == pytest.approx(summary['best_val_miou'])
+  # Any image size (official: original resolution, no crop to multiples of 8).
+  model = train_task.build_model(config, evaluate.segmenter_arch(config))
+  variables, _ = train.restore_variables(work / 'checkpoints', model)
+  image = np.random.default_rng(0).integers(0, 256, (53, 70, 3)).astype(np.uint8)
+  pred = train.predict(model, variables, image)
+  assert pred.shape == (53, 70) and pred.max() < 21
   # The ViT segmenter cannot read this checkpoint: the error names the parameters.
   config.segmenter.backbone = 'vit'
   config.segmenter.aspp_rates = ()

@@ -11,10 +11,9 @@ class ids, so no matching is applied. Writes ``workdir/evaluate_metrics.json`` (
 from __future__ import annotations
 
 from pathlib import Path
-
-from spectral_jax import io, parallel, train
 from typing import Any
 
+from spectral_jax import io, parallel, train
 from spectral_jax.models import resnet, vit
 from spectral_jax.tasks import common
 from spectral_jax.tasks import train as train_task
