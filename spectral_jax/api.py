@@ -86,6 +86,8 @@ class Backbone:
   extractor: pipeline.FeatureExtractor
   checkpoint: Optional[str] = None
   precision: str = 'float32'
+  # The memory policy (configs/base.py data.max_tokens): larger images run downscaled.
+  max_tokens: int = 6400
 
   @property
   def patch_size(self) -> int:
@@ -209,6 +211,7 @@ def _config(backbone: Backbone, k: int, color_lambda: float = 0.0):
   config.model.precision = PRECISIONS[backbone.precision]
   config.spectral.K = k
   config.spectral.color_lambda = float(color_lambda)
+  config.data.max_tokens = int(backbone.max_tokens)
   return config
 
 

@@ -60,6 +60,7 @@ def run(config, workdir: str) -> None:
       precision=config.model.precision,
       cache_dir=config.model.cache_dir or None,
   )
+  backbone.max_tokens = config.data.max_tokens  # the CLI's memory policy applies here too
   server = make_server(config, backbone)
 
   def stop(signum, frame):  # SIGTERM: finish like Ctrl-C (workdir lock released)
