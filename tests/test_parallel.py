@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from spectral_jax import parallel
 from tests.conftest import PARITY
@@ -157,6 +158,7 @@ def run_two_processes(cmds):
   return logs
 
 
+@pytest.mark.slow  # ~1–4 min: two processes through semantic, train and evaluate
 def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
   """Pseudo-labels, self-training and evaluation: two processes with one device each (a
   global batch over 2 devices) write what one process writes."""
@@ -194,13 +196,14 @@ def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
   np.testing.assert_allclose(
       summaries[1]['best_val_miou'], summaries[0]['best_val_miou'], rtol=0, atol=1e-5
   )
-  scores = [json.loads((w / 'eval' / 'metrics.json').read_text()) for w in (one, two)]
+  scores = [json.loads((w / 'eval' / 'evaluate_metrics.json').read_text()) for w in (one, two)]
   assert scores[0]['n_images'] == scores[1]['n_images'] == 2
   np.testing.assert_allclose(scores[1]['miou'], scores[0]['miou'], rtol=0, atol=1e-5)
   for score, summary in zip(scores, summaries):  # evaluate scores the best validated step
     np.testing.assert_allclose(score['miou'], summary['best_val_miou'], rtol=1e-6)
 
 
+@pytest.mark.slow  # ~1 min: edit on two processes
 def test_edit_on_two_processes_matches_one(tmp_path):
   """--mode=edit: each process cuts out its own share; the files equal a one-process run."""
   from PIL import Image  # pylint: disable=import-outside-toplevel

@@ -303,7 +303,10 @@ def _forget_skipped(workdir: Path, stage: str) -> None:
 # stage's files and folders hold them). Keys absent from a config are skipped.
 STAGES = {
     'extract': (('spectral', 'method', 'tokencut'), ('features', 'eigs')),
-    'localize': (('spectral', 'method', 'tokencut', 'lost'), ('predictions*.jsonl',)),
+    'localize': (
+        ('spectral', 'method', 'tokencut', 'lost'),
+        ('predictions*.jsonl', 'scores*.jsonl'),
+    ),
     'segment': (
         ('spectral', 'segment', 'method', 'tokencut', 'lost'),
         ('masks', 'mask_scores.jsonl'),

@@ -174,14 +174,23 @@ def coco_image_ids(examples: list, data) -> dict[str, int]:
   return ids
 
 
+def score_file(pred_path: Path) -> Path:
+  """scores[.processI].jsonl beside predictions[.processI].jsonl: {id, score} per image."""
+  return pred_path.with_name(pred_path.name.replace('predictions', 'scores', 1))
+
+
 def write_detections(workdir: Path, records: list[dict], examples: list, data) -> None:
   """``workdir/detections.json``: COCO results (image_id, category_id 1, bbox [x, y, w, h],
   score) of the predictions, for standard evaluation tools."""
   ids = coco_image_ids(examples, data)
+  scores = {
+      r['id']: r['score'] for path in sorted(workdir.glob('scores*.jsonl'))
+      for r in io.read_jsonl(path)
+  }
   kept = [r for r in records if r['id'] in ids]
   dets = coco.detections_json(
       [ids[r['id']] for r in kept],
-      [float(r.get('score', 1.0)) for r in kept],
+      [float(scores.get(r['id'], 1.0)) for r in kept],
       boxes=[
           [x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (r['box_xyxy'] for r in kept)
       ],
@@ -200,9 +209,13 @@ def _predict(config, workdir: Path, todo: list, pred_path: Path, examples: list)
         'id': r.example.id,
         'box_xyxy': [int(v) for v in box],
         'image_size': [int(v) for v in r.image_hw],
-        'score': round(score, 6),
     }
-    # One line per finished image, so a killed run loses at most the image in flight.
+    # The score first, then one prediction line per finished image (what marks it done), so a
+    # killed run loses at most the image in flight.
+    score_line = [{'id': r.example.id, 'score': round(score, 6)}]
+    if not common.write_or_skip(r.example, skipped, io.append_jsonl, score_file(pred_path),
+                                score_line):
+      continue
     if not common.write_or_skip(r.example, skipped, io.append_jsonl, pred_path, [record]):
       continue
     panels(
