@@ -4,8 +4,8 @@ torchvision's ResNet "v1.5" (stride on the 3×3 convolution) with
 ``replace_stride_with_dilation=[False, True, True]``: layer3 and layer4 keep stride 1 and
 dilate instead, and the first block of such a stage still runs at the *previous* dilation.
 Every padding is explicit and symmetric as in PyTorch (XLA's 'SAME' would shift stride-2
-layers by a pixel). BatchNorm is in inference mode (running statistics in ``batch_stats``),
-eps 1e-5.
+layers by a pixel). BatchNorm uses the running statistics in ``batch_stats`` (eps 1e-5);
+``train=True`` (self-training) uses and updates batch statistics, PyTorch momentum 0.1.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def _conv(features, kernel, stride=1, dilation=1, padding=0, precision='highest'
   )
 
 
-def _bn(name):
-  return nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name=name)
+def _bn(name, train: bool = False):
+  # PyTorch BatchNorm2d: momentum 0.1 (= Flax 0.9), eps 1e-5.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPS, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -64,15 +65,15 @@ class Bottleneck(nn.Module):
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     p, prec = self.planes, self.precision
-    y = nn.relu(_bn('bn1')(_conv(p, 1, precision=prec, name='conv1')(x)))
+    y = nn.relu(_bn('bn1', train)(_conv(p, 1, precision=prec, name='conv1')(x)))
     y = _conv(p, 3, self.stride, self.dilation, self.dilation, prec, name='conv2')(y)
-    y = nn.relu(_bn('bn2')(y))
-    y = _bn('bn3')(_conv(4 * p, 1, precision=prec, name='conv3')(y))
+    y = nn.relu(_bn('bn2', train)(y))
+    y = _bn('bn3', train)(_conv(4 * p, 1, precision=prec, name='conv3')(y))
     if self.downsample:
       x = _conv(4 * p, 1, self.stride, precision=prec, name='downsample_conv')(x)
-      x = _bn('downsample_bn')(x)
+      x = _bn('downsample_bn', train)(x)
     return nn.relu(y + x)
 
 
@@ -80,17 +81,18 @@ class ResNet(nn.Module):
   """Input: normalised images [B, H, W, 3] (H, W multiples of the output stride).
 
   Returns ``features`` [B, H/8, W/8, 2048] (layer4, DeepLab's 'out') and ``low_level``
-  [B, H/4, W/4, 256] (layer1), channels last. Apply with ``{'params', 'batch_stats'}``.
+  [B, H/4, W/4, 256] (layer1), channels last (⌈·⌉ for other sizes). Apply with
+  ``{'params', 'batch_stats'}``; with ``train=True`` also ``mutable=['batch_stats']``.
   """
 
   arch: ResNetArch
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, train: bool = False):
     a = self.arch
     x = _conv(64, 7, 2, 1, 3, self.precision, name='conv1')(images)
-    x = nn.relu(_bn('bn1')(x))
+    x = nn.relu(_bn('bn1', train)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
     dilation, in_ch, out = 1, 64, {}
     for stage, (planes, blocks) in enumerate(zip(PLANES, a.layers)):
@@ -107,7 +109,7 @@ class ResNet(nn.Module):
             downsample=i == 0 and (stride != 1 or in_ch != 4 * planes),
             precision=self.precision,
             name=f'layer{stage + 1}_{i}',
-        )(x)
+        )(x, train)
         in_ch = 4 * planes
       if stage == 0:
         out['low_level'] = x

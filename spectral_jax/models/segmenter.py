@@ -44,7 +44,6 @@ KAIMING = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 # The backbone's children in torchvision order (what IntermediateLayerGetter keeps): the
 # official freezing rule counts them from the end, parameter-free ones included.
 RESNET_CHILDREN = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4')
-_conv = resnet._conv  # pylint: disable=protected-access  (PyTorch-style explicit padding)
 
 
 def default_low_level_block(depth: int) -> int:
@@ -79,74 +78,6 @@ class ViTBackbone(nn.Module):
       if i in self.blocks:
         outs[i] = norm(x)[:, 1:].reshape(b, grid[0], grid[1], a.embed_dim)
     return [outs[i] for i in self.blocks]
-
-
-def _train_bn(train: bool, name: str) -> nn.BatchNorm:
-  # PyTorch BatchNorm2d: momentum 0.1 (= Flax 0.9), eps 1e-5.
-  return nn.BatchNorm(
-      use_running_average=not train, momentum=0.9, epsilon=resnet.BN_EPS, name=name
-  )
-
-
-class ResNetBottleneck(nn.Module):
-  """``resnet.Bottleneck`` (same names) with BatchNorm in batch-statistics mode when training."""
-
-  planes: int
-  stride: int = 1
-  dilation: int = 1
-  downsample: bool = False
-  precision: Any = 'highest'
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    p, prec, conv = self.planes, self.precision, _conv
-    y = nn.relu(_train_bn(train, 'bn1')(conv(p, 1, precision=prec, name='conv1')(x)))
-    y = conv(p, 3, self.stride, self.dilation, self.dilation, prec, name='conv2')(y)
-    y = nn.relu(_train_bn(train, 'bn2')(y))
-    y = _train_bn(train, 'bn3')(conv(4 * p, 1, precision=prec, name='conv3')(y))
-    if self.downsample:
-      x = conv(4 * p, 1, self.stride, precision=prec, name='downsample_conv')(x)
-      x = _train_bn(train, 'downsample_bn')(x)
-    return nn.relu(y + x)
-
-
-class ResNetBackbone(nn.Module):
-  """``resnet.ResNet`` (same parameter tree and numerics in eval mode) with a train mode.
-
-  images [B, H, W, 3] → {'features' [B, ⌈H/8⌉, ⌈W/8⌉, 2048] (layer4), 'low_level'
-  [B, ⌈H/4⌉, ⌈W/4⌉, 256] (layer1)} (exact /8, /4 for multiples of 8).
-  """
-
-  arch: resnet.ResNetArch
-  precision: Any = 'highest'
-
-  @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-    a = self.arch
-    x = _conv(64, 7, 2, 1, 3, self.precision, name='conv1')(images)
-    x = nn.relu(_train_bn(train, 'bn1')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
-    dilation, in_ch, out = 1, 64, {}
-    for stage, (planes, blocks) in enumerate(zip(resnet.PLANES, a.layers)):
-      stride = 1 if stage == 0 else 2
-      previous = dilation
-      if stage > 0 and a.replace_stride_with_dilation[stage - 1]:
-        dilation *= stride
-        stride = 1
-      for i in range(blocks):
-        x = ResNetBottleneck(
-            planes,
-            stride if i == 0 else 1,
-            previous if i == 0 else dilation,  # block 0 runs at the previous dilation
-            downsample=i == 0 and (stride != 1 or in_ch != 4 * planes),
-            precision=self.precision,
-            name=f'layer{stage + 1}_{i}',
-        )(x, train)
-        in_ch = 4 * planes
-      if stage == 0:
-        out['low_level'] = x
-    out['features'] = x
-    return out
 
 
 class ConvBNReLU(nn.Module):
@@ -213,7 +144,7 @@ class DeepLabV3Plus(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     if isinstance(self.arch, resnet.ResNetArch):
-      maps = ResNetBackbone(self.arch, self.precision, name='backbone')(images, train)
+      maps = resnet.ResNet(self.arch, self.precision, name='backbone')(images, train)
       low, out = maps['low_level'], maps['features']
     else:
       depth = self.arch.depth
