@@ -421,3 +421,31 @@ assert out[2][0].params['classifier']['kernel'].sharding.spec == jax.sharding.Pa
   subprocess.run(
       [sys.executable, '-c', code], check=True, env=env, cwd=Path(__file__).parent.parent
   )
+
+
+def test_matching_is_checked_and_stored_with_the_checkpoints(tmp_path):
+  """A resume with another cluster→class matching would train on other labels: it stops."""
+  (tmp_path / 'metrics.json').write_text(json.dumps({'miou': 0.1}))  # evaluate-like: no matching
+  with pytest.raises(FileNotFoundError, match='no cluster matching'):
+    train_task.read_matching('', tmp_path)
+  with pytest.raises(ValueError, match='classes must lie in 0..20'):
+    train_task.read_matching('[(0, 0), (1, 21)]', tmp_path, num_classes=21)
+  with pytest.raises(ValueError, match='train.matching'):
+    train_task.read_matching('[(0, 0', tmp_path)
+  pairs = train_task.read_matching('[(0, 0), (1, 15)]', tmp_path, num_classes=21)
+  ckpt = tmp_path / 'checkpoints'
+  ckpt.mkdir()
+  train_task.check_stored_matching(ckpt, pairs)
+  assert json.loads((ckpt / 'matching.json').read_text()) == [[0, 0], [1, 15]]
+  train_task.check_stored_matching(ckpt, pairs)  # the same matching resumes
+  with pytest.raises(ValueError, match='trained with the cluster matching'):
+    train_task.check_stored_matching(ckpt, [(0, 0), (1, 3)])
+
+
+def test_train_log_is_trimmed_to_the_resumed_step_and_nan_stops(tmp_path):
+  log = tmp_path / 'train_log.jsonl'
+  io.save_jsonl(log, [{'step': s, 'loss': 1.0} for s in (10, 20, 30)])
+  train._trim_log(log, 20)  # pylint: disable=protected-access
+  assert [r['step'] for r in io.read_jsonl(log)] == [10, 20]
+  with pytest.raises(FloatingPointError, match='diverged at step 7: loss'):
+    train._check_finite({'loss': float('nan'), 'acc': 0.5}, 7, tiny_config())  # pylint: disable=protected-access
