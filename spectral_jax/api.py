@@ -21,7 +21,6 @@ the image at working resolution (``data.max_tokens`` patches at most, see config
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from spectral_jax import crf, pipeline
+from spectral_jax import pipeline
 from spectral_jax.data import datasets, decode
 from spectral_jax.spectral import maskcut, segments
 from spectral_jax.tasks import common
@@ -41,8 +40,8 @@ from spectral_jax.tasks import segment as segment_task
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 Images = Union[ImageLike, Sequence[ImageLike]]
 
-METHODS = ('dsm',)  # and those of pipeline.METHODS where the pipeline takes a method
-REFINES = ('none', 'crf')
+METHODS = ('dsm',)  # eigenvectors(): the methods with Laplacian eigenvectors of their own
+REFINES = segment_task.REFINES  # 'none', 'crf', 'bilateral'
 # --precision: the API's 'float32' is the CLI's 'highest' (true float32 matmuls); 'bfloat16':
 # bf16 ViT matmul operands with float32 accumulation (vit.BFLOAT16).
 PRECISIONS = {
@@ -302,11 +301,8 @@ class _Inputs:
 
 
 def localize_methods() -> tuple[str, ...]:
-  """Methods ``localize`` accepts: 'dsm', plus TokenCut and LOST where the pipeline runs them
-  (``pipeline.run_images(method=...)``)."""
-  if 'method' not in inspect.signature(pipeline.run_images).parameters:
-    return METHODS
-  return METHODS + tuple(m for m in getattr(pipeline, 'METHODS', {}) if m not in METHODS)
+  """Methods ``localize`` and ``segment`` accept (``pipeline.METHODS``): dsm, tokencut, lost."""
+  return ('dsm',) + tuple(m for m in pipeline.METHODS if m != 'dsm')
 
 
 def _check_method(method: str, supported: Sequence[str] = METHODS, what: str = '') -> None:
@@ -317,27 +313,25 @@ def _check_method(method: str, supported: Sequence[str] = METHODS, what: str = '
 
 
 def _results(
-    backbone: Backbone, inputs: _Inputs, config, which_matrix: str = '', method: str = 'dsm'
+    backbone: Backbone,
+    inputs: _Inputs,
+    config,
+    which_matrix: str = '',
+    method: str = 'dsm',
+    segment: bool = False,
 ) -> list:
-  """``pipeline.ImageResult`` per input, in input order (the pipeline yields by size bucket)."""
-  if method == 'dsm':  # exactly the CLI's call
-    stream = common.run_images(
-        config, backbone.extractor, inputs.examples, inputs.error, which_matrix=which_matrix
-    )
-  else:  # common.run_images with the method (the pipeline ignores the DSM spectral settings)
-    s = config.spectral
-    stream = pipeline.run_images(
-        backbone.extractor,
-        inputs.examples,
-        batch_size=config.data.batch_size,
-        limits=common.image_limits(config.data),
-        spectral_k=s.K,
-        solver=s.solver,
-        bucket_tokens=common.bucket_tokens(config),
-        batch_tokens=config.data.batch_tokens,
-        on_error=inputs.error,
-        method=method,
-    )
+  """``pipeline.ImageResult`` per input, in input order (the pipeline yields by size bucket);
+  exactly the CLI's call (``config.method`` and its input rule, as ``--mode=localize`` or,
+  with ``segment``, ``--mode=segment``)."""
+  config.method = method
+  stream = common.run_images(
+      config,
+      backbone.extractor,
+      inputs.examples,
+      inputs.error,
+      which_matrix=which_matrix,
+      **localize_task.method_args(config, segment=segment),
+  )
   out: list = [None] * len(inputs.examples)
   for r in stream:
     out[inputs.index[r.example.id]] = r
@@ -424,23 +418,23 @@ def segment(
   """The main object's mask per image (``--mode=segment``, configs/object_seg.py: K = 2).
 
   Args:
-    method: 'dsm' (TokenCut's and LOST's masks are not wired here yet).
-    refine: 'none' (the Fiedler mask upsampled to pixels) or 'crf' (the official dense-CRF
-      refinement; needs the ``crf`` extra, pydensecrf2).
+    method: 'dsm' (Fiedler vector > 0), 'tokencut' (its saliency path: Lanczos resize, seed
+      component) or 'lost' (seed expansion), as ``--config.method``.
+    refine: 'none', 'crf' (the official dense CRF; needs the ``crf`` extra, pydensecrf2) or
+      'bilateral' (TokenCut's bilateral solver, mask = output > 0.5).
   Returns:
     bool [H, W] at the original size per image; one for one image, a list for a list.
   """
-  _check_method(method, METHODS, 'segment supports')
-  if refine not in REFINES:
-    raise ValueError(f'refine={refine!r}: use one of {", ".join(REFINES)}')
+  _check_method(method, localize_methods(), 'segment supports')
+  if refine not in segment_task.REFINES:
+    raise ValueError(f'refine={refine!r}: use one of {", ".join(segment_task.REFINES)}')
   with _Inputs(images, backbone.patch_size) as inputs:
     config = _config(backbone, SEGMENT_K)
-    crf_params = crf.CRFParams(**config.segment.crf_params) if refine == 'crf' else None
+    config.method = method
+    preprocess = localize_task.method_args(config, segment=True)['preprocess']
     out = []
-    for r in _results(backbone, inputs, config, which_matrix='laplacian'):
-      mask = segment_task.object_mask(r.image, r.eigenvectors, r.patch_grid, r.patch_size,
-                                      crf_params)
-      out.append(np.asarray(r.mask_to_original(mask), bool))
+    for r in _results(backbone, inputs, config, 'laplacian', method, segment=True):
+      out.append(np.asarray(segment_task.final_mask(r, refine, preprocess, config)[1], bool))
   return inputs.output(out)
 
 

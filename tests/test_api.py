@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,28 @@ def test_quickstart_example_runs(tmp_path):
   for name in ('panel.png', 'cutout.png', 'on_white.png'):
     assert (tmp_path / 'out' / name).exists()
   assert Image.open(tmp_path / 'out' / 'cutout.png').mode == 'RGBA'
+
+
+def test_segment_methods_and_bilateral_equal_the_cli(tmp_path):
+  """api.segment with TokenCut (+ bilateral solver) and LOST equals --mode=segment's masks."""
+  import spectral_jax as sj  # pylint: disable=import-outside-toplevel
+  from configs import folder  # pylint: disable=import-outside-toplevel
+  from spectral_jax.tasks import segment as segment_task  # pylint: disable=import-outside-toplevel
+
+  backbone = sj.load_backbone('dino_vits16', checkpoint=str(PARITY / 'checkpoint.pth'),
+                              cache_dir=str(tmp_path / 'cache'))
+  paths = [str(PARITY / 'images' / f'{i}.png') for i in ('chelsea', 'coffee')]
+  for method, refine in (('tokencut', 'bilateral'), ('lost', 'none')):
+    config = folder.get_config()
+    config.data.root = str(PARITY / 'images')
+    config.data.limit = 0
+    config.model.checkpoint = str(PARITY / 'checkpoint.pth')
+    config.model.cache_dir = str(tmp_path / 'cache')
+    config.method = method
+    config.segment.refine = refine
+    out = tmp_path / f'{method}_{refine}'
+    segment_task.run(config, out)
+    masks = sj.segment(backbone, paths, method=method, refine=refine)
+    for path, mask in zip(paths, masks):
+      cli = np.asarray(Image.open(out / 'masks' / Path(path).name)) > 127
+      assert mask.shape == cli.shape and np.array_equal(mask, cli), (method, path)

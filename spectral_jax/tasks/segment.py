@@ -96,6 +96,17 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, refine: str, config) -> np.
   return mask
 
 
+def final_mask(r: pipeline.ImageResult, refine: str, preprocess: str, config):
+  """(mask at the working or original size, bool mask [H, W] at the original size)."""
+  if refine == 'none' and r.outputs is not None:
+    # Straight to the original frame (the official saliency mask is upsampled to H × W).
+    full = method_mask(r, preprocess, r.image_hw)
+    return full, full
+  # Refined at working resolution, with the image the model saw.
+  mask = refine_mask(r.image, method_mask(r, preprocess), refine, config)
+  return mask, r.mask_to_original(mask)
+
+
 def score_path(workdir: Path) -> Path:
   return Path(workdir) / 'mask_scores.jsonl'
 
@@ -195,12 +206,7 @@ def _predict(config, workdir: Path, todo: list, examples: list) -> None:
   panels = common.Panels(workdir, config.output.num_panels, examples)
   for r in common.run_images(config, extractor, todo, skipped, which_matrix='laplacian', **args):
     try:
-      if refine == 'none' and r.outputs is not None:
-        # Straight to the original frame (the official saliency mask is upsampled to H × W).
-        mask = full = method_mask(r, args['preprocess'], r.image_hw)
-      else:  # refined at working resolution, with the image the model saw
-        mask = refine_mask(r.image, method_mask(r, args['preprocess']), refine, config)
-        full = r.mask_to_original(mask)
+      mask, full = final_mask(r, refine, args['preprocess'], config)
     except ValueError as e:  # e.g. an image too large for the bilateral grid's hash
       logging.warning('skipping %s: %s', r.example.id, e)
       skipped(r.example, e)
