@@ -118,3 +118,42 @@ def test_modes_on_the_dino_vit_refuse_other_backbones(mode):
   with pytest.raises(ValueError, match='needs a DINO ViT'):
     registry_extractor.require_dino_vit('dinov3_vits16', mode)
   registry_extractor.require_dino_vit('dino_vits16', mode)
+  registry_extractor.require_dino_vit('dinov3_vits16', mode, allow_vits=True)  # CLS crops
+  with pytest.raises(ValueError, match='needs a DINO ViT'):
+    registry_extractor.require_dino_vit('dino_resnet50', mode, allow_vits=True)
+
+
+@pytest.mark.parametrize(
+    'name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)]
+)
+def test_edit_discover_and_semantic_run_on_newer_vits(tmp_path, name):
+  """Every mode that needs only keys (and CLS tokens for semantic) runs on DINOv2/v3."""
+  root = tmp_path / 'images'
+  root.mkdir()
+  shutil.copy(bd.DATA / 'images' / 'coffee.png', root)
+  shutil.copy(ROOT / 'tests' / 'data' / 'parity' / 'images' / 'astronaut.png', root)
+  ckpt = f'--config.model.checkpoint={bd.DATA / name / "checkpoint.pth"}'
+  flags = [f'--config.model.name={name}', ckpt, f'--config.data.root={root}']
+  proc = _main(tmp_path, '--mode=edit', f'--workdir={tmp_path / "edit"}', *flags,
+               '--config.output.features=False')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  cut = np.asarray(Image.open(tmp_path / 'edit' / 'cutout' / 'coffee.png'))
+  assert cut.shape == (400, 600, 4)
+  proc = _main(tmp_path, '--mode=discover', f'--workdir={tmp_path / "disc"}', *flags,
+               '--config.discover.crf=False')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import json  # pylint: disable=import-outside-toplevel
+
+  instances = json.loads((tmp_path / 'disc' / 'instances.json').read_text())
+  assert sorted(im['file_name'] for im in instances['images']) == ['astronaut.png', 'coffee.png']
+  cmd = [sys.executable, 'main.py', '--config=configs/voc_semantic.py', '--mode=semantic',
+         f'--workdir={tmp_path / "sem"}', *flags, '--config.semantic.num_clusters=2',
+         '--config.semantic.n_segments=3']
+  env = {'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'), 'PATH': '/usr/bin:/bin',
+         'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  maps = sorted(p.name for p in (tmp_path / 'sem' / 'semantic').glob('*.png'))
+  assert maps == ['astronaut.png', 'coffee.png']

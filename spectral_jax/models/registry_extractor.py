@@ -29,8 +29,11 @@ def is_registry_only(name: str) -> bool:
   return name in backbones.BACKBONES and backbones.BACKBONES[name].family != 'dino'
 
 
-def require_dino_vit(name: str, mode: str) -> None:
-  """Modes built on the DINO ViT (CLS crops, the segmenter's backbone) refuse the others."""
+def require_dino_vit(name: str, mode: str, allow_vits: bool = False) -> None:
+  """Modes built on the DINO ViT (the segmenter's backbone) refuse the others; with
+  ``allow_vits`` (CLS features of crops) only the ResNet is refused."""
+  if allow_vits and is_registry_only(name) and backbones.BACKBONES[name].family != 'resnet':
+    return
   if is_registry_only(name):
     dino = sorted(n for n, b in backbones.BACKBONES.items() if b.family == 'dino')
     raise ValueError(
@@ -91,10 +94,19 @@ class RegistryExtractor:
       result[key] = jnp.asarray(padded)
     return result
 
-  def cls_batch(self, crops, bucket_tokens: int = 64):
-    raise NotImplementedError(
-        f'{self.name}: semantic segmentation (CLS features of crops) needs a DINO ViT backbone'
-    )
+  def cls_batch(self, crops: Sequence[np.ndarray], bucket_tokens: int = 64) -> np.ndarray:
+    """Final-normed CLS tokens [n, D] (``x_norm_clstoken``) of uint8 crops, one forward each
+    (semantic mode's box features). The ResNet has no CLS token."""
+    del bucket_tokens  # one compiled shape per crop size here
+    if isinstance(self.arch, resnet.ResNetArch):
+      raise NotImplementedError(f'{self.name}: a ResNet has no CLS token for box features')
+    rows = []
+    for crop in crops:
+      if crop.shape not in self.compiled_shapes:
+        self.compiled_shapes.add(crop.shape)
+      out = _cls_forward(self.arch, self.precision)(self.params, vit.normalize(crop)[None])
+      rows.append(np.asarray(out[0], np.float32))
+    return np.stack(rows) if rows else np.zeros((0, self.arch.embed_dim), np.float32)
 
 
 def _cells(crop: np.ndarray, p: int) -> int:
@@ -107,6 +119,12 @@ def _forward(arch: Any, precision: str, feature_block: int):
   if isinstance(arch, resnet.ResNetArch):
     return jax.jit(model.apply)
   return jax.jit(lambda v, x: model.apply(v, x, feature_block=feature_block))
+
+
+@functools.lru_cache(maxsize=16)
+def _cls_forward(arch: Any, precision: str):
+  model = backbones.build_model(arch, precision)
+  return jax.jit(lambda v, x: model.apply(v, x)['x_norm_clstoken'])
 
 
 def load(
