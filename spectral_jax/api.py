@@ -42,15 +42,8 @@ Images = Union[ImageLike, Sequence[ImageLike]]
 
 METHODS = ('dsm',)  # eigenvectors(): the methods with Laplacian eigenvectors of their own
 REFINES = segment_task.REFINES  # 'none', 'crf', 'bilateral'
-# --precision: the API's 'float32' is the CLI's 'highest' (true float32 matmuls); 'bfloat16':
-# bf16 ViT matmul operands with float32 accumulation (vit.BFLOAT16).
-PRECISIONS = {
-    'float32': 'highest',
-    'bfloat16': 'bfloat16',
-    'highest': 'highest',
-    'high': 'high',
-    'default': 'default',
-}
+# precision: the CLI's table ('float32' = true float32 matmuls; 'bfloat16': bf16 operands).
+PRECISIONS = common.PRECISIONS
 # Settings of the CLI configs each function reproduces (configs/voc.py, configs/object_seg.py).
 LOCALIZE_K = 5
 SEGMENT_K = 2

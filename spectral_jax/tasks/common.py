@@ -408,6 +408,18 @@ def begin_stage(config, workdir, stage: str) -> None:
     _forget_skipped(workdir, stage)
 
 
+def remaining(workdir, stage: str, shard: Sequence[Any], is_done: Callable[[Any], bool]) -> list:
+  """This process's images still to do: not finished (``is_done``) and not skipped by an
+  earlier run of ``stage``; logs the counts."""
+  skipped_before = previously_skipped(workdir, stage)
+  todo = [ex for ex in shard if not is_done(ex) and ex.id not in skipped_before]
+  log_summary(
+      f'{stage}: {len(shard)} images in this process, {len(shard) - len(todo)} already done'
+      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
+  )
+  return todo
+
+
 def write_or_skip(example, skipped: SkipLog, write: Callable[..., Any], *args) -> bool:
   """Runs one image's write; an OSError (disk full, name too long, permissions) skips that
   image, logged, instead of ending the run."""

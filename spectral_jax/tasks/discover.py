@@ -119,13 +119,8 @@ def run(config, workdir) -> None:
       else workdir / STAGE / f'records.process{jax.process_index()}.jsonl'
   )
   done = set(read_records(workdir))
-  skipped_before = common.previously_skipped(workdir, STAGE)
   shard = parallel.process_shard(examples)
-  todo = [ex for ex in shard if ex.id not in done and ex.id not in skipped_before]
-  common.log_summary(
-      f'discover: {len(shard)} images in this process, {len(shard) - len(todo)} already done'
-      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
-  )
+  todo = common.remaining(workdir, STAGE, shard, lambda ex: ex.id in done)
   if todo:
     _discover(config, workdir, todo, own_path, examples)
   parallel.barrier('discover-done')

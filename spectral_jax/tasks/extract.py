@@ -59,15 +59,9 @@ def run(config, workdir) -> None:
     )
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'extract')
-  skipped_before = common.previously_skipped(workdir, 'extract')
-  todo = [
-      ex
-      for ex in parallel.process_shard(examples)
-      if not is_done(workdir, ex.id, config.output.features) and ex.id not in skipped_before
-  ]
-  common.log_summary(
-      f'extract: {len(examples)} images, {len(examples) - len(todo)} already done'
-      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
+  todo = common.remaining(
+      workdir, 'extract', parallel.process_shard(examples),
+      lambda ex: is_done(workdir, ex.id, config.output.features),
   )
   if not todo:
     return

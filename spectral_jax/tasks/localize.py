@@ -103,13 +103,8 @@ def run(config, workdir) -> None:
       else f'predictions.process{jax.process_index()}.jsonl'
   )
   done = {r['id'] for path in prediction_files(workdir) for r in io.read_jsonl(path)}
-  skipped_before = common.previously_skipped(workdir, 'localize')
   shard = parallel.process_shard(examples)
-  todo = [ex for ex in shard if ex.id not in done and ex.id not in skipped_before]
-  common.log_summary(
-      f'localize: {len(shard)} images in this process, {len(shard) - len(todo)} already done'
-      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
-  )
+  todo = common.remaining(workdir, 'localize', shard, lambda ex: ex.id in done)
   if todo:
     _predict(config, workdir, todo, own_path, examples)
   shard_ids = {ex.id for ex in shard}

@@ -172,15 +172,9 @@ def run(config, workdir) -> None:
   refine_mode(config.segment)
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'segment')
-  skipped_before = common.previously_skipped(workdir, 'segment')
-  todo = [
-      ex
-      for ex in parallel.process_shard(examples)
-      if not mask_path(workdir, ex.id).exists() and ex.id not in skipped_before
-  ]
-  common.log_summary(
-      f'segment: {len(examples)} images, {len(examples) - len(todo)} already done'
-      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
+  todo = common.remaining(
+      workdir, 'segment', parallel.process_shard(examples),
+      lambda ex: mask_path(workdir, ex.id).exists(),
   )
   if todo:
     _predict(config, workdir, todo, examples)
