@@ -42,7 +42,8 @@ def _clean_env():
 def installed(tmp_path_factory):
   """(python, bin folder, scratch folder) of a fresh venv with the built wheel installed."""
   if importlib.util.find_spec('wheel') is None or importlib.util.find_spec('setuptools') is None:
-    pytest.skip('building the wheel offline needs setuptools and wheel (requirements-test.txt)')
+    pytest.fail('building the wheel offline needs setuptools and wheel: '
+                'pip install -r requirements-test.txt')
   tmp = tmp_path_factory.mktemp('packaging')
   # Build from a copy: an in-tree build would leave build/ and *.egg-info in the repository.
   src = tmp / 'src'
