@@ -148,24 +148,26 @@ class FeatureExtractor:
     shard = functools.partial(parallel.shard_batch, mesh=self.mesh)
     return self._forward(self.params, shard(patches), shard(tables), shard(mask), with_cls=with_cls)
 
-  def cls_batch(self, crops: Sequence[np.ndarray], bucket_tokens: int = 64) -> np.ndarray:
-    """Final-normed CLS tokens [n, D] of crops [h, w, 3] (multiples of the patch size).
 
-    Crops share token-count buckets (the CLS token attends only to real patches, so the
-    result equals the unpadded forward) and group sizes are padded to powers of two, so
-    boxes of every size and count compile a bounded number of shapes.
-    """
-    p = self.arch.patch_size
-    out = np.zeros((len(crops), self.arch.embed_dim), np.float32)
-    groups = collections.defaultdict(list)
-    for i, crop in enumerate(crops):
-      groups[bucket_length((crop.shape[0] // p, crop.shape[1] // p), bucket_tokens)].append(i)
-    for length, members in groups.items():
-      size = 1 << (len(members) - 1).bit_length()
-      group = [crops[i] for i in members] + [crops[members[-1]]] * (size - len(members))
-      cls = self(group, length, with_cls=True)['cls']
-      out[members] = np.asarray(cls)[: len(members)]
-    return out
+def cls_batch(extractor, crops: Sequence[np.ndarray], bucket_tokens: int = 64) -> np.ndarray:
+  """Final-normed CLS tokens [n, D] of uint8 crops [h, w, 3] (multiples of the patch size) from
+  any ViT extractor (DINO's ``FeatureExtractor`` or a DINOv2/v3 ``RegistryExtractor``).
+
+  Crops share token-count buckets (the CLS token attends only to real patches, so the
+  result equals the unpadded forward) and group sizes are padded to powers of two, so
+  boxes of every size and count compile a bounded number of shapes.
+  """
+  p = extractor.arch.patch_size
+  out = np.zeros((len(crops), extractor.arch.embed_dim), np.float32)
+  groups = collections.defaultdict(list)
+  for i, crop in enumerate(crops):
+    groups[bucket_length((crop.shape[0] // p, crop.shape[1] // p), bucket_tokens)].append(i)
+  for length, members in groups.items():
+    size = 1 << (len(members) - 1).bit_length()
+    group = [crops[i] for i in members] + [crops[members[-1]]] * (size - len(members))
+    cls = extractor(group, length, with_cls=True)['cls']
+    out[members] = np.asarray(cls)[: len(members)]
+  return out
 
 
 def load_extractor(
@@ -178,10 +180,10 @@ def load_extractor(
   """Loads (downloading if needed, via the converted-params cache if present) a DINO backbone;
   DINOv2 / DINOv3 / ResNet-50 names of the registry get a ``RegistryExtractor``."""
   if registry_extractor.is_registry_only(name):
-    if vit.is_bfloat16(precision):  # their own MLPs would silently stay float32 on CPU
+    if vit.is_bfloat16(precision) and backbones.BACKBONES[name].family == 'resnet':
       raise ValueError(
-          f"model.precision='bfloat16' is implemented for the DINO ViTs {sorted(vit.ARCHS)}, "
-          f'not {name!r}: use float32'
+          f"model.precision='bfloat16' is implemented for the ViT backbones, not {name!r} "
+          '(its convolutions run in float32): use float32'
       )
     return registry_extractor.load(name, checkpoint, cache_dir, precision, feature_block)
   if name not in vit.ARCHS:

@@ -114,7 +114,7 @@ def test_few_compiled_shapes_on_a_voc_like_size_mix():
 def test_cls_batch_equals_one_crop_at_a_time(extractor):
   image = np.array(Image.open(PARITY / 'images' / 'astronaut.png'))
   crops = [image[:64, :96], image[16:96, 32:80], image[:48, :48], image[100:260, 200:440]]
-  got = extractor.cls_batch(crops)
+  got = pipeline.cls_batch(extractor, crops)
   for crop, row in zip(crops, got):
     ref = np.asarray(extractor([crop], with_cls=True)['cls'][0])
     np.testing.assert_allclose(row, ref, atol=1e-5 * np.abs(ref).max())

@@ -139,8 +139,3 @@ def test_precision_names_are_accepted_everywhere():
     assert name in common.PRECISIONS and name in api.PRECISIONS
   assert common.PRECISIONS['bfloat16'] == api.PRECISIONS['bfloat16'] == vit.BFLOAT16
   assert api.PRECISIONS['float32'] == 'highest'
-
-
-def test_bfloat16_is_refused_for_registry_backbones():
-  with pytest.raises(ValueError, match='bfloat16'):
-    pipeline.load_extractor('dinov2_vits14', precision=vit.BFLOAT16)

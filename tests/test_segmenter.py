@@ -1,5 +1,7 @@
 """Tests for spectral_jax.models.segmenter (DeepLabV3+ on the DINO ViT)."""
 
+import contextlib
+import dataclasses
 import functools
 
 import jax
@@ -37,13 +39,56 @@ def test_backbone_features_are_final_normed_block_outputs(model_and_vars):
   _, variables = model_and_vars
   params = variables['params']['backbone']
   images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 40, 3))
-  low, out = S.ViTBackbone(ARCH, (1, 2)).apply({'params': params}, images)
+  model = S.DeepLabV3Plus(ARCH, low_level_block=1, **SMALL_HEAD)
+  _, inter = jax.jit(
+      lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
+  )(variables, images)
+  low, out = (
+      x.reshape(2, 4, 5, ARCH.embed_dim) for x in inter['intermediates']['backbone']['__call__'][0]['normed']
+  )
   ref_vit = vit.VisionTransformer(ARCH)
   norm = vit.TorchLayerNorm()
   for block, got in ((1, low), (2, out)):
     tokens = ref_vit.apply({'params': params}, images, feature_block=block)['tokens']
     want = norm.apply({'params': params['norm']}, tokens).reshape(2, 4, 5, ARCH.embed_dim)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['dinov2_vits14_reg', 'dinov3_vits16'])
+def test_dinov2_and_dinov3_segmenters_hold_the_pretrained_tree_and_its_normed_tokens(name):
+  """The registry's DINOv2/v3 parameters drop into params['backbone']; the decoder's inputs
+  are the final-normed patch tokens of blocks 1 and 2 (= the official x_norm_patchtokens
+  for the last block of these depth-2 checkpoints; the low block = the normed output of
+  the same weights cut after block 1)."""
+  from spectral_jax.models import backbones  # pylint: disable=import-outside-toplevel
+  from tests import backbones_data as bd  # pylint: disable=import-outside-toplevel
+
+  arch, pretrained = backbones.load_backbone_params(name, bd.DATA / name / 'checkpoint.pth')
+  model = S.DeepLabV3Plus(arch, **SMALL_HEAD)
+  cfg = train.TrainConfig(steps=1, batch_size=1, crop_size=arch.patch_size * 4)
+  state = train.create_train_state(model, cfg, jax.random.PRNGKey(0), pretrained)
+  assert S.shape_tree(state.params['backbone']) == S.shape_tree(pretrained['params'])
+  image = vit.crop_to_patches(bd.image(name), arch.patch_size)
+  x = vit.normalize(image)[None]
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  logits, inter = jax.jit(
+      lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
+  )(variables, x)
+  assert logits.shape == (1, *image.shape[:2], 5)
+  normed = inter['intermediates']['backbone']['__call__'][0]['normed']
+  grid = tuple(bd.MANIFEST[name]['grid'])
+  written = {'x_norm_patchtokens': np.asarray(normed[1][0]), 'grid': grid}
+  ref = bd.reference(name)['x_norm_patchtokens']
+  got = written['x_norm_patchtokens'][:: bd.MANIFEST[name]['row_step']]
+  assert np.abs(got - ref).max() <= 1e-4 * bd.MANIFEST[name]['max_abs']['x_norm_patchtokens']
+  cut = dataclasses.replace(arch, depth=1)
+  first = {k: v for k, v in pretrained['params'].items() if k != 'blocks_1'}
+  want = backbones.features(cut, {'params': first}, image)['x_norm_patchtokens']
+  np.testing.assert_allclose(np.asarray(normed[0][0]), want, atol=1e-5 * np.abs(want).max())
+  with pytest.raises(ValueError, match='multiple of patch size') if 'dinov2' in name else (
+      contextlib.nullcontext()
+  ):  # DINOv3's stride-16 conv crops as the official one does
+    jax.eval_shape(model.apply, variables, jnp.zeros((1, 4 * arch.patch_size + 3, 64, 3)))
 
 
 def test_logits_at_input_resolution_and_batchnorm_updates(model_and_vars):

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
@@ -387,8 +388,56 @@ def test_train_and_evaluate_tasks(voc_like, tmp_path):
   assert summary['step'] == 2 and summary['best_step'] == 2
   voc_like.checkpoint = str(work)
   evaluate.run(voc_like, tmp_path / 'eval')
-  scored = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+  scored = json.loads((tmp_path / 'eval' / 'evaluate_metrics.json').read_text())
   assert scored['step'] == 2 and scored['n_images'] == 2
+  assert scored['miou'] == pytest.approx(summary['best_val_miou'])
+
+
+@pytest.mark.parametrize('name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)])
+def test_train_and_evaluate_on_dinov2_and_dinov3(name, tmp_path):
+  """The ViT segmenter on a DINOv2 / DINOv3 backbone (their reference checkpoints, depth 2):
+  --mode=train starts from the pretrained weights and --mode=evaluate scores the checkpoint.
+  Pseudo-labels = the GT classes (cluster c ↔ class c)."""
+  from configs import voc_semantic  # pylint: disable=import-outside-toplevel
+  from spectral_jax.models import backbones  # pylint: disable=import-outside-toplevel
+  from tests import backbones_data as bd  # pylint: disable=import-outside-toplevel
+
+  root = write_voc_like(tmp_path / 'VOC2012')
+  config = voc_semantic.get_config()
+  config.data.root = str(root / 'JPEGImages')
+  config.model.name = name
+  config.model.checkpoint = str(bd.DATA / name / 'checkpoint.pth')
+  config.model.cache_dir = str(tmp_path / 'cache')
+  patch = backbones.BACKBONES[name].patch_size
+  config.segmenter.update(channels=16, low_level_channels=8)
+  config.train.update(
+      steps=1, batch_size=2, crop_size=2 * patch, eval_every=1, checkpoint_every=1,
+      num_workers=2, matching='[(0, 0), (1, 1), (2, 2), (3, 3)]',
+  )  # fmt: skip
+  work = tmp_path / 'work'
+  (work / 'semantic').mkdir(parents=True)
+  for path in sorted((root / 'SegmentationClass').glob('*.png')):
+    Image.open(path).save(work / 'semantic' / path.name)
+  config.train.crop_size = 2 * patch + 1
+  with pytest.raises(ValueError, match=f'crop_size={2 * patch + 1}.*multiple of its patch size {patch}'):
+    train_task.run(config, work)
+  config.train.crop_size = 2 * patch
+  train_task.run(config, work)
+  summary = json.loads((work / 'train_metrics.json').read_text())
+  assert summary['step'] == 1
+  _, pretrained = backbones.load_backbone_params(name, config.model.checkpoint)
+  mngr = train.checkpoint_manager(work / 'checkpoints', read_only=True)
+  saved = mngr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  mngr.close()
+  # Started from the pretrained tree (same shapes), and the backbone trained (one step moved it).
+  assert segmenter.shape_tree(saved['params']['backbone']) == segmenter.shape_tree(pretrained['params'])
+  embed = saved['params']['backbone']['patch_embed']['kernel']
+  delta = np.abs(np.asarray(embed) - pretrained['params']['patch_embed']['kernel']).max()
+  assert 0 < delta <= 10 * config.train.learning_rate  # an Adam step moves ≈ lr per weight
+  config.checkpoint = str(work)
+  evaluate.run(config, tmp_path / 'eval')
+  scored = json.loads((tmp_path / 'eval' / 'evaluate_metrics.json').read_text())
+  assert scored['step'] == 1 and scored['n_images'] == 2
   assert scored['miou'] == pytest.approx(summary['best_val_miou'])
 
 

@@ -131,8 +131,9 @@ def get_backbone(name: str) -> Backbone:
     raise ValueError(f'unknown backbone {name!r}; known: {", ".join(BACKBONES)}') from None
 
 
-def build_model(arch: Any, precision: Any = 'highest') -> nn.Module:
-  """The Flax module for an architecture object of any family."""
+def build_model(arch: Any, precision: Any = 'highest', **module_kwargs) -> nn.Module:
+  """The Flax module for an architecture object of any family (``module_kwargs``: e.g. the
+  submodule ``name`` inside a parent module)."""
   for cls, module in (
       (vit.ViTArch, vit.VisionTransformer),
       (dinov2.DinoV2Arch, dinov2.DinoV2),
@@ -140,7 +141,7 @@ def build_model(arch: Any, precision: Any = 'highest') -> nn.Module:
       (resnet.ResNetArch, resnet.ResNet),
   ):
     if isinstance(arch, cls):
-      return module(arch, precision=precision)
+      return module(arch, precision=precision, **module_kwargs)
   raise TypeError(f'not a backbone architecture: {arch!r}')
 
 

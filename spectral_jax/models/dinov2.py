@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax.models import posembed
-from spectral_jax.models.vit import Attention, PatchEmbed, TorchLayerNorm, patchify
+from spectral_jax.models.vit import Attention, PatchEmbed, TorchLayerNorm, dense, patchify, table_precision
 
 NORM_EPS = 1e-6
 
@@ -82,9 +82,9 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = nn.Dense(self.hidden, precision=self.precision, name='fc1')(x)
+    h = dense(self.hidden, self.precision, 'fc1')(x)
     h = jax.nn.gelu(h, approximate=False)  # exact erf GELU; tanh is off by ~1e-4
-    return nn.Dense(x.shape[-1], precision=self.precision, name='fc2')(h)
+    return dense(x.shape[-1], self.precision, 'fc2')(h)
 
 
 class SwiGLUFused(nn.Module):
@@ -95,9 +95,9 @@ class SwiGLUFused(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    ab = nn.Dense(2 * self.hidden, precision=self.precision, name='w12')(x)
+    ab = dense(2 * self.hidden, self.precision, 'w12')(x)
     a, b = ab[..., : self.hidden], ab[..., self.hidden :]
-    return nn.Dense(x.shape[-1], precision=self.precision, name='w3')(jax.nn.silu(a) * b)
+    return dense(x.shape[-1], self.precision, 'w3')(jax.nn.silu(a) * b)
 
 
 def make_ffn(kind: str, hidden: int, precision: Any, name: str = 'mlp') -> nn.Module:
@@ -135,14 +135,18 @@ class DinoV2(nn.Module):
     k:                  [B, L, D] keys of block ``feature_block`` (qkv output, heads
                         concatenated; DSM's features use the last block);
     x_norm_patchtokens: [B, L, D] last block's output through the final norm;
-    x_norm_clstoken:    [B, D] the final-normed CLS token.
+    x_norm_clstoken:    [B, D] the final-normed CLS token;
+    normed:             patch tokens [B, L, D] of each block in ``norm_blocks`` (0-based)
+                        through the final norm (``get_intermediate_layers(norm=True)``).
   """
 
   arch: DinoV2Arch
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, images, feature_block: int = -1, pos_tables=None, token_mask=None):
+  def __call__(
+      self, images, feature_block: int = -1, pos_tables=None, token_mask=None, norm_blocks=()
+  ):
     a = self.arch
     d = a.embed_dim
     if images.ndim == 4:
@@ -156,7 +160,7 @@ class DinoV2(nn.Module):
     pos_embed = self.param('pos_embed', nn.initializers.zeros, (1, 1 + a.pos_grid**2, d))
     x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, d)), x], axis=1)
     if pos_tables is None:
-      pos_tables = resample_pos_embed(a, pos_embed, grid, self.precision)
+      pos_tables = resample_pos_embed(a, pos_embed, grid, table_precision(self.precision))
     x = x + pos_tables
     if a.num_registers:  # registers go in after the position embedding: they carry none
       reg = self.param('register_tokens', nn.initializers.zeros, (1, a.num_registers, d))
@@ -164,12 +168,17 @@ class DinoV2(nn.Module):
 
     n = a.num_prefix_tokens
     block_index = feature_block % a.depth
-    out = {}
+    out, normed = {}, {}
+    norm = TorchLayerNorm(NORM_EPS, name='norm')
     for i in range(a.depth):
       x, qkv = Block(a, self.precision, name=f'blocks_{i}')(x, token_mask)
       if i == block_index:
         out['k'] = qkv[:, n:, d : 2 * d]
-    x = TorchLayerNorm(NORM_EPS, name='norm')(x)
+      if i in norm_blocks:
+        normed[i] = norm(x)[:, n:]
+    if norm_blocks:
+      out['normed'] = [normed[i] for i in norm_blocks]
+    x = norm(x)
     out['x_norm_patchtokens'] = x[:, n:]
     out['x_norm_clstoken'] = x[:, 0]
     return out

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax.models.dinov2 import LayerScale, Mlp
-from spectral_jax.models.vit import PatchEmbed, TorchLayerNorm, patchify
+from spectral_jax.models import vit
+from spectral_jax.models.vit import PatchEmbed, TorchLayerNorm, dense, patchify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +69,9 @@ class SwiGLU(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    gate = nn.Dense(self.hidden, precision=self.precision, name='w1')(x)
-    value = nn.Dense(self.hidden, precision=self.precision, name='w2')(x)
-    return nn.Dense(x.shape[-1], precision=self.precision, name='w3')(jax.nn.silu(gate) * value)
+    gate = dense(self.hidden, self.precision, 'w1')(x)
+    value = dense(self.hidden, self.precision, 'w2')(x)
+    return dense(x.shape[-1], self.precision, 'w3')(jax.nn.silu(gate) * value)
 
 
 def patch_coords(grid_hw: tuple[int, int]) -> jnp.ndarray:
@@ -127,17 +128,13 @@ class RopeAttention(nn.Module):
   def __call__(self, x, cos, sin, key_mask=None):
     b, t, d = x.shape
     hd = d // self.num_heads
-    qkv = nn.Dense(3 * d, precision=self.precision, name='qkv')(x)  # key bias is zero
+    qkv = dense(3 * d, self.precision, 'qkv')(x)  # key bias is zero
     q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, t, self.num_heads, hd) for i in range(3))
     n = self.prefix
     q = jnp.concatenate([q[:, :n], apply_rope(q[:, n:], cos, sin)], axis=1)
     k_rope = jnp.concatenate([k[:, :n], apply_rope(k[:, n:], cos, sin)], axis=1)
-    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k_rope, precision=self.precision) * hd**-0.5
-    if key_mask is not None:
-      logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
-    attn = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum('bhqk,bkhc->bqhc', attn, v, precision=self.precision).reshape(b, t, d)
-    out = nn.Dense(d, precision=self.precision, name='proj')(out)
+    out = vit.attention(q, k_rope, v, key_mask, self.precision)
+    out = dense(d, self.precision, 'proj')(out.reshape(b, t, d))
     return out, qkv[..., d : 2 * d], k_rope.reshape(b, t, d)
 
 
@@ -178,14 +175,18 @@ class DinoV3(nn.Module):
                         them (key bias masked, before RoPE): what DSM's hook records;
     k_rope:             [B, L, D] the same keys after RoPE, as attention uses them;
     x_norm_patchtokens: [B, L, D] final-normed patch tokens of the last block;
-    x_norm_clstoken:    [B, D].
+    x_norm_clstoken:    [B, D];
+    normed:             patch tokens [B, L, D] of each block in ``norm_blocks`` (0-based)
+                        through the final norm (``get_intermediate_layers(norm=True)``).
   """
 
   arch: DinoV3Arch
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, images, feature_block: int = -1, rope_coords=None, token_mask=None):
+  def __call__(
+      self, images, feature_block: int = -1, rope_coords=None, token_mask=None, norm_blocks=()
+  ):
     a = self.arch
     d = a.embed_dim
     if images.ndim == 4:
@@ -208,13 +209,18 @@ class DinoV3(nn.Module):
 
     n = a.num_prefix_tokens
     block_index = feature_block % a.depth
-    out = {}
+    out, normed = {}, {}
+    norm = TorchLayerNorm(a.norm_eps, name='norm')
     for i in range(a.depth):
       x, k, k_rope = Block(a, self.precision, name=f'blocks_{i}')(x, cos, sin, token_mask)
       if i == block_index:
         out['k'] = k[:, n:]
         out['k_rope'] = k_rope[:, n:]
-    x = TorchLayerNorm(a.norm_eps, name='norm')(x)
+      if i in norm_blocks:
+        normed[i] = norm(x)[:, n:]
+    if norm_blocks:
+      out['normed'] = [normed[i] for i in norm_blocks]
+    x = norm(x)
     out['x_norm_patchtokens'] = x[:, n:]
     out['x_norm_clstoken'] = x[:, 0]
     return out

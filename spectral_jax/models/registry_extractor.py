@@ -1,9 +1,9 @@
 """The pipeline's feature extractor for the registry backbones that are not DINO v1 ViTs.
 
-DINOv2 (± registers), DINOv3 and the DINO ResNet-50 run image by image through the full-image
-forward of ``backbones`` (one compiled shape per crop size), then their rows are padded to the
-batch's sequence length, so the pipeline's spectral and method steps take them as they take
-the DINO ViT's patch sequences. The ResNet's 'k' is its layer4 map flattened row-major.
+DINOv2 (± registers) and DINOv3 run batches of patch sequences like the DINO ViT; the DINO
+ResNet-50 runs same-size crops together, its rows padded to the batch's sequence length. The
+pipeline's spectral and method steps take them all alike. The ResNet's 'k' is its layer4 map
+flattened row-major.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.models import backbones, resnet, vit, weights_cache
+from spectral_jax import parallel
+from spectral_jax.models import backbones, dinov2, dinov3, resnet, vit, weights_cache
 
 # Arrays besides 'k' that the forward returns and the extract stage writes.
 EXTRAS = ('x_norm_patchtokens', 'k_rope', 'low_level')
@@ -44,7 +45,15 @@ def require_dino_vit(name: str, mode: str, allow_vits: bool = False) -> None:
 
 @dataclasses.dataclass
 class RegistryExtractor:
-  """``FeatureExtractor``'s interface for DINOv2 / DINOv3 / ResNet-50 (no CLS crops)."""
+  """``FeatureExtractor``'s interface for DINOv2 / DINOv3 / ResNet-50, data-parallel over the
+  local devices.
+
+  The ViTs run any mix of sizes as one batch of patch sequences, as the DINO ViT does: each
+  image's h·w patches first, zero patches after, its own position rows (DINOv2's resampled
+  table, DINOv3's RoPE coordinates) and a token mask that keeps padded tokens out of
+  attention, so real tokens equal the single-image forward. The ResNet's convolutions see
+  padding, so it runs same-size crops together.
+  """
 
   name: str
   arch: Any
@@ -54,77 +63,90 @@ class RegistryExtractor:
   compiled_shapes: set = dataclasses.field(default_factory=set)
 
   def __post_init__(self):
-    self.params = jax.device_put(self.params)
-    self._forward = _forward(self.arch, self.precision, self.feature_block)
+    self.mesh = parallel.local_mesh()
+    self.params = jax.device_put(self.params, parallel.replicated(self.mesh))
+    self._model = backbones.build_model(self.arch, self.precision)
+    self._is_resnet = isinstance(self.arch, resnet.ResNetArch)
+    self._positions: dict = {}  # patch grid → DINOv2's resampled position table
+    self._forward = jax.jit(self._features, static_argnames=('with_cls',))
+
+  def _features(self, variables, images, inputs, with_cls=False):
+    x = vit.normalize(images) if images.dtype == jnp.uint8 else images
+    if self._is_resnet:
+      out = self._model.apply(variables, x)
+      return {'k': out['features'].reshape(len(x), -1, out['features'].shape[-1]),
+              'low_level': out['low_level'].reshape(len(x), -1, out['low_level'].shape[-1])}  # fmt: skip
+    out = self._model.apply(variables, x, feature_block=self.feature_block, **inputs)
+    result = {key: value for key, value in out.items() if key == 'k' or key in EXTRAS}
+    if with_cls:
+      result['cls'] = out['x_norm_clstoken']
+    return result
+
+  def _position_inputs(self, grids, length) -> dict[str, np.ndarray]:
+    """The family's per-sequence position inputs and token mask (see the models)."""
+    if isinstance(self.arch, dinov3.DinoV3Arch):
+      coords, mask = dinov3.sequence_coords(grids, length)
+      return {'rope_coords': coords, 'token_mask': mask}
+    d, r = self.arch.embed_dim, self.arch.num_registers
+    tables = np.zeros((len(grids), 1 + length, d), np.float32)
+    mask = np.zeros((len(grids), 1 + r + length), bool)
+    for i, grid in enumerate(grids):
+      if grid not in self._positions:
+        pos_embed = np.asarray(self.params['params']['pos_embed'])
+        self._positions[grid] = np.asarray(dinov2.resample_pos_embed(self.arch, pos_embed, grid))[0]
+      tables[i, : 1 + grid[0] * grid[1]] = self._positions[grid]
+      mask[i, : 1 + r + grid[0] * grid[1]] = True
+    return {'pos_tables': tables, 'token_mask': mask}
+
+  def _run(self, images: np.ndarray, inputs: dict, with_cls: bool) -> dict[str, jax.Array]:
+    key = (images.shape, with_cls)
+    if key not in self.compiled_shapes:
+      self.compiled_shapes.add(key)
+      logging.info('compiling the %s forward for %s (%d shapes so far)', self.name,
+                   images.shape[:2 if images.ndim == 5 else 3], len(self.compiled_shapes))  # fmt: skip
+    shard = functools.partial(parallel.shard_batch, mesh=self.mesh)
+    inputs = {name: shard(value) for name, value in inputs.items()}
+    return self._forward(self.params, shard(images), inputs, with_cls=with_cls)
 
   def __call__(
       self, crops: Sequence[np.ndarray], length: Optional[int] = None, with_cls: bool = False
   ) -> dict[str, jax.Array]:
-    """'k' [B, length, D] with each crop's h·w rows first (row-major), and the extras
-    present ('x_norm_patchtokens', 'k_rope' [B, length, D]; 'low_level' [B, 4·length,
-    256]), zero-padded. Crops: uint8 or float32 already normalised."""
-    if with_cls:
-      raise NotImplementedError(f'{self.name}: CLS features of crops are DINO ViT only')
+    """'k' [B', length, D] with each crop's h·w rows first (row-major), and the extras
+    present ('x_norm_patchtokens', 'k_rope' [B', length, D]; the ResNet's 'low_level'
+    [B', 4·length, 256]), zero-padded; 'cls' [B', D] (``x_norm_clstoken``) if ``with_cls``.
+    B' is len(crops) padded to a multiple of the device count. Crops: uint8, or float32
+    already normalised."""
     p = self.arch.patch_size
-    length = length or max((c.shape[0] // p) * (c.shape[1] // p) for c in crops)
-    rows: dict[str, list] = {}
-    for crop in crops:
-      if crop.dtype == np.uint8:
-        x = vit.normalize(crop)
-      elif crop.dtype == np.float32:
-        x = jnp.asarray(crop)
-      else:
-        raise ValueError('use uint8 or normalised float32 crops')
-      if crop.shape not in self.compiled_shapes:
-        self.compiled_shapes.add(crop.shape)
-        logging.info('compiling the %s forward for a %s crop', self.name, crop.shape[:2])
-      out = self._forward(self.params, x[None])
-      if isinstance(self.arch, resnet.ResNetArch):
-        out = {'k': out['features'], 'low_level': out['low_level']}
-      for key, value in out.items():
-        if key == 'k' or key in EXTRAS:
-          rows.setdefault(key, []).append(np.asarray(value[0]).reshape(-1, value.shape[-1]))
-    result = {}
-    for key, values in rows.items():
-      # low_level has 4 rows per feature cell: pad by the same ratio.
-      ratio = len(values[0]) // _cells(crops[0], p)
-      padded = np.zeros((len(values), ratio * length, values[0].shape[-1]), np.float32)
-      for i, v in enumerate(values):
-        padded[i, : len(v)] = v
-      result[key] = jnp.asarray(padded)
-    return result
+    dtype = crops[0].dtype
+    if any(c.dtype != dtype for c in crops) or dtype not in (np.uint8, np.float32):
+      raise ValueError('a batch mixes input dtypes: use uint8 or normalised float32 crops')
+    grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
+    length = length or max(h * w for h, w in grids)
+    if any(h * w > length for h, w in grids):
+      raise ValueError(f'a crop has more than {length} patches')
+    if self._is_resnet:
+      return self._resnet_batch(crops, grids, length, with_cls)
+    patches = np.zeros((len(crops), length, p, p, 3), dtype)
+    for i, crop in enumerate(crops):
+      patches[i, : grids[i][0] * grids[i][1]] = vit.patchify(crop[None], p)[0]
+    return self._run(patches, self._position_inputs(grids, length), with_cls)
 
-  def cls_batch(self, crops: Sequence[np.ndarray], bucket_tokens: int = 64) -> np.ndarray:
-    """Final-normed CLS tokens [n, D] (``x_norm_clstoken``) of uint8 crops, one forward each
-    (semantic mode's box features). The ResNet has no CLS token."""
-    del bucket_tokens  # one compiled shape per crop size here
-    if isinstance(self.arch, resnet.ResNetArch):
-      raise NotImplementedError(f'{self.name}: a ResNet has no CLS token for box features')
-    rows = []
-    for crop in crops:
-      if crop.shape not in self.compiled_shapes:
-        self.compiled_shapes.add(crop.shape)
-      out = _cls_forward(self.arch, self.precision)(self.params, vit.normalize(crop)[None])
-      rows.append(np.asarray(out[0], np.float32))
-    return np.stack(rows) if rows else np.zeros((0, self.arch.embed_dim), np.float32)
-
-
-def _cells(crop: np.ndarray, p: int) -> int:
-  return (crop.shape[0] // p) * (crop.shape[1] // p)
-
-
-@functools.lru_cache(maxsize=16)
-def _forward(arch: Any, precision: str, feature_block: int):
-  model = backbones.build_model(arch, precision)
-  if isinstance(arch, resnet.ResNetArch):
-    return jax.jit(model.apply)
-  return jax.jit(lambda v, x: model.apply(v, x, feature_block=feature_block))
-
-
-@functools.lru_cache(maxsize=16)
-def _cls_forward(arch: Any, precision: str):
-  model = backbones.build_model(arch, precision)
-  return jax.jit(lambda v, x: model.apply(v, x)['x_norm_clstoken'])
+  def _resnet_batch(self, crops, grids, length, with_cls) -> dict[str, jax.Array]:
+    if with_cls:
+      raise NotImplementedError(f'{self.name}: a ResNet has no CLS token')
+    ratios = {'k': 1, 'low_level': 4}  # layer1 has 2 × 2 rows per layer4 cell
+    out: dict[str, np.ndarray] = {}
+    by_shape: dict = {}
+    for i, crop in enumerate(crops):
+      by_shape.setdefault(crop.shape, []).append(i)
+    for members in by_shape.values():
+      result = self._run(np.stack([crops[i] for i in members]), {}, False)
+      for key, value in result.items():
+        value = np.asarray(value)[: len(members)]
+        if key not in out:
+          out[key] = np.zeros((len(crops), ratios[key] * length, value.shape[-1]), np.float32)
+        out[key][members, : value.shape[1]] = value
+    return {key: jnp.asarray(value) for key, value in out.items()}
 
 
 def load(

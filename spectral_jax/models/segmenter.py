@@ -12,13 +12,13 @@ PyTorch's ``model.train()`` does; the optimiser leaves the frozen stages' parame
 ASPP output (stride 8) is bilinearly resized to the low-level size (stride 4) before the
 decoder. Any input size works (as in PyTorch); the ViT needs multiples of its patch size.
 
-ViT backbone: the DINO ViT (parameters named exactly as ``vit.VisionTransformer``,
-so pretrained DINO params drop into ``params['backbone']``). Features are the
-outputs of two blocks, each passed through the final LayerNorm with CLS
-dropped, as DINO's ``get_intermediate_layers`` returns them: ``low_level`` =
-block 8 of 12 (1-based; ``round(2·depth/3)`` in general) and ``out`` = the last
-block. Both have stride P (16), so the ASPP rates are the output-stride-16
-ones (6, 12, 18), i.e. the official (12, 24, 36) halved.
+ViT backbone: a DINO, DINOv2 or DINOv3 ViT (parameters named exactly as the registry's
+model, so pretrained params drop into ``params['backbone']``). Features are the outputs of
+two blocks, each passed through the final LayerNorm with the prefix tokens (CLS, registers,
+storage tokens) dropped, as ``get_intermediate_layers(norm=True)`` returns them:
+``low_level`` = block 8 of 12 (1-based; ``round(2·depth/3)`` in general) and ``out`` = the
+last block. Both have stride P (14 or 16), so the ASPP rates are the output-stride-16 ones
+(6, 12, 18), i.e. the official (12, 24, 36) halved.
 
 Head (torchvision/VainF DeepLabV3+): low-level 1×1 conv → 48 + BN + ReLU;
 ASPP (1×1, three dilated 3×3, image pooling; 256 each; concat → 1×1 → 256 + BN
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.models import resnet, vit
+from spectral_jax.models import backbones, resnet, vit
 
 KAIMING = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 # The backbone's children in torchvision order (what IntermediateLayerGetter keeps): the
@@ -51,33 +51,17 @@ def default_low_level_block(depth: int) -> int:
   return max(int(round(2 * depth / 3)) - 1, 0)
 
 
-class ViTBackbone(nn.Module):
-  """DINO ViT returning the final-normed patch tokens [B, h, w, D] of the given blocks."""
-
-  arch: vit.ViTArch
-  blocks: tuple[int, ...]
-  precision: Any = 'highest'
-
-  @nn.compact
-  def __call__(self, images: jax.Array) -> list[jax.Array]:
-    a = self.arch
-    b, height, width, _ = images.shape
-    p = a.patch_size
-    grid = (height // p, width // p)
-    patches = vit.patchify(images, p)  # raises for sizes that are not multiples of p
-    # Parameter names and order match vit.VisionTransformer (DINO checkpoints load as-is).
-    x = vit.PatchEmbed(p, a.embed_dim, self.precision, name='patch_embed')(patches)
-    cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, a.embed_dim))
-    pos_embed = self.param('pos_embed', nn.initializers.zeros, (1, 1 + a.num_pos, a.embed_dim))
-    x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, a.embed_dim)), x], axis=1)
-    x = x + vit.interpolate_pos_embed(pos_embed, grid, a.pretrained_grid, self.precision)
-    norm = vit.TorchLayerNorm(name='norm')
-    outs = {}
-    for i in range(a.depth):  # all blocks exist so the parameter tree is the full DINO tree
-      x, _, _ = vit.Block(a.num_heads, self.precision, name=f'blocks_{i}')(x)
-      if i in self.blocks:
-        outs[i] = norm(x)[:, 1:].reshape(b, grid[0], grid[1], a.embed_dim)
-    return [outs[i] for i in self.blocks]
+def vit_features(arch: Any, precision: Any, images: jax.Array, blocks: tuple[int, ...]):
+  """Final-normed patch tokens [B, h, w, D] of ``blocks`` (prefix tokens dropped), from the
+  backbone module named 'backbone' (parameters named exactly as the registry's DINO, DINOv2
+  or DINOv3 model, so their pretrained params drop into ``params['backbone']``). Call inside a
+  compact module."""
+  b, height, width, _ = images.shape
+  p = arch.patch_size
+  grid = (height // p, width // p)
+  model = backbones.build_model(arch, precision, name='backbone')  # raises for other sizes
+  normed = model(images, norm_blocks=blocks)['normed']
+  return [x.reshape(b, grid[0], grid[1], x.shape[-1]) for x in normed]
 
 
 class ConvBNReLU(nn.Module):
@@ -128,10 +112,11 @@ def default_aspp_rates(arch: Any) -> tuple[int, ...]:
 class DeepLabV3Plus(nn.Module):
   """images [B, H, W, 3] (ImageNet-normalised) → logits [B, H, W, C].
 
-  ``arch``: a ``vit.ViTArch`` (H, W multiples of P) or a ``resnet.ResNetArch`` (any H, W).
+  ``arch``: a ViT architecture of the registry (``vit.ViTArch``, ``dinov2.DinoV2Arch``,
+  ``dinov3.DinoV3Arch``; H, W multiples of P) or a ``resnet.ResNetArch`` (any H, W).
   """
 
-  arch: Any  # vit.ViTArch | resnet.ResNetArch
+  arch: Any  # a registry ViT architecture | resnet.ResNetArch
   num_classes: int = 21
   aspp_rates: tuple[int, ...] = (6, 12, 18)
   channels: int = 256
@@ -153,8 +138,7 @@ class DeepLabV3Plus(nn.Module):
           if self.low_level_block is None
           else self.low_level_block % depth
       )
-      backbone = ViTBackbone(self.arch, (low_block, depth - 1), self.precision, name='backbone')
-      low, out = backbone(images)
+      low, out = vit_features(self.arch, self.precision, images, (low_block, depth - 1))
     x = ASPP(self.aspp_rates, self.channels, self.dropout, name='aspp')(out, train)
     low = ConvBNReLU(self.low_level_channels, 1, name='project')(low, train)
     if x.shape[1:3] != low.shape[1:3]:  # ResNet: stride 8 → 4 (ViT: one stride, no-op)

@@ -145,6 +145,15 @@ def chunked_attention(q, k, v, key_mask, precision, chunk: int):
   return out.transpose(1, 0, 2, 3, 4).reshape(b, n_chunks * chunk, h, c)[:, :t]
 
 
+def attention(q, k, v, key_mask, precision):
+  """Multi-head attention output [B, T, H, C] of q, k, v [B, T, H, C], in query chunks when
+  the logits exceed ``ATTENTION_CHUNK_BYTES`` (probabilities not returned)."""
+  chunk = query_chunk(q.shape[0], q.shape[2], q.shape[1])
+  if chunk >= q.shape[1]:
+    return _attend(q, k, v, key_mask, precision)[0]
+  return chunked_attention(q, k, v, key_mask, precision, chunk)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention; returns (output, qkv, attention probabilities or None).
 
@@ -234,7 +243,9 @@ class VisionTransformer(nn.Module):
     tokens:   [B, L, D] the block's output tokens, CLS dropped;
     attn:     [B, heads, 1 + L, 1 + L] the block's attention probabilities;
     cls:      [B, D] final-normed CLS token of the whole network (only if with_cls;
-              blocks after ``feature_block`` run only then).
+              blocks after ``feature_block`` run only then);
+    normed:   the patch tokens [B, L, D] of each block in ``norm_blocks`` (0-based) through
+              the final LayerNorm, as DINO's ``get_intermediate_layers`` (segmenter input).
 
   Images of any sizes share one compiled shape as patch sequences: each image's h·w patches
   first, zero patches after, ``pos_tables`` [B, 1 + L, D] (each image's own interpolated
@@ -254,6 +265,7 @@ class VisionTransformer(nn.Module):
       with_cls: bool = False,
       pos_tables=None,
       token_mask=None,
+      norm_blocks: tuple[int, ...] = (),
   ):
     a = self.arch
     p = a.patch_size
@@ -277,9 +289,13 @@ class VisionTransformer(nn.Module):
       x = x + pos_tables
 
     out = {}
-    last = a.depth - 1 if with_cls else block_index
+    last = a.depth - 1 if with_cls or norm_blocks else block_index
+    norm = TorchLayerNorm(name='norm') if with_cls or norm_blocks else None
+    normed = {}
     for i in range(last + 1):
       x, qkv, attn = Block(a.num_heads, self.precision, name=f'blocks_{i}')(x, token_mask)
+      if i in norm_blocks:
+        normed[i] = norm(x)[:, 1:]
       if i == block_index:
         d = a.embed_dim
         out.update(
@@ -290,7 +306,9 @@ class VisionTransformer(nn.Module):
             attn=attn,
         )
     if with_cls:
-      out['cls'] = TorchLayerNorm(name='norm')(x)[:, 0]
+      out['cls'] = norm(x)[:, 0]
+    if norm_blocks:
+      out['normed'] = [normed[i] for i in norm_blocks]
     return out
 
 

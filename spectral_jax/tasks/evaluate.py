@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from spectral_jax import io, parallel, train
-from spectral_jax.models import resnet, vit
+from spectral_jax.models import backbones, resnet
 from spectral_jax.tasks import common
 from spectral_jax.tasks import train as train_task
 
 
-def model_arch(model) -> vit.ViTArch:
+def model_arch(model) -> Any:
   """ViT architecture of ``config.model`` (no weight loading for official names)."""
-  if model.name in vit.ARCHS and not model.checkpoint:
-    return vit.ARCHS[model.name]
+  if model.name in backbones.BACKBONES and not model.checkpoint:
+    return backbones.BACKBONES[model.name].arch
   return common.load_extractor(model).arch  # depth and grid come from the file
 
 

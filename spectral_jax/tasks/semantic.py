@@ -23,6 +23,7 @@ files; after a barrier, process 0 clusters the whole dataset and writes the maps
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -225,7 +226,8 @@ def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, 
     image = datasets.load_image(examples[s], min_side=p, max_pixels=config.data.max_pixels)
     # The frame the eigenvectors were computed in (downscaled above data.max_tokens).
     image = pipeline.fit_tokens(image, p, config.data.max_tokens, True, str(examples[s].path))
-    out = image_box_features(image, segmap, p, extractor.cls_batch, sem.num_erode, sem.num_dilate)
+    cls = functools.partial(pipeline.cls_batch, extractor)
+    out = image_box_features(image, segmap, p, cls, sem.num_erode, sem.num_dilate)
     io.save_npz(workdir / 'boxes' / f'{s}.npz', **out)
     progress.update()
   common.log_summary(progress.summary(), f'{len(extractor.compiled_shapes)} compiled crop shapes')

@@ -1,6 +1,7 @@
 """``--mode=train``: self-training of DeepLabV3+ on the semantic pseudo-labels.
 
-Backbone (``segmenter.backbone``): 'vit' = the DINO ViT of ``model.name`` (default), or
+Backbone (``segmenter.backbone``): 'vit' = the ViT of ``model.name`` (default: any DINO,
+DINOv2 or DINOv3 ViT of the registry, its patch tokens through the final norm), or
 'dino_resnet50' = the official network, DeepLabV3+ on DINO's dilated ResNet-50 (output
 stride 8, ASPP rates 12/24/36, conv1/bn1/layer1–3 frozen), pretrained weights from
 ``segmenter.backbone_checkpoint`` ('' = the official ``dino_resnet50_pretrain.pth``, downloaded
@@ -24,7 +25,7 @@ import numpy as np
 
 from spectral_jax import io, parallel, train
 from spectral_jax.data import datasets
-from spectral_jax.models import registry_extractor, segmenter
+from spectral_jax.models import backbones, registry_extractor, segmenter
 from spectral_jax.tasks import common, semantic
 
 # Keys of config.train that are not TrainConfig hyper-parameters.
@@ -145,12 +146,20 @@ def check_segmenter_backbone(config, mode: str = 'train') -> None:
     )
   if kind == 'vit':
     try:
-      registry_extractor.require_dino_vit(config.model.name, mode)
+      registry_extractor.require_dino_vit(config.model.name, mode, allow_vits=True)
     except ValueError as e:
       raise ValueError(
           f'{e}; for the official ResNet-50 segmenter use --config.segmenter.backbone='
           'dino_resnet50 (or --config=configs/voc_semantic.py:resnet50)'
       ) from None
+    entry = backbones.BACKBONES.get(config.model.name)
+    crop = config.train.get('crop_size', 224) if mode == 'train' else 0
+    patch = entry.patch_size if entry else 1
+    if isinstance(crop, int) and crop % patch:
+      raise ValueError(
+          f'--config.train.crop_size={crop}: the ViT segmenter on {config.model.name} needs a '
+          f'multiple of its patch size {patch} (e.g. {crop // patch * patch or patch})'
+      )
   rates = tuple(config.segmenter.get('aspp_rates', ()))
   if not all(isinstance(r, int) and r >= 1 for r in rates):
     raise ValueError(f'--config.segmenter.aspp_rates={rates!r}: positive integers, or () = auto')
@@ -160,7 +169,7 @@ def load_backbone(config) -> tuple[Any, Any]:
   """(arch, pretrained backbone) of the segmenter: the ViT's params tree, or the ResNet's
   variables {'params', 'batch_stats'}."""
   if segmenter_backbone(config) == 'vit':
-    extractor = common.load_extractor(config.model)  # pretrained DINO params, arch checked
+    extractor = common.load_extractor(config.model)  # pretrained ViT params, arch checked
     return extractor.arch, extractor.params
   extractor = registry_extractor.load(
       'dino_resnet50', config.segmenter.get('backbone_checkpoint', ''), config.model.cache_dir

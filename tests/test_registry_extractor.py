@@ -1,0 +1,135 @@
+"""models/registry_extractor.py: DINOv2 / DINOv3 / ResNet-50 batches of mixed sizes equal the
+official single-image outputs, and ``model.precision='bfloat16'`` on the DINOv2/v3 ViTs."""
+
+import re
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spectral_jax import pipeline
+from spectral_jax.models import backbones, registry_extractor, vit
+from tests import backbones_data as bd
+
+VITS = ('dinov2_vits14_reg', 'dinov3_vits16')
+# bf16 operands keep 8 mantissa bits; the keys of these depth-2 checkpoints move by well under
+# 1 % of max|k| (as the DINO ViT's, tests/test_precision.py).
+KEY_RTOL = 0.02
+
+
+def _extractor(name, precision='highest'):
+  return registry_extractor.load(name, str(bd.DATA / name / 'checkpoint.pth'), precision=precision)
+
+
+def _crops(name):
+  """Three crops of the reference photo with different grids, the reference one first."""
+  image = bd.image(name)
+  p = backbones.BACKBONES[name].patch_size
+  h, w = bd.MANIFEST[name]['grid']
+  full = image[: h * p, : w * p]
+  return [full, image[p : 9 * p, 2 * p : 15 * p], image[: 5 * p, : 3 * p]]
+
+
+def _dots(jaxpr):
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _dots(sub)
+
+
+@pytest.mark.parametrize('name', VITS)
+def test_mixed_size_batch_equals_the_official_and_single_image_outputs(name):
+  extractor = _extractor(name)
+  crops = _crops(name)
+  p = extractor.arch.patch_size
+  tokens = [(c.shape[0] // p) * (c.shape[1] // p) for c in crops]
+  out = extractor(crops, tokens[0] + 7, with_cls=True)  # padded beyond the largest
+  assert out['k'].shape[:2] == (len(crops), tokens[0] + 7)
+  # The full crop in a mixed batch is the official output.
+  written = {key: np.asarray(value[0, : tokens[0]]) for key, value in out.items() if key != 'cls'}
+  written['grid'] = tuple(bd.MANIFEST[name]['grid'])
+  errs = bd.rel_errors(written, name)
+  assert set(errs) == set(bd.reference(name)) and max(errs.values()) <= 1e-4, errs
+  # Every crop equals its own single-image forward (an independent code path: full images).
+  for i, crop in enumerate(crops):
+    single = backbones.features(extractor.arch, extractor.params, crop)
+    for key in ('k', 'x_norm_patchtokens', *(('k_rope',) if 'dinov3' in name else ())):
+      got = np.asarray(out[key][i, : tokens[i]])
+      scale = np.abs(single[key]).max()
+      np.testing.assert_allclose(got, single[key], rtol=0, atol=1e-5 * scale, err_msg=key)
+    cls = single['x_norm_clstoken']
+    np.testing.assert_allclose(np.asarray(out['cls'][i]), cls, atol=1e-5 * np.abs(cls).max())
+  # The bucketed CLS helper of the semantic mode runs on these backbones too.
+  cls_rows = pipeline.cls_batch(extractor, crops[1:])
+  np.testing.assert_allclose(cls_rows, np.asarray(out['cls'][1:]), atol=1e-5 * np.abs(cls_rows).max())
+  assert len(extractor.compiled_shapes) == 3  # one batch + the CLS helper's two buckets
+
+
+def test_resnet_batches_same_size_crops_and_equals_single_images():
+  name = 'dino_resnet50'
+  extractor = _extractor(name)
+  image = bd.image(name)
+  crops = [image[:64, :96], image[8:72, 16:112], image[:40, :56]]  # two of one shape
+  out = extractor(crops)
+  assert out['k'].shape == (3, 8 * 12, 2048) and out['low_level'].shape == (3, 4 * 96, 256)
+  assert len(extractor.compiled_shapes) == 2
+  for i, crop in enumerate(crops):
+    single = backbones.features(extractor.arch, extractor.params, crop)
+    n = len(single['features'])
+    scale = np.abs(single['features']).max()
+    np.testing.assert_allclose(np.asarray(out['k'][i, :n]), single['features'], atol=1e-5 * scale)
+    low = single['low_level']
+    np.testing.assert_allclose(
+        np.asarray(out['low_level'][i, : len(low)]), low, atol=1e-5 * np.abs(low).max()
+    )
+    assert not np.asarray(out['k'][i, n:]).any()
+
+
+@pytest.mark.parametrize('name', VITS)
+def test_bfloat16_runs_bf16_matmuls_close_to_the_official_keys(name):
+  extractor = _extractor(name, vit.BFLOAT16)
+  crops = _crops(name)[:2]
+  out = extractor(crops)
+  n = int(np.prod(bd.MANIFEST[name]['grid']))
+  written = {key: np.asarray(value[0, :n]) for key, value in out.items()}
+  written['grid'] = tuple(bd.MANIFEST[name]['grid'])
+  errs = bd.rel_errors(written, name)
+  assert 0 < errs['k'] <= KEY_RTOL, errs  # a different (bf16) computation, close to official
+  assert max(errs.values()) <= 4 * KEY_RTOL, errs
+  assert out['k'].dtype == jnp.float32
+  # Every matmul of the forward multiplies bf16 operands into float32.
+  p = extractor.arch.patch_size
+  grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
+  patches = np.zeros((2, n, p, p, 3), np.uint8)
+  inputs = extractor._position_inputs(grids, n)
+  closed = jax.make_jaxpr(extractor._features)(extractor.params, patches, inputs)
+  dots = list(_dots(closed.jaxpr))
+  assert len(dots) >= 1 + 6 * extractor.arch.depth
+  for eqn in dots:
+    assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
+    assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
+  hlo = jax.jit(extractor._features).lower(extractor.params, patches, inputs).as_text()
+  lowered = [line for line in hlo.splitlines() if 'stablehlo.dot_general' in line]
+  assert lowered and all(
+      re.search(r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\) -> tensor<[^>]*xf32>', line)
+      for line in lowered
+  ), lowered
+
+
+def test_bfloat16_is_refused_for_the_resnet():
+  with pytest.raises(ValueError, match="bfloat16.*dino_resnet50.*float32"):
+    pipeline.load_extractor('dino_resnet50', precision=vit.BFLOAT16)
+
+
+def test_dinov3_attention_runs_in_query_chunks_above_the_budget(monkeypatch):
+  name = 'dinov3_vits16'
+  crops = _crops(name)[1:]
+  full = _extractor(name)(crops)
+  monkeypatch.setattr(vit, 'ATTENTION_CHUNK_BYTES', 1 << 14)  # forces chunks of 64 queries
+  chunked = _extractor(name)(crops)
+  for key in ('k', 'k_rope', 'x_norm_patchtokens'):
+    scale = np.abs(np.asarray(full[key])).max()
+    np.testing.assert_allclose(np.asarray(chunked[key]), np.asarray(full[key]), atol=1e-5 * scale)
