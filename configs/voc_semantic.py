@@ -20,8 +20,18 @@ Users of the official code report ~20–24 without self-training (issues #6, #10
 SegmentationClass/ and ImageSets/Segmentation/val.txt are found next to JPEGImages/;
 override with --config.semantic.gt_dir / --config.semantic.val_list.
 
-Self-training network. Default (``segmenter.backbone='vit'``): DeepLabV3+ on the DINO ViT of
-model.name (low-level = block 8, out = block 12, stride 16, ASPP 6/12/18). The official
+Self-training network. Default (``segmenter.backbone='vit'``): DeepLabV3+ on the ViT of
+model.name (low-level = block 8, out = block 12 through the final norm, stride = the patch
+size, ASPP 6/12/18). Backbones: every ViT of the registry (dino_vits16/8, dino_vitb16/8,
+dinov2_vit{s,b,l,g}14[_reg] with train.crop_size a multiple of 14, dinov3_vits16[plus],
+dinov3_vitb16, dinov3_vitl16 with --config.model.checkpoint=FILE), e.g.
+  python main.py --config=configs/voc_semantic.py --mode=semantic \
+      --config.model.name=dinov2_vits14_reg --config.data.root=VOCdevkit/VOC2012/JPEGImages \
+      --workdir=OUT
+  python main.py --config=configs/voc_semantic.py --mode=train \
+      --config.model.name=dinov2_vits14_reg --config.data.root=VOCdevkit/VOC2012/JPEGImages \
+      --workdir=OUT
+No mIoU is stated for them (unmeasured: no pretrained weights or VOC here). The official
 default network (train.yaml ``model.name: resnet50``) is DeepLabV3+ on DINO's dilated
 ResNet-50 (low-level = layer1, 256 ch, stride 4; out = layer4, 2048 ch, stride 8; ASPP
 12/24/36; conv1, bn1, layer1–3 frozen, layer4 + head trained; BatchNorm statistics updated in
@@ -32,7 +42,7 @@ training): select it with the config argument ``:resnet50`` (or
   python main.py --config=configs/voc_semantic.py:resnet50 --mode=evaluate \
       --config.data.root=VOCdevkit/VOC2012/JPEGImages --config.checkpoint=OUT/checkpoints \
       --workdir=OUT/eval
-Steps 1 (--mode=semantic) stays on the DINO ViT of model.name. The ResNet weights are the
+Step 1 (--mode=semantic) runs on the ViT of model.name. The ResNet weights are the
 official dino_resnet50_pretrain.pth (downloaded into model.cache_dir), or a local file / URL
 given with --config.segmenter.backbone_checkpoint=FILE. The paper's self-trained 37.2 (above)
 is taken to be this network (the official default; not confirmed from the paper's text).

@@ -43,9 +43,8 @@ def test_backbone_features_are_final_normed_block_outputs(model_and_vars):
   _, inter = jax.jit(
       lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
   )(variables, images)
-  low, out = (
-      x.reshape(2, 4, 5, ARCH.embed_dim) for x in inter['intermediates']['backbone']['__call__'][0]['normed']
-  )
+  normed = inter['intermediates']['backbone']['__call__'][0]['normed']
+  low, out = (x.reshape(2, 4, 5, ARCH.embed_dim) for x in normed)
   ref_vit = vit.VisionTransformer(ARCH)
   norm = vit.TorchLayerNorm()
   for block, got in ((1, low), (2, out)):

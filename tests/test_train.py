@@ -393,7 +393,9 @@ def test_train_and_evaluate_tasks(voc_like, tmp_path):
   assert scored['miou'] == pytest.approx(summary['best_val_miou'])
 
 
-@pytest.mark.parametrize('name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    'name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)]
+)
 def test_train_and_evaluate_on_dinov2_and_dinov3(name, tmp_path):
   """The ViT segmenter on a DINOv2 / DINOv3 backbone (their reference checkpoints, depth 2):
   --mode=train starts from the pretrained weights and --mode=evaluate scores the checkpoint.
@@ -419,7 +421,8 @@ def test_train_and_evaluate_on_dinov2_and_dinov3(name, tmp_path):
   for path in sorted((root / 'SegmentationClass').glob('*.png')):
     Image.open(path).save(work / 'semantic' / path.name)
   config.train.crop_size = 2 * patch + 1
-  with pytest.raises(ValueError, match=f'crop_size={2 * patch + 1}.*multiple of its patch size {patch}'):
+  bad = f'crop_size={2 * patch + 1}.*multiple of its patch size {patch}'
+  with pytest.raises(ValueError, match=bad):
     train_task.run(config, work)
   config.train.crop_size = 2 * patch
   train_task.run(config, work)
@@ -430,7 +433,8 @@ def test_train_and_evaluate_on_dinov2_and_dinov3(name, tmp_path):
   saved = mngr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   mngr.close()
   # Started from the pretrained tree (same shapes), and the backbone trained (one step moved it).
-  assert segmenter.shape_tree(saved['params']['backbone']) == segmenter.shape_tree(pretrained['params'])
+  shapes = segmenter.shape_tree
+  assert shapes(saved['params']['backbone']) == shapes(pretrained['params'])
   embed = saved['params']['backbone']['patch_embed']['kernel']
   delta = np.abs(np.asarray(embed) - pretrained['params']['patch_embed']['kernel']).max()
   assert 0 < delta <= 10 * config.train.learning_rate  # an Adam step moves ≈ lr per weight

@@ -21,7 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax.models import posembed
-from spectral_jax.models.vit import Attention, PatchEmbed, TorchLayerNorm, dense, patchify, table_precision
+from spectral_jax.models.vit import (
+    Attention,
+    PatchEmbed,
+    TorchLayerNorm,
+    dense,
+    patchify,
+    table_precision,
+)
 
 NORM_EPS = 1e-6
 

@@ -74,8 +74,8 @@ class RegistryExtractor:
     x = vit.normalize(images) if images.dtype == jnp.uint8 else images
     if self._is_resnet:
       out = self._model.apply(variables, x)
-      return {'k': out['features'].reshape(len(x), -1, out['features'].shape[-1]),
-              'low_level': out['low_level'].reshape(len(x), -1, out['low_level'].shape[-1])}  # fmt: skip
+      rows = lambda m: m.reshape(len(x), -1, m.shape[-1])
+      return {'k': rows(out['features']), 'low_level': rows(out['low_level'])}
     out = self._model.apply(variables, x, feature_block=self.feature_block, **inputs)
     result = {key: value for key, value in out.items() if key == 'k' or key in EXTRAS}
     if with_cls:
@@ -102,8 +102,11 @@ class RegistryExtractor:
     key = (images.shape, with_cls)
     if key not in self.compiled_shapes:
       self.compiled_shapes.add(key)
-      logging.info('compiling the %s forward for %s (%d shapes so far)', self.name,
-                   images.shape[:2 if images.ndim == 5 else 3], len(self.compiled_shapes))  # fmt: skip
+      shape = images.shape[:2] if images.ndim == 5 else images.shape[:3]
+      logging.info(
+          'compiling the %s forward for %s (%d shapes so far)',
+          self.name, shape, len(self.compiled_shapes),
+      )  # fmt: skip
     shard = functools.partial(parallel.shard_batch, mesh=self.mesh)
     inputs = {name: shard(value) for name, value in inputs.items()}
     return self._forward(self.params, shard(images), inputs, with_cls=with_cls)
