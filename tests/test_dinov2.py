@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax.models import dinov2, posembed, vit
+from spectral_jax.models import dinov2, posembed, registry_extractor, vit
+from spectral_jax.models.checkpoints import read_state_dict
 
 from tests import backbones_data as bd
+from tests.test_checkpoints import contiguous, write_torch_zip
 
 
 @pytest.mark.parametrize('model', ['dinov2_vits14', 'dinov2_vits14_reg'])
@@ -80,3 +82,84 @@ def test_padded_patch_sequences_equal_single_images(registers):
     n = grids[i][0] * grids[i][1]
     for key in ('k', 'x_norm_patchtokens'):
       np.testing.assert_allclose(batched[key][i, :n], single[key][0], atol=1e-5)
+
+
+def _numpy_dinov2(sd: dict, image: np.ndarray, heads: int, registers: int) -> dict:
+  """Float64 numpy DINOv2 register model (antialiased size-based position resampling) on one
+  uint8 image: an oracle independent of the Flax port, for widths without official data."""
+  from scipy.special import erf  # pylint: disable=import-outside-toplevel
+
+  sd = {k: np.asarray(v, np.float64) for k, v in sd.items()}
+  p = 14
+  h, w = image.shape[0] // p, image.shape[1] // p
+  x = image[: h * p, : w * p].astype(np.float64) / 255.0
+  x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  patches = x.reshape(h, p, w, p, 3).transpose(0, 2, 4, 1, 3).reshape(h * w, -1)  # (c, i, j)
+  weight = sd['patch_embed.proj.weight']
+  tokens = patches @ weight.reshape(len(weight), -1).T + sd['patch_embed.proj.bias']
+  d = tokens.shape[1]
+  g = int(round((sd['pos_embed'].shape[1] - 1) ** 0.5))
+  table = sd['pos_embed'][0, 1:].reshape(g, g, d)
+  table = jax.image.resize(table.astype(np.float32), (h, w, d), 'bicubic', antialias=True)
+  table = np.asarray(table, np.float64)
+  x = np.concatenate([
+      sd['cls_token'][0] + sd['pos_embed'][0, :1],
+      sd['register_tokens'][0],
+      tokens + table.reshape(h * w, d),
+  ])  # fmt: skip
+
+  def norm(x, prefix):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-6) * sd[prefix + '.weight'] + sd[prefix + '.bias']
+
+  def linear(x, prefix):
+    return x @ sd[prefix + '.weight'].T + sd[prefix + '.bias']
+
+  depth = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
+  for i in range(depth):
+    b = f'blocks.{i}'
+    qkv = linear(norm(x, b + '.norm1'), b + '.attn.qkv')
+    q, k, v = (
+        qkv[:, j * d : (j + 1) * d].reshape(len(x), heads, -1).transpose(1, 0, 2) for j in range(3)
+    )
+    logits = q @ k.transpose(0, 2, 1) / np.sqrt(d // heads)
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    attn /= attn.sum(-1, keepdims=True)
+    out = (attn @ v).transpose(1, 0, 2).reshape(len(x), d)
+    x = x + sd[b + '.ls1.gamma'] * linear(out, b + '.attn.proj')
+    hidden = linear(norm(x, b + '.norm2'), b + '.mlp.fc1')
+    hidden = 0.5 * hidden * (1 + erf(hidden / np.sqrt(2)))
+    x = x + sd[b + '.ls2.gamma'] * linear(hidden, b + '.mlp.fc2')
+  prefix = 1 + registers
+  return {'k': qkv[prefix:, d : 2 * d], 'x_norm_patchtokens': norm(x, 'norm')[prefix:]}
+
+
+def test_base_width_register_checkpoint_matches_a_numpy_oracle(tmp_path):
+  """dinov2_vitb14_reg (768 wide, 12 heads) from an official-format .pth of 2 random blocks:
+  widths and head count come from the name and the file, not from the S/14 reference."""
+
+  small = read_state_dict(bd.DATA / 'dinov2_vits14_reg' / 'checkpoint.pth')
+  rng = np.random.default_rng(7)
+  sd = {}
+  for name, value in small.items():
+    shape = tuple(2 * s if s % 384 == 0 else s for s in value.shape)  # S → B widths
+    centre = 1.0 if name.endswith(('gamma', 'norm1.weight', 'norm2.weight', 'norm.weight')) else 0
+    spread = 0.2 if centre else 0.3 if 'qkv.weight' in name else 0.01  # peaked attention
+    sd[name] = (centre + spread * rng.standard_normal(shape)).astype(np.float32)
+  tensors = {name: contiguous(f'{i}', value) for i, (name, value) in enumerate(sd.items())}
+  path = write_torch_zip(
+      tmp_path / 'dinov2_vitb14_reg4_pretrain.pth', tensors, [t.args[0] for t in tensors.values()]
+  )
+  extractor = registry_extractor.load('dinov2_vitb14_reg', str(path))
+  assert (extractor.arch.embed_dim, extractor.arch.num_heads, extractor.arch.depth) == (768, 12, 2)
+  image = bd.image('dinov2_vits14_reg')[: 8 * 14, : 11 * 14]
+  out = extractor([image])
+  want = _numpy_dinov2(sd, image, heads=12, registers=4)
+  for key in ('k', 'x_norm_patchtokens'):
+    got = np.asarray(out[key][0])
+    scale = np.abs(want[key]).max()
+    assert np.abs(got - want[key]).max() <= 1e-4 * scale, key
+  # The oracle tells head counts apart: 6 heads (the S/14 count) gives other tokens.
+  other = _numpy_dinov2(sd, image, heads=6, registers=4)['x_norm_patchtokens']
+  assert np.abs(other - want['x_norm_patchtokens']).max() > 0.1 * np.abs(other).max()
