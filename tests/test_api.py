@@ -66,8 +66,8 @@ def test_tokencut_and_lost_boxes_equal_official(backbone):
     results = sj.localize(backbone, PATHS, method=method)
     for image_id, r in zip(PARITY_IDS, results):
       assert list(r.box_xyxy) == manifest['images'][image_id][f'{method}_box_xyxy'], method
-  with pytest.raises(ValueError, match="method='tokencut': segment supports dsm"):
-    sj.segment(backbone, PATHS[0], method='tokencut')
+  with pytest.raises(ValueError, match="method='nope'"):
+    sj.localize(backbone, PATHS[0], method='nope')
 
 
 def test_masks_equal_cli(backbone, parity_config, tmp_path):
