@@ -17,6 +17,10 @@ TokenCut and LOST through the same pipeline (config argument after the file name
   # :tokencut_vits8 / :lost_vits8 = ViT-S/8 with the 300-epoch file those papers use.
 Published CorLoc (READMEs): TokenCut 58.8 (ViT-S/16), 60.7 (S/8); LOST 50.7 (S/16), 49.5 (S/8);
 DSM 52.2.
+
+Backbones (--config.model.name; README's table): dino_vit{s,b}{16,8}, dinov2_vit{s,b,l,g}14[_reg],
+dinov3_vits16[plus] / dinov3_vitb16 / dinov3_vitl16 (gated: --config.model.checkpoint=FILE) and
+dino_resnet50, for every method; no CorLoc is published here for the non-DINO ones (unmeasured).
 """
 
 from configs import base

@@ -24,6 +24,9 @@ tau 0.15, N 3, then self-training), AP50 | AR box: COCO 21.1 | 29.6 (Mask R-CNN)
 LVIS 7.7 | 18.7 and 8.4 | 21.8, UVO 29.8 | 38.4 and 31.7 | 42.8 (more sets in
 shared/reference/maskcut_protocol.md §7). They need a detector and ImageNet; the AP this mode
 measures is that of the raw MaskCut masks, which is expected to be lower.
+
+Backbones (--config.model.name; README's table): every DINO, DINOv2 and DINOv3 ViT of the
+registry (DINOv3 gated: --config.model.checkpoint=FILE).
 """
 
 from configs import base

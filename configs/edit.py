@@ -10,6 +10,9 @@ Eigenvectors are extracted first where OUT/eigs/<stem>.npz is missing (DINO ViT-
 default; pass --config.model.checkpoint=FILE offline). --config.model.name=dino_vits8 gives
 a finer mask; --config.edit.segment=N picks segment N of a k-means eigen-segmentation
 (edit.n_segments clusters, 0 = background) instead of the Fiedler vector.
+
+Backbones (--config.model.name; README's table): every DINO, DINOv2 and DINOv3 ViT of the
+registry (DINOv3 gated: --config.model.checkpoint=FILE).
 """
 
 import ml_collections

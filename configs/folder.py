@@ -19,6 +19,10 @@ Any method (--config.method=dsm|tokencut|lost), any refinement
       --config.segment.refine=bilateral --config.data.root=IMAGES_DIR --workdir=OUT
 
 There is no paper number for an arbitrary folder; the outputs are described in README.md.
+
+Backbones (--config.model.name; README's table): dino_vit{s,b}{16,8}, dinov2_vit{s,b,l,g}14[_reg],
+dinov3_vits16[plus] / dinov3_vitb16 / dinov3_vitl16 (gated: --config.model.checkpoint=FILE) and
+dino_resnet50, for every method; no CorLoc is published here for the non-DINO ones (unmeasured).
 """
 
 from configs import base

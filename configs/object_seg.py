@@ -23,6 +23,10 @@ seed's 4-connected component upsampled to the image), plain or with the bilatera
 The argument :tokencut sets refine=none (not the CRF). Published (TokenCut README, ViT-S/16),
 IoU: TokenCut + BS .618 / .624 / .772 on DUT-OMRON / DUTS-TE / ECSSD; TokenCut alone .533 /
 .576 / .712. maxF / accuracy: TokenCut + BS 69.7 / 89.7, 75.5 / 91.4, 87.4 / 93.4.
+
+Backbones (--config.model.name; README's table): dino_vit{s,b}{16,8}, dinov2_vit{s,b,l,g}14[_reg],
+dinov3_vits16[plus] / dinov3_vitb16 / dinov3_vitl16 (gated: --config.model.checkpoint=FILE) and
+dino_resnet50, for every method; no CorLoc is published here for the non-DINO ones (unmeasured).
 """
 
 from configs import base

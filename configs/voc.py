@@ -24,6 +24,10 @@ Published CorLoc (READMEs, ViT-S/16, VOC07 / VOC12): TokenCut 68.8 / 72.1 (S/8: 
 LOST 61.9 / 64.0 (S/8: 55.5 / 57.0); DSM 62.7 / 66.4. Both methods: tau 0.2, eps 1e-5
 (--config.tokencut.*), k_patches 100 (--config.lost.k_patches), input normalised then
 zero-padded (no crop), the seed's 4-connected component, its box.
+
+Backbones (--config.model.name; README's table): dino_vit{s,b}{16,8}, dinov2_vit{s,b,l,g}14[_reg],
+dinov3_vits16[plus] / dinov3_vitb16 / dinov3_vitl16 (gated: --config.model.checkpoint=FILE) and
+dino_resnet50, for every method; no CorLoc is published here for the non-DINO ones (unmeasured).
 """
 
 from configs import base
