@@ -55,7 +55,8 @@ def test_block_outputs_and_attention(parity_model):
   model, params = parity_model
   image = np.array(Image.open(f'{PARITY}/images/chelsea.png').convert('RGB'))
   first = features(model, params, image, feature_block=0)
-  last = features(model, params, image, feature_block=-1, with_cls=True)
+  last = features(model, params, image, feature_block=-1, with_cls=True, with_attention=True)
+  assert features(model, params, image)['attn'] is None  # not materialised unless asked
   n = 18 * 28
   assert first['tokens'].shape == (1, n, 384)
   assert last['attn'].shape == (1, 6, n + 1, n + 1)
@@ -125,21 +126,30 @@ def test_padded_patch_sequence_equals_the_image(parity_model):
     vit.patchify(np.zeros((1, 20, 32, 3)), 16)
 
 
-def test_chunked_attention_equals_full_attention(parity_model, monkeypatch):
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_chunked_attention_equals_full_attention(parity_model, monkeypatch, backend):
   """Above the logits budget, queries run in chunks: same keys as the unchunked forward
-  (against the official keys too), with padded tokens masked as before."""
+  (against the official keys too), with padded tokens masked as before. 'cpu' runs head by
+  head (chunks within a head), other backends all heads at once (the trace is the same
+  whatever device runs it, so the accelerator path is checked here too)."""
   model, params = parity_model
   image = np.array(Image.open(f'{PARITY}/images/coffee.png').convert('RGB'))
   full = features(model, params, image)['k']
   n = full.shape[1] + 1
   assert vit.query_chunk(1, 6, n) == n  # the default budget holds this image whole
-  monkeypatch.setattr(vit, 'ATTENTION_CHUNK_BYTES', 6 * n * 4 * 100)  # ~100 queries a chunk
-  assert vit.query_chunk(1, 6, n) < n
-  chunked = features(model, params, image)
+  monkeypatch.setattr(vit.jax, 'default_backend', lambda: backend)
+  heads = 1 if backend == 'cpu' else 6  # logits held at once: one head, or all of them
+  monkeypatch.setattr(vit, 'ATTENTION_CHUNK_BYTES', heads * n * 4 * 100)  # ~100 queries a chunk
+  assert vit.query_chunk(1, heads, n) < n
+  chunked = features(model, params, image, with_attention=True)
   assert chunked['attn'] is None  # probabilities are not materialised
   np.testing.assert_allclose(chunked['k'], full, atol=1e-5 * np.abs(full).max())
   ref = np.load(f'{PARITY}/coffee.npz')['k']
   assert np.abs(np.asarray(chunked['k'])[0] - ref).max() <= 1e-4 * np.abs(ref).max()
+  # The chunks really ran: the traced forward maps over query chunks.
+  x = vit.normalize(vit.crop_to_patches(image, 16))[None]
+  text = str(jax.make_jaxpr(lambda p, x: model.apply({'params': p}, x))(params, x))
+  assert text.count('scan') >= (2 if backend == 'cpu' else 1) * model.arch.depth
 
 
 def test_query_chunk_bounds_the_logits():

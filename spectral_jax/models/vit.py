@@ -145,9 +145,43 @@ def chunked_attention(q, k, v, key_mask, precision, chunk: int):
   return out.transpose(1, 0, 2, 3, 4).reshape(b, n_chunks * chunk, h, c)[:, :t]
 
 
+def _attend_one_head(q, k, v, key_mask, precision):
+  """softmax(q kᵀ / √c) v of one head: q [Q, C], k, v [T, C], key_mask [T] → [Q, C]."""
+  logits = einsum('qc,kc->qk', q, k, precision) * q.shape[-1] ** -0.5
+  logits = jnp.where(key_mask[None], logits, -jnp.inf)
+  return einsum('qk,kc->qc', jax.nn.softmax(logits, axis=-1), v, precision)
+
+
+def head_by_head_attention(q, k, v, key_mask, precision):
+  """``_attend``'s output, one (image, head) pair at a time (``lax.map`` over B·H), queries in
+  chunks only when one head's logits exceed ``ATTENTION_CHUNK_BYTES``: peak memory T² (or
+  chunk·T) instead of B·H·T². On CPU this is faster than the batched einsum (plain 2-D
+  matmuls, one head's logits in cache; ``bench_localize.py --attention``)."""
+  b, t, h, c = q.shape
+  heads = lambda x: x.transpose(0, 2, 1, 3).reshape(b * h, x.shape[1], c)
+  mask = jnp.ones((b, k.shape[1]), bool) if key_mask is None else key_mask
+  masks = jnp.repeat(mask, h, axis=0)  # [B·H, T]
+  chunk = query_chunk(1, 1, t)
+  n_chunks = -(-t // chunk)
+
+  def one_head(args):
+    qh, kh, vh, mh = args
+    if n_chunks == 1:
+      return _attend_one_head(qh, kh, vh, mh, precision)
+    qh = jnp.pad(qh, ((0, n_chunks * chunk - t), (0, 0))).reshape(n_chunks, chunk, c)
+    out = jax.lax.map(lambda qc: _attend_one_head(qc, kh, vh, mh, precision), qh)
+    return out.reshape(n_chunks * chunk, c)[:t]
+
+  out = jax.lax.map(one_head, (heads(q), heads(k), heads(v), masks))  # [B·H, T, C]
+  return out.reshape(b, h, t, c).transpose(0, 2, 1, 3)
+
+
 def attention(q, k, v, key_mask, precision):
-  """Multi-head attention output [B, T, H, C] of q, k, v [B, T, H, C], in query chunks when
-  the logits exceed ``ATTENTION_CHUNK_BYTES`` (probabilities not returned)."""
+  """Multi-head attention output [B, T, H, C] of q, k, v [B, T, H, C] (probabilities not
+  returned): head by head on CPU; batched elsewhere (accelerators run all heads at once),
+  in query chunks when the logits exceed ``ATTENTION_CHUNK_BYTES``."""
+  if jax.default_backend() == 'cpu':
+    return head_by_head_attention(q, k, v, key_mask, precision)
   chunk = query_chunk(q.shape[0], q.shape[2], q.shape[1])
   if chunk >= q.shape[1]:
     return _attend(q, k, v, key_mask, precision)[0]
@@ -157,24 +191,24 @@ def attention(q, k, v, key_mask, precision):
 class Attention(nn.Module):
   """Multi-head self-attention; returns (output, qkv, attention probabilities or None).
 
-  Above ``ATTENTION_CHUNK_BYTES`` of logits the queries run in chunks and the probabilities
-  are not materialised (None).
+  The probabilities are materialised only ``with_attention`` and when the logits fit
+  ``ATTENTION_CHUNK_BYTES``; otherwise ``attention`` runs (head by head on CPU, in query
+  chunks above the budget) and they are None.
   """
 
   num_heads: int
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, x, key_mask=None):
+  def __call__(self, x, key_mask=None, with_attention=False):
     b, t, d = x.shape
     hd = d // self.num_heads
     qkv = dense(3 * d, self.precision, 'qkv')(x)
     q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, t, self.num_heads, hd) for i in range(3))
-    chunk = query_chunk(b, self.num_heads, t)
-    if chunk >= t:
+    if with_attention and query_chunk(b, self.num_heads, t) >= t:
       out, attn = _attend(q, k, v, key_mask, self.precision)
     else:
-      out, attn = chunked_attention(q, k, v, key_mask, self.precision, chunk), None
+      out, attn = attention(q, k, v, key_mask, self.precision), None
     out = dense(d, self.precision, 'proj')(out.reshape(b, t, d))
     return out, qkv, attn
 
@@ -196,9 +230,9 @@ class Block(nn.Module):
   precision: Any = 'highest'
 
   @nn.compact
-  def __call__(self, x, key_mask=None):
+  def __call__(self, x, key_mask=None, with_attention=False):
     attn_out, qkv, attn = Attention(self.num_heads, self.precision, name='attn')(
-        TorchLayerNorm(name='norm1')(x), key_mask
+        TorchLayerNorm(name='norm1')(x), key_mask, with_attention
     )
     x = x + attn_out
     x = x + Mlp(4 * x.shape[-1], self.precision, name='mlp')(TorchLayerNorm(name='norm2')(x))
@@ -241,7 +275,8 @@ class VisionTransformer(nn.Module):
     q, k, v:  [B, L, D] qkv output of that block, heads concatenated, CLS dropped,
               row-major over the patch grid (DSM uses ``k`` of the last block);
     tokens:   [B, L, D] the block's output tokens, CLS dropped;
-    attn:     [B, heads, 1 + L, 1 + L] the block's attention probabilities;
+    attn:     [B, heads, 1 + L, 1 + L] the block's attention probabilities if
+              ``with_attention`` and they fit ``ATTENTION_CHUNK_BYTES``, else None;
     cls:      [B, D] final-normed CLS token of the whole network (only if with_cls;
               blocks after ``feature_block`` run only then);
     normed:   the patch tokens [B, L, D] of each block in ``norm_blocks`` (0-based) through
@@ -266,6 +301,7 @@ class VisionTransformer(nn.Module):
       pos_tables=None,
       token_mask=None,
       norm_blocks: tuple[int, ...] = (),
+      with_attention: bool = False,
   ):
     a = self.arch
     p = a.patch_size
@@ -293,7 +329,8 @@ class VisionTransformer(nn.Module):
     norm = TorchLayerNorm(name='norm') if with_cls or norm_blocks else None
     normed = {}
     for i in range(last + 1):
-      x, qkv, attn = Block(a.num_heads, self.precision, name=f'blocks_{i}')(x, token_mask)
+      block = Block(a.num_heads, self.precision, name=f'blocks_{i}')
+      x, qkv, attn = block(x, token_mask, with_attention and i == block_index)
       if i in norm_blocks:
         normed[i] = norm(x)[:, 1:]
       if i == block_index:
