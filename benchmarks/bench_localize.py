@@ -5,9 +5,10 @@ checkpoint:
 
 * **ours**: ``spectral_jax.pipeline.run_images(extractor, examples, batch_size, max_pixels,
   spectral_k=5, bucket_tokens)`` (decode threads, size-bucketed batched ViT forward, batched
-  Laplacian eigenvectors) followed by ``spectral_jax.spectral.segments.localization_box`` for
-  every result. A warm-up pass over the same images comes first; its time (which includes XLA
-  compilation) is reported separately, with the number of compiled ViT shapes.
+  Laplacian eigenvectors) followed by ``spectral_jax.tasks.localize.localization`` (the
+  localize task's box rule) for every result. A warm-up pass over the same images comes
+  first; its time (which includes XLA compilation) is reported separately, with the number
+  of compiled ViT shapes.
 * **official**: ``benchmarks/official_reference.py`` — the official steps per image, in the same
   process: PIL decode, DINO ViT forward in torch (fp32, batch 1, top-left crop to multiples of
   16), keys of the last block, then on the CPU: L2-normalise, ``W = F Fᵀ``, ``> 0``, ``/ max``,
@@ -107,6 +108,7 @@ from spectral_jax.data import datasets  # noqa: E402
 from spectral_jax.models import vit  # noqa: E402
 from spectral_jax.spectral import affinity, eigen, segments  # noqa: E402
 from spectral_jax.tasks import common  # noqa: E402
+from spectral_jax.tasks import localize as localize_task  # noqa: E402
 
 # --model: (patch size, pretrained grid) of the generated random checkpoint.
 MODELS = {"dino_vits16": (16, 14), "dino_vits8": (8, 28)}
@@ -292,15 +294,17 @@ def verify_reference(device: str) -> str:
 # Our side
 # ------------------------------------------------------------------------------------------------
 
-def run_ours(extractor, examples, args) -> Tuple[float, Dict[str, np.ndarray]]:
+def run_ours(extractor, examples, args, method: str = "dsm") -> Tuple[float, Dict[str, np.ndarray]]:
+    """Seconds and boxes (original pixels) of ``method`` through the localize task's own steps:
+    ``pipeline.run_images`` then ``tasks.localize.localization`` per result."""
     boxes = {}
     t0 = time.perf_counter()
     for r in pipeline.run_images(extractor, examples, batch_size=args.batch_size,
                                  limits=pipeline.ImageLimits(max_pixels=args.max_pixels),
-                                 spectral_k=5,
-                                 bucket_tokens=args.bucket_tokens, solver=args.solver):
-        boxes[r.example.id] = segments.localization_box(
-            r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2], index=1)
+                                 spectral_k=5 if method == "dsm" else 0,
+                                 bucket_tokens=args.bucket_tokens, solver=args.solver,
+                                 method=method):
+        boxes[r.example.id] = localize_task.localization(r)[0]
     return time.perf_counter() - t0, boxes
 
 
@@ -452,17 +456,6 @@ def verify_method_reference(method: str, device: str) -> str:
     return "; ".join(lines)
 
 
-def run_ours_method(extractor, examples, args) -> Tuple[float, Dict[str, np.ndarray]]:
-    boxes = {}
-    t0 = time.perf_counter()
-    for r in pipeline.run_images(extractor, examples, batch_size=args.batch_size,
-                                 limits=pipeline.ImageLimits(max_pixels=args.max_pixels),
-                                 bucket_tokens=args.bucket_tokens, solver=args.solver,
-                                 method=args.method):
-        boxes[r.example.id] = r.box_to_original(r.outputs["box"])
-    return time.perf_counter() - t0, boxes
-
-
 def main_method(args, argv) -> int:
     """Ours (pipeline.run_images, method=...) vs the official per-image TokenCut / LOST loop."""
     print(f"## bench_localize --method {args.method}")
@@ -491,12 +484,12 @@ def main_method(args, argv) -> int:
                 for p in paths]
     extractor = pipeline.load_extractor("dino_vits16", checkpoint=ckpt, cache_dir=args.cache_dir)
     model = ref.load_dino(ckpt, args.torch_device)
-    first_s, _ = run_ours_method(extractor, examples, args)  # compiles
+    first_s, _ = run_ours(extractor, examples, args, args.method)  # compiles
     ref_methods.localize(model, paths[0], args.method, args.torch_device)  # torch warm-up
     ours_s, ref_s, boxes, ref_out = [], [], {}, {}
     timers: Dict[str, float] = {}
     for _ in range(args.repeats):
-        t, boxes = run_ours_method(extractor, examples, args)
+        t, boxes = run_ours(extractor, examples, args, args.method)
         ours_s.append(t)
         t0 = time.perf_counter()
         for p in paths:
@@ -647,8 +640,11 @@ def main_attention(args) -> int:
     print(f"- JAX {jax.__version__} backend `{jax.default_backend()}`; load average {loadavg()}")
     print()
 
-    def ours(prec):
+    def ours(prec):  # all heads at once (the accelerator path)
         return jax.jit(lambda q, k, v: vit._attend(q, k, v, mask, prec)[0])
+
+    def head_by_head(prec):  # the CPU path (vit.attention on a CPU backend)
+        return jax.jit(lambda q, k, v: vit.head_by_head_attention(q, k, v, mask, prec))
 
     def dpa(prec, impl):
         def f(q, k, v):
@@ -662,7 +658,8 @@ def main_attention(args) -> int:
     impls = ["xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
     variants = []
     for prec in ("highest", vit.BFLOAT16):
-        variants.append((f"einsum ({prec})", ours(prec)))
+        variants.append((f"einsum, all heads at once ({prec})", ours(prec)))
+        variants.append((f"head by head, lax.map ({prec})", head_by_head(prec)))
         for impl in impls:
             variants.append((f"dot_product_attention {impl} ({prec} operands)", dpa(prec, impl)))
     ref_out = np.asarray(ours("highest")(q, k, v))
