@@ -114,13 +114,11 @@ def test_localize_with_dinov2(tmp_path):
 
 
 @pytest.mark.parametrize('mode', ['semantic', 'train', 'evaluate'])
-def test_modes_on_the_dino_vit_refuse_other_backbones(mode):
-  with pytest.raises(ValueError, match='needs a DINO ViT'):
-    registry_extractor.require_dino_vit('dinov3_vits16', mode)
-  registry_extractor.require_dino_vit('dino_vits16', mode)
-  registry_extractor.require_dino_vit('dinov3_vits16', mode, allow_vits=True)  # CLS crops
-  with pytest.raises(ValueError, match='needs a DINO ViT'):
-    registry_extractor.require_dino_vit('dino_resnet50', mode, allow_vits=True)
+def test_modes_on_a_vit_refuse_the_resnet(mode):
+  for name in ('dino_vits16', 'dinov2_vits14_reg', 'dinov3_vits16'):
+    registry_extractor.require_vit(name, mode)
+  with pytest.raises(ValueError, match=f'--mode={mode} .*dino_resnet50.*needs a ViT backbone'):
+    registry_extractor.require_vit('dino_resnet50', mode)
 
 
 @pytest.mark.parametrize(

@@ -30,16 +30,13 @@ def is_registry_only(name: str) -> bool:
   return name in backbones.BACKBONES and backbones.BACKBONES[name].family != 'dino'
 
 
-def require_dino_vit(name: str, mode: str, allow_vits: bool = False) -> None:
-  """Modes built on the DINO ViT (the segmenter's backbone) refuse the others; with
-  ``allow_vits`` (CLS features of crops) only the ResNet is refused."""
-  if allow_vits and is_registry_only(name) and backbones.BACKBONES[name].family != 'resnet':
-    return
-  if is_registry_only(name):
-    dino = sorted(n for n, b in backbones.BACKBONES.items() if b.family == 'dino')
+def require_vit(name: str, mode: str) -> None:
+  """Modes that need a ViT (CLS tokens of crops, the ViT segmenter) refuse the ResNet."""
+  entry = backbones.BACKBONES.get(name)
+  if entry is not None and entry.family == 'resnet':
     raise ValueError(
-        f'--mode={mode} with model.name={name!r}: this mode needs a DINO ViT backbone '
-        f'({", ".join(dino)}); {name} runs with --mode=extract, localize and segment'
+        f'--mode={mode} with model.name={name!r}: this mode needs a ViT backbone (DINO, '
+        f'DINOv2 or DINOv3); {name} runs with --mode=extract, localize and segment'
     )
 
 

@@ -245,7 +245,7 @@ def _write_panels(workdir: Path, stems, examples, segmaps, maps, config) -> None
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   sem = config.semantic
-  registry_extractor.require_dino_vit(config.model.name, 'semantic', allow_vits=True)
+  registry_extractor.require_vit(config.model.name, 'semantic')
   extract.run(config, workdir)  # computes only the images whose features/eigs are missing
   parallel.barrier('semantic-extract')
   examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}

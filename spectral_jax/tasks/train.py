@@ -146,7 +146,7 @@ def check_segmenter_backbone(config, mode: str = 'train') -> None:
     )
   if kind == 'vit':
     try:
-      registry_extractor.require_dino_vit(config.model.name, mode, allow_vits=True)
+      registry_extractor.require_vit(config.model.name, mode)
     except ValueError as e:
       raise ValueError(
           f'{e}; for the official ResNet-50 segmenter use --config.segmenter.backbone='
