@@ -14,6 +14,7 @@ from spectral_jax import io
 from spectral_jax.models import registry_extractor
 from spectral_jax.models.checkpoints import read_state_dict
 from tests import backbones_data as bd
+from tests.conftest import XLA_CACHE_ENV
 from tests.test_backbones import _official_to_hf_dinov2
 
 ROOT = Path(__file__).parent.parent
@@ -24,6 +25,7 @@ def _main(tmp_path, *args):
       'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'),
       'PATH': '/usr/bin:/bin',
       'JAX_PLATFORMS': 'cpu',
+      **XLA_CACHE_ENV,
   }
   cmd = [sys.executable, 'main.py', '--config=configs/folder.py', *args]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -150,7 +152,7 @@ def test_edit_discover_and_semantic_run_on_newer_vits(tmp_path, name):
          f'--workdir={tmp_path / "sem"}', *flags, '--config.semantic.num_clusters=2',
          '--config.semantic.n_segments=3']
   env = {'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'), 'PATH': '/usr/bin:/bin',
-         'JAX_PLATFORMS': 'cpu'}
+         'JAX_PLATFORMS': 'cpu', **XLA_CACHE_ENV}
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   maps = sorted(p.name for p in (tmp_path / 'sem' / 'semantic').glob('*.png'))

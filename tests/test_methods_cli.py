@@ -13,6 +13,7 @@ from PIL import Image
 from spectral_jax import io, pipeline
 from spectral_jax.spectral import lost, tokencut
 from spectral_jax.tasks import localize, segment
+from tests.conftest import XLA_CACHE_ENV
 
 ROOT = Path(__file__).parent.parent
 METHODS = Path(__file__).parent / 'data' / 'methods'
@@ -98,7 +99,7 @@ def test_main_localize_tokencut(tmp_path):
       f'--workdir={out}',
   ]
   env = {'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'), 'PATH': '/usr/bin:/bin',
-         'JAX_PLATFORMS': 'cpu'}
+         'JAX_PLATFORMS': 'cpu', **XLA_CACHE_ENV}
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   preds = _predictions(out)

@@ -4,7 +4,6 @@ official single-image outputs, and ``model.precision='bfloat16'`` on the DINOv2/
 import re
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from spectral_jax import pipeline
 from spectral_jax.models import backbones, registry_extractor, vit
 from tests import backbones_data as bd
+from tests.test_precision import _dots
 
 VITS = ('dinov2_vits14_reg', 'dinov3_vits16')
 # bf16 operands keep 8 mantissa bits; the keys of these depth-2 checkpoints move by well under
@@ -30,14 +30,6 @@ def _crops(name):
   h, w = bd.MANIFEST[name]['grid']
   full = image[: h * p, : w * p]
   return [full, image[p : 9 * p, 2 * p : 15 * p], image[: 5 * p, : 3 * p]]
-
-
-def _dots(jaxpr):
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      yield eqn
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      yield from _dots(sub)
 
 
 @pytest.mark.parametrize('name', VITS)

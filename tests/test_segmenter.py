@@ -53,7 +53,9 @@ def test_backbone_features_are_final_normed_block_outputs(model_and_vars):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', ['dinov2_vits14_reg', 'dinov3_vits16'])
+@pytest.mark.parametrize(
+    'name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)]
+)
 def test_dinov2_and_dinov3_segmenters_hold_the_pretrained_tree_and_its_normed_tokens(name):
   """The registry's DINOv2/v3 parameters drop into params['backbone']; the decoder's inputs
   are the final-normed patch tokens of blocks 1 and 2 (= the official x_norm_patchtokens
