@@ -28,6 +28,11 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
+PARITY = Path(__file__).parent / 'data' / 'parity'
+PARITY_IDS = ('astronaut', 'chelsea', 'coffee')
+MANIFEST = json.loads((PARITY / 'manifest.json').read_text())
+
+
 @pytest.fixture(scope='session')
 def manifest():
   return MANIFEST
