@@ -90,7 +90,8 @@ class RegistryExtractor:
     for i, grid in enumerate(grids):
       if grid not in self._positions:
         pos_embed = np.asarray(self.params['params']['pos_embed'])
-        self._positions[grid] = np.asarray(dinov2.resample_pos_embed(self.arch, pos_embed, grid))[0]
+        table = dinov2.resample_pos_embed(self.arch, pos_embed, grid)
+        self._positions[grid] = np.asarray(table)[0]
       tables[i, : 1 + grid[0] * grid[1]] = self._positions[grid]
       mask[i, : 1 + r + grid[0] * grid[1]] = True
     return {'pos_tables': tables, 'token_mask': mask}
