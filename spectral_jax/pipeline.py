@@ -66,6 +66,11 @@ class ImageResult:
     return resize_mask(mask, self.image_hw)
 
 
+# Position tables kept per extractor (most recent grids): a 6,400-token table of a 1,024-wide
+# model is 26 MB, and a dataset can have hundreds of sizes.
+POSITION_TABLES = 64
+
+
 @dataclasses.dataclass
 class FeatureExtractor:
   """A DINO ViT with its parameters and one jitted forward, data-parallel over local devices.
@@ -83,8 +88,11 @@ class FeatureExtractor:
   def __post_init__(self):
     self.mesh = parallel.local_mesh()
     self.params = jax.device_put(self.params, parallel.replicated(self.mesh))
-    self._pos_embed = np.asarray(self.params['pos_embed'])
-    self._pos_tables = {}  # patch grid → its interpolated [1 + h·w, D] table
+    pos_embed = np.asarray(self.params['pos_embed'])
+    # patch grid → its interpolated [1 + h·w, D] table; bounded (a dataset has many sizes)
+    self._pos_table = functools.lru_cache(maxsize=POSITION_TABLES)(
+        lambda grid: vit.sequence_pos_tables(pos_embed, [grid], grid[0] * grid[1])[0][0]
+    )
     self._model = vit.VisionTransformer(self.arch, precision=self.precision)
     self._forward = jax.jit(self._features, static_argnames=('with_cls',))
 
@@ -116,10 +124,8 @@ class FeatureExtractor:
       n = grid[0] * grid[1]
       if n > length:
         raise ValueError(f'a {crop.shape[:2]} crop has more than {length} patches')
-      if grid not in self._pos_tables:
-        self._pos_tables[grid] = vit.sequence_pos_tables(self._pos_embed, [grid], n)[0][0]
       patches[i, :n] = vit.patchify(crop[None], p)[0]
-      tables[i, : 1 + n] = self._pos_tables[grid]
+      tables[i, : 1 + n] = self._pos_table(grid)
       mask[i, : 1 + n] = True
     return patches, tables, mask
 

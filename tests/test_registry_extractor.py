@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spectral_jax import pipeline
-from spectral_jax.models import backbones, registry_extractor, vit
+from spectral_jax.models import backbones, dinov2, registry_extractor, vit
 from tests import backbones_data as bd
 from tests.test_precision import _dots
 
@@ -126,3 +126,15 @@ def test_dinov3_attention_runs_in_query_chunks_above_the_budget(monkeypatch):
   for key in ('k', 'k_rope', 'x_norm_patchtokens'):
     scale = np.abs(np.asarray(full[key])).max()
     np.testing.assert_allclose(np.asarray(chunked[key]), np.asarray(full[key]), atol=1e-5 * scale)
+
+
+def test_dinov2_position_tables_are_cached_within_a_bound():
+  extractor = _extractor('dinov2_vits14_reg')
+  grids = [(3, w) for w in range(2, 2 + registry_extractor.POSITION_TABLES + 10)]
+  inputs = extractor._position_inputs(grids, 3 * grids[-1][1])
+  assert extractor._position_table.cache_info().currsize == registry_extractor.POSITION_TABLES
+  pos_embed = np.asarray(extractor.params['params']['pos_embed'])
+  for i in (0, len(grids) - 1):
+    want = np.asarray(dinov2.resample_pos_embed(extractor.arch, pos_embed, grids[i]))[0]
+    np.testing.assert_array_equal(inputs['pos_tables'][i, : len(want)], want)
+    assert inputs['token_mask'][i].sum() == 1 + 4 + grids[i][0] * grids[i][1]

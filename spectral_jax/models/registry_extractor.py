@@ -21,6 +21,8 @@ import numpy as np
 from spectral_jax import parallel
 from spectral_jax.models import backbones, dinov2, dinov3, resnet, vit, weights_cache
 
+# Position tables kept per extractor (as pipeline.POSITION_TABLES: bounded memory).
+POSITION_TABLES = 64
 # Arrays besides 'k' that the forward returns and the extract stage writes.
 EXTRAS = ('x_norm_patchtokens', 'k_rope', 'low_level')
 
@@ -64,7 +66,11 @@ class RegistryExtractor:
     self.params = jax.device_put(self.params, parallel.replicated(self.mesh))
     self._model = backbones.build_model(self.arch, self.precision)
     self._is_resnet = isinstance(self.arch, resnet.ResNetArch)
-    self._positions: dict = {}  # patch grid → DINOv2's resampled position table
+    if isinstance(self.arch, dinov2.DinoV2Arch):  # patch grid → its resampled table
+      pos_embed = np.asarray(self.params['params']['pos_embed'])
+      self._position_table = functools.lru_cache(maxsize=POSITION_TABLES)(
+          lambda grid: np.asarray(dinov2.resample_pos_embed(self.arch, pos_embed, grid))[0]
+      )
     self._forward = jax.jit(self._features, static_argnames=('with_cls',))
 
   def _features(self, variables, images, inputs, with_cls=False):
@@ -88,11 +94,7 @@ class RegistryExtractor:
     tables = np.zeros((len(grids), 1 + length, d), np.float32)
     mask = np.zeros((len(grids), 1 + r + length), bool)
     for i, grid in enumerate(grids):
-      if grid not in self._positions:
-        pos_embed = np.asarray(self.params['params']['pos_embed'])
-        table = dinov2.resample_pos_embed(self.arch, pos_embed, grid)
-        self._positions[grid] = np.asarray(table)[0]
-      tables[i, : 1 + grid[0] * grid[1]] = self._positions[grid]
+      tables[i, : 1 + grid[0] * grid[1]] = self._position_table(grid)
       mask[i, : 1 + r + grid[0] * grid[1]] = True
     return {'pos_tables': tables, 'token_mask': mask}
 
