@@ -24,7 +24,9 @@ from PIL import Image
 
 from spectral_jax import parallel
 from spectral_jax.data import datasets
-from spectral_jax.models import backbones, checkpoints, registry_extractor, vit
+from spectral_jax.models import extractor as extractor_lib
+from spectral_jax.models import vit
+from spectral_jax.models.extractor import FeatureExtractor
 from spectral_jax.spectral import affinity, eigen, lost, tokencut
 
 
@@ -44,7 +46,7 @@ class ImageResult:
   # [h, w] (the seed's component), 'box' int64 [4] in working pixels, 'seed' (flat index);
   # LOST adds 'M' [h·w], its seed-expansion map.
   outputs: Optional[dict] = None
-  # Other arrays of the backbone, rows like ``features`` (see RegistryExtractor):
+  # Other arrays of the backbone, rows like ``features`` (see models.extractor):
   # 'x_norm_patchtokens', 'k_rope' [h·w, D]; 'low_level' [(2h)·(2w), 256].
   extras: Optional[dict] = None
 
@@ -66,98 +68,9 @@ class ImageResult:
     return resize_mask(mask, self.image_hw)
 
 
-# Position tables kept per extractor (most recent grids): a 6,400-token table of a 1,024-wide
-# model is 26 MB, and a dataset can have hundreds of sizes.
-POSITION_TABLES = 64
-
-
-@dataclasses.dataclass
-class FeatureExtractor:
-  """A DINO ViT with its parameters and one jitted forward, data-parallel over local devices.
-
-  Images run as patch sequences, so any mix of sizes with the same (bucketed) token count
-  shares one compiled shape; ``compiled_shapes`` records them.
-  """
-
-  arch: vit.ViTArch
-  params: Any
-  precision: str = 'highest'  # lax matmul precision, or vit.BFLOAT16
-  feature_block: int = -1
-  compiled_shapes: set = dataclasses.field(default_factory=set)
-
-  def __post_init__(self):
-    self.mesh = parallel.local_mesh()
-    self.params = jax.device_put(self.params, parallel.replicated(self.mesh))
-    pos_embed = np.asarray(self.params['pos_embed'])
-    # patch grid → its interpolated [1 + h·w, D] table; bounded (a dataset has many sizes)
-    self._pos_table = functools.lru_cache(maxsize=POSITION_TABLES)(
-        lambda grid: vit.sequence_pos_tables(pos_embed, [grid], grid[0] * grid[1])[0][0]
-    )
-    self._model = vit.VisionTransformer(self.arch, precision=self.precision)
-    self._forward = jax.jit(self._features, static_argnames=('with_cls',))
-
-  def _features(self, params, patches, pos_tables, token_mask, with_cls=False):
-    # uint8 patches are normalised here; float ones arrive normalised (and zero-padded after
-    # normalisation: TokenCut's and LOST's input, see ``prepare_input``).
-    out = self._model.apply(
-        {'params': params},
-        vit.normalize(patches) if patches.dtype == jnp.uint8 else patches,
-        feature_block=self.feature_block,
-        with_cls=with_cls,
-        pos_tables=pos_tables,
-        token_mask=token_mask,
-    )
-    return {key: out[key] for key in (('k', 'cls') if with_cls else ('k',))}
-
-  def _sequence_inputs(self, crops, length):
-    """Patches [B, length, P, P, 3] (uint8, or float32 if the crops are), position tables
-    [B, 1 + length, D], token mask."""
-    p = self.arch.patch_size
-    dtype = crops[0].dtype
-    if any(c.dtype != dtype for c in crops) or dtype not in (np.uint8, np.float32):
-      raise ValueError('a batch mixes input dtypes: use uint8 or normalised float32 crops')
-    patches = np.zeros((len(crops), length, p, p, 3), dtype)
-    tables = np.zeros((len(crops), 1 + length, self.arch.embed_dim), np.float32)
-    mask = np.zeros((len(crops), 1 + length), bool)
-    for i, crop in enumerate(crops):
-      grid = (crop.shape[0] // p, crop.shape[1] // p)
-      n = grid[0] * grid[1]
-      if n > length:
-        raise ValueError(f'a {crop.shape[:2]} crop has more than {length} patches')
-      patches[i, :n] = vit.patchify(crop[None], p)[0]
-      tables[i, : 1 + n] = self._pos_table(grid)
-      mask[i, : 1 + n] = True
-    return patches, tables, mask
-
-  def __call__(
-      self, crops: Sequence[np.ndarray], length: Optional[int] = None, with_cls: bool = False
-  ) -> dict[str, jax.Array]:
-    """Features of crops [h_i·P, w_i·P, 3] run as one batch of patch sequences: uint8
-    (normalised on the device) or float32 already normalised.
-
-    ``length``: tokens per sequence (default: the largest crop's h·w). Returns 'k'
-    [B', length, D] with each crop's h_i·w_i tokens first in row-major order (and 'cls'
-    [B', D] if with_cls); B' is len(crops) padded to a multiple of the device count.
-    """
-    p = self.arch.patch_size
-    length = length or max((c.shape[0] // p) * (c.shape[1] // p) for c in crops)
-    patches, tables, mask = self._sequence_inputs(crops, length)
-    key = (patches.shape, with_cls)
-    if key not in self.compiled_shapes:
-      self.compiled_shapes.add(key)
-      logging.info(
-          'compiling the ViT forward for %d × %d tokens (%d shapes so far)',
-          len(crops),
-          length,
-          len(self.compiled_shapes),
-      )
-    shard = functools.partial(parallel.shard_batch, mesh=self.mesh)
-    return self._forward(self.params, shard(patches), shard(tables), shard(mask), with_cls=with_cls)
-
-
 def cls_batch(extractor, crops: Sequence[np.ndarray], bucket_tokens: int = 64) -> np.ndarray:
   """Final-normed CLS tokens [n, D] of uint8 crops [h, w, 3] (multiples of the patch size) from
-  any ViT extractor (DINO's ``FeatureExtractor`` or a DINOv2/v3 ``RegistryExtractor``).
+  a ViT extractor (DINO, DINOv2 or DINOv3).
 
   Crops share token-count buckets (the CLS token attends only to real patches, so the
   result equals the unpadded forward) and group sizes are padded to powers of two, so
@@ -183,24 +96,9 @@ def load_extractor(
     precision: str = 'highest',
     feature_block: int = -1,
 ) -> FeatureExtractor:
-  """Loads (downloading if needed, via the converted-params cache if present) a DINO backbone;
-  DINOv2 / DINOv3 / ResNet-50 names of the registry get a ``RegistryExtractor``."""
-  if registry_extractor.is_registry_only(name):
-    if vit.is_bfloat16(precision) and backbones.BACKBONES[name].family == 'resnet':
-      raise ValueError(
-          f"model.precision='bfloat16' is implemented for the ViT backbones, not {name!r} "
-          '(its convolutions run in float32): use float32'
-      )
-    return registry_extractor.load(name, checkpoint, cache_dir, precision, feature_block)
-  if name not in vit.ARCHS:
-    raise ValueError(f'model.name={name!r}: use one of {sorted(backbones.BACKBONES)}')
-  params, found = checkpoints.load_params(name, checkpoint or None, cache_dir or None)
-  # Width, heads and patch size come from the name; depth and the pretrained grid from the file.
-  arch = dataclasses.replace(vit.ARCHS[name], depth=found['depth'], num_pos=found['num_pos'])
-  checkpoints.check_params(params, vit.abstract_params(arch))
-  if not -arch.depth <= feature_block < arch.depth:
-    raise ValueError(f'model.feature_block={feature_block} is outside a {arch.depth}-block model')
-  return FeatureExtractor(arch, jax.device_put(params), precision, feature_block)
+  """Loads (downloading if needed; DINO via the converted-params cache) a registry backbone:
+  DINO, DINOv2 (± registers), DINOv3 or the DINO ResNet-50 (see ``models.extractor``)."""
+  return extractor_lib.load(name, checkpoint, cache_dir, precision, feature_block)
 
 
 class TooLargeError(ValueError):

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from spectral_jax import io
-from spectral_jax.models import registry_extractor
+from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models.checkpoints import read_state_dict
 from tests import backbones_data as bd
 from tests.conftest import XLA_CACHE_ENV
@@ -118,9 +118,9 @@ def test_localize_with_dinov2(tmp_path):
 @pytest.mark.parametrize('mode', ['semantic', 'train', 'evaluate'])
 def test_modes_on_a_vit_refuse_the_resnet(mode):
   for name in ('dino_vits16', 'dinov2_vits14_reg', 'dinov3_vits16'):
-    registry_extractor.require_vit(name, mode)
+    extractor_lib.require_vit(name, mode)
   with pytest.raises(ValueError, match=f'--mode={mode} .*dino_resnet50.*needs a ViT backbone'):
-    registry_extractor.require_vit('dino_resnet50', mode)
+    extractor_lib.require_vit('dino_resnet50', mode)
 
 
 @pytest.mark.parametrize(

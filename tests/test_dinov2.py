@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax.models import dinov2, posembed, registry_extractor, vit
+from spectral_jax.models import dinov2, posembed, vit
+from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models.checkpoints import read_state_dict
 
 from tests import backbones_data as bd
@@ -75,8 +76,9 @@ def test_padded_patch_sequences_equal_single_images(registers):
   seqs = np.zeros((2, length, 14, 14, 3), np.float32)
   for i, im in enumerate(images):
     seqs[i, : grids[i][0] * grids[i][1]] = vit.patchify(im[None], 14)[0]
-  tables, masks = dinov2.sequence_pos_tables(arch, np.asarray(params['pos_embed']), grids, length)
-  batched = apply({'params': params}, seqs, pos_tables=tables, token_mask=masks)
+  inputs = extractor_lib.position_inputs(arch, params, grids, length)
+  assert inputs['token_mask'].sum(1).tolist() == [arch.num_prefix_tokens + h * w for h, w in grids]
+  batched = apply({'params': params}, seqs, **inputs)
   for i, im in enumerate(images):
     single = apply({'params': params}, im[None])
     n = grids[i][0] * grids[i][1]
@@ -151,7 +153,7 @@ def test_base_width_register_checkpoint_matches_a_numpy_oracle(tmp_path):
   path = write_torch_zip(
       tmp_path / 'dinov2_vitb14_reg4_pretrain.pth', tensors, [t.args[0] for t in tensors.values()]
   )
-  extractor = registry_extractor.load('dinov2_vitb14_reg', str(path))
+  extractor = extractor_lib.load('dinov2_vitb14_reg', str(path))
   assert (extractor.arch.embed_dim, extractor.arch.num_heads, extractor.arch.depth) == (768, 12, 2)
   image = bd.image('dinov2_vits14_reg')[: 8 * 14, : 11 * 14]
   out = extractor([image])

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from spectral_jax.models import dinov3, vit
+from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models.checkpoints import read_state_dict
 
 from tests import backbones_data as bd
@@ -64,8 +65,9 @@ def test_padded_patch_sequences_equal_single_images():
   seqs = np.zeros((2, length, 16, 16, 3), np.float32)
   for i, im in enumerate(images):
     seqs[i, : grids[i][0] * grids[i][1]] = vit.patchify(im[None], 16)[0]
-  coords, masks = dinov3.sequence_coords(grids, length)
-  batched = apply({'params': params}, seqs, rope_coords=coords, token_mask=masks)
+  inputs = extractor_lib.position_inputs(arch, params, grids, length)
+  assert inputs['token_mask'].sum(1).tolist() == [5 + h * w for h, w in grids]
+  batched = apply({'params': params}, seqs, **inputs)
   for i, im in enumerate(images):
     single = apply({'params': params}, im[None])
     n = grids[i][0] * grids[i][1]

@@ -226,20 +226,3 @@ def test_tiny_images_clamp_k_or_are_skipped_by_name(extractor, tmp_path):
     d = np.diag(w.sum(1))
     ref = scipy.linalg.eigh(d - w, d, eigvals_only=True)[:k]
     np.testing.assert_allclose(r.eigenvalues, ref, atol=2e-4)
-
-
-def test_position_tables_are_cached_within_a_bound(extractor):
-  """Hundreds of image sizes keep at most POSITION_TABLES interpolated tables, and a table
-  evicted and rebuilt is the same table."""
-  from spectral_jax.models import vit  # pylint: disable=import-outside-toplevel
-
-  pos_embed = np.asarray(extractor.params['pos_embed'])
-  first = None
-  for w in range(2, 2 + pipeline.POSITION_TABLES + 10):
-    crop = np.zeros((3 * 16, w * 16, 3), np.uint8)
-    _, tables, _ = extractor._sequence_inputs([crop], 3 * w)
-    first = tables[0] if first is None else first
-  assert extractor._pos_table.cache_info().currsize == pipeline.POSITION_TABLES
-  _, again, _ = extractor._sequence_inputs([np.zeros((48, 32, 3), np.uint8)], 6)
-  np.testing.assert_array_equal(again[0], first)
-  np.testing.assert_array_equal(again[0], vit.sequence_pos_tables(pos_embed, [(3, 2)], 6)[0][0])

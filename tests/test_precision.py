@@ -81,7 +81,7 @@ def _dots(jaxpr):
 
 def _forward_inputs(extractor, length=60):
   crop = np.zeros((96, 160, 3), np.uint8)  # 6 × 10 patches
-  return (extractor.params, *extractor._sequence_inputs([crop], length))
+  return (extractor.variables, *extractor.sequence_inputs([crop], length))
 
 
 def _forward_jaxpr(extractor):

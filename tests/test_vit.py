@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from spectral_jax.models import checkpoints, vit
+from spectral_jax.models import extractor as extractor_lib
 
 from tests.conftest import MANIFEST, PARITY, PARITY_IDS as IDS
 
@@ -111,17 +112,17 @@ def test_padded_patch_sequence_equals_the_image(parity_model):
   n = grid[0] * grid[1]
   patches = np.zeros((1, n + 13, 16, 16, 3), np.uint8)
   patches[0, :n] = vit.patchify(crop[None], 16)[0]
-  tables, mask = vit.sequence_pos_tables(np.asarray(params['pos_embed']), [tuple(grid)], n + 13)
-  assert mask.sum() == 1 + n and not tables[0, 1 + n :].any()
-  out = jax.jit(
-      lambda p, x, t, m: model.apply({'params': p}, vit.normalize(x), pos_tables=t, token_mask=m)
-  )(params, patches, tables, mask)
+  inputs = extractor_lib.position_inputs(model.arch, params, [tuple(grid)], n + 13)
+  assert inputs['token_mask'].sum() == 1 + n and not inputs['pos_tables'][0, 1 + n :].any()
+  out = jax.jit(lambda p, x, i: model.apply({'params': p}, vit.normalize(x), **i))(
+      params, patches, inputs
+  )
   ref = np.load(f'{PARITY}/chelsea.npz')['k']
   assert np.abs(np.asarray(out['k'][0, :n]) - ref).max() <= 1e-4 * np.abs(ref).max()
   with pytest.raises(ValueError, match='need pos_tables'):
     model.apply({'params': params}, vit.normalize(patches))
   with pytest.raises(ValueError, match='more than 10 patches'):
-    vit.sequence_pos_tables(np.asarray(params['pos_embed']), [(3, 4)], 10)
+    extractor_lib.position_inputs(model.arch, params, [(3, 4)], 10)
   with pytest.raises(ValueError, match='not a multiple of patch size 16'):
     vit.patchify(np.zeros((1, 20, 32, 3)), 16)
 

@@ -136,7 +136,7 @@ class Block(nn.Module):
 class DinoV2(nn.Module):
   """DINOv2 ViT. Input: normalised images [B, H, W, 3] (H, W multiples of 14), or patch
   sequences [B, L, 14, 14, 3] (see ``vit.patchify``) with ``pos_tables`` [B, 1 + L, D]
-  (``sequence_pos_tables``) and ``token_mask`` [B, 1 + R + L] (R registers).
+  (``models.extractor.position_inputs``) and ``token_mask`` [B, 1 + R + L] (R registers).
 
   Returns, with prefix tokens (CLS and registers) dropped, rows row-major over the grid:
     k:                  [B, L, D] keys of block ``feature_block`` (qkv output, heads
@@ -251,22 +251,3 @@ def resample_pos_embed(arch: DinoV2Arch, pos_embed, grid_hw, precision='highest'
   table = jnp.einsum('hg,gkd->hkd', rows, table, precision=precision)
   table = jnp.einsum('wk,hkd->hwd', cols, table, precision=precision)
   return jnp.concatenate([pos_embed[:, :1], table.reshape(1, -1, d)], axis=1)
-
-
-def sequence_pos_tables(
-    arch: DinoV2Arch, pos_embed: np.ndarray, grids: list[tuple[int, int]], length: int
-) -> tuple[np.ndarray, np.ndarray]:
-  """Per-image position tables [B, 1 + length, D] and token masks [B, 1 + R + length].
-
-  Image i's table (CLS, then its h·w patches) fills the first 1 + h·w rows; its mask is True
-  on CLS, the R registers and its h·w patches, so padded patches never enter attention.
-  """
-  r = arch.num_registers
-  tables = np.zeros((len(grids), 1 + length, pos_embed.shape[-1]), np.float32)
-  masks = np.zeros((len(grids), 1 + r + length), bool)
-  for i, (h, w) in enumerate(grids):
-    if h * w > length:
-      raise ValueError(f'grid {(h, w)} has more than {length} patches')
-    tables[i, : 1 + h * w] = np.asarray(resample_pos_embed(arch, pos_embed, (h, w)))[0]
-    masks[i, : 1 + r + h * w] = True
-  return tables, masks

@@ -83,21 +83,6 @@ def patch_coords(grid_hw: tuple[int, int]) -> jnp.ndarray:
   return 2.0 * coords - 1.0
 
 
-def sequence_coords(grids: list[tuple[int, int]], length: int) -> tuple[np.ndarray, np.ndarray]:
-  """RoPE coordinates [B, length, 2] and token masks [B, 5 + length] for patch sequences.
-
-  Padded patches get coordinate 0 (any value works: the mask keeps them out of attention).
-  """
-  coords = np.zeros((len(grids), length, 2), np.float32)
-  masks = np.zeros((len(grids), 5 + length), bool)
-  for i, (h, w) in enumerate(grids):
-    if h * w > length:
-      raise ValueError(f'grid {(h, w)} has more than {length} patches')
-    coords[i, : h * w] = np.asarray(patch_coords((h, w)))
-    masks[i, : 5 + h * w] = True
-  return coords, masks
-
-
 def rope_cos_sin(coords, periods):
   """coords [..., L, 2], periods [hd/4] → cos, sin [..., L, hd]: all row angles, then all
   column angles, the 32 repeated twice (pairs (m, m + hd/2) rotate together)."""
@@ -168,7 +153,7 @@ def _default_periods(base: float, head_dim: int):
 class DinoV3(nn.Module):
   """DINOv3 ViT. Input: normalised images [B, H, W, 3] (H, W multiples of 16), or patch
   sequences [B, L, 16, 16, 3] with ``rope_coords`` [B, L, 2] and ``token_mask`` [B, 5 + L]
-  (see ``sequence_coords``).
+  (see ``models.extractor.position_inputs``).
 
   Returns, prefix tokens (CLS and 4 storage tokens) dropped, rows row-major over the grid:
     k:                  [B, L, D] keys of block ``feature_block`` as the qkv layer outputs

@@ -14,7 +14,6 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 BN_EPS = 1e-5
 PLANES = (64, 128, 256, 512)

@@ -90,7 +90,7 @@ def dense(features: int, precision, name: str) -> nn.Dense:
 
 def table_precision(precision):
   """Position tables are interpolated in true float32 under 'bfloat16' (tiny, and shared with
-  the host-side ``sequence_pos_tables``)."""
+  the host-side tables of ``models.extractor``)."""
   return 'highest' if is_bfloat16(precision) else precision
 
 
@@ -134,15 +134,28 @@ def query_chunk(batch: int, heads: int, tokens: int, budget: int | None = None) 
   return max(budget // (batch * heads * tokens * 4), 64)
 
 
-def chunked_attention(q, k, v, key_mask, precision, chunk: int):
-  """``_attend`` over query chunks of ``chunk`` rows, one at a time (``lax.map``); the same
-  values, with peak memory B·H·chunk·T instead of B·H·T²."""
-  b, t, h, c = q.shape
+def map_query_chunks(attend, q, chunk: int, axis: int):
+  """``attend(q)`` computed over query chunks of ``chunk`` rows along ``axis``, one chunk at a
+  time (``lax.map``; the last chunk zero-padded): the same values, with the memory of one
+  chunk's logits."""
+  t = q.shape[axis]
   n_chunks = -(-t // chunk)
-  q = jnp.pad(q, ((0, 0), (0, n_chunks * chunk - t), (0, 0), (0, 0)))
-  q = q.reshape(b, n_chunks, chunk, h, c).transpose(1, 0, 2, 3, 4)
-  out = jax.lax.map(lambda qc: _attend(qc, k, v, key_mask, precision)[0], q)
-  return out.transpose(1, 0, 2, 3, 4).reshape(b, n_chunks * chunk, h, c)[:, :t]
+  if n_chunks == 1:
+    return attend(q)
+  pad = [(0, 0)] * q.ndim
+  pad[axis] = (0, n_chunks * chunk - t)
+  q = jnp.pad(q, pad)
+  q = jnp.moveaxis(q.reshape(q.shape[:axis] + (n_chunks, chunk) + q.shape[axis + 1 :]), axis, 0)
+  out = jnp.moveaxis(jax.lax.map(attend, q), 0, axis)
+  out = out.reshape(out.shape[:axis] + (n_chunks * chunk,) + out.shape[axis + 2 :])
+  return jax.lax.slice_in_dim(out, 0, t, axis=axis)
+
+
+def chunked_attention(q, k, v, key_mask, precision, chunk: int):
+  """``_attend`` over query chunks of ``chunk`` rows: the same values, with peak memory
+  B·H·chunk·T instead of B·H·T²."""
+  attend = lambda qc: _attend(qc, k, v, key_mask, precision)[0]
+  return map_query_chunks(attend, q, chunk, axis=1)
 
 
 def _attend_one_head(q, k, v, key_mask, precision):
@@ -162,15 +175,11 @@ def head_by_head_attention(q, k, v, key_mask, precision):
   mask = jnp.ones((b, k.shape[1]), bool) if key_mask is None else key_mask
   masks = jnp.repeat(mask, h, axis=0)  # [B·H, T]
   chunk = query_chunk(1, 1, t)
-  n_chunks = -(-t // chunk)
 
   def one_head(args):
     qh, kh, vh, mh = args
-    if n_chunks == 1:
-      return _attend_one_head(qh, kh, vh, mh, precision)
-    qh = jnp.pad(qh, ((0, n_chunks * chunk - t), (0, 0))).reshape(n_chunks, chunk, c)
-    out = jax.lax.map(lambda qc: _attend_one_head(qc, kh, vh, mh, precision), qh)
-    return out.reshape(n_chunks * chunk, c)[:t]
+    attend = lambda qc: _attend_one_head(qc, kh, vh, mh, precision)
+    return map_query_chunks(attend, qh, chunk, axis=0)
 
   out = jax.lax.map(one_head, (heads(q), heads(k), heads(v), masks))  # [B·H, T, C]
   return out.reshape(b, h, t, c).transpose(0, 2, 1, 3)
@@ -284,7 +293,7 @@ class VisionTransformer(nn.Module):
 
   Images of any sizes share one compiled shape as patch sequences: each image's h·w patches
   first, zero patches after, ``pos_tables`` [B, 1 + L, D] (each image's own interpolated
-  table; see ``sequence_pos_tables``) and ``token_mask`` [B, 1 + L] (True for CLS and real
+  table; see ``models.extractor.position_inputs``) and ``token_mask`` [B, 1 + L] (True for CLS and real
   patches). Real tokens then equal the unpadded computation: attention is the only place
   tokens meet, and padded keys are masked out of it.
   """
@@ -359,26 +368,6 @@ def interpolate_pos_embed(pos_embed, grid_hw, pretrained_grid: int, precision='h
   table = jnp.einsum('hg,gkd->hkd', rows, table, precision=precision)
   table = jnp.einsum('wk,hkd->hwd', cols, table, precision=precision)
   return jnp.concatenate([pos_embed[:, :1], table.reshape(1, -1, d)], axis=1)
-
-
-def sequence_pos_tables(
-    pos_embed: np.ndarray, grids: list[tuple[int, int]], length: int
-) -> tuple[np.ndarray, np.ndarray]:
-  """Per-image position tables and token masks for patch sequences of ``length`` tokens.
-
-  pos_embed: [1, 1 + G², D] (host copy). Image i's table (CLS, then its h·w patches in
-  row-major order) fills the first 1 + h·w rows of tables [B, 1 + length, D]; token_mask
-  [B, 1 + length] is True on those rows.
-  """
-  g = int(round(np.sqrt(pos_embed.shape[1] - 1)))
-  tables = np.zeros((len(grids), 1 + length, pos_embed.shape[-1]), np.float32)
-  masks = np.zeros((len(grids), 1 + length), bool)
-  for i, (h, w) in enumerate(grids):
-    if h * w > length:
-      raise ValueError(f'grid {(h, w)} has more than {length} patches')
-    tables[i, : 1 + h * w] = np.asarray(interpolate_pos_embed(pos_embed, (h, w), g))[0]
-    masks[i, : 1 + h * w] = True
-  return tables, masks
 
 
 def crop_to_patches(image: np.ndarray, patch_size: int) -> np.ndarray:

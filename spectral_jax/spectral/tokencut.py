@@ -219,48 +219,24 @@ def padded_input(image: np.ndarray, patch_size: int) -> np.ndarray:
   return out
 
 
-@functools.lru_cache(maxsize=None)
-def _keys_forward(arch: vit.ViTArch, precision: str, feature_block: int):
-  model = vit.VisionTransformer(arch, precision=precision)
-
-  def fwd(params, patches, tables, token_mask):
-    out = model.apply(
-        {'params': params},
-        patches,
-        feature_block=feature_block,
-        pos_tables=tables,
-        token_mask=token_mask,
-    )
-    return out['k']
-
-  return jax.jit(fwd)
-
-
 def padded_keys(
     extractor: Any, images: Sequence[np.ndarray], length: Optional[int] = None
 ) -> tuple[jax.Array, list[tuple[int, int]]]:
   """Keys of the object-discovery input (:func:`padded_input`) for a batch of images.
 
   Args:
-    extractor: a pipeline.FeatureExtractor (its arch, params, precision, feature_block).
+    extractor: a ``pipeline.FeatureExtractor`` of a ViT (normalised float32 crops in).
     images: uint8 [H_i, W_i, 3].
     length: tokens per sequence (default: the largest ⌈H/P⌉·⌈W/P⌉).
 
   Returns:
-    keys [B, length, D] (CLS dropped, each image's tokens first, row-major) and the B grids.
+    keys [B, length, D] (prefix tokens dropped, each image's tokens first, row-major) and
+    the B grids.
   """
   p = extractor.arch.patch_size
   xs = [padded_input(im, p) for im in images]
   grids = [(x.shape[0] // p, x.shape[1] // p) for x in xs]
-  length = length or max(g[0] * g[1] for g in grids)
-  patches = np.zeros((len(xs), length, p, p, 3), np.float32)
-  for i, (x, g) in enumerate(zip(xs, grids)):
-    patches[i, : g[0] * g[1]] = vit.patchify(x[None], p)[0]
-  tables, token_mask = vit.sequence_pos_tables(
-      np.asarray(extractor.params['pos_embed']), grids, length
-  )
-  fwd = _keys_forward(extractor.arch, extractor.precision, extractor.feature_block)
-  return fwd(extractor.params, patches, tables, token_mask), grids
+  return extractor(xs, length)['k'][: len(xs)], grids
 
 
 # ----------------------------------------------------------------------------------------------

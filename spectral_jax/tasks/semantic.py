@@ -34,7 +34,8 @@ from PIL import Image
 
 from spectral_jax import io, metrics, parallel, pipeline, viz
 from spectral_jax.data import datasets
-from spectral_jax.models import registry_extractor, vit
+from spectral_jax.models import extractor as extractor_lib
+from spectral_jax.models import vit
 from spectral_jax.spectral import clustering, segments
 from spectral_jax.tasks import common, extract
 
@@ -245,7 +246,7 @@ def _write_panels(workdir: Path, stems, examples, segmaps, maps, config) -> None
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   sem = config.semantic
-  registry_extractor.require_vit(config.model.name, 'semantic')
+  extractor_lib.require_vit(config.model.name, 'semantic')
   extract.run(config, workdir)  # computes only the images whose features/eigs are missing
   parallel.barrier('semantic-extract')
   examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}

@@ -25,7 +25,8 @@ import numpy as np
 
 from spectral_jax import io, parallel, train
 from spectral_jax.data import datasets
-from spectral_jax.models import backbones, registry_extractor, segmenter
+from spectral_jax.models import backbones, segmenter
+from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.tasks import common, semantic
 
 # Keys of config.train that are not TrainConfig hyper-parameters.
@@ -146,7 +147,7 @@ def check_segmenter_backbone(config, mode: str = 'train') -> None:
     )
   if kind == 'vit':
     try:
-      registry_extractor.require_vit(config.model.name, mode)
+      extractor_lib.require_vit(config.model.name, mode)
     except ValueError as e:
       raise ValueError(
           f'{e}; for the official ResNet-50 segmenter use --config.segmenter.backbone='
@@ -166,15 +167,15 @@ def check_segmenter_backbone(config, mode: str = 'train') -> None:
 
 
 def load_backbone(config) -> tuple[Any, Any]:
-  """(arch, pretrained backbone) of the segmenter: the ViT's params tree, or the ResNet's
-  variables {'params', 'batch_stats'}."""
+  """(arch, pretrained variables) of the segmenter's backbone: {'params'} for a ViT, + the
+  ResNet's 'batch_stats'."""
   if segmenter_backbone(config) == 'vit':
-    extractor = common.load_extractor(config.model)  # pretrained ViT params, arch checked
-    return extractor.arch, extractor.params
-  extractor = registry_extractor.load(
+    extractor = common.load_extractor(config.model)  # pretrained ViT, arch checked
+    return extractor.arch, extractor.variables
+  extractor = extractor_lib.load(
       'dino_resnet50', config.segmenter.get('backbone_checkpoint', ''), config.model.cache_dir
   )  # arch (blocks per stage) read from the file; loaded strictly
-  return extractor.arch, extractor.params
+  return extractor.arch, extractor.variables
 
 
 def build_model(config, arch: Any) -> segmenter.DeepLabV3Plus:

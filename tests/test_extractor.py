@@ -1,5 +1,6 @@
-"""models/registry_extractor.py: DINOv2 / DINOv3 / ResNet-50 batches of mixed sizes equal the
-official single-image outputs, and ``model.precision='bfloat16'`` on the DINOv2/v3 ViTs."""
+"""models/extractor.py: DINOv2 / DINOv3 / ResNet-50 batches of mixed sizes equal the official
+single-image outputs (the DINO ViT's: tests/test_pipeline.py), ``model.precision='bfloat16'`` on
+the DINOv2/v3 ViTs, position rows cached within a bound for every ViT family."""
 
 import re
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 
 from spectral_jax import pipeline
-from spectral_jax.models import backbones, dinov2, registry_extractor, vit
+from spectral_jax.models import backbones, dinov2, vit
+from spectral_jax.models import extractor as extractor_lib
 from tests import backbones_data as bd
+from tests.conftest import PARITY
 from tests.test_precision import _dots
 
 VITS = ('dinov2_vits14_reg', 'dinov3_vits16')
@@ -20,7 +23,7 @@ KEY_RTOL = 0.02
 
 
 def _extractor(name, precision='highest'):
-  return registry_extractor.load(name, str(bd.DATA / name / 'checkpoint.pth'), precision=precision)
+  return extractor_lib.load(name, str(bd.DATA / name / 'checkpoint.pth'), precision=precision)
 
 
 def _crops(name):
@@ -47,7 +50,7 @@ def test_mixed_size_batch_equals_the_official_and_single_image_outputs(name):
   assert set(errs) == set(bd.reference(name)) and max(errs.values()) <= 1e-4, errs
   # Every crop equals its own single-image forward (an independent code path: full images).
   for i, crop in enumerate(crops):
-    single = backbones.features(extractor.arch, extractor.params, crop)
+    single = backbones.features(extractor.arch, extractor.variables, crop)
     for key in ('k', 'x_norm_patchtokens', *(('k_rope',) if 'dinov3' in name else ())):
       got = np.asarray(out[key][i, : tokens[i]])
       scale = np.abs(single[key]).max()
@@ -70,7 +73,7 @@ def test_resnet_batches_same_size_crops_and_equals_single_images():
   assert out['k'].shape == (3, 8 * 12, 2048) and out['low_level'].shape == (3, 4 * 96, 256)
   assert len(extractor.compiled_shapes) == 2
   for i, crop in enumerate(crops):
-    single = backbones.features(extractor.arch, extractor.params, crop)
+    single = backbones.features(extractor.arch, extractor.variables, crop)
     n = len(single['features'])
     scale = np.abs(single['features']).max()
     np.testing.assert_allclose(np.asarray(out['k'][i, :n]), single['features'], atol=1e-5 * scale)
@@ -94,17 +97,14 @@ def test_bfloat16_runs_bf16_matmuls_close_to_the_official_keys(name):
   assert max(errs.values()) <= 4 * KEY_RTOL, errs
   assert out['k'].dtype == jnp.float32
   # Every matmul of the forward multiplies bf16 operands into float32.
-  p = extractor.arch.patch_size
-  grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
-  patches = np.zeros((2, n, p, p, 3), np.uint8)
-  inputs = extractor._position_inputs(grids, n)
-  closed = jax.make_jaxpr(extractor._features)(extractor.params, patches, inputs)
+  patches, inputs = extractor.sequence_inputs([np.zeros_like(c) for c in crops], n)
+  closed = jax.make_jaxpr(extractor._features)(extractor.variables, patches, inputs)
   dots = list(_dots(closed.jaxpr))
   assert len(dots) >= 1 + 6 * extractor.arch.depth
   for eqn in dots:
     assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
     assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
-  hlo = jax.jit(extractor._features).lower(extractor.params, patches, inputs).as_text()
+  hlo = jax.jit(extractor._features).lower(extractor.variables, patches, inputs).as_text()
   lowered = [line for line in hlo.splitlines() if 'stablehlo.dot_general' in line]
   assert lowered and all(
       re.search(r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\) -> tensor<[^>]*xf32>', line)
@@ -128,13 +128,33 @@ def test_dinov3_attention_runs_in_query_chunks_above_the_budget(monkeypatch):
     np.testing.assert_allclose(np.asarray(chunked[key]), np.asarray(full[key]), atol=1e-5 * scale)
 
 
-def test_dinov2_position_tables_are_cached_within_a_bound():
-  extractor = _extractor('dinov2_vits14_reg')
-  grids = [(3, w) for w in range(2, 2 + registry_extractor.POSITION_TABLES + 10)]
-  inputs = extractor._position_inputs(grids, 3 * grids[-1][1])
-  assert extractor._position_table.cache_info().currsize == registry_extractor.POSITION_TABLES
-  pos_embed = np.asarray(extractor.params['params']['pos_embed'])
-  for i in (0, len(grids) - 1):
-    want = np.asarray(dinov2.resample_pos_embed(extractor.arch, pos_embed, grids[i]))[0]
-    np.testing.assert_array_equal(inputs['pos_tables'][i, : len(want)], want)
-    assert inputs['token_mask'][i].sum() == 1 + 4 + grids[i][0] * grids[i][1]
+def _pos_table_oracle(name, arch, pos_embed, grid):
+  """The family's table for one grid, straight from the model module."""
+  if name.startswith('dinov2'):
+    return np.asarray(dinov2.resample_pos_embed(arch, pos_embed, grid))[0]
+  return np.asarray(vit.interpolate_pos_embed(pos_embed, grid, arch.pretrained_grid))[0]
+
+
+@pytest.mark.parametrize('name', ['dino_vits16', 'dinov2_vits14_reg'])
+def test_position_tables_are_cached_within_a_bound(name, tmp_path, monkeypatch):
+  """Hundreds of image sizes keep at most POSITION_TABLES tables per extractor, and a table
+  evicted and rebuilt is the model's own table for that grid."""
+  assert extractor_lib.POSITION_TABLES == 64
+  monkeypatch.setattr(extractor_lib, 'POSITION_TABLES', 5)  # the same rule, fewer tables
+  if name == 'dino_vits16':
+    extractor = extractor_lib.load(name, str(PARITY / 'checkpoint.pth'), str(tmp_path))
+  else:
+    extractor = _extractor(name)
+  p = extractor.arch.patch_size
+  prefix = extractor_lib.prefix_tokens(extractor.arch)
+  pos_embed = np.asarray(extractor.variables['params']['pos_embed'])
+  grids = [(3, w) for w in range(2, 2 + extractor_lib.POSITION_TABLES + 3)]
+  crops = [np.zeros((h * p, w * p, 3), np.uint8) for h, w in grids]
+  _, inputs = extractor.sequence_inputs(crops, 3 * grids[-1][1])
+  assert extractor._grid_positions.cache_info().currsize == extractor_lib.POSITION_TABLES
+  _, again = extractor.sequence_inputs(crops[:1], 6)  # evicted, rebuilt
+  for i, packed in ((0, inputs), (len(grids) - 1, inputs), (0, again)):
+    want = _pos_table_oracle(name, extractor.arch, pos_embed, grids[i])
+    np.testing.assert_array_equal(packed['pos_tables'][i, : len(want)], want)
+    assert not packed['pos_tables'][i, len(want) :].any()
+    assert packed['token_mask'][i].sum() == prefix + grids[i][0] * grids[i][1]
