@@ -66,7 +66,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import glob
 import os
 import sys
 import tempfile

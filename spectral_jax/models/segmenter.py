@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.models import backbones, resnet, vit
+from spectral_jax.models import backbones, resnet
 
 KAIMING = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 # The backbone's children in torchvision order (what IntermediateLayerGetter keeps): the
