@@ -89,16 +89,8 @@ def cls_batch(extractor, crops: Sequence[np.ndarray], bucket_tokens: int = 64) -
   return out
 
 
-def load_extractor(
-    name: str,
-    checkpoint: str = '',
-    cache_dir: str = '',
-    precision: str = 'highest',
-    feature_block: int = -1,
-) -> FeatureExtractor:
-  """Loads (downloading if needed; DINO via the converted-params cache) a registry backbone:
-  DINO, DINOv2 (± registers), DINOv3 or the DINO ResNet-50 (see ``models.extractor``)."""
-  return extractor_lib.load(name, checkpoint, cache_dir, precision, feature_block)
+# Loads a registry backbone (DINO via the converted-params cache; see ``models.extractor``).
+load_extractor = extractor_lib.load
 
 
 class TooLargeError(ValueError):

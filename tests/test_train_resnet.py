@@ -15,7 +15,7 @@ from PIL import Image
 
 from configs import voc_semantic
 from spectral_jax import io, train
-from spectral_jax.models import backbones, resnet, segmenter
+from spectral_jax.models import backbones, resnet, vit
 from spectral_jax.tasks import evaluate
 from spectral_jax.tasks import train as train_task
 from tests import backbones_data as bd
@@ -48,7 +48,7 @@ def test_config_selects_the_official_resnet_segmenter(tmp_path):
   plain.segmenter.backbone = 'dino_resnet50'
   model = train_task.build_model(plain, resnet.ResNetArch())
   assert model.aspp_rates == (12, 24, 36) and model.unfrozen_backbone_layers == 1
-  vit_model = train_task.build_model(voc_semantic.get_config(), segmenter.vit.ARCHS['dino_vits16'])
+  vit_model = train_task.build_model(voc_semantic.get_config(), vit.ARCHS['dino_vits16'])
   assert vit_model.aspp_rates == (6, 12, 18)
   # Evaluation needs no download for the official file: the arch is ResNet-50's.
   assert evaluate.segmenter_arch(config) == resnet.ResNetArch((3, 4, 6, 3))
