@@ -236,11 +236,16 @@ def vit_flops(n: int, depth: int = 12, dim: int = 384, patch: int = 16) -> float
     return flops + depth * per_block
 
 
-def jax_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n×n float32 jnp.matmul at HIGHEST precision."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    f = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
+def jax_matmul_peak(bf16: bool = False, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n×n jnp.matmul: float32 at HIGHEST precision, or (``bf16``) bfloat16
+    operands with float32 accumulation, as ``model.precision`` runs them."""
+    dtype = jnp.bfloat16 if bf16 else jnp.float32
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    if bf16:
+        f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+    else:
+        f = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
     f(a, b).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
@@ -517,16 +522,8 @@ def main_method(args, argv) -> int:
 
 def autocast_keys(model, image: np.ndarray, device: str) -> np.ndarray:
     """``ref.extract_keys`` with the ViT forward under bf16 autocast; keys back to float32."""
-    x = ref.preprocess(image, model.patch_embed.patch_size).to(device)
     with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16):
-        model.get_intermediate_layers(x)
-    qkv = model.blocks[-1].attn.last_qkv.float()  # numpy has no bfloat16
-    b, t, c3 = qkv.shape
-    heads = model.blocks[-1].attn.num_heads
-    qkv = qkv.reshape(b, t, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4)
-    k = qkv[1].transpose(1, 2).reshape(b, t, -1)[:, 1:]
-    model.blocks[-1].attn.last_qkv = None
-    return k[0].cpu().numpy()
+        return ref.extract_keys(model, image, device)
 
 
 def localize_autocast(model, path: str, device: str, timers=None) -> Dict[str, np.ndarray]:
@@ -680,20 +677,6 @@ def main_attention(args) -> int:
     print()
     print(f"Load average at the end: {loadavg()}")
     return 0
-
-
-def jax_bf16_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n×n bfloat16 matmul with float32 accumulation."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
-    f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best / 1e9
 
 
 def main(argv=None) -> int:
@@ -916,7 +899,7 @@ def main(argv=None) -> int:
         executed += (vit_flops(b.length, depth, dim, patch)
                      * (-(-len(b.grids) // dev_mult) * dev_mult))
     bf16 = args.precision == "bfloat16"
-    peak_jax = jax_bf16_matmul_peak() if bf16 else jax_matmul_peak()
+    peak_jax = jax_matmul_peak(bf16)
     vit_ours, feats = time_our_vit(extractor, batches)
     print()
     print(f"ViT forward ({depth} blocks): {useful / 1e9:.1f} GFLOP on the real tokens of the "

@@ -204,7 +204,7 @@ def extract_keys(model: DinoViT, image: np.ndarray, device: str = "cpu") -> np.n
     qkv = qkv.reshape(b, t, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4)
     k = qkv[1].transpose(1, 2).reshape(b, t, -1)[:, 1:]
     model.blocks[-1].attn.last_qkv = None
-    return k[0].cpu().numpy()
+    return k[0].float().cpu().numpy()  # float32 already, or bf16 under autocast
 
 
 def official_eigs(feats: np.ndarray, k: int = 5) -> Tuple[np.ndarray, np.ndarray]:
