@@ -24,12 +24,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.timeout_s = 300  # how long a process waits for its peers at start-up
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'dino_vits16'  # dino_vits16 | dino_vits8 | dino_vitb16 | dino_vitb8
+  # dino_vits16 | dino_vits8 | dino_vitb16 | dino_vitb8 | dinov2_* | dinov3_* | dino_resnet50
+  # (every name of spectral_jax/models/backbones.py)
+  config.model.name = 'dino_vits16'
   config.model.checkpoint = ''  # local .pth/.safetensors file or URL; '' = official weights
   config.model.cache_dir = ''  # '' = $SPECTRAL_JAX_CACHE or ~/.cache/spectral_jax
   config.model.feature_block = -1  # block whose keys are the features
   # ViT matmuls: 'highest' (= 'float32', exact parity) | 'bfloat16' (bf16 operands, float32
-  # accumulation and features) | 'high' / 'default' (TF32/bf16 passes on accelerators)
+  # accumulation and features; identical boxes on the benchmark images; faster only with bf16
+  # units: GPU, TPU, AMX CPUs; slower on other CPUs) | 'high' / 'default' (TF32 / bf16
+  # passes on GPU/TPU)
   config.model.precision = 'highest'
 
   config.data = ml_collections.ConfigDict()

@@ -112,6 +112,37 @@ def test_bfloat16_runs_bf16_matmuls_close_to_the_official_keys(name):
   ), lowered
 
 
+@pytest.mark.parametrize(
+    'flags, has_units',
+    [
+        ('fpu sse2 avx2 fma avx512f avx512_vnni', False),  # Ice Lake: AVX-512, no BF16
+        ('fpu avx512f avx512_bf16 amx_bf16 amx_tile', True),  # Sapphire Rapids
+        ('fp asimd bf16 i8mm', True),  # Arm ('Features')
+    ],
+)
+def test_bfloat16_on_a_cpu_without_bf16_units_warns(tmp_path, monkeypatch, flags, has_units):
+  key = 'Features' if 'asimd' in flags else 'flags'
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text(f'processor\t: 0\n{key}\t\t: {flags}\n\nprocessor\t: 1\n{key}\t: {flags}\n')
+  assert extractor_lib.cpu_has_bf16_units(str(cpuinfo)) is has_units
+  assert extractor_lib.cpu_has_bf16_units(str(tmp_path / 'missing')) is None
+  read = extractor_lib.cpu_has_bf16_units
+  monkeypatch.setattr(extractor_lib, 'cpu_has_bf16_units', lambda: read(str(cpuinfo)))
+  warnings = []
+  monkeypatch.setattr(extractor_lib.logging, 'warning', lambda msg, *a: warnings.append(msg % a))
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  extractor_lib.warn_if_bf16_is_emulated('highest')
+  assert not warnings
+  name = 'dinov2_vits14_reg'
+  _extractor(name, vit.BFLOAT16)  # the loader warns (CLI and API load through it)
+  assert len(warnings) == (0 if has_units else 1)
+  if warnings:
+    assert 'model.precision=float32' in warnings[0] and 'without bfloat16 units' in warnings[0]
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')  # accelerators: never
+  extractor_lib.warn_if_bf16_is_emulated(vit.BFLOAT16)
+  assert len(warnings) == (0 if has_units else 1)
+
+
 def test_bfloat16_is_refused_for_the_resnet():
   with pytest.raises(ValueError, match="bfloat16.*dino_resnet50.*float32"):
     pipeline.load_extractor('dino_resnet50', precision=vit.BFLOAT16)

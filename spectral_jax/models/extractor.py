@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from spectral_jax import parallel
 from spectral_jax.models import backbones, checkpoints, dinov2, dinov3, resnet, vit
@@ -31,6 +31,8 @@ POSITION_TABLES = 64
 EXTRAS = ('x_norm_patchtokens', 'k_rope', 'low_level')
 
 Grid = tuple[int, int]
+# /proc/cpuinfo flags of bfloat16 matmul units (x86 AMX and AVX512-BF16, Arm BF16).
+BF16_CPU_FLAGS = frozenset({'amx_bf16', 'avx512_bf16', 'bf16'})
 
 
 def grid_positions(arch: Any, params: Any) -> Callable[[Grid], dict[str, np.ndarray]]:
@@ -74,6 +76,33 @@ def position_inputs(arch: Any, params: Any, grids: Sequence[Grid], length: int) 
 def prefix_tokens(arch: Any) -> int:
   """Tokens before the patches: CLS (+ registers / storage tokens)."""
   return getattr(arch, 'num_prefix_tokens', 1)
+
+
+def cpu_has_bf16_units(cpuinfo: str = '/proc/cpuinfo') -> Optional[bool]:
+  """Whether the host CPU multiplies bfloat16 in hardware; None where it cannot tell."""
+  try:
+    lines = Path(cpuinfo).read_text(errors='replace').splitlines()
+  except OSError:
+    return None
+  flags = {
+      flag
+      for line in lines
+      if line.split(':')[0].strip() in ('flags', 'Features')
+      for flag in line.split(':', 1)[-1].split()
+  }
+  return bool(flags & BF16_CPU_FLAGS) if flags else None
+
+
+def warn_if_bf16_is_emulated(precision: str) -> None:
+  """bfloat16 on a CPU without bf16 units goes through float32 in XLA: slower than float32
+  on every such CPU measured (benchmarks/README.md) and less exact, so say so."""
+  if vit.is_bfloat16(precision) and jax.default_backend() == 'cpu':
+    if cpu_has_bf16_units() is False:
+      logging.warning(
+          'model.precision=bfloat16 on a CPU without bfloat16 units (no AMX or AVX512-BF16 '
+          'in /proc/cpuinfo): XLA computes it through float32 here, which measured slower than '
+          'float32 and is less exact; use model.precision=float32 on this machine'
+      )
 
 
 def is_registry_only(name: str) -> bool:
@@ -227,6 +256,7 @@ def load(
     arch, variables = backbones.load_backbone_params(name, _source(b, checkpoint, cache_dir))
   if b.family != 'resnet' and not -arch.depth <= feature_block < arch.depth:
     raise ValueError(f'model.feature_block={feature_block} is outside a {arch.depth}-block model')
+  warn_if_bf16_is_emulated(precision)
   return FeatureExtractor(name, arch, variables, precision, feature_block)
 
 
