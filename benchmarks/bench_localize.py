@@ -619,6 +619,78 @@ def main_agreement(args, argv, ckpt: str, examples) -> int:
     return 0
 
 
+def best_of(f, *args, repeats: int = 5) -> float:
+    """Best wall time (s) of ``f(*args)`` over ``repeats`` runs after one warm-up run."""
+    jax.block_until_ready(f(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# ------------------------------------------------------------------------------------------------
+# --block: where one ViT block's time goes
+# ------------------------------------------------------------------------------------------------
+
+def main_block(args) -> int:
+    patch = MODELS[args.model][0]
+    b, t, d, heads = args.batch_size, (375 // patch) * (500 // patch) + 1, 384, 6
+    prec = vit.BFLOAT16 if args.precision == "bfloat16" else "highest"
+    rng = np.random.default_rng(0)
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape) * 0.05, jnp.float32)
+    x, hidden = normal(b, t, d), normal(b, t, 4 * d)
+    q, k, v = (normal(b, t, heads, d // heads) for _ in range(3))
+    mask = jnp.ones((b, t), bool)
+    weights = {"qkv": normal(d, 3 * d), "proj": normal(d, d), "fc1": normal(d, 4 * d),
+               "fc2": normal(4 * d, d)}
+
+    def dense_matmuls(x, h):
+        outs = [vit.einsum("btd,de->bte", x, weights[n], prec) for n in ("qkv", "proj", "fc1")]
+        return [*outs, vit.einsum("bte,ed->btd", h, weights["fc2"], prec)]
+
+    def attention_matmuls(q, k, v):  # the two products of every head, head by head, no softmax
+        by_head = lambda x: x.transpose(0, 2, 1, 3).reshape(b * heads, t, d // heads)
+        one_head = lambda qkv: vit.einsum(
+            "qk,kc->qc", vit.einsum("qc,kc->qk", qkv[0], qkv[1], prec), qkv[2], prec)
+        return jax.lax.map(one_head, (by_head(q), by_head(k), by_head(v)))
+
+    block = vit.Block(heads, prec)
+    block_params = block.init(jax.random.PRNGKey(0), x, mask)
+    norm = vit.TorchLayerNorm()
+    norm_params = norm.init(jax.random.PRNGKey(0), x)
+    attention_flops = 4.0 * b * heads * t * t * (d // heads)
+    parts = [
+        ("whole block (vit.Block)", jax.jit(lambda x: block.apply(block_params, x, mask)[0]), (x,),
+         2.0 * b * t * d * 12 * d + attention_flops),
+        ("qkv, proj, fc1, fc2 matmuls", jax.jit(dense_matmuls), (x, hidden),
+         2.0 * b * t * d * 12 * d),
+        (f"attention (vit.attention, the {jax.default_backend()} path)",
+         jax.jit(lambda q, k, v: vit.attention(q, k, v, mask, prec)), (q, k, v), attention_flops),
+        ("attention's two matmuls only (head by head)", jax.jit(attention_matmuls), (q, k, v),
+         attention_flops),
+        ("exact GELU on the MLP hidden", jax.jit(lambda h: jax.nn.gelu(h, approximate=False)),
+         (hidden,), 0.0),
+        ("LayerNorm", jax.jit(lambda x: norm.apply(norm_params, x)), (x,), 0.0),
+    ]
+    print(f"## bench_localize --block ({args.model} block: batch {b} × {t} tokens, width {d}, "
+          f"{heads} heads, {args.precision})")
+    print()
+    print(f"- JAX {jax.__version__} backend `{jax.default_backend()}`; load average {loadavg()}")
+    print()
+    print("| part | best of 7 (ms) | GFLOP/s |")
+    print("|---|---:|---:|")
+    for name, f, inputs, flops in parts:
+        seconds = best_of(f, *inputs, repeats=7)
+        rate = f"{flops / seconds / 1e9:.1f}" if flops else "-"
+        print(f"| {name} | {1e3 * seconds:.1f} | {rate} |")
+    print()
+    print(f"f32 2048² jnp.matmul peak in this process: {jax_matmul_peak():.1f} GFLOP/s; "
+          f"load average at the end: {loadavg()}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------
 # --attention: einsum path vs jax.nn.dot_product_attention
 # ------------------------------------------------------------------------------------------------
@@ -667,13 +739,8 @@ def main_attention(args) -> int:
         except Exception as e:  # e.g. cudnn without a supported GPU
             print(f"| {name} | n/a ({type(e).__name__}) | - |")
             continue
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            f(q, k, v).block_until_ready()
-            best = min(best, time.perf_counter() - t0)
         diff = float(np.abs(np.asarray(out) - ref_out).max())
-        print(f"| {name} | {1e3 * best:.1f} | {diff:.2e} |")
+        print(f"| {name} | {1e3 * best_of(f, q, k, v):.1f} | {diff:.2e} |")
     print()
     print(f"Load average at the end: {loadavg()}")
     return 0
@@ -694,6 +761,9 @@ def main(argv=None) -> int:
                     help="with --precision bfloat16: skip the autocast reference row")
     ap.add_argument("--agreement", action="store_true",
                     help="only compare our bfloat16 with our float32 (no timing, no torch ViT)")
+    ap.add_argument("--block", action="store_true",
+                    help="time one ViT block and its parts (matmuls, attention, GELU, LayerNorm) "
+                         "at --batch-size × a 375×500 image's tokens, --precision")
     ap.add_argument("--attention", action="store_true",
                     help="only time attention variants at the model's VOC token count")
     ap.add_argument("--batch-size", type=int, default=4, help="our batch size (default 4)")
@@ -728,6 +798,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.attention:
         return main_attention(args)
+    if args.block:
+        return main_block(args)
     if args.method != "dsm":
         return main_method(args, argv)
     if torch is None:
