@@ -114,7 +114,8 @@ def mask_accuracy(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
-  """|pred & gt| / |pred | gt| of two binary masks; an empty union gives 0 (as official: NaN -> 0)."""
+  """|pred & gt| / |pred | gt| of two binary masks; an empty union gives 0 (as official:
+  NaN -> 0)."""
   p, g = np.asarray(pred).astype(bool), np.asarray(gt).astype(bool)
   _check_same_shape(p, g)
   union = int(np.count_nonzero(p | g))

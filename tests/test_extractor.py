@@ -82,6 +82,15 @@ def test_resnet_batches_same_size_crops_and_equals_single_images():
         np.asarray(out['low_level'][i, : len(low)]), low, atol=1e-5 * np.abs(low).max()
     )
     assert not np.asarray(out['k'][i, n:]).any()
+  extractor([crops[2].astype(np.float32)])  # a float32 input compiles its own shape
+  assert len(extractor.compiled_shapes) == 3
+  # A uint8 and a float32 crop of one shape would stack into one array: refused, as for ViTs.
+  with pytest.raises(ValueError, match='mixes input dtypes'):
+    extractor([crops[0], crops[1].astype(np.float32)])
+  with pytest.raises(ValueError, match=r'\(64, 96\) crop has more than 10 patches'):
+    extractor(crops[:1], 10)
+  with pytest.raises(TypeError, match='ResNet'):
+    extractor.sequence_inputs(crops, 96)
 
 
 @pytest.mark.parametrize('name', VITS)

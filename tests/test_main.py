@@ -140,7 +140,8 @@ def test_large_photos_run_in_bounded_memory_with_outputs_in_their_frame(tmp_path
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert peak < 8 * 2**30, f'peak RSS {peak / 2**30:.1f} GB'
-  records = {r['id']: r for r in map(json.loads, (out / 'predictions.jsonl').read_text().splitlines())}
+  lines = (out / 'predictions.jsonl').read_text().splitlines()
+  records = {r['id']: r for r in map(json.loads, lines)}
   sizes = {'phone': [3000, 4000], 'pano': [300, 20000], 'astronaut': [512, 512],
            'chelsea': [300, 451]}
   assert {k: r['image_size'] for k, r in records.items()} == sizes

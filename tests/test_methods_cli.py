@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from spectral_jax import io, pipeline
+from spectral_jax.models import vit
 from spectral_jax.spectral import lost, tokencut
 from spectral_jax.tasks import localize, segment
 from tests.conftest import XLA_CACHE_ENV
@@ -113,10 +114,13 @@ def test_main_localize_tokencut(tmp_path):
 
 
 def _oracle_box(extractor, image, method, max_tokens):
-  """The method run by hand on the downscaled image (spectral/*.discover on padded_keys),
-  its box scaled to the original frame."""
+  """The method run by hand on the downscaled image (spectral/*.discover on the keys of the
+  whole padded input through the ViT's image path, not the pipeline's patch sequences), its
+  box scaled to the original frame."""
   small = pipeline.fit_tokens(image, 16, max_tokens)
-  keys, grids = tokencut.padded_keys(extractor, [small])
+  x = tokencut.padded_input(small, 16)
+  keys = vit.VisionTransformer(extractor.arch).apply(extractor.variables, x[None])['k']
+  grids = [(x.shape[0] // 16, x.shape[1] // 16)]
   hw = [small.shape[:2]]
   if method == 'tokencut':
     box = tokencut.discover(keys, grids, hw, 16, solver='dense')['box'][0]

@@ -501,4 +501,5 @@ def test_train_log_is_trimmed_to_the_resumed_step_and_nan_stops(tmp_path):
   train._trim_log(log, 20)  # pylint: disable=protected-access
   assert [r['step'] for r in io.read_jsonl(log)] == [10, 20]
   with pytest.raises(FloatingPointError, match='diverged at step 7: loss'):
-    train._check_finite({'loss': float('nan'), 'acc': 0.5}, 7, tiny_config())  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    train._check_finite({'loss': float('nan'), 'acc': 0.5}, 7, tiny_config())

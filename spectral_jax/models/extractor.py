@@ -105,11 +105,6 @@ def warn_if_bf16_is_emulated(precision: str) -> None:
       )
 
 
-def is_registry_only(name: str) -> bool:
-  """A registry backbone that is not a DINO v1 ViT (no converted-params cache)."""
-  return name in backbones.BACKBONES and backbones.BACKBONES[name].family != 'dino'
-
-
 def require_vit(name: str, mode: str) -> None:
   """Modes that need a ViT (CLS tokens of crops, the ViT segmenter) refuse the ResNet."""
   entry = backbones.BACKBONES.get(name)
@@ -163,21 +158,18 @@ class FeatureExtractor:
   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Patches [B, length, P, P, 3] (uint8, or float32 if the crops are) and the model's
     position inputs (cached per grid) with the token mask."""
+    if self._is_resnet:
+      raise TypeError(f'{self.name} is a ResNet: it runs whole crops, not patch sequences')
     p = self.arch.patch_size
-    dtype = crops[0].dtype
-    if any(c.dtype != dtype for c in crops) or dtype not in (np.uint8, np.float32):
-      raise ValueError('a batch mixes input dtypes: use uint8 or normalised float32 crops')
-    grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
-    if any(h * w > length for h, w in grids):
-      raise ValueError(f'a crop has more than {length} patches')
-    patches = np.zeros((len(crops), length, p, p, 3), dtype)
+    grids = _check_crops(crops, p, length)
+    patches = np.zeros((len(crops), length, p, p, 3), crops[0].dtype)
     for i, crop in enumerate(crops):
       patches[i, : grids[i][0] * grids[i][1]] = vit.patchify(crop[None], p)[0]
     rows = [self._grid_positions(g) for g in grids]
     return patches, pack_positions(rows, grids, length, prefix_tokens(self.arch))
 
   def _run(self, images: np.ndarray, inputs: dict, with_cls: bool) -> dict[str, jax.Array]:
-    key = (images.shape, with_cls)
+    key = (images.shape, images.dtype.name, with_cls)
     if key not in self.compiled_shapes:
       self.compiled_shapes.add(key)
       shape = images.shape[:2] if images.ndim == 5 else images.shape[:3]
@@ -202,17 +194,15 @@ class FeatureExtractor:
     the device count.
     """
     p = self.arch.patch_size
-    grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
-    length = length or max(h * w for h, w in grids)
+    length = length or max((c.shape[0] // p) * (c.shape[1] // p) for c in crops)
     if self._is_resnet:
-      return self._resnet_batch(crops, grids, length, with_cls)
+      return self._resnet_batch(crops, length, with_cls)
     return self._run(*self.sequence_inputs(crops, length), with_cls)
 
-  def _resnet_batch(self, crops, grids, length, with_cls) -> dict[str, jax.Array]:
+  def _resnet_batch(self, crops, length, with_cls) -> dict[str, jax.Array]:
     if with_cls:
       raise NotImplementedError(f'{self.name}: a ResNet has no CLS token')
-    if any(h * w > length for h, w in grids):
-      raise ValueError(f'a crop has more than {length} patches')
+    _check_crops(crops, self.arch.patch_size, length)
     ratios = {'k': 1, 'low_level': 4}  # layer1 has 2 × 2 rows per layer4 cell
     out: dict[str, np.ndarray] = {}
     by_shape: dict = {}
@@ -226,6 +216,19 @@ class FeatureExtractor:
           out[key] = np.zeros((len(crops), ratios[key] * length, value.shape[-1]), np.float32)
         out[key][members, : value.shape[1]] = value
     return {key: jnp.asarray(value) for key, value in out.items()}
+
+
+def _check_crops(crops: Sequence[np.ndarray], patch_size: int, length: int) -> list[Grid]:
+  """The crops' patch grids; one dtype (uint8, or float32 already normalised) and at most
+  ``length`` patches each, else a ValueError."""
+  dtype = crops[0].dtype
+  if any(c.dtype != dtype for c in crops) or dtype not in (np.uint8, np.float32):
+    raise ValueError('a batch mixes input dtypes: use uint8 or normalised float32 crops')
+  grids = [(c.shape[0] // patch_size, c.shape[1] // patch_size) for c in crops]
+  for crop, (h, w) in zip(crops, grids):
+    if h * w > length:
+      raise ValueError(f'a {crop.shape[:2]} crop has more than {length} patches')
+  return grids
 
 
 def load(

@@ -186,7 +186,8 @@ def _process(
     logging.warning('%s: no foreground patches; the cutout is empty', example.id)
   # A segment map may be finer than the patch grid (2× for downsampled-8 eigenvectors).
   cell = max(patch * grid[0] // patch_mask.shape[0], 1)
-  mask = pipeline.resize_mask(segments.upsample_patch_mask(patch_mask, working, cell), image.shape[:2])
+  upsampled = segments.upsample_patch_mask(patch_mask, working, cell)
+  mask = pipeline.resize_mask(upsampled, image.shape[:2])
   band = patch * image.shape[0] / working[0]  # one patch, in pixels of the original
   out = edit_image(image, mask, band, opts, background)
   paths = output_paths(workdir, example.id)
