@@ -499,6 +499,9 @@ def test_task_with_real_extraction(photo_dir, tmp_path):
   use (its masks mean nothing: this checks the plumbing, not the quality)."""
   checkpoint = PARITY / 'checkpoint.pth'
   root, alphas = photo_dir
+  # 120 × 160: the model sees a 112 × 160 crop (7 × 10 patches), and 120 // 7 = 17 is not
+  # the patch size (17 × 10 > 160 columns).
+  alphas = dict(alphas, odd=_write_scene(root / 'odd.png', 22, hw=(120, 160)))
   from configs import edit as edit_config
 
   config = edit_config.get_config()
@@ -514,6 +517,20 @@ def test_task_with_real_extraction(photo_dir, tmp_path):
     assert (work / 'panels' / f'edit_{stem}.png').exists()
   assert not (work / 'eigs' / 'broken.npz').exists()
   assert 'broken' in (work / 'skipped.jsonl').read_text()
+  assert 'odd' not in (work / 'skipped.jsonl').read_text()
   stamps = {p: p.stat().st_mtime_ns for p in work.rglob('*.png')}
   task.run(config, str(work))  # resumes without loading the model or redoing anything
   assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob('*.png')}
+
+
+def test_eigen_frame_takes_the_stored_patch_size_and_infers_it_for_older_records():
+  record = dict(
+      eigenvectors=np.zeros((3, 70), np.float32),
+      patch_grid=np.array([7, 10]),
+      image_size=np.array([120, 170]),
+      working_size=np.array([120, 170]),
+  )
+  assert task.eigen_frame(record, (120, 170)) == (16, (7, 10), (120, 170))  # no patch_size
+  assert task.eigen_frame(dict(record, patch_size=np.array(16)), (120, 170))[0] == 16
+  with pytest.raises(ValueError, match='overwrite'):
+    task.eigen_frame(record, (121, 170))

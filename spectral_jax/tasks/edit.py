@@ -136,7 +136,12 @@ def eigen_frame(record, image_hw: tuple[int, int]) -> tuple[int, tuple[int, int]
     )
   grid = tuple(int(v) for v in record['patch_grid'])
   working = tuple(int(v) for v in record['working_size'])
-  return working[0] // grid[0], grid, working
+  if 'patch_size' in record:
+    return int(record['patch_size']), grid, working
+  # Records written before patch_size was stored: the image is cropped to whole patches, so
+  # working // grid overestimates P whenever H mod P ≥ h; take the backbone size that fits.
+  fits = [p for p in (16, 14, 8) if all(n // p == g for n, g in zip(working, grid))]
+  return (fits[0] if fits else working[0] // grid[0]), grid, working
 
 
 def foreground_patches(

@@ -1,10 +1,10 @@
 """``--mode=extract``: features and eigenvectors per image, the inputs of every other stage.
 
 Writes ``workdir/features/<stem>.npz`` (k [h·w, D] float32 row-major over the patch grid,
-patch_grid (h, w), image_size (H, W) of the original image, working_size (H', W') the model
-saw: smaller when the image was downscaled to data.max_tokens) and ``workdir/eigs/<stem>.npz``
-(eigenvalues [K'], eigenvectors [K', h·w], patch_grid, image_size, working_size; K' = K
-unless the image has no more than K patches). Images whose files exist are not recomputed.
+patch_size P, patch_grid (h, w), image_size (H, W) of the original image, working_size (H', W')
+the model saw: smaller when the image was downscaled to data.max_tokens) and
+``workdir/eigs/<stem>.npz`` (eigenvalues [K'], eigenvectors [K', h·w], patch_size, patch_grid,
+image_size, working_size; K' = K unless the image has no more than K patches). Images whose files exist are not recomputed.
 Registry backbones add their other arrays to features/: x_norm_patchtokens (DINOv2/v3),
 k_rope (DINOv3), and for dino_resnet50 features (= k, layer4) and low_level [(2h)·(2w), 256].
 
@@ -36,6 +36,7 @@ def is_done(workdir, image_id: str, with_features: bool) -> bool:
 def _write(r: pipeline.ImageResult, workdir, with_features: bool) -> None:
   feat_path, eig_path = output_paths(workdir, r.example.id)
   frame = dict(
+      patch_size=np.array(r.patch_size),
       patch_grid=np.array(r.patch_grid),
       image_size=np.array(r.image_hw),
       working_size=np.array(r.image.shape[:2]),
