@@ -253,12 +253,20 @@ class _Inputs:
     image_id = f'{i:06d}'
     if isinstance(item, (str, os.PathLike)):
       path = Path(item).expanduser()
+      if path.is_dir():
+        raise ValueError(
+            f'{where}: {os.fspath(item)!r} is a folder; pass image files (a list of paths), '
+            'or run the CLI with --config.data.root=FOLDER'
+        )
       if not path.is_file():
         raise ValueError(f'{where}: no such image file {os.fspath(item)!r}')
       return datasets.Example(id=image_id, path=str(path))
     if isinstance(item, Image.Image):
-      img = ImageOps.exif_transpose(item) or item  # what the file decoder does with EXIF
-      rgb = decode.to_rgb_array(img, where)
+      try:  # a lazily opened PIL image decodes here: truncated or corrupt data fails now
+        img = ImageOps.exif_transpose(item) or item  # what the file decoder does with EXIF
+        rgb = decode.to_rgb_array(img, where)
+      except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f'{where}: unreadable PIL image ({e})') from e
     elif isinstance(item, np.ndarray) or hasattr(item, '__array__'):
       rgb = _rgb_of_array(np.asarray(item), where)
     else:
@@ -275,8 +283,12 @@ class _Inputs:
     return datasets.Example(id=image_id, path=str(path))
 
   def error(self, example, e: Exception) -> None:
-    """``on_error`` of the pipeline: an unusable image stops the call, naming it."""
-    raise ValueError(f'{self.where[example.id]}: {e}') from e
+    """``on_error`` of the pipeline: an unusable image stops the call, naming it (not the
+    temporary file an array or PIL image was written to)."""
+    message = str(e)
+    if self._tmp is not None and example.path.startswith(self._tmp.name):
+      message = message.replace(f'{example.path}: ', '').replace(example.path, 'the image')
+    raise ValueError(f'{self.where[example.id]}: {message}') from e
 
   def close(self) -> None:
     if self._tmp is not None:

@@ -158,6 +158,7 @@ def test_bad_inputs_are_named(backbone, tmp_path):
       ([rgb, rgb, str(tmp_path / 'missing.png')], 'images[2]: no such image file'),
       ([np.zeros((8, 64, 3), np.uint8)], 'images[0]: 64x8 pixels; the minimum side is 16'),
       ([rgb, 3], 'images[1]: a int'),
+      ([rgb, str(tmp_path)], 'images[1]: ' + repr(str(tmp_path)) + ' is a folder'),
       ([], 'empty list'),
       (rgb.astype(np.int64), 'images: dtype int64'),
   ]
@@ -169,6 +170,16 @@ def test_bad_inputs_are_named(backbone, tmp_path):
   bad.write_bytes(b'not a png')
   with pytest.raises(ValueError, match=r'images\[1\]: .*bad.png'):
     sj.localize(backbone, [PATHS[0], str(bad)])
+  # A lazily opened PIL image with truncated data decodes inside the call: named, ValueError.
+  good = tmp_path / 'good.jpg'
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(good)
+  (tmp_path / 'truncated.jpg').write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+  with pytest.raises(ValueError, match=r'images\[1\]: unreadable PIL image'):
+    sj.localize(backbone, [rgb, Image.open(tmp_path / 'truncated.jpg')])
+  # An array the pipeline refuses is named as the item, not as the temporary file it became.
+  with pytest.raises(ValueError) as info:
+    sj.localize(backbone, [rgb, np.zeros((16, 16, 3), np.uint8)])
+  assert str(info.value).startswith('images[1]: ') and 'spectral_jax_api_' not in str(info.value)
   with pytest.raises(ValueError, match="method='nonesuch'.*dsm"):
     sj.localize(backbone, rgb, method='nonesuch')
   with pytest.raises(ValueError, match='refine'):
