@@ -723,11 +723,37 @@ def main_attention(args) -> int:
             return out.astype(jnp.float32)
         return jax.jit(f)
 
+    def head_by_head_chunks(prec, rows):  # the CPU path with queries in chunks of ``rows``
+        def f(q, k, v):
+            saved = vit.ATTENTION_CHUNK_BYTES
+            vit.ATTENTION_CHUNK_BYTES = rows * t * 4  # one head's chunk logits, at trace time
+            try:
+                return vit.head_by_head_attention(q, k, v, mask, prec)
+            finally:
+                vit.ATTENTION_CHUNK_BYTES = saved
+        return jax.jit(f)
+
+    def deferred_division(prec):  # head by head, exp(l − max)·v divided by the row sums after
+        def one_head(qkv):
+            qh, kh, vh = qkv
+            logits = vit.einsum("qc,kc->qk", qh, kh, prec) * hd ** -0.5
+            e = jnp.exp(logits - logits.max(-1, keepdims=True))
+            return vit.einsum("qk,kc->qc", e, vh, prec) / e.sum(-1, keepdims=True)
+        by_head = lambda x: x[0].transpose(1, 0, 2)
+        return jax.jit(lambda q, k, v: jax.lax.map(one_head, (by_head(q), by_head(k), by_head(v)))
+                       .transpose(1, 0, 2)[None])
+
     impls = ["xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
     variants = []
     for prec in ("highest", vit.BFLOAT16):
         variants.append((f"einsum, all heads at once ({prec})", ours(prec)))
         variants.append((f"head by head, lax.map ({prec})", head_by_head(prec)))
+        if prec == "highest":
+            for rows in (512, 256, 128):
+                variants.append((f"head by head, queries in chunks of {rows} ({prec})",
+                                 head_by_head_chunks(prec, rows)))
+            variants.append((f"head by head, softmax division after attn·v ({prec})",
+                             deferred_division(prec)))
         for impl in impls:
             variants.append((f"dot_product_attention {impl} ({prec} operands)", dpa(prec, impl)))
     ref_out = np.asarray(ours("highest")(q, k, v))
