@@ -361,7 +361,8 @@ def time_our_vit(extractor, batches: Sequence[OurBatch],
 def time_our_eigen(batches: Sequence[OurBatch], feats: Sequence[np.ndarray], solver: str,
                    repeats: int = 1) -> float:
     """Eigen solver alone as the pipeline batches it: affinities (computed beforehand) padded to
-    the sequence length with ``eigen.pad_affinities``, one vmapped ``laplacian_eigs`` call per batch."""
+    the sequence length with ``eigen.pad_affinities``, one vmapped ``laplacian_eigs`` call per
+    batch."""
     aff = jax.jit(affinity.feature_affinity)
     inputs = []
     for b, f in zip(batches, feats):

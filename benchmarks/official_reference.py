@@ -267,7 +267,8 @@ def localize(model: DinoViT, path: str, k: int = 5, device: str = "cpu",
     box = official_box(vecs, grid, p, image.shape[:2])
     t4 = time.perf_counter()
     if timers is not None:
-        for name, dt in (("decode", t1 - t0), ("vit", t2 - t1), ("eigen", t3 - t2), ("box", t4 - t3)):
+        stages = (("decode", t1 - t0), ("vit", t2 - t1), ("eigen", t3 - t2), ("box", t4 - t3))
+        for name, dt in stages:
             timers[name] = timers.get(name, 0.0) + dt
     return {"k": keys, "eigenvalues": vals, "eigenvectors": vecs, "box": box,
             "grid": np.asarray(grid), "image_hw": np.asarray(image.shape[:2])}

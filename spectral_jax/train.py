@@ -5,7 +5,7 @@
   Frozen backbone parameters (ResNet: conv1, bn1, layer1–3; see
   ``segmenter.frozen_backbone_modules``) get no update and no optimiser state, while
   every BatchNorm, frozen ones included, updates its running statistics in train mode.
-* Data: host-side numpy augmentation — random resized crop (bicubic image,
+* Data: host-side numpy augmentation (``augment``) — random resized crop (bicubic image,
   nearest mask), horizontal flip, colour jitter, to-gray, Gaussian blur (the official
   intended albumentations recipe) — in a thread pool, one batch ahead.
   The order is a pure function of (seed, step): epoch e uses permutation
@@ -17,8 +17,8 @@
   only the rows of each global batch that live on its devices
   (``jax.make_array_from_callback``), evaluates a strided share of the val set, and the
   confusion matrices are summed across processes: results equal a one-process run.
-* Checkpoints (orbax): every ``checkpoint_every`` steps and at each evaluation;
-  the 2 latest and the best by val mIoU are kept. A checkpoint holds the whole
+* Checkpoints (orbax, ``train_checkpoints``): every ``checkpoint_every`` steps and at each
+  evaluation; the 2 latest and the best by val mIoU are kept. A checkpoint holds the whole
   ``TrainState`` (step, params, optimiser state, batch stats, dropout key) and
   the data position; dropout keys are ``fold_in(key, step)``, so resuming is exact.
 
@@ -36,20 +36,17 @@ import dataclasses
 import functools
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
-from PIL import Image
-from scipy import ndimage
-from skimage import color as skcolor
 
-from spectral_jax import io, metrics, parallel
+from spectral_jax import augment, io, metrics, parallel
+from spectral_jax import train_checkpoints as checkpoints
 from spectral_jax.models import segmenter, vit
 
 # (image uint8 [H, W, 3], label uint8 [H, W]); labels use 255 for void in GT.
@@ -101,106 +98,6 @@ class TrainState:
 
 
 # --------------------------------------------------------------------------------------
-# Augmentation (numpy / PIL, host side)
-
-
-def random_resized_crop_box(
-    rng: np.random.Generator,
-    height: int,
-    width: int,
-    scale: Sequence[float],
-    ratio: Sequence[float],
-) -> tuple[int, int, int, int]:
-  """torchvision's RandomResizedCrop.get_params: (top, left, h, w)."""
-  area = height * width
-  log_ratio = np.log(ratio)
-  for _ in range(10):
-    target = area * rng.uniform(*scale)
-    aspect = np.exp(rng.uniform(*log_ratio))
-    w = int(round(np.sqrt(target * aspect)))
-    h = int(round(np.sqrt(target / aspect)))
-    if 0 < w <= width and 0 < h <= height:
-      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-  in_ratio = width / height  # fallback: central crop at the nearest allowed ratio
-  if in_ratio < min(ratio):
-    w, h = width, int(round(width / min(ratio)))
-  elif in_ratio > max(ratio):
-    h, w = height, int(round(height * max(ratio)))
-  else:
-    h, w = height, width
-  return (height - h) // 2, (width - w) // 2, h, w
-
-
-def _gray(x: np.ndarray) -> np.ndarray:
-  return x @ np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def color_jitter(
-    image: np.ndarray, rng: np.random.Generator, strength: Sequence[float]
-) -> np.ndarray:
-  """torchvision ColorJitter(brightness, contrast, saturation, hue): ops in random order."""
-  b, c, s, h = strength
-  x = image.astype(np.float32) / 255.0
-  for op in rng.permutation(4):
-    if op == 0 and b:
-      x = x * rng.uniform(max(0.0, 1 - b), 1 + b)
-    elif op == 1 and c:
-      f = rng.uniform(max(0.0, 1 - c), 1 + c)
-      x = f * x + (1 - f) * _gray(x).mean()
-    elif op == 2 and s:
-      f = rng.uniform(max(0.0, 1 - s), 1 + s)
-      x = f * x + (1 - f) * _gray(x)[..., None]
-    elif op == 3 and h:
-      hsv = skcolor.rgb2hsv(x)
-      hsv[..., 0] = (hsv[..., 0] + rng.uniform(-h, h)) % 1.0
-      x = skcolor.hsv2rgb(hsv).astype(np.float32)
-    x = np.clip(x, 0.0, 1.0)
-  return np.round(x * 255.0).astype(np.uint8)
-
-
-def to_gray(image: np.ndarray) -> np.ndarray:
-  """ToGray: OpenCV's fixed-point RGB→GRAY (≈ 0.299 R + 0.587 G + 0.114 B), on every channel."""
-  r, g, b = (image[..., i].astype(np.int32) for i in range(3))
-  y = ((r * 4899 + g * 9617 + b * 1868 + 8192) >> 14).astype(np.uint8)
-  return np.repeat(y[..., None], 3, axis=-1)
-
-
-def gaussian_blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """GaussianBlur(blur_limit=(3, 7), sigma from the kernel size as OpenCV does), reflect-101."""
-  ksize = int(rng.choice([3, 5, 7]))
-  sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
-  x = np.arange(ksize) - ksize // 2
-  kernel = np.exp(-(x**2) / (2 * sigma**2))
-  kernel /= kernel.sum()
-  out = image.astype(np.float32)
-  for axis in (0, 1):
-    out = ndimage.correlate1d(out, kernel, axis=axis, mode='mirror')
-  return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-def augment(
-    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
-) -> tuple[np.ndarray, np.ndarray]:
-  """Random resized crop → flip → colour jitter → gray → blur; the mask follows (nearest)."""
-  if image.shape[:2] != label.shape:
-    raise ValueError(f'image {image.shape[:2]} and label {label.shape} differ in size')
-  top, left, h, w = random_resized_crop_box(rng, *label.shape, cfg.scale, cfg.ratio)
-  box = (left, top, left + w, top + h)
-  size = (cfg.crop_size, cfg.crop_size)
-  image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC, box=box))
-  label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST, box=box))
-  if rng.random() < cfg.flip_p:
-    image, label = image[:, ::-1], label[:, ::-1]
-  if rng.random() < cfg.jitter_p:
-    image = color_jitter(image, rng, cfg.jitter)
-  if rng.random() < cfg.gray_p:
-    image = to_gray(image)
-  if rng.random() < cfg.blur_p:
-    image = gaussian_blur(image, rng)
-  return np.ascontiguousarray(image), np.ascontiguousarray(label)
-
-
-# --------------------------------------------------------------------------------------
 # Data order: a pure function of (seed, step)
 
 
@@ -224,7 +121,7 @@ def _augmented(
     data: Sequence[Example], index: int, seed: int, epoch: int, position: int, cfg: TrainConfig
 ) -> Example:
   image, label = data[index]
-  return augment(image, label, np.random.default_rng([seed, epoch, position]), cfg)
+  return augment.augment(image, label, np.random.default_rng([seed, epoch, position]), cfg)
 
 
 def train_batches(
@@ -511,235 +408,6 @@ def score_confusion(confusion: np.ndarray, hungarian: bool) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_manager(
-    directory: Path, keep_latest: int = 2, read_only: bool = False
-) -> ocp.CheckpointManager:
-  """Keeps the ``keep_latest`` newest checkpoints plus the best one by 'val_miou'.
-
-  Steps whose metadata is damaged (orbax reads it here) are moved aside with a warning;
-  a read-only manager leaves them in place and only ranks by recency instead.
-  """
-  try:
-    return _checkpoint_manager(directory, keep_latest, read_only, rank=True)
-  except Exception as e:  # orbax reads every step's metrics on creation
-    bad = _damaged_metadata_steps(Path(directory))
-    if not bad:
-      raise
-    logging.warning('checkpoints %s under %s have damaged metadata (%s)', bad, directory, e)
-    if read_only:
-      return _checkpoint_manager(directory, keep_latest, read_only, rank=False)
-    _set_aside(Path(directory).absolute(), bad)
-    return _checkpoint_manager(directory, keep_latest, read_only, rank=True)
-
-
-def _checkpoint_manager(
-    directory: Path, keep_latest: int, read_only: bool, rank: bool
-) -> ocp.CheckpointManager:
-  policies = ocp.checkpoint_managers
-  best = lambda m: m['val_miou']
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=policies.AnyPreservationPolicy(
-          [
-              policies.LatestN(keep_latest),
-              policies.BestN(get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False),
-          ]
-      )
-      if rank
-      else policies.LatestN(keep_latest),
-      best_fn=best if rank else None,
-      best_mode='max',
-      read_only=read_only,
-      create=not read_only,
-      lightweight_initialize=not rank,  # reads no step's metrics (or other metadata)
-  )
-  handlers = {
-      'state': ocp.StandardCheckpointHandler(),
-      'data': ocp.JsonCheckpointHandler(),
-      'model': ocp.JsonCheckpointHandler(),
-  }
-  return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_handlers=handlers)
-
-
-def _damaged_metadata_steps(directory: Path) -> list[int]:
-  import json  # pylint: disable=import-outside-toplevel
-
-  bad = []
-  for step_dir in directory.iterdir() if directory.is_dir() else ():
-    if not step_dir.name.isdigit():
-      continue
-    for meta in (step_dir / '_CHECKPOINT_METADATA', step_dir / 'metrics' / 'metrics'):
-      try:
-        if meta.exists():
-          json.loads(meta.read_text())
-      except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
-        bad.append(int(step_dir.name))
-        break
-  return sorted(bad)
-
-
-def _save(
-    mngr: ocp.CheckpointManager,
-    state: TrainState,
-    data_position: dict,
-    model: segmenter.DeepLabV3Plus,
-    val_miou: Optional[float] = None,
-) -> None:
-  mngr.save(
-      int(state.step),
-      args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=ocp.args.JsonSave(data_position),
-          model=ocp.args.JsonSave(segmenter.model_spec(model)),
-      ),
-      metrics=None if val_miou is None else {'val_miou': val_miou},
-  )
-
-
-class UnreadableCheckpointError(ValueError):
-  """A checkpoint step whose files cannot be read (truncated, garbage, half-deleted)."""
-
-  def __init__(self, directory: Path, step: int, cause: BaseException):
-    self.step = step
-    reason = f'{type(cause).__name__}: {cause}'
-    reason = reason if len(reason) < 400 else reason[:400] + '...'  # tensorstore specs are long
-    super().__init__(f'checkpoint {directory}/{step} is unreadable ({reason})')
-
-
-def check_architecture(mngr: ocp.CheckpointManager, step: int, expected_params: Any) -> Any:
-  """Saved state metadata of ``step``, after checking its parameter shapes.
-
-  A checkpoint of another architecture fails here, naming each offending parameter
-  with both shapes and the model that wrote it, instead of deep inside orbax. One
-  whose metadata cannot be read raises UnreadableCheckpointError.
-  """
-  try:
-    saved = mngr.item_metadata(step)['state']
-    saved = getattr(saved, 'tree', saved)
-    saved_params = segmenter.shape_tree(saved['params'])
-  except Exception as e:  # orbax/tensorstore/json errors of damaged files
-    raise UnreadableCheckpointError(mngr.directory, step, e) from e
-  try:
-    segmenter.check_compatible(saved_params, segmenter.shape_tree(expected_params))
-  except ValueError as e:
-    spec = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
-    raise ValueError(f'{e}\n(checkpoint {mngr.directory}/{step} was written by {spec})') from None
-  return saved
-
-
-def _newest_readable(
-    mngr: ocp.CheckpointManager, step: int, read: Callable[[int], Any], fall_back: bool = True
-) -> tuple[Any, int, list[int]]:
-  """(``read(s)``, s, unreadable steps skipped) for s = ``step`` or, when its files are
-  damaged and ``fall_back``, the newest older step that reads; warns naming each bad step."""
-  older = sorted((s for s in mngr.all_steps() if s < step), reverse=True)
-  bad: list[int] = []
-  for candidate in [step] + (older if fall_back else []):
-    try:
-      try:
-        return read(candidate), candidate, bad
-      except UnreadableCheckpointError:
-        raise
-      except ValueError as e:
-        if 'was written by' in str(e):  # another architecture: a config error, not damage
-          raise
-        raise UnreadableCheckpointError(mngr.directory, candidate, e) from e
-      except Exception as e:  # orbax/tensorstore errors of damaged files
-        raise UnreadableCheckpointError(mngr.directory, candidate, e) from e
-    except UnreadableCheckpointError as e:
-      if not fall_back:
-        raise
-      logging.warning('%s; falling back to the newest older step', e)
-      bad.append(candidate)
-  raise UnreadableCheckpointError(
-      mngr.directory, step, RuntimeError(f'no readable step among {[step] + older}')
-  )
-
-
-def _set_aside(directory: Path, steps: list[int]) -> None:
-  """Renames unreadable steps out of orbax's view (kept for inspection), so a resumed run
-  can save those step numbers again."""
-  if steps and parallel.is_main_process():
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    for step in steps:
-      path = Path(directory) / str(step)
-      if path.exists():
-        path.rename(path.with_name(f'{step}.unreadable-{stamp}'))
-        logging.warning('moved unreadable %s aside (%s.unreadable-%s)', path, step, stamp)
-  if steps:
-    parallel.barrier('checkpoints_set_aside')
-
-
-def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
-  """(state, data position) of ``step``; ``target`` is a concrete or abstract TrainState.
-
-  If the files of ``step`` are damaged, the newest older readable step is restored
-  instead (``state.step`` tells which), with a warning, and the damaged steps are moved
-  aside so the run can write those steps again.
-  """
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-
-  def read(candidate: int) -> Any:
-    check_architecture(mngr, candidate, target.params)
-    return mngr.restore(
-        candidate,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
-        ),
-    )
-
-  out, _, bad = _newest_readable(mngr, step, read)
-  if bad:
-    _set_aside(Path(mngr.directory), bad)
-    mngr.reload()
-  return out['state'], dict(out['data'])
-
-
-def best_or_latest_step(mngr: ocp.CheckpointManager) -> Optional[int]:
-  try:
-    best = mngr.best_step()
-  except Exception as e:  # damaged metrics of some step: the latest one is still a choice
-    logging.warning('cannot rank checkpoints under %s by val_miou (%s)', mngr.directory, e)
-    best = None
-  return mngr.latest_step() if best is None else best
-
-
-def restore_variables(
-    directory: Path, model: segmenter.DeepLabV3Plus, step: Optional[int] = None
-) -> tuple[dict, int]:
-  """Inference variables {'params', 'batch_stats'} of a checkpoint (best step by default).
-
-  The target is built from the checkpoint's own metadata (any optimiser state
-  restores), after the parameter shapes are checked against ``model``. If the default
-  step's files are damaged, the newest older readable step is used, with a warning; an
-  explicitly requested damaged step raises UnreadableCheckpointError.
-  """
-  mngr = checkpoint_manager(directory, read_only=True)
-  requested = step
-  step = best_or_latest_step(mngr) if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint under {directory}')
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-  def read(candidate: int) -> Any:
-    saved = check_architecture(mngr, candidate, segmenter.abstract_variables(model)['params'])
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved
-    )
-    return mngr.restore(
-        candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    )['state']
-
-  try:
-    state, step, _ = _newest_readable(mngr, step, read, fall_back=requested is None)
-  finally:
-    mngr.close()
-  return {'params': state['params'], 'batch_stats': state['batch_stats']}, step
-
-
-# --------------------------------------------------------------------------------------
 # The loop
 
 
@@ -821,9 +489,9 @@ def train_and_evaluate(
 
   state = create_train_state(model, cfg, jax.random.PRNGKey(cfg.seed), backbone_params)
   state = replicate(state, replicated)
-  mngr = checkpoint_manager(workdir / 'checkpoints', cfg.keep_checkpoints)
+  mngr = checkpoints.checkpoint_manager(workdir / 'checkpoints', cfg.keep_checkpoints)
   if mngr.latest_step() is not None:
-    state, saved_position = restore(mngr, mngr.latest_step(), state)
+    state, saved_position = checkpoints.restore(mngr, mngr.latest_step(), state)
     _check_data_position(saved_position, _data_position(int(state.step), n, cfg))
     logging.info('resumed from step %d', int(state.step))
   start = int(state.step)
@@ -856,7 +524,7 @@ def train_and_evaluate(
       logging.info('step %d: val mIoU %.4f', done, last_eval['miou'])
     if should_eval or _due(done, cfg.checkpoint_every):
       _check_finite({k: float(v) for k, v in step_metrics.items()}, done, cfg)  # no NaN saved
-      _save(
+      checkpoints.save(
           mngr,
           state,
           _data_position(done, n, cfg),

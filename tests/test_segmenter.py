@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax import train
+from spectral_jax import train, train_checkpoints
 from spectral_jax.models import segmenter as S
 from spectral_jax.models import resnet, vit
 
@@ -133,8 +133,8 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
   cfg = train.TrainConfig(steps=1, batch_size=2, crop_size=32)  # init compile shared above
   small = S.DeepLabV3Plus(ARCH, **SMALL_HEAD)
   state = train.create_train_state(small, cfg, jax.random.PRNGKey(0))
-  mngr = train.checkpoint_manager(tmp_path / 'ckpt')
-  train._save(mngr, state, {'step': 0}, small)
+  mngr = train_checkpoints.checkpoint_manager(tmp_path / 'ckpt')
+  train_checkpoints.save(mngr, state, {'step': 0}, small)
   mngr.wait_until_finished()
   mngr.close()
 
@@ -145,18 +145,18 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
       r"written by \{.*'embed_dim': 32"
   )
   with pytest.raises(ValueError, match=pattern):
-    train.restore_variables(tmp_path / 'ckpt', wide)
-  mngr = train.checkpoint_manager(tmp_path / 'ckpt')
+    train_checkpoints.restore_variables(tmp_path / 'ckpt', wide)
+  mngr = train_checkpoints.checkpoint_manager(tmp_path / 'ckpt')
   with pytest.raises(ValueError, match=pattern):
     abstract = jax.eval_shape(
         functools.partial(train.create_train_state, wide, cfg), jax.random.PRNGKey(0)
     )
-    train.restore(mngr, 0, abstract)
+    train_checkpoints.restore(mngr, 0, abstract)
   deeper = S.DeepLabV3Plus(vit.ViTArch(8, 32, 2, 4, 16), **SMALL_HEAD)
   with pytest.raises(ValueError, match=r'params/backbone/blocks_3/[\w/]+: missing from checkpoint'):
-    train.restore_variables(tmp_path / 'ckpt', deeper)
+    train_checkpoints.restore_variables(tmp_path / 'ckpt', deeper)
   # The same architecture restores.
-  variables, step = train.restore_variables(tmp_path / 'ckpt', small)
+  variables, step = train_checkpoints.restore_variables(tmp_path / 'ckpt', small)
   assert step == 0
   np.testing.assert_array_equal(
       variables['params']['classifier']['kernel'], state.params['classifier']['kernel']

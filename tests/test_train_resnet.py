@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from configs import voc_semantic
-from spectral_jax import io, train
+from spectral_jax import io, train, train_checkpoints
 from spectral_jax.models import backbones, resnet, vit
 from spectral_jax.tasks import evaluate
 from spectral_jax.tasks import train as train_task
@@ -79,7 +79,7 @@ def _write_pseudo_labels(config, work: Path) -> None:
 
 
 def _state(work: Path, step: int) -> dict:
-  mngr = train.checkpoint_manager(work / 'checkpoints', read_only=True)
+  mngr = train_checkpoints.checkpoint_manager(work / 'checkpoints', read_only=True)
   try:
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   finally:
@@ -131,7 +131,7 @@ def test_train_resume_evaluate_with_the_resnet_backbone(tmp_path, monkeypatch):
   assert scored['miou'] == pytest.approx(summary['best_val_miou'])
   # Any image size (official: original resolution, no crop to multiples of 8).
   model = train_task.build_model(config, evaluate.segmenter_arch(config))
-  variables, _ = train.restore_variables(work / 'checkpoints', model)
+  variables, _ = train_checkpoints.restore_variables(work / 'checkpoints', model)
   image = np.random.default_rng(0).integers(0, 256, (53, 70, 3)).astype(np.uint8)
   pred = train.predict(model, variables, image)
   assert pred.shape == (53, 70) and pred.max() < 21

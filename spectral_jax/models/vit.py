@@ -294,8 +294,8 @@ class VisionTransformer(nn.Module):
   Images of any sizes share one compiled shape as patch sequences: each image's h·w patches
   first, zero patches after, ``pos_tables`` [B, 1 + L, D] (each image's own interpolated
   table; see ``models.extractor.position_inputs``) and ``token_mask`` [B, 1 + L] (True for
-  CLS and real patches). Real tokens then equal the unpadded computation: attention is the only place
-  tokens meet, and padded keys are masked out of it.
+  CLS and real patches). Real tokens then equal the unpadded computation: attention is the
+  only place tokens meet, and padded keys are masked out of it.
   """
 
   arch: ViTArch

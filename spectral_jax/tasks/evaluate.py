@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spectral_jax import io, parallel, train
+from spectral_jax import io, parallel, train, train_checkpoints
 from spectral_jax.models import backbones, resnet
 from spectral_jax.tasks import common
 from spectral_jax.tasks import train as train_task
@@ -49,7 +49,7 @@ def run(config, workdir) -> None:
   arch = segmenter_arch(config)
   model = train_task.build_model(config, arch)
   step = config.checkpoint_step if config.checkpoint_step >= 0 else None
-  variables, step = train.restore_variables(directory, model, step)
+  variables, step = train_checkpoints.restore_variables(directory, model, step)
   examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}
   val = train_task.val_dataset(config, examples, arch.patch_size)
   if not len(val):

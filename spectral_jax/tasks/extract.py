@@ -4,7 +4,8 @@ Writes ``workdir/features/<stem>.npz`` (k [h·w, D] float32 row-major over the p
 patch_size P, patch_grid (h, w), image_size (H, W) of the original image, working_size (H', W')
 the model saw: smaller when the image was downscaled to data.max_tokens) and
 ``workdir/eigs/<stem>.npz`` (eigenvalues [K'], eigenvectors [K', h·w], patch_size, patch_grid,
-image_size, working_size; K' = K unless the image has no more than K patches). Images whose files exist are not recomputed.
+image_size, working_size; K' = K unless the image has no more than K patches). Images whose
+files exist are not recomputed.
 Registry backbones add their other arrays to features/: x_norm_patchtokens (DINOv2/v3),
 k_rope (DINOv3), and for dino_resnet50 features (= k, layer4) and low_level [(2h)·(2w), 256].
 

@@ -1,4 +1,4 @@
-"""Restoring training checkpoints whose newest step is damaged (spectral_jax.train)."""
+"""spectral_jax.train_checkpoints: restoring when the newest step is damaged."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax import train
+from spectral_jax import train, train_checkpoints
 from tests.test_train import tiny_config, tiny_model
 
 
@@ -27,10 +27,11 @@ def states():
 
 
 def write_checkpoints(directory: Path, states: dict) -> None:
-  mngr = train.checkpoint_manager(directory)
+  mngr = train_checkpoints.checkpoint_manager(directory)
   for step, state in states.items():
     position = {"step": step, "data_seed": 0, "num_examples": 8, "batch_size": 4}
-    train._save(mngr, state, position, tiny_model(), val_miou=step / 10)  # step 4 is best
+    # step 4 is the best
+    train_checkpoints.save(mngr, state, position, tiny_model(), val_miou=step / 10)
   mngr.wait_until_finished()
   mngr.close()
 
@@ -69,15 +70,15 @@ def test_training_resume_falls_back_to_the_newest_readable_step(tmp_path, states
   write_checkpoints(directory, by_step)
   damage(directory / "4", how)
   with caplog.at_level(logging.WARNING):  # what train_and_evaluate does to resume
-    mngr = train.checkpoint_manager(directory)
-    state, position = train.restore(mngr, mngr.latest_step(), by_step[2])
+    mngr = train_checkpoints.checkpoint_manager(directory)
+    state, position = train_checkpoints.restore(mngr, mngr.latest_step(), by_step[2])
   assert int(state.step) == 2 and position["step"] == 2
   assert_params(state.params, by_step[2].params)
   assert bad_step_warnings(caplog, directory, 4)
   # The damaged step is kept aside, out of orbax's way: the run can write step 4 again.
   assert mngr.all_steps() == [2]
   assert [p.name for p in directory.glob("4.unreadable-*")]
-  train._save(mngr, by_step[4], {"step": 4}, model)
+  train_checkpoints.save(mngr, by_step[4], {"step": 4}, model)
   mngr.wait_until_finished()
   assert mngr.all_steps() == [2, 4]
   mngr.close()
@@ -89,12 +90,13 @@ def test_restore_variables_falls_back_unless_the_step_is_explicit(tmp_path, stat
   write_checkpoints(directory, by_step)
   damage(directory / "4", "garbage")
   with caplog.at_level(logging.WARNING):
-    variables, step = train.restore_variables(directory, model)
+    variables, step = train_checkpoints.restore_variables(directory, model)
   assert step == 2
   assert_params(variables["params"], by_step[2].params)
   assert bad_step_warnings(caplog, directory, 4)
-  with pytest.raises(train.UnreadableCheckpointError, match=f"{directory}/4 is unreadable"):
-    train.restore_variables(directory, model, step=4)
+  unreadable = f"{directory}/4 is unreadable"
+  with pytest.raises(train_checkpoints.UnreadableCheckpointError, match=unreadable):
+    train_checkpoints.restore_variables(directory, model, step=4)
   assert (directory / "4").is_dir()  # read-only restores never move anything
 
 
@@ -103,5 +105,5 @@ def test_architecture_mismatch_is_not_mistaken_for_damage(tmp_path, states):
   directory = (tmp_path / "checkpoints").absolute()
   write_checkpoints(directory, by_step)
   with pytest.raises(ValueError, match="was written by") as e:
-    train.restore_variables(directory, tiny_model(num_classes=7))
-  assert not isinstance(e.value, train.UnreadableCheckpointError)
+    train_checkpoints.restore_variables(directory, tiny_model(num_classes=7))
+  assert not isinstance(e.value, train_checkpoints.UnreadableCheckpointError)
