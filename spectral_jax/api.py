@@ -80,6 +80,8 @@ class Backbone:
   precision: str = 'float32'
   # The memory policy (configs/base.py data.max_tokens): larger images run downscaled.
   max_tokens: int = 6400
+  # Files above this many pixels are refused before decoding (data.max_pixels).
+  max_pixels: int = decode.DEFAULT_MAX_PIXELS
 
   @property
   def patch_size(self) -> int:
@@ -204,6 +206,7 @@ def _config(backbone: Backbone, k: int, color_lambda: float = 0.0):
   config.spectral.K = k
   config.spectral.color_lambda = float(color_lambda)
   config.data.max_tokens = int(backbone.max_tokens)
+  config.data.max_pixels = int(backbone.max_pixels)
   return config
 
 
@@ -285,7 +288,7 @@ class _Inputs:
   def error(self, example, e: Exception) -> None:
     """``on_error`` of the pipeline: an unusable image stops the call, naming it (not the
     temporary file an array or PIL image was written to)."""
-    message = str(e)
+    message = str(e).replace('--config.data.max_pixels', 'Backbone.max_pixels')
     if self._tmp is not None and example.path.startswith(self._tmp.name):
       message = message.replace(f'{example.path}: ', '').replace(example.path, 'the image')
     raise ValueError(f'{self.where[example.id]}: {message}') from e

@@ -1,5 +1,6 @@
 """spectral_jax's Python API: the CLI's boxes and masks, input kinds, return types, errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -192,6 +193,21 @@ def test_bad_inputs_are_named(backbone, tmp_path):
     sj.remove_background(backbone, [rgb])
   with pytest.raises(FileNotFoundError, match='checkpoint'):
     sj.load_backbone('dino_vits16', checkpoint=tmp_path / 'none.pth')
+
+
+def test_pixel_limit_is_the_backbones_and_named_as_such(backbone, tmp_path):
+  """Files above Backbone.max_pixels are refused before decoding, with the API's own knob."""
+  photo = tmp_path / 'photo.png'
+  Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 128, 3), np.uint8)).save(photo)
+  small = dataclasses.replace(backbone, max_pixels=96 * 128 - 1)
+  with pytest.raises(ValueError) as info:
+    sj.localize(small, [str(photo)])
+  assert 'images[0]' in str(info.value) and 'Backbone.max_pixels' in str(info.value)
+  assert '--config' not in str(info.value)
+  exact = dataclasses.replace(backbone, max_pixels=96 * 128)
+  np.testing.assert_array_equal(
+      sj.localize(exact, str(photo)).box_xyxy, sj.localize(backbone, str(photo)).box_xyxy
+  )
 
 
 def test_quickstart_example_runs(tmp_path):
