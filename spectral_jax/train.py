@@ -368,7 +368,9 @@ def evaluate(
     num_classes: Optional[int] = None,
     hungarian: bool = False,
 ) -> dict[str, Any]:
-  """mIoU over ``data`` (GT 255 = void; ``num_classes`` defaults to the model's).
+  """mIoU over ``data`` (GT 255 = void; ``num_classes`` defaults to the model's), with
+  ``num_scored`` and ``num_skipped``: an item whose loading raises a ValueError (an unusable
+  image or GT, see ``tasks.train.GTDataset``) is skipped with a warning, not the end of the run.
 
   Hungarian matching is for cluster-valued outputs; a self-trained model predicts
   class ids already (identity matching).
@@ -377,13 +379,22 @@ def evaluate(
   # Each process predicts a strided share with its own copy of the (replicated) variables.
   variables = jax.tree.map(_local_copy, variables)
   confusion = np.zeros((model.num_classes, num_classes), np.int64)
+  counts = np.zeros(2, np.int64)  # scored, skipped
   for i in range(jax.process_index(), len(data), jax.process_count()):
-    image, gt = data[i]
+    try:
+      image, gt = data[i]
+    except ValueError as e:
+      logging.warning('evaluation skips %s', e)
+      counts[1] += 1
+      continue
     pred = predict(model, variables, image)
     confusion += metrics.confusion_matrix(
         pred, gt[: pred.shape[0], : pred.shape[1]], model.num_classes, num_classes
     )
-  return score_confusion(parallel.process_sum(confusion), hungarian)
+    counts[0] += 1
+  result = score_confusion(parallel.process_sum(confusion), hungarian)
+  scored, skipped = parallel.process_sum(counts)
+  return dict(result, num_scored=int(scored), num_skipped=int(skipped))
 
 
 def _local_copy(x: Any) -> Any:
@@ -502,36 +513,38 @@ def train_and_evaluate(
   last_eval: Optional[dict] = None
   tick = time.perf_counter()
   log = io.append_jsonl if parallel.is_main_process() else lambda *_: None
-  for step, local in train_batches(train_data, cfg, start, end, rows=rows):
-    state, step_metrics = step_fn(state, global_batch(local, rows, sharded, cfg.batch_size))
-    done = step + 1
-    if _due(done, cfg.log_every) or done == cfg.steps:
-      record = {k: float(v) for k, v in step_metrics.items()}
-      _check_finite(record, done, cfg)
-      record.update(
-          step=done,
-          learning_rate=float(learning_rate_schedule(cfg)(step)),
-          seconds=time.perf_counter() - tick,
-      )
-      log(log_path, [record])
-      logging.info('step %d: %s', done, record)
-    should_eval = _due(done, eval_every) or done == cfg.steps
-    if should_eval and val_data:
-      last_eval = evaluate(
-          model, {'params': state.params, 'batch_stats': state.batch_stats}, val_data
-      )
-      log(log_path, [{'step': done, 'val_miou': last_eval['miou']}])
-      logging.info('step %d: val mIoU %.4f', done, last_eval['miou'])
-    if should_eval or _due(done, cfg.checkpoint_every):
-      _check_finite({k: float(v) for k, v in step_metrics.items()}, done, cfg)  # no NaN saved
-      checkpoints.save(
-          mngr,
-          state,
-          _data_position(done, n, cfg),
-          model,
-          None if last_eval is None or not should_eval else last_eval['miou'],
-      )
-  mngr.wait_until_finished()
+  try:  # a failure mid-run still leaves the checkpoint being written complete
+    for step, local in train_batches(train_data, cfg, start, end, rows=rows):
+      state, step_metrics = step_fn(state, global_batch(local, rows, sharded, cfg.batch_size))
+      done = step + 1
+      if _due(done, cfg.log_every) or done == cfg.steps:
+        record = {k: float(v) for k, v in step_metrics.items()}
+        _check_finite(record, done, cfg)
+        record.update(
+            step=done,
+            learning_rate=float(learning_rate_schedule(cfg)(step)),
+            seconds=time.perf_counter() - tick,
+        )
+        log(log_path, [record])
+        logging.info('step %d: %s', done, record)
+      should_eval = _due(done, eval_every) or done == cfg.steps
+      if should_eval and val_data:
+        last_eval = evaluate(
+            model, {'params': state.params, 'batch_stats': state.batch_stats}, val_data
+        )
+        log(log_path, [{'step': done, 'val_miou': last_eval['miou']}])
+        logging.info('step %d: val mIoU %.4f', done, last_eval['miou'])
+      if should_eval or _due(done, cfg.checkpoint_every):
+        _check_finite({k: float(v) for k, v in step_metrics.items()}, done, cfg)  # no NaN saved
+        checkpoints.save(
+            mngr,
+            state,
+            _data_position(done, n, cfg),
+            model,
+            None if last_eval is None or not should_eval else last_eval['miou'],
+        )
+  finally:
+    mngr.wait_until_finished()
   best_step = mngr.best_step()
   summary = {
       'state': state,

@@ -133,6 +133,31 @@ def check_architecture(mngr: ocp.CheckpointManager, step: int, expected_params: 
   return saved
 
 
+# Model settings that change predictions without changing any parameter shape.
+SPEC_KEYS = ('backbone', 'arch', 'aspp_rates')
+
+
+def check_model_spec(mngr: ocp.CheckpointManager, step: int, model: Any) -> None:
+  """Stops when the checkpoint's model differs from ``model`` in a setting that parameter
+  shapes cannot show (ASPP rates, attention heads, ...), naming each one."""
+  try:
+    saved = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
+  except Exception as e:  # orbax/json errors of damaged files
+    raise UnreadableCheckpointError(mngr.directory, step, e) from e
+  current = json.loads(json.dumps(segmenter.model_spec(model)))
+  changed = [
+      f'{key}: checkpoint {saved.get(key)!r}, this run {current[key]!r}'
+      for key in SPEC_KEYS
+      if key in saved and saved[key] != current[key]
+  ]
+  if changed:
+    raise ValueError(
+        f'checkpoint {mngr.directory}/{step} was written by another model ('
+        + '; '.join(changed)
+        + '): set --config.segmenter (e.g. aspp_rates) as in the training run'
+    )
+
+
 def _newest_readable(
     mngr: ocp.CheckpointManager, step: int, read: Callable[[int], Any], fall_back: bool = True
 ) -> tuple[Any, int, list[int]]:
@@ -229,6 +254,7 @@ def restore_variables(
 
   def read(candidate: int) -> Any:
     saved = check_architecture(mngr, candidate, segmenter.abstract_variables(model)['params'])
+    check_model_spec(mngr, candidate, model)
     abstract = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved
     )

@@ -302,6 +302,29 @@ def test_semantic_task_writes_maps_metrics_and_resumes(voc_like, tmp_path, monke
   semantic.run(voc_like, work)
 
 
+def test_semantic_outputs_follow_the_eigenvectors_they_came_from(voc_like, tmp_path):
+  """Eigenvectors recomputed with another K (extract, overwrite) make the semantic outputs
+  stale: a semantic rerun stops; with overwrite its outputs, metrics.json included, go."""
+  from spectral_jax import workdirs  # pylint: disable=import-outside-toplevel
+  from spectral_jax.tasks import extract  # pylint: disable=import-outside-toplevel
+
+  work = tmp_path / 'work'
+  voc_like.semantic.seeds = (0,)
+  semantic.run(voc_like, work)
+  assert (work / 'metrics.json').exists()
+  voc_like.spectral.K = 4
+  voc_like.overwrite = True
+  extract.run(voc_like, work)
+  voc_like.overwrite = False
+  with pytest.raises(workdirs.WorkdirError, match='spectral'):
+    semantic.run(voc_like, work)
+  voc_like.overwrite = True
+  voc_like.semantic.gt_dir = str(tmp_path / 'no_gt')  # this run scores nothing
+  semantic.run(voc_like, work)
+  assert not (work / 'metrics.json').exists()  # not the K=5 run's matching
+  assert len(list((work / 'semantic').glob('*.png'))) == 8
+
+
 @pytest.mark.slow
 def test_train_and_evaluate_tasks(voc_like, tmp_path):
   """--mode=semantic → train → evaluate wiring (slow: compiles a ViT-S/16 segmenter)."""
@@ -432,3 +455,118 @@ def test_train_log_is_trimmed_to_the_resumed_step_and_nan_stops(tmp_path):
   with pytest.raises(FloatingPointError, match='diverged at step 7: loss'):
     # pylint: disable-next=protected-access
     train._check_finite({'loss': float('nan'), 'acc': 0.5}, 7, tiny_config())
+
+
+def _dinov2_train_setup(tmp_path):
+  """A VOC-like folder, GT copied as pseudo-labels (cluster c = class c), the depth-2
+  DINOv2 reference checkpoint: the cheapest --mode=train run."""
+  from configs import voc_semantic  # pylint: disable=import-outside-toplevel
+  from tests import backbones_data as bd  # pylint: disable=import-outside-toplevel
+
+  root = write_voc_like(tmp_path / 'VOC2012')
+  config = voc_semantic.get_config()
+  config.data.root = str(root / 'JPEGImages')
+  config.model.name = 'dinov2_vits14_reg'
+  config.model.checkpoint = str(bd.DATA / 'dinov2_vits14_reg' / 'checkpoint.pth')
+  config.model.cache_dir = str(tmp_path / 'cache')
+  config.segmenter.update(channels=16, low_level_channels=8)
+  config.train.update(
+      steps=1, batch_size=2, crop_size=28, eval_every=1, checkpoint_every=1, num_workers=2,
+      matching='[(0, 0), (1, 1), (2, 2), (3, 3)]',
+  )  # fmt: skip
+  work = tmp_path / 'work'
+  (work / 'semantic').mkdir(parents=True)
+  for path in sorted((root / 'SegmentationClass').glob('*.png')):
+    Image.open(path).save(work / 'semantic' / path.name)
+  return config, root, work
+
+
+def test_train_reruns_follow_the_settings_and_unusable_val_items_are_skipped(tmp_path):
+  """A rerun with other training settings stops (overwrite retrains); an identical rerun of a
+  finished run keeps its final scores; val images or GT that cannot be scored are skipped and
+  counted; a checkpoint of other ASPP rates (same shapes) is refused by --mode=evaluate."""
+  from spectral_jax import workdirs  # pylint: disable=import-outside-toplevel
+
+  config, root, work = _dinov2_train_setup(tmp_path)
+  train_task.run(config, work)
+  first = json.loads((work / 'train_metrics.json').read_text())
+  assert first['step'] == 1 and 'miou' in first and first['num_scored'] == 2
+  train_task.run(config, work)  # nothing left to train: the final scores stay
+  again = json.loads((work / 'train_metrics.json').read_text())
+  assert again['miou'] == pytest.approx(first['miou'])
+  assert again['per_class_iou'] == pytest.approx(first['per_class_iou'])
+
+  config.train.learning_rate = 1e-3
+  with pytest.raises(workdirs.WorkdirError, match='learning_rate'):
+    train_task.run(config, work)
+  config.train.log_every = 7  # how often it logs changes no result: not a difference
+  config.overwrite = True
+  train_task.run(config, work)
+  lrs = [r['learning_rate'] for r in io.read_jsonl(work / 'train_log.jsonl') if 'loss' in r]
+  assert lrs == [pytest.approx(1e-3)]  # retrained from scratch with the new rate
+
+  # img6's GT of another size, img7's image truncated: both skipped, counted, not fatal.
+  Image.fromarray(np.zeros((40, 48), np.uint8)).save(root / 'SegmentationClass' / 'img6.png')
+  jpeg = root / 'JPEGImages' / 'img7.png'
+  jpeg.write_bytes(jpeg.read_bytes()[:200])
+  config.overwrite = False
+  config.checkpoint = str(work)
+  evaluate.run(config, tmp_path / 'eval')
+  scored = json.loads((tmp_path / 'eval' / 'evaluate_metrics.json').read_text())
+  assert scored['num_scored'] == 0 and scored['num_skipped'] == 2
+  config.segmenter.aspp_rates = (1, 2, 3)
+  with pytest.raises(ValueError, match='aspp_rates'):
+    evaluate.run(config, tmp_path / 'eval2')
+
+
+def test_semantic_and_training_settings_are_checked_with_the_flag_named():
+  from configs import voc_semantic  # pylint: disable=import-outside-toplevel
+
+  cases = [
+      ('semantic', 'seeds', (), 'semantic.seeds'),
+      ('semantic', 'n_segments', 1, 'semantic.n_segments'),
+      ('semantic', 'num_clusters', 0, 'semantic.num_clusters'),
+      ('semantic', 'num_clusters', 300, 'at most 254'),
+      ('semantic', 'cluster_method', 'dbscan', 'cluster_method'),
+      ('', 'method', 'tokencut', 'config.method'),
+      ('train', 'weight_decay', float('nan'), 'train.weight_decay'),
+      ('train', 'eval_every', -1, 'train.eval_every'),
+      ('segmenter', 'dropout', 1.5, 'segmenter.dropout'),
+      ('segmenter', 'channels', 0, 'segmenter.channels'),
+  ]
+  for section, key, value, message in cases:
+    config = voc_semantic.get_config()
+    (config[section] if section else config)[key] = value
+    check = semantic.check_semantic_config if section in ('semantic', '') else (
+        train_task.check_train_config)
+    with pytest.raises(ValueError, match=message):
+      check(config)
+  semantic.check_semantic_config(voc_semantic.get_config())  # the defaults pass
+  train_task.check_train_config(voc_semantic.get_config())
+
+
+def test_unscorable_ground_truth_is_named_and_skipped(tmp_path):
+  """Oracle: files written here with a known defect each (size, labels, mode, bytes)."""
+  good = np.zeros((8, 10), np.uint8)
+  good[2:5, 3:7] = 15
+  good[0, 0] = 255
+  files = {
+      'good': good,
+      'small': np.zeros((6, 10), np.uint8),
+      'label30': np.full((8, 10), 30, np.uint8),
+      'rgb': np.zeros((8, 10, 3), np.uint8),
+  }
+  paths = {}
+  for name, array in files.items():
+    paths[name] = tmp_path / f'{name}.png'
+    Image.fromarray(array).save(paths[name])
+  paths['garbage'] = tmp_path / 'garbage.png'
+  paths['garbage'].write_bytes(b'\x89PNG not really')
+  sizes = {name: (8, 10) for name in paths}
+  loaded, skipped = semantic.load_scorable_gts(paths, sizes)
+  assert list(loaded) == ['good']
+  np.testing.assert_array_equal(loaded['good'], good)
+  assert sorted(skipped) == ['garbage', 'label30', 'rgb', 'small']
+  for name, reason in skipped.items():
+    assert str(paths[name]) in reason
+  assert '[30]' in skipped['label30'] and '(6, 10)' in skipped['small']

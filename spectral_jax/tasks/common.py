@@ -316,14 +316,30 @@ STAGES = {
         ('discover',),
         ('discover', 'instances.json', 'instance_maps', 'panels/discover_*'),
     ),
+    # Semantic segments come from extract's eigenvectors: their settings are the record's too.
     'semantic': (
-        ('semantic', 'seed'),
-        ('multi_region', 'boxes', 'semantic', 'semantic_seeds'),
+        ('spectral', 'method', 'semantic', 'seed'),
+        (
+            'multi_region',
+            'boxes',
+            'semantic',
+            'semantic_seeds',
+            'metrics.json',
+            'panels/semantic_*',
+        ),
+    ),
+    # Training reads the pseudo-labels (semantic's settings) and its own.
+    'train': (
+        ('spectral', 'method', 'semantic', 'seed', 'segmenter', 'train'),
+        ('checkpoints', 'train_log.jsonl', 'train_metrics.json'),
     ),
 }
-# Keys that do not change outputs (solver: equal results to tolerance; scoring inputs).
+# Keys that do not change outputs (solver: equal results to tolerance; scoring inputs;
+# how often training logs and saves, and its thread count).
 _IGNORED = {'spectral.solver', 'semantic.gt_dir', 'semantic.val_list', 'semantic.seeds'}
 _IGNORED |= {'discover.solver', 'discover.workers'}
+_IGNORED |= {'train.num_workers', 'train.log_every', 'train.checkpoint_every'}
+_IGNORED |= {'train.keep_checkpoints'}
 
 
 def checkpoint_identity(model, previous: Optional[dict] = None) -> dict:

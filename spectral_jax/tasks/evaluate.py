@@ -38,6 +38,7 @@ def segmenter_arch(config) -> Any:
 def run(config, workdir) -> None:
   common.check_config(config)
   train_task.check_segmenter_backbone(config, 'evaluate')
+  train_task.check_segmenter_config(config)
   if not config.checkpoint:
     raise ValueError(
         '--mode=evaluate needs --config.checkpoint=DIR (a train workdir or its '

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -142,6 +142,43 @@ def load_gt(path: Path) -> np.ndarray:
     return np.asarray(im, np.uint8)
 
 
+def checked_gt(
+    path: Path, num_classes: int = NUM_VOC_CLASSES, image_hw: Optional[Sequence[int]] = None
+) -> np.ndarray:
+  """``load_gt`` that raises a ValueError naming the file for what cannot be scored: an
+  unreadable file, labels outside 0..num_classes − 1 (255 = void), or (``image_hw``) a size
+  other than the image's."""
+  try:
+    gt = load_gt(path)
+  except ValueError:
+    raise
+  except Exception as e:  # PIL's errors of truncated or non-image files
+    raise ValueError(f'{path}: unreadable ground truth ({type(e).__name__}: {e})') from e
+  if image_hw is not None and tuple(gt.shape) != tuple(int(v) for v in image_hw):
+    raise ValueError(f'{path}: ground truth is {gt.shape}, the image is {tuple(image_hw)}')
+  labels = np.unique(gt)
+  bad = labels[(labels >= num_classes) & (labels != 255)]
+  if bad.size:
+    raise ValueError(
+        f'{path}: labels {bad[:5].tolist()} outside 0..{num_classes - 1} (255 = void)'
+    )
+  return gt
+
+
+def load_scorable_gts(
+    gts: dict[str, Path], image_sizes: dict[str, Sequence[int]]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """({stem: GT} that can be scored, {stem: why not} for the others, each logged)."""
+  loaded, skipped = {}, {}
+  for stem, path in gts.items():
+    try:
+      loaded[stem] = checked_gt(path, NUM_VOC_CLASSES, image_sizes.get(stem))
+    except ValueError as e:
+      logging.warning('ground truth of %s not scored: %s', stem, e)
+      skipped[stem] = str(e)
+  return loaded, skipped
+
+
 def read_png(path: Path) -> np.ndarray:
   with Image.open(path) as im:
     return np.asarray(im)
@@ -243,9 +280,39 @@ def _write_panels(workdir: Path, stems, examples, segmaps, maps, config) -> None
     )
 
 
+CLUSTER_METHODS = ('kmeans', 'minibatch')
+
+
+def check_semantic_config(config) -> None:
+  """Flag-named errors for the semantic settings, before anything loads."""
+  sem = config.semantic
+  if config.get('method', 'dsm') != 'dsm':
+    raise ValueError(
+        f'--config.method={config.method!r}: semantic segmentation runs on the DSM '
+        "eigenvectors; use --config.method=dsm"
+    )
+  if isinstance(sem.get('num_clusters'), int) and sem.num_clusters > 254:
+    raise ValueError(  # cluster c is label c + 1 of a uint8 map, 255 = void
+        f'--config.semantic.num_clusters={sem.num_clusters}: at most 254'
+    )
+  for flag, minimum in (('n_segments', 2), ('num_clusters', 1), ('num_erode', 0),
+                        ('num_dilate', 0), ('pca_dim', 0)):  # fmt: skip
+    value = sem.get(flag, minimum)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      raise ValueError(f'--config.semantic.{flag}={value!r}: must be an integer >= {minimum}')
+  seeds = tuple(sem.get('seeds', (0,)))
+  if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    raise ValueError(f'--config.semantic.seeds={seeds!r}: give one or more integer seeds')
+  if sem.get('cluster_method', 'kmeans') not in CLUSTER_METHODS:
+    raise ValueError(
+        f'--config.semantic.cluster_method={sem.cluster_method!r}: use one of {CLUSTER_METHODS}'
+    )
+
+
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   sem = config.semantic
+  check_semantic_config(config)
   extractor_lib.require_vit(config.model.name, 'semantic')
   extract.run(config, workdir)  # computes only the images whose features/eigs are missing
   parallel.barrier('semantic-extract')
@@ -264,11 +331,22 @@ def run(config, workdir) -> None:
   boxes = [dict(np.load(workdir / 'boxes' / f'{s}.npz')) for s in stems]
   gt_dir, val_list = voc_defaults(config)
   gts = gt_paths(gt_dir, val_list, stems)
-  scored = [i for i, s in enumerate(stems) if s in gts]
-  gt_arrays = [load_gt(gts[stems[i]]) for i in scored]
+  sizes = {s: _image_size(workdir / 'eigs' / f'{s}.npz') for s in gts}
+  loaded, gt_skipped = load_scorable_gts(gts, sizes)
+  scored = [i for i, s in enumerate(stems) if s in loaded]
+  gt_arrays = [loaded[stems[i]] for i in scored]
   per_seed = {}
   for n, seed in enumerate(sem.seeds):
-    maps = semantic_maps(segmaps, boxes, sem.num_clusters, seed, sem.pca_dim, sem.cluster_method)
+    try:
+      maps = semantic_maps(
+          segmaps, boxes, sem.num_clusters, seed, sem.pca_dim, sem.cluster_method
+      )
+    except ValueError as e:
+      if 'cannot make' not in str(e):
+        raise
+      raise ValueError(
+          f'{e} (from {len(stems)} images): lower --config.semantic.num_clusters or add images'
+      ) from None
     out_dir = workdir / 'semantic' if n == 0 else workdir / 'semantic_seeds' / str(seed)
     for s, m in zip(stems, maps):
       io.save_png(out_dir / f'{s}.png', m)
@@ -279,7 +357,15 @@ def run(config, workdir) -> None:
       logging.info('seed %d: mIoU %.4f on %d images', seed, per_seed[seed]['miou'], len(scored))
   if per_seed:
     result = summarize_seeds(per_seed)
-    result.update(n_images=len(scored), gt_dir=gt_dir, val_list=val_list)
+    result.update(
+        n_images=len(scored),
+        num_annotated=len(gts),
+        num_scored=len(scored),
+        num_skipped=len(gt_skipped),
+        skipped_gt=gt_skipped,
+        gt_dir=gt_dir,
+        val_list=val_list,
+    )
     io.save_json(workdir / 'metrics.json', result)
     common.log_summary(
         f'semantic: mIoU {100 * result["miou_mean"]:.1f} ± '
@@ -287,4 +373,12 @@ def run(config, workdir) -> None:
         f'({len(scored)} images with GT)'
     )
   else:
-    common.log_summary(f'semantic: {len(stems)} pseudo-label maps written; no GT to score')
+    common.log_summary(
+        f'semantic: {len(stems)} pseudo-label maps written; no GT to score'
+        + (f' ({len(gt_skipped)} ground truths unusable, see the log)' if gt_skipped else '')
+    )
+
+
+def _image_size(eigs_path: Path) -> Optional[np.ndarray]:
+  with np.load(eigs_path) as record:
+    return record['image_size'] if 'image_size' in record.files else None

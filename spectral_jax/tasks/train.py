@@ -45,23 +45,43 @@ class PseudoLabelDataset:
 
   def __getitem__(self, i: int) -> train.Example:
     ex = self.examples[i]
-    image = datasets.load_image(ex, min_side=self.min_side)
-    label = self.lut[semantic.read_png(self.label_dir / f'{ex.id}.png')]
+    try:
+      image = datasets.load_image(ex, min_side=self.min_side)
+      label = self.lut[semantic.read_png(self.label_dir / f'{ex.id}.png')]
+    except Exception as e:  # decoded fine when its pseudo-label was made: changed since
+      raise ValueError(
+          f'training image {ex.id}: {e}; restore the file and rerun (training resumes from '
+          'the last checkpoint)'
+      ) from e
     return image, semantic.resize_nearest(label, image.shape[:2])
 
 
 class GTDataset:
-  """(image, GT label map) pairs (255 = void), loaded lazily."""
+  """(image, GT label map) pairs (255 = void), loaded lazily. An item that cannot be scored
+  (unreadable image, GT unreadable, of another size or with labels ≥ ``num_classes``)
+  raises a ValueError naming the image: ``train.evaluate`` skips and counts it."""
 
-  def __init__(self, examples: Sequence[Any], gts: dict[str, Path], min_side: int):
+  def __init__(
+      self,
+      examples: Sequence[Any],
+      gts: dict[str, Path],
+      min_side: int,
+      num_classes: int = semantic.NUM_VOC_CLASSES,
+  ):
     self.examples, self.gts, self.min_side = examples, gts, min_side
+    self.num_classes = num_classes
 
   def __len__(self) -> int:
     return len(self.examples)
 
   def __getitem__(self, i: int) -> train.Example:
     ex = self.examples[i]
-    return datasets.load_image(ex, min_side=self.min_side), semantic.load_gt(self.gts[ex.id])
+    try:
+      image = datasets.load_image(ex, min_side=self.min_side)
+      gt = semantic.checked_gt(self.gts[ex.id], self.num_classes, image.shape[:2])
+    except (ValueError, OSError) as e:
+      raise ValueError(f'val image {ex.id}: {e}') from e
+    return image, gt
 
 
 def matching_lut(matching: Sequence[Sequence[int]], n_labels: int = 256) -> np.ndarray:
@@ -123,14 +143,34 @@ def check_train_config(config) -> None:
     value = t.get(flag, minimum)
     if not isinstance(value, int) or value < minimum:
       raise ValueError(f'--config.train.{flag}={value!r}: must be an integer >= {minimum}')
+  for flag in ('eval_every', 'checkpoint_every', 'log_every'):  # 0 = per epoch / never
+    value = t.get(flag, 0)
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f'--config.train.{flag}={value!r}: must be an integer >= 0')
   lr = t.get('learning_rate', 1e-4)
   if not isinstance(lr, (int, float)) or not np.isfinite(lr) or lr <= 0:
     raise ValueError(f'--config.train.learning_rate={lr!r}: must be a finite number > 0')
+  decay = t.get('weight_decay', 0.0)
+  if not isinstance(decay, (int, float)) or not np.isfinite(decay) or decay < 0:
+    raise ValueError(f'--config.train.weight_decay={decay!r}: must be a finite number >= 0')
+  check_segmenter_config(config)
   if config.segmenter.num_classes < 2:
     raise ValueError(
         f'--config.segmenter.num_classes={config.segmenter.num_classes}: must be >= 2'
     )
   check_segmenter_backbone(config)
+
+
+def check_segmenter_config(config) -> None:
+  """Flag-named errors for the segmenter's sizes (train and evaluate)."""
+  s = config.segmenter
+  for flag in ('channels', 'low_level_channels'):
+    value = s.get(flag, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'--config.segmenter.{flag}={value!r}: must be an integer >= 1')
+  dropout = s.get('dropout', 0.0)
+  if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    raise ValueError(f'--config.segmenter.dropout={dropout!r}: must lie in [0, 1)')
 
 
 def segmenter_backbone(config) -> str:
@@ -197,7 +237,7 @@ def build_model(config, arch: Any) -> segmenter.DeepLabV3Plus:
 def val_dataset(config, examples: dict, patch_size: int) -> GTDataset:
   gt_dir, val_list = semantic.voc_defaults(config)
   gts = semantic.gt_paths(gt_dir, val_list, list(examples))
-  return GTDataset([examples[s] for s in gts], gts, patch_size)
+  return GTDataset([examples[s] for s in gts], gts, patch_size, config.segmenter.num_classes)
 
 
 def run(config, workdir) -> None:
@@ -212,20 +252,33 @@ def run(config, workdir) -> None:
   val = val_dataset(config, examples, arch.patch_size)
   val_ids = {ex.id for ex in val.examples}
   label_dir = Path(config.train.pseudo_labels or workdir / 'semantic')
+  labelled = [s for s in sorted(examples) if (label_dir / f'{s}.png').exists()]
+  train_ids = [s for s in labelled if s not in val_ids]
+  if not train_ids:
+    raise ValueError(
+        f'no pseudo-labels in {label_dir} for non-val images ({len(labelled)} labelled, all '
+        'in the val set): run --mode=semantic first, or give the val images with '
+        '--config.semantic.val_list'
+    )
+  if len(train_ids) < cfg.batch_size:
+    raise ValueError(
+        f'--config.train.batch_size={cfg.batch_size}: only {len(train_ids)} pseudo-labelled '
+        'training images; lower the batch size or add images'
+    )
+  common.begin_stage(config, workdir, 'train')  # other settings: stop, or retrain (overwrite)
   (workdir / 'checkpoints').mkdir(parents=True, exist_ok=True)
   check_stored_matching(workdir / 'checkpoints', matching)
   lut = matching_lut(matching)
-  train_ids = [
-      s for s in sorted(examples) if s not in val_ids and (label_dir / f'{s}.png').exists()
-  ]
-  if not train_ids:
-    raise ValueError(f'no pseudo-labels in {label_dir} for non-val images')
   train_set = PseudoLabelDataset([examples[s] for s in train_ids], label_dir, lut, arch.patch_size)
   common.log_summary(f'train: {len(train_set)} pseudo-labelled images, {len(val)} val images')
   summary = train.train_and_evaluate(
       cfg, model, train_set, val, workdir, backbone_params=backbone_params
   )
-  final = summary['final'] or {}
+  final = summary['final']
+  if final is None and len(val):  # a rerun of a finished run: score the final weights again
+    state = summary['state']
+    final = train.evaluate(model, {'params': state.params, 'batch_stats': state.batch_stats}, val)
+  final = final or {}
   if not parallel.is_main_process():
     return
   io.save_json(
