@@ -51,7 +51,7 @@ def refine_labels(
   crf.addPairwiseBilateral(
       sxy=params.alpha,
       srgb=params.beta,
-      rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+      rgbim=np.array(image, dtype=np.uint8, order='C'),  # a writable copy: pydensecrf needs one
       compat=params.w1,
   )
   q = np.asarray(crf.inference(int(params.iterations)), dtype=np.float32)

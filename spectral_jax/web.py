@@ -23,6 +23,7 @@ folder it deletes before the response is sent.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import email.message
 import http.server
 import io
@@ -221,7 +222,8 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
   ):
     if max_upload_bytes < 1 or max_queue < 1 or timeout <= 0 or max_pixels < 1:
       raise ValueError('max_upload_bytes, max_queue, timeout and max_pixels must be positive')
-    self.backbone = backbone
+    # The API re-checks the pixel limit: the server's applies there too (same model).
+    self.backbone = dataclasses.replace(backbone, max_pixels=int(max_pixels))
     self.max_upload_bytes = int(max_upload_bytes)
     self.max_queue = int(max_queue)
     self.timeout = float(timeout)
@@ -284,11 +286,12 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
   # ------------------------------------------------------------------- endpoints
 
-  def decode(self, name: str, data: bytes) -> np.ndarray:
-    """Bytes → RGB (the CLI's decoder: EXIF applied, alpha dropped), limits as 4xx."""
+  def decode(self, name: str, data: bytes, min_side: int = 0) -> np.ndarray:
+    """Bytes → RGB (the CLI's decoder: EXIF applied, alpha dropped), limits as 4xx; images
+    need ``min_side`` pixels a side (default one patch)."""
     try:
       return decode.decode_rgb(
-          data, name, min_side=self.backbone.patch_size, max_pixels=self.max_pixels
+          data, name, min_side=min_side or self.backbone.patch_size, max_pixels=self.max_pixels
       )
     except decode.BadImageError as e:
       status = 413 if 'above the limit' in e.reason else 400
@@ -319,7 +322,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     background: Any = None
     spec = upload.option('background', '')
     if upload.background is not None:
-      background = self.decode(*upload.background)
+      background = self.decode(*upload.background, min_side=1)  # only cover-resized
     elif spec and spec.lower() not in ('none', 'transparent'):
       try:  # a colour only: a path here would read the server's files
         background = edit_lib.parse_color(spec)
@@ -415,7 +418,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
   def _read_body(self, length: int) -> bytes:
     parts, left = [], length
     while left > 0:
-      chunk = self.rfile.read(min(_CHUNK, left))
+      try:
+        chunk = self.rfile.read(min(_CHUNK, left))
+      except (TimeoutError, OSError) as e:  # a client that stopped sending mid-body
+        self.close_connection = True
+        raise HTTPError(
+            408, f'the body stopped after {length - left} of {length} bytes ({e})'
+        ) from None
       if not chunk:
         raise HTTPError(400, f'the body ended after {length - left} of {length} bytes')
       parts.append(chunk)
@@ -438,6 +447,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
       self._error(404, f'no such page: {path}')
 
   do_HEAD = do_GET  # pylint: disable=invalid-name
+
+  def _not_allowed(self):
+    path = urllib.parse.urlsplit(self.path).path
+    length = self.headers.get('Content-Length', '0')
+    self._drain(int(length) if length.isdigit() else 0)
+    allow = 'POST' if path in ENDPOINTS else 'GET, HEAD'
+    self._error(405, f'{self.command} is not supported on {path}', {'Allow': allow})
+
+  do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # pylint: disable=invalid-name
 
   def do_POST(self):  # pylint: disable=invalid-name
     split = urllib.parse.urlsplit(self.path)

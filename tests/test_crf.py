@@ -56,3 +56,15 @@ def test_refine_mask_shapes_and_errors():
   assert out.dtype == bool and out.shape == (8, 9)
   with pytest.raises(ValueError, match='differ in size'):
     crf.refine_mask(image, np.ones((8, 8), bool))
+
+
+def test_read_only_images_are_refined_like_writable_ones():
+  """Images decoded through PIL (np.asarray of a resized image) are read-only arrays; the
+  CRF must not refuse them (pydensecrf needs a writable buffer)."""
+  rng = np.random.default_rng(2)
+  image = rng.integers(0, 255, (12, 14, 3)).astype(np.uint8)
+  mask = np.zeros((12, 14), bool)
+  mask[3:9, 4:11] = True
+  frozen = image.copy()
+  frozen.setflags(write=False)
+  np.testing.assert_array_equal(crf.refine_mask(frozen, mask), crf.refine_mask(image, mask))

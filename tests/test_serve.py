@@ -202,6 +202,64 @@ def test_bad_uploads_are_4xx_json(server):
   assert request(server.url + '/api/health')[0] == 200  # still serving
 
 
+def _bomb_png(width: int, height: int) -> bytes:
+  """A valid PNG header declaring width × height pixels, with (almost) no pixel data."""
+  import struct  # pylint: disable=import-outside-toplevel
+  import zlib  # pylint: disable=import-outside-toplevel
+
+  def chunk(kind, data):
+    return struct.pack('>I', len(data)) + kind + data + struct.pack(
+        '>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+  header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
+          + chunk(b'IDAT', zlib.compress(b'\0' * 100)) + chunk(b'IEND', b''))
+
+
+def test_methods_bombs_stalls_and_small_backgrounds(server, monkeypatch):
+  """Other HTTP methods get a JSON 405; a decompression bomb PIL itself refuses is a 413 like
+  any image above max_pixels; a client that stops sending mid-body gets a 408 and frees its
+  slot; a background image needs no patch-sized side (it is only cover-resized)."""
+  for method in ('PUT', 'DELETE', 'OPTIONS', 'PATCH'):
+    status, headers, body = request(server.url + '/api/localize', SMALL, method=method)
+    json_error(status, headers, body, 405, method)
+    assert headers['Allow'] == 'POST'
+  json_error(*request(server.url + '/api/localize', _bomb_png(100_000, 100_000)), 413,
+             'above the limit')
+  monkeypatch.setattr(web.Handler, 'timeout', 1.0)
+  with socket.create_connection((server.server_address[0], server.server_address[1])) as sock:
+    sock.sendall(b'POST /api/localize HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n'
+                 b'Content-Length: 100000\r\n\r\nab')
+    sock.settimeout(30)
+    answer = b''
+    while b'\r\n\r\n' not in answer:
+      answer += sock.recv(4096)
+  assert answer.startswith(b'HTTP/1.0 408') or answer.startswith(b'HTTP/1.1 408'), answer[:80]
+  assert json.loads(request(server.url + '/api/health')[2])['in_flight'] == 0
+  one_pixel = io.BytesIO()
+  Image.new('RGB', (1, 1), (0, 200, 0)).save(one_pixel, 'PNG')
+  form, ctype = multipart({'image': SMALL, 'background': one_pixel.getvalue()})
+  status, headers, body = request(server.url + '/api/remove-background', form, ctype)
+  assert status == 200, body
+  out = np.asarray(Image.open(io.BytesIO(body)))
+  assert out.shape[:2] == (128, 160)
+  assert (out[..., :3] == (0, 200, 0)).all(-1).any()  # the green background shows
+
+
+def test_the_servers_pixel_limit_is_the_one_the_model_applies(backbone):
+  """serve's max_pixels (data.max_pixels) also governs the API call behind each endpoint."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+
+  strict = dataclasses.replace(backbone, max_pixels=100 * 100)  # below SMALL's 160 × 128
+  s = _start(strict)  # the server allows MAX_PIXELS
+  try:
+    status, _, body = request(s.url + '/api/localize', SMALL)
+    assert status == 200, body
+  finally:
+    s.shutdown()
+    s.server_close()
+
+
 def test_ten_concurrent_requests_all_answered(server, manifest):
   ids = [('chelsea', 'coffee')[i % 2] for i in range(10)]  # compiled above; two sizes
   with concurrent.futures.ThreadPoolExecutor(10) as pool:

@@ -86,8 +86,11 @@ def _open(source: PathLike | bytes, name: str, max_pixels: int) -> Image.Image:
     return Image.open(source)
   except UnidentifiedImageError as e:
     raise BadImageError(name, "not a recognised image file (corrupt or unsupported format)") from e
-  except Image.DecompressionBombError as e:
-    raise BadImageError(name, f"{e}; raise --config.data.max_pixels to process it") from e
+  except Image.DecompressionBombError as e:  # PIL's own check, above twice our limit
+    raise BadImageError(
+        name, f"image is above the limit of {max_pixels} pixels ({e}); "
+        "raise --config.data.max_pixels to process it"
+    ) from e
   except OSError as e:
     raise BadImageError(name, f"cannot read image: {e}") from e
 
