@@ -181,10 +181,16 @@ def _decode(example, patch_size: int, limits: ImageLimits):
     image = fit_tokens(image, patch_size, limits.max_tokens, limits.resize_large, name)
     tokens = (image.shape[0] // patch_size) * (image.shape[1] // patch_size)
     if tokens < limits.min_tokens:
+      size = f'{image.shape[1]}x{image.shape[0]}'
+      if (image.shape[0], image.shape[1]) != original:  # too elongated to downscale
+        size = (
+            f'{original[1]}x{original[0]}, downscaled to {size} for '
+            f'data.max_tokens={limits.max_tokens},'
+        )
       raise datasets.decode.BadImageError(
           name,
-          f'{image.shape[1]}x{image.shape[0]} has {tokens} patches of {patch_size} px; '
-          f'at least {limits.min_tokens} are needed',
+          f'{size} has {tokens} patches of {patch_size} px; at least {limits.min_tokens} '
+          'are needed',
       )
     return example, image, original, None
   except (OSError, ValueError, MemoryError) as e:  # one bad image must not stop a dataset run

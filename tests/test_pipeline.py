@@ -227,3 +227,15 @@ def test_tiny_images_clamp_k_or_are_skipped_by_name(extractor, tmp_path):
     d = np.diag(w.sum(1))
     ref = scipy.linalg.eigh(d - w, d, eigvals_only=True)[:k]
     np.testing.assert_allclose(r.eigenvalues, ref, atol=2e-4)
+
+
+def test_an_image_too_elongated_to_downscale_is_named_with_its_own_size(tmp_path):
+  """16 × 112,000 px is 7,000 patches of 16, above max_tokens=6,400: downscaled, its short
+  side drops under one patch. The error names the file's size, then the working size."""
+  path = tmp_path / 'strip.png'
+  Image.fromarray(np.full((16, 112_000, 3), 128, np.uint8)).save(path)
+  errors = []
+  out = list(pipeline.decoded([datasets.Example(id='strip', path=str(path))], 16,
+                              on_error=lambda ex, e: errors.append(str(e))))
+  assert out == [] and len(errors) == 1
+  assert '112000x16, downscaled to' in errors[0] and 'data.max_tokens=6400' in errors[0]
