@@ -254,12 +254,15 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     self._slots.release()
 
   def run_on_model(self, fn: Callable[[], Any]) -> Any:
-    """Runs ``fn`` on the worker thread and waits (``timeout`` seconds) for its result."""
+    """Runs ``fn`` on the worker thread: a job still queued after ``timeout`` seconds is
+    dropped (503); one that started in time is waited for (its own run time does not count,
+    and it keeps its queue slot until it answers)."""
     future = self.worker.submit(fn)
     try:
       return future.result(timeout=self.timeout)
     except concurrent.futures.TimeoutError:
-      future.cancel()  # not started yet: the worker skips it
+      if not future.cancel():  # already running (or done): a running job cannot be stopped
+        return future.result()
       raise HTTPError(
           503, f'timed out after {self.timeout:g} s waiting for the model (server busy)'
       ) from None
@@ -297,10 +300,15 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
       status = 413 if 'above the limit' in e.reason else 400
       raise HTTPError(status, str(e)) from None
 
+  def image_of(self, upload: Upload) -> Callable[[], np.ndarray]:
+    """The upload's decoder, run on the model's thread: a waiting request holds its
+    compressed bytes (≤ serve.max_upload_bytes), not a decoded image of up to max_pixels."""
+    return lambda: self.decode(upload.name, upload.data)
+
   def localize(self, upload: Upload) -> tuple[int, str, bytes]:
     method = _choice(upload, 'method', 'dsm', api.localize_methods())
-    rgb = self.decode(upload.name, upload.data)
-    r = self.run_on_model(lambda: api.localize(self.backbone, rgb, method=method))
+    image = self.image_of(upload)
+    r = self.run_on_model(lambda: api.localize(self.backbone, image(), method=method))
     body = {
         'box_xyxy': [int(v) for v in r.box_xyxy],
         'score': _finite(r.score),
@@ -312,25 +320,26 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
   def segment(self, upload: Upload) -> tuple[int, str, bytes]:
     method = _choice(upload, 'method', 'dsm', api.METHODS)
     refine = _choice(upload, 'refine', 'none', api.REFINES)
-    rgb = self.decode(upload.name, upload.data)
+    image = self.image_of(upload)
     mask = self.run_on_model(
-        lambda: api.segment(self.backbone, rgb, method=method, refine=refine)
+        lambda: api.segment(self.backbone, image(), method=method, refine=refine)
     )
     return 200, 'image/png', png_bytes(np.asarray(mask, np.uint8) * 255)
 
   def remove_background(self, upload: Upload) -> tuple[int, str, bytes]:
-    background: Any = None
+    background: Any = lambda: None
     spec = upload.option('background', '')
-    if upload.background is not None:
-      background = self.decode(*upload.background, min_side=1)  # only cover-resized
+    if upload.background is not None:  # an image: only cover-resized, any size
+      background = lambda: self.decode(*upload.background, min_side=1)
     elif spec and spec.lower() not in ('none', 'transparent'):
       try:  # a colour only: a path here would read the server's files
-        background = edit_lib.parse_color(spec)
+        colour = edit_lib.parse_color(spec)
       except ValueError as e:
         raise HTTPError(400, f'background: {e}') from None
-    rgb = self.decode(upload.name, upload.data)
+      background = lambda: colour
+    image = self.image_of(upload)
     out = self.run_on_model(
-        lambda: api.remove_background(self.backbone, rgb, background=background)
+        lambda: api.remove_background(self.backbone, image(), background=background())
     )
     return 200, 'image/png', png_bytes(out)
 
@@ -338,9 +347,9 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     fmt = _choice(upload, 'format', 'npz', ('npz', 'json'))
     k = _number(upload, 'K', 5, int, 2, 64)
     color_lambda = _number(upload, 'lambda', 0.0, float, 0.0, 1e6)
-    rgb = self.decode(upload.name, upload.data)
+    image = self.image_of(upload)
     e = self.run_on_model(
-        lambda: api.eigenvectors(self.backbone, rgb, K=k, color_lambda=color_lambda)
+        lambda: api.eigenvectors(self.backbone, image(), K=k, color_lambda=color_lambda)
     )
     if fmt == 'json':
       body = {

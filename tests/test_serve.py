@@ -270,9 +270,13 @@ def test_ten_concurrent_requests_all_answered(server, manifest):
   assert json.loads(request(server.url + '/api/health')[2])['in_flight'] == 0
 
 
-def test_queue_full_503_and_timeout(backbone):
+def test_queue_full_503_and_timeout(backbone, monkeypatch):
   s = _start(backbone, max_queue=1, timeout=2.0)
   gate = threading.Event()
+  decoded_in = []  # threads that decoded an upload: a waiting request holds only its bytes
+  decode_rgb = web.decode.decode_rgb
+  monkeypatch.setattr(web.decode, 'decode_rgb', lambda *a, **k: (
+      decoded_in.append(threading.current_thread().name), decode_rgb(*a, **k))[1])
   try:
     s.worker.submit(lambda: gate.wait(30))  # the model is busy
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -285,9 +289,13 @@ def test_queue_full_503_and_timeout(backbone):
       json_error(status, headers, body, 503, 'busy', 'max_queue')
       assert headers['Retry-After'] == '1'
       json_error(*first.result(timeout=30), 503, 'timed out')  # waited 2 s for the model
+      assert decoded_in == []  # it never got to the model: never decoded
     gate.set()
     s.timeout = 60.0
     assert request(s.url + '/api/localize', SMALL)[0] == 200  # the skipped job left no trace
+    assert decoded_in == ['spectral_jax-model']
+    s.timeout = 0.2  # only waiting counts: a job that started in time runs to its answer
+    assert s.run_on_model(lambda: time.sleep(1.0) or 'answer') == 'answer'
   finally:
     gate.set()
     s.shutdown()
