@@ -115,3 +115,37 @@ def test_luma_bin_edges_follow_float64_rounding():
   grid = bilateral.BilateralGrid(image, 16, 16, 8)
   np.testing.assert_array_equal(grid.vertices[:, 2], [0, 1, 3])
   np.testing.assert_array_equal(grid.vertices[:, 3:], 16)  # U = V = 128 exactly
+
+
+def _brute_force_grid(image, sigma_spatial, sigma_luma, sigma_chroma):
+  """Vertices as a dict of 5-tuples (first-seen order irrelevant), pixel → vertex tuple, and
+  each vertex's ±1 neighbours by dictionary lookup: no hashing at all."""
+  h, w = image.shape[:2]
+  yuv = bilateral.rgb_to_yuv(image)
+  iy, ix = np.mgrid[:h, :w]
+  coords = np.dstack(((ix / sigma_spatial).astype(int), (iy / sigma_spatial).astype(int),
+                      (yuv[..., 0] / sigma_luma).astype(int),
+                      (yuv[..., 1:] / sigma_chroma).astype(int))).reshape(-1, 5)
+  return [tuple(c) for c in coords]
+
+
+@pytest.mark.parametrize('width', [300, 5000])
+def test_grid_of_any_width_equals_a_brute_force_grid(width):
+  """Under 4,064 px the vertex order is the official base-255 hash order (lexicographic in
+  v, u, luma, y, x); wider images (which the official hash cannot take) get the same
+  lexicographic order and exact neighbours."""
+  rng = np.random.default_rng(3)
+  image = rng.integers(0, 255, (20, width, 3)).astype(np.uint8)
+  image[:, : width // 2] //= 4  # a few colour regions, so that vertices have neighbours
+  grid = bilateral.BilateralGrid(image, 16, 16, 8)
+  pixels = _brute_force_grid(image, 16, 16, 8)
+  order = sorted(set(pixels), key=lambda c: c[::-1])  # lexicographic in v, u, luma, y, x
+  index = {c: i for i, c in enumerate(order)}
+  np.testing.assert_array_equal(grid.vertices, np.array(order))
+  np.testing.assert_array_equal(grid.idx, [index[c] for c in pixels])
+  want = []
+  for d in range(5):
+    for offset in (-1, 1):
+      shifted = [c[:d] + (c[d] + offset,) + c[d + 1 :] for c in order]
+      want.append([index.get(c, -1) for c in shifted])
+  np.testing.assert_array_equal(grid.neighbours, np.array(want))

@@ -22,7 +22,6 @@ RGB_TO_YUV = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
 )
 YUV_OFFSET = np.array([0.0, 128.0, 128.0])
-_MAX_VAL = 255.0  # base of the official vertex hash (coordinates must stay < 254)
 
 
 def rgb_to_yuv(image: np.ndarray) -> np.ndarray:
@@ -54,11 +53,16 @@ class BilateralGrid:
             (yuv[..., 1:] / sigma_chroma).astype(int),
         )
     ).reshape(-1, 5)
-    if coords.max() >= _MAX_VAL - 1:
+    # The official hash is base 255 (coordinates < 254, i.e. images under 4,064 px a side);
+    # a mixed radix of each dimension's max + 2 orders vertices the same way (both are
+    # lexicographic in v, u, luma, y, x), so the official order is kept where it applies,
+    # and any size works. A shift of ±1 never lands on another vertex (digits stay < base).
+    bases = coords.max(0).astype(np.float64) + 2
+    if np.prod(bases) >= 2.0**53:
       raise ValueError(f'image {(h, w)} too large for the bilateral grid hash')
+    hash_vec = np.concatenate([[1.0], np.cumprod(bases[:-1])])
     self.shape = (h, w)
     self.npixels = h * w
-    hash_vec = _MAX_VAL ** np.arange(5)
     hashes, first, self.idx = np.unique(coords @ hash_vec, return_index=True, return_inverse=True)
     self.idx = self.idx.ravel()
     unique = coords[first]
