@@ -250,6 +250,13 @@ def restore_variables(
   step = best_or_latest_step(mngr) if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint under {directory}')
+  if requested is not None and step not in mngr.all_steps():
+    steps = sorted(mngr.all_steps())
+    mngr.close()
+    raise FileNotFoundError(
+        f'no checkpoint step {step} under {directory}: it holds steps {steps} '
+        '(--config.checkpoint_step; -1 = the best)'
+    )
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def read(candidate: int) -> Any:

@@ -97,6 +97,8 @@ def test_restore_variables_falls_back_unless_the_step_is_explicit(tmp_path, stat
   unreadable = f"{directory}/4 is unreadable"
   with pytest.raises(train_checkpoints.UnreadableCheckpointError, match=unreadable):
     train_checkpoints.restore_variables(directory, model, step=4)
+  with pytest.raises(FileNotFoundError, match=r'no checkpoint step 7 .* holds steps \[2, 4\]'):
+    train_checkpoints.restore_variables(directory, model, step=7)
   assert (directory / "4").is_dir()  # read-only restores never move anything
 
 
