@@ -116,19 +116,32 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
   return out
 
 
+# Errors whose message is the whole story for a user (bad values, missing files, a workdir
+# made with other settings, the environment); anything else keeps its traceback.
+USER_ERRORS = (ValueError, OSError, workdirs.WorkdirError)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  common.check_config(config)  # flag-named errors before anything loads
   if _WORKDIR.value is None and _MODE.value not in _OPTIONAL_WORKDIR:
     raise app.UsageError(f'--workdir is required for --mode={_MODE.value}')
-  with contextlib.ExitStack() as stack:
-    workdir = _WORKDIR.value
-    if workdir is None:  # deleted at exit, lock included
-      prefix = f'spectral_jax_{_MODE.value}_'
-      workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
-    _run_mode(config, workdirs.prepare(workdir))
+  try:
+    common.check_config(config)  # flag-named errors before anything loads
+    with contextlib.ExitStack() as stack:
+      workdir = _WORKDIR.value
+      if workdir is None:  # deleted at exit, lock included
+        prefix = f'spectral_jax_{_MODE.value}_'
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+      _run_mode(config, workdirs.prepare(workdir))
+  except USER_ERRORS as e:  # the message names the flag or file and the fix: no traceback
+    logging.debug('traceback of the error below', exc_info=True)
+    sys.stderr.write(
+        f'spectral_jax --mode={_MODE.value}: error: {e}\n'
+        '(the traceback: rerun with --verbosity=1)\n'
+    )
+    sys.exit(1)
 
 
 def _run_mode(config, workdir: Path) -> None:

@@ -67,6 +67,8 @@ def test_bad_config_value_is_named(tmp_path):
   )
   assert proc.returncode != 0
   assert 'which_matrix' in proc.stderr
+  # A user error is its message, not a traceback (that comes with --verbosity=1).
+  assert 'Traceback' not in proc.stderr and 'error: --config.spectral.which_matrix' in proc.stderr
 
 
 @pytest.mark.parametrize('name', ['base', 'folder', 'demo', 'voc', 'coco20k', 'object_seg'])
