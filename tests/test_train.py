@@ -488,6 +488,13 @@ def test_train_reruns_follow_the_settings_and_unusable_val_items_are_skipped(tmp
   from spectral_jax import workdirs  # pylint: disable=import-outside-toplevel
 
   config, root, work = _dinov2_train_setup(tmp_path)
+  with pytest.raises(ValueError, match='run --mode=semantic first'):
+    train_task.run(config, tmp_path / 'no_labels')
+  config.semantic.val_list = str(tmp_path / 'all.txt')  # every labelled image is a val image
+  (tmp_path / 'all.txt').write_text('\n'.join(f'img{i}' for i in range(8)))
+  with pytest.raises(ValueError, match='are val images'):
+    train_task.run(config, work)
+  config.semantic.val_list = ''
   train_task.run(config, work)
   first = json.loads((work / 'train_metrics.json').read_text())
   assert first['step'] == 1 and 'miou' in first and first['num_scored'] == 2

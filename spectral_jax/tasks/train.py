@@ -254,11 +254,12 @@ def run(config, workdir) -> None:
   label_dir = Path(config.train.pseudo_labels or workdir / 'semantic')
   labelled = [s for s in sorted(examples) if (label_dir / f'{s}.png').exists()]
   train_ids = [s for s in labelled if s not in val_ids]
+  if not labelled:
+    raise ValueError(f'no pseudo-labels in {label_dir}: run --mode=semantic first')
   if not train_ids:
     raise ValueError(
-        f'no pseudo-labels in {label_dir} for non-val images ({len(labelled)} labelled, all '
-        'in the val set): run --mode=semantic first, or give the val images with '
-        '--config.semantic.val_list'
+        f'all {len(labelled)} pseudo-labelled images in {label_dir} are val images (they have '
+        'GT): name the val images with --config.semantic.val_list'
     )
   if len(train_ids) < cfg.batch_size:
     raise ValueError(
