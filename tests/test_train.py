@@ -323,6 +323,9 @@ def test_semantic_outputs_follow_the_eigenvectors_they_came_from(voc_like, tmp_p
   semantic.run(voc_like, work)
   assert not (work / 'metrics.json').exists()  # not the K=5 run's matching
   assert len(list((work / 'semantic').glob('*.png'))) == 8
+  voc_like.semantic.num_clusters = 200  # 8 images × at most 3 segments
+  with pytest.raises(ValueError, match=r'num_clusters=200: the 8 images have only \d+ box'):
+    semantic.run(voc_like, work)
 
 
 @pytest.mark.slow

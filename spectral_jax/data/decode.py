@@ -34,6 +34,7 @@ __all__ = [
     "load_rgb",
     "decode_rgb",
     "to_rgb_array",
+    "load_label_map",
     "load_mask",
     "center_crop_offsets",
     "center_crop_square",
@@ -231,6 +232,18 @@ def load_mask(path: PathLike) -> np.ndarray:
     except (ValueError, OSError) as e:
       raise BadImageError(name, f"unsupported mask mode {img.mode!r} ({e})") from e
   return rgb[:, :, 0] > 127
+
+
+def load_label_map(path: PathLike) -> np.ndarray:
+  """Reads a label PNG (palette or greyscale indices, e.g. VOC SegmentationClass: 0..20,
+  255 = void) as uint8 [H, W]; unreadable files and other modes raise BadImageError."""
+  name = str(path)
+  img = _open(path, name, DEFAULT_MAX_PIXELS)
+  with img:
+    _load_pixels(img, name)
+    if img.mode not in ("P", "L"):
+      raise BadImageError(name, f"expected a palette/greyscale label PNG, got mode {img.mode}")
+    return np.asarray(img, np.uint8)
 
 
 def center_crop_offsets(height: int, width: int) -> tuple[int, int, int]:

@@ -33,7 +33,7 @@ from absl import logging
 from PIL import Image
 
 from spectral_jax import io, metrics, parallel, pipeline, viz
-from spectral_jax.data import datasets
+from spectral_jax.data import datasets, decode
 from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models import vit
 from spectral_jax.spectral import clustering, segments
@@ -134,26 +134,13 @@ def summarize_seeds(per_seed: dict[int, dict]) -> dict[str, Any]:
 # Files
 
 
-def load_gt(path: Path) -> np.ndarray:
-  """VOC SegmentationClass PNG → uint8 palette indices (0..20, 255 = void)."""
-  with Image.open(path) as im:
-    if im.mode not in ('P', 'L'):
-      raise ValueError(f'{path}: expected a palette/greyscale label PNG, got mode {im.mode}')
-    return np.asarray(im, np.uint8)
-
-
 def checked_gt(
     path: Path, num_classes: int = NUM_VOC_CLASSES, image_hw: Optional[Sequence[int]] = None
 ) -> np.ndarray:
-  """``load_gt`` that raises a ValueError naming the file for what cannot be scored: an
-  unreadable file, labels outside 0..num_classes − 1 (255 = void), or (``image_hw``) a size
-  other than the image's."""
-  try:
-    gt = load_gt(path)
-  except ValueError:
-    raise
-  except Exception as e:  # PIL's errors of truncated or non-image files
-    raise ValueError(f'{path}: unreadable ground truth ({type(e).__name__}: {e})') from e
+  """VOC SegmentationClass PNG → uint8 palette indices, or a ValueError naming the file for
+  what cannot be scored: an unreadable file or another mode (``decode.BadImageError``), labels
+  outside 0..num_classes − 1 (255 = void), or (``image_hw``) a size other than the image's."""
+  gt = decode.load_label_map(path)
   if image_hw is not None and tuple(gt.shape) != tuple(int(v) for v in image_hw):
     raise ValueError(f'{path}: ground truth is {gt.shape}, the image is {tuple(image_hw)}')
   labels = np.unique(gt)
@@ -335,18 +322,15 @@ def run(config, workdir) -> None:
   loaded, gt_skipped = load_scorable_gts(gts, sizes)
   scored = [i for i, s in enumerate(stems) if s in loaded]
   gt_arrays = [loaded[stems[i]] for i in scored]
+  n_features = sum(len(b['features']) for b in boxes)
+  if n_features < sem.num_clusters:
+    raise ValueError(
+        f'--config.semantic.num_clusters={sem.num_clusters}: the {len(stems)} images have only '
+        f'{n_features} box features to cluster; lower it or add images'
+    )
   per_seed = {}
   for n, seed in enumerate(sem.seeds):
-    try:
-      maps = semantic_maps(
-          segmaps, boxes, sem.num_clusters, seed, sem.pca_dim, sem.cluster_method
-      )
-    except ValueError as e:
-      if 'cannot make' not in str(e):
-        raise
-      raise ValueError(
-          f'{e} (from {len(stems)} images): lower --config.semantic.num_clusters or add images'
-      ) from None
+    maps = semantic_maps(segmaps, boxes, sem.num_clusters, seed, sem.pca_dim, sem.cluster_method)
     out_dir = workdir / 'semantic' if n == 0 else workdir / 'semantic_seeds' / str(seed)
     for s, m in zip(stems, maps):
       io.save_png(out_dir / f'{s}.png', m)
