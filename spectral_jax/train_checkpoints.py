@@ -128,9 +128,14 @@ def check_architecture(mngr: ocp.CheckpointManager, step: int, expected_params: 
   try:
     segmenter.check_compatible(saved_params, segmenter.shape_tree(expected_params))
   except ValueError as e:
-    spec = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
+    spec = saved_model_spec(mngr, step)
     raise ValueError(f'{e}\n(checkpoint {mngr.directory}/{step} was written by {spec})') from None
   return saved
+
+
+def saved_model_spec(mngr: ocp.CheckpointManager, step: int) -> dict:
+  """``segmenter.model_spec`` of the model that wrote ``step`` (JSON: tuples as lists)."""
+  return mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
 
 
 # Model settings that change predictions without changing any parameter shape.
@@ -141,7 +146,7 @@ def check_model_spec(mngr: ocp.CheckpointManager, step: int, model: Any) -> None
   """Stops when the checkpoint's model differs from ``model`` in a setting that parameter
   shapes cannot show (ASPP rates, attention heads, ...), naming each one."""
   try:
-    saved = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
+    saved = saved_model_spec(mngr, step)
   except Exception as e:  # orbax/json errors of damaged files
     raise UnreadableCheckpointError(mngr.directory, step, e) from e
   current = json.loads(json.dumps(segmenter.model_spec(model)))
