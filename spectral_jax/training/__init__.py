@@ -1,0 +1,1 @@
+"""Training: DSM self-training (DeepLabV3+ head) and FOUND head training (optax, orbax)."""
