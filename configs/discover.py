@@ -29,11 +29,11 @@ Backbones (--config.model.name; README's table): every DINO, DINOv2 and DINOv3 V
 registry (DINOv3 gated: --config.model.checkpoint=FILE).
 """
 
-from configs import base
+from spectral_jax import settings
 
 
 def get_config():
-  config = base.get_config()
+  config = settings.default_config()
   config.data.source = 'folder'
   config.model.name = 'dino_vitb8'  # CutLER's pseudo-label backbone
   config.discover.max_objects = 3

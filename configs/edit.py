@@ -17,11 +17,11 @@ registry (DINOv3 gated: --config.model.checkpoint=FILE).
 
 import ml_collections
 
-from configs import base
+from spectral_jax import settings
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = base.get_config()
+  config = settings.default_config()
   config.data.source = 'folder'
   config.output.features = False  # editing needs only the eigenvectors
   config.output.num_panels = 8

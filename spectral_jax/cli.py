@@ -6,7 +6,7 @@
       --config.data.root=IMAGES_DIR --workdir=OUT
 
 ``--config`` takes a config file, or the name of a shipped config (``voc``, ``folder``,
-``demo``, ...: the files of ``configs/``, installed as the package ``configs``). A path
+``demo``, ...: the files of ``configs/``, installed as the package ``spectral_jax.configs``). A path
 ``configs/<name>.py`` that does not exist from the current directory also resolves to the
 shipped file, so the README's commands work from anywhere once the package is installed.
 Any config value can be overridden with --config.<key>=<value>.
@@ -56,14 +56,16 @@ flags.mark_flags_as_required(['config'])
 
 
 def configs_dir() -> Optional[Path]:
-  """The folder of the importable ``configs`` package (the repository's, or the installed one)."""
+  """The folder of the shipped configs: the installed package ``spectral_jax.configs`` (a
+  wheel), else the repository's ``configs/`` beside the package (a clone or editable install).
+  Never a ``configs`` package of the current directory: another project's is not ours."""
   try:
-    spec = importlib.util.find_spec('configs')
+    spec = importlib.util.find_spec('spectral_jax.configs')
   except (ImportError, ValueError):
-    return None
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  for folder in spec.submodule_search_locations:
+    spec = None
+  folders = list(spec.submodule_search_locations or []) if spec is not None else []
+  folders.append(str(Path(__file__).resolve().parent.parent / 'configs'))
+  for folder in folders:
     if (Path(folder) / 'base.py').exists():
       return Path(folder)
   return None
@@ -138,7 +140,7 @@ def main(argv):
   except USER_ERRORS as e:  # the message names the flag or file and the fix: no traceback
     logging.debug('traceback of the error below', exc_info=True)
     sys.stderr.write(
-        f'spectral_jax --mode={_MODE.value}: error: {e}\n'
+        f'spectral_jax --mode={_MODE.value}: error: {common.user_message(e)}\n'
         '(the traceback: rerun with --verbosity=1)\n'
     )
     sys.exit(1)

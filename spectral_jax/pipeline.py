@@ -177,7 +177,7 @@ def _decode(example, patch_size: int, limits: ImageLimits):
   try:
     image = datasets.load_image(example, min_side=patch_size, max_pixels=limits.max_pixels)
     original = (int(image.shape[0]), int(image.shape[1]))
-    name = str(example.path or example.id)
+    name = example.label
     image = fit_tokens(image, patch_size, limits.max_tokens, limits.resize_large, name)
     tokens = (image.shape[0] // patch_size) * (image.shape[1] // patch_size)
     if tokens < limits.min_tokens:
@@ -222,7 +222,8 @@ def decoded(
 def _finish(future, on_error):
   example, image, original, error = future.result()
   if error is not None:
-    logging.warning('skipping %s: %s', example.path or example.id, error)
+    # A BadImageError names its image already: its reason only, after the name.
+    logging.warning('skipping %s: %s', example.label, getattr(error, 'reason', error))
     if on_error is not None:
       on_error(example, error)
     return
@@ -588,7 +589,7 @@ def _collect(
       }
     bad = _nonfinite(result)
     if bad:  # NaN weights or an overflow: never a box from NaN eigenvectors
-      error = FloatingPointError(f'non-finite {bad} (NaN or inf) for {example.path or example.id}')
+      error = FloatingPointError(f'non-finite {bad} (NaN or inf) for {example.label}')
       logging.warning('skipping %s: %s', example.id, error)
       if on_error is not None:
         on_error(example, error)

@@ -16,8 +16,9 @@ it and runs requests one at a time, in arrival order; handler threads only read,
 encode. At most ``max_queue`` requests are admitted at once (running or waiting, counted
 before the body is decoded, so memory stays bounded); more are answered 503 at once. Uploads
 above ``max_upload_bytes`` get 413, images above ``max_pixels`` 413, undecodable ones 400.
-Uploads are decoded in memory; the API writes its temporary PNGs to a private temporary
-folder it deletes before the response is sent.
+Each upload is decoded once, in memory, and handed to the library as pixels: nothing is
+written to disk or re-encoded. Library errors map to status codes by type
+(``ImageTooLargeError`` 413, ``BadImageError`` and ``SettingError`` 400).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from spectral_jax import api
 from spectral_jax import edit as edit_lib
+from spectral_jax import inference, pipeline, settings
 from spectral_jax.data import decode
+from spectral_jax.errors import BadImageError, ImageTooLargeError, SettingError
+from spectral_jax.inference import Backbone
 from spectral_jax.version import __version__
 
 JSON = 'application/json'
@@ -186,6 +189,15 @@ def _number(upload: Upload, key: str, default, kind, lo, hi):
   return value
 
 
+LOCALIZE_METHODS = ('dsm',) + tuple(m for m in pipeline.METHODS if m != 'dsm')
+SEGMENT_METHODS = ('dsm',)
+
+
+def status_of(error: Exception) -> int:
+  """The HTTP status of a library error, by its type."""
+  return 413 if isinstance(error, ImageTooLargeError) else 400
+
+
 def png_bytes(array: np.ndarray) -> bytes:
   out = io.BytesIO()
   Image.fromarray(array).save(out, format='PNG', compress_level=3)
@@ -211,7 +223,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
   def __init__(
       self,
-      backbone: api.Backbone,
+      backbone: Backbone,
       host: str = '127.0.0.1',
       port: int = 8000,
       *,
@@ -222,7 +234,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
   ):
     if max_upload_bytes < 1 or max_queue < 1 or timeout <= 0 or max_pixels < 1:
       raise ValueError('max_upload_bytes, max_queue, timeout and max_pixels must be positive')
-    # The API re-checks the pixel limit: the server's applies there too (same model).
+    # The library re-checks the pixel limit: the server's applies there too (same model).
     self.backbone = dataclasses.replace(backbone, max_pixels=int(max_pixels))
     self.max_upload_bytes = int(max_upload_bytes)
     self.max_queue = int(max_queue)
@@ -278,9 +290,9 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         'model': self.backbone.name,
         'checkpoint': self.backbone.checkpoint,
         'patch_size': self.backbone.patch_size,
-        'methods': list(api.localize_methods()),
-        'segment_methods': list(api.METHODS),
-        'refines': list(api.REFINES),
+        'methods': list(LOCALIZE_METHODS),
+        'segment_methods': list(SEGMENT_METHODS),
+        'refines': list(settings.REFINES),
         'max_upload_bytes': self.max_upload_bytes,
         'max_pixels': self.max_pixels,
         'max_queue': self.max_queue,
@@ -296,19 +308,23 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
       return decode.decode_rgb(
           data, name, min_side=min_side or self.backbone.patch_size, max_pixels=self.max_pixels
       )
-    except decode.BadImageError as e:
-      status = 413 if 'above the limit' in e.reason else 400
-      raise HTTPError(status, str(e)) from None
+    except BadImageError as e:
+      raise HTTPError(status_of(e), str(e)) from None
 
-  def image_of(self, upload: Upload) -> Callable[[], np.ndarray]:
+  def image_of(self, upload: Upload) -> Callable[[], list]:
     """The upload's decoder, run on the model's thread: a waiting request holds its
-    compressed bytes (≤ serve.max_upload_bytes), not a decoded image of up to max_pixels."""
-    return lambda: self.decode(upload.name, upload.data)
+    compressed bytes (≤ serve.max_upload_bytes), not a decoded image of up to max_pixels.
+    The decoded pixels go to the library as they are (one decode per upload)."""
+    return lambda: [inference.in_memory(self.decode(upload.name, upload.data), upload.name)]
 
   def localize(self, upload: Upload) -> tuple[int, str, bytes]:
-    method = _choice(upload, 'method', 'dsm', api.localize_methods())
+    method = _choice(upload, 'method', 'dsm', LOCALIZE_METHODS)
     image = self.image_of(upload)
-    r = self.run_on_model(lambda: api.localize(self.backbone, image(), method=method))
+    (r,) = self.run_on_model(
+        lambda: inference.localize(
+            self.backbone, image(), settings.MethodSettings(method), settings.SpectralSettings(K=5)
+        )
+    )
     body = {
         'box_xyxy': [int(v) for v in r.box_xyxy],
         'score': _finite(r.score),
@@ -318,11 +334,14 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     return 200, JSON, json.dumps(body).encode()
 
   def segment(self, upload: Upload) -> tuple[int, str, bytes]:
-    method = _choice(upload, 'method', 'dsm', api.METHODS)
-    refine = _choice(upload, 'refine', 'none', api.REFINES)
+    method = _choice(upload, 'method', 'dsm', SEGMENT_METHODS)
+    refine = _choice(upload, 'refine', 'none', settings.REFINES)
     image = self.image_of(upload)
-    mask = self.run_on_model(
-        lambda: api.segment(self.backbone, image(), method=method, refine=refine)
+    (mask,) = self.run_on_model(
+        lambda: inference.segment(
+            self.backbone, image(), settings.MethodSettings(method),
+            settings.RefineSettings(refine=refine), settings.SpectralSettings(K=2),
+        )
     )
     return 200, 'image/png', png_bytes(np.asarray(mask, np.uint8) * 255)
 
@@ -339,7 +358,10 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
       background = lambda: colour
     image = self.image_of(upload)
     out = self.run_on_model(
-        lambda: api.remove_background(self.backbone, image(), background=background())
+        lambda: inference.remove_background(
+            self.backbone, image()[0], settings.EditSettings(), background(),
+            settings.SpectralSettings(K=5),
+        )
     )
     return 200, 'image/png', png_bytes(out)
 
@@ -348,9 +370,8 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     k = _number(upload, 'K', 5, int, 2, 64)
     color_lambda = _number(upload, 'lambda', 0.0, float, 0.0, 1e6)
     image = self.image_of(upload)
-    e = self.run_on_model(
-        lambda: api.eigenvectors(self.backbone, image(), K=k, color_lambda=color_lambda)
-    )
+    spectral = settings.SpectralSettings(K=k, color_lambda=color_lambda)
+    (e,) = self.run_on_model(lambda: inference.eigenpairs(self.backbone, image(), spectral))
     if fmt == 'json':
       body = {
           'eigenvalues': [float(v) for v in e.eigenvalues],
@@ -509,7 +530,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
       logging.info('%s done in %.2f s', split.path, time.monotonic() - start)
     except HTTPError as e:
       status, content_type, payload = e.status, JSON, _error_body(e.status, e.message)
-    except ValueError as e:  # the API's argument and image errors
+    except (BadImageError, SettingError) as e:  # the library's image and setting errors
+      status = status_of(e)
+      content_type, payload = JSON, _error_body(status, str(e))
+    except ValueError as e:  # another refused input (e.g. a seed outside its own side)
       status, content_type, payload = 400, JSON, _error_body(400, str(e))
     except Exception as e:  # pylint: disable=broad-except  # the server keeps serving
       logging.exception('%s failed', split.path)

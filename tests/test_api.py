@@ -157,7 +157,7 @@ def test_bad_inputs_are_named(backbone, tmp_path):
       ([rgb, rgb.astype(np.float32)], 'images[1]: dtype float32'),
       ([rgb, np.zeros((64, 64, 2), np.uint8)], 'images[1]: shape (64, 64, 2)'),
       ([rgb, rgb, str(tmp_path / 'missing.png')], 'images[2]: no such image file'),
-      ([np.zeros((8, 64, 3), np.uint8)], 'images[0]: 64x8 pixels; the minimum side is 16'),
+      ([np.zeros((8, 64, 3), np.uint8)], 'images[0]: image is 64x8 pixels; the minimum side is 16'),
       ([rgb, 3], 'images[1]: a int'),
       ([rgb, str(tmp_path)], 'images[1]: ' + repr(str(tmp_path)) + ' is a folder'),
       ([], 'empty list'),
@@ -248,3 +248,56 @@ def test_segment_methods_and_bilateral_equal_the_cli(tmp_path):
     for path, mask in zip(paths, masks):
       cli = np.asarray(Image.open(out / 'masks' / Path(path).name)) > 127
       assert mask.shape == cli.shape and np.array_equal(mask, cli), (method, path)
+
+
+_WRITES: list = []
+_AUDITING = [False]
+
+
+def _audit(event, args):
+  """Records every file opened for writing while ``_AUDITING[0]`` (hooks cannot be removed)."""
+  if not _AUDITING[0] or event != 'open':
+    return
+  path, mode, flags = (tuple(args) + (None, None, None))[:3]
+  writes = (isinstance(mode, str) and any(c in mode for c in 'wax+')) or (
+      isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND)
+  )
+  if writes:
+    _WRITES.append((path, mode, flags))
+
+
+def test_in_memory_images_are_never_written_and_equal_their_files(backbone):
+  """Arrays go to the pipeline as pixels: no file is opened for writing (an audit hook sees
+  every open), and boxes, masks and cutouts equal those of the same images as PNG paths."""
+  arrays = [np.asarray(Image.open(p).convert('RGB')) for p in PATHS]
+  expected_boxes = [r.box_xyxy for r in sj.localize(backbone, PATHS)]
+  expected_masks = sj.segment(backbone, PATHS)
+  expected_cutout = sj.remove_background(backbone, PATHS[0])
+  sj.localize(backbone, arrays)  # shapes compiled above: nothing below compiles or caches
+  sys.addaudithook(_audit)
+  _WRITES.clear()
+  _AUDITING[0] = True
+  try:
+    boxes = [r.box_xyxy for r in sj.localize(backbone, arrays)]
+    masks = sj.segment(backbone, arrays)
+    cutout = sj.remove_background(backbone, arrays[0])
+    pil_boxes = [r.box_xyxy for r in sj.localize(backbone, [Image.fromarray(a) for a in arrays])]
+  finally:
+    _AUDITING[0] = False
+  assert _WRITES == [], _WRITES
+  assert boxes == expected_boxes == pil_boxes
+  for got, want in zip(masks, expected_masks):
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(cutout, expected_cutout)
+
+
+def test_the_audit_hook_sees_a_write(tmp_path):
+  """The hook of the test above can fail: it records an ordinary file write."""
+  sys.addaudithook(_audit)
+  _WRITES.clear()
+  _AUDITING[0] = True
+  try:
+    (tmp_path / 'x.txt').write_text('x')
+  finally:
+    _AUDITING[0] = False
+  assert any(str(tmp_path / 'x.txt') == str(w[0]) for w in _WRITES)

@@ -7,6 +7,7 @@ import pytest
 from absl import logging as absl_logging
 from PIL import Image
 
+from spectral_jax import errors
 from spectral_jax.data import decode
 
 
@@ -151,8 +152,11 @@ def test_tiny_and_huge(tmp_path):
   with pytest.raises(decode.BadImageError, match="minimum side is 16"):
     decode.load_rgb(p, min_side=16)
   assert decode.load_rgb(p, min_side=15).shape == (40, 15, 3)
-  with pytest.raises(decode.BadImageError, match=r"--config\.data\.max_pixels"):
+  with pytest.raises(errors.ImageTooLargeError, match="above the limit of 599") as too_large:
     decode.load_rgb(p, max_pixels=599)
+  # The library names the setting; front-ends spell it (--config.data.max_pixels, ...).
+  assert too_large.value.setting == "data.max_pixels" and too_large.value.limit == 599
+  assert "--config" not in str(too_large.value)
   assert decode.load_rgb(p, max_pixels=600).shape == (40, 15, 3)
 
 

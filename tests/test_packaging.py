@@ -6,6 +6,7 @@ environment's site-packages through a .pth file (so the installed dependency ver
 reused), and run from a directory outside the repository.
 """
 
+import ast
 import importlib.util
 import json
 import os
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -82,7 +85,8 @@ def test_wheel_contents_and_version(installed):
   assert wheel.name.startswith('spectral_jax-0.2.0-')
   proc = _run(
       [str(python), '-c', textwrap.dedent('''
-          import importlib.metadata, spectral_jax, configs, spectral_jax.workdirs as w
+          import importlib.metadata, spectral_jax, spectral_jax.configs as configs
+          import spectral_jax.workdirs as w
           print(spectral_jax.__file__, configs.__file__)
           assert spectral_jax.__version__ == importlib.metadata.version('spectral_jax')
           assert w.VERSION == spectral_jax.__version__
@@ -94,6 +98,63 @@ def test_wheel_contents_and_version(installed):
   venv = str(python.parent.parent)
   for path in proc.stdout.split():
     assert path.startswith(venv), proc.stdout  # the installed copy, not the repository's
+
+
+def test_wheel_top_level_is_spectral_jax_alone(installed):
+  """A wheel puts only spectral_jax into site-packages: the configs travel inside it."""
+  wheel = installed[4]
+  with zipfile.ZipFile(wheel) as z:
+    names = z.namelist()
+  top = {n.split('/')[0] for n in names if not n.split('/')[0].endswith('.dist-info')}
+  assert top == {'spectral_jax'}, top
+  assert 'spectral_jax/configs/voc.py' in names and 'spectral_jax/configs/base.py' in names
+  with zipfile.ZipFile(wheel) as z:
+    (record,) = [n for n in names if n.endswith('.dist-info/top_level.txt')] or [None]
+    if record:
+      assert z.read(record).decode().split() == ['spectral_jax']
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+  """pyproject lists packages by hand (configs/ is mapped into the package): none may be left
+  out of a wheel."""
+  listed = set(tomllib.loads((ROOT / 'pyproject.toml').read_text())['tool']['setuptools'][
+      'packages'])
+  found = {
+      '.'.join(p.parent.relative_to(ROOT).parts)
+      for p in (ROOT / 'spectral_jax').rglob('__init__.py')
+  }
+  assert found | {'spectral_jax.configs'} == listed
+
+
+def test_configs_import_only_ml_collections_and_spectral_jax():
+  for path in sorted((ROOT / 'configs').glob('*.py')):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        roots = {a.name.split('.')[0] for a in node.names}
+      elif isinstance(node, ast.ImportFrom):
+        roots = {(node.module or '').split('.')[0]} if not node.level else {'(relative)'}
+      else:
+        continue
+      assert roots <= {'ml_collections', 'spectral_jax'}, (path.name, roots)
+
+
+def test_a_foreign_configs_package_in_the_working_directory_changes_nothing(tmp_path):
+  """Hydra, mmdet or detectron layouts have their own configs/ package: the CLI's config names
+  and the API must not import it."""
+  (tmp_path / 'configs').mkdir()
+  (tmp_path / 'configs' / '__init__.py').write_text('raise ImportError("foreign configs")\n')
+  (tmp_path / 'configs' / 'base.py').write_text('raise ImportError("foreign base")\n')
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  code = textwrap.dedent('''
+      import spectral_jax, spectral_jax.api
+      from spectral_jax import cli
+      print(cli.resolve_config('voc'))
+  ''')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == str(ROOT / 'configs' / 'voc.py')
 
 
 def test_installed_api_and_cli_give_the_parity_boxes(installed, tmp_path):

@@ -81,6 +81,10 @@ class Example:
     apply_exif: honour EXIF orientation when decoding (False where annotations exist).
     tfds_ref: record location for tfds datasets.
     gt_error: set when the image's annotation exists but cannot be read (scored as skipped).
+    pixels: the decoded image, RGB uint8 [H, W, 3], for an image given in memory (the Python
+      API, an HTTP upload): never written to disk or re-encoded; `path` is then None and `name`
+      is what errors call it.
+    name: how errors and logs name an in-memory image (e.g. 'images[2]').
   """
 
   id: str
@@ -93,6 +97,13 @@ class Example:
   apply_exif: bool = True
   tfds_ref: TfdsRef | None = None
   gt_error: str | None = None  # why the ground truth of an annotated image is unusable
+  pixels: np.ndarray | None = None
+  name: str | None = None
+
+  @property
+  def label(self) -> str:
+    """How logs and errors name the image: its file, its in-memory name, else its id."""
+    return str(self.path or self.name or self.id)
 
   @property
   def gt_boxes(self) -> np.ndarray | None:
@@ -792,16 +803,20 @@ def load_image(
 
   Never cropped (`Example.center_crop` applies at scoring time, see `decode.center_crop_square`).
   """
+  if example.pixels is not None:  # decoded already: only the size limits apply
+    return decode.check_pixels(
+        example.pixels, example.name or example.id, min_side=min_side, max_pixels=max_pixels
+    )
   kw = dict(min_side=min_side, max_pixels=max_pixels, apply_exif=example.apply_exif)
   if example.path is not None:
-    return decode.load_rgb(example.path, **kw)
+    return decode.load_rgb(example.path, name=example.name or "", **kw)
   if example.tfds_ref is not None:
     ref = example.tfds_ref
     data = _tfds_source(ref.builder_dir, ref.split)[ref.index]["image"]
     return decode.decode_rgb(
         data, f"{ref.builder_dir}[{ref.split}][{ref.index}] ({example.id})", **kw
     )
-  raise ValueError(f"example {example.id!r} has neither a path nor a tfds record")
+  raise ValueError(f"example {example.id!r} has neither pixels, a path nor a tfds record")
 
 
 def load_gt_mask(example: Example) -> np.ndarray:

@@ -28,12 +28,16 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from spectral_jax.errors import BadImageError, ImageTooLargeError
+
 __all__ = [
     "BadImageError",
     "DEFAULT_MAX_PIXELS",
     "load_rgb",
     "decode_rgb",
     "to_rgb_array",
+    "rgb_array",
+    "check_pixels",
     "load_label_map",
     "load_mask",
     "center_crop_offsets",
@@ -52,25 +56,17 @@ _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-class BadImageError(ValueError):
-  """An image (or mask) file that exists but cannot be used; `path` and `reason` are kept."""
-
-  def __init__(self, path: PathLike | str, reason: str):
-    self.path = str(path)
-    self.reason = reason
-    super().__init__(f"{self.path}: {reason}")
-
-
 def _check_size(name: str, width: int, height: int, min_side: int, max_pixels: int) -> None:
   if min(width, height) < min_side:
     raise BadImageError(
         name, f"image is {width}x{height} pixels; the minimum side is {min_side} (one patch)"
     )
   if width * height > max_pixels:
-    raise BadImageError(
+    raise ImageTooLargeError(
         name,
-        f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; "
-        "raise --config.data.max_pixels to process it",
+        f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}",
+        "data.max_pixels",
+        max_pixels,
     )
 
 
@@ -88,9 +84,8 @@ def _open(source: PathLike | bytes, name: str, max_pixels: int) -> Image.Image:
   except UnidentifiedImageError as e:
     raise BadImageError(name, "not a recognised image file (corrupt or unsupported format)") from e
   except Image.DecompressionBombError as e:  # PIL's own check, above twice our limit
-    raise BadImageError(
-        name, f"image is above the limit of {max_pixels} pixels ({e}); "
-        "raise --config.data.max_pixels to process it"
+    raise ImageTooLargeError(
+        name, f"image is above the limit of {max_pixels} pixels ({e})", "data.max_pixels", max_pixels
     ) from e
   except OSError as e:
     raise BadImageError(name, f"cannot read image: {e}") from e
@@ -191,19 +186,46 @@ def load_rgb(
     min_side: int = 1,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     apply_exif: bool = True,
+    name: str = "",
 ) -> np.ndarray:
-  """Reads an image file as RGB uint8 [H, W, 3].
+  """Reads an image file as RGB uint8 [H, W, 3] (``name``: how errors call it; the path).
 
   Args:
     path: image file.
     min_side: smallest allowed min(H, W) (pass the patch size: smaller images have no patch).
-    max_pixels: largest allowed H * W (`--config.data.max_pixels`).
+    max_pixels: largest allowed H * W (setting `data.max_pixels`).
     apply_exif: rotate/flip according to the EXIF orientation tag (see module docstring).
   Raises:
     FileNotFoundError: `path` does not exist.
     BadImageError: not an image, truncated, unsupported mode, too small or too large.
   """
-  return _decode(path, str(path), min_side, max_pixels, apply_exif)
+  return _decode(path, name or str(path), min_side, max_pixels, apply_exif)
+
+
+def rgb_array(array: np.ndarray, name: str = "image") -> np.ndarray:
+  """An image already in memory, uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], as RGB uint8
+  [H, W, 3] (grey repeated, alpha dropped: the conversions of the file decoder). Arrays of
+  another dtype or shape raise BadImageError saying what to pass."""
+  if array.dtype != np.uint8:
+    raise BadImageError(
+        name, f"dtype {array.dtype}; pass uint8 pixels in 0..255 "
+        "(e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1])"
+    )
+  if array.ndim == 3 and array.shape[2] == 1:
+    array = array[:, :, 0]
+  if array.ndim == 2:
+    return np.repeat(array[:, :, None], 3, axis=2)
+  if array.ndim == 3 and array.shape[2] in (3, 4):
+    return np.ascontiguousarray(array[:, :, :3])
+  raise BadImageError(name, f"shape {array.shape}; use [H, W], [H, W, 3] or [H, W, 4]")
+
+
+def check_pixels(
+    image: np.ndarray, name: str, *, min_side: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+  """A decoded RGB image held to the same size limits as a file (BadImageError otherwise)."""
+  _check_size(name, int(image.shape[1]), int(image.shape[0]), min_side, max_pixels)
+  return image
 
 
 def decode_rgb(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -12,35 +11,27 @@ from typing import Any, Callable, Optional, Sequence
 from absl import logging
 import jax
 
-from spectral_jax import io, pipeline, workdirs
+from spectral_jax import errors, inference, io, pipeline, workdirs
+from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets
 from spectral_jax.models import checkpoints
+from spectral_jax.models import extractor as extractor_lib
+from spectral_jax.models.extractor import FeatureExtractor
 
-SOLVERS = ('auto', 'dense', 'lanczos')
-# model.precision → the ViT's matmul precision: 'float32' (= 'highest', true float32, the
-# default) keeps parity; 'bfloat16' runs the ViT matmuls on bf16 operands with float32
-# accumulation (vit.BFLOAT16; features, LayerNorm, softmax and the eigen step stay float32);
-# 'high' / 'default' let accelerators use TF32/bf16 passes.
-PRECISIONS = {
-    'float32': 'highest',
-    'bfloat16': 'bfloat16',
-    'highest': 'highest',
-    'high': 'high',
-    'default': 'default',
-}
-# data.bucket_tokens = -1: measured in benchmarks/README.md (bench_localize.py --bucket-tokens).
-CPU_BUCKET_TOKENS = 32
-ACCELERATOR_BUCKET_TOKENS = 64
-MAX_BUCKET_TOKENS = 4096
+PRECISIONS = settings_lib.PRECISIONS
 
 
 def _fail(flag: str, value: Any, why: str) -> None:
-  raise ValueError(f'--config.{flag}={value!r}: {why}')
+  raise settings_lib.SettingError(flag, value, why)
 
 
-def _finite_number(flag: str, value: Any, minimum: float = -math.inf) -> None:
-  if not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
-    _fail(flag, value, f'must be a finite number >= {minimum}')
+def user_message(error: Exception) -> str:
+  """A library error in the CLI's words: setting keys become ``--config.`` flags."""
+  if isinstance(error, errors.SettingError):
+    return error.named(f'--config.{error.key}')
+  if isinstance(error, errors.ImageTooLargeError):
+    return f'{error}; raise --config.{error.setting} to process it'
+  return str(error)
 
 
 def expand_user_paths(config) -> None:
@@ -52,42 +43,20 @@ def expand_user_paths(config) -> None:
       config[key] = os.path.expanduser(value)
 
 
-def check_config(config) -> None:
-  """Fails fast, naming the flag, before any image or weight is touched."""
+def check_config(config) -> settings_lib.Settings:
+  """The run's typed settings, converted once; fails fast, naming the key (the CLI spells it
+  as its flag), before any image or weight is touched."""
   expand_user_paths(config)
-  s, d = config.spectral, config.data
-  if s.which_matrix not in ('laplacian', 'affinity'):
-    _fail('spectral.which_matrix', s.which_matrix, 'use laplacian or affinity')
-  if s.solver not in SOLVERS:
-    _fail('spectral.solver', s.solver, f'use one of {SOLVERS}')
-  if not isinstance(s.K, int) or not 2 <= s.K <= 64:
-    _fail('spectral.K', s.K, 'use 2..64 (eigenvector 1 is the Fiedler vector)')
-  _finite_number('spectral.color_lambda', s.color_lambda, 0.0)
-  if config.model.precision not in PRECISIONS:
-    _fail('model.precision', config.model.precision, f'use one of {sorted(PRECISIONS)}')
-  if d.batch_size < 1:
-    _fail('data.batch_size', d.batch_size, 'must be >= 1')
-  if not -1 <= d.bucket_tokens <= MAX_BUCKET_TOKENS:
-    _fail(
-        'data.bucket_tokens',
-        d.bucket_tokens,
-        f'use -1 (by backend), 0 (exact token counts) or a step up to {MAX_BUCKET_TOKENS}',
-    )
-  if d.limit < 0:
-    _fail('data.limit', d.limit, 'must be >= 0 (0 = all images)')
-  if d.max_pixels <= 0:
-    _fail('data.max_pixels', d.max_pixels, 'must be > 0')
-  if d.max_tokens < 16:
-    _fail('data.max_tokens', d.max_tokens, 'must be >= 16 patches')
-  if d.batch_tokens < d.max_tokens:
-    _fail('data.batch_tokens', d.batch_tokens, f'must be >= data.max_tokens ({d.max_tokens})')
+  converted = settings_lib.from_config(config)
+  d = config.data
   for flag in ('boxes', 'masks', 'annotations'):
-    value = d.get(flag, '')
+    value = d[flag]
     if value and not Path(value).exists():
       raise FileNotFoundError(f'--config.data.{flag}={value!r} does not exist')
   checkpoint = config.model.checkpoint
   if checkpoint and '://' not in checkpoint and not Path(checkpoint).exists():
     raise FileNotFoundError(f'--config.model.checkpoint={checkpoint!r} does not exist')
+  return converted
 
 
 def examples_from_config(data, workdir=None) -> list[Any]:
@@ -182,8 +151,8 @@ def _check_unique_ids(examples: Sequence[Any]) -> None:
     )
 
 
-def load_extractor(model) -> pipeline.FeatureExtractor:
-  return pipeline.load_extractor(
+def load_extractor(model) -> FeatureExtractor:
+  return extractor_lib.load(
       model.name,
       model.checkpoint,
       model.cache_dir,
@@ -192,40 +161,24 @@ def load_extractor(model) -> pipeline.FeatureExtractor:
   )
 
 
-def bucket_tokens(config) -> int:
-  """data.bucket_tokens, with -1 = by backend.
-
-  Padding a patch sequence to a shared length lets images of similar size batch and
-  compile once, for a few % more FLOPs. Accelerators want large batches and pay more per
-  compilation, so they get coarser buckets than a CPU.
-  """
-  step = config.data.bucket_tokens
-  if step >= 0:
-    return step
-  return CPU_BUCKET_TOKENS if jax.default_backend() == 'cpu' else ACCELERATOR_BUCKET_TOKENS
-
-
-def image_limits(data) -> pipeline.ImageLimits:
-  return pipeline.ImageLimits(
-      max_pixels=data.max_pixels, max_tokens=data.max_tokens, resize_large=data.resize_large
-  )
-
-
-def run_images(config, extractor, todo: Sequence[Any], on_error, which_matrix: str = '', **method):
-  """pipeline.run_images with the run's config (spectral settings, batching, limits);
+def run_images(
+    run: settings_lib.Settings, extractor, todo: Sequence[Any], on_error, which_matrix: str = '',
+    **method,
+):
+  """pipeline.run_images with the run's settings (spectral settings, batching, limits);
   ``method``: pipeline.run_images' method, preprocess and method_params."""
-  s = config.spectral
+  s = run.spectral
   return pipeline.run_images(
       extractor,
       todo,
-      batch_size=config.data.batch_size,
-      limits=image_limits(config.data),
+      batch_size=run.batching.batch_size,
+      limits=run.limits,
       spectral_k=s.K,
       color_lambda=s.color_lambda,
       which_matrix=which_matrix or s.which_matrix,
       solver=s.solver,
-      bucket_tokens=bucket_tokens(config),
-      batch_tokens=config.data.batch_tokens,
+      bucket_tokens=inference.bucket_tokens(run.batching),
+      batch_tokens=run.batching.batch_tokens,
       on_error=on_error,
       **method,
   )
@@ -274,7 +227,7 @@ class SkipLog:
                 'id': example.id,
                 'path': str(example.path),
                 'stage': self.stage,
-                'error': f'{type(error).__name__}: {error}',
+                'error': f'{type(error).__name__}: {user_message(error)}',
             }
         ],
     )

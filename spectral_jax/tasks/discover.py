@@ -71,27 +71,6 @@ from spectral_jax.spectral import maskcut
 from spectral_jax.tasks import common
 
 STAGE = 'discover'
-DTYPES = ('float32', 'float64')
-MAX_OBJECTS = 255  # instance maps are uint8
-
-
-def check_discover_config(d) -> None:
-  """Fails fast, naming the flag."""
-  fail = common._fail  # pylint: disable=protected-access
-  if not isinstance(d.max_objects, int) or not 1 <= d.max_objects <= MAX_OBJECTS:
-    fail('discover.max_objects', d.max_objects, f'use 1..{MAX_OBJECTS}')
-  if not isinstance(d.fixed_size, int) or d.fixed_size < 32:
-    fail('discover.fixed_size', d.fixed_size, 'use an int >= 32 pixels')
-  if not isinstance(d.tau, (int, float)) or not -1.0 <= d.tau < 1.0:
-    fail('discover.tau', d.tau, 'use a cosine threshold in [-1, 1)')
-  if d.solver not in maskcut.SOLVERS:
-    fail('discover.solver', d.solver, f'use one of {maskcut.SOLVERS}')
-  if d.dtype not in DTYPES:
-    fail('discover.dtype', d.dtype, f'use one of {DTYPES}')
-  if not isinstance(d.eps, (int, float)) or not 0 < d.eps < 1:
-    fail('discover.eps', d.eps, 'use a weight in (0, 1)')
-  if not isinstance(d.workers, int) or d.workers < 0:
-    fail('discover.workers', d.workers, 'use 0 (auto) or a number of processes')
 
 
 def record_files(workdir: Path) -> list[Path]:
@@ -108,8 +87,7 @@ def read_records(workdir: Path) -> dict[str, dict]:
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
-  common.check_config(config)
-  check_discover_config(config.discover)
+  run_settings = common.check_config(config)
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, STAGE)
   # Each process owns a strided share and its own records file.
@@ -122,7 +100,7 @@ def run(config, workdir) -> None:
   shard = parallel.process_shard(examples)
   todo = common.remaining(workdir, STAGE, shard, lambda ex: ex.id in done)
   if todo:
-    _discover(config, workdir, todo, own_path, examples)
+    _discover(config, run_settings, workdir, todo, own_path, examples)
   parallel.barrier('discover-done')
   if not parallel.is_main_process():
     return
@@ -271,9 +249,11 @@ class _Serial:
     del wait, cancel_futures
 
 
-def _discover(config, workdir: Path, todo: list, own_path: Path, examples: list) -> None:
-  d = config.discover
-  extractor = common.load_extractor(config.model)
+def _discover(
+    config, run_settings, workdir: Path, todo: list, own_path: Path, examples: list
+) -> None:
+  d = run_settings.discover
+  extractor = common.load_extractor(run_settings.model)
   p = extractor.arch.patch_size
   skipped = common.SkipLog(workdir, STAGE)
   progress = pipeline.Progress(len(todo), STAGE)

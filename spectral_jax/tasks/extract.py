@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from spectral_jax import io, parallel, pipeline, viz
-from spectral_jax.tasks import common, localize
+from spectral_jax.results import boxes
+from spectral_jax.tasks import common
 
 
 def output_paths(workdir, image_id: str) -> tuple[Path, Path]:
@@ -52,8 +53,8 @@ def _write(r: pipeline.ImageResult, workdir, with_features: bool) -> None:
 
 
 def run(config, workdir) -> None:
-  common.check_config(config)
-  args = localize.method_args(config)
+  run_settings = common.check_config(config)
+  args = boxes.method_args(run_settings.method)
   if not pipeline.METHODS[args['method']].has_eigenvectors:
     raise ValueError(
         f"--config.method={args['method']!r} has no eigenvectors to extract: use "
@@ -67,11 +68,11 @@ def run(config, workdir) -> None:
   )
   if not todo:
     return
-  extractor = common.load_extractor(config.model)
+  extractor = common.load_extractor(run_settings.model)
   skipped = common.SkipLog(workdir, 'extract')
   progress = pipeline.Progress(len(todo), 'extract')
   panels = common.Panels(workdir, config.output.num_panels, examples)
-  for r in common.run_images(config, extractor, todo, skipped, **args):
+  for r in common.run_images(run_settings, extractor, todo, skipped, **args):
     if not common.write_or_skip(r.example, skipped, _write, r, workdir, config.output.features):
       continue
     panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid))

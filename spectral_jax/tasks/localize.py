@@ -19,13 +19,8 @@ import jax
 import numpy as np
 
 from spectral_jax import coco, io, metrics, parallel, pipeline, viz
-from spectral_jax.spectral import segments
+from spectral_jax.results import boxes
 from spectral_jax.tasks import common
-
-
-def eigenvector_index(which_matrix: str) -> int:
-  """The official 'infer' rule: Fiedler vector for the Laplacian, the top one for W."""
-  return {'laplacian': 1, 'affinity': 0}[which_matrix]
 
 
 def corloc_counts(predictions: list[dict], examples: list) -> np.ndarray:
@@ -58,26 +53,6 @@ def corloc_result(counts: np.ndarray) -> dict:
   return result
 
 
-def method_args(config, segment: bool = False) -> dict:
-  """``common.run_images`` keywords of ``config.method``: its input for object discovery (or
-  for its mask with ``segment``) and its parameters; a bad value names the flag."""
-  name = config.get('method', 'dsm')
-  if name not in pipeline.METHODS:
-    raise ValueError(f'--config.method={name!r}: use one of {sorted(pipeline.METHODS)}')
-  method = pipeline.METHODS[name]
-  params = {}
-  if name == 'tokencut':
-    params = dict(tau=float(config.tokencut.tau), eps=float(config.tokencut.eps))
-    if not params['eps'] > 0:
-      raise ValueError(f"--config.tokencut.eps={params['eps']!r}: must be > 0")
-  elif name == 'lost':
-    params = dict(k_patches=int(config.lost.k_patches))
-    if params['k_patches'] < 1:
-      raise ValueError(f"--config.lost.k_patches={params['k_patches']!r}: must be >= 1")
-  preprocess = method.segment_preprocess if segment else method.preprocess
-  return dict(method=name, preprocess=preprocess, method_params=params)
-
-
 def panel_vectors(r: pipeline.ImageResult):
   """What a panel shows as heat maps: eigenvectors, or LOST's map M in their place."""
   if r.eigenvectors is not None or not r.outputs or 'M' not in r.outputs:
@@ -91,8 +66,8 @@ def prediction_files(workdir: Path) -> list[Path]:
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
-  common.check_config(config)
-  method_args(config)  # fail fast on a bad method
+  run_settings = common.check_config(config)
+  boxes.method_args(run_settings.method)  # fail fast on a bad method
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'localize')
   ids = {ex.id for ex in examples}
@@ -106,7 +81,7 @@ def run(config, workdir) -> None:
   shard = parallel.process_shard(examples)
   todo = common.remaining(workdir, 'localize', shard, lambda ex: ex.id in done)
   if todo:
-    _predict(config, workdir, todo, own_path, examples)
+    _predict(config, run_settings, workdir, todo, own_path, examples)
   shard_ids = {ex.id for ex in shard}
   own = {
       r['id']: r
@@ -126,27 +101,6 @@ def run(config, workdir) -> None:
                      config.data)
   if 'corloc' in result:
     common.log_summary(f"CorLoc {result['corloc']:.2f} over {result['num_scored']} images")
-
-
-def localization(r, which_matrix: str = 'laplacian') -> tuple[np.ndarray, np.ndarray, float]:
-  """(box in original pixels, box in working pixels, score) of one pipeline result.
-
-  Boxes are [x0, y0, x1, y1] with exclusive max. ``score`` is 1 − λ₁, λ₁ the Fiedler
-  eigenvalue of the normalized Laplacian (DSM, TokenCut): near 1 for a clean cut, near 0 (or
-  below) when the graph has no separable object, so a low score flags "no object here".
-  LOST and the affinity variant have no such eigenvalue: their score is 1 (uninformative).
-  """
-  if r.outputs is not None:  # TokenCut / LOST: the seed component's box
-    working_box = np.asarray(r.outputs['box'])
-  else:
-    working_box = segments.localization_box(
-        r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2],
-        index=eigenvector_index(which_matrix),
-    )
-  values = r.eigenvalues
-  laplacian = which_matrix == 'laplacian' or r.outputs is not None
-  score = 1.0 - float(values[1]) if laplacian and values is not None and len(values) > 1 else 1.0
-  return np.asarray(r.box_to_original(working_box)), working_box, score
 
 
 def coco_image_ids(examples: list, data) -> dict[str, int]:
@@ -193,13 +147,16 @@ def write_detections(workdir: Path, records: list[dict], examples: list, data) -
   io.save_json(workdir / 'detections.json', dets)
 
 
-def _predict(config, workdir: Path, todo: list, pred_path: Path, examples: list) -> None:
-  extractor = common.load_extractor(config.model)
+def _predict(
+    config, run_settings, workdir: Path, todo: list, pred_path: Path, examples: list
+) -> None:
+  extractor = common.load_extractor(run_settings.model)
   skipped = common.SkipLog(workdir, 'localize')
   progress = pipeline.Progress(len(todo), 'localize')
   panels = common.Panels(workdir, config.output.num_panels, examples)
-  for r in common.run_images(config, extractor, todo, skipped, **method_args(config)):
-    box, working_box, score = localization(r, config.spectral.which_matrix)
+  method = boxes.method_args(run_settings.method)
+  for r in common.run_images(run_settings, extractor, todo, skipped, **method):
+    box, working_box, score = boxes.localization(r, run_settings.spectral.which_matrix)
     record = {
         'id': r.example.id,
         'box_xyxy': [int(v) for v in box],

@@ -14,53 +14,36 @@ import threading
 
 from absl import logging
 
-from spectral_jax import api, web
+from spectral_jax import inference, web
+from spectral_jax.tasks import common
 
 
-def _settings(config):
-  s = config.get('serve', None)
-  get = (lambda key, default: s.get(key, default)) if s is not None else (lambda k, d: d)
-  return dict(
-      host=get('host', '127.0.0.1'),
-      port=int(get('port', 8000)),
-      max_upload_bytes=int(get('max_upload_bytes', 32 << 20)),
-      max_queue=int(get('max_queue', 32)),
-      timeout=float(get('timeout', 300.0)),
-  )
-
-
-def make_server(config, backbone: api.Backbone) -> web.Server:
+def make_server(config, backbone: inference.Backbone) -> web.Server:
   """The server of ``config.serve`` on ``backbone``, bound but not yet serving."""
-  opts = _settings(config)
-  for key in ('max_upload_bytes', 'max_queue', 'timeout'):
-    if opts[key] <= 0:
-      raise ValueError(f'--config.serve.{key}={opts[key]!r}: must be > 0')
-  if not 0 <= opts['port'] <= 65535:
-    raise ValueError(f"--config.serve.port={opts['port']!r}: use 0..65535 (0 = any free port)")
+  run_settings = common.check_config(config)
+  opts = run_settings.serve
   try:
-    return web.Server(backbone, max_pixels=config.data.max_pixels, **opts)
+    return web.Server(
+        backbone, opts.host, opts.port, max_upload_bytes=opts.max_upload_bytes,
+        max_queue=opts.max_queue, timeout=opts.timeout, max_pixels=run_settings.limits.max_pixels,
+    )
   except OSError as e:  # port taken, address not local, ...
     raise OSError(
-        f"cannot listen on {opts['host']}:{opts['port']} ({e}); pass another "
+        f'cannot listen on {opts.host}:{opts.port} ({e}); pass another '
         '--config.serve.port (0 = any free port) or --config.serve.host'
     ) from e
 
 
 def run(config, workdir: str) -> None:
   del workdir  # held (locked) by the CLI; the server writes nothing there
-  opts = _settings(config)
-  if not web.is_loopback(opts['host']):
+  run_settings = common.check_config(config)
+  if not web.is_loopback(run_settings.serve.host):
     logging.warning(
         'serve.host=%s: the server is reachable from other machines, without authentication',
-        opts['host'],
+        run_settings.serve.host,
     )
-  backbone = api.load_backbone(
-      config.model.name,
-      config.model.checkpoint or None,
-      precision=config.model.precision,
-      cache_dir=config.model.cache_dir or None,
-  )
-  backbone.max_tokens = config.data.max_tokens  # the CLI's memory policy applies here too
+  backbone = inference.load_backbone(run_settings.model)
+  backbone.max_tokens = run_settings.limits.max_tokens  # the CLI's memory policy applies here
   server = make_server(config, backbone)
 
   def stop(signum, frame):  # SIGTERM: finish like Ctrl-C (workdir lock released)

@@ -1,0 +1,1 @@
+"""Image operations shared by every stage: resampling, dense CRF."""

@@ -1,0 +1,237 @@
+"""The per-image pipeline on a given list of images: what the Python API and the HTTP server
+call (the CLI's runners call the same pipeline and per-image functions on whole datasets).
+
+Images are ``datasets.Example`` records: decoded pixels held in memory (``pixels``, never
+written to disk or re-encoded) or files. Results come back in input order. An unusable image
+raises the library's own error (``BadImageError``, ``ImageTooLargeError`` naming the
+``Example.name`` the caller gave it); each front-end words it for its caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from spectral_jax import pipeline
+from spectral_jax.data import datasets
+from spectral_jax.models import extractor as extractor_lib
+from spectral_jax.results import boxes, cutout, masks
+from spectral_jax.results.types import Eigen, Localization, Objects, mask_box
+from spectral_jax.settings import (
+    PRECISIONS, BatchSettings, DiscoverSettings, EditSettings, ImageLimits, MethodSettings,
+    ModelSettings, RefineSettings, SpectralSettings,
+)
+from spectral_jax.spectral import maskcut
+
+# data.bucket_tokens = -1: measured in benchmarks/README.md (bench_localize.py --bucket-tokens).
+CPU_BUCKET_TOKENS = 32
+ACCELERATOR_BUCKET_TOKENS = 64
+
+
+def bucket_tokens(batching: BatchSettings) -> int:
+  """data.bucket_tokens, with -1 = by backend.
+
+  Padding a patch sequence to a shared length lets images of similar size batch and compile
+  once, for a few % more FLOPs. Accelerators want large batches and pay more per compilation,
+  so they get coarser buckets than a CPU.
+  """
+  if batching.bucket_tokens >= 0:
+    return batching.bucket_tokens
+  return CPU_BUCKET_TOKENS if jax.default_backend() == 'cpu' else ACCELERATOR_BUCKET_TOKENS
+
+
+@dataclasses.dataclass
+class Backbone:
+  """A loaded backbone: the jitted model and its parameters, reused across calls.
+
+  Compiled shapes are kept, so later calls on images of similar sizes run without compiling.
+  """
+
+  name: str
+  extractor: extractor_lib.FeatureExtractor
+  checkpoint: Optional[str] = None
+  precision: str = 'float32'
+  # The memory policy (data.max_tokens): larger images run downscaled.
+  max_tokens: int = ImageLimits().max_tokens
+  # Files above this many pixels are refused before decoding (data.max_pixels).
+  max_pixels: int = ImageLimits().max_pixels
+
+  @property
+  def patch_size(self) -> int:
+    return self.extractor.arch.patch_size
+
+  @property
+  def limits(self) -> ImageLimits:
+    return ImageLimits(max_pixels=int(self.max_pixels), max_tokens=int(self.max_tokens))
+
+  def __repr__(self) -> str:
+    a = self.extractor.arch  # ViT archs have depth and width; a ResNet's differ
+    shape = ''.join(
+        f'{k}={getattr(a, f)}, ' for k, f in (('depth', 'depth'), ('dim', 'embed_dim'))
+        if hasattr(a, f)
+    )
+    return (
+        f'Backbone({self.name!r}, {shape}patch={a.patch_size}, '
+        f'precision={self.precision!r}, checkpoint={self.checkpoint!r})'
+    )
+
+
+def load_backbone(model: ModelSettings, precision_name: str = '') -> Backbone:
+  """Loads ``model`` (a registry name; its checkpoint file or URL, or the official weights
+  through the cache). ``precision_name`` is how the caller spelled the precision."""
+  checkpoint = model.checkpoint
+  if checkpoint and '://' not in checkpoint:
+    checkpoint = str(Path(checkpoint).expanduser())
+  extractor = extractor_lib.load(
+      model.name, checkpoint, model.cache_dir, PRECISIONS[model.precision], model.feature_block
+  )
+  return Backbone(model.name, extractor, checkpoint or None, precision_name or model.precision)
+
+
+def in_memory(pixels: np.ndarray, name: str, index: int = 0) -> datasets.Example:
+  """An Example of an RGB uint8 [H, W, 3] image held in memory, called ``name`` in errors."""
+  return datasets.Example(id=f'{index:06d}', path=None, pixels=pixels, name=name)
+
+
+def from_file(path: os.PathLike | str, name: str, index: int = 0) -> datasets.Example:
+  """An Example of an image file (decoded by the data layer, EXIF applied)."""
+  return datasets.Example(id=f'{index:06d}', path=os.fspath(path), name=name)
+
+
+def _raise(example, error: Exception) -> None:
+  raise error
+
+
+def results(
+    backbone: Backbone,
+    examples: Sequence[datasets.Example],
+    spectral: SpectralSettings,
+    method: MethodSettings = MethodSettings(),
+    *,
+    segment: bool = False,
+    which_matrix: str = '',
+    batching: BatchSettings = BatchSettings(),
+) -> list[pipeline.ImageResult]:
+  """``pipeline.ImageResult`` per example, in input order (the pipeline yields by size
+  bucket); the CLI's pipeline call (its method input rule as ``--mode=localize`` or, with
+  ``segment``, ``--mode=segment``). The first unusable image raises its error."""
+  index = {ex.id: i for i, ex in enumerate(examples)}
+  stream = pipeline.run_images(
+      backbone.extractor,
+      examples,
+      batch_size=batching.batch_size,
+      limits=backbone.limits,
+      spectral_k=spectral.K,
+      color_lambda=spectral.color_lambda,
+      which_matrix=which_matrix or spectral.which_matrix,
+      solver=spectral.solver,
+      bucket_tokens=bucket_tokens(batching),
+      batch_tokens=batching.batch_tokens,
+      on_error=_raise,
+      **boxes.method_args(method, segment=segment),
+  )
+  out: list = [None] * len(examples)
+  for r in stream:
+    out[index[r.example.id]] = r
+  return out
+
+
+def eigenpairs(
+    backbone: Backbone, examples: Sequence[datasets.Example], spectral: SpectralSettings
+) -> list[Eigen]:
+  """The K smallest eigenpairs of each image's patch graph (``--mode=extract``'s eigs)."""
+  return [
+      Eigen(
+          r.eigenvalues,
+          r.eigenvectors.reshape(len(r.eigenvectors), *r.patch_grid),
+          tuple(r.patch_grid),
+          r.patch_size,
+          tuple(int(v) for v in r.image_hw),
+          (int(r.image.shape[0]), int(r.image.shape[1])),
+      )
+      for r in results(backbone, examples, spectral)
+  ]
+
+
+def localize(
+    backbone: Backbone,
+    examples: Sequence[datasets.Example],
+    method: MethodSettings,
+    spectral: SpectralSettings = SpectralSettings(K=5),
+) -> list[Localization]:
+  """The main object's box per image (``--mode=localize``)."""
+  out = []
+  for r in results(backbone, examples, spectral, method):
+    box, _, score = boxes.localization(r, spectral.which_matrix)
+    out.append(Localization(tuple(int(v) for v in box), score, tuple(int(v) for v in r.image_hw)))
+  return out
+
+
+def segment(
+    backbone: Backbone,
+    examples: Sequence[datasets.Example],
+    method: MethodSettings,
+    refine: RefineSettings,
+    spectral: SpectralSettings = SpectralSettings(K=2),
+) -> list[np.ndarray]:
+  """The main object's mask per image, bool [H, W] at the original size (``--mode=segment``)."""
+  preprocess = boxes.method_args(method, segment=True)['preprocess']
+  rs = results(backbone, examples, spectral, method, segment=True, which_matrix='laplacian')
+  return [np.asarray(masks.final_mask(r, refine, preprocess)[1], bool) for r in rs]
+
+
+def remove_background(
+    backbone: Backbone,
+    example: datasets.Example,
+    opts: EditSettings,
+    background: cutout.Background,
+    spectral: SpectralSettings = SpectralSettings(K=5),
+    seed: int = 0,
+) -> np.ndarray:
+  """The cutout (uint8 [H, W, 4]) or, with a background, the composite (uint8 [H, W, 3])."""
+  (r,) = results(backbone, [example], spectral)
+  original = (
+      datasets.load_image(r.example, max_pixels=backbone.max_pixels) if r.resized else r.image
+  )
+  _, out = cutout.image_cutout(
+      original, r.eigenvectors, r.patch_size, tuple(r.patch_grid), r.image.shape[:2], opts,
+      background, seed, example.label,
+  )
+  return out['composite'] if background is not None else out['cutout']
+
+
+def discover(
+    backbone: Backbone,
+    examples: Sequence[datasets.Example],
+    settings: DiscoverSettings,
+    batching: BatchSettings = BatchSettings(),
+) -> list[Objects]:
+  """Up to ``settings.max_objects`` objects per image by MaskCut."""
+  arrays = [
+      datasets.load_image(ex, min_side=backbone.patch_size, max_pixels=backbone.max_pixels)
+      for ex in examples
+  ]
+  found = maskcut.run(
+      backbone.extractor,
+      arrays,
+      max_objects=settings.max_objects,
+      crf=settings.crf,
+      batch_size=batching.batch_size,
+      tau=settings.tau,
+      fixed_size=settings.fixed_size,
+      dtype=settings.dtype,
+      solver=settings.solver,
+  )
+  out = []
+  for image, objects in zip(arrays, found):
+    box_list = np.array([mask_box(m) for m in objects.masks], np.int64).reshape(-1, 4)
+    out.append(
+        Objects(np.asarray(objects.masks, bool), box_list, np.asarray(objects.scores, np.float64),
+                (int(image.shape[0]), int(image.shape[1])))
+    )
+  return out

@@ -1,0 +1,553 @@
+"""Typed settings, one frozen dataclass per concern: the one source of every default.
+
+``configs/base.py`` builds the CLI's ConfigDict from these classes (``default_config``); each
+CLI runner converts its ConfigDict once (``from_config``); the Python API maps its keyword
+arguments onto the same classes; the HTTP server its query parameters. Below the front-ends
+only these objects travel. Each class checks its own values once, in ``__post_init__``, and
+raises ``errors.SettingError`` carrying the setting's dotted key (``spectral.K``), which each
+front-end spells in its own terms.
+
+A field's ``help`` metadata is its one line of documentation (``--config_help`` lists them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional
+
+from spectral_jax.errors import SettingError
+
+
+def _field(default: Any, help_text: str) -> Any:
+  return dataclasses.field(default=default, metadata={'help': help_text})
+
+
+def _check(ok: bool, key: str, value: Any, reason: str) -> None:
+  if not ok:
+    raise SettingError(key, value, reason)
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# model.precision → the ViT's matmul precision: 'float32' (= 'highest', true float32, the
+# default) keeps parity; 'bfloat16' runs the ViT matmuls on bf16 operands with float32
+# accumulation; 'high' / 'default' let accelerators use TF32/bf16 passes.
+PRECISIONS = {
+    'float32': 'highest',
+    'bfloat16': 'bfloat16',
+    'highest': 'highest',
+    'high': 'high',
+    'default': 'default',
+}
+SOLVERS = ('auto', 'dense', 'lanczos')
+WHICH_MATRICES = ('laplacian', 'affinity')
+REFINES = ('none', 'crf', 'bilateral')
+MAX_BUCKET_TOKENS = 4096
+# Fewest patches an image needs: eigenvector 1 (the Fiedler vector) of K' >= 2 needs 3 nodes.
+MIN_TOKENS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """Which backbone, which weights, and how its matmuls run."""
+
+  name: str = _field('dino_vits16', 'backbone: every name of spectral_jax/models/backbones.py')
+  checkpoint: str = _field('', "local .pth/.safetensors file or URL; '' = official weights")
+  cache_dir: str = _field('', "weights cache; '' = $SPECTRAL_JAX_CACHE or ~/.cache/spectral_jax")
+  feature_block: int = _field(-1, 'block whose keys are the features (-1 = the last)')
+  precision: str = _field(
+      'highest', "ViT matmuls: 'highest' (= 'float32', parity) | 'bfloat16' | 'high' | 'default'"
+  )
+
+  def __post_init__(self):
+    _check(
+        self.precision in PRECISIONS, 'model.precision', self.precision,
+        f'use one of {sorted(PRECISIONS)}',
+    )
+    _check(_is_int(self.feature_block), 'model.feature_block', self.feature_block, 'use an int')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+  """What one image may be: larger files are refused, larger grids run downscaled."""
+
+  max_pixels: int = _field(8192 * 8192, 'larger files are refused before decoding')
+  max_tokens: int = _field(
+      6400, 'images with more patches run downscaled (aspect kept; outputs in original pixels)'
+  )
+  resize_large: bool = _field(True, 'False: skip images above max_tokens instead')
+  min_tokens: int = _field(MIN_TOKENS, 'fewest patches an image needs')
+
+  def __post_init__(self):
+    _check(
+        _is_int(self.max_pixels) and self.max_pixels > 0, 'data.max_pixels', self.max_pixels,
+        'must be > 0',
+    )
+    _check(
+        _is_int(self.max_tokens) and self.max_tokens >= 16, 'data.max_tokens', self.max_tokens,
+        'must be >= 16 patches',
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSettings:
+  """How images are grouped into forwards."""
+
+  batch_size: int = _field(8, 'images per forward (same size bucket)')
+  batch_tokens: int = _field(32768, 'and at most this many tokens per forward')
+  bucket_tokens: int = _field(-1, 'pad token counts up to multiples of this; -1 = by backend')
+
+  def __post_init__(self):
+    _check(
+        _is_int(self.batch_size) and self.batch_size >= 1, 'data.batch_size', self.batch_size,
+        'must be >= 1',
+    )
+    _check(
+        _is_int(self.bucket_tokens) and -1 <= self.bucket_tokens <= MAX_BUCKET_TOKENS,
+        'data.bucket_tokens', self.bucket_tokens,
+        f'use -1 (by backend), 0 (exact token counts) or a step up to {MAX_BUCKET_TOKENS}',
+    )
+    _check(
+        _is_int(self.batch_tokens) and self.batch_tokens >= 16, 'data.batch_tokens',
+        self.batch_tokens, 'must be >= 16',
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralSettings:
+  """The patch graph and its eigenvectors (Deep Spectral Methods)."""
+
+  K: int = _field(5, 'eigenvectors per image, 2..64 (eigenvector 1 is the Fiedler vector)')  # pylint: disable=invalid-name
+  color_lambda: float = _field(0.0, 'weight of the KNN colour affinity (0 = off; paper: 10)')
+  which_matrix: str = _field('laplacian', 'laplacian | affinity')
+  solver: str = _field('auto', 'auto | dense | lanczos (block Krylov)')
+
+  def __post_init__(self):
+    _check(
+        _is_int(self.K) and 2 <= self.K <= 64, 'spectral.K', self.K,
+        'use 2..64 (eigenvector 1 is the Fiedler vector)',
+    )
+    _check(
+        _is_number(self.color_lambda) and self.color_lambda >= 0, 'spectral.color_lambda',
+        self.color_lambda, 'must be a finite number >= 0',
+    )
+    _check(
+        self.which_matrix in WHICH_MATRICES, 'spectral.which_matrix', self.which_matrix,
+        'use laplacian or affinity',
+    )
+    _check(self.solver in SOLVERS, 'spectral.solver', self.solver, f'use one of {SOLVERS}')
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCutSettings:
+  """TokenCut's knobs under their official names."""
+
+  tau: float = _field(0.2, 'official --tau: similarity threshold of the binary graph')
+  eps: float = _field(1e-5, 'official --eps: weight of the edges below tau')
+
+  def __post_init__(self):
+    _check(_is_number(self.tau), 'tokencut.tau', self.tau, 'use a finite number')
+    _check(
+        _is_number(self.eps) and self.eps > 0, 'tokencut.eps', self.eps, 'use a number > 0'
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LostSettings:
+  """LOST's knob under its official name."""
+
+  k_patches: int = _field(100, 'official --k_patches: lowest-degree patches tried for expansion')
+
+  def __post_init__(self):
+    _check(
+        _is_int(self.k_patches) and self.k_patches >= 1, 'lost.k_patches', self.k_patches,
+        'use an int >= 1',
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSettings:
+  """The object-discovery method of localize / segment / extract and its knobs."""
+
+  name: str = _field('dsm', 'dsm | tokencut | lost (see spectral_jax/pipeline METHODS)')
+  tokencut: TokenCutSettings = TokenCutSettings()
+  lost: LostSettings = LostSettings()
+
+  def params(self) -> dict:
+    """The method's device parameters (``pipeline.run_images``' ``method_params``)."""
+    if self.name == 'tokencut':
+      return dict(tau=self.tokencut.tau, eps=self.tokencut.eps)
+    if self.name == 'lost':
+      return dict(k_patches=self.lost.k_patches)
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class BilateralParams:
+  """TokenCut's README values (the solver function's own defaults 24/4/4 are not used)."""
+
+  sigma_spatial: float = 16
+  sigma_luma: float = 16
+  sigma_chroma: float = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class CRFParams:
+  """DSM's dense-CRF values (the official ones)."""
+
+  w1: float = 10.0
+  alpha: float = 80.0
+  beta: float = 13.0
+  w2: float = 3.0
+  gamma: float = 3.0
+  iterations: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineSettings:
+  """Mask refinement for any method."""
+
+  refine: str = _field('none', 'none | crf (dense CRF) | bilateral (TokenCut bilateral solver)')
+  crf: bool = _field(False, "older spelling of refine='crf'")
+  bilateral_params: BilateralParams = BilateralParams()
+  crf_params: CRFParams = CRFParams()
+
+  def __post_init__(self):
+    _check(self.refine in REFINES, 'segment.refine', self.refine, f'use one of {REFINES}')
+    _check(
+        not (self.crf and self.refine not in ('none', 'crf')), 'segment.crf', self.crf,
+        f"and segment.refine={self.refine!r}: choose one (segment.crf=True means "
+        "refine='crf'; set segment.crf=False)",
+    )
+
+  @property
+  def mode(self) -> str:
+    """refine, with the older ``crf=True`` meaning 'crf'."""
+    return 'crf' if self.crf else self.refine
+
+
+DISCOVER_SOLVERS = ('auto', 'jax', 'lapack', 'arpack')
+DISCOVER_DTYPES = ('float32', 'float64')
+MAX_OBJECTS = 255  # instance maps are uint8
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscoverSettings:
+  """--mode=discover: MaskCut (CutLER's pseudo-mask settings; maskcut_protocol.md)."""
+
+  max_objects: int = _field(3, 'cuts per image (the official N)')
+  fixed_size: int = _field(480, 'every image is resized to this square')
+  tau: float = _field(0.15, 'edge threshold on the cosine of keys')
+  eps: float = _field(1e-5, 'weight of a non-edge')
+  crf: bool = _field(True, "MaskCut's dense CRF + IoU filter (the released pseudo-labels)")
+  solver: str = _field('auto', 'auto | jax | lapack | arpack (auto: arpack on CPU)')
+  dtype: str = _field('float64', 'eigen-solve precision (the official: float64)')
+  workers: int = _field(0, 'CRF processes; 0 = auto (up to 8 when crf and many images)')
+
+  def __post_init__(self):
+    _check(
+        _is_int(self.max_objects) and 1 <= self.max_objects <= MAX_OBJECTS,
+        'discover.max_objects', self.max_objects, f'use 1..{MAX_OBJECTS}',
+    )
+    _check(
+        _is_int(self.fixed_size) and self.fixed_size >= 32, 'discover.fixed_size',
+        self.fixed_size, 'use an int >= 32 pixels',
+    )
+    _check(
+        _is_number(self.tau) and -1.0 <= self.tau < 1.0, 'discover.tau', self.tau,
+        'use a cosine threshold in [-1, 1)',
+    )
+    _check(
+        self.solver in DISCOVER_SOLVERS, 'discover.solver', self.solver,
+        f'use one of {DISCOVER_SOLVERS}',
+    )
+    _check(
+        self.dtype in DISCOVER_DTYPES, 'discover.dtype', self.dtype,
+        f'use one of {DISCOVER_DTYPES}',
+    )
+    _check(
+        _is_number(self.eps) and 0 < self.eps < 1, 'discover.eps', self.eps,
+        'use a weight in (0, 1)',
+    )
+    _check(
+        _is_int(self.workers) and self.workers >= 0, 'discover.workers', self.workers,
+        'use 0 (auto) or a number of processes',
+    )
+
+
+EDIT_FOREGROUNDS = ('blur_fusion', 'image')
+
+
+@dataclasses.dataclass(frozen=True)
+class EditSettings:
+  """Background removal and compositing (--mode=edit, ``remove_background``)."""
+
+  background: str = _field(
+      '', "'' = cutout only; an image file or a colour ('white', '#RRGGBB', 'r,g,b')"
+  )
+  segment: int = _field(-1, '-1 = Fiedler vector > 0; N >= 0 = eigen-segment N')
+  n_segments: int = _field(4, 'k-means clusters when edit.segment >= 0')
+  band_px: float = _field(0.0, "half-width of the trimap's unknown band; 0 = one patch")
+  eps: float = _field(1e-6, 'closed-form matting regulariser (Levin et al.: 1e-7 … 1e-5)')
+  max_pixels: int = _field(1_000_000, 'matting resolution cap (larger: guided upsampling)')
+  levels: float = _field(0.05, 'alpha <- clip((a - l) / (1 - 2l)): removes faint haze; 0 = off')
+  foreground: str = _field('blur_fusion', 'foreground colours: blur_fusion | image (F = I)')
+
+  def __post_init__(self):
+    _check(
+        self.foreground in EDIT_FOREGROUNDS, 'edit.foreground', self.foreground,
+        "use 'blur_fusion' or 'image'",
+    )
+    _check(
+        _is_int(self.n_segments) and self.n_segments >= 2, 'edit.n_segments', self.n_segments,
+        'use an int >= 2',
+    )
+    _check(
+        _is_int(self.segment) and self.segment < self.n_segments, 'edit.segment', self.segment,
+        f'use -1 or a segment below edit.n_segments={self.n_segments}',
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+  """The local web demo and HTTP API (--mode=serve)."""
+
+  host: str = _field('127.0.0.1', "localhost only; '0.0.0.0' exposes it (no authentication)")
+  port: int = _field(8000, '0 = any free port (printed at start)')
+  max_upload_bytes: int = _field(32 * 1024 * 1024, 'larger uploads get 413')
+  max_queue: int = _field(32, 'requests admitted at once (running or waiting); more get 503')
+  timeout: float = _field(300.0, 'seconds a request waits for the model before a 503')
+
+  def __post_init__(self):
+    for key in ('max_upload_bytes', 'max_queue', 'timeout'):
+      value = getattr(self, key)
+      _check(_is_number(value) and value > 0, f'serve.{key}', value, 'must be > 0')
+    _check(
+        _is_int(self.port) and 0 <= self.port <= 65535, 'serve.port', self.port,
+        'use 0..65535 (0 = any free port)',
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSettings:
+  """Which images a CLI run reads (the data layer's sources)."""
+
+  source: str = _field('folder', 'folder | voc | coco20k | saliency | tfds | demo')
+  root: str = _field('', 'image folder, VOCdevkit, COCO root or saliency set root')
+  name: str = _field('', 'dataset name within a source (e.g. ECSSD, voc/2007)')
+  year: int = _field(2012, 'VOC year (2007 | 2012)')
+  split: str = _field('trainval', 'dataset split')
+  boxes: str = _field('', 'folder source: VOC-XML folder or COCO JSON file')
+  masks: str = _field('', 'folder source: folder of ground-truth masks')
+  annotations: str = _field('', "coco20k: instances_train2014.json ('' = under root)")
+  tfds_dir: str = _field('', "tfds data_dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  no_hard: bool = _field(False, 'drop difficult/truncated VOC boxes, skip images left with none')
+  limit: int = _field(0, '0 = all images')
+
+  def __post_init__(self):
+    _check(_is_int(self.limit) and self.limit >= 0, 'data.limit', self.limit,
+           'must be >= 0 (0 = all images)')
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSettings:
+  """What a CLI run writes besides its results."""
+
+  features: bool = _field(True, 'write features/<stem>.npz')
+  num_panels: int = _field(8, 'PNG panels for the first N images')
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSettings:
+  """Multi-process runs (one process per host): JAX's distributed runtime. On TPU pods, SLURM
+  and similar clusters the empty values are detected automatically."""
+
+  enabled: bool = False
+  coordinator_address: str = _field('', 'host:port of process 0')
+  num_processes: int = 0
+  process_id: int = -1
+  timeout_s: int = _field(300, 'how long a process waits for its peers at start-up')
+
+
+# ----------------------------------------------------------------------------- ConfigDict
+
+# Config sections → the classes whose fields they hold (``data`` gathers three concerns).
+SECTIONS: dict[str, tuple[type, ...]] = {
+    'distributed': (DistributedSettings,),
+    'model': (ModelSettings,),
+    'data': (DatasetSettings, ImageLimits, BatchSettings),
+    'spectral': (SpectralSettings,),
+    'tokencut': (TokenCutSettings,),
+    'lost': (LostSettings,),
+    'segment': (RefineSettings,),
+    'discover': (DiscoverSettings,),
+    'edit': (EditSettings,),
+    'serve': (ServerSettings,),
+    'output': (OutputSettings,),
+}
+# Fields that stay out of the ConfigDict (set by code, not by users).
+_INTERNAL = {'min_tokens'}
+
+
+def _plain(value: Any) -> Any:
+  return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def section_values(classes: tuple[type, ...]) -> dict[str, Any]:
+  """The default values of a config section (nested dataclasses as dicts)."""
+  out = {}
+  for cls in classes:
+    for f in dataclasses.fields(cls):
+      if f.name not in _INTERNAL:
+        out[f.name] = _plain(getattr(cls(), f.name))
+  return out
+
+
+def field_help() -> dict[str, str]:
+  """``section.key`` → its one line of documentation."""
+  out = {'seed': 'random seed (k-means, training)', 'overwrite': (
+      'a rerun with other settings deletes the outdated outputs instead of stopping'),
+         'method': 'dsm | tokencut | lost (object discovery method)'}
+  for section, classes in SECTIONS.items():
+    for cls in classes:
+      for f in dataclasses.fields(cls):
+        if f.name not in _INTERNAL:
+          out[f'{section}.{f.name}'] = f.metadata.get('help', '')
+  return out
+
+
+def default_config():
+  """The CLI's base ConfigDict: every section's defaults from the classes above."""
+  import ml_collections  # pylint: disable=import-outside-toplevel  # the CLI's format only
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # A workdir remembers the settings of its outputs; a rerun with other settings stops
+  # unless overwrite=True, which deletes the outdated outputs and recomputes them.
+  config.overwrite = False
+  config.method = MethodSettings().name
+  for section, classes in SECTIONS.items():
+    config[section] = ml_collections.ConfigDict(section_values(classes))
+  return config
+
+
+def _values(section: Any, cls: type, key: str) -> dict[str, Any]:
+  """The fields of ``cls`` found in a ConfigDict section (absent ones keep their default)."""
+  if section is None:
+    return {}
+  names = {f.name for f in dataclasses.fields(cls)} - _INTERNAL
+  return {name: section[name] for name in names if name in section}
+
+
+def build(cls: type, values: Mapping[str, Any], key: str) -> Any:
+  """``cls(**values)`` with nested dataclass fields built from dicts; a value of the wrong
+  kind (a string for a number, ...) becomes a SettingError naming ``key.field``."""
+  kwargs = {}
+  types = {f.name: f.default for f in dataclasses.fields(cls)}
+  for name, value in values.items():
+    default = types.get(name)
+    if dataclasses.is_dataclass(default) and not dataclasses.is_dataclass(value):
+      try:
+        value = type(default)(**dict(value))
+      except TypeError as e:
+        raise SettingError(f'{key}.{name}', value, f'unknown or missing entries ({e})') from e
+    kwargs[name] = value
+  try:
+    return cls(**kwargs)
+  except TypeError as e:  # e.g. comparing a str with an int
+    raise SettingError(key, dict(values), str(e)) from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything a run of the per-image pipeline needs, converted once from a front-end."""
+
+  model: ModelSettings = ModelSettings()
+  dataset: DatasetSettings = DatasetSettings()
+  limits: ImageLimits = ImageLimits()
+  batching: BatchSettings = BatchSettings()
+  spectral: SpectralSettings = SpectralSettings()
+  method: MethodSettings = MethodSettings()
+  refine: RefineSettings = RefineSettings()
+  discover: DiscoverSettings = DiscoverSettings()
+  edit: EditSettings = EditSettings()
+  serve: ServerSettings = ServerSettings()
+  output: OutputSettings = OutputSettings()
+  seed: int = 0
+
+
+METHOD_NAMES = ('dsm', 'tokencut', 'lost')
+
+
+def from_config(config: Any) -> Settings:
+  """The typed settings of a CLI ConfigDict (each section checked; SettingError names the
+  key). Sections a config lacks keep their defaults."""
+  get = lambda name: config.get(name, None)  # noqa: E731  # sections optional in old configs
+  data = get('data')
+  method = config.get('method', 'dsm')
+  if method not in METHOD_NAMES:
+    raise SettingError('method', method, f'use one of {METHOD_NAMES}')
+  if data is not None and _is_int(data.get('batch_tokens')) and _is_int(data.get('max_tokens')):
+    if data.batch_tokens < data.max_tokens:
+      raise SettingError(
+          'data.batch_tokens', data.batch_tokens, f'must be >= data.max_tokens ({data.max_tokens})'
+      )
+  return Settings(
+      model=build(ModelSettings, _values(get('model'), ModelSettings, 'model'), 'model'),
+      dataset=build(DatasetSettings, _values(data, DatasetSettings, 'data'), 'data'),
+      limits=build(ImageLimits, _values(data, ImageLimits, 'data'), 'data'),
+      batching=build(BatchSettings, _values(data, BatchSettings, 'data'), 'data'),
+      spectral=build(
+          SpectralSettings, _values(get('spectral'), SpectralSettings, 'spectral'), 'spectral'
+      ),
+      method=MethodSettings(
+          method,
+          build(TokenCutSettings, _values(get('tokencut'), TokenCutSettings, 'tokencut'),
+                'tokencut'),
+          build(LostSettings, _values(get('lost'), LostSettings, 'lost'), 'lost'),
+      ),
+      refine=build(RefineSettings, _values(get('segment'), RefineSettings, 'segment'), 'segment'),
+      discover=build(
+          DiscoverSettings, _values(get('discover'), DiscoverSettings, 'discover'), 'discover'
+      ),
+      edit=build(EditSettings, _values(get('edit'), EditSettings, 'edit'), 'edit'),
+      serve=build(ServerSettings, _values(get('serve'), ServerSettings, 'serve'), 'serve'),
+      output=build(OutputSettings, _values(get('output'), OutputSettings, 'output'), 'output'),
+      seed=int(config.get('seed', 0)),
+  )
+
+
+def unknown_edit_keys(config: Any) -> Optional[list[str]]:
+  """Keys of ``config.edit`` no EditSettings field has (a typo), or None."""
+  section = config.get('edit', None)
+  if section is None:
+    return None
+  unknown = set(section) - {f.name for f in dataclasses.fields(EditSettings)}
+  return sorted(unknown) or None
+
+
+# Config-file arguments (``--config=configs/voc.py:tokencut``).
+METHOD_ARGS = ('dsm', 'tokencut', 'lost', 'tokencut_vits8', 'lost_vits8')
+
+
+def with_method(config: Any, arg: Optional[str] = None) -> Any:
+  """Applies a config-file argument: dsm (default), tokencut or lost with ViT-S/16, or
+  tokencut_vits8 / lost_vits8 with the 300-epoch ViT-S/8 file those methods use (Deep Spectral
+  Methods' dino_vits8 is another file)."""
+  from spectral_jax.models import weights_cache  # pylint: disable=import-outside-toplevel
+
+  arg = arg or 'dsm'
+  if arg not in METHOD_ARGS:
+    raise ValueError(f'config argument {arg!r}: use one of {METHOD_ARGS}')
+  config.method = arg.split('_')[0]
+  if arg.endswith('_vits8'):
+    config.model.name = 'dino_vits8'
+    config.model.checkpoint = weights_cache.VARIANT_WEIGHTS['dino_vits8_300ep']
+  return config
