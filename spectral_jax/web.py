@@ -198,6 +198,13 @@ def status_of(error: Exception) -> int:
   return 413 if isinstance(error, ImageTooLargeError) else 400
 
 
+def message_of(error: Exception) -> str:
+  """A library error in the server's words: a limit is named by the server's setting."""
+  if isinstance(error, ImageTooLargeError):
+    return f'{error} (the server\'s {error.setting}, set with --config.{error.setting})'
+  return str(error)
+
+
 def png_bytes(array: np.ndarray) -> bytes:
   out = io.BytesIO()
   Image.fromarray(array).save(out, format='PNG', compress_level=3)
@@ -309,7 +316,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
           data, name, min_side=min_side or self.backbone.patch_size, max_pixels=self.max_pixels
       )
     except BadImageError as e:
-      raise HTTPError(status_of(e), str(e)) from None
+      raise HTTPError(status_of(e), message_of(e)) from None
 
   def image_of(self, upload: Upload) -> Callable[[], list]:
     """The upload's decoder, run on the model's thread: a waiting request holds its
@@ -532,7 +539,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
       status, content_type, payload = e.status, JSON, _error_body(e.status, e.message)
     except (BadImageError, SettingError) as e:  # the library's image and setting errors
       status = status_of(e)
-      content_type, payload = JSON, _error_body(status, str(e))
+      content_type, payload = JSON, _error_body(status, message_of(e))
     except ValueError as e:  # another refused input (e.g. a seed outside its own side)
       status, content_type, payload = 400, JSON, _error_body(400, str(e))
     except Exception as e:  # pylint: disable=broad-except  # the server keeps serving

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from spectral_jax import edit
 from spectral_jax.data import decode
+from spectral_jax.results import cutout
 from spectral_jax.tasks import edit as task
 from tests.conftest import PARITY
 
@@ -455,8 +456,8 @@ def test_task_rejects_bad_options(tmp_path):
     task.run(_edit_config(tmp_path, background='missing/bg.jpg'), str(tmp_path / 'out'))
   with pytest.raises(ValueError, match='n_segments'):
     task.run(_edit_config(tmp_path, segment=5, n_segments=4), str(tmp_path / 'out'))
-  assert task.resolve_background('') is None
-  assert task.resolve_background(' 1,2,3 ') == (1, 2, 3)
+  assert cutout.resolve_background('') is None
+  assert cutout.resolve_background(' 1,2,3 ') == (1, 2, 3)
 
 
 def test_documented_command_line(tmp_path):

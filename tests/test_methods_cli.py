@@ -77,20 +77,6 @@ def test_tokencut_saliency_masks_equal_official(config, tmp_path, refine, key):
     assert _agreement(tmp_path / 'out', image_id, key) >= 0.999, image_id
 
 
-def test_crf_flag_maps_onto_refine_and_conflicts_fail(config):
-  config.segment.crf = True
-  assert segment.refine_mode(config.segment) == 'crf'
-  config.segment.refine = 'bilateral'
-  with pytest.raises(ValueError, match='segment.crf'):
-    segment.refine_mode(config.segment)
-  config.segment.crf, config.segment.refine = False, 'guided'
-  with pytest.raises(ValueError, match='segment.refine'):
-    segment.refine_mode(config.segment)
-  config.segment.refine, config.method = 'none', 'ncut'
-  with pytest.raises(ValueError, match='config.method'):
-    localize.method_args(config)
-
-
 def test_main_localize_tokencut(tmp_path):
   out = tmp_path / 'out'
   cmd = [
