@@ -31,6 +31,8 @@ from scipy import ndimage
 from scipy import sparse
 from scipy.sparse import linalg as sparse_linalg
 
+from spectral_jax.imaging import resample
+
 # Trimap values (the usual 8-bit trimap convention, so a trimap can be saved as a PNG).
 BACKGROUND = 0
 UNKNOWN = 128
@@ -81,26 +83,6 @@ def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
       (w, h), Image.Resampling.BILINEAR
   )
   return np.asarray(out, np.float32)
-
-
-def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """Boolean mask → another size by area (majority) vote, so thin parts are not lost at random."""
-  mask = np.asarray(mask, bool)
-  if mask.shape == tuple(hw):
-    return mask
-  # 8-bit keeps this at 2 bytes / input pixel for huge images; 127.5 is the 50 % vote.
-  return resize_image(mask.astype(np.uint8) * np.uint8(255), hw) > 127
-
-
-def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
-  return np.minimum((np.arange(n_out) * n_in) // n_out, n_in - 1)
-
-
-def resize_nearest(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """Nearest-neighbour resize of a 2-D (or [H, W, C]) array of any dtype."""
-  rows = _nearest_index(hw[0], array.shape[0])
-  cols = _nearest_index(hw[1], array.shape[1])
-  return array[rows[:, None], cols[None, :]]
 
 
 # ----------------------------------------------------------------------------- trimap
@@ -336,14 +318,14 @@ def matte(
   work_hw = working_size(hw, max_pixels)
   scale = work_hw[0] / hw[0]
   image_w = resize_image(image, work_hw)
-  mask_w = resize_mask(np.asarray(mask, bool), work_hw)
+  mask_w = resample.vote_bilinear(np.asarray(mask, bool), work_hw)
   trimap_w = trimap_from_mask(mask_w, max(band_px * scale, 1.0))
   alpha_w = closed_form_alpha(image_w, trimap_w, eps)
   if work_hw == hw:
     return _levels(alpha_w, levels)
   alpha = guided_upsample(alpha_w, image_w, image)
   # Outside the band the answer is known exactly; only the band takes the upsampled alpha.
-  trimap = resize_nearest(trimap_w, hw)
+  trimap = resample.nearest_floor(trimap_w, hw)
   alpha[trimap == FOREGROUND] = 1.0
   alpha[trimap == BACKGROUND] = 0.0
   return _levels(alpha, levels)
@@ -518,7 +500,7 @@ def edit_panel(
   th = min(hw[0], max_height)
   tw = max(int(round(hw[1] * th / hw[0])), 1)
   small = resize_image(image, (th, tw))
-  mask_s = resize_nearest(np.asarray(mask, bool), (th, tw))
+  mask_s = resample.nearest_floor(np.asarray(mask, bool), (th, tw))
   overlay = small.astype(np.float32)
   overlay[mask_s] = 0.5 * overlay[mask_s] + 0.5 * np.array([255, 64, 64], np.float32)
   overlay[~mask_s] *= 0.4

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
+
+from spectral_jax.imaging import resample
 
 # Viridis sampled at 10 points; linear interpolation between them is visually faithful.
 _VIRIDIS = np.array(
@@ -34,10 +35,6 @@ def heatmap(values: np.ndarray) -> np.ndarray:
   lo = np.clip(np.floor(pos).astype(int), 0, len(_VIRIDIS) - 2)
   frac = (pos - lo)[..., None]
   return ((1 - frac) * _VIRIDIS[lo] + frac * _VIRIDIS[lo + 1]).round().astype(np.uint8)
-
-
-def resize_nearest(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.NEAREST))
 
 
 def draw_box(
@@ -79,7 +76,7 @@ def panel(
   tiles = [image]
   if eigenvectors is not None:
     for vec in eigenvectors[1 : 1 + num_eigenvectors]:
-      tiles.append(resize_nearest(heatmap(vec.reshape(grid_hw)), (h, w)))
+      tiles.append(resample.nearest_pil(heatmap(vec.reshape(grid_hw)), (h, w)))
   result = image
   if mask is not None:
     result = overlay_mask(result, mask)
@@ -108,6 +105,6 @@ def label_panel(image: np.ndarray, label_maps: Sequence[np.ndarray]) -> np.ndarr
   """One row: the image and each label map (any resolution) in VOC colours at image size."""
   h, w = image.shape[:2]
   palette = label_palette()
-  tiles = [image] + [resize_nearest(palette[m.astype(np.uint8)], (h, w)) for m in label_maps]
+  tiles = [image] + [resample.nearest_pil(palette[m.astype(np.uint8)], (h, w)) for m in label_maps]
   gap = np.full((h, 4, 3), 255, np.uint8)
   return np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)

@@ -7,13 +7,16 @@ sections 3 and 5.2):
   * `largest_component`   - 8-connected component with the most patches (ties -> first in
                             raster order, like `skimage.measure.label` + argmax).
   * `box_from_patch_mask` / `localization_box` - the official CorLoc box.
-  * `upsample_patch_mask` - patch mask -> pixel mask, exactly as the official cv2 recipe.
+  * `upsample_patch_mask` - patch mask -> pixel mask, exactly as the official cv2 recipe
+                            (`spectral_jax.imaging.resample.upsample_patches_cv2`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+from spectral_jax.imaging import resample
 
 __all__ = [
     "fiedler_mask",
@@ -110,37 +113,7 @@ def localization_box(
   return box_from_patch_mask(fiedler_mask(eigenvectors, grid_hw, index), patch_size, image_hw)
 
 
-def cv2_nearest_index(out_size: int, in_size: int) -> np.ndarray:
-  """Source indices of cv2.resize(INTER_NEAREST): min(floor(dst * (1 / (out / in))), in - 1).
-
-  Same double arithmetic as OpenCV's resizeNN (ifx = 1 / fx, fx = out / in).
-  """
-  inv_scale = 1.0 / (float(out_size) / float(in_size))
-  idx = np.floor(np.arange(out_size, dtype=np.float64) * inv_scale).astype(np.int64)
-  return np.minimum(idx, in_size - 1)
-
-
-def upsample_patch_mask(mask: np.ndarray, image_hw: tuple[int, int], patch_size: int) -> np.ndarray:
-  """Patch-level mask [h, w] -> pixel mask [H, W], the official recipe (sections 3.2 and 6).
-
-  Official: `full = nearest_resize(mask, (H, W))`, then `full[:h*P, :w*P]` is replaced by the
-  exact x P block replication. Hence inside the patch-covered area each patch becomes a P x P
-  block; the bottom strip repeats the last patch row and the right strip the last patch
-  column. The two strips are indexed along their length by the plain nearest resize
-  (floor(y * h / H)), not by y // P - the same cells as the official code, which differs from
-  naive "pad by edge" exactly there. Works for any dtype (bool, uint8 labels, ...).
-  """
-  m = np.asarray(mask)
-  h, w = m.shape[:2]
-  H, W = image_hw
-  P = int(patch_size)
-  if h * P > H or w * P > W:
-    raise ValueError(f"a {h}x{w} grid of {P}-pixel patches does not fit in an {H}x{W} image")
-  rows = cv2_nearest_index(H, h)
-  cols = cv2_nearest_index(W, w)
-  full = m[rows[:, None], cols[None, :]]
-  # The patch-covered block: a second nearest resize to (h*P, w*P), i.e. x P replication.
-  full[: h * P, : w * P] = m[
-      cv2_nearest_index(h * P, h)[:, None], cv2_nearest_index(w * P, w)[None, :]
-  ]
-  return full
+# Moved to spectral_jax.imaging.resample (one home per resampling rule); the old names stay for
+# their callers (tasks.semantic, results.masks, results.cutout).
+cv2_nearest_index = resample.cv2_index
+upsample_patch_mask = resample.upsample_patches_cv2

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from spectral_jax.imaging import resample
 from spectral_jax.models import vit
 from spectral_jax.spectral import eigen
 
@@ -274,26 +275,9 @@ def saliency_keys(
   return extractor(crops, length)['k'], grids
 
 
-def torch_nearest_index(out_size: int, in_size: int) -> np.ndarray:
-  """Source indices of torch ``F.interpolate(mode='nearest')`` along one axis: identity for
-  equal sizes, ``i >> 1`` for exact doubling, else ``min(⌊fl32(i)·fl32(in/out)⌋, in − 1)`` in
-  float32 arithmetic (torch's CPU kernel)."""
-  idx = np.arange(out_size)
-  if out_size == in_size:
-    return idx
-  if out_size == 2 * in_size:
-    return idx >> 1
-  scale = np.float32(in_size) / np.float32(out_size)
-  src = np.floor(idx.astype(np.float32) * scale).astype(np.int64)
-  return np.minimum(src, in_size - 1)
-
-
-def upsample_nearest(mask: np.ndarray, image_hw: Sequence[int]) -> np.ndarray:
-  """[h, w] patch mask → [H, W] by torch nearest interpolation (the saliency mask)."""
-  m = np.asarray(mask)
-  rows = torch_nearest_index(int(image_hw[0]), m.shape[0])
-  cols = torch_nearest_index(int(image_hw[1]), m.shape[1])
-  return m[rows[:, None], cols[None, :]]
+# Moved to spectral_jax.imaging.resample; the old names stay for results.masks and the tests.
+torch_nearest_index = resample.torch_index
+upsample_nearest = resample.nearest_torch  # [h, w] patch mask → [H, W] (the saliency mask)
 
 
 def saliency(
@@ -315,7 +299,7 @@ def saliency(
     patch_mask = as_grid(res['mask'][i], g)
     out.append(
         dict(
-            mask=upsample_nearest(patch_mask, np.shape(im)[:2]),
+            mask=resample.nearest_torch(patch_mask, np.shape(im)[:2]),
             patch_mask=patch_mask,
             seed=res['seed'][i],
             eigenvalues=res['eigenvalues'][i],
