@@ -7,12 +7,12 @@ numerics; CutLER's code is not used). The stages, each a public function:
   ratio not kept), snapped to the patch grid.
 * :func:`discover` - up to ``max_objects`` cuts per image, batched over images of one grid: per
   iteration one jitted call builds the binary key graph of every image (keys of already found
-  patches zeroed); ``(D − A) x = λ D x`` is solved through ``D^-½ A D^-½`` in float64 by
-  default, as the official (batched dense ``eigh`` on an accelerator, ARPACK per graph on a CPU
-  host: see :func:`cut_graphs`); the bipartition, the side rule, the 4-connected component of the
-  seed and the overlap/size filter run on the host.
-* :func:`to_image_masks` - kept patch masks → disjoint ``S × S`` masks → optional dense CRF with
-  its IoU filter → the original image size (Pillow bicubic of the 0/255 mask, relative threshold).
+  patches zeroed); ``(D − A) x = λ D x`` is solved in float64 by default, as the official, by
+  ``spectral.eigen.ncut_pairs`` (see :func:`cut_graphs`); the bipartition, the side rule, the
+  4-connected component of the seed and the overlap/size filter run on the host.
+* :func:`to_image_masks` - kept patch masks → disjoint ``S × S`` masks → optional dense CRF
+  (``spectral_jax.crf``) with its IoU filter → the original image size (Pillow bicubic of the
+  0/255 mask, relative threshold).
 * :func:`run` / :func:`run_iter` - all of the above from uint8 photos and a
   :class:`spectral_jax.pipeline.FeatureExtractor`; what ``--mode=discover`` needs.
 
@@ -37,9 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
-import scipy.linalg
-import scipy.sparse.linalg
 from scipy import ndimage
+
+from spectral_jax import crf as dense_crf
+from spectral_jax.imaging import resample
+from spectral_jax.spectral import eigen
 
 __all__ = [
     'FIXED_SIZE',
@@ -72,17 +74,33 @@ MIN_AREA_FRACTION = 0.01  # candidates of ≤ 1 % of the grid are dropped at ite
 MAX_OVERLAP = 0.5  # candidates with IoU > 0.5 against the previous kept mask are dropped
 
 
+_OFFICIAL_CRF = dense_crf.MASKCUT_PARAMS
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskCutCRF:
-  """MaskCut's CRF (not DSM's): softmax unary of the 0/1 mask, 10 mean-field iterations."""
+  """MaskCut's CRF (not DSM's): softmax unary of the 0/1 mask, 10 mean-field iterations; the
+  defaults are ``crf.MASKCUT_PARAMS`` in pydensecrf's names, plus the IoU filter."""
 
-  gaussian_sxy: float = 3.0
-  gaussian_compat: float = 7.0
-  bilateral_sxy: float = 50.0
-  bilateral_srgb: float = 5.0
-  bilateral_compat: float = 10.0
-  iterations: int = 10
+  gaussian_sxy: float = _OFFICIAL_CRF.gamma
+  gaussian_compat: float = _OFFICIAL_CRF.w2
+  bilateral_sxy: float = _OFFICIAL_CRF.alpha
+  bilateral_srgb: float = _OFFICIAL_CRF.beta
+  bilateral_compat: float = _OFFICIAL_CRF.w1
+  iterations: int = _OFFICIAL_CRF.iterations
   min_iou: float = 0.5  # the refined mask is emptied when IoU(mask, refined) < 0.5
+
+  @property
+  def pairwise(self) -> dense_crf.CRFParams:
+    """The pairwise terms and iterations as :func:`spectral_jax.crf.infer` takes them."""
+    return dense_crf.CRFParams(
+        w1=self.bilateral_compat,
+        alpha=self.bilateral_sxy,
+        beta=self.bilateral_srgb,
+        w2=self.gaussian_compat,
+        gamma=self.gaussian_sxy,
+        iterations=self.iterations,
+    )
 
 
 CRF_PARAMS = MaskCutCRF()
@@ -154,55 +172,20 @@ def preprocess(
 # ----------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=('dtype', 'solve'))
-def _cut_batch(keys, painted, tau, eps, dtype, solve):
-  """keys f32 [B, N, D], painted bool [B, N] → edges bool [B, N, N] (+ λ [B, 2], x [B, N])."""
+@functools.partial(jax.jit, static_argnames=('dtype', 'weights'))
+def _graph_batch(keys, painted, tau, eps, dtype, weights):
+  """keys f32 [B, N, D], painted bool [B, N] → edges bool [B, N, N] (+ A = where(edges, 1, eps))."""
   f = keys.astype(jnp.float32) * (1.0 - painted.astype(jnp.float32))[..., None]
   f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
   # The binary graph is the fragile step: float32 cosines at full precision, as the official.
   cos = jnp.einsum('bnd,bmd->bnm', f, f, precision=jax.lax.Precision.HIGHEST)
   edge = cos > tau
-  if not solve:
+  if not weights:
     return edge
-  a = jnp.where(edge, 1.0, eps).astype(dtype)
-  s = jax.lax.rsqrt(a.sum(-1))
-  n = a.shape[-1]
-  lap = jnp.eye(n, dtype=dtype) - a * s[..., :, None] * s[..., None, :]
-  theta, u = jnp.linalg.eigh(lap)
-  return edge, theta[..., 1:3], u[..., :, 1] * s  # D-normalised: xᵀ D x = 1
+  return edge, jnp.where(edge, 1.0, eps).astype(dtype)
 
 
-SOLVERS = ('auto', 'jax', 'lapack', 'arpack')
-
-
-def _solver(solver: str) -> str:
-  if solver not in SOLVERS:
-    raise ValueError(f'solver must be one of {SOLVERS}, got {solver!r}')
-  if solver == 'auto':
-    # Measured on the 2-core CPU host: for 900 nodes ARPACK 0.1–0.6 s per graph against 1.4 s
-    # for LAPACK's two-pair dsyevr and more for a full batched eigh; for 3600 nodes (ViT-*/8)
-    # 0.7 s against 52 s. Accelerators run the batched dense eigh.
-    return 'arpack' if jax.default_backend() == 'cpu' else 'jax'
-  return solver
-
-
-def _host_pair(edge: np.ndarray, eps: float, dtype: str, solver: str):
-  """(λ2, λ3) and x of one graph on the host: LAPACK two-pair eigh or ARPACK on D^-½AD^-½."""
-  a = np.where(edge, 1.0, eps).astype(dtype)
-  s = 1.0 / np.sqrt(a.sum(1))
-  m = a * s[:, None] * s[None, :]
-  if solver == 'arpack':
-    # The 3 largest pairs of M = D^-½AD^-½ (θ1 = 1 is the trivial one); λ = 1 − θ. A fixed
-    # start vector keeps runs reproducible; tol 0 is machine precision.
-    v0 = np.random.default_rng(0).standard_normal(len(s)).astype(dtype)
-    try:
-      theta, u = scipy.sparse.linalg.eigsh(m, k=3, which='LA', v0=v0, tol=0)
-      order = np.argsort(-theta)
-      return 1.0 - theta[order[1:3]], u[:, order[1]] * s
-    except scipy.sparse.linalg.ArpackNoConvergence:
-      pass  # fall back to the dense solver
-  theta, u = scipy.linalg.eigh(np.eye(len(s), dtype=dtype) - m, subset_by_index=[1, 2])
-  return theta, u[:, 0] * s
+SOLVERS = eigen.NCUT_SOLVERS
 
 
 def cut_graphs(
@@ -213,45 +196,37 @@ def cut_graphs(
     dtype: str = 'float64',
     solver: str = 'auto',
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """One batched cut step: binary key graphs and their 2nd generalised eigenpair.
-
-  ``(D − A) x = λ D x`` is solved through ``M = D^-½ A D^-½`` (``λ = 1 − θ``, ``x = D^-½ u``):
-  the pairs of the official ``scipy.linalg.eigh(D − A, D)``, up to sign.
+  """One batched cut step: binary key graphs (built batched on the device) and the 2nd pair of
+  ``(D − A) x = λ D x`` by :func:`spectral_jax.spectral.eigen.ncut_pairs` (the pairs of the
+  official ``scipy.linalg.eigh(D − A, D)``, up to sign).
 
   Args:
     keys: float32 [B, N, D] patch keys (row-major grid order).
     painted: bool [B, N] patches whose keys are zeroed (found by earlier iterations).
     tau: cosine threshold (strict ``>``) for an edge of weight 1; other entries weigh ``eps``.
-    dtype: 'float64' (the official solver's precision; device work runs under
-      ``jax.enable_x64``) or 'float32'. The cosines are float32 either way, as the official.
-    solver: where the pairs come from; the graphs are always built batched on the device.
-      'jax': batched dense ``jnp.linalg.eigh`` on the device; 'lapack': host two-pair
-      ``scipy.linalg.eigh`` per image (the official route); 'arpack': host
-      ``scipy.sparse.linalg.eigsh`` of the 3 largest pairs of M per image (falls back to
-      'lapack' if it does not converge); 'auto': 'arpack' on a CPU backend, 'jax' otherwise.
+    dtype: 'float64' (the official solver's precision) or 'float32'; float32 cosines either way.
+    solver: 'jax' (the graphs never leave the device) | 'lapack' | 'arpack' (per image on the
+      host) | 'auto', see ``eigen.ncut_pairs``.
 
-  Returns:
-    ``edges`` bool [B, N, N] (A = 1 there, eps elsewhere), ``eigenvalues`` [B, 2] (λ2, λ3) and
-    ``x`` [B, N], the 2nd eigenvector of (D − A) x = λ D x, D-normalised, arbitrary sign.
+  Returns ``edges`` bool [B, N, N] (A = 1 there, eps elsewhere), ``eigenvalues`` [B, 2]
+  (λ2, λ3) and ``x`` [B, N], the 2nd eigenvector, D-normalised, arbitrary sign.
   """
   if dtype not in ('float32', 'float64'):
     raise ValueError(f'dtype must be float32 or float64, got {dtype!r}')
-  solver = _solver(solver)
-  keys = np.asarray(keys, np.float32)
-  painted = np.asarray(painted, bool)
+  solver = eigen.resolve_ncut_solver(solver)
+  keys, painted = np.asarray(keys, np.float32), np.asarray(painted, bool)
+  on_device = solver == 'jax'
   with jax.enable_x64(dtype == 'float64'):
-    out = _cut_batch(
-        jnp.asarray(keys), jnp.asarray(painted), np.float32(tau), float(eps), dtype,
-        solver == 'jax',
+    out = _graph_batch(
+        jnp.asarray(keys), jnp.asarray(painted), np.float32(tau), float(eps), dtype, on_device
     )
-    if solver == 'jax':
-      return tuple(np.asarray(v) for v in out)
-    edge = np.asarray(out)
-  lam = np.zeros((len(keys), 2), dtype)
-  x = np.zeros(keys.shape[:2], dtype)
-  for i in range(len(keys)):
-    lam[i], x[i] = _host_pair(edge[i], eps, dtype, solver)
-  return edge, lam, x
+    if on_device:  # the weights stay on the device
+      edge, graphs = out
+    else:  # one dense host graph at a time
+      edge = np.asarray(out)
+      graphs = (np.where(e, 1.0, eps).astype(dtype) for e in edge)
+    lam, x = eigen.ncut_pairs(graphs, dtype, solver)
+  return np.asarray(edge), lam, x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,15 +358,14 @@ def discover(
 def upsample_masks(patch_masks: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
   """bool [T, h, w] → disjoint bool [T, S_h, S_w]: nearest upsampling, earlier masks win.
 
-  Nearest follows torch's rule ``src = floor(dst · h / S_h)`` (a P × P block per patch when S
-  is a multiple of the grid); each mask then loses the union of the earlier ones.
+  Nearest follows torch's rule ``src = floor(dst · h / S_h)`` in integers
+  (``imaging.resample.floor_index``: a P × P block per patch when S is a multiple of the grid);
+  each mask then loses the union of the earlier ones.
   """
   pm = np.asarray(patch_masks, bool)
   _, h, w = pm.shape
   sh, sw = size_hw
-  rows = np.minimum((np.arange(sh) * h) // sh, h - 1)
-  cols = np.minimum((np.arange(sw) * w) // sw, w - 1)
-  up = pm[:, rows][:, :, cols]
+  up = pm[:, resample.floor_index(sh, h)][:, :, resample.floor_index(sw, w)]
   out = np.zeros_like(up)
   seen = np.zeros(up.shape[1:], bool)
   for t in range(up.shape[0]):
@@ -400,21 +374,10 @@ def upsample_masks(patch_masks: np.ndarray, size_hw: Tuple[int, int]) -> np.ndar
   return out
 
 
-def _densecrf():
-  try:
-    import pydensecrf.densecrf as densecrf  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(
-        "MaskCut's CRF needs pydensecrf2 (`pip install pydensecrf2`), or run without it "
-        '(--config.discover.crf=False)'
-    ) from e
-  return densecrf
-
-
 def crf_refine(
     image_s: np.ndarray, mask_s: np.ndarray, params: MaskCutCRF = CRF_PARAMS
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-  """MaskCut's CRF step on one S × S mask (protocol §4 steps 1–5).
+  """MaskCut's CRF step on one S × S mask (protocol §4 steps 1–5), through ``spectral_jax.crf``.
 
   Args:
     image_s: uint8 [S, S, 3], the resized image (:func:`preprocess`).
@@ -425,22 +388,8 @@ def crf_refine(
     (4-connected background); ``refined`` = filled, or all false when IoU(mask, filled) < 0.5;
     the IoU (NaN when both are empty).
   """
-  m = np.asarray(mask_s, np.float64)
-  sh, sw = m.shape
-  logits = np.stack([1.0 - m, m]).reshape(2, -1)
-  p = np.exp(logits) / np.exp(logits).sum(0, keepdims=True)
-  unary = (-np.log(np.maximum(p, 1e-5))).astype(np.float32)
-  crf = _densecrf().DenseCRF2D(sw, sh, 2)
-  crf.setUnaryEnergy(np.ascontiguousarray(unary))
-  crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-  crf.addPairwiseBilateral(
-      sxy=params.bilateral_sxy,
-      srgb=params.bilateral_srgb,
-      rgbim=np.array(image_s, dtype=np.uint8, order='C'),  # pydensecrf needs a writable buffer
-      compat=params.bilateral_compat,
-  )
-  q = np.asarray(crf.inference(int(params.iterations)), np.float32)
-  crf_map = q.argmax(0).reshape(sh, sw).astype(bool)
+  q = dense_crf.infer(image_s, dense_crf.unary_softmax(mask_s), params.pairwise)
+  crf_map = q.argmax(0).reshape(np.shape(mask_s)).astype(bool)
   filled = ndimage.binary_fill_holes(crf_map)
   union = np.logical_or(mask_s, filled).sum()
   iou = float(np.logical_and(mask_s, filled).sum() / union) if union else float('nan')
