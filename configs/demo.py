@@ -13,11 +13,11 @@ dinov3_vits16[plus] / dinov3_vitb16 / dinov3_vitl16 (gated: --config.model.check
 dino_resnet50, for every method; no CorLoc is published here for the non-DINO ones (unmeasured).
 """
 
-from spectral_jax import settings
+from spectral_jax import config_dict
 
 
 def get_config():
-  config = settings.default_config()
+  config = config_dict.default_config()
   config.data.source = 'demo'
   config.spectral.K = 5
   config.output.num_panels = 6

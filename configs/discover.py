@@ -29,11 +29,11 @@ Backbones (--config.model.name; README's table): every DINO, DINOv2 and DINOv3 V
 registry (DINOv3 gated: --config.model.checkpoint=FILE).
 """
 
-from spectral_jax import settings
+from spectral_jax import config_dict
 
 
 def get_config():
-  config = settings.default_config()
+  config = config_dict.default_config()
   config.data.source = 'folder'
   config.model.name = 'dino_vitb8'  # CutLER's pseudo-label backbone
   config.discover.max_objects = 3

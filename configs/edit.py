@@ -17,11 +17,11 @@ registry (DINOv3 gated: --config.model.checkpoint=FILE).
 
 import ml_collections
 
-from spectral_jax import settings
+from spectral_jax import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = settings.default_config()
+  config = config_dict.default_config()
   config.data.source = 'folder'
   config.output.features = False  # editing needs only the eigenvectors
   config.output.num_panels = 8

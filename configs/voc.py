@@ -30,11 +30,11 @@ dinov3_vits16[plus] / dinov3_vitb16 / dinov3_vitl16 (gated: --config.model.check
 dino_resnet50, for every method; no CorLoc is published here for the non-DINO ones (unmeasured).
 """
 
-from spectral_jax import settings
+from spectral_jax import config_dict
 
 
 def get_config(arg=None):
-  config = settings.with_method(settings.default_config(), arg)
+  config = config_dict.with_method(config_dict.default_config(), arg)
   config.data.source = 'voc'  # with data.root: a VOCdevkit folder; without: tfds voc/<year>
   config.data.year = 2012
   config.data.split = 'trainval'  # devkit ImageSets/Main list (tfds: train+validation)

@@ -50,12 +50,12 @@ is taken to be this network (the official default; not confirmed from the paper'
 
 import ml_collections
 
-from spectral_jax import settings
+from spectral_jax import config_dict
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   """``arg``: None (ViT segmenter) or 'resnet50' (the official DINO ResNet-50 segmenter)."""
-  config = settings.default_config()
+  config = config_dict.default_config()
   config.data.source = 'folder'
   config.spectral.K = 5  # README: eigs with --K 5
 

@@ -28,8 +28,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from spectral_jax import io, workdirs
-from spectral_jax.models import checkpoints
+from spectral_jax import workdirs
+from spectral_jax import outputs
+from spectral_jax.models.weights import checkpoints
 from spectral_jax.tasks import common
 
 _ALL_MODES = (
@@ -176,7 +177,7 @@ def _run_mode(config, workdir: Path) -> None:
   task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')
   with workdirs.locked(workdir, jax.process_index(), jax.process_count()):
     if jax.process_index() == 0:
-      io.clean_stale_temporaries(workdir)
+      outputs.clean_stale_temporaries(workdir)
     task.run(config, str(workdir))
 
 

@@ -1,8 +1,9 @@
-"""Tests for spectral_jax.augment: torchvision / OpenCV formulas as brute-force oracles."""
+"""Tests for spectral_jax.training.augment: torchvision / OpenCV formulas as brute-force oracles."""
 
 import numpy as np
 
-from spectral_jax import augment, train
+from spectral_jax.training import augment
+from spectral_jax.training import loop
 from tests.test_train import synthetic
 
 
@@ -18,14 +19,14 @@ def test_random_resized_crop_box_is_valid():
 
 def test_augment_keeps_labels_and_is_reproducible():
   image, gt = synthetic(1)[0]
-  cfg = train.TrainConfig(crop_size=32)
+  cfg = loop.TrainConfig(crop_size=32)
   a = augment.augment(image, gt, np.random.default_rng(5), cfg)
   b = augment.augment(image, gt, np.random.default_rng(5), cfg)
   assert a[0].shape == (32, 32, 3) and a[0].dtype == np.uint8 and a[1].shape == (32, 32)
   np.testing.assert_array_equal(a[0], b[0])
   assert set(np.unique(a[1])) <= set(np.unique(gt))  # nearest: no interpolated labels
   # Whole-image crop, no jitter: the output is the input or its mirror image.
-  plain = train.TrainConfig(
+  plain = loop.TrainConfig(
       crop_size=64, scale=(1, 1), ratio=(1, 1), jitter_p=0.0, gray_p=0.0, blur_p=0.0
   )
   flips = set()

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from spectral_jax.models import backbones, keymaps
-from spectral_jax.models.checkpoints import CheckpointError, read_state_dict
+from spectral_jax.models import backbones
+from spectral_jax.models.weights import keymaps
+from spectral_jax.models.weights.checkpoints import CheckpointError, read_state_dict
 
 from tests import backbones_data as bd
 from tests.conftest import MANIFEST as DINO_MANIFEST, PARITY as DINO_PARITY

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from spectral_jax import io
+from spectral_jax import outputs
 from spectral_jax.models import extractor as extractor_lib
-from spectral_jax.models.checkpoints import read_state_dict
+from spectral_jax.models.weights.checkpoints import read_state_dict
 from tests import backbones_data as bd
 from tests.conftest import XLA_CACHE_ENV
 from tests.test_backbones import _official_to_hf_dinov2
@@ -108,7 +108,7 @@ def test_localize_with_dinov2(tmp_path):
       f'--workdir={out}',
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  (pred,) = io.read_jsonl(out / 'predictions.jsonl')
+  (pred,) = outputs.read_jsonl(out / 'predictions.jsonl')
   h, w = pred['image_size']
   assert (h, w) == (400, 600)
   x0, y0, x1, y1 = pred['box_xyxy']

@@ -1,4 +1,4 @@
-"""Tests for spectral_jax.models.checkpoints (torch-free checkpoint loading).
+"""Tests for spectral_jax.models.weights.checkpoints (torch-free checkpoint loading).
 
 Everything is local: checkpoints come from tests/data/parity or are written
 here by small independent writers, and downloads go to a 127.0.0.1 server.
@@ -28,9 +28,9 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from spectral_jax.models import checkpoints as ckpt
-from spectral_jax.models import weights_cache
-from spectral_jax.models.checkpoints import CheckpointError
+from spectral_jax.models.weights import checkpoints as ckpt
+from spectral_jax.models.weights import cache
+from spectral_jax.models.weights.checkpoints import CheckpointError
 
 DATA = Path(__file__).parent / "data" / "parity"
 ZIP_PTH = DATA / "checkpoint.pth"
@@ -494,9 +494,9 @@ def test_cache_entry_is_written_once_and_half_written_ones_are_replaced(tmp_path
   entry = tmp_path / "params" / "model-0123"
   entry.mkdir(parents=True)  # an interrupted write
   (entry / "params.npz").write_bytes(b"PK")
-  weights_cache.write_entry(entry, params, arch, "first", ZIP_PTH)
+  cache.write_entry(entry, params, arch, "first", ZIP_PTH)
   assert json.loads((entry / "arch.json").read_text())["source"] == "first"
-  weights_cache.write_entry(entry, params, arch, "second", ZIP_PTH)  # another process, same entry
+  cache.write_entry(entry, params, arch, "second", ZIP_PTH)  # another process, same entry
   assert json.loads((entry / "arch.json").read_text())["source"] == "first"
   assert [p.name for p in entry.parent.iterdir()] == ["model-0123"]
   restored = leaves(ckpt.restore_params(entry / "params.npz"))

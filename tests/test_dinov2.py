@@ -9,7 +9,7 @@ import pytest
 
 from spectral_jax.models import dinov2, posembed, vit
 from spectral_jax.models import extractor as extractor_lib
-from spectral_jax.models.checkpoints import read_state_dict
+from spectral_jax.models.weights.checkpoints import read_state_dict
 
 from tests import backbones_data as bd
 from tests.test_checkpoints import contiguous, write_torch_zip

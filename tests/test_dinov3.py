@@ -7,7 +7,7 @@ import numpy as np
 
 from spectral_jax.models import dinov3, vit
 from spectral_jax.models import extractor as extractor_lib
-from spectral_jax.models.checkpoints import read_state_dict
+from spectral_jax.models.weights.checkpoints import read_state_dict
 
 from tests import backbones_data as bd
 

@@ -224,7 +224,7 @@ def test_bad_config_values_are_named_before_anything_loads(tmp_path, flag, value
 def test_nan_weights_give_no_box(tmp_path):
   import safetensors.numpy  # pylint: disable=import-outside-toplevel
 
-  from spectral_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
+  from spectral_jax.models.weights import checkpoints
 
   state = checkpoints.read_state_dict(PARITY / 'checkpoint.pth')
   state['blocks.0.mlp.fc1.weight'][:] = np.nan

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from spectral_jax.models import keymaps, resnet
-from spectral_jax.models.checkpoints import CheckpointError
+from spectral_jax.models import resnet
+from spectral_jax.models.weights import keymaps
+from spectral_jax.models.weights.checkpoints import CheckpointError
 
 from tests import backbones_data as bd
 

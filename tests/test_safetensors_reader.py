@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spectral_jax.models import checkpoints as ckpt
-from spectral_jax.models import safetensors_reader
-from spectral_jax.models.checkpoints import CheckpointError
+from spectral_jax.models.weights import checkpoints as ckpt
+from spectral_jax.models.weights import safetensors_reader
+from spectral_jax.models.weights.checkpoints import CheckpointError
 from tests.test_checkpoints import write_safetensors
 from tests.test_torch_pickle import assert_refused_cheaply
 

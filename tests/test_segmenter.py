@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax import train, train_checkpoints
+from spectral_jax.training import loop
+from spectral_jax.training import saving
 from spectral_jax.models import segmenter as S
 from spectral_jax.models import resnet, vit
 
@@ -66,8 +67,8 @@ def test_dinov2_and_dinov3_segmenters_hold_the_pretrained_tree_and_its_normed_to
 
   arch, pretrained = backbones.load_backbone_params(name, bd.DATA / name / 'checkpoint.pth')
   model = S.DeepLabV3Plus(arch, **SMALL_HEAD)
-  cfg = train.TrainConfig(steps=1, batch_size=1, crop_size=arch.patch_size * 4)
-  state = train.create_train_state(model, cfg, jax.random.PRNGKey(0), pretrained)
+  cfg = loop.TrainConfig(steps=1, batch_size=1, crop_size=arch.patch_size * 4)
+  state = loop.create_train_state(model, cfg, jax.random.PRNGKey(0), pretrained)
   assert S.shape_tree(state.params['backbone']) == S.shape_tree(pretrained['params'])
   image = vit.crop_to_patches(bd.image(name), arch.patch_size)
   x = vit.normalize(image)[None]
@@ -130,11 +131,11 @@ def test_with_backbone_loads_dino_params_and_rejects_other_shapes(model_and_vars
 
 def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
   """An orbax checkpoint written by a 32-dim model, restored into a 48-dim one."""
-  cfg = train.TrainConfig(steps=1, batch_size=2, crop_size=32)  # init compile shared above
+  cfg = loop.TrainConfig(steps=1, batch_size=2, crop_size=32)  # init compile shared above
   small = S.DeepLabV3Plus(ARCH, **SMALL_HEAD)
-  state = train.create_train_state(small, cfg, jax.random.PRNGKey(0))
-  mngr = train_checkpoints.checkpoint_manager(tmp_path / 'ckpt')
-  train_checkpoints.save(mngr, state, {'step': 0}, small)
+  state = loop.create_train_state(small, cfg, jax.random.PRNGKey(0))
+  mngr = saving.checkpoint_manager(tmp_path / 'ckpt')
+  saving.save(mngr, state, {'step': 0}, small)
   mngr.wait_until_finished()
   mngr.close()
 
@@ -145,18 +146,18 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
       r"written by \{.*'embed_dim': 32"
   )
   with pytest.raises(ValueError, match=pattern):
-    train_checkpoints.restore_variables(tmp_path / 'ckpt', wide)
-  mngr = train_checkpoints.checkpoint_manager(tmp_path / 'ckpt')
+    saving.restore_variables(tmp_path / 'ckpt', wide)
+  mngr = saving.checkpoint_manager(tmp_path / 'ckpt')
   with pytest.raises(ValueError, match=pattern):
     abstract = jax.eval_shape(
-        functools.partial(train.create_train_state, wide, cfg), jax.random.PRNGKey(0)
+        functools.partial(loop.create_train_state, wide, cfg), jax.random.PRNGKey(0)
     )
-    train_checkpoints.restore(mngr, 0, abstract)
+    saving.restore(mngr, 0, abstract)
   deeper = S.DeepLabV3Plus(vit.ViTArch(8, 32, 2, 4, 16), **SMALL_HEAD)
   with pytest.raises(ValueError, match=r'params/backbone/blocks_3/[\w/]+: missing from checkpoint'):
-    train_checkpoints.restore_variables(tmp_path / 'ckpt', deeper)
+    saving.restore_variables(tmp_path / 'ckpt', deeper)
   # The same architecture restores.
-  variables, step = train_checkpoints.restore_variables(tmp_path / 'ckpt', small)
+  variables, step = saving.restore_variables(tmp_path / 'ckpt', small)
   assert step == 0
   np.testing.assert_array_equal(
       variables['params']['classifier']['kernel'], state.params['classifier']['kernel']
@@ -177,8 +178,8 @@ def resnet_segmenter():
       'dino_resnet50', bd.DATA / 'dino_resnet50' / 'checkpoint.pth'
   )
   model = S.DeepLabV3Plus(arch, aspp_rates=S.default_aspp_rates(arch), **SMALL_HEAD)
-  cfg = train.TrainConfig(steps=2, batch_size=2, crop_size=32)
-  state = train.create_train_state(model, cfg, jax.random.PRNGKey(0), pretrained)
+  cfg = loop.TrainConfig(steps=2, batch_size=2, crop_size=32)
+  state = loop.create_train_state(model, cfg, jax.random.PRNGKey(0), pretrained)
   return model, pretrained, {'params': state.params, 'batch_stats': state.batch_stats}
 
 
@@ -261,7 +262,7 @@ def test_resnet_frozen_layers_get_no_update_and_no_state(resnet_segmenter):
   assert S.frozen_backbone_modules(S.DeepLabV3Plus(ARCH)) == ()  # ViT: one child, nothing frozen
   # The segmenter's tree with tiny leaves (labels go by name, decay by ndim): fast eager ops.
   params = jax.tree.map(lambda p: jnp.full((2,) * p.ndim, 0.5), variables['params'])
-  tx = train.model_optimizer(model, train.TrainConfig(learning_rate=1e-3, steps=10))
+  tx = loop.model_optimizer(model, loop.TrainConfig(learning_rate=1e-3, steps=10))
   grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
   updates, opt_state = tx.update(grads, tx.init(params), params)
   frozen = set(S.frozen_backbone_modules(model))

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 import spectral_jax as sj
-from spectral_jax import web
+from spectral_jax.server import app
 from tests.conftest import PARITY, PARITY_IDS
 
 ROOT = Path(__file__).parent.parent
@@ -65,7 +65,7 @@ def backbone(cache):
 
 def _start(backbone, **kw):
   kw = dict(dict(max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS), **kw)
-  server = web.Server(backbone, '127.0.0.1', 0, **kw)
+  server = app.Server(backbone, '127.0.0.1', 0, **kw)
   threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1),
                    daemon=True).start()
   return server
@@ -226,7 +226,7 @@ def test_methods_bombs_stalls_and_small_backgrounds(server, monkeypatch):
     assert headers['Allow'] == 'POST'
   json_error(*request(server.url + '/api/localize', _bomb_png(100_000, 100_000)), 413,
              'above the limit')
-  monkeypatch.setattr(web.Handler, 'timeout', 1.0)
+  monkeypatch.setattr(app.Handler, 'timeout', 1.0)
   with socket.create_connection((server.server_address[0], server.server_address[1])) as sock:
     sock.sendall(b'POST /api/localize HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n'
                  b'Content-Length: 100000\r\n\r\nab')
@@ -274,8 +274,8 @@ def test_queue_full_503_and_timeout(backbone, monkeypatch):
   s = _start(backbone, max_queue=1, timeout=2.0)
   gate = threading.Event()
   decoded_in = []  # threads that decoded an upload: a waiting request holds only its bytes
-  decode_rgb = web.decode.decode_rgb
-  monkeypatch.setattr(web.decode, 'decode_rgb', lambda *a, **k: (
+  decode_rgb = app.decode.decode_rgb
+  monkeypatch.setattr(app.decode, 'decode_rgb', lambda *a, **k: (
       decoded_in.append(threading.current_thread().name), decode_rgb(*a, **k))[1])
   try:
     s.worker.submit(lambda: gate.wait(30))  # the model is busy

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 import spectral_jax as sj
-from spectral_jax import web
+from spectral_jax.server import app
 from tests.conftest import MANIFEST, PARITY
 from tests.test_serve import shared_cache
 
@@ -145,7 +145,7 @@ class Browser:
 def server(tmp_path_factory):
   backbone = sj.load_backbone('dino_vits16', PARITY / 'checkpoint.pth',
                               cache_dir=shared_cache(tmp_path_factory))
-  s = web.Server(backbone, '127.0.0.1', 0)
+  s = app.Server(backbone, '127.0.0.1', 0)
   threading.Thread(target=s.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True).start()
   yield s
   s.shutdown()

@@ -4,12 +4,12 @@ import dataclasses
 
 import pytest
 
-from spectral_jax import errors, settings
+from spectral_jax import config_dict, errors, settings
 from spectral_jax.tasks import common
 
 
 def test_base_config_is_built_from_the_dataclasses():
-  config = settings.default_config()
+  config = config_dict.default_config()
   assert config.spectral.K == settings.SpectralSettings().K
   assert config.data.max_tokens == settings.ImageLimits().max_tokens
   assert config.data.batch_size == settings.BatchSettings().batch_size
@@ -17,13 +17,13 @@ def test_base_config_is_built_from_the_dataclasses():
   assert config.edit.levels == settings.EditSettings().levels
   assert dict(config.segment.crf_params) == dataclasses.asdict(settings.CRFParams())
   assert config.method == 'dsm'
-  converted = settings.from_config(config)
+  converted = config_dict.from_config(config)
   assert converted == settings.Settings()  # the round trip keeps every default
 
 
 def test_every_key_has_one_line_of_help():
-  helps = settings.field_help()
-  config = settings.default_config()
+  helps = config_dict.field_help()
+  config = config_dict.default_config()
   for section, value in config.items():
     keys = [f'{section}.{k}' for k in value] if hasattr(value, 'items') else [section]
     for key in keys:
@@ -51,10 +51,10 @@ def test_every_key_has_one_line_of_help():
     ],
 )
 def test_a_bad_value_names_its_key(section, key, value, words):
-  config = settings.default_config()
+  config = config_dict.default_config()
   config[section][key] = value
   with pytest.raises(errors.SettingError) as info:
-    settings.from_config(config)
+    config_dict.from_config(config)
   assert info.value.key == f'{section}.{key}' and words in info.value.reason
   # The CLI spells the key as its flag, from the typed fields (no text is rewritten).
   assert common.user_message(info.value).startswith(f'--config.{section}.{key}=')
@@ -65,22 +65,22 @@ def test_crf_flag_maps_onto_refine_and_conflicts_fail():
   assert settings.RefineSettings(refine='bilateral').mode == 'bilateral'
   with pytest.raises(errors.SettingError, match='segment.crf'):
     settings.RefineSettings(crf=True, refine='bilateral')
-  config = settings.default_config()
+  config = config_dict.default_config()
   config.method = 'ncut'
   with pytest.raises(errors.SettingError) as info:
-    settings.from_config(config)
+    config_dict.from_config(config)
   assert common.user_message(info.value).startswith("--config.method='ncut'")
 
 
 def test_batch_tokens_below_max_tokens_is_refused():
-  config = settings.default_config()
+  config = config_dict.default_config()
   config.data.batch_tokens = config.data.max_tokens - 1
   with pytest.raises(errors.SettingError, match='data.max_tokens'):
-    settings.from_config(config)
+    config_dict.from_config(config)
 
 
 def test_with_method_applies_the_config_argument():
-  config = settings.with_method(settings.default_config(), 'tokencut_vits8')
+  config = config_dict.with_method(config_dict.default_config(), 'tokencut_vits8')
   assert config.method == 'tokencut' and config.model.name == 'dino_vits8'
   with pytest.raises(ValueError, match='config argument'):
-    settings.with_method(settings.default_config(), 'nonesuch')
+    config_dict.with_method(config_dict.default_config(), 'nonesuch')

@@ -1,4 +1,4 @@
-"""Hostile and broken ``.pth`` files (spectral_jax.models.torch_pickle): each is refused (or
+"""Hostile and broken ``.pth`` files (spectral_jax.models.weights.torch_pickle): each is refused (or
 read cheaply) in seconds and well under 1 GB, with an error naming the file.
 
 The hostile files are written here with pickle/zipfile/struct (torch is not needed). Each
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spectral_jax.models import checkpoints as ckpt
-from spectral_jax.models import torch_pickle
-from spectral_jax.models.checkpoints import CheckpointError
+from spectral_jax.models.weights import checkpoints as ckpt
+from spectral_jax.models.weights import torch_pickle
+from spectral_jax.models.weights.checkpoints import CheckpointError
 from tests.test_checkpoints import LEGACY_PTH, ZIP_PTH, Storage, Tensor, write_torch_zip
 
 ROOT = Path(__file__).resolve().parents[1]

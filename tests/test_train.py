@@ -1,4 +1,4 @@
-"""Tests for spectral_jax.train and the semantic pseudo-label → self-training path.
+"""Tests for spectral_jax.training.loop and the semantic pseudo-label → self-training path.
 
 The proof test builds a small synthetic dataset with known regions (64×64 images, 2–3
 coloured shapes: square = 1, disk = 2, triangle = 3 on a random dull background),
@@ -18,7 +18,9 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from spectral_jax import io, train, train_checkpoints
+from spectral_jax import outputs
+from spectral_jax.training import loop
+from spectral_jax.training import saving
 from spectral_jax.models import segmenter, vit
 from spectral_jax.spectral import clustering
 from spectral_jax.tasks import evaluate, semantic
@@ -60,7 +62,7 @@ def tiny_model(num_classes: int = 4) -> segmenter.DeepLabV3Plus:
   )
 
 
-def tiny_config(**kw) -> train.TrainConfig:
+def tiny_config(**kw) -> loop.TrainConfig:
   base = dict(
       steps=6,
       batch_size=4,
@@ -72,7 +74,7 @@ def tiny_config(**kw) -> train.TrainConfig:
       log_every=1,
       num_workers=2,
   )
-  return train.TrainConfig(**{**base, **kw})
+  return loop.TrainConfig(**{**base, **kw})
 
 
 # --------------------------------------------------------------------------------------
@@ -80,9 +82,9 @@ def tiny_config(**kw) -> train.TrainConfig:
 
 
 def test_weight_decay_only_on_matrices():
-  cfg = train.TrainConfig(learning_rate=0.1, weight_decay=0.5, steps=10)
+  cfg = loop.TrainConfig(learning_rate=0.1, weight_decay=0.5, steps=10)
   params = {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3), 'scale': jnp.ones(3)}
-  tx = train.create_optimizer(cfg)
+  tx = loop.create_optimizer(cfg)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)  # Adam part is 0 for zero grads
   np.testing.assert_allclose(updates['kernel'], -0.1 * 0.5, rtol=1e-6)
@@ -91,16 +93,16 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_learning_rate_decays_linearly_to_zero():
-  sched = train.learning_rate_schedule(train.TrainConfig())
+  sched = loop.learning_rate_schedule(loop.TrainConfig())
   assert float(sched(0)) == pytest.approx(2e-4)
   assert float(sched(2500)) == pytest.approx(1e-4)
   assert float(sched(5000)) == 0.0 and float(sched(6000)) == 0.0
 
 
 def test_from_dict_rejects_unknown_options():
-  assert train.TrainConfig.from_dict({'scale': [0.5, 1.0]}).scale == (0.5, 1.0)
+  assert loop.TrainConfig.from_dict({'scale': [0.5, 1.0]}).scale == (0.5, 1.0)
   with pytest.raises(ValueError, match='unknown train options'):
-    train.TrainConfig.from_dict({'stpes': 3})
+    loop.TrainConfig.from_dict({'stpes': 3})
 
 
 # --------------------------------------------------------------------------------------
@@ -109,21 +111,21 @@ def test_from_dict_rejects_unknown_options():
 
 def test_batch_plan_is_a_seeded_permutation_per_epoch():
   n, b = 10, 3  # 3 steps per epoch, the last example of each epoch dropped
-  epoch0 = np.concatenate([train.batch_plan(s, n, b, seed=1)[1] for s in range(3)])
+  epoch0 = np.concatenate([loop.batch_plan(s, n, b, seed=1)[1] for s in range(3)])
   assert len(set(epoch0)) == 9
-  epoch1 = np.concatenate([train.batch_plan(s, n, b, seed=1)[1] for s in range(3, 6)])
+  epoch1 = np.concatenate([loop.batch_plan(s, n, b, seed=1)[1] for s in range(3, 6)])
   assert not np.array_equal(epoch0, epoch1)
-  np.testing.assert_array_equal(train.batch_plan(4, n, b, 1)[1], train.batch_plan(4, n, b, 1)[1])
-  assert train.batch_plan(4, n, b, 1)[0] == 1
+  np.testing.assert_array_equal(loop.batch_plan(4, n, b, 1)[1], loop.batch_plan(4, n, b, 1)[1])
+  assert loop.batch_plan(4, n, b, 1)[0] == 1
   with pytest.raises(ValueError, match='cannot fill one batch'):
-    train.batch_plan(0, 2, 3, 1)
+    loop.batch_plan(0, 2, 3, 1)
 
 
 def test_train_batches_depend_only_on_step():
   data = synthetic(8)
   cfg = tiny_config()
-  full = dict(train.train_batches(data, cfg, 0, 4))
-  tail = dict(train.train_batches(data, cfg, 2, 4))
+  full = dict(loop.train_batches(data, cfg, 0, 4))
+  tail = dict(loop.train_batches(data, cfg, 2, 4))
   for step in (2, 3):
     np.testing.assert_array_equal(full[step]['image'], tail[step]['image'])
     np.testing.assert_array_equal(full[step]['label'], tail[step]['label'])
@@ -145,29 +147,29 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   data = synthetic(12)
   cfg = tiny_config()
   model = tiny_model()
-  straight = train.train_and_evaluate(cfg, model, data[:8], data[8:], tmp_path / 'a')
+  straight = loop.train_and_evaluate(cfg, model, data[:8], data[8:], tmp_path / 'a')
   # Killed after step 4: the last checkpoint is step 3, so step 4 is recomputed on resume.
-  killed = train.train_and_evaluate(cfg, model, data[:8], data[8:], tmp_path / 'b', stop_after=4)
+  killed = loop.train_and_evaluate(cfg, model, data[:8], data[8:], tmp_path / 'b', stop_after=4)
   assert killed['step'] == 4
-  resumed = train.train_and_evaluate(cfg, model, data[:8], data[8:], tmp_path / 'b')
+  resumed = loop.train_and_evaluate(cfg, model, data[:8], data[8:], tmp_path / 'b')
   assert resumed['step'] == straight['step'] == 6
   for a, b in zip(jax.tree.leaves(_params(straight)), jax.tree.leaves(_params(resumed))):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   # The best checkpoint (by val mIoU) is kept next to the latest ones.
-  log = [r for r in io.read_jsonl(tmp_path / 'a' / 'train_log.jsonl') if 'val_miou' in r]
+  log = [r for r in outputs.read_jsonl(tmp_path / 'a' / 'train_log.jsonl') if 'val_miou' in r]
   best = max(log, key=lambda r: r['val_miou'])
   assert straight['best_val_miou'] == pytest.approx(best['val_miou'])
-  mngr = train_checkpoints.checkpoint_manager(tmp_path / 'a' / 'checkpoints', read_only=True)
+  mngr = saving.checkpoint_manager(tmp_path / 'a' / 'checkpoints', read_only=True)
   assert straight['best_step'] in mngr.all_steps() and 6 in mngr.all_steps()
   # Resuming with another data order is refused instead of silently diverging.
   with pytest.raises(ValueError, match='cannot resume exactly'):
-    train.train_and_evaluate(tiny_config(seed=7), model, data[:8], data[8:], tmp_path / 'b')
+    loop.train_and_evaluate(tiny_config(seed=7), model, data[:8], data[8:], tmp_path / 'b')
 
 
 def test_score_confusion_identity_and_hungarian():
   conf = np.array([[5, 0, 0], [0, 0, 4], [0, 3, 0]])
-  assert train.score_confusion(conf, hungarian=False)['miou'] == 1 / 3
-  out = train.score_confusion(conf, hungarian=True)
+  assert loop.score_confusion(conf, hungarian=False)['miou'] == 1 / 3
+  out = loop.score_confusion(conf, hungarian=True)
   assert out['miou'] == 1.0 and out['matching'] == [(0, 0), (1, 2), (2, 1)]
 
 
@@ -234,7 +236,7 @@ def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):
       checkpoint_every=20,
       log_every=20,
   )
-  out = train.train_and_evaluate(cfg, tiny_model(), labelled, val_part, tmp_path)
+  out = loop.train_and_evaluate(cfg, tiny_model(), labelled, val_part, tmp_path)
   assert out['final']['miou'] >= 0.45, out['final']
   assert out['best_val_miou'] >= out['final']['miou']
 
@@ -384,7 +386,7 @@ def test_train_and_evaluate_on_dinov2_and_dinov3(name, tmp_path):
   summary = json.loads((work / 'train_metrics.json').read_text())
   assert summary['step'] == 1
   _, pretrained = backbones.load_backbone_params(name, config.model.checkpoint)
-  mngr = train_checkpoints.checkpoint_manager(work / 'checkpoints', read_only=True)
+  mngr = saving.checkpoint_manager(work / 'checkpoints', read_only=True)
   saved = mngr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   mngr.close()
   # Started from the pretrained tree (same shapes), and the backbone trained (one step moved it).
@@ -409,12 +411,12 @@ import tests.test_train as T
 from spectral_jax import train
 assert jax.device_count() == 2
 data, cfg, model = T.synthetic(4), T.tiny_config(), T.tiny_model()
-state = train.create_train_state(model, cfg, jax.random.PRNGKey(0))
-batch = next(train.train_batches(data, cfg, 0, 1))[1]
+state = loop.create_train_state(model, cfg, jax.random.PRNGKey(0))
+batch = next(loop.train_batches(data, cfg, 0, 1))[1]
 out = {}
 for n in (2, 1):
-  step = train.compiled_train_step(model, train.create_optimizer(cfg),
-                                   train.data_mesh(jax.devices()[:n]))
+  step = loop.compiled_train_step(model, loop.create_optimizer(cfg),
+                                   loop.data_mesh(jax.devices()[:n]))
   out[n] = step(state, batch)
 np.testing.assert_allclose(out[2][1]['loss'], out[1][1]['loss'], rtol=1e-6)
 for a, b in zip(jax.tree.leaves(out[2][0].batch_stats), jax.tree.leaves(out[1][0].batch_stats)):
@@ -452,12 +454,12 @@ def test_matching_is_checked_and_stored_with_the_checkpoints(tmp_path):
 
 def test_train_log_is_trimmed_to_the_resumed_step_and_nan_stops(tmp_path):
   log = tmp_path / 'train_log.jsonl'
-  io.save_jsonl(log, [{'step': s, 'loss': 1.0} for s in (10, 20, 30)])
-  train._trim_log(log, 20)  # pylint: disable=protected-access
-  assert [r['step'] for r in io.read_jsonl(log)] == [10, 20]
+  outputs.save_jsonl(log, [{'step': s, 'loss': 1.0} for s in (10, 20, 30)])
+  loop._trim_log(log, 20)  # pylint: disable=protected-access
+  assert [r['step'] for r in outputs.read_jsonl(log)] == [10, 20]
   with pytest.raises(FloatingPointError, match='diverged at step 7: loss'):
     # pylint: disable-next=protected-access
-    train._check_finite({'loss': float('nan'), 'acc': 0.5}, 7, tiny_config())
+    loop._check_finite({'loss': float('nan'), 'acc': 0.5}, 7, tiny_config())
 
 
 def _dinov2_train_setup(tmp_path):
@@ -512,7 +514,7 @@ def test_train_reruns_follow_the_settings_and_unusable_val_items_are_skipped(tmp
   config.train.log_every = 7  # how often it logs changes no result: not a difference
   config.overwrite = True
   train_task.run(config, work)
-  lrs = [r['learning_rate'] for r in io.read_jsonl(work / 'train_log.jsonl') if 'loss' in r]
+  lrs = [r['learning_rate'] for r in outputs.read_jsonl(work / 'train_log.jsonl') if 'loss' in r]
   assert lrs == [pytest.approx(1e-3)]  # retrained from scratch with the new rate
 
   # img6's GT of another size, img7's image truncated: both skipped, counted, not fatal.

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from configs import voc_semantic
-from spectral_jax import io, train, train_checkpoints
+from spectral_jax import outputs
+from spectral_jax.training import loop
+from spectral_jax.training import saving
 from spectral_jax.models import backbones, resnet, vit
 from spectral_jax.tasks import evaluate
 from spectral_jax.tasks import train as train_task
@@ -79,7 +81,7 @@ def _write_pseudo_labels(config, work: Path) -> None:
 
 
 def _state(work: Path, step: int) -> dict:
-  mngr = train_checkpoints.checkpoint_manager(work / 'checkpoints', read_only=True)
+  mngr = saving.checkpoint_manager(work / 'checkpoints', read_only=True)
   try:
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   finally:
@@ -97,9 +99,9 @@ def test_train_resume_evaluate_with_the_resnet_backbone(tmp_path, monkeypatch):
   config = resnet_config(tmp_path)
   work = tmp_path / 'work'
   _write_pseudo_labels(config, work)
-  straight = train.train_and_evaluate
+  straight = loop.train_and_evaluate
   monkeypatch.setattr(
-      train, 'train_and_evaluate', lambda *a, **kw: straight(*a, **kw, stop_after=1)
+      loop, 'train_and_evaluate', lambda *a, **kw: straight(*a, **kw, stop_after=1)
   )
   train_task.run(config, work)
   assert json.loads((work / 'train_metrics.json').read_text())['step'] == 1
@@ -117,11 +119,11 @@ def test_train_resume_evaluate_with_the_resnet_backbone(tmp_path, monkeypatch):
   assert moved(saved['batch_stats']['backbone']['bn1'], pretrained['batch_stats']['bn1'])
 
   # Resume: the run continues from the step-1 checkpoint to step 2 (same compiled step).
-  monkeypatch.setattr(train, 'train_and_evaluate', straight)
+  monkeypatch.setattr(loop, 'train_and_evaluate', straight)
   train_task.run(config, work)
   summary = json.loads((work / 'train_metrics.json').read_text())
   assert summary['step'] == 2 and summary['best_step'] == 2
-  steps = [r['step'] for r in io.read_jsonl(work / 'train_log.jsonl') if 'loss' in r]
+  steps = [r['step'] for r in outputs.read_jsonl(work / 'train_log.jsonl') if 'loss' in r]
   assert steps == [1, 2]  # each step trained (and logged) once
 
   config.checkpoint = str(work)
@@ -131,9 +133,9 @@ def test_train_resume_evaluate_with_the_resnet_backbone(tmp_path, monkeypatch):
   assert scored['miou'] == pytest.approx(summary['best_val_miou'])
   # Any image size (official: original resolution, no crop to multiples of 8).
   model = train_task.build_model(config, evaluate.segmenter_arch(config))
-  variables, _ = train_checkpoints.restore_variables(work / 'checkpoints', model)
+  variables, _ = saving.restore_variables(work / 'checkpoints', model)
   image = np.random.default_rng(0).integers(0, 256, (53, 70, 3)).astype(np.uint8)
-  pred = train.predict(model, variables, image)
+  pred = loop.predict(model, variables, image)
   assert pred.shape == (53, 70) and pred.max() < 21
   # The ViT segmenter cannot read this checkpoint: the error names the parameters.
   config.segmenter.backbone = 'vit'

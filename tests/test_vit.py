@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spectral_jax.models import checkpoints, vit
+from spectral_jax.models import vit
+from spectral_jax.models.weights import checkpoints
 from spectral_jax.models import extractor as extractor_lib
 
 from tests.conftest import MANIFEST, PARITY, PARITY_IDS as IDS

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.models import dinov2, dinov3, keymaps, resnet, vit
-from spectral_jax.models.checkpoints import CheckpointError, read_state_dict
+from spectral_jax.models import dinov2, dinov3, resnet, vit
+from spectral_jax.models.weights import keymaps
+from spectral_jax.models.weights.checkpoints import CheckpointError, read_state_dict
 
 __all__ = [
     'Backbone',

@@ -11,10 +11,12 @@ from typing import Any, Callable, Optional, Sequence
 from absl import logging
 import jax
 
-from spectral_jax import errors, inference, io, pipeline, workdirs
+from spectral_jax import errors, inference, pipeline, workdirs
+from spectral_jax import outputs
+from spectral_jax import config_dict
 from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets
-from spectral_jax.models import checkpoints
+from spectral_jax.models.weights import checkpoints
 from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models.extractor import FeatureExtractor
 
@@ -47,7 +49,7 @@ def check_config(config) -> settings_lib.Settings:
   """The run's typed settings, converted once; fails fast, naming the key (the CLI spells it
   as its flag), before any image or weight is touched."""
   expand_user_paths(config)
-  converted = settings_lib.from_config(config)
+  converted = config_dict.from_config(config)
   d = config.data
   for flag in ('boxes', 'masks', 'annotations'):
     value = d[flag]
@@ -62,7 +64,7 @@ def check_config(config) -> settings_lib.Settings:
 def examples_from_config(data, workdir=None) -> list[Any]:
   """The dataset's examples (lazy: nothing decoded), in a fixed order, ``data.limit`` applied.
 
-  Ids are made safe as output names (``io.safe_id``); a folder listing never includes
+  Ids are made safe as output names (``outputs.safe_id``); a folder listing never includes
   ``workdir`` or any other spectral_jax workdir.
   """
   source = data.source
@@ -100,7 +102,7 @@ def examples_from_config(data, workdir=None) -> list[Any]:
   if data.limit:
     examples = examples[: data.limit]
   examples = [
-      ex if io.safe_id(ex.id) == ex.id else dataclasses.replace(ex, id=io.safe_id(ex.id))
+      ex if outputs.safe_id(ex.id) == ex.id else dataclasses.replace(ex, id=outputs.safe_id(ex.id))
       for ex in examples
   ]
   _check_unique_ids(examples)
@@ -200,7 +202,7 @@ class Panels:
     """``render`` builds the panel only when one is due."""
     if image_id in self.due:
       try:
-        io.save_png(self.folder / f'{self.prefix}{image_id}.png', render())
+        outputs.save_png(self.folder / f'{self.prefix}{image_id}.png', render())
       except OSError as e:  # a panel is an illustration: never worth losing the image for
         logging.warning('could not write the panel of %s: %s', image_id, e)
 
@@ -220,7 +222,7 @@ class SkipLog:
     if example.id in self.recorded:
       return
     self.recorded.add(example.id)
-    io.append_jsonl(
+    outputs.append_jsonl(
         self.path,
         [
             {
@@ -239,7 +241,7 @@ class SkipLog:
 def previously_skipped(workdir, stage: str) -> set[str]:
   return {
       r['id']
-      for r in io.read_jsonl(Path(workdir) / 'skipped.jsonl')
+      for r in outputs.read_jsonl(Path(workdir) / 'skipped.jsonl')
       if r.get('stage', stage) == stage and 'id' in r
   }
 
@@ -247,7 +249,7 @@ def previously_skipped(workdir, stage: str) -> set[str]:
 def _forget_skipped(workdir: Path, stage: str) -> None:
   path = Path(workdir) / 'skipped.jsonl'
   if path.exists():
-    io.save_jsonl(path, [r for r in io.read_jsonl(path) if r.get('stage', stage) != stage])
+    outputs.save_jsonl(path, [r for r in outputs.read_jsonl(path) if r.get('stage', stage) != stage])
 
 
 # ----------------------------------------------------------------------------- settings

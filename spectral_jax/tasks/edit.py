@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from spectral_jax import edit, io, parallel, pipeline
-from spectral_jax import settings as settings_lib
+from spectral_jax import edit, parallel, pipeline
+from spectral_jax import outputs
+from spectral_jax import config_dict
 from spectral_jax.data import datasets
 from spectral_jax.results import cutout
 from spectral_jax.settings import Settings
@@ -111,10 +112,10 @@ def _process(
   paths = output_paths(workdir, example.id)
   # Cutout last: it is what marks the image done, so a crash before it redoes the image.
   if 'composite' in out:
-    io.save_png(paths['composite'], out['composite'])
+    outputs.save_png(paths['composite'], out['composite'])
   if with_panel:
-    io.save_png(paths['panel'], edit.edit_panel(image, mask, out['alpha'], out.get('composite')))
-  io.save_png(paths['cutout'], out['cutout'])
+    outputs.save_png(paths['panel'], edit.edit_panel(image, mask, out['alpha'], out.get('composite')))
+  outputs.save_png(paths['cutout'], out['cutout'])
 
 
 # ----------------------------------------------------------------------------- the task
@@ -122,7 +123,7 @@ def _process(
 
 def run(config, workdir) -> None:
   workdir = Path(workdir)
-  unknown = settings_lib.unknown_edit_keys(config)
+  unknown = config_dict.unknown_edit_keys(config)
   if unknown:
     raise ValueError(f'unknown config.edit options: {unknown}')
   run_settings = common.check_config(config)

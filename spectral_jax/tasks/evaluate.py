@@ -13,7 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spectral_jax import io, parallel, train, train_checkpoints
+from spectral_jax import parallel
+from spectral_jax import outputs
+from spectral_jax.training import loop
+from spectral_jax.training import saving
 from spectral_jax.models import backbones, resnet
 from spectral_jax.tasks import common
 from spectral_jax.tasks import train as train_task
@@ -50,16 +53,16 @@ def run(config, workdir) -> None:
   arch = segmenter_arch(config)
   model = train_task.build_model(config, arch)
   step = config.checkpoint_step if config.checkpoint_step >= 0 else None
-  variables, step = train_checkpoints.restore_variables(directory, model, step)
+  variables, step = saving.restore_variables(directory, model, step)
   examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}
   val = train_task.val_dataset(config, examples, arch.patch_size)
   if not len(val):
     raise ValueError('no images with GT to evaluate on (set --config.semantic.gt_dir)')
-  result = train.evaluate(model, variables, val, config.segmenter.num_classes)
+  result = loop.evaluate(model, variables, val, config.segmenter.num_classes)
   result.update(checkpoint=str(directory), step=step, n_images=len(val))
   if not parallel.is_main_process():  # every process scored a share; the sums agree
     return
-  io.save_json(Path(workdir) / 'evaluate_metrics.json', result)
+  outputs.save_json(Path(workdir) / 'evaluate_metrics.json', result)
   common.log_summary(
       f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images '
       f'(checkpoint step {step})'

@@ -1,4 +1,4 @@
-"""``--mode=serve``: the web demo and HTTP API (``spectral_jax/web.py``) on one loaded backbone.
+"""``--mode=serve``: the web demo and HTTP API (``spectral_jax/app.py``) on one loaded backbone.
 
   python main.py --config=configs/folder.py --mode=serve --config.serve.port=8000
 
@@ -14,16 +14,17 @@ import threading
 
 from absl import logging
 
-from spectral_jax import inference, web
+from spectral_jax import inference
+from spectral_jax.server import app
 from spectral_jax.tasks import common
 
 
-def make_server(config, backbone: inference.Backbone) -> web.Server:
+def make_server(config, backbone: inference.Backbone) -> app.Server:
   """The server of ``config.serve`` on ``backbone``, bound but not yet serving."""
   run_settings = common.check_config(config)
   opts = run_settings.serve
   try:
-    return web.Server(
+    return app.Server(
         backbone, opts.host, opts.port, max_upload_bytes=opts.max_upload_bytes,
         max_queue=opts.max_queue, timeout=opts.timeout, max_pixels=run_settings.limits.max_pixels,
     )
@@ -37,7 +38,7 @@ def make_server(config, backbone: inference.Backbone) -> web.Server:
 def run(config, workdir: str) -> None:
   del workdir  # held (locked) by the CLI; the server writes nothing there
   run_settings = common.check_config(config)
-  if not web.is_loopback(run_settings.serve.host):
+  if not app.is_loopback(run_settings.serve.host):
     logging.warning(
         'serve.host=%s: the server is reachable from other machines, without authentication',
         run_settings.serve.host,

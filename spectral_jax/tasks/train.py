@@ -23,7 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from spectral_jax import io, parallel, train
+from spectral_jax import parallel
+from spectral_jax import outputs
+from spectral_jax.training import loop
 from spectral_jax.data import datasets
 from spectral_jax.models import backbones, segmenter
 from spectral_jax.models import extractor as extractor_lib
@@ -43,7 +45,7 @@ class PseudoLabelDataset:
   def __len__(self) -> int:
     return len(self.examples)
 
-  def __getitem__(self, i: int) -> train.Example:
+  def __getitem__(self, i: int) -> loop.Example:
     ex = self.examples[i]
     try:
       image = datasets.load_image(ex, min_side=self.min_side)
@@ -59,7 +61,7 @@ class PseudoLabelDataset:
 class GTDataset:
   """(image, GT label map) pairs (255 = void), loaded lazily. An item that cannot be scored
   (unreadable image, GT unreadable, of another size or with labels ≥ ``num_classes``)
-  raises a ValueError naming the image: ``train.evaluate`` skips and counts it."""
+  raises a ValueError naming the image: ``loop.evaluate`` skips and counts it."""
 
   def __init__(
       self,
@@ -74,7 +76,7 @@ class GTDataset:
   def __len__(self) -> int:
     return len(self.examples)
 
-  def __getitem__(self, i: int) -> train.Example:
+  def __getitem__(self, i: int) -> loop.Example:
     ex = self.examples[i]
     try:
       image = datasets.load_image(ex, min_side=self.min_side)
@@ -133,7 +135,7 @@ def check_stored_matching(checkpoint_dir: Path, matching: list[tuple[int, int]])
       )
     return
   if parallel.is_main_process():
-    io.save_json(path, current)
+    outputs.save_json(path, current)
 
 
 def check_train_config(config) -> None:
@@ -244,7 +246,7 @@ def run(config, workdir) -> None:
   workdir = Path(workdir)
   common.check_config(config)
   check_train_config(config)
-  cfg = train.TrainConfig.from_dict({k: v for k, v in config.train.items() if k not in TASK_KEYS})
+  cfg = loop.TrainConfig.from_dict({k: v for k, v in config.train.items() if k not in TASK_KEYS})
   matching = read_matching(config.train.matching, workdir, config.segmenter.num_classes)
   examples = {ex.id: ex for ex in common.examples_from_config(config.data, workdir)}
   arch, backbone_params = load_backbone(config)
@@ -272,17 +274,17 @@ def run(config, workdir) -> None:
   lut = matching_lut(matching)
   train_set = PseudoLabelDataset([examples[s] for s in train_ids], label_dir, lut, arch.patch_size)
   common.log_summary(f'train: {len(train_set)} pseudo-labelled images, {len(val)} val images')
-  summary = train.train_and_evaluate(
+  summary = loop.train_and_evaluate(
       cfg, model, train_set, val, workdir, backbone_params=backbone_params
   )
   final = summary['final']
   if final is None and len(val):  # a rerun of a finished run: score the final weights again
     state = summary['state']
-    final = train.evaluate(model, {'params': state.params, 'batch_stats': state.batch_stats}, val)
+    final = loop.evaluate(model, {'params': state.params, 'batch_stats': state.batch_stats}, val)
   final = final or {}
   if not parallel.is_main_process():
     return
-  io.save_json(
+  outputs.save_json(
       workdir / 'train_metrics.json',  # metrics.json holds the pseudo-label scores
       {
           'step': summary['step'],

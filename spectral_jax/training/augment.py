@@ -5,15 +5,14 @@ so an example's augmentation is a pure function of its seed (see ``train.train_b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 from skimage import color as skcolor
 
-if TYPE_CHECKING:
-  from spectral_jax.train import TrainConfig
+from spectral_jax.training.state import TrainConfig
 
 
 def random_resized_crop_box(

@@ -32,70 +32,22 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import functools
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
 
-from spectral_jax import augment, io, metrics, parallel
-from spectral_jax import train_checkpoints as checkpoints
+from spectral_jax import metrics, outputs, parallel
+from spectral_jax.training import augment
+from spectral_jax.training import saving as checkpoints
+from spectral_jax.training.state import Example, TrainConfig, TrainState
 from spectral_jax.models import segmenter, vit
-
-# (image uint8 [H, W, 3], label uint8 [H, W]); labels use 255 for void in GT.
-Example = tuple[np.ndarray, np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Hyper-parameters of self-training (defaults = README command + train.yaml)."""
-
-  steps: int = 5000
-  batch_size: int = 96
-  learning_rate: float = 2e-4
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  weight_decay: float = 1e-8
-  crop_size: int = 224
-  scale: tuple[float, float] = (0.08, 1.0)
-  ratio: tuple[float, float] = (3 / 4, 4 / 3)
-  flip_p: float = 0.5
-  jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
-  jitter_p: float = 0.8
-  gray_p: float = 0.2  # ToGray
-  blur_p: float = 0.1  # GaussianBlur, odd kernel 3..7
-  seed: int = 1
-  eval_every: int = 0  # steps; 0 = once per epoch (official)
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 2  # latest ones, besides the best
-  log_every: int = 50
-  num_workers: int = 8  # augmentation threads
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> 'TrainConfig':
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f'unknown train options {sorted(unknown)}; known: {sorted(names)}')
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  batch_stats: Any
-  key: jax.Array  # dropout key of step s is fold_in(key, s)
-
 
 # --------------------------------------------------------------------------------------
 # Data order: a pure function of (seed, step)
@@ -450,10 +402,10 @@ def _check_data_position(saved: dict, current: dict) -> None:
 def _trim_log(log_path: Path, step: int) -> None:
   """Drops log lines after ``step`` (written after the checkpoint a resumed run starts
   from), so a resumed run logs each step once."""
-  records = io.read_jsonl(log_path)
+  records = outputs.read_jsonl(log_path)
   kept = [r for r in records if r.get('step', 0) <= step]
   if len(kept) != len(records):
-    io.save_jsonl(log_path, kept)
+    outputs.save_jsonl(log_path, kept)
 
 
 def _check_finite(record: Mapping[str, float], step: int, cfg: TrainConfig) -> None:
@@ -512,7 +464,7 @@ def train_and_evaluate(
     _trim_log(log_path, start)
   last_eval: Optional[dict] = None
   tick = time.perf_counter()
-  log = io.append_jsonl if parallel.is_main_process() else lambda *_: None
+  log = outputs.append_jsonl if parallel.is_main_process() else lambda *_: None
   try:  # a failure mid-run still leaves the checkpoint being written complete
     for step, local in train_batches(train_data, cfg, start, end, rows=rows):
       state, step_metrics = step_fn(state, global_batch(local, rows, sharded, cfg.batch_size))

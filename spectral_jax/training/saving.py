@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -16,8 +16,7 @@ from absl import logging
 from spectral_jax import parallel
 from spectral_jax.models import segmenter
 
-if TYPE_CHECKING:
-  from spectral_jax.train import TrainState
+from spectral_jax.training.state import TrainState
 
 
 def checkpoint_manager(

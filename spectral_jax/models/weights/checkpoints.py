@@ -26,18 +26,11 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
-from spectral_jax.models import safetensors_reader, torch_pickle, weights_cache
-from spectral_jax.models.checkpoint_errors import CheckpointError, missing_file
-from spectral_jax.models.weights_cache import (
-    WEIGHTS,
-    default_cache_dir,
-    download,
-    flatten,
-    resolve_checkpoint,
-    restore_params,
-    save_params,
-    unflatten,
-)
+from spectral_jax.models.weights import safetensors_reader
+from spectral_jax.models.weights import torch_pickle
+from spectral_jax.models.weights import cache
+from spectral_jax.models.weights.errors import CheckpointError, missing_file
+from spectral_jax.models.weights.cache import WEIGHTS, default_cache_dir, download, flatten, resolve_checkpoint, restore_params, save_params, unflatten
 
 __all__ = [
     "CheckpointError",
@@ -287,12 +280,12 @@ def load_params(
   """
   cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
   cache_root = cache_dir.absolute() / "params"
-  weights_cache.remove_stale_temporaries(cache_dir.absolute())
-  entry, source = weights_cache.lookup(model_name, checkpoint, cache_root)
+  cache.remove_stale_temporaries(cache_dir.absolute())
+  entry, source = cache.lookup(model_name, checkpoint, cache_root)
   corrupt = None
-  if entry is not None and weights_cache.complete(entry):
+  if entry is not None and cache.complete(entry):
     try:
-      return weights_cache.read_entry(entry)
+      return cache.read_entry(entry)
     except CheckpointError as e:
       corrupt = e
     if source is None:  # a local file that is gone: nothing to rebuild from
@@ -301,7 +294,7 @@ def load_params(
           f"delete {entry} and pass the checkpoint file again"
       ) from corrupt
     logging.warning("%s; rebuilding it from %s", corrupt, checkpoint or model_name)
-    weights_cache.discard_entry(entry)
+    cache.discard_entry(entry)
   try:
     path = resolve_checkpoint(model_name, checkpoint, cache_dir)
   except (CheckpointError, FileNotFoundError) as e:
@@ -315,8 +308,8 @@ def load_params(
   arch = infer_arch(state_dict)
   params = state_dict_to_params(state_dict)
   if source is None:
-    source = weights_cache.local_source(path)
-    entry = weights_cache.entry_path(source, path.name, cache_root)
+    source = cache.local_source(path)
+    entry = cache.entry_path(source, path.name, cache_root)
   assert entry is not None
-  weights_cache.write_entry(entry, params, arch, source, path)
+  cache.write_entry(entry, params, arch, source, path)
   return params, arch

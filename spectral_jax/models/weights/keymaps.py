@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from spectral_jax.models import dinov2, dinov3, resnet, vit
-from spectral_jax.models.checkpoints import CheckpointError, read_state_dict
+from spectral_jax.models.weights.checkpoints import CheckpointError, read_state_dict
 
 _CONV_PERM = (2, 3, 1, 0)  # torch (O, I, kh, kw) -> flax (kh, kw, I, O)
 _HEAD_DIM = 64  # every DINO / DINOv2 / DINOv3 ViT in the registry

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from spectral_jax.models.checkpoint_errors import CheckpointError
+from spectral_jax.models.weights.errors import CheckpointError
 
 __all__ = ["read_safetensors", "checked_header"]
 

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from spectral_jax.models.checkpoint_errors import CheckpointError
+from spectral_jax.models.weights.errors import CheckpointError
 
 __all__ = ["read_pth", "LEGACY_MAGIC", "LEGACY_PROTOCOL"]
 

@@ -1,4 +1,4 @@
-"""spectral_jax.train_checkpoints: restoring when the newest step is damaged."""
+"""spectral_jax.training.saving: restoring when the newest step is damaged."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spectral_jax import train, train_checkpoints
+from spectral_jax.training import loop
+from spectral_jax.training import saving
 from tests.test_train import tiny_config, tiny_model
 
 
@@ -18,7 +19,7 @@ from tests.test_train import tiny_config, tiny_model
 def states():
   """TrainStates of steps 2 and 4 with distinguishable parameters."""
   model, cfg = tiny_model(), tiny_config()
-  state = train.create_train_state(model, cfg, jax.random.PRNGKey(0))
+  state = loop.create_train_state(model, cfg, jax.random.PRNGKey(0))
   out = {}
   for step in (2, 4):
     params = jax.tree.map(lambda x, s=step: x + s, state.params)
@@ -27,11 +28,11 @@ def states():
 
 
 def write_checkpoints(directory: Path, states: dict) -> None:
-  mngr = train_checkpoints.checkpoint_manager(directory)
+  mngr = saving.checkpoint_manager(directory)
   for step, state in states.items():
     position = {"step": step, "data_seed": 0, "num_examples": 8, "batch_size": 4}
     # step 4 is the best
-    train_checkpoints.save(mngr, state, position, tiny_model(), val_miou=step / 10)
+    saving.save(mngr, state, position, tiny_model(), val_miou=step / 10)
   mngr.wait_until_finished()
   mngr.close()
 
@@ -70,15 +71,15 @@ def test_training_resume_falls_back_to_the_newest_readable_step(tmp_path, states
   write_checkpoints(directory, by_step)
   damage(directory / "4", how)
   with caplog.at_level(logging.WARNING):  # what train_and_evaluate does to resume
-    mngr = train_checkpoints.checkpoint_manager(directory)
-    state, position = train_checkpoints.restore(mngr, mngr.latest_step(), by_step[2])
+    mngr = saving.checkpoint_manager(directory)
+    state, position = saving.restore(mngr, mngr.latest_step(), by_step[2])
   assert int(state.step) == 2 and position["step"] == 2
   assert_params(state.params, by_step[2].params)
   assert bad_step_warnings(caplog, directory, 4)
   # The damaged step is kept aside, out of orbax's way: the run can write step 4 again.
   assert mngr.all_steps() == [2]
   assert [p.name for p in directory.glob("4.unreadable-*")]
-  train_checkpoints.save(mngr, by_step[4], {"step": 4}, model)
+  saving.save(mngr, by_step[4], {"step": 4}, model)
   mngr.wait_until_finished()
   assert mngr.all_steps() == [2, 4]
   mngr.close()
@@ -90,15 +91,15 @@ def test_restore_variables_falls_back_unless_the_step_is_explicit(tmp_path, stat
   write_checkpoints(directory, by_step)
   damage(directory / "4", "garbage")
   with caplog.at_level(logging.WARNING):
-    variables, step = train_checkpoints.restore_variables(directory, model)
+    variables, step = saving.restore_variables(directory, model)
   assert step == 2
   assert_params(variables["params"], by_step[2].params)
   assert bad_step_warnings(caplog, directory, 4)
   unreadable = f"{directory}/4 is unreadable"
-  with pytest.raises(train_checkpoints.UnreadableCheckpointError, match=unreadable):
-    train_checkpoints.restore_variables(directory, model, step=4)
+  with pytest.raises(saving.UnreadableCheckpointError, match=unreadable):
+    saving.restore_variables(directory, model, step=4)
   with pytest.raises(FileNotFoundError, match=r'no checkpoint step 7 .* holds steps \[2, 4\]'):
-    train_checkpoints.restore_variables(directory, model, step=7)
+    saving.restore_variables(directory, model, step=7)
   assert (directory / "4").is_dir()  # read-only restores never move anything
 
 
@@ -107,5 +108,5 @@ def test_architecture_mismatch_is_not_mistaken_for_damage(tmp_path, states):
   directory = (tmp_path / "checkpoints").absolute()
   write_checkpoints(directory, by_step)
   with pytest.raises(ValueError, match="was written by") as e:
-    train_checkpoints.restore_variables(directory, tiny_model(num_classes=7))
-  assert not isinstance(e.value, train_checkpoints.UnreadableCheckpointError)
+    saving.restore_variables(directory, tiny_model(num_classes=7))
+  assert not isinstance(e.value, saving.UnreadableCheckpointError)

@@ -1,0 +1,2 @@
+"""Model weights: torch-free .pth reader, safetensors, key maps from official formats, the
+download cache, and checkpoint loading."""
