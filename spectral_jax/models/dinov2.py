@@ -23,10 +23,14 @@ import numpy as np
 from spectral_jax.models import posembed
 from spectral_jax.models.vit import (
     Attention,
-    PatchEmbed,
+    Mlp,
     TorchLayerNorm,
     dense,
-    patchify,
+    embed_patches,
+    final_normed,
+    patch_input,
+    resample_table,
+    run_blocks,
     table_precision,
 )
 
@@ -81,17 +85,6 @@ class LayerScale(nn.Module):
   @nn.compact
   def __call__(self, x):
     return x * self.param('gamma', nn.initializers.ones, (x.shape[-1],))
-
-
-class Mlp(nn.Module):
-  hidden: int
-  precision: Any = 'highest'
-
-  @nn.compact
-  def __call__(self, x):
-    h = dense(self.hidden, self.precision, 'fc1')(x)
-    h = jax.nn.gelu(h, approximate=False)  # exact erf GELU; tanh is off by ~1e-4
-    return dense(x.shape[-1], self.precision, 'fc2')(h)
 
 
 class SwiGLUFused(nn.Module):
@@ -156,39 +149,26 @@ class DinoV2(nn.Module):
   ):
     a = self.arch
     d = a.embed_dim
-    if images.ndim == 4:
-      grid = (images.shape[1] // a.patch_size, images.shape[2] // a.patch_size)
-      images = patchify(images, a.patch_size)
-    elif pos_tables is None:
-      raise ValueError('patch sequences need pos_tables (their grids are not in the shape)')
-    x = PatchEmbed(a.patch_size, d, self.precision, name='patch_embed')(images)
-    b = x.shape[0]
-    cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, d))
+    images, grid = patch_input(images, a.patch_size, pos_tables, 'pos_tables')
+    x, cls_token = embed_patches(self, images, a.patch_size, d, self.precision)
     pos_embed = self.param('pos_embed', nn.initializers.zeros, (1, 1 + a.pos_grid**2, d))
-    x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, d)), x], axis=1)
+    x = jnp.concatenate([cls_token, x], axis=1)
     if pos_tables is None:
       pos_tables = resample_pos_embed(a, pos_embed, grid, table_precision(self.precision))
     x = x + pos_tables
     if a.num_registers:  # registers go in after the position embedding: they carry none
+      b = x.shape[0]
       reg = self.param('register_tokens', nn.initializers.zeros, (1, a.num_registers, d))
       x = jnp.concatenate([x[:, :1], jnp.broadcast_to(reg, (b, a.num_registers, d)), x[:, 1:]], 1)
 
-    n = a.num_prefix_tokens
-    block_index = feature_block % a.depth
-    out, normed = {}, {}
-    norm = TorchLayerNorm(NORM_EPS, name='norm')
-    for i in range(a.depth):
+    def block(i, x):
       x, qkv = Block(a, self.precision, name=f'blocks_{i}')(x, token_mask)
-      if i == block_index:
-        out['k'] = qkv[:, n:, d : 2 * d]
-      if i in norm_blocks:
-        normed[i] = norm(x)[:, n:]
-    if norm_blocks:
-      out['normed'] = [normed[i] for i in norm_blocks]
-    x = norm(x)
-    out['x_norm_patchtokens'] = x[:, n:]
-    out['x_norm_clstoken'] = x[:, 0]
-    return out
+      return x, {'k': qkv[..., d : 2 * d]}, {}
+
+    n = a.num_prefix_tokens
+    norm = TorchLayerNorm(NORM_EPS, name='norm')
+    x, out = run_blocks(x, block, a.depth, feature_block % a.depth, n, norm, norm_blocks)
+    return final_normed(out, x, norm, n)
 
 
 # --------------------------------------------------------------------------
@@ -245,9 +225,4 @@ def resample_pos_embed(arch: DinoV2Arch, pos_embed, grid_hw, precision='highest'
   mats = resample_matrices(arch, grid_hw)
   if mats is None:
     return pos_embed
-  rows, cols = mats
-  g, d = arch.pos_grid, pos_embed.shape[-1]
-  table = pos_embed[0, 1:].reshape(g, g, d)
-  table = jnp.einsum('hg,gkd->hkd', rows, table, precision=precision)
-  table = jnp.einsum('wk,hkd->hwd', cols, table, precision=precision)
-  return jnp.concatenate([pos_embed[:, :1], table.reshape(1, -1, d)], axis=1)
+  return resample_table(pos_embed, *mats, precision)

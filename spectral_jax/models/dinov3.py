@@ -18,9 +18,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax.models.dinov2 import LayerScale, Mlp
 from spectral_jax.models import vit
-from spectral_jax.models.vit import PatchEmbed, TorchLayerNorm, dense, patchify
+from spectral_jax.models.dinov2 import LayerScale
+from spectral_jax.models.vit import (
+    Mlp,
+    TorchLayerNorm,
+    dense,
+    embed_patches,
+    final_normed,
+    patch_input,
+    run_blocks,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,38 +182,23 @@ class DinoV3(nn.Module):
   ):
     a = self.arch
     d = a.embed_dim
-    if images.ndim == 4:
-      grid = (images.shape[1] // a.patch_size, images.shape[2] // a.patch_size)
-      crop = images[:, : grid[0] * a.patch_size, : grid[1] * a.patch_size]  # as the stride-16 conv
-      images = patchify(crop, a.patch_size)
+    images, grid = patch_input(images, a.patch_size, rope_coords, 'rope_coords', crop=True)
+    if grid is not None:
       rope_coords = patch_coords(grid)[None]
-    elif rope_coords is None:
-      raise ValueError('patch sequences need rope_coords (their grids are not in the shape)')
-    x = PatchEmbed(a.patch_size, d, self.precision, name='patch_embed')(images)
-    b = x.shape[0]
-    cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, d))
+    x, cls_token = embed_patches(self, images, a.patch_size, d, self.precision)
     storage = self.param('storage_tokens', nn.initializers.zeros, (1, a.num_storage, d))
     periods = self.param(
         'rope_periods', _default_periods(a.rope_base, a.head_dim), (a.head_dim // 4,)
     )
-    cls_token = jnp.broadcast_to(cls_token, (b, 1, d))
-    x = jnp.concatenate([cls_token, jnp.broadcast_to(storage, (b, a.num_storage, d)), x], axis=1)
+    storage = jnp.broadcast_to(storage, (x.shape[0], a.num_storage, d))
+    x = jnp.concatenate([cls_token, storage, x], axis=1)
     cos, sin = rope_cos_sin(jnp.asarray(rope_coords, jnp.float32), periods)
 
-    n = a.num_prefix_tokens
-    block_index = feature_block % a.depth
-    out, normed = {}, {}
-    norm = TorchLayerNorm(a.norm_eps, name='norm')
-    for i in range(a.depth):
+    def block(i, x):
       x, k, k_rope = Block(a, self.precision, name=f'blocks_{i}')(x, cos, sin, token_mask)
-      if i == block_index:
-        out['k'] = k[:, n:]
-        out['k_rope'] = k_rope[:, n:]
-      if i in norm_blocks:
-        normed[i] = norm(x)[:, n:]
-    if norm_blocks:
-      out['normed'] = [normed[i] for i in norm_blocks]
-    x = norm(x)
-    out['x_norm_patchtokens'] = x[:, n:]
-    out['x_norm_clstoken'] = x[:, 0]
-    return out
+      return x, {'k': k, 'k_rope': k_rope}, {}
+
+    n = a.num_prefix_tokens
+    norm = TorchLayerNorm(a.norm_eps, name='norm')
+    x, out = run_blocks(x, block, a.depth, feature_block % a.depth, n, norm, norm_blocks)
+    return final_normed(out, x, norm, n)

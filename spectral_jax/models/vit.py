@@ -276,6 +276,77 @@ class PatchEmbed(nn.Module):
     return einsum('blijc,ijcd->bld', patches, kernel, self.precision) + bias
 
 
+# ----------------------------------------------------------------------------------------------
+# The forward the ViT family shares (DINO here, DINOv2, DINOv3)
+# ----------------------------------------------------------------------------------------------
+
+
+def patch_input(images, patch_size: int, positions, positions_name: str, crop: bool = False):
+  """A forward's input → (patches [B, L, P, P, C], grid (h, w) or None).
+
+  Images [B, H, W, C] are cut into their h·w patches (``crop``: the bottom/right remainder is
+  dropped first, as a stride-P convolution does, instead of raising). Patch sequences
+  [B, L, P, P, C] pass as they are, with grid None: their grids are not in the shape, so they
+  need ``positions`` (the argument named ``positions_name``: tables or RoPE coordinates).
+  """
+  p = patch_size
+  if images.ndim == 4:
+    grid = (images.shape[1] // p, images.shape[2] // p)
+    if crop:
+      images = images[:, : grid[0] * p, : grid[1] * p]
+    return patchify(images, p), grid
+  if positions is None:
+    raise ValueError(f'patch sequences need {positions_name} (their grids are not in the shape)')
+  return images, None
+
+
+def embed_patches(module: nn.Module, patches, patch_size: int, dim: int, precision):
+  """``patch_embed`` of the patches and ``module``'s ``cls_token`` parameter (created in that
+  order, inside ``module``'s compact call): (x [B, L, D], cls [B, 1, D] broadcast)."""
+  x = PatchEmbed(patch_size, dim, precision, name='patch_embed')(patches)
+  cls_token = module.param('cls_token', nn.initializers.zeros, (1, 1, dim))
+  return x, jnp.broadcast_to(cls_token, (x.shape[0], 1, dim))
+
+
+def run_blocks(x, block, n_blocks: int, block_index: int, prefix: int, norm, norm_blocks=()):
+  """The block loop: ``x, tokens, extras = block(i, x)`` for i < ``n_blocks``.
+
+  At ``block_index`` the ``tokens`` arrays [B, T, ...] go into the output without the
+  ``prefix`` tokens (CLS, registers), and ``extras`` as they are; each block in
+  ``norm_blocks`` (0-based) adds its patch tokens through the final ``norm`` (DINO's
+  ``get_intermediate_layers(norm=True)``), listed as ``normed``. Returns (x, output dict).
+  """
+  out, normed = {}, {}
+  for i in range(n_blocks):
+    x, tokens, extras = block(i, x)
+    if i == block_index:
+      out.update({k: v[:, prefix:] for k, v in tokens.items()}, **extras)
+    if i in norm_blocks:
+      normed[i] = norm(x)[:, prefix:]
+  if norm_blocks:
+    out['normed'] = [normed[i] for i in norm_blocks]
+  return x, out
+
+
+def final_normed(out: dict, x, norm, prefix: int) -> dict:
+  """DINOv2/v3's ``forward_features`` outputs: the final-normed patch tokens
+  (``x_norm_patchtokens``, prefix dropped) and CLS token (``x_norm_clstoken``), added to out."""
+  x = norm(x)
+  out['x_norm_patchtokens'] = x[:, prefix:]
+  out['x_norm_clstoken'] = x[:, 0]
+  return out
+
+
+def resample_table(pos_embed, rows, cols, precision='highest'):
+  """[1, 1 + G², D] → [1, 1 + h·w, D]: the G × G patch table through ``rows [h, G]`` and
+  ``cols [w, G]`` (separable resampling), the CLS row kept."""
+  g, d = rows.shape[1], pos_embed.shape[-1]
+  table = pos_embed[0, 1:].reshape(g, g, d)
+  table = jnp.einsum('hg,gkd->hkd', rows, table, precision=precision)
+  table = jnp.einsum('wk,hkd->hwd', cols, table, precision=precision)
+  return jnp.concatenate([pos_embed[:, :1], table.reshape(1, -1, d)], axis=1)
+
+
 class VisionTransformer(nn.Module):
   """DINO ViT. Input: normalised images [B, H, W, 3], H and W multiples of the patch size,
   or patch sequences [B, L, P, P, 3] (see ``patchify``) with ``pos_tables``.
@@ -314,18 +385,12 @@ class VisionTransformer(nn.Module):
   ):
     a = self.arch
     p = a.patch_size
-    if images.ndim == 4:
-      grid = (images.shape[1] // p, images.shape[2] // p)
-      images = patchify(images, p)
-    elif pos_tables is None:
-      raise ValueError('patch sequences need pos_tables (their grids are not in the shape)')
+    images, grid = patch_input(images, p, pos_tables, 'pos_tables')
     block_index = feature_block % a.depth
 
-    x = PatchEmbed(p, a.embed_dim, self.precision, name='patch_embed')(images)
-    b = x.shape[0]
-    cls_token = self.param('cls_token', nn.initializers.zeros, (1, 1, a.embed_dim))
+    x, cls_token = embed_patches(self, images, p, a.embed_dim, self.precision)
     pos_embed = self.param('pos_embed', nn.initializers.zeros, (1, 1 + a.num_pos, a.embed_dim))
-    x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, a.embed_dim)), x], axis=1)
+    x = jnp.concatenate([cls_token, x], axis=1)
     if pos_tables is None:
       x = x + interpolate_pos_embed(
           pos_embed, grid, a.pretrained_grid, table_precision(self.precision)
@@ -333,28 +398,20 @@ class VisionTransformer(nn.Module):
     else:
       x = x + pos_tables
 
-    out = {}
+    d = a.embed_dim
     last = a.depth - 1 if with_cls or norm_blocks else block_index
     norm = TorchLayerNorm(name='norm') if with_cls or norm_blocks else None
-    normed = {}
-    for i in range(last + 1):
-      block = Block(a.num_heads, self.precision, name=f'blocks_{i}')
-      x, qkv, attn = block(x, token_mask, with_attention and i == block_index)
-      if i in norm_blocks:
-        normed[i] = norm(x)[:, 1:]
-      if i == block_index:
-        d = a.embed_dim
-        out.update(
-            q=qkv[:, 1:, :d],
-            k=qkv[:, 1:, d : 2 * d],
-            v=qkv[:, 1:, 2 * d :],
-            tokens=x[:, 1:],
-            attn=attn,
-        )
+
+    def block(i, x):
+      x, qkv, attn = Block(a.num_heads, self.precision, name=f'blocks_{i}')(
+          x, token_mask, with_attention and i == block_index
+      )
+      tokens = dict(q=qkv[..., :d], k=qkv[..., d : 2 * d], v=qkv[..., 2 * d :], tokens=x)
+      return x, tokens, dict(attn=attn)
+
+    x, out = run_blocks(x, block, last + 1, block_index, 1, norm, norm_blocks)
     if with_cls:
       out['cls'] = norm(x)[:, 0]
-    if norm_blocks:
-      out['normed'] = [normed[i] for i in norm_blocks]
     return out
 
 
@@ -363,11 +420,7 @@ def interpolate_pos_embed(pos_embed, grid_hw, pretrained_grid: int, precision='h
   if not posembed.needs_interpolation(grid_hw, pretrained_grid):
     return pos_embed
   rows, cols = posembed.interpolation_matrices(grid_hw, pretrained_grid)
-  d = pos_embed.shape[-1]
-  table = pos_embed[0, 1:].reshape(pretrained_grid, pretrained_grid, d)
-  table = jnp.einsum('hg,gkd->hkd', rows, table, precision=precision)
-  table = jnp.einsum('wk,hkd->hwd', cols, table, precision=precision)
-  return jnp.concatenate([pos_embed[:, :1], table.reshape(1, -1, d)], axis=1)
+  return resample_table(pos_embed, rows, cols, precision)
 
 
 def crop_to_patches(image: np.ndarray, patch_size: int) -> np.ndarray:
