@@ -352,7 +352,7 @@ def cascade_filter(
   order = np.argsort(area, kind='stable')
   # (mean of g over m) · b̄ = m · (g b̄) / |m|: one mat-vec for all candidates (float64).
   proj = np.asarray(g, np.float64) @ np.asarray(bg_mean, np.float64)
-  sim = (m @ proj) / np.maximum(area, 1)
+  sim = (m.astype(np.float64) @ proj) / np.maximum(area, 1)
   bg = np.asarray(background, bool).reshape(-1)
   union = np.zeros(m.shape[1], bool)
   ratio = np.full(len(m), np.nan)
@@ -394,7 +394,7 @@ def merge_candidates(
   shape = f.shape[1:]
   flat = f.reshape(len(f), int(np.prod(shape)))
   g64 = np.asarray(g, np.float64)
-  mean = lambda x: (x @ g64) / x.sum()  # pylint: disable=unnecessary-lambda-assignment
+  mean = lambda x: (x.astype(np.float64) @ g64) / x.sum()  # pylint: disable=C3001
   clusters = np.zeros((0, flat.shape[1]), bool)
   means: List[Optional[np.ndarray]] = []
   by_ioa = np.zeros(len(f), np.int64)
