@@ -1,9 +1,12 @@
 """crf.py against a brute-force dense CRF (exact Gaussian kernels, same mean-field updates)."""
 
+import sys
+
 import numpy as np
 import pytest
 
-from spectral_jax import crf
+from spectral_jax import crf, errors
+from spectral_jax.spectral import maskcut
 
 
 def brute_force_crf(image, labels, num_classes, p: crf.CRFParams):
@@ -68,3 +71,29 @@ def test_read_only_images_are_refined_like_writable_ones():
   frozen = image.copy()
   frozen.setflags(write=False)
   np.testing.assert_array_equal(crf.refine_mask(frozen, mask), crf.refine_mask(image, mask))
+
+
+def test_missing_pydensecrf_names_the_pip_command_only(monkeypatch):
+  """A library message: the pip command, no front-end flag (front-ends say how to turn the CRF
+  off); an ImportError subclass the front-ends can catch by type."""
+  monkeypatch.setitem(sys.modules, 'pydensecrf.densecrf', None)  # import → ImportError
+  with pytest.raises(errors.MissingDependencyError) as info:
+    crf.refine_mask(np.zeros((4, 5, 3), np.uint8), np.ones((4, 5), bool))
+  assert isinstance(info.value, ImportError)
+  assert 'pip install pydensecrf2' in str(info.value) and '--config' not in str(info.value)
+  with pytest.raises(ImportError, match='pip install pydensecrf2'):
+    maskcut.crf_refine(np.zeros((4, 5, 3), np.uint8), np.ones((4, 5), bool))
+
+
+def test_maskcut_setup_through_the_one_wrapper():
+  """MaskCut's parameter names map onto the wrapper's, and its unary is the softmax of the
+  0/1 mask's two logits (1 − m, m), clipped at 1e-5 before the log."""
+  assert maskcut.CRF_PARAMS.pairwise == crf.MASKCUT_PARAMS
+  p = crf.MASKCUT_PARAMS
+  assert (p.w1, p.alpha, p.beta, p.w2, p.gamma, p.iterations) == (10, 50, 5, 7, 3, 10)
+  mask = np.array([[True, False, True]])
+  on = -np.log(np.e / (np.e + 1))  # −log softmax of the larger logit
+  off = -np.log(1 / (np.e + 1))
+  want = np.array([[off, on, off], [on, off, on]], np.float32)
+  np.testing.assert_allclose(crf.unary_softmax(mask), want, rtol=1e-6)
+  assert crf.unary_softmax(mask).dtype == np.float32

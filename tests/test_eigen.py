@@ -1,8 +1,9 @@
 """Tests of spectral_jax.spectral.eigen.
 
 Oracles: the official code's outputs (``tests/data/parity``) and scipy in float64
-(``scipy.linalg.eigh(D − W, D)``); results are never compared with the code itself, except for
-padded-vs-unpadded and batched-vs-single consistency (both also checked against scipy).
+(``scipy.linalg.eigh(D − W, D)``, also for MaskCut's ``ncut_pairs``); results are never compared
+with the code itself, except for padded-vs-unpadded, batched-vs-single and array-vs-iterable
+consistency (all also checked against scipy).
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from spectral_jax.spectral.affinity import (
     feature_affinity,
 )
 from spectral_jax.spectral.eigen import (
+    NCUT_SOLVERS,
     PAD_SELF_LOOP,
     affinity_eigs,
     bucket_size,
     choose_solver,
     laplacian_eigs,
+    ncut_pairs,
     pad_affinities,
+    resolve_ncut_solver,
     resolve_solver,
     sign_fix,
     unpad,
@@ -480,3 +484,55 @@ def test_unpad_shapes():
   out: List = unpad(vals, vecs, [5, 2])
   assert out[0][1].shape == (3, 5) and out[1][1].shape == (3, 2)
   np.testing.assert_array_equal(out[1][1], vecs[1, :, :2])
+
+
+# ----------------------------------------------------------------------------------------------
+# ncut_pairs (MaskCut's second pair, float64 by default)
+# ----------------------------------------------------------------------------------------------
+
+
+def _two_cluster_graphs(count: int = 2, n: int = 37):
+  """Dense positive graphs: an unequal two-cluster split plus noise (λ2 ≪ λ3)."""
+  rng = np.random.default_rng(7)
+  out = []
+  for _ in range(count):
+    side = np.arange(n) < n // 3
+    w = np.where(side[:, None] == side[None, :], 1.0, 0.02) + 0.05 * rng.random((n, n))
+    out.append((w + w.T) / 2)
+  return np.stack(out)
+
+
+@pytest.mark.parametrize(
+    "solver, dtype",
+    [("jax", "float64"), ("lapack", "float64"), ("arpack", "float64"), ("jax", "float32")],
+)
+def test_ncut_pairs_against_the_generalised_problem(solver, dtype):
+  graphs = _two_cluster_graphs()
+  lam, x = ncut_pairs(graphs.astype(dtype), dtype, solver)
+  assert lam.shape == (2, 2) and x.shape == (2, 37) and lam.dtype == x.dtype == np.dtype(dtype)
+  tol = 1e-10 if dtype == "float64" else 1e-4
+  for w, lam_i, x_i in zip(graphs, lam, x):
+    d = np.diag(w.sum(1))
+    ref_vals, ref_vecs = sl.eigh(d - w, d)  # D-normalised: vᵀ D v = 1
+    np.testing.assert_allclose(lam_i, ref_vals[1:3], atol=tol)
+    np.testing.assert_allclose(abs(x_i @ d @ ref_vecs[:, 1]), 1.0, atol=tol)
+
+
+def test_ncut_pairs_takes_an_iterable_of_graphs():
+  graphs = _two_cluster_graphs(3)
+  for solver in ("lapack", "arpack", "jax"):
+    lam, x = ncut_pairs(graphs, "float64", solver)
+    lam_it, x_it = ncut_pairs((g for g in graphs), "float64", solver)
+    np.testing.assert_array_equal(lam, lam_it)
+    np.testing.assert_array_equal(x, x_it)
+
+
+def test_ncut_solver_choice_and_errors():
+  assert NCUT_SOLVERS == ("auto", "jax", "lapack", "arpack")
+  assert resolve_ncut_solver("auto", backend="cpu") == "arpack"
+  assert resolve_ncut_solver("auto", backend="gpu") == "jax"
+  assert resolve_ncut_solver("lapack", backend="gpu") == "lapack"
+  with pytest.raises(ValueError, match="solver must be one of"):
+    ncut_pairs(_two_cluster_graphs(1), solver="dense")
+  with pytest.raises(ValueError, match="float32 or float64"):
+    ncut_pairs(_two_cluster_graphs(1), dtype="float16")
