@@ -42,7 +42,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,29 +53,28 @@ from scipy import ndimage
 from spectral_jax.spectral import maskcut
 
 __all__ = [
-    'PATCH_SIZE',
-    'FEATURE_DIM',
-    'PromergeSettings',
-    'Candidates',
-    'CascadeResult',
-    'MergeResult',
-    'PromergeResult',
-    'Discovery',
-    'seed_positions',
-    'normalize_keys',
-    'prompt_masks',
-    'border_sides',
-    'prompt_candidates',
-    'background_mask',
-    'cascade_filter',
-    'merge_candidates',
-    'object_scores',
-    'promerge',
-    'crf_params',
-    'to_image_masks',
-    'mask_boxes',
-    'run',
-    'run_iter',
+  'FEATURE_DIM',
+  'PATCH_SIZE',
+  'Candidates',
+  'CascadeResult',
+  'Discovery',
+  'MergeResult',
+  'PromergeResult',
+  'PromergeSettings',
+  'background_mask',
+  'border_sides',
+  'cascade_filter',
+  'crf_params',
+  'mask_boxes',
+  'merge_candidates',
+  'object_scores',
+  'promerge',
+  'prompt_candidates',
+  'prompt_masks',
+  'run',
+  'run_iter',
+  'seed_positions',
+  'to_image_masks',
 ]
 
 PATCH_SIZE = 8  # the official hard-codes ViT-B/8 (patch 8, keys of width 768)
@@ -159,16 +159,16 @@ class PromergeResult:
   stages after it are then None.
   """
 
-  grid_hw: Tuple[int, int]
+  grid_hw: tuple[int, int]
   candidates: Candidates
   skipped: str = ''
-  bg_vote: Optional[np.ndarray] = None  # float64 [h, w]: share of background prompts set
-  background: Optional[np.ndarray] = None  # bool [h, w]: vote > 1/2
-  bg_mean: Optional[np.ndarray] = None  # float64 [D]: mean normalised key over the background
-  cascade: Optional[CascadeResult] = None
-  filtered: Optional[np.ndarray] = None  # bool [F, h, w]: accepted, area descending (stable)
-  merge: Optional[MergeResult] = None
-  scores: Optional[np.ndarray] = None  # float64 [C]: see the module doc
+  bg_vote: np.ndarray | None = None  # float64 [h, w]: share of background prompts set
+  background: np.ndarray | None = None  # bool [h, w]: vote > 1/2
+  bg_mean: np.ndarray | None = None  # float64 [D]: mean normalised key over the background
+  cascade: CascadeResult | None = None
+  filtered: np.ndarray | None = None  # bool [F, h, w]: accepted, area descending (stable)
+  merge: MergeResult | None = None
+  scores: np.ndarray | None = None  # float64 [C]: see the module doc
 
   @property
   def clusters(self) -> np.ndarray:
@@ -201,42 +201,50 @@ class Discovery:
 # ----------------------------------------------------------------------------------------------
 
 
-def seed_positions(grid_hw: Tuple[int, int], stride: int = 4) -> np.ndarray:
+def seed_positions(grid_hw: tuple[int, int], stride: int = 4) -> np.ndarray:
   """int [S, 2]: (row, col) for rows 0, stride, … and cols 0, stride, …, row outer."""
   h, w = grid_hw
   rr, cc = np.meshgrid(np.arange(0, h, stride), np.arange(0, w, stride), indexing='ij')
   return np.stack([rr.reshape(-1), cc.reshape(-1)], 1)
 
 
-def normalize_keys(keys):
-  """float32 [..., N, D] → keys / (‖keys‖₂ + 1e-5) per token (numpy in, numpy out)."""
-  keys = np.asarray(keys, np.float32)
-  return keys / (np.linalg.norm(keys, axis=-1, keepdims=True) + np.float32(NORM_EPS))
+@functools.partial(jax.jit, static_argnames=('dtype',))
+def _affinity(keys, seeds, tau, dtype):
+  """keys f32 [B, N, D], seeds int [S] (flat) → (G f32 [B, N, D], cos f32, cos > tau [B, S, N]).
 
-
-@jax.jit
-def _affinity(keys, seeds):
-  """keys f32 [B, N, D], seeds int [S] (flat) → (G [B, N, D], cosines f32 [B, S, N])."""
+  G is float32 (the official's); the dot products of its rows run in ``dtype``: float64 makes
+  ours the exact cosine of the float32 G, so only the official's own float32 rounding (~3e-7)
+  can separate us at the threshold, where XLA's float32 dot on a CPU adds ~1.5e-6.
+  """
   g = keys / (jnp.linalg.norm(keys, axis=-1, keepdims=True) + jnp.float32(NORM_EPS))
-  aff = jnp.einsum('bsd,bnd->bsn', g[:, seeds], g, precision=jax.lax.Precision.HIGHEST)
-  return g, aff
+  gd = g.astype(dtype)
+  aff = jnp.einsum('bsd,bnd->bsn', gd[:, seeds], gd, precision=jax.lax.Precision.HIGHEST)
+  return g, aff.astype(jnp.float32), aff > tau
 
 
 def prompt_masks(
-    keys: np.ndarray, grid_hw: Tuple[int, int], seeds: np.ndarray, tau: float = 0.2
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keys: np.ndarray,
+    grid_hw: tuple[int, int],
+    seeds: np.ndarray,
+    tau: float = 0.2,
+    dtype: str = 'float64',
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Affinity maps of all prompts of a batch of images in one jitted call (protocol §2.1).
 
   Args:
     keys: float32 [B, N, D] (or [N, D]) last-block keys, row-major tokens, CLS dropped.
     grid_hw: (h, w), h·w = N.
     seeds: int [S, 2] (row, col) of the prompts (:func:`seed_positions`).
-    tau: ``bipartition_tau``; a patch is set when its cosine is > tau (strict).
+    tau: ``bipartition_tau``; a patch is set when its cosine is > tau (strict), tau rounded to
+      float32 first as the official's comparison of a float32 tensor with a Python float does.
+    dtype: precision of the dot products ('float64' default, or 'float32').
 
   Returns:
     (G float32 [B, N, D] the normalised keys, affinity float32 [B, S, h, w], masks bool
     [B, S, h, w]); without the batch axis when ``keys`` had none.
   """
+  if dtype not in ('float32', 'float64'):
+    raise ValueError(f'dtype must be float32 or float64, got {dtype!r}')
   keys = np.asarray(keys, np.float32)
   single = keys.ndim == 2
   keys = keys[None] if single else keys
@@ -244,10 +252,14 @@ def prompt_masks(
   if keys.shape[1] != h * w:
     raise ValueError(f'keys have {keys.shape[1]} tokens, grid {grid_hw} has {h * w}')
   flat = np.asarray(seeds)[:, 0] * w + np.asarray(seeds)[:, 1]
-  g, aff = _affinity(jnp.asarray(keys), jnp.asarray(flat, jnp.int32))
-  g = np.asarray(g)
-  aff = np.asarray(aff).reshape(len(keys), len(flat), h, w)
-  masks = aff > np.float32(tau)
+  with jax.enable_x64(dtype == 'float64'):
+    out = _affinity(
+        jnp.asarray(keys), jnp.asarray(flat, jnp.int32),
+        np.dtype(dtype).type(np.float32(tau)), dtype,
+    )  # fmt: skip
+    g, aff, masks = (np.asarray(v) for v in out)
+  shape = (len(keys), len(flat), h, w)
+  aff, masks = aff.reshape(shape), masks.reshape(shape)
   return (g[0], aff[0], masks[0]) if single else (g, aff, masks)
 
 
@@ -275,7 +287,7 @@ _STACK_STRUCTURE[1] = ndimage.generate_binary_structure(2, 1)
 
 def prompt_candidates(
     masks: np.ndarray, seeds: np.ndarray, background: np.ndarray, cc_maskarea_tau: float = 0.5
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Split the foreground prompts' maps into candidates (protocol §2.3).
 
   Per non-background prompt: 4-connected components, the seed's own size ``s0`` (the
@@ -316,7 +328,7 @@ def prompt_candidates(
   return cand_masks, np.array(cand_seed, np.int64), area, components, own > 0
 
 
-def background_mask(masks: np.ndarray, background: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def background_mask(masks: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(vote float64 [h, w], background bool [h, w]): share of background prompts set, > 1/2.
 
   Strict majority with integer counts (an exact half-vote is not background).
@@ -396,7 +408,7 @@ def merge_candidates(
   g64 = np.asarray(g, np.float64)
   mean = lambda x: (x.astype(np.float64) @ g64) / x.sum()  # pylint: disable=C3001
   clusters = np.zeros((0, flat.shape[1]), bool)
-  means: List[Optional[np.ndarray]] = []
+  means: list[np.ndarray | None] = []
   by_ioa = np.zeros(len(f), np.int64)
   by_dino = np.zeros(len(f), np.int64)
   for t, m in enumerate(flat):
@@ -441,9 +453,9 @@ def object_scores(clusters: np.ndarray, g: np.ndarray, bg_mean: np.ndarray) -> n
 
 def promerge(
     keys: np.ndarray,
-    grid_hw: Tuple[int, int],
+    grid_hw: tuple[int, int],
     settings: PromergeSettings = PromergeSettings(),
-    prompts: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
+    prompts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> PromergeResult:
   """ProMerge's patch-level stages (protocol §2–5) on the keys of one image.
 
@@ -511,12 +523,12 @@ def crf_params(settings: PromergeSettings = PromergeSettings()) -> maskcut.MaskC
 
 def to_image_masks(
     clusters: np.ndarray,
-    image_hw: Tuple[int, int],
-    size_s: Tuple[int, int] = (480, 480),
-    image_s: Optional[np.ndarray] = None,
+    image_hw: tuple[int, int],
+    size_s: tuple[int, int] = (480, 480),
+    image_s: np.ndarray | None = None,
     crf: bool = True,
     settings: PromergeSettings = PromergeSettings(),
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Clusters [C, h, w] → (final bool [C, H, W], upsampled bool [C, S, S], crf_iou [C]).
 
   Each cluster is upsampled on its own (clusters may overlap; nothing is subtracted). With
@@ -568,7 +580,7 @@ def run_iter(
     images: Iterable[np.ndarray],
     settings: PromergeSettings = PromergeSettings(),
     batch_size: int = 8,
-    crf: Optional[bool] = None,
+    crf: bool | None = None,
 ) -> Iterator[Discovery]:
   """Photos → objects, streamed: yields one :class:`Discovery` per image, in order.
 
@@ -615,6 +627,6 @@ def run_iter(
     chunk = []
 
 
-def run(extractor: Any, images: Sequence[np.ndarray], **kwargs) -> List[Discovery]:
+def run(extractor: Any, images: Sequence[np.ndarray], **kwargs) -> list[Discovery]:
   """:func:`run_iter` as a list: one :class:`Discovery` per image, in order."""
   return list(run_iter(extractor, images, **kwargs))
