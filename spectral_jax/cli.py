@@ -29,7 +29,7 @@ import jax
 from ml_collections import config_flags
 
 from spectral_jax import workdirs
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.models.weights import checkpoints
 from spectral_jax.tasks import common
 
@@ -177,7 +177,7 @@ def _run_mode(config, workdir: Path) -> None:
   task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')
   with workdirs.locked(workdir, jax.process_index(), jax.process_count()):
     if jax.process_index() == 0:
-      outputs.clean_stale_temporaries(workdir)
+      artifacts.clean_stale_temporaries(workdir)
     task.run(config, str(workdir))
 
 

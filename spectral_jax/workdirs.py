@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from absl import logging
 
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.version import __version__ as VERSION
 
 RECORD_DIR = '.spectral_jax'
@@ -53,7 +53,7 @@ def prepare(workdir) -> Path:
     raise WorkdirError(f'--workdir={workdir} is a file, not a folder: pass a folder path')
   try:
     marker(path).mkdir(parents=True, exist_ok=True)
-    probe = marker(path) / f'{outputs.TMP_PREFIX}probe-{os.getpid()}'
+    probe = marker(path) / f'{artifacts.TMP_PREFIX}probe-{os.getpid()}'
     probe.write_bytes(b'')
     probe.unlink()
   except OSError as e:
@@ -211,4 +211,4 @@ def check_settings(
       else:
         p.unlink(missing_ok=True)
   if leader:
-    outputs.save_json(record_path(workdir, stage), dict(settings))
+    artifacts.save_json(record_path(workdir, stage), dict(settings))

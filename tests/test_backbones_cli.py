@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models.weights.checkpoints import read_state_dict
 from tests import backbones_data as bd
@@ -108,7 +108,7 @@ def test_localize_with_dinov2(tmp_path):
       f'--workdir={out}',
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  (pred,) = outputs.read_jsonl(out / 'predictions.jsonl')
+  (pred,) = artifacts.read_jsonl(out / 'predictions.jsonl')
   h, w = pred['image_size']
   assert (h, w) == (400, 600)
   x0, y0, x1, y1 = pred['box_xyxy']

@@ -348,7 +348,7 @@ class FakeExtract:
     self.calls = []
 
   def __call__(self, config, workdir):
-    from spectral_jax import outputs as sj_io
+    from spectral_jax import artifacts as sj_io
     from spectral_jax.tasks import common
 
     self.calls.append(config.data.root)
@@ -464,7 +464,7 @@ def test_documented_command_line(tmp_path):
   """The command in configs/edit.py, with eigenvectors already in the workdir (no weights)."""
   import subprocess
   import sys
-  from spectral_jax import outputs as sj_io
+  from spectral_jax import artifacts as sj_io
 
   repo = Path(__file__).resolve().parents[1]
   photo = tmp_path / 'cat.png'

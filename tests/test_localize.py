@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.spectral import segments
 from spectral_jax.tasks import localize
 from tests.conftest import PARITY_IDS
@@ -14,7 +14,7 @@ from tests.conftest import PARITY_IDS
 
 def test_boxes_equal_official(parity_config, manifest, tmp_path):
   localize.run(parity_config, tmp_path / 'out')
-  preds = {r['id']: r for r in outputs.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')}
+  preds = {r['id']: r for r in artifacts.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')}
   assert sorted(preds) == sorted(PARITY_IDS)
   for image_id in PARITY_IDS:
     info = manifest['images'][image_id]
@@ -60,7 +60,7 @@ def test_killed_run_resumes_without_recomputing(parity_config, tmp_path, monkeyp
   monkeypatch.setattr(segments, 'localization_box', box_then_die)
   with pytest.raises(KeyboardInterrupt):
     localize.run(parity_config, tmp_path / 'out')
-  assert len(outputs.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')) == 2
+  assert len(artifacts.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')) == 2
   # A torn last line, as a kill during a write would leave, is ignored.
   with open(tmp_path / 'out' / 'predictions.jsonl', 'a') as f:
     f.write('{"id": "chel')
@@ -70,7 +70,7 @@ def test_killed_run_resumes_without_recomputing(parity_config, tmp_path, monkeyp
   )
   localize.run(parity_config, tmp_path / 'out')
   assert len(calls) == 1  # only the unfinished image
-  preds = outputs.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')
+  preds = artifacts.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')
   assert sorted(r['id'] for r in preds) == sorted(PARITY_IDS)
 
 
@@ -83,9 +83,9 @@ def test_bad_images_are_skipped_and_odd_ones_converted(parity_config, image_dir,
   Image.fromarray(rgb[:8, :8]).save(image_dir / 'tiny.png')
   parity_config.data.root = str(image_dir)
   localize.run(parity_config, tmp_path / 'out')
-  preds = {r['id'] for r in outputs.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')}
+  preds = {r['id'] for r in artifacts.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')}
   assert preds == set(PARITY_IDS) | {'gray', 'rgba', 'sixteen'}
-  skipped = {r['id']: r['error'] for r in outputs.read_jsonl(tmp_path / 'out' / 'skipped.jsonl')}
+  skipped = {r['id']: r['error'] for r in artifacts.read_jsonl(tmp_path / 'out' / 'skipped.jsonl')}
   assert set(skipped) == {'corrupt', 'tiny'}
   assert 'tiny' in skipped['tiny'] or '16' in skipped['tiny']
 
@@ -121,5 +121,5 @@ def test_detections_json_scores_with_pycocotools(parity_config, manifest, tmp_pa
   assert all(np.isfinite(d['score']) and d['category_id'] == 1 for d in dets)
   result = coco.evaluate_class_agnostic(gt, dets, iou_type='bbox')
   assert result['AP50'] == pytest.approx(1.0) and result['AP'] == pytest.approx(1.0)
-  scores = {r['id']: r['score'] for r in outputs.read_jsonl(tmp_path / 'out' / 'scores.jsonl')}
+  scores = {r['id']: r['score'] for r in artifacts.read_jsonl(tmp_path / 'out' / 'scores.jsonl')}
   assert sorted(scores) == sorted(PARITY_IDS) and all(0 < v <= 1 for v in scores.values())

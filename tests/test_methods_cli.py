@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from spectral_jax import pipeline
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.models import vit
 from spectral_jax.spectral import lost, tokencut
 from spectral_jax.tasks import localize, segment
@@ -43,7 +43,7 @@ def _ref(image_id):
 
 
 def _predictions(workdir):
-  return {r['id']: r for r in outputs.read_jsonl(Path(workdir) / 'predictions.jsonl')}
+  return {r['id']: r for r in artifacts.read_jsonl(Path(workdir) / 'predictions.jsonl')}
 
 
 @pytest.mark.parametrize('method', ['tokencut', 'lost'])

@@ -85,7 +85,7 @@ def test_four_devices_and_two_processes_match_one(tmp_path, manifest):
 def test_training_mesh_uses_the_devices_that_split_the_batch():
   code = """
 import jax
-from spectral_jax import train
+from spectral_jax.training import loop as train
 assert jax.device_count() == 3
 assert train.data_mesh(batch_size=6).size == 3
 assert train.data_mesh(batch_size=4).size == 2

@@ -34,7 +34,7 @@ MAX_RSS_GROWTH_KB = 1 << 20  # 1 GiB
 _ISOLATED = """
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-from spectral_jax.models import checkpoints
+from spectral_jax.models.weights import checkpoints
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 try:

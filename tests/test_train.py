@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.training import loop
 from spectral_jax.training import saving
 from spectral_jax.models import segmenter, vit
@@ -156,7 +156,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   for a, b in zip(jax.tree.leaves(_params(straight)), jax.tree.leaves(_params(resumed))):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   # The best checkpoint (by val mIoU) is kept next to the latest ones.
-  log = [r for r in outputs.read_jsonl(tmp_path / 'a' / 'train_log.jsonl') if 'val_miou' in r]
+  log = [r for r in artifacts.read_jsonl(tmp_path / 'a' / 'train_log.jsonl') if 'val_miou' in r]
   best = max(log, key=lambda r: r['val_miou'])
   assert straight['best_val_miou'] == pytest.approx(best['val_miou'])
   mngr = saving.checkpoint_manager(tmp_path / 'a' / 'checkpoints', read_only=True)
@@ -408,15 +408,15 @@ def test_data_parallel_step_equals_single_device():
   code = """
 import jax, numpy as np
 import tests.test_train as T
-from spectral_jax import train
+from spectral_jax.training import loop as train
 assert jax.device_count() == 2
 data, cfg, model = T.synthetic(4), T.tiny_config(), T.tiny_model()
-state = loop.create_train_state(model, cfg, jax.random.PRNGKey(0))
-batch = next(loop.train_batches(data, cfg, 0, 1))[1]
+state = train.create_train_state(model, cfg, jax.random.PRNGKey(0))
+batch = next(train.train_batches(data, cfg, 0, 1))[1]
 out = {}
 for n in (2, 1):
-  step = loop.compiled_train_step(model, loop.create_optimizer(cfg),
-                                   loop.data_mesh(jax.devices()[:n]))
+  step = train.compiled_train_step(model, train.create_optimizer(cfg),
+                                   train.data_mesh(jax.devices()[:n]))
   out[n] = step(state, batch)
 np.testing.assert_allclose(out[2][1]['loss'], out[1][1]['loss'], rtol=1e-6)
 for a, b in zip(jax.tree.leaves(out[2][0].batch_stats), jax.tree.leaves(out[1][0].batch_stats)):
@@ -454,9 +454,9 @@ def test_matching_is_checked_and_stored_with_the_checkpoints(tmp_path):
 
 def test_train_log_is_trimmed_to_the_resumed_step_and_nan_stops(tmp_path):
   log = tmp_path / 'train_log.jsonl'
-  outputs.save_jsonl(log, [{'step': s, 'loss': 1.0} for s in (10, 20, 30)])
+  artifacts.save_jsonl(log, [{'step': s, 'loss': 1.0} for s in (10, 20, 30)])
   loop._trim_log(log, 20)  # pylint: disable=protected-access
-  assert [r['step'] for r in outputs.read_jsonl(log)] == [10, 20]
+  assert [r['step'] for r in artifacts.read_jsonl(log)] == [10, 20]
   with pytest.raises(FloatingPointError, match='diverged at step 7: loss'):
     # pylint: disable-next=protected-access
     loop._check_finite({'loss': float('nan'), 'acc': 0.5}, 7, tiny_config())
@@ -514,7 +514,7 @@ def test_train_reruns_follow_the_settings_and_unusable_val_items_are_skipped(tmp
   config.train.log_every = 7  # how often it logs changes no result: not a difference
   config.overwrite = True
   train_task.run(config, work)
-  lrs = [r['learning_rate'] for r in outputs.read_jsonl(work / 'train_log.jsonl') if 'loss' in r]
+  lrs = [r['learning_rate'] for r in artifacts.read_jsonl(work / 'train_log.jsonl') if 'loss' in r]
   assert lrs == [pytest.approx(1e-3)]  # retrained from scratch with the new rate
 
   # img6's GT of another size, img7's image truncated: both skipped, counted, not fatal.

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from configs import voc_semantic
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.training import loop
 from spectral_jax.training import saving
 from spectral_jax.models import backbones, resnet, vit
@@ -123,7 +123,7 @@ def test_train_resume_evaluate_with_the_resnet_backbone(tmp_path, monkeypatch):
   train_task.run(config, work)
   summary = json.loads((work / 'train_metrics.json').read_text())
   assert summary['step'] == 2 and summary['best_step'] == 2
-  steps = [r['step'] for r in outputs.read_jsonl(work / 'train_log.jsonl') if 'loss' in r]
+  steps = [r['step'] for r in artifacts.read_jsonl(work / 'train_log.jsonl') if 'loss' in r]
   assert steps == [1, 2]  # each step trained (and logged) once
 
   config.checkpoint = str(work)

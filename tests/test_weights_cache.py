@@ -90,7 +90,7 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
   stale = [
       params_dir / "model-0123.tmp-4242-deadbeef",  # a killed conversion (old name format)
       params_dir / f"model-0123.tmp-{cache._HOST}-999999999-cafe0123",
-      params_dir / ".params.npz.x1y2.tmp",  # spectral_jax.outputs atomic file
+      params_dir / ".params.npz.x1y2.tmp",  # spectral_jax.artifacts atomic file
       cache / "dino_deitsmall16_pretrain.pth.part",  # a killed download
   ]
   for path in stale[:2]:

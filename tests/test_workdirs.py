@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spectral_jax import workdirs
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.tasks import common, edit, extract, localize
 from tests.conftest import PARITY
 
@@ -79,7 +79,7 @@ def test_cli_on_a_locked_workdir_exits_with_the_holder(tmp_path):
   proc = cli(out, *parity_flags(tmp_path))  # the holder is gone: its lock is stale
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'stale lock' in proc.stderr
-  assert len(outputs.read_jsonl(out / 'predictions.jsonl')) == 3
+  assert len(artifacts.read_jsonl(out / 'predictions.jsonl')) == 3
 
 
 def test_two_concurrent_runs_write_each_image_once(tmp_path):
@@ -94,7 +94,7 @@ def test_two_concurrent_runs_write_each_image_once(tmp_path):
   results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
   codes = sorted(r[2] for r in results)
   assert codes[0] == 0
-  ids = [r['id'] for r in outputs.read_jsonl(out / 'predictions.jsonl')]
+  ids = [r['id'] for r in artifacts.read_jsonl(out / 'predictions.jsonl')]
   assert sorted(ids) == ['astronaut', 'chelsea', 'coffee']  # each once
   if codes[1] != 0:  # the loser names the lock (else the two ran one after the other)
     assert any('in use by PID' in r[1] for r in results)
@@ -181,7 +181,7 @@ def test_overwrite_recomputes_with_the_new_settings(localized, tmp_path):
   fresh = tmp_path / 'fresh'
   config.overwrite = False
   localize.run(config, fresh)
-  by_id = lambda d: {r['id']: r['box_xyxy'] for r in outputs.read_jsonl(d / 'predictions.jsonl')}  # noqa
+  by_id = lambda d: {r['id']: r['box_xyxy'] for r in artifacts.read_jsonl(d / 'predictions.jsonl')}  # noqa
   assert by_id(work) == by_id(fresh)
   assert workdirs.read_record(work, 'localize')['spectral']['which_matrix'] == 'affinity'
 
@@ -242,5 +242,5 @@ def test_stale_temporaries_are_removed(tmp_path):
   (tmp_path / 'masks').mkdir()
   (tmp_path / 'masks' / '.tmp-abc123').write_bytes(b'half')
   (tmp_path / 'masks' / 'kept.png').write_bytes(b'x')
-  assert outputs.clean_stale_temporaries(tmp_path) == 1
+  assert artifacts.clean_stale_temporaries(tmp_path) == 1
   assert sorted(p.name for p in (tmp_path / 'masks').iterdir()) == ['kept.png']

@@ -12,7 +12,7 @@ from absl import logging
 import jax
 
 from spectral_jax import errors, inference, pipeline, workdirs
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax import config_dict
 from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets
@@ -64,7 +64,7 @@ def check_config(config) -> settings_lib.Settings:
 def examples_from_config(data, workdir=None) -> list[Any]:
   """The dataset's examples (lazy: nothing decoded), in a fixed order, ``data.limit`` applied.
 
-  Ids are made safe as output names (``outputs.safe_id``); a folder listing never includes
+  Ids are made safe as output names (``artifacts.safe_id``); a folder listing never includes
   ``workdir`` or any other spectral_jax workdir.
   """
   source = data.source
@@ -102,7 +102,7 @@ def examples_from_config(data, workdir=None) -> list[Any]:
   if data.limit:
     examples = examples[: data.limit]
   examples = [
-      ex if outputs.safe_id(ex.id) == ex.id else dataclasses.replace(ex, id=outputs.safe_id(ex.id))
+      ex if artifacts.safe_id(ex.id) == ex.id else dataclasses.replace(ex, id=artifacts.safe_id(ex.id))
       for ex in examples
   ]
   _check_unique_ids(examples)
@@ -202,7 +202,7 @@ class Panels:
     """``render`` builds the panel only when one is due."""
     if image_id in self.due:
       try:
-        outputs.save_png(self.folder / f'{self.prefix}{image_id}.png', render())
+        artifacts.save_png(self.folder / f'{self.prefix}{image_id}.png', render())
       except OSError as e:  # a panel is an illustration: never worth losing the image for
         logging.warning('could not write the panel of %s: %s', image_id, e)
 
@@ -222,7 +222,7 @@ class SkipLog:
     if example.id in self.recorded:
       return
     self.recorded.add(example.id)
-    outputs.append_jsonl(
+    artifacts.append_jsonl(
         self.path,
         [
             {
@@ -241,7 +241,7 @@ class SkipLog:
 def previously_skipped(workdir, stage: str) -> set[str]:
   return {
       r['id']
-      for r in outputs.read_jsonl(Path(workdir) / 'skipped.jsonl')
+      for r in artifacts.read_jsonl(Path(workdir) / 'skipped.jsonl')
       if r.get('stage', stage) == stage and 'id' in r
   }
 
@@ -249,7 +249,7 @@ def previously_skipped(workdir, stage: str) -> set[str]:
 def _forget_skipped(workdir: Path, stage: str) -> None:
   path = Path(workdir) / 'skipped.jsonl'
   if path.exists():
-    outputs.save_jsonl(path, [r for r in outputs.read_jsonl(path) if r.get('stage', stage) != stage])
+    artifacts.save_jsonl(path, [r for r in artifacts.read_jsonl(path) if r.get('stage', stage) != stage])
 
 
 # ----------------------------------------------------------------------------- settings

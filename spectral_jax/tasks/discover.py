@@ -66,7 +66,7 @@ import numpy as np
 from PIL import Image
 
 from spectral_jax import coco, parallel, pipeline, viz
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.data import datasets
 from spectral_jax.spectral import maskcut
 from spectral_jax.tasks import common
@@ -80,7 +80,7 @@ def record_files(workdir: Path) -> list[Path]:
 
 def read_records(workdir: Path) -> dict[str, dict]:
   """Finished images by id, over every process's file (a later line wins)."""
-  return {r['id']: r for path in record_files(workdir) for r in outputs.read_jsonl(path)}
+  return {r['id']: r for path in record_files(workdir) for r in artifacts.read_jsonl(path)}
 
 
 # ----------------------------------------------------------------------------- runner
@@ -107,7 +107,7 @@ def run(config, workdir) -> None:
     return
   records = read_records(workdir)
   instances = build_instances([records[ex.id] for ex in examples if ex.id in records])
-  outputs.save_json(workdir / 'instances.json', instances)
+  artifacts.save_json(workdir / 'instances.json', instances)
   n_obj = len(instances['annotations'])
   common.log_summary(
       f'discover: {n_obj} objects in {len(instances["images"])} images → '
@@ -115,7 +115,7 @@ def run(config, workdir) -> None:
   )
   result = {'num_images': len(instances['images']), 'num_objects': n_obj}
   result.update(evaluate(config, examples, records, instances))
-  outputs.save_json(workdir / 'metrics.json', result)
+  artifacts.save_json(workdir / 'metrics.json', result)
   for kind in ('segm', 'bbox'):
     if kind in result:
       m = result[kind]
@@ -322,8 +322,8 @@ def _discover(
 
 
 def _write(workdir: Path, image_id: str, labels: np.ndarray, path: Path, record: dict) -> None:
-  outputs.save_png(workdir / 'instance_maps' / f'{image_id}.png', labels)
-  outputs.append_jsonl(path, [record])
+  artifacts.save_png(workdir / 'instance_maps' / f'{image_id}.png', labels)
+  artifacts.append_jsonl(path, [record])
 
 
 def file_name(example, root: str) -> str:

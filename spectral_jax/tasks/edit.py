@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from spectral_jax import edit, parallel, pipeline
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax import config_dict
 from spectral_jax.data import datasets
 from spectral_jax.results import cutout
@@ -112,10 +112,10 @@ def _process(
   paths = output_paths(workdir, example.id)
   # Cutout last: it is what marks the image done, so a crash before it redoes the image.
   if 'composite' in out:
-    outputs.save_png(paths['composite'], out['composite'])
+    artifacts.save_png(paths['composite'], out['composite'])
   if with_panel:
-    outputs.save_png(paths['panel'], edit.edit_panel(image, mask, out['alpha'], out.get('composite')))
-  outputs.save_png(paths['cutout'], out['cutout'])
+    artifacts.save_png(paths['panel'], edit.edit_panel(image, mask, out['alpha'], out.get('composite')))
+  artifacts.save_png(paths['cutout'], out['cutout'])
 
 
 # ----------------------------------------------------------------------------- the task

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spectral_jax import parallel
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.training import loop
 from spectral_jax.training import saving
 from spectral_jax.models import backbones, resnet
@@ -62,7 +62,7 @@ def run(config, workdir) -> None:
   result.update(checkpoint=str(directory), step=step, n_images=len(val))
   if not parallel.is_main_process():  # every process scored a share; the sums agree
     return
-  outputs.save_json(Path(workdir) / 'evaluate_metrics.json', result)
+  artifacts.save_json(Path(workdir) / 'evaluate_metrics.json', result)
   common.log_summary(
       f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images '
       f'(checkpoint step {step})'

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from spectral_jax import parallel, pipeline, viz
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.results import boxes
 from spectral_jax.tasks import common
 
@@ -48,9 +48,9 @@ def _write(r: pipeline.ImageResult, workdir, with_features: bool) -> None:
     extras = {key: value.astype(np.float32) for key, value in (r.extras or {}).items()}
     if 'low_level' in extras:  # the ResNet's layer4 map, under its own name too
       extras['features'] = r.features.astype(np.float32)
-    outputs.save_npz(feat_path, k=r.features.astype(np.float32), **extras, **frame)
+    artifacts.save_npz(feat_path, k=r.features.astype(np.float32), **extras, **frame)
   # eigs last: it is what marks the image done.
-  outputs.save_npz(eig_path, eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors, **frame)
+  artifacts.save_npz(eig_path, eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors, **frame)
 
 
 def run(config, workdir) -> None:

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from spectral_jax import coco, metrics, parallel, pipeline, viz
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.results import boxes
 from spectral_jax.tasks import common
 
@@ -78,7 +78,7 @@ def run(config, workdir) -> None:
       if jax.process_count() == 1
       else f'predictions.process{jax.process_index()}.jsonl'
   )
-  done = {r['id'] for path in prediction_files(workdir) for r in outputs.read_jsonl(path)}
+  done = {r['id'] for path in prediction_files(workdir) for r in artifacts.read_jsonl(path)}
   shard = parallel.process_shard(examples)
   todo = common.remaining(workdir, 'localize', shard, lambda ex: ex.id in done)
   if todo:
@@ -87,17 +87,17 @@ def run(config, workdir) -> None:
   own = {
       r['id']: r
       for path in prediction_files(workdir)
-      for r in outputs.read_jsonl(path)
+      for r in artifacts.read_jsonl(path)
       if r['id'] in shard_ids
   }
   result = corloc_result(parallel.process_sum(corloc_counts(list(own.values()), shard)))
   parallel.barrier('localize-done')
   if parallel.is_main_process():
     if jax.process_count() > 1:  # one predictions.jsonl, as in a single-process run
-      merged = {r['id']: r for path in prediction_files(workdir) for r in outputs.read_jsonl(path)}
-      outputs.save_jsonl(workdir / 'predictions.jsonl', [merged[i] for i in sorted(merged) if i in ids])
-    outputs.save_json(workdir / 'metrics.json', result)
-    final = {r['id']: r for path in prediction_files(workdir) for r in outputs.read_jsonl(path)}
+      merged = {r['id']: r for path in prediction_files(workdir) for r in artifacts.read_jsonl(path)}
+      artifacts.save_jsonl(workdir / 'predictions.jsonl', [merged[i] for i in sorted(merged) if i in ids])
+    artifacts.save_json(workdir / 'metrics.json', result)
+    final = {r['id']: r for path in prediction_files(workdir) for r in artifacts.read_jsonl(path)}
     write_detections(workdir, [final[ex.id] for ex in examples if ex.id in final], examples,
                      config.data)
   if 'corloc' in result:
@@ -135,7 +135,7 @@ def write_detections(workdir: Path, records: list[dict], examples: list, data) -
   ids = coco_image_ids(examples, data)
   scores = {
       r['id']: r['score'] for path in sorted(workdir.glob('scores*.jsonl'))
-      for r in outputs.read_jsonl(path)
+      for r in artifacts.read_jsonl(path)
   }
   kept = [r for r in records if r['id'] in ids]
   dets = coco.detections_json(
@@ -145,7 +145,7 @@ def write_detections(workdir: Path, records: list[dict], examples: list, data) -
           [x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (r['box_xyxy'] for r in kept)
       ],
   )
-  outputs.save_json(workdir / 'detections.json', dets)
+  artifacts.save_json(workdir / 'detections.json', dets)
 
 
 def _predict(
@@ -166,10 +166,10 @@ def _predict(
     # The score first, then one prediction line per finished image (what marks it done), so a
     # killed run loses at most the image in flight.
     score_line = [{'id': r.example.id, 'score': round(score, 6)}]
-    if not common.write_or_skip(r.example, skipped, outputs.append_jsonl, score_file(pred_path),
+    if not common.write_or_skip(r.example, skipped, artifacts.append_jsonl, score_file(pred_path),
                                 score_line):
       continue
-    if not common.write_or_skip(r.example, skipped, outputs.append_jsonl, pred_path, [record]):
+    if not common.write_or_skip(r.example, skipped, artifacts.append_jsonl, pred_path, [record]):
       continue
     panels(
         r.example.id,

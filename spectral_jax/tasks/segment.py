@@ -20,7 +20,7 @@ from absl import logging
 from PIL import Image
 
 from spectral_jax import coco, metrics, parallel, pipeline, viz
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.data import datasets, decode
 from spectral_jax.results import boxes, masks
 from spectral_jax.tasks import common, localize
@@ -37,7 +37,7 @@ def write_detections(workdir: Path, examples: list, data) -> None:
   """``workdir/detections.json``: COCO results with an RLE segmentation per mask (bbox from
   the mask, ``score`` as ``boxes.localization``), for standard evaluation tools."""
   ids = localize.coco_image_ids(examples, data)
-  scores = {r['id']: r['score'] for r in outputs.read_jsonl(score_path(workdir))}
+  scores = {r['id']: r['score'] for r in artifacts.read_jsonl(score_path(workdir))}
   dets = []
   for ex in examples:  # one mask in memory at a time (RLE encoded at once)
     path = mask_path(workdir, ex.id)
@@ -46,7 +46,7 @@ def write_detections(workdir: Path, examples: list, data) -> None:
     mask = np.asarray(Image.open(path)) > 127
     if mask.any():  # nothing found: no detection, not an empty one
       dets += coco.detections_json([ids[ex.id]], [float(scores.get(ex.id, 1.0))], masks=[mask])
-  outputs.save_json(workdir / 'detections.json', dets)
+  artifacts.save_json(workdir / 'detections.json', dets)
 
 
 def score(examples: list, workdir: Path) -> dict:
@@ -103,7 +103,7 @@ def run(config, workdir) -> None:
   if not parallel.is_main_process():
     return
   result = score(examples, workdir)
-  outputs.save_json(workdir / 'metrics.json', result)
+  artifacts.save_json(workdir / 'metrics.json', result)
   write_detections(workdir, examples, config.data)
   if result['n']:
     common.log_summary(
@@ -131,9 +131,9 @@ def _predict(config, run_settings, workdir: Path, todo: list, examples: list) ->
     # The score first: the mask file marks the image done (see boxes.localization).
     score = boxes.localization(r)[2] if r.outputs is None or r.eigenvalues is not None else 1.0
     record = [{'id': r.example.id, 'score': round(score, 6)}]
-    if not common.write_or_skip(r.example, skipped, outputs.append_jsonl, score_path(workdir), record):
+    if not common.write_or_skip(r.example, skipped, artifacts.append_jsonl, score_path(workdir), record):
       continue
-    if not common.write_or_skip(r.example, skipped, outputs.save_png, out, full.astype(np.uint8) * 255):
+    if not common.write_or_skip(r.example, skipped, artifacts.save_png, out, full.astype(np.uint8) * 255):
       continue
     panel_mask = pipeline.resize_mask(mask, r.image.shape[:2])
     panels(

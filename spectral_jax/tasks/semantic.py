@@ -33,7 +33,7 @@ from absl import logging
 from PIL import Image
 
 from spectral_jax import metrics, parallel, pipeline, viz
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.data import datasets, decode
 from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models import vit
@@ -230,7 +230,7 @@ def _segment_all(workdir: Path, stems: Sequence[str], sem, seed: int, chunk: int
         [e['eigenvalues'] for e in eigs],
     )
     for s, m in zip(part, maps):
-      outputs.save_png(workdir / 'multi_region' / f'{s}.png', m.astype(np.uint8))
+      artifacts.save_png(workdir / 'multi_region' / f'{s}.png', m.astype(np.uint8))
 
 
 def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, config) -> None:
@@ -254,7 +254,7 @@ def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, 
     image = pipeline.fit_tokens(image, p, config.data.max_tokens, True, str(examples[s].path))
     cls = functools.partial(pipeline.cls_batch, extractor)
     out = image_box_features(image, segmap, p, cls, sem.num_erode, sem.num_dilate)
-    outputs.save_npz(workdir / 'boxes' / f'{s}.npz', **out)
+    artifacts.save_npz(workdir / 'boxes' / f'{s}.npz', **out)
     progress.update()
   common.log_summary(progress.summary(), f'{len(extractor.compiled_shapes)} compiled crop shapes')
 
@@ -263,7 +263,7 @@ def _write_panels(workdir: Path, stems, examples, segmaps, maps, config) -> None
   """image | per-image eigen-segments | dataset-level semantic map, for the first images."""
   for i, s in enumerate(stems):
     image = datasets.load_image(examples[s], max_pixels=config.data.max_pixels)
-    outputs.save_png(
+    artifacts.save_png(
         workdir / 'panels' / f'semantic_{s}.png', viz.label_panel(image, [segmaps[i], maps[i]])
     )
 
@@ -334,7 +334,7 @@ def run(config, workdir) -> None:
     maps = semantic_maps(segmaps, boxes, sem.num_clusters, seed, sem.pca_dim, sem.cluster_method)
     out_dir = workdir / 'semantic' if n == 0 else workdir / 'semantic_seeds' / str(seed)
     for s, m in zip(stems, maps):
-      outputs.save_png(out_dir / f'{s}.png', m)
+      artifacts.save_png(out_dir / f'{s}.png', m)
     if n == 0:
       _write_panels(workdir, stems[: config.output.num_panels], examples, segmaps, maps, config)
     if gt_arrays:
@@ -351,7 +351,7 @@ def run(config, workdir) -> None:
         gt_dir=gt_dir,
         val_list=val_list,
     )
-    outputs.save_json(workdir / 'metrics.json', result)
+    artifacts.save_json(workdir / 'metrics.json', result)
     common.log_summary(
         f'semantic: mIoU {100 * result["miou_mean"]:.1f} ± '
         f'{100 * result["miou_std"]:.1f} over seeds {list(sem.seeds)} '

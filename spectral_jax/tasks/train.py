@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from spectral_jax import parallel
-from spectral_jax import outputs
+from spectral_jax import artifacts
 from spectral_jax.training import loop
 from spectral_jax.data import datasets
 from spectral_jax.models import backbones, segmenter
@@ -135,7 +135,7 @@ def check_stored_matching(checkpoint_dir: Path, matching: list[tuple[int, int]])
       )
     return
   if parallel.is_main_process():
-    outputs.save_json(path, current)
+    artifacts.save_json(path, current)
 
 
 def check_train_config(config) -> None:
@@ -284,7 +284,7 @@ def run(config, workdir) -> None:
   final = final or {}
   if not parallel.is_main_process():
     return
-  outputs.save_json(
+  artifacts.save_json(
       workdir / 'train_metrics.json',  # metrics.json holds the pseudo-label scores
       {
           'step': summary['step'],

@@ -43,7 +43,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from spectral_jax import metrics, outputs, parallel
+from spectral_jax import metrics, parallel
+from spectral_jax import artifacts
 from spectral_jax.training import augment
 from spectral_jax.training import saving as checkpoints
 from spectral_jax.training.state import Example, TrainConfig, TrainState
@@ -402,10 +403,10 @@ def _check_data_position(saved: dict, current: dict) -> None:
 def _trim_log(log_path: Path, step: int) -> None:
   """Drops log lines after ``step`` (written after the checkpoint a resumed run starts
   from), so a resumed run logs each step once."""
-  records = outputs.read_jsonl(log_path)
+  records = artifacts.read_jsonl(log_path)
   kept = [r for r in records if r.get('step', 0) <= step]
   if len(kept) != len(records):
-    outputs.save_jsonl(log_path, kept)
+    artifacts.save_jsonl(log_path, kept)
 
 
 def _check_finite(record: Mapping[str, float], step: int, cfg: TrainConfig) -> None:
@@ -464,7 +465,7 @@ def train_and_evaluate(
     _trim_log(log_path, start)
   last_eval: Optional[dict] = None
   tick = time.perf_counter()
-  log = outputs.append_jsonl if parallel.is_main_process() else lambda *_: None
+  log = artifacts.append_jsonl if parallel.is_main_process() else lambda *_: None
   try:  # a failure mid-run still leaves the checkpoint being written complete
     for step, local in train_batches(train_data, cfg, start, end, rows=rows):
       state, step_metrics = step_fn(state, global_batch(local, rows, sharded, cfg.batch_size))

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from spectral_jax import outputs as spectral_io
+from spectral_jax import artifacts as spectral_io
 from spectral_jax.models.weights.errors import HINT, CheckpointError, missing_file
 
 __all__ = [
@@ -342,7 +342,7 @@ def discard_entry(entry: Path) -> None:
 
 _TEMP_NAMES = (
     re.compile(r".+\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)-)?(?P<pid>\d+)-[0-9a-f]+"),  # entries
-    re.compile(r"\..+\.tmp|\.tmp-.+"),  # spectral_jax.outputs atomic files (old and new names)
+    re.compile(r"\..+\.tmp|\.tmp-.+"),  # spectral_jax.artifacts atomic files (old and new names)
     re.compile(r".+\.part"),  # downloads
 )
 
