@@ -98,8 +98,8 @@ def read_decoder(path, dim: Optional[int] = None) -> tuple[np.ndarray, np.float3
     raise DecoderFileError(path, f'not a readable PyTorch file ({e}); {EXPECTED}') from e
   state = obj.get('decoder') if isinstance(obj, Mapping) else None
   if not isinstance(state, Mapping):
-    keys = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
-    raise DecoderFileError(path, f"no 'decoder' entry (found {keys}); {EXPECTED}"[:400])
+    keys = sorted(map(str, obj))[:5] if isinstance(obj, Mapping) else type(obj).__name__
+    raise DecoderFileError(path, f"no 'decoder' entry (found {str(keys)[:200]}); {EXPECTED}")
   weight, bias = state.get('weight'), state.get('bias')
   ok = (
       isinstance(weight, np.ndarray)
@@ -113,7 +113,7 @@ def read_decoder(path, dim: Optional[int] = None) -> tuple[np.ndarray, np.float3
   )
   if not ok:
     shapes = {k: getattr(v, 'shape', type(v).__name__) for k, v in state.items()}
-    raise DecoderFileError(path, f"'decoder' holds {shapes}; {EXPECTED}"[:400])
+    raise DecoderFileError(path, f"'decoder' holds {str(shapes)[:200]}; {EXPECTED}")
   if dim is not None and weight.shape[1] != dim:
     raise DecoderFileError(
         path, f'the decoder reads {weight.shape[1]} features, the backbone gives {dim}'

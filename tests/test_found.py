@@ -1,0 +1,470 @@
+"""spectral/found.py and training/found.py against the official FOUND outputs (tests/data/found,
+see its README): a 2-block DINO ViT-S/8, FOUND's shipped decoder (CUDA tensors) and a random one,
+three photos. Every parity test compares with arrays or numbers recorded from the official code."""
+
+import hashlib
+import json
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from spectral_jax import pipeline
+from spectral_jax.models.weights import torch_pickle
+from spectral_jax.spectral import found, tokencut
+from spectral_jax.training import found as found_train
+
+DATA = Path(__file__).parent / 'data' / 'found'
+IMAGES = Path(__file__).parent / 'data' / 'parity' / 'images'  # the same photos (README)
+IMAGE_SHA256 = {
+    'astronaut': '2418889d0d83962d51facc3832b55cf1849690018a1e873d1c551146555cd02f',
+    'chelsea': '9540e8d656047041ae92c8c19f8aeb2baa4ede5a17030470e8a1cfc7bb26182a',
+    'coffee': '1b334876bab6bccddc821520b67fad5bceaaf3c454885b75cdc126b7ebfe9576',
+}
+MANIFEST = json.loads((DATA / 'manifest.json').read_text())
+IDS = sorted(MANIFEST['images'])
+DECODERS = sorted(MANIFEST['decoders'])  # 'found' (shipped, CUDA tensors), 'random'
+THRESHOLDS = MANIFEST['training']['thresholds']  # [0.3, 0.4]
+GRID = tuple(MANIFEST['training']['grid'])
+AGREEMENT = 0.999
+CASES = [(i, d) for i in IDS for d in DECODERS]
+
+
+def _sha256(path):
+  return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _ref(image_id):
+  return np.load(DATA / f'{image_id}.npz')
+
+
+def _image(image_id):
+  return np.asarray(Image.open(IMAGES / f'{image_id}.png').convert('RGB'))
+
+
+def _prefix(decoder):
+  return MANIFEST['decoders'][decoder]['prefix']
+
+
+def _info(image_id, decoder):
+  return MANIFEST['images'][image_id][_prefix(decoder) + 'found']
+
+
+def _th(th):
+  return f'th{round(th * 100):03d}'
+
+
+def _agreement(a, b):
+  return float(np.mean(np.asarray(a, bool) == (np.asarray(b) > 0)))
+
+
+@pytest.fixture(scope='module')
+def extractor():
+  with tempfile.TemporaryDirectory() as cache:
+    yield pipeline.load_extractor(MANIFEST['model_name'], str(DATA / 'checkpoint.pth'), cache)
+
+
+@pytest.fixture(scope='module')
+def decoders():
+  return {d: found.read_decoder(DATA / MANIFEST['decoders'][d]['file'], 384) for d in DECODERS}
+
+
+@pytest.fixture(scope='module')
+def logits(extractor, decoders):
+  """Our logits [gh, gw] per (image, decoder): keys of the normalised, zero-padded photos
+  (one batch, one compilation) through the decoder."""
+  keys, grids = tokencut.padded_keys(extractor, [_image(i) for i in IDS])
+  keys = np.asarray(keys)
+  out = {}
+  for b, image_id in enumerate(IDS):
+    gh, gw = grids[b]
+    assert [gh, gw] == MANIFEST['images'][image_id]['patch_grid']
+    for d, (weight, bias) in decoders.items():
+      out[image_id, d] = np.asarray(found.decoder_logits(keys[b, : gh * gw], weight, bias))
+      out[image_id, d] = out[image_id, d].reshape(gh, gw)
+  return out
+
+
+@pytest.fixture(scope='module')
+def train_features(extractor):
+  """Our 224 × 224 training inputs (augmentation pinned to identity) and their last-block keys
+  and CLS attention, one batch."""
+  images = np.stack([found.train_image(_image(i)) for i in IDS])
+  x = np.stack([found.train_input(im) for im in images])
+  keys, att = found.keys_and_cls_attention(extractor, x)
+  return dict(images=images, x=x, keys=np.asarray(keys), attention=np.asarray(att))
+
+
+# ----------------------------------------------------------------------------------------------
+# The fixture and the decoder file
+# ----------------------------------------------------------------------------------------------
+
+
+def test_fixture_is_the_reference():
+  assert _sha256(DATA / MANIFEST['checkpoint']) == MANIFEST['checkpoint_sha256']
+  for d in DECODERS:
+    assert _sha256(DATA / MANIFEST['decoders'][d]['file']) == MANIFEST['decoders'][d]['sha256']
+  for image_id in IDS:
+    assert _sha256(IMAGES / f'{image_id}.png') == IMAGE_SHA256[image_id]
+
+
+@pytest.mark.parametrize('decoder', DECODERS)
+def test_read_decoder_matches_manifest(decoder):
+  entry = MANIFEST['decoders'][decoder]
+  weight, bias = found.read_decoder(DATA / entry['file'])
+  assert weight.shape == (384,) and weight.dtype == np.float32
+  assert isinstance(bias, np.float32) and bias == np.float32(entry['bias'])
+  np.testing.assert_allclose(np.linalg.norm(weight), entry['weight_norm'], rtol=1e-6)
+
+
+def test_shipped_decoder_holds_cuda_tensors():
+  raw = zipfile.ZipFile(DATA / 'decoder_found.pt').read('archive/data.pkl')
+  assert b'cuda:0' in raw  # the reader maps them like CPU tensors (test above)
+
+
+def _bad_files(tmp_path):
+  garbage = tmp_path / 'garbage.pt'
+  garbage.write_bytes(b'this is not a torch file at all')
+  truncated = tmp_path / 'truncated.pt'
+  truncated.write_bytes((DATA / 'decoder_found.pt').read_bytes()[:1500])
+  wrong_shape = found_train.write_torch_zip(
+      tmp_path / 'two_outputs.pt',
+      {'decoder': {'weight': np.zeros((2, 384, 1, 1)), 'bias': np.zeros(2)}},
+  )
+  no_bias = found_train.write_torch_zip(
+      tmp_path / 'no_bias.pt', {'decoder': {'weight': np.zeros((1, 384, 1, 1))}}
+  )
+  return {
+      garbage: 'not a readable PyTorch file',
+      truncated: 'not a readable PyTorch file',
+      DATA / 'checkpoint.pth': "no 'decoder' entry",  # a ViT checkpoint, not a decoder
+      wrong_shape: "'decoder' holds",
+      no_bias: "'decoder' holds",
+      tmp_path / 'missing.pt': 'no such file',
+  }
+
+
+def test_wrong_decoder_files_raise_the_typed_error(tmp_path):
+  for path, reason in _bad_files(tmp_path).items():
+    with pytest.raises(found.DecoderFileError) as e:
+      found.read_decoder(path)
+    assert isinstance(e.value, ValueError)
+    assert e.value.path == str(path) and str(path) in str(e.value), str(e.value)
+    assert reason in str(e.value) and 'decoder_weights.pt' in str(e.value), str(e.value)
+  with pytest.raises(found.DecoderFileError, match='reads 384 features.*gives 768'):
+    found.read_decoder(DATA / 'decoder_found.pt', dim=768)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('image_id,decoder', CASES)
+def test_logits_match_official(logits, image_id, decoder):
+  ref = _ref(image_id)[_prefix(decoder) + 'logits']
+  assert logits[image_id, decoder].shape == ref.shape
+  np.testing.assert_allclose(logits[image_id, decoder], ref, rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize('image_id,decoder', CASES)
+def test_masks_match_official(logits, image_id, decoder):
+  """Both modes × refine none / bilateral from our logits (``found.prediction``)."""
+  ref, info, pre = _ref(image_id), _info(image_id, decoder), _prefix(decoder)
+  image = _image(image_id)
+  for mode in found.MODES:
+    plain = found.prediction(logits[image_id, decoder], image, mode, 'none')
+    assert plain['mask'].shape == image.shape[:2] and plain['mask'].dtype == bool
+    assert _agreement(plain['mask'], ref[f'{pre}mask_{mode}']) >= AGREEMENT, mode
+    assert _agreement(plain['multi'], ref[f'{pre}mask_multi']) >= AGREEMENT
+    assert 0.5 < plain['score'] <= 1.0
+    bs = found.prediction(logits[image_id, decoder], image, mode, 'bilateral')
+    assert _agreement(bs['mask'], ref[f'{pre}bs_mask_{mode}']) >= AGREEMENT, mode
+    assert bs['bs_used'] == bool(info[f'bs_used_{mode}']), mode
+    np.testing.assert_allclose(bs['bs_iou'], info[f'bs_iou_{mode}'], atol=1e-4)
+
+
+@pytest.mark.parametrize('image_id,decoder', CASES)
+def test_steps_on_official_inputs(image_id, decoder):
+  """Each step from the official previous step: upsampling of the official logits, the
+  single-mode component of the official multi mask, and the solver + post-processing + gate
+  of the official multi mask (one solve for both modes)."""
+  ref, info, pre = _ref(image_id), _info(image_id, decoder), _prefix(decoder)
+  image = _image(image_id)
+  multi = ref[f'{pre}mask_multi'] > 0
+  up = found.upsample_logits(ref[f'{pre}logits'], image.shape[:2], 8)
+  assert up.shape == image.shape[:2] and up.dtype == jnp.float32
+  assert _agreement(found.multi_mask(up), ref[f'{pre}mask_multi']) >= 0.9999
+  np.testing.assert_array_equal(found.single_mask(multi), ref[f'{pre}mask_single'] > 0)
+  output = None
+  for mode in found.MODES:
+    r = found.refine(image, multi, mode, output=output)
+    output = r['output']
+    assert _agreement(r['binary'], ref[f'{pre}bs_binary_{mode}']) >= AGREEMENT, mode
+    assert r['used'] == bool(info[f'bs_used_{mode}']), mode
+    np.testing.assert_allclose(r['iou'], info[f'bs_iou_{mode}'], atol=1e-4)
+    assert _agreement(r['mask'], ref[f'{pre}bs_mask_{mode}']) >= AGREEMENT, mode
+
+
+@pytest.mark.parametrize('image_id,decoder', CASES)
+def test_discovery_boxes_match_official(logits, image_id, decoder):
+  ref, info, pre = _ref(image_id), _info(image_id, decoder), _prefix(decoder)
+  hw = ref[f'{pre}mask_multi'].shape
+  np.testing.assert_array_equal(found.multi_mask(logits[image_id, decoder]), ref[f'{pre}uod_mask'])
+  box = found.discovery_box(logits[image_id, decoder], hw, 8)
+  assert box.dtype == np.int64
+  np.testing.assert_array_equal(box, ref[f'{pre}uod_box_xyxy'])
+  np.testing.assert_array_equal(box, info['uod_box_xyxy'])
+  official = found.discovery_box(ref[f'{pre}logits'], hw, 8)
+  np.testing.assert_array_equal(official, info['uod_box_xyxy'])
+
+
+def test_upsampling_is_torch_bilinear_and_jits():
+  # torch: F.interpolate([[0, 8]], scale_factor=2, mode='bilinear', align_corners=False):
+  # sources -0.25 (clamped to 0), 0.25, 0.75, 1.25 (last pixel, weight 0.25 on itself).
+  want = np.array([[0, 2, 6, 8], [0, 2, 6, 8]], np.float32)
+  np.testing.assert_array_equal(found.upsample_logits(np.array([[0.0, 8.0]]), (2, 4), 2), want)
+  cropped = found.upsample_logits(np.array([[0.0, 8.0]]), (1, 3), 2)
+  np.testing.assert_array_equal(cropped, want[:1, :3])
+  crop = jax.jit(lambda x: found.upsample_logits(x, (3, 5), 4))(jnp.arange(6.0).reshape(2, 3))
+  assert crop.shape == (3, 5)
+
+
+def test_single_mask_component_rule():
+  # Two components of 3 pixels and one of 2. The official takes the LAST label of the
+  # ascending np.argsort (stable for <= 16 labels): among equal sizes the highest label,
+  # i.e. the last in raster order of first pixels.
+  mask = np.zeros((5, 7), bool)
+  mask[0, 4:7] = True  # label 1
+  mask[2, 0:3] = True  # label 2
+  mask[4, 5:7] = True  # label 3
+  want = np.zeros_like(mask)
+  want[2, 0:3] = True
+  np.testing.assert_array_equal(found.single_mask(mask), want)
+  mask[0, 3] = True  # label 1 grows to 4 pixels and wins
+  want = np.zeros_like(mask)
+  want[0, 3:7] = True
+  np.testing.assert_array_equal(found.single_mask(mask), want)
+  full, empty = np.ones((4, 4), bool), np.zeros((4, 4), bool)
+  np.testing.assert_array_equal(found.single_mask(full), full)  # label 0 is the empty one
+  np.testing.assert_array_equal(found.single_mask(empty), empty)
+
+
+def test_bilateral_postprocess_quirks():
+  output = np.ones((10, 10))
+  output[:2, :2] = 0.0  # background: 4 pixels in a corner, the object has 96
+  output[5, 5] = 0.0  # a hole in the object: filled
+  background = output < 0.5
+  background[5, 5] = False
+  # multi: every label but the largest, which is the object here: the background is kept.
+  np.testing.assert_array_equal(found.bilateral_postprocess(output, 'multi'), background)
+  # single: the second-largest label, i.e. the background label 0 here.
+  np.testing.assert_array_equal(found.bilateral_postprocess(output, 'single'), background)
+  nothing = np.zeros((6, 6))
+  assert found.bilateral_postprocess(nothing, 'single').all()  # official except: all ones
+  assert not found.bilateral_postprocess(nothing, 'multi').any()
+  assert np.isnan(found.mask_iou(nothing, nothing))  # → the gate never passes
+  with pytest.raises(ValueError, match='single'):
+    found.bilateral_postprocess(output, 'all')
+
+
+def test_mask_score_is_the_mean_probability_inside():
+  up = np.array([[0.0, np.log(3.0)], [-5.0, 2.0]], np.float32)
+  mask = np.array([[True, True], [False, False]])
+  np.testing.assert_allclose(found.mask_score(up, mask), (0.5 + 0.75) / 2, rtol=1e-6)
+  assert found.mask_score(up, np.zeros_like(mask)) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Training targets
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('image_id', IDS)
+def test_training_input_and_solver_reference(train_features, image_id):
+  ref, info = _ref(image_id), MANIFEST['images'][image_id]['training']
+  b = IDS.index(image_id)
+  np.testing.assert_array_equal(train_features['images'][b], ref['train_image'])
+  reference = found.unnormalised_reference(train_features['x'][b])
+  np.testing.assert_array_equal(reference, ref['train_bs_reference'])
+  differing = int((reference != ref['train_image']).any(-1).sum())
+  assert differing == info['bs_reference_pixels_differing']
+
+
+@pytest.mark.parametrize('image_id', IDS)
+def test_background_on_official_features(image_id):
+  ref = _ref(image_id)
+  bg = found.background(ref['train_cls_attention'], ref['train_k'].astype(np.float32))
+  assert bg['seed'] == int(ref['bkg_seed']) == MANIFEST['images'][image_id]['training']['bkg_seed']
+  np.testing.assert_array_equal(bg['Q'], ref['bkg_Q'])
+  np.testing.assert_allclose(bg['beta'], ref['bkg_beta'], rtol=0, atol=1e-6)
+  # train_k is stored as float16; the official similarity used the float32 keys.
+  np.testing.assert_allclose(bg['similarity'], ref['bkg_similarity'], rtol=0, atol=2e-4)
+  for th in THRESHOLDS:
+    bg = found.background(ref['train_cls_attention'], ref['train_k'].astype(np.float32), th)
+    np.testing.assert_array_equal(bg['background'].reshape(GRID), ref[f'bkg_mask_{_th(th)}'])
+
+
+@pytest.mark.parametrize('image_id', IDS)
+def test_background_and_pseudo_masks_end_to_end(train_features, image_id):
+  ref, info = _ref(image_id), MANIFEST['images'][image_id]['training']
+  b = IDS.index(image_id)
+  keys, att = train_features['keys'][b], train_features['attention'][b]
+  np.testing.assert_allclose(keys, ref['train_k'].astype(np.float32), rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(att, ref['train_cls_attention'], rtol=0, atol=1e-6)
+  bg = found.background(att, keys)
+  assert bg['seed'] == info['bkg_seed']
+  np.testing.assert_allclose(bg['beta'], info['beta'], rtol=0, atol=1e-6)
+  reference = found.unnormalised_reference(train_features['x'][b])
+  for th in THRESHOLDS:
+    name, expected = _th(th), info[_th(th)]
+    bkg = found.background(att, keys, th)['background'].reshape(GRID)
+    np.testing.assert_array_equal(bkg, ref[f'bkg_mask_{name}'])
+    p = found.pseudo_mask(reference, ~bkg)
+    np.testing.assert_array_equal(p['target'], ref[f'pseudo_target_{name}'])
+    assert _agreement(p['binary'], ref[f'pseudo_bs_binary_{name}']) >= AGREEMENT, name
+    assert p['used'] == bool(expected['use_bs']), name
+    np.testing.assert_allclose(p['iou'], expected['iou'], atol=1e-4)
+    assert p['mask'].shape == GRID
+    np.testing.assert_array_equal(p['mask'], ref[f'pseudo_mask_{name}'] > 0)  # 28 × 28 target
+
+
+def test_resize_rules_cv2_and_torch():
+  # cv2.resize(np.float32([[0, 1], [2, 3]]), (4, 4)) (INTER_LINEAR): borders repeated.
+  want = np.array(
+      [[0, 0.25, 0.75, 1], [0.5, 0.75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5], [2, 2.25, 2.75, 3]],
+      np.float32,
+  )
+  np.testing.assert_array_equal(found.resize_bilinear(np.float32([[0, 1], [2, 3]]), (4, 4)), want)
+  # torch 224 → 28 then bool(): cell (i, j) reads pixels 8i+3, 8i+4 (rows and columns).
+  for y, x, hit in ((8 * 5 + 3, 8 * 7 + 4, True), (8 * 5 + 4, 8 * 7 + 3, True),
+                    (8 * 5 + 2, 8 * 7 + 3, False), (8 * 5 + 3, 8 * 7 + 5, False)):
+    mask = np.zeros((224, 224), np.float32)
+    mask[y, x] = 1.0
+    down = found.downsample_any(mask, (28, 28))
+    assert down.sum() == hit and (down[5, 7] if hit else True), (y, x)
+
+
+def test_train_image_draws():
+  rng = np.random.default_rng(0)
+  draws = [found.draw_augmentation(rng) for _ in range(200)]
+  scales = np.array([d['scale'] for d in draws])
+  sigmas = np.array([d['blur_sigma'] for d in draws if d['blur_sigma'] is not None])
+  assert 0.1 <= scales.min() and scales.max() <= 3.0 and 60 < len(sigmas) < 140
+  assert 0.1 <= sigmas.min() and sigmas.max() <= 2.0
+  photo = _image('chelsea')  # 451 × 300: the shorter edge becomes 224, then 224 × 224
+  scaled = found.train_image(photo, scale=0.5, blur_sigma=1.5)
+  assert scaled.shape == (224, 224, 3) and scaled.dtype == np.uint8
+  assert not np.array_equal(scaled, found.train_image(photo))
+  flat = np.full((30, 30, 3), 77, np.uint8)  # a blur keeps a flat image
+  np.testing.assert_array_equal(found.gaussian_blur(flat, 23, 2.0), flat)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training pieces
+# ----------------------------------------------------------------------------------------------
+
+
+def test_save_head_round_trip_in_the_official_format(tmp_path):
+  head = found_train.init_head(jax.random.PRNGKey(3), 384)
+  path = found_train.save_head(tmp_path / 'decoder_weights_niter500.pt', head)
+  back = found_train.load_head(path, 384)
+  np.testing.assert_array_equal(back['weight'], head['weight'])
+  assert back['bias'] == head['bias']
+  mine = torch_pickle.read_pth(path, legacy=False)
+  official = torch_pickle.read_pth(DATA / 'decoder_found.pt', legacy=False)
+  shapes = lambda tree: {k: {n: v.shape for n, v in d.items()} for k, d in tree.items()}
+  assert shapes(mine) == shapes(official)  # {'decoder': {'weight': (1, 384, 1, 1), 'bias': (1,)}}
+  with zipfile.ZipFile(path) as zf, open(path, 'rb') as f:
+    names = zf.namelist()
+    assert {'archive/data.pkl', 'archive/version', 'archive/byteorder'} <= set(names)
+    for info in zf.infolist():  # stored, data 64-byte aligned as torch writes records
+      assert info.compress_type == zipfile.ZIP_STORED
+      f.seek(info.header_offset + 26)
+      name_len, extra_len = struct.unpack('<HH', f.read(4))
+      assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
+
+
+def _torch_adamw(params, grads, lr0, step_size, gamma, wd, b1=0.9, b2=0.999, eps=1e-8):
+  """torch.optim.AdamW + StepLR as their documentation writes them, in float64."""
+  p, m, v, out = params.astype(np.float64), 0.0, 0.0, []
+  for t, g in enumerate(grads, start=1):
+    lr = lr0 * gamma ** ((t - 1) // step_size)
+    p = p * (1 - lr * wd)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    p = p - lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
+    out.append(p)
+  return out
+
+
+def test_optimizer_is_torch_adamw_with_step_lr():
+  rng = np.random.default_rng(1)
+  params = rng.normal(size=5).astype(np.float32)
+  grads = [rng.normal(size=5).astype(np.float32) for _ in range(6)]
+  tx = found_train.optimizer(0.05, step_size=2, gamma=0.5, weight_decay=0.01)
+  state, p = tx.init(jnp.asarray(params)), jnp.asarray(params)
+  for want, g in zip(_torch_adamw(params, grads, 0.05, 2, 0.5, 0.01), grads):
+    updates, state = tx.update(jnp.asarray(g), state, p)
+    p = p + updates
+    np.testing.assert_allclose(p, want, rtol=0, atol=5e-6)  # float32 vs float64
+  lr = found_train.learning_rate()
+  want = [0.05, 0.05, 0.0475, 0.05 * 0.95**9]
+  np.testing.assert_allclose([lr(0), lr(49), lr(50), lr(499)], want, rtol=1e-6)
+
+
+def _bce(logits, targets):
+  """torch BCEWithLogitsLoss: mean of max(x, 0) − x·t + log(1 + exp(−|x|))."""
+  x = logits.astype(np.float64)
+  return np.mean(np.maximum(x, 0) - x * targets + np.log1p(np.exp(-np.abs(x))))
+
+
+def test_targets_loss_and_step_on_official_features():
+  refs = [_ref(i) for i in IDS]
+  keys = np.stack([r['train_k'].astype(np.float32) for r in refs])
+  att = np.stack([r['train_cls_attention'] for r in refs])
+  references = np.stack([r['train_bs_reference'] for r in refs])
+  bkg = found_train.background_targets(references, att, keys, GRID)
+  want = np.stack([r['pseudo_mask_th030'].reshape(-1) > 0 for r in refs])
+  np.testing.assert_array_equal(bkg, want)  # the official training targets (bkg_th 0.3)
+
+  weight, bias = found.read_decoder(DATA / 'decoder_random.pt')
+  head = {'weight': jnp.asarray(weight), 'bias': jnp.asarray(bias)}
+  logits = keys @ weight + bias
+  own = logits > 0
+  bs, second, w = found_train.iteration_targets(head, keys, references, GRID, 0, bkg)
+  assert w == 1.0 and bs.shape == second.shape == (3, 784)
+  np.testing.assert_array_equal(second, bkg)
+  for b in range(3):  # the own prediction refined by the pseudo-mask procedure
+    p = found.pseudo_mask(references[b], own[b].reshape(GRID))
+    np.testing.assert_array_equal(bs[b], p['mask'].reshape(-1))
+  bs_late, second_late, w_late = found_train.iteration_targets(head, keys, references, GRID, 100)
+  np.testing.assert_array_equal(bs_late, bs)
+  np.testing.assert_array_equal(second_late, own)
+  assert w_late == 4.0
+  with pytest.raises(ValueError, match='bkg_targets'):
+    found_train.iteration_targets(head, keys, references, GRID, 99)
+
+  want_loss = 1.5 * _bce(logits, bs) + _bce(logits, bkg)
+  loss = found_train.loss_fn(head, keys, bs, bkg, 1.0)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  tx = found_train.optimizer()
+  step = found_train.make_train_step(tx)
+  state = tx.init(head)
+  new, state, first = step(head, state, keys, bs, bkg, 1.0)
+  np.testing.assert_allclose(first, want_loss, rtol=1e-5)
+  assert new['weight'].shape == (384,) and new['bias'].shape == ()
+  # The gradient by hand (d BCE / d logit = (sigmoid − t) / n) and torch AdamW's first step.
+  x = logits.astype(np.float64)
+  sig = 1 / (1 + np.exp(-x))
+  dlogit = (1.5 * (sig - bs) + (sig - bkg)) / x.size
+  grad_w = np.einsum('bn,bnd->d', dlogit, keys.astype(np.float64))
+  for name, p, g in (('weight', weight, grad_w), ('bias', bias, dlogit.sum())):
+    want = _torch_adamw(np.asarray(p), [g], 0.05, 50, 0.95, 0.01)[0]
+    np.testing.assert_allclose(new[name], want, rtol=0, atol=1e-5, err_msg=name)
