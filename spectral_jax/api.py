@@ -57,6 +57,8 @@ PARAMETERS = {
     'method': 'method',
     'segment.refine': 'refine',
     'discover.max_objects': 'max_objects',
+    'discover.method': 'method',
+    'model.name': 'load_backbone(name=...)',
     'model.precision': 'precision',
     'data.max_pixels': 'Backbone.max_pixels',
     'data.max_tokens': 'Backbone.max_tokens',
@@ -277,12 +279,20 @@ def segment(
 
 
 def discover(
-    backbone: Backbone, images: Images, *, max_objects: int = 3, crf: bool = False
+    backbone: Backbone,
+    images: Images,
+    *,
+    max_objects: int = 3,
+    crf: bool = False,
+    method: str = 'maskcut',
 ) -> Union[Objects, list[Objects]]:
-  """Up to ``max_objects`` objects per image by MaskCut (CutLER's iterated normalized cuts).
+  """The objects of each image: MaskCut (CutLER's iterated normalized cuts, up to
+  ``max_objects``) or ProMerge (``method='promerge'``: prompts and merging, any number of
+  objects; needs ``load_backbone('dino_vitb8')`` as the official).
 
   Args:
-    max_objects: cuts per image (CutLER: 3).
+    max_objects: MaskCut's cuts per image (CutLER: 3).
+    method: 'maskcut' or 'promerge' (``--config.discover.method``).
     crf: MaskCut's dense CRF and IoU filter (``--mode=discover``'s default, the released
       pseudo-labels; needs the ``crf`` extra). Off by default here: without it the masks are
       the cuts resized to the image.
@@ -293,7 +303,7 @@ def discover(
   if not isinstance(max_objects, int) or isinstance(max_objects, bool):
     raise ValueError(f'max_objects={max_objects!r}: use an int in 1..255')
   options = _settings(
-      lambda: settings_lib.DiscoverSettings(max_objects=max_objects, crf=bool(crf))
+      lambda: settings_lib.DiscoverSettings(method=method, max_objects=max_objects, crf=bool(crf))
   )
   single, examples = _examples(images)
   return _output(single, _calling(lambda: inference.discover(backbone, examples, options)))

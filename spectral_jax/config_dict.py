@@ -12,7 +12,7 @@ from spectral_jax.errors import SettingError
 from spectral_jax.settings import (
     METHOD_NAMES, BatchSettings, DatasetSettings, DiscoverSettings, DistributedSettings,
     EditSettings, ImageLimits, LostSettings, MethodSettings, ModelSettings, OutputSettings,
-    RefineSettings, ServerSettings, Settings, SpectralSettings, TokenCutSettings, _is_int,
+    PromergeSettings, RefineSettings, ServerSettings, Settings, SpectralSettings, TokenCutSettings, _is_int,
 )
 
 # Config sections → the classes whose fields they hold (``data`` gathers three concerns).
@@ -25,12 +25,13 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     'lost': (LostSettings,),
     'segment': (RefineSettings,),
     'discover': (DiscoverSettings,),
+    'promerge': (PromergeSettings,),
     'edit': (EditSettings,),
     'serve': (ServerSettings,),
     'output': (OutputSettings,),
 }
-# Fields that stay out of the ConfigDict (set by code, not by users).
-_INTERNAL = {'min_tokens'}
+# Fields that stay out of the ConfigDict (set by code, or by another section: discover.crf).
+_INTERNAL = {ImageLimits: {'min_tokens'}, PromergeSettings: {'crf'}}
 
 
 def _plain(value: Any) -> Any:
@@ -42,7 +43,7 @@ def section_values(classes: tuple[type, ...]) -> dict[str, Any]:
   out = {}
   for cls in classes:
     for f in dataclasses.fields(cls):
-      if f.name not in _INTERNAL:
+      if f.name not in _INTERNAL.get(cls, ()):
         out[f.name] = _plain(getattr(cls(), f.name))
   return out
 
@@ -55,7 +56,7 @@ def field_help() -> dict[str, str]:
   for section, classes in SECTIONS.items():
     for cls in classes:
       for f in dataclasses.fields(cls):
-        if f.name not in _INTERNAL:
+        if f.name not in _INTERNAL.get(cls, ()):
           out[f'{section}.{f.name}'] = f.metadata.get('help', '')
   return out
 
@@ -79,7 +80,7 @@ def _values(section: Any, cls: type, key: str) -> dict[str, Any]:
   """The fields of ``cls`` found in a ConfigDict section (absent ones keep their default)."""
   if section is None:
     return {}
-  names = {f.name for f in dataclasses.fields(cls)} - _INTERNAL
+  names = {f.name for f in dataclasses.fields(cls)} - _INTERNAL.get(cls, set())
   return {name: section[name] for name in names if name in section}
 
 
@@ -132,6 +133,9 @@ def from_config(config: Any) -> Settings:
       refine=build(RefineSettings, _values(get('segment'), RefineSettings, 'segment'), 'segment'),
       discover=build(
           DiscoverSettings, _values(get('discover'), DiscoverSettings, 'discover'), 'discover'
+      ),
+      promerge=build(
+          PromergeSettings, _values(get('promerge'), PromergeSettings, 'promerge'), 'promerge'
       ),
       edit=build(EditSettings, _values(get('edit'), EditSettings, 'edit'), 'edit'),
       serve=build(ServerSettings, _values(get('serve'), ServerSettings, 'serve'), 'serve'),

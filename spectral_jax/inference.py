@@ -24,9 +24,10 @@ from spectral_jax.results import boxes, cutout, masks
 from spectral_jax.results.types import Eigen, Localization, Objects, mask_box
 from spectral_jax.settings import (
     PRECISIONS, BatchSettings, DiscoverSettings, EditSettings, ImageLimits, MethodSettings,
-    ModelSettings, RefineSettings, SpectralSettings,
+    ModelSettings, PromergeSettings, RefineSettings, SpectralSettings,
 )
-from spectral_jax.spectral import maskcut
+from spectral_jax.errors import SettingError
+from spectral_jax.spectral import maskcut, promerge_images
 
 # data.bucket_tokens = -1: measured in benchmarks/README.md (bench_localize.py --bucket-tokens).
 CPU_BUCKET_TOKENS = 32
@@ -210,23 +211,35 @@ def discover(
     examples: Sequence[datasets.Example],
     settings: DiscoverSettings,
     batching: BatchSettings = BatchSettings(),
+    promerge_settings: PromergeSettings = PromergeSettings(),
 ) -> list[Objects]:
-  """Up to ``settings.max_objects`` objects per image by MaskCut."""
+  """The objects of each image: MaskCut (up to ``settings.max_objects``) or ProMerge
+  (``settings.method='promerge'``, DINO ViT-B/8 only)."""
   arrays = [
       datasets.load_image(ex, min_side=backbone.patch_size, max_pixels=backbone.max_pixels)
       for ex in examples
   ]
-  found = maskcut.run(
-      backbone.extractor,
-      arrays,
-      max_objects=settings.max_objects,
-      crf=settings.crf,
-      batch_size=batching.batch_size,
-      tau=settings.tau,
-      fixed_size=settings.fixed_size,
-      dtype=settings.dtype,
-      solver=settings.solver,
-  )
+  if settings.method == 'promerge':
+    arch = backbone.extractor.arch
+    if (arch.patch_size, getattr(arch, 'embed_dim', 0)) != (8, 768):
+      raise SettingError('model.name', backbone.name, 'ProMerge runs DINO ViT-B/8 only '
+                         '(patch 8, width 768, as the official): load dino_vitb8')
+    found = promerge_images.run(
+        backbone.extractor, arrays, settings=promerge_settings, crf=settings.crf,
+        batch_size=batching.batch_size,
+    )
+  else:
+    found = maskcut.run(
+        backbone.extractor,
+        arrays,
+        max_objects=settings.max_objects,
+        crf=settings.crf,
+        batch_size=batching.batch_size,
+        tau=settings.tau,
+        fixed_size=settings.fixed_size,
+        dtype=settings.dtype,
+        solver=settings.solver,
+    )
   out = []
   for image, objects in zip(arrays, found):
     box_list = np.array([mask_box(m) for m in objects.masks], np.int64).reshape(-1, 4)

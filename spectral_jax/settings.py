@@ -236,12 +236,14 @@ class RefineSettings:
 DISCOVER_SOLVERS = ('auto', 'jax', 'lapack', 'arpack')
 DISCOVER_DTYPES = ('float32', 'float64')
 MAX_OBJECTS = 255  # instance maps are uint8
+DISCOVER_METHODS = ('maskcut', 'promerge')
 
 
 @dataclasses.dataclass(frozen=True)
 class DiscoverSettings:
   """--mode=discover: MaskCut (CutLER's pseudo-mask settings; maskcut_protocol.md)."""
 
+  method: str = _field('maskcut', 'maskcut | promerge (ProMerge: dino_vitb8, config.promerge)')
   max_objects: int = _field(3, 'cuts per image (the official N)')
   fixed_size: int = _field(480, 'every image is resized to this square')
   tau: float = _field(0.15, 'edge threshold on the cosine of keys')
@@ -252,6 +254,10 @@ class DiscoverSettings:
   workers: int = _field(0, 'CRF processes; 0 = auto (up to 8 when crf and many images)')
 
   def __post_init__(self):
+    _check(
+        self.method in DISCOVER_METHODS, 'discover.method', self.method,
+        f'use one of {DISCOVER_METHODS}',
+    )
     _check(
         _is_int(self.max_objects) and 1 <= self.max_objects <= MAX_OBJECTS,
         'discover.max_objects', self.max_objects, f'use 1..{MAX_OBJECTS}',
@@ -280,6 +286,42 @@ class DiscoverSettings:
         _is_int(self.workers) and self.workers >= 0, 'discover.workers', self.workers,
         'use 0 (auto) or a number of processes',
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class PromergeSettings:
+  """The official knobs (names and defaults of the released parser / ``run_script.sh``).
+
+  ``crf_iou_tau`` is a flag the official defines but does not read (its CRF filter uses a
+  literal 0.5, the same value); here it is read. ``crf`` is the project's switch: False skips
+  the CRF, hole filling and IoU filter (protocol §7; not an official mode).
+  """
+
+  fixed_size: int = _field(480, 'every image is resized (LANCZOS) to this square')
+  stride: int = _field(4, 'prompt lattice step in patches (225 prompts at 480)')
+  bipartition_tau: float = _field(0.2, "a prompt's mask: cosine of keys above this")
+  vit_feat: str = _field('k', "features: the last block's keys (the only official choice)")
+  cc_maskarea_tau: float = _field(0.5, 'component area fraction kept as a candidate')
+  iou_filter_tau: float = _field(0.8, 'cascade filter: IoU above which a candidate is redundant')
+  foreground_include_tau: float = _field(0.1, 'cascade filter: background overlap allowed')
+  intersection_merge_tau: float = _field(0.5, 'merge: overlap fraction that merges two masks')
+  merge_ioa_tau: float = _field(0.1, 'merge: intersection-over-area gate')
+  dino_merge_tau: float = _field(0.1, 'merge: cosine of mean keys that merges two masks')
+  crf_iou_tau: float = _field(0.5, 'CRF filter: IoU below which a refined mask is dropped')
+  crf: bool = True
+
+  def __post_init__(self):
+    _check(self.vit_feat == 'k', 'promerge.vit_feat', self.vit_feat,
+           "the official runs the keys ('k') only")
+    _check(_is_int(self.stride) and self.stride >= 1, 'promerge.stride', self.stride,
+           'use a positive int')
+    _check(_is_int(self.fixed_size) and self.fixed_size >= 8, 'promerge.fixed_size',
+           self.fixed_size, 'use an int >= 8 (one patch of ViT-B/8)')
+    for key in ('bipartition_tau', 'cc_maskarea_tau', 'iou_filter_tau', 'foreground_include_tau',
+                'intersection_merge_tau', 'merge_ioa_tau', 'dino_merge_tau', 'crf_iou_tau'):
+      value = getattr(self, key)
+      _check(_is_number(value), f'promerge.{key}', value, 'use a finite number')
+
 
 
 EDIT_FOREGROUNDS = ('blur_fusion', 'image')
@@ -388,6 +430,7 @@ class Settings:
   method: MethodSettings = MethodSettings()
   refine: RefineSettings = RefineSettings()
   discover: DiscoverSettings = DiscoverSettings()
+  promerge: PromergeSettings = PromergeSettings()
   edit: EditSettings = EditSettings()
   serve: ServerSettings = ServerSettings()
   output: OutputSettings = OutputSettings()

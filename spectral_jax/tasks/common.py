@@ -268,7 +268,7 @@ STAGES = {
     ),
     'edit': (('edit', 'seed'), ('cutout', 'composite', 'panels/edit_*')),
     'discover': (
-        ('discover',),
+        ('discover', 'promerge'),
         ('discover', 'instances.json', 'instance_maps', 'panels/discover_*'),
     ),
     # Semantic segments come from extract's eigenvectors: their settings are the record's too.

@@ -68,7 +68,9 @@ from PIL import Image
 from spectral_jax import coco, parallel, pipeline, viz
 from spectral_jax import artifacts
 from spectral_jax.data import datasets
-from spectral_jax.spectral import maskcut
+from spectral_jax import errors
+from spectral_jax.settings import PromergeSettings
+from spectral_jax.spectral import maskcut, promerge, promerge_images
 from spectral_jax.tasks import common
 
 STAGE = 'discover'
@@ -225,6 +227,79 @@ def image_objects(
   return objects, instance_map(final[keep], original_hw)
 
 
+def promerge_objects(
+    clusters: np.ndarray,
+    scores: np.ndarray,
+    settings: PromergeSettings,
+    original_hw: tuple[int, int],
+    image_s: np.ndarray,
+    crf: bool,
+) -> tuple[list[dict], np.ndarray]:
+  """``image_objects`` for ProMerge: clusters bool [C, h, w] (they may overlap) back to pixels
+  (MaskCut's CRF with ProMerge's IoU filter, or none), empty ones dropped. Where masks overlap
+  the instance map shows the earlier object."""
+  final, _, _ = promerge_images.to_image_masks(
+      clusters, original_hw, image_s.shape[:2], image_s, crf, settings
+  )
+  keep = np.flatnonzero([m.any() for m in final]).astype(int)  # an image may have no cluster
+  if not np.isfinite(scores[keep]).all():
+    raise ValueError(f'non-finite object scores {scores[keep]}')
+  objects = [
+      {'segmentation': coco.encode(final[t]), 'score': float(scores[t]), 'iteration': int(t)}
+      for t in keep
+  ]
+  return objects, instance_map(final[keep], original_hw)
+
+
+def _maskcut_chunk(keys: np.ndarray, grid, run_settings) -> list[tuple[Any, tuple]]:
+  """MaskCut on a batch of keys [B, N, D]: per image (post-processing, its first arguments)."""
+  d = run_settings.discover
+  results = maskcut.discover(
+      keys, grid, d.max_objects, d.tau, eps=d.eps, dtype=d.dtype, solver=d.solver
+  )
+  return [(image_objects, (res.patch_masks, res.scores)) for res in results]
+
+
+def _promerge_chunk(keys: np.ndarray, grid, run_settings) -> list[tuple[Any, tuple]]:
+  """ProMerge on a batch of keys: the prompt step batched on the device, the rest per image."""
+  ps = run_settings.promerge
+  seeds = promerge.seed_positions(grid, ps.stride)
+  g, aff, masks = promerge.prompt_masks(keys, grid, seeds, ps.bipartition_tau)
+  out = []
+  for i in range(len(keys)):
+    res = promerge.promerge(keys[i], grid, ps, prompts=(g[i], aff[i], masks[i]))
+    scores = res.scores if res.scores is not None else np.zeros(0)
+    out.append((promerge_objects, (res.clusters, scores, ps)))
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscoverMethod:
+  """One entry of the discover method table: its square input size and its batch step."""
+
+  fixed_size: Any  # Settings → int
+  chunk: Any  # (keys [B, N, D], grid, Settings) → [(post-processing fn, its first args)]
+  check: Any = None  # extractor → None, or raises a SettingError
+
+
+def _check_promerge_backbone(extractor, model_name: str) -> None:
+  p, width = extractor.arch.patch_size, getattr(extractor.arch, 'embed_dim', 0)
+  if (p, width) != (promerge.PATCH_SIZE, promerge.FEATURE_DIM):
+    raise errors.SettingError(
+        'model.name', model_name,
+        f'ProMerge runs DINO ViT-B/8 only (patch 8, width 768, as the official); this backbone '
+        f'has patch {p}, width {width}: use model.name=dino_vitb8',
+    )
+
+
+METHODS = {
+    'maskcut': DiscoverMethod(lambda s: s.discover.fixed_size, _maskcut_chunk),
+    'promerge': DiscoverMethod(
+        lambda s: s.promerge.fixed_size, _promerge_chunk, _check_promerge_backbone
+    ),
+}
+
+
 def crf_workers(d, todo: int) -> int:
   """Processes for the host post-processing: the CRF holds the GIL and costs ~1 s per mask."""
   if d.workers > 0:
@@ -254,17 +329,21 @@ def _discover(
     config, run_settings, workdir: Path, todo: list, own_path: Path, examples: list
 ) -> None:
   d = run_settings.discover
+  method = METHODS[d.method]
   extractor = common.load_extractor(run_settings.model)
+  if method.check is not None:
+    method.check(extractor, run_settings.model.name)
   p = extractor.arch.patch_size
+  fixed_size = method.fixed_size(run_settings)
   skipped = common.SkipLog(workdir, STAGE)
   progress = pipeline.Progress(len(todo), STAGE)
   panels = common.Panels(workdir, config.output.num_panels, examples, prefix='discover_')
-  grid_side = int(round(d.fixed_size / p))
+  grid_side = int(round(fixed_size / p))
   n = grid_side * grid_side
   # Every image has the same grid, so one batch size (and one compiled shape) serves all.
   batch = max(1, min(config.data.batch_size, config.data.batch_tokens // n, len(todo)))
   stream = decoded(
-      todo, p, d.fixed_size, config.data.max_pixels, frozenset(panels.due), skipped
+      todo, p, fixed_size, config.data.max_pixels, frozenset(panels.due), skipped
   )
   workers = crf_workers(d, len(todo))
   # 'spawn': forking a process that runs JAX threads can deadlock.
@@ -305,12 +384,9 @@ def _discover(
       crops = [item.image_vit for item in chunk]
       crops += [crops[-1]] * (batch - len(crops))  # a short last batch reuses the compiled shape
       keys = np.asarray(extractor(crops, n)['k'])[: len(chunk), :n]
-      results = maskcut.discover(
-          keys, chunk[0].grid, d.max_objects, d.tau, eps=d.eps, dtype=d.dtype, solver=d.solver
-      )
-      for item, res in zip(chunk, results):
-        args = (res.patch_masks, res.scores, item.original_hw, item.image_s, d.crf)
-        pending.append((item, pool.submit(image_objects, *args)))
+      for item, (post, first) in zip(chunk, method.chunk(keys, chunk[0].grid, run_settings)):
+        args = first + (item.original_hw, item.image_s, d.crf)
+        pending.append((item, pool.submit(post, *args)))
       # The device runs ahead of the CRF workers by at most two rounds of them.
       while len(pending) > max(2 * workers, batch):
         finish_one()
