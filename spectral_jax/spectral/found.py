@@ -352,9 +352,7 @@ def gaussian_blur(image: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
 
 def _pil_bilinear(image: Image.Image, hw: tuple[int, int]) -> Image.Image:
   """torchvision's resize of a PIL image: PIL BILINEAR, unchanged at its own size."""
-  if (image.height, image.width) == hw:
-    return image
-  return image.resize((hw[1], hw[0]), Image.BILINEAR)
+  return image if (image.height, image.width) == hw else image.resize(hw[::-1], Image.BILINEAR)
 
 
 def train_image(
@@ -453,10 +451,7 @@ def background(cls_attention, keys, bkg_th: float = BKG_TH, eps: float = 1e-10) 
   beta = np.log(qe.sum(dtype=np.float32) / qe).astype(np.float32)
   d = (k.reshape(n, heads, -1) * beta[None, :, None]).reshape(n, -1)
   d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), np.float32(1e-12))
-  weighted = att * beta[:, None]
-  total = weighted[0].copy()
-  for row in weighted[1:]:  # heads summed one after the other
-    total += row
+  total = functools.reduce(np.add, att * beta[:, None])  # heads summed one after the other
   seed = int(np.argmin(total))
   similarity = (d @ d[seed]).astype(np.float32)
   return dict(
