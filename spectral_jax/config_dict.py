@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional
 from spectral_jax.errors import SettingError
 from spectral_jax.settings import (
     METHOD_NAMES, BatchSettings, DatasetSettings, DiscoverSettings, DistributedSettings,
-    EditSettings, ImageLimits, LostSettings, MethodSettings, ModelSettings, OutputSettings,
+    EditSettings, FoundSettings, ImageLimits, LostSettings, MethodSettings, ModelSettings, OutputSettings,
     PromergeSettings, RefineSettings, ServerSettings, Settings, SpectralSettings, TokenCutSettings, _is_int,
 )
 
@@ -26,6 +26,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     'segment': (RefineSettings,),
     'discover': (DiscoverSettings,),
     'promerge': (PromergeSettings,),
+    'found': (FoundSettings,),
     'edit': (EditSettings,),
     'serve': (ServerSettings,),
     'output': (OutputSettings,),
@@ -134,6 +135,7 @@ def from_config(config: Any) -> Settings:
       discover=build(
           DiscoverSettings, _values(get('discover'), DiscoverSettings, 'discover'), 'discover'
       ),
+      found=build(FoundSettings, _values(get('found'), FoundSettings, 'found'), 'found'),
       promerge=build(
           PromergeSettings, _values(get('promerge'), PromergeSettings, 'promerge'), 'promerge'
       ),

@@ -176,7 +176,7 @@ class LostSettings:
 class MethodSettings:
   """The object-discovery method of localize / segment / extract and its knobs."""
 
-  name: str = _field('dsm', 'dsm | tokencut | lost (see spectral_jax/pipeline METHODS)')
+  name: str = _field('dsm', 'dsm | tokencut | lost | found (spectral_jax/pipeline METHODS)')
   tokencut: TokenCutSettings = TokenCutSettings()
   lost: LostSettings = LostSettings()
 
@@ -324,6 +324,39 @@ class PromergeSettings:
 
 
 
+FOUND_MODES = ('single', 'multi')
+FOUND_TARGETS = ('found', 'dsm', 'tokencut', 'maskcut')
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundSettings:
+  """FOUND (CVPR 2023): a 1×1 head on DINO ViT-S/8 keys (--config.method=found; its training:
+  configs/found.py --mode=train)."""
+
+  decoder: str = _field(
+      '', "decoder file: FOUND's decoder_weights.pt or our saved head; '' = the official file"
+  )
+  evaluation_mode: str = _field('multi', 'single (largest component) | multi (official default)')
+  bkg_th: float = _field(0.3, "background threshold of the training targets (official 0.3)")
+  targets: str = _field(
+      'found', 'training targets: found (its background discovery) | dsm | tokencut | maskcut'
+  )
+
+  def __post_init__(self):
+    _check(
+        self.evaluation_mode in FOUND_MODES, 'found.evaluation_mode', self.evaluation_mode,
+        f'use one of {FOUND_MODES}',
+    )
+    _check(
+        _is_number(self.bkg_th) and -1.0 <= self.bkg_th <= 1.0, 'found.bkg_th', self.bkg_th,
+        'use a cosine threshold in [-1, 1]',
+    )
+    _check(
+        self.targets in FOUND_TARGETS, 'found.targets', self.targets,
+        f'use one of {FOUND_TARGETS}',
+    )
+
+
 EDIT_FOREGROUNDS = ('blur_fusion', 'image')
 
 
@@ -431,10 +464,11 @@ class Settings:
   refine: RefineSettings = RefineSettings()
   discover: DiscoverSettings = DiscoverSettings()
   promerge: PromergeSettings = PromergeSettings()
+  found: FoundSettings = FoundSettings()
   edit: EditSettings = EditSettings()
   serve: ServerSettings = ServerSettings()
   output: OutputSettings = OutputSettings()
   seed: int = 0
 
 
-METHOD_NAMES = ('dsm', 'tokencut', 'lost')
+METHOD_NAMES = ('dsm', 'tokencut', 'lost', 'found')

@@ -8,6 +8,7 @@ from absl import logging
 from PIL import Image
 
 from spectral_jax.errors import ImageTooLargeError
+from spectral_jax.imaging import resample
 
 
 def working_size(image_hw, patch_size: int, max_tokens: int) -> tuple[int, int]:
@@ -65,10 +66,5 @@ def scale_box(box_xyxy, from_hw, to_hw) -> np.ndarray:
   )
 
 
-def resize_mask(mask: np.ndarray, to_hw) -> np.ndarray:
-  """Nearest-neighbour resize of a 2-D mask or label map to (H, W)."""
-  if tuple(mask.shape[:2]) == tuple(to_hw):
-    return mask
-  rows = np.minimum((np.arange(to_hw[0]) + 0.5) * mask.shape[0] / to_hw[0], mask.shape[0] - 1)
-  cols = np.minimum((np.arange(to_hw[1]) + 0.5) * mask.shape[1] / to_hw[1], mask.shape[1] - 1)
-  return mask[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+# Working frame → original frame of a mask or label map (half-pixel nearest).
+resize_mask = resample.nearest_half_pixel

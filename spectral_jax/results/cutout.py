@@ -12,6 +12,7 @@ from absl import logging
 from spectral_jax import edit, pipeline
 from spectral_jax.data import datasets, decode
 from spectral_jax.errors import SettingError
+from spectral_jax.imaging import resample
 from spectral_jax.settings import EditSettings
 from spectral_jax.spectral import segments
 
@@ -89,7 +90,7 @@ def image_cutout(
     logging.warning('%s: no foreground patches; the cutout is empty', name or 'image')
   # A segment map may be finer than the patch grid (2× for downsampled-8 eigenvectors).
   cell = max(patch_size * grid_hw[0] // patch_mask.shape[0], 1)
-  upsampled = segments.upsample_patch_mask(patch_mask, working_hw, cell)
+  upsampled = resample.upsample_patches_cv2(patch_mask, working_hw, cell)
   mask = pipeline.resize_mask(upsampled, image.shape[:2])
   band = patch_size * image.shape[0] / working_hw[0]  # one patch, in pixels of the original
   return mask, edit_image(image, mask, band, opts, background)

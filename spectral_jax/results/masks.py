@@ -9,7 +9,8 @@ import numpy as np
 
 from spectral_jax import crf, pipeline
 from spectral_jax.settings import RefineSettings
-from spectral_jax.spectral import bilateral, segments, tokencut
+from spectral_jax.imaging import resample
+from spectral_jax.spectral import bilateral, segments
 
 
 def object_mask(
@@ -17,7 +18,7 @@ def object_mask(
 ) -> np.ndarray:
   """Fiedler vector > 0 (the minority side, after the sign rule) at image resolution."""
   mask = segments.fiedler_mask(eigenvectors, grid_hw)
-  full = segments.upsample_patch_mask(mask, image.shape[:2], patch_size)
+  full = resample.upsample_patches_cv2(mask, image.shape[:2], patch_size)
   if crf_params is not None:
     full = crf.refine_mask(image, full, crf_params)
   return full
@@ -34,16 +35,16 @@ def method_mask(r: pipeline.ImageResult, preprocess: str, hw=None) -> np.ndarray
   hw = tuple(int(v) for v in (hw or r.image.shape[:2]))
   if r.outputs is None:
     mask = segments.fiedler_mask(r.eigenvectors, r.patch_grid)
-    return segments.upsample_patch_mask(mask, hw, r.patch_size)
+    return resample.upsample_patches_cv2(mask, hw, r.patch_size)
   patch_mask = r.outputs['patch_mask']
   if preprocess == 'resize':
-    return tokencut.upsample_nearest(patch_mask, hw)
+    return resample.nearest_torch(patch_mask, hw)
   p = r.patch_size
-  blocks = np.repeat(np.repeat(patch_mask, p, axis=0), p, axis=1)
+  blocks = resample.repeat_blocks(patch_mask, p)
   if preprocess == 'pad':
     blocks = blocks[: r.image.shape[0], : r.image.shape[1]]
   else:
-    blocks = segments.upsample_patch_mask(patch_mask, r.image.shape[:2], p)
+    blocks = resample.upsample_patches_cv2(patch_mask, r.image.shape[:2], p)
   return pipeline.resize_mask(blocks, hw)
 
 

@@ -35,9 +35,10 @@ from PIL import Image
 from spectral_jax import metrics, parallel, pipeline, viz
 from spectral_jax import artifacts
 from spectral_jax.data import datasets, decode
+from spectral_jax.imaging import resample
 from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models import vit
-from spectral_jax.spectral import clustering, segments
+from spectral_jax.spectral import clustering
 from spectral_jax.tasks import common, extract
 
 NUM_VOC_CLASSES = 21
@@ -89,11 +90,8 @@ def semantic_maps(
   ]
 
 
-def resize_nearest(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """cv2.resize(INTER_NEAREST) to (H, W): the official pseudo-label resize (§7.2)."""
-  rows = segments.cv2_nearest_index(hw[0], label.shape[0])
-  cols = segments.cv2_nearest_index(hw[1], label.shape[1])
-  return label[rows[:, None], cols[None, :]]
+# cv2.resize(INTER_NEAREST) to (H, W): the official pseudo-label resize (§7.2).
+resize_nearest = resample.nearest_cv2
 
 
 def score_maps(

@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import color as skcolor
 
+from spectral_jax.imaging import resample
 from spectral_jax.training.state import TrainConfig
 
 
@@ -99,7 +100,7 @@ def augment(
   box = (left, top, left + w, top + h)
   size = (cfg.crop_size, cfg.crop_size)
   image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC, box=box))
-  label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST, box=box))
+  label = resample.nearest_pil(label, size, box=box)
   if rng.random() < cfg.flip_p:
     image, label = image[:, ::-1], label[:, ::-1]
   if rng.random() < cfg.jitter_p:
