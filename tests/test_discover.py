@@ -18,6 +18,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from spectral_jax import coco
+from spectral_jax.results import objects as objects_lib
 from spectral_jax.tasks import common, discover
 from tests.conftest import PARITY
 
@@ -203,7 +204,7 @@ def test_instance_map_and_config_errors():
   masks = np.zeros((2, 4, 5), bool)
   masks[0, :2] = True
   masks[1, 3, 1:] = True
-  labels = discover.instance_map(masks, (4, 5))
+  labels = objects_lib.instance_map(masks, (4, 5))
   assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2}
   config = _config(PARITY / 'images')
   config.discover.solver = 'magic'
