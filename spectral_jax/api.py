@@ -33,7 +33,9 @@ from PIL import Image, ImageOps
 from spectral_jax import edit, inference, pipeline
 from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets, decode
-from spectral_jax.errors import BadImageError, ImageTooLargeError, SettingError
+from spectral_jax.errors import (
+    BadImageError, ImageTooLargeError, MissingDependencyError, SettingError,
+)
 from spectral_jax.inference import Backbone
 from spectral_jax.results import cutout
 from spectral_jax.results.types import Eigen, Localization, Objects
@@ -100,6 +102,8 @@ def _calling(run: Callable[[], T]) -> T:
     ) from e
   except SettingError as e:
     raise ValueError(e.named(PARAMETERS.get(e.key, e.key))) from e
+  except MissingDependencyError as e:
+    raise MissingDependencyError(e.feature, f"{e.install}, or pass refine='none' / crf=False") from e
 
 
 # ----------------------------------------------------------------------------- loading

@@ -28,7 +28,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from spectral_jax import workdirs
+from spectral_jax import errors, workdirs
 from spectral_jax import artifacts
 from spectral_jax.models.weights import checkpoints
 from spectral_jax.tasks import common
@@ -121,7 +121,7 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
 
 # Errors whose message is the whole story for a user (bad values, missing files, a workdir
 # made with other settings, the environment); anything else keeps its traceback.
-USER_ERRORS = (ValueError, OSError, workdirs.WorkdirError)
+USER_ERRORS = (ValueError, OSError, workdirs.WorkdirError, errors.MissingDependencyError)
 
 
 def main(argv):

@@ -33,6 +33,9 @@ def user_message(error: Exception) -> str:
     return error.named(f'--config.{error.key}')
   if isinstance(error, errors.ImageTooLargeError):
     return f'{error}; raise --config.{error.setting} to process it'
+  if isinstance(error, errors.MissingDependencyError):
+    return (f'{error}, or run without it (--config.segment.refine=none, '
+            '--config.discover.crf=False)')
   return str(error)
 
 
