@@ -45,7 +45,9 @@ from PIL import Image
 from spectral_jax import edit as edit_lib
 from spectral_jax import inference, pipeline, settings
 from spectral_jax.data import decode
-from spectral_jax.errors import BadImageError, ImageTooLargeError, SettingError
+from spectral_jax.errors import (
+    BadImageError, ImageTooLargeError, MissingDependencyError, SettingError,
+)
 from spectral_jax.inference import Backbone
 from spectral_jax.server.uploads import HTTPError, Upload, choice as _choice, number as _number
 from spectral_jax.version import __version__
@@ -446,6 +448,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     except (BadImageError, SettingError) as e:  # the library's image and setting errors
       status = status_of(e)
       content_type, payload = JSON, _error_body(status, message_of(e))
+    except MissingDependencyError as e:  # an optional package this server lacks
+      status, content_type, payload = 501, JSON, _error_body(501, str(e))
     except ValueError as e:  # another refused input (e.g. a seed outside its own side)
       status, content_type, payload = 400, JSON, _error_body(400, str(e))
     except Exception as e:  # pylint: disable=broad-except  # the server keeps serving
