@@ -30,7 +30,8 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from spectral_jax import edit, inference, pipeline
+from spectral_jax import inference, pipeline
+from spectral_jax.imaging import matting
 from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets, decode
 from spectral_jax.errors import (
@@ -328,7 +329,7 @@ def _background(background: Any) -> cutout.Background:
     return decode.to_rgb_array(background, 'background')
   if isinstance(background, tuple) and len(background) == 3:
     try:
-      return edit.parse_color(background)
+      return matting.parse_color(background)
     except ValueError as e:
       raise ValueError(f'background={background!r}: {e}') from e
   if isinstance(background, np.ndarray):

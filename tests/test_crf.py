@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from spectral_jax import crf, errors
+from spectral_jax import errors
+from spectral_jax.imaging import crf
 from spectral_jax.spectral import maskcut
 
 

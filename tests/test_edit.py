@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from spectral_jax import edit
+from spectral_jax.imaging import matting
 from spectral_jax.data import decode
 from spectral_jax.results import cutout
 from spectral_jax.tasks import edit as task
@@ -91,26 +91,26 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_trimap_band_around_mask_edge():
   mask = np.zeros((96, 128), bool)
   mask[32:64, 48:96] = True
-  tri = edit.trimap_from_mask(mask, band_px=8)
+  tri = matting.trimap_from_mask(mask, band_px=8)
   assert tri.dtype == np.uint8 and tri.shape == mask.shape
-  assert set(np.unique(tri)) == {edit.BACKGROUND, edit.UNKNOWN, edit.FOREGROUND}
-  assert not (tri == edit.FOREGROUND)[~mask].any() and not (tri == edit.BACKGROUND)[mask].any()
+  assert set(np.unique(tri)) == {matting.BACKGROUND, matting.UNKNOWN, matting.FOREGROUND}
+  assert not (tri == matting.FOREGROUND)[~mask].any() and not (tri == matting.BACKGROUND)[mask].any()
   dist_to_edge = np.where(
       mask, ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask)
   )
-  assert (tri[dist_to_edge > 8] != edit.UNKNOWN).all()  # only the band is unknown
-  assert (tri[dist_to_edge <= 7] == edit.UNKNOWN).all()
-  assert (tri[40:56, 60:84] == edit.FOREGROUND).all()
+  assert (tri[dist_to_edge > 8] != matting.UNKNOWN).all()  # only the band is unknown
+  assert (tri[dist_to_edge <= 7] == matting.UNKNOWN).all()
+  assert (tri[40:56, 60:84] == matting.FOREGROUND).all()
 
 
 def test_trimap_small_object_keeps_a_core_and_edge_cases():
   mask = np.zeros((64, 64), bool)
   mask[24:40, 24:40] = True  # one 16 px patch, band 16 would erode it away entirely
-  tri = edit.trimap_from_mask(mask, band_px=16)
-  assert (tri == edit.FOREGROUND).any() and (tri == edit.BACKGROUND).any()
-  assert (edit.trimap_from_mask(np.zeros((8, 8), bool), 4) == edit.BACKGROUND).all()
-  assert (edit.trimap_from_mask(np.ones((8, 8), bool), 4) == edit.FOREGROUND).all()
-  np.testing.assert_array_equal(edit.trimap_from_mask(mask, 0) == edit.FOREGROUND, mask)
+  tri = matting.trimap_from_mask(mask, band_px=16)
+  assert (tri == matting.FOREGROUND).any() and (tri == matting.BACKGROUND).any()
+  assert (matting.trimap_from_mask(np.zeros((8, 8), bool), 4) == matting.BACKGROUND).all()
+  assert (matting.trimap_from_mask(np.ones((8, 8), bool), 4) == matting.FOREGROUND).all()
+  np.testing.assert_array_equal(matting.trimap_from_mask(mask, 0) == matting.FOREGROUND, mask)
 
 
 # ----------------------------------------------------------------------------- matting
@@ -118,13 +118,13 @@ def test_trimap_small_object_keeps_a_core_and_edge_cases():
 
 def test_matting_system_is_symmetric_and_annihilates_constants():
   image, alpha, _, _ = scene(48, 64, seed=3)
-  tri = edit.trimap_from_mask(alpha > 0.5, 6)
-  a, b, u_idx = edit.matting_system(image, tri, eps=1e-6)
+  tri = matting.trimap_from_mask(alpha > 0.5, 6)
+  a, b, u_idx = matting.matting_system(image, tri, eps=1e-6)
   assert a.shape == (u_idx.size, u_idx.size)
   assert abs(a - a.T).max() < 1e-8 * abs(a).max()
   # All-foreground constraints: α ≡ 1 minimises αᵀLα (L·1 = 0), i.e. A·1 = b with b from α_k = 1.
-  tri_fg = np.where(tri == edit.UNKNOWN, edit.UNKNOWN, edit.FOREGROUND).astype(np.uint8)
-  a1, b1, _ = edit.matting_system(image, tri_fg, eps=1e-6)
+  tri_fg = np.where(tri == matting.UNKNOWN, matting.UNKNOWN, matting.FOREGROUND).astype(np.uint8)
+  a1, b1, _ = matting.matting_system(image, tri_fg, eps=1e-6)
   np.testing.assert_allclose(a1 @ np.ones(a1.shape[0]), b1, atol=1e-6 * abs(a1).max())
 
 
@@ -135,9 +135,9 @@ def test_closed_form_alpha_is_exact_for_two_colour_images():
   alpha = np.clip((xx - 30) / 20 + 0.1 * np.sin(yy / 5), 0, 1)
   f, b = np.array([0.9, 0.3, 0.1]), np.array([0.1, 0.4, 0.8])
   image = alpha[..., None] * f + (1 - alpha[..., None]) * b  # float, no quantisation
-  tri = np.full((h, w), edit.UNKNOWN, np.uint8)
-  tri[:, :20], tri[:, 60:] = edit.BACKGROUND, edit.FOREGROUND
-  got = edit.closed_form_alpha(image, tri, eps=1e-9)
+  tri = np.full((h, w), matting.UNKNOWN, np.uint8)
+  tri[:, :20], tri[:, 60:] = matting.BACKGROUND, matting.FOREGROUND
+  got = matting.closed_form_alpha(image, tri, eps=1e-9)
   np.testing.assert_allclose(got, alpha, atol=2e-3)
 
 
@@ -146,7 +146,7 @@ def test_matte_recovers_soft_alpha_from_blocky_mask(patch, seed):
   image, alpha, _, _ = scene(240, 320, seed=seed, soft=4.0)
   mask = blocky_mask(alpha, patch, n_wrong=1, seed=seed)
   start = time.perf_counter()
-  got = edit.matte(image, mask, band_px=patch, eps=1e-6)
+  got = matting.matte(image, mask, band_px=patch, eps=1e-6)
   elapsed = time.perf_counter() - start
   assert got.shape == alpha.shape and got.dtype == np.float32
   assert 0 <= got.min() and got.max() <= 1
@@ -167,8 +167,8 @@ def test_matte_recovers_soft_alpha_from_blocky_mask(patch, seed):
 def test_reduced_resolution_path_keeps_quality():
   image, alpha, _, _ = scene(480, 640, seed=4, soft=6.0)
   mask = blocky_mask(alpha, 16, n_wrong=2, seed=4)
-  full = edit.matte(image, mask, band_px=16, max_pixels=10**9)
-  reduced = edit.matte(image, mask, band_px=16, max_pixels=480 * 640 // 6)  # ~2.4× smaller side
+  full = matting.matte(image, mask, band_px=16, max_pixels=10**9)
+  reduced = matting.matte(image, mask, band_px=16, max_pixels=480 * 640 // 6)  # ~2.4× smaller side
   truth = alpha > 0.5
   assert iou(reduced > 0.5, truth) >= 0.98
   assert np.abs(reduced - alpha).mean() <= 0.015
@@ -181,11 +181,11 @@ def test_huge_image_bounded_time_and_memory():
   small, alpha_small, _, _ = scene(300, 400, seed=5, soft=3.0)
   hw = (3000, 4000)
   image = np.asarray(Image.fromarray(small).resize(hw[::-1], Image.Resampling.BILINEAR))
-  alpha = edit.resize_image(alpha_small.astype(np.float32), hw)
+  alpha = matting.resize_image(alpha_small.astype(np.float32), hw)
   mask = blocky_mask(alpha, 16, n_wrong=1, seed=5)
   tracemalloc.start()
   start = time.perf_counter()
-  got = edit.matte(image, mask, band_px=16, max_pixels=500_000)
+  got = matting.matte(image, mask, band_px=16, max_pixels=500_000)
   elapsed = time.perf_counter() - start
   _, peak = tracemalloc.get_traced_memory()
   tracemalloc.stop()
@@ -201,12 +201,12 @@ def test_huge_image_bounded_time_and_memory():
 
 def test_degenerate_masks():
   image, _, _, _ = scene(64, 64)
-  assert (edit.matte(image, np.zeros((64, 64), bool), 8) == 0).all()
-  assert (edit.matte(image, np.ones((64, 64), bool), 8) == 1).all()
+  assert (matting.matte(image, np.zeros((64, 64), bool), 8) == 0).all()
+  assert (matting.matte(image, np.ones((64, 64), bool), 8) == 1).all()
   # A patch-level (not upsampled) mask is accepted and resized.
   grid = np.zeros((4, 4), bool)
   grid[1:3, 1:3] = True
-  got = edit.matte(image, grid, 16)
+  got = matting.matte(image, grid, 16)
   assert got.shape == (64, 64) and got[32, 32] == 1 and got[2, 2] == 0
 
 
@@ -215,11 +215,11 @@ def test_grayscale_and_rgba_arrays():
   mask = blocky_mask(alpha, 8, seed=6)
   gray = image.mean(-1).astype(np.uint8)
   rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
-  np.testing.assert_array_equal(edit.matte(rgba, mask, 8), edit.matte(image, mask, 8))
-  got = edit.matte(gray, mask, 8)
+  np.testing.assert_array_equal(matting.matte(rgba, mask, 8), matting.matte(image, mask, 8))
+  got = matting.matte(gray, mask, 8)
   assert got.shape == alpha.shape and np.isfinite(got).all()
-  assert edit.cutout_rgba(gray, got).shape == (96, 128, 4)
-  assert edit.composite(gray[..., None], got, 'black').shape == (96, 128, 3)
+  assert matting.cutout_rgba(gray, got).shape == (96, 128, 4)
+  assert matting.composite(gray[..., None], got, 'black').shape == (96, 128, 3)
 
 
 # ----------------------------------------------------------------------------- colours & outputs
@@ -227,7 +227,7 @@ def test_grayscale_and_rgba_arrays():
 
 def test_blur_fusion_foreground_beats_naive_and_is_exact_where_opaque():
   image, alpha, fg, _ = scene(200, 260, seed=7, soft=8.0)
-  est = edit.estimate_foreground(image, alpha)
+  est = matting.estimate_foreground(image, alpha)
   assert est.shape == image.shape and est.dtype == np.float32
   opaque = alpha >= 1
   np.testing.assert_allclose(est[opaque], image[opaque] / 255.0, atol=1e-6)
@@ -236,37 +236,37 @@ def test_blur_fusion_foreground_beats_naive_and_is_exact_where_opaque():
   fused_err = np.abs(est - fg)[soft].mean()
   assert fused_err < naive_err / 2, (fused_err, naive_err)
   # Row strips with a halo give exactly the whole-image answer.
-  np.testing.assert_array_equal(edit.estimate_foreground(image, alpha, strip_rows=37), est)
+  np.testing.assert_array_equal(matting.estimate_foreground(image, alpha, strip_rows=37), est)
 
 
 def test_cutout_rgba():
   image, alpha, _, _ = scene(64, 80, seed=8)
-  out = edit.cutout_rgba(image, alpha)
+  out = matting.cutout_rgba(image, alpha)
   assert out.shape == (64, 80, 4) and out.dtype == np.uint8
   np.testing.assert_array_equal(out[..., 3], np.rint(alpha * 255).astype(np.uint8))
   assert (out[alpha == 0][:, :3] == 0).all()
   np.testing.assert_array_equal(out[alpha == 1][:, :3], image[alpha == 1])
-  naive = edit.cutout_rgba(image, alpha, foreground=image / 255.0)
+  naive = matting.cutout_rgba(image, alpha, foreground=image / 255.0)
   np.testing.assert_array_equal(naive[alpha > 0][:, :3], image[alpha > 0])
 
 
 def test_composite_colour_and_image_backgrounds():
   image, alpha, _, _ = scene(64, 80, seed=9)
-  out = edit.composite(image, alpha, '#ff8000')
+  out = matting.composite(image, alpha, '#ff8000')
   assert out.shape == (64, 80, 3) and out.dtype == np.uint8
   assert (out[alpha == 0] == [255, 128, 0]).all()
   np.testing.assert_array_equal(out[alpha == 1], image[alpha == 1])
   # An image background of another size and aspect ratio is scaled to cover, then cropped.
   bg = np.zeros((30, 200, 3), np.uint8)
   bg[..., 2] = 200
-  out = edit.composite(image, alpha, bg)
+  out = matting.composite(image, alpha, bg)
   assert out.shape == (64, 80, 3)
   assert (out[alpha == 0] == [0, 0, 200]).all()
-  assert edit.cover_resize(bg, (64, 80)).shape == (64, 80, 3)
+  assert matting.cover_resize(bg, (64, 80)).shape == (64, 80, 3)
   # The composite is αF + (1−α)B with the estimated F.
-  fg = edit.estimate_foreground(image, alpha)
+  fg = matting.estimate_foreground(image, alpha)
   expected = alpha[..., None] * fg + (1 - alpha[..., None]) * np.array([1.0, 1.0, 1.0])
-  got = edit.composite(image, alpha, 'white', fg) / 255.0
+  got = matting.composite(image, alpha, 'white', fg) / 255.0
   assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-6
 
 
@@ -285,25 +285,25 @@ def test_composite_colour_and_image_backgrounds():
     ],
 )
 def test_parse_color(spec, rgb):
-  assert edit.parse_color(spec) == rgb
+  assert matting.parse_color(spec) == rgb
 
 
 @pytest.mark.parametrize('spec', ['nocolour', '300,0,0', '1,2', '#12345', '', 'a,b,c', (1, 2)])
 def test_parse_color_rejects(spec):
   with pytest.raises(ValueError):
-    edit.parse_color(spec)
+    matting.parse_color(spec)
 
 
 def test_edit_panel():
   image, alpha, _, _ = scene(100, 150, seed=10)
   grid = np.zeros((6, 9), bool)
   grid[2:4, 3:6] = True
-  comp = edit.composite(image, alpha, 'white')
-  panel = edit.edit_panel(image, grid, alpha, comp)
+  comp = matting.composite(image, alpha, 'white')
+  panel = matting.edit_panel(image, grid, alpha, comp)
   assert panel.dtype == np.uint8 and panel.shape == (100, 4 * 150 + 3 * 4, 3)
-  without = edit.edit_panel(image, alpha > 0.5, alpha)  # cutout on a checkerboard instead
+  without = matting.edit_panel(image, alpha > 0.5, alpha)  # cutout on a checkerboard instead
   assert without.shape == panel.shape
-  big = edit.edit_panel(np.zeros((1000, 500, 3), np.uint8), grid, np.zeros((1000, 500)))
+  big = matting.edit_panel(np.zeros((1000, 500, 3), np.uint8), grid, np.zeros((1000, 500)))
   assert big.shape[0] == 384
 
 
@@ -318,7 +318,7 @@ def test_decoded_odd_files_reach_the_matte(tmp_path):
   for name in ('gray.png', 'rgba.png', 'deep.png'):
     rgb = decode.load_rgb(tmp_path / name)
     assert rgb.shape == (64, 96, 3) and rgb.dtype == np.uint8
-    got = edit.matte(rgb, mask, 8)
+    got = matting.matte(rgb, mask, 8)
     assert got.shape == (64, 96) and np.isfinite(got).all()
 
 

@@ -9,7 +9,8 @@ from typing import Union
 import numpy as np
 from absl import logging
 
-from spectral_jax import edit, pipeline
+from spectral_jax import pipeline
+from spectral_jax.imaging import matting
 from spectral_jax.data import datasets, decode
 from spectral_jax.errors import SettingError
 from spectral_jax.imaging import resample
@@ -29,7 +30,7 @@ def resolve_background(spec: str, max_pixels: int = decode.DEFAULT_MAX_PIXELS) -
   if path.is_file():
     return decode.load_rgb(path, max_pixels=max_pixels)
   try:
-    return edit.parse_color(spec)
+    return matting.parse_color(spec)
   except ValueError as e:
     if path.suffix.lower() in datasets.IMAGE_EXTENSIONS or '/' in spec:
       raise FileNotFoundError(f'edit.background: no such image file {spec!r}') from e
@@ -59,16 +60,16 @@ def edit_image(
     background: Background,
 ) -> dict[str, np.ndarray]:
   """alpha / cutout (and composite) arrays of one image from its pixel-level coarse mask."""
-  alpha = edit.matte(
+  alpha = matting.matte(
       image, mask, opts.band_px or patch_size, opts.eps, opts.max_pixels, opts.levels
   )
   if opts.foreground == 'image':
     fg = image.astype(np.float32) / 255.0
   else:
-    fg = edit.estimate_foreground(image, alpha)
-  out = {'alpha': alpha, 'cutout': edit.cutout_rgba(image, alpha, fg)}
+    fg = matting.estimate_foreground(image, alpha)
+  out = {'alpha': alpha, 'cutout': matting.cutout_rgba(image, alpha, fg)}
   if background is not None:
-    out['composite'] = edit.composite(image, alpha, background, fg)
+    out['composite'] = matting.composite(image, alpha, background, fg)
   return out
 
 

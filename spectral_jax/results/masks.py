@@ -7,7 +7,8 @@ import dataclasses
 
 import numpy as np
 
-from spectral_jax import crf, pipeline
+from spectral_jax import pipeline
+from spectral_jax.imaging import crf
 from spectral_jax.settings import RefineSettings
 from spectral_jax.imaging import resample
 from spectral_jax.spectral import bilateral, segments

@@ -42,7 +42,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from spectral_jax import edit as edit_lib
+from spectral_jax.imaging import matting as edit_lib
 from spectral_jax import inference, pipeline, settings
 from spectral_jax.data import decode
 from spectral_jax.errors import (

@@ -11,7 +11,7 @@ numerics; CutLER's code is not used). The stages, each a public function:
   ``spectral.eigen.ncut_pairs`` (see :func:`cut_graphs`); the bipartition, the side rule, the
   4-connected component of the seed and the overlap/size filter run on the host.
 * :func:`to_image_masks` - kept patch masks → disjoint ``S × S`` masks → optional dense CRF
-  (``spectral_jax.crf``) with its IoU filter → the original image size (Pillow bicubic of the
+  (``spectral_jax.imaging.crf``) with its IoU filter → the original image size (Pillow bicubic of the
   0/255 mask, relative threshold).
 * :func:`run` / :func:`run_iter` - all of the above from uint8 photos and a
   :class:`spectral_jax.pipeline.FeatureExtractor`; what ``--mode=discover`` needs.
@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from spectral_jax import crf as dense_crf
+from spectral_jax.imaging import crf as dense_crf
 from spectral_jax.imaging import resample
 from spectral_jax.spectral import eigen
 
@@ -92,7 +92,7 @@ class MaskCutCRF:
 
   @property
   def pairwise(self) -> dense_crf.CRFParams:
-    """The pairwise terms and iterations as :func:`spectral_jax.crf.infer` takes them."""
+    """The pairwise terms and iterations as :func:`spectral_jax.imaging.crf.infer` takes them."""
     return dense_crf.CRFParams(
         w1=self.bilateral_compat,
         alpha=self.bilateral_sxy,
@@ -377,7 +377,7 @@ def upsample_masks(patch_masks: np.ndarray, size_hw: Tuple[int, int]) -> np.ndar
 def crf_refine(
     image_s: np.ndarray, mask_s: np.ndarray, params: MaskCutCRF = CRF_PARAMS
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-  """MaskCut's CRF step on one S × S mask (protocol §4 steps 1–5), through ``spectral_jax.crf``.
+  """MaskCut's CRF step on one S × S mask (protocol §4 steps 1–5), through ``spectral_jax.imaging.crf``.
 
   Args:
     image_s: uint8 [S, S, 3], the resized image (:func:`preprocess`).

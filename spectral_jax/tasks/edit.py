@@ -2,7 +2,7 @@
 
 For each image: the foreground patches (Fiedler vector > 0, or segment ``edit.segment`` of the
 k-means eigen-segmentation), upsampled to pixels, refined into a soft alpha matte against the
-image (``spectral_jax.edit``: trimap → closed-form matting → guided upsampling), foreground
+image (``spectral_jax.imaging.matting``: trimap → closed-form matting → guided upsampling), foreground
 colours by blur fusion. Writes
 
   workdir/cutout/<stem>.png         RGBA, the object on a transparent background
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from spectral_jax import edit, parallel, pipeline
+from spectral_jax import parallel, pipeline
+from spectral_jax.imaging import matting
 from spectral_jax import artifacts
 from spectral_jax import config_dict
 from spectral_jax.data import datasets
@@ -114,7 +115,7 @@ def _process(
   if 'composite' in out:
     artifacts.save_png(paths['composite'], out['composite'])
   if with_panel:
-    artifacts.save_png(paths['panel'], edit.edit_panel(image, mask, out['alpha'], out.get('composite')))
+    artifacts.save_png(paths['panel'], matting.edit_panel(image, mask, out['alpha'], out.get('composite')))
   artifacts.save_png(paths['cutout'], out['cutout'])
 
 
