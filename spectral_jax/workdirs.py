@@ -185,13 +185,15 @@ def check_settings(
   """Resume, stop or (with ``overwrite``) delete ``outputs`` when the settings changed.
 
   ``outputs``: the files and folders the stage writes (deleted on overwrite). Outputs without
-  any record (made by an older version, or by hand) count as other settings. Only the
-  ``leader`` process deletes and writes records; the others only check.
+  any record (made by an older version, or by hand) count as other settings. A record without
+  any output (a run that failed before writing one: no weights, a typo) is no reason to stop:
+  the new settings replace it. Only the ``leader`` process deletes and writes records; the
+  others only check.
   """
   workdir = Path(workdir)
   old = read_record(workdir, stage)
   present = [p for p in outputs if p.exists()]
-  if old is None and not present:
+  if not present:
     changes = []
   elif old is None:
     changes = [f'outputs without a settings record ({", ".join(p.name for p in present[:3])})']

@@ -244,3 +244,23 @@ def test_stale_temporaries_are_removed(tmp_path):
   (tmp_path / 'masks' / 'kept.png').write_bytes(b'x')
   assert artifacts.clean_stale_temporaries(tmp_path) == 1
   assert sorted(p.name for p in (tmp_path / 'masks').iterdir()) == ['kept.png']
+
+
+def test_a_run_that_failed_before_any_output_never_blocks_the_next(tmp_path):
+  """The README's first command offline: the weights are unreachable, the run fails having
+  written only its record; the next command, with a local checkpoint, just runs."""
+  from configs import folder  # pylint: disable=import-outside-toplevel
+
+  config = folder.get_config()
+  config.data.root = str(PARITY / 'images')
+  config.model.cache_dir = str(tmp_path / 'cache')
+  config.model.checkpoint = 'http://127.0.0.1:9/dino_deitsmall16_pretrain.pth'  # nothing listens
+  config.output.num_panels = 0
+  with pytest.raises(Exception):  # pylint: disable=broad-except  # the download's own error
+    localize.run(config, tmp_path / 'out')
+  assert workdirs.read_record(tmp_path / 'out', 'localize') is not None  # what used to block
+  config.model.checkpoint = str(PARITY / 'checkpoint.pth')
+  localize.run(config, tmp_path / 'out')
+  assert len(artifacts.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')) == 3
+  record = workdirs.read_record(tmp_path / 'out', 'localize')
+  assert 'sha256' in record['model']['checkpoint']  # the new settings replaced the old record

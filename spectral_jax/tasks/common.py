@@ -378,7 +378,9 @@ def begin_stage(config, workdir, stage: str) -> None:
   changed = bool(workdirs.differences(previous, settings)) if previous else had_outputs
   leader = jax.process_index() == 0
   workdirs.check_settings(workdir, stage, settings, outputs, overwrite, leader=leader)
-  if overwrite and changed and leader:
+  # Images skipped under other settings are retried: after an overwrite, or when the earlier
+  # run wrote no output at all (its record alone never blocks a new run).
+  if changed and leader and (overwrite or not had_outputs):
     _forget_skipped(workdir, stage)
 
 
@@ -407,7 +409,8 @@ def write_or_skip(example, skipped: SkipLog, write: Callable[..., Any], *args) -
 
 
 def log_summary(*lines: str) -> None:
+  """Each summary line once, on stdout (the log keeps it at debug level only)."""
   for line in lines:
     if line:
-      logging.info('%s', line)
-      print(line)
+      logging.debug('%s', line)
+      print(line, flush=True)
