@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Optional
 from absl import logging
 
 from spectral_jax import artifacts
-from spectral_jax.version import __version__ as VERSION
+from spectral_jax.version import __version__ as VERSION  # noqa: F401  # re-exported
 
 RECORD_DIR = '.spectral_jax'
 

@@ -228,8 +228,9 @@ def test_methods_bombs_stalls_and_small_backgrounds(server, monkeypatch):
              'above the limit')
   monkeypatch.setattr(app.Handler, 'timeout', 1.0)
   with socket.create_connection((server.server_address[0], server.server_address[1])) as sock:
-    sock.sendall(b'POST /api/localize HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n'
-                 b'Content-Length: 100000\r\n\r\nab')
+    host = f'127.0.0.1:{server.server_address[1]}'.encode()
+    sock.sendall(b'POST /api/localize HTTP/1.1\r\nHost: ' + host + b'\r\nContent-Type: image/png'
+                 b'\r\nContent-Length: 100000\r\n\r\nab')
     sock.settimeout(30)
     answer = b''
     while b'\r\n\r\n' not in answer:
@@ -353,3 +354,45 @@ def test_other_modes_still_require_workdir():
       cwd=ROOT, capture_output=True, text=True, timeout=120,
   )
   assert proc.returncode != 0 and '--workdir is required for --mode=localize' in proc.stderr
+
+
+def _raw(server, head: bytes) -> bytes:
+  """The status line and headers of a hand-written request."""
+  with socket.create_connection(server.server_address[:2]) as sock:
+    sock.sendall(head)
+    sock.settimeout(30)
+    answer = b''
+    while b'\r\n\r\n' not in answer:
+      chunk = sock.recv(4096)
+      if not chunk:
+        break
+      answer += chunk
+  return answer
+
+
+def test_foreign_hosts_and_origins_are_403(server):
+  """DNS rebinding (another Host) and cross-site pages (another Origin) cannot drive the model;
+  the page's own requests can."""
+  port = server.server_address[1]
+  own = f'127.0.0.1:{port}'.encode()
+  answer = _raw(server, b'GET /api/health HTTP/1.1\r\nHost: evil.example\r\n\r\n')
+  assert answer.startswith(b'HTTP/1.1 403'), answer[:60]
+  answer = _raw(server, b'POST /api/localize HTTP/1.1\r\nHost: ' + own + b'\r\nOrigin: '
+                b'http://evil.example\r\nContent-Length: 0\r\n\r\n')
+  assert answer.startswith(b'HTTP/1.1 403'), answer[:60]
+  answer = _raw(server, b'GET /api/health HTTP/1.1\r\nHost: ' + own + b'\r\nOrigin: http://'
+                + own + b'\r\n\r\n')
+  assert answer.startswith(b'HTTP/1.1 200'), answer[:60]
+  answer = _raw(server, f'GET /api/health HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n'.encode())
+  assert answer.startswith(b'HTTP/1.1 200'), answer[:60]
+
+
+def test_unknown_options_paths_and_health_leak_nothing(server):
+  json_error(*request(server.url + '/api/localize?methd=tokencut', SMALL), 400, 'methd')
+  json_error(*request(server.url + '/api/segment?K=3', SMALL), 400, "'K'", 'refine')
+  # An unknown path is 404 whatever the body: even without a Content-Length.
+  own = f'127.0.0.1:{server.server_address[1]}'.encode()
+  answer = _raw(server, b'POST /api/nonesuch HTTP/1.1\r\nHost: ' + own + b'\r\n\r\n')
+  assert answer.startswith(b'HTTP/1.1 404'), answer[:60]
+  health = json.loads(request(server.url + '/api/health')[2])
+  assert '/' not in str(health['checkpoint']) and str(PARITY) not in json.dumps(health)

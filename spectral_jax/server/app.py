@@ -203,7 +203,11 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         'status': 'ok',
         'version': __version__,
         'model': self.backbone.name,
-        'checkpoint': self.backbone.checkpoint,
+        # The file's name only: a page must not learn the server's folders.
+        'checkpoint': (
+            None if not self.backbone.checkpoint
+            else self.backbone.checkpoint.rstrip('/').rsplit('/', 1)[-1]
+        ),
         'patch_size': self.backbone.patch_size,
         'methods': list(LOCALIZE_METHODS),
         'segment_methods': list(SEGMENT_METHODS),
@@ -233,6 +237,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     return lambda: [inference.in_memory(self.decode(upload.name, upload.data), upload.name)]
 
   def localize(self, upload: Upload) -> tuple[int, str, bytes]:
+    upload.check_options(('method',))
     method = _choice(upload, 'method', 'dsm', LOCALIZE_METHODS)
     image = self.image_of(upload)
     (r,) = self.run_on_model(
@@ -249,6 +254,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     return 200, JSON, json.dumps(body).encode()
 
   def segment(self, upload: Upload) -> tuple[int, str, bytes]:
+    upload.check_options(('method', 'refine'))
     method = _choice(upload, 'method', 'dsm', SEGMENT_METHODS)
     refine = _choice(upload, 'refine', 'none', settings.REFINES)
     image = self.image_of(upload)
@@ -261,6 +267,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     return 200, 'image/png', png_bytes(np.asarray(mask, np.uint8) * 255)
 
   def remove_background(self, upload: Upload) -> tuple[int, str, bytes]:
+    upload.check_options(('background',))
     background: Any = lambda: None
     spec = upload.option('background', '')
     if upload.background is not None:  # an image: only cover-resized, any size
@@ -281,6 +288,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     return 200, 'image/png', png_bytes(out)
 
   def eigenvectors(self, upload: Upload) -> tuple[int, str, bytes]:
+    upload.check_options(('format', 'K', 'lambda'))
     fmt = _choice(upload, 'format', 'npz', ('npz', 'json'))
     k = _number(upload, 'K', 5, int, 2, 64)
     color_lambda = _number(upload, 'lambda', 0.0, float, 0.0, 1e6)
@@ -376,7 +384,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
       left -= len(chunk)
     return b''.join(parts)
 
+  def _foreign(self) -> bool:
+    """Answers 403 (True) to a request for another host name (DNS rebinding) or from another
+    site's page (its Origin): only the served address may drive the model."""
+    host = self.headers.get('Host', '')
+    port = self.server.server_address[1]
+    if is_loopback(self.server.server_address[0]):
+      names = {f'{n}:{port}' for n in ('localhost', '127.0.0.1', '[::1]')}
+      names.add(f'{self.server.server_address[0]}:{port}')
+      if host and host not in names:
+        self._error(403, f'Host {host!r} is not this server: use http://127.0.0.1:{port}')
+        return True
+    origin = self.headers.get('Origin')
+    if origin and origin != 'null' and urllib.parse.urlsplit(origin).netloc != host:
+      self._error(403, f'requests from {origin} are refused: use the page this server serves')
+      return True
+    return False
+
   def do_GET(self):  # pylint: disable=invalid-name
+    if self._foreign():
+      return None
     path = urllib.parse.urlsplit(self.path).path
     if path in ('/', '/index.html'):
       csp = (
@@ -404,6 +431,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
   def do_POST(self):  # pylint: disable=invalid-name
     split = urllib.parse.urlsplit(self.path)
+    if self._foreign():
+      self.close_connection = True
+      return None
+    if split.path not in ENDPOINTS:  # whatever the body (or its headers)
+      self.close_connection = True
+      return self._error(404, f'no such endpoint: {split.path}')
     length_text = self.headers.get('Content-Length')
     if self.headers.get('Transfer-Encoding', '').lower() not in ('', 'identity'):
       self.close_connection = True

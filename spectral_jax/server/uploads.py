@@ -80,6 +80,15 @@ class Upload:
           400, "no image: send it as the request body or as the multipart field 'image'"
       )
 
+  def check_options(self, known: tuple[str, ...]) -> None:
+    """A misspelled option is a 400 naming it, never silently ignored."""
+    unknown = sorted(set(self.options) - set(known))
+    if unknown:
+      raise HTTPError(
+          400, f'unknown option {unknown[0]!r}: this endpoint takes '
+          + (', '.join(known) if known else 'no options')
+      )
+
   def option(self, key: str, default: str) -> str:
     return self.options.get(key, default).strip() or default
 

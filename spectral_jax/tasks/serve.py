@@ -9,6 +9,7 @@ SIGTERM). Nothing is written to the workdir: uploads are decoded in memory.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -54,7 +55,7 @@ def run(config, workdir: str) -> None:
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, stop)
   # print, not only log: scripts wait for this line (port 0 picks a free port).
-  print(f'spectral_jax: serving {backbone.name} on {server.url}', flush=True)
+  print(f'spectral_jax: serving {backbone.name} on {server.url} (PID {os.getpid()})', flush=True)
   logging.info('serving %r on %s', backbone, server.url)
   try:
     server.serve_forever(poll_interval=0.2)
