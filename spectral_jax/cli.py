@@ -14,7 +14,9 @@ Any config value can be overridden with --config.<key>=<value>.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -28,7 +30,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from spectral_jax import errors, workdirs
+from spectral_jax import config_dict, errors, workdirs
 from spectral_jax import artifacts
 from spectral_jax.models.weights import checkpoints
 from spectral_jax.tasks import common
@@ -181,12 +183,128 @@ def _run_mode(config, workdir: Path) -> None:
     task.run(config, str(workdir))
 
 
+# One line per mode (what ``--help`` lists).
+MODE_HELP = {
+    'extract': 'DINO keys and K Laplacian eigenvectors per image (features/, eigs/)',
+    'localize': 'the main object\'s box per image; CorLoc with boxes (predictions.jsonl)',
+    'segment': 'the main object\'s mask per image (+ CRF / bilateral); IoU, maxFβ (masks/)',
+    'semantic': 'eigen-segments → dataset clusters → pseudo-labels; Hungarian mIoU',
+    'train': 'self-training of a segmentation head (configs/voc_semantic.py, configs/found.py)',
+    'evaluate': 'scores a saved checkpoint (--config.checkpoint=DIR)',
+    'edit': 'background removal and compositing (cutout/, composite/)',
+    'discover': 'several objects per image: MaskCut or ProMerge (instances.json)',
+    'serve': 'the local web demo and HTTP API (--config.serve.port)',
+}
+
+
+def _first_line(path: Path) -> str:
+  try:
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ''
+  except (OSError, SyntaxError):
+    return ''
+  return doc.strip().splitlines()[0] if doc.strip() else ''
+
+
+def overview() -> str:
+  """What ``--help`` prints before the flags: modes, shipped configs, where keys are listed."""
+  lines = [
+      'spectral_jax: training-free object discovery (DSM, TokenCut, LOST, FOUND, MaskCut,',
+      'ProMerge) on DINO / DINOv2 / DINOv3 features.',
+      '',
+      'usage: spectral-jax --config=NAME_OR_FILE[:ARG] --mode=MODE --workdir=OUT '
+      '[--config.KEY=VALUE ...]',
+      '       (= python main.py ... = python -m spectral_jax ...)',
+      '',
+      'modes:',
+  ]
+  lines += [f'  {m:<9} {MODE_HELP.get(m, "")}' for m in MODES]
+  lines += ['', 'shipped configs (--config=NAME):']
+  folder = configs_dir()
+  for name in shipped_configs():
+    if name not in ('base', '__init__'):
+      lines.append(f'  {name:<12} {_first_line(folder / f"{name}.py")}')
+  lines += [
+      '',
+      'every key with its default and help: spectral-jax --config=NAME --config_help',
+      'example: spectral-jax --config=demo --mode=localize --workdir=/tmp/demo',
+      '',
+  ]
+  return '\n'.join(lines)
+
+
+def _load_config(value: str):
+  """The ConfigDict a --config value names (file[:arg]), or None if it cannot be loaded."""
+  path, _, arg = value.partition(':')
+  try:
+    spec = importlib.util.spec_from_file_location('_spectral_jax_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except  # config_flags reports it properly
+    return None
+
+
+def _keys(config, prefix: str = '') -> dict:
+  out = {}
+  for key, value in config.items():
+    name = f'{prefix}{key}'
+    if hasattr(value, 'items') and not isinstance(value, dict):
+      out.update(_keys(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def config_help(config) -> str:
+  """Every key of ``config`` with its default and its one line of documentation."""
+  helps = config_dict.field_help()
+  rows = [f'  --config.{k}={v!r}' + (f'\n      {helps[k]}' if helps.get(k) else '')
+          for k, v in sorted(_keys(config).items())]
+  return 'config keys (default, then what it does):\n' + '\n'.join(rows) + '\n'
+
+
+def unknown_keys(argv: Sequence[str], config) -> list[str]:
+  """One line per ``--config.KEY`` of ``argv`` that ``config`` lacks, naming the closest keys."""
+  known = _keys(config)
+  names = set(known)
+  for key in list(known):  # a dict-valued key takes sub-keys (segment.crf_params.w1)
+    if isinstance(known[key], dict):
+      names |= {f'{key}.{k}' for k in known[key]}
+  errors_out = []
+  for arg in argv[1:]:
+    if not arg.startswith('--config.'):
+      continue
+    key = arg[len('--config.'):].split('=', 1)[0]
+    if key and key not in names and not any(n.startswith(key + '.') for n in names):
+      close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.6)
+      hint = f"; closest: {', '.join('--config.' + c for c in close)}" if close else ''
+      errors_out.append(f'--config.{key}: no such key{hint} (all keys: --config_help)')
+  return errors_out
+
+
 def run(argv: Optional[Sequence[str]] = None) -> None:
-  """The entry point: resolves config names, then absl parses the flags and runs ``main``."""
+  """The entry point: resolves config names, answers --help / --config_help and unknown keys in
+  one screen, then absl parses the flags and runs ``main``."""
   argv = list(sys.argv if argv is None else argv)
   try:
     argv = resolve_argv(argv)
   except app.UsageError as e:
     sys.stderr.write(f'FATAL Flags parsing error: {e}\n')
     sys.exit(1)
+  if len(argv) == 1 or any(a in ('-h', '--help', '--helpshort') for a in argv[1:]):
+    print(overview())
+    if len(argv) == 1:
+      sys.exit(0)
+  value = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), None)
+  if value is None and '--config' in argv[1:-1]:
+    value = argv[argv.index('--config') + 1]
+  config = _load_config(value) if value else None
+  if config is not None:
+    if '--config_help' in argv[1:]:
+      print(config_help(config))
+      sys.exit(0)
+    problems = unknown_keys(argv, config)
+    if problems:
+      sys.stderr.write('\n'.join(f'spectral_jax: error: {p}' for p in problems) + '\n')
+      sys.exit(2)
   app.run(main, argv=argv)

@@ -300,3 +300,32 @@ def test_hostile_ids_and_long_names_stay_inside_the_workdir(tmp_path):
   assert len(masks) == 2 and 'escape__evil.png' in masks
   assert all(len(name.encode()) <= 255 - 16 for name in masks)
   assert len(list((out / 'eigs').iterdir())) == 2
+
+
+def _main(*args, timeout=120):
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_help_lists_modes_and_shipped_configs():
+  proc = _main('--help')
+  for word in ('localize', 'segment', 'discover', 'serve', 'demo', 'voc', 'object_seg',
+               '--config_help'):
+    assert word in proc.stdout, word
+
+
+def test_a_key_typo_is_one_line_naming_the_closest_key(tmp_path):
+  proc = _main('--config=configs/demo.py', '--mode=localize', f'--workdir={tmp_path}',
+               '--config.model.nam=dino_vits8')
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and '--config.model.name' in lines[0], proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / '.spectral_jax').exists()  # nothing started
+
+
+def test_config_help_lists_every_key_with_its_default_and_doc():
+  proc = _main('--config=voc', '--config_help')
+  assert proc.returncode == 0
+  assert "--config.spectral.K=5" in proc.stdout and 'Fiedler' in proc.stdout
+  assert '--config.discover.method=' in proc.stdout and '--config.promerge.stride=4' in proc.stdout
