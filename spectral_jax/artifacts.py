@@ -98,8 +98,18 @@ def save_npz(path: Path, **arrays) -> Path:
   return _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def save_png(path: Path, array: np.ndarray) -> Path:
-  return _atomic_write(path, lambda f: Image.fromarray(array).save(f, format='PNG'))
+def save_png(path: Path, array: np.ndarray, palette: np.ndarray | None = None) -> Path:
+  """Writes an image; with ``palette`` (uint8 [n, 3]) a uint8 label map becomes a palette PNG:
+  the same values when read back as indices, shown in colour by any viewer."""
+
+  def write(f):
+    image = Image.fromarray(array)
+    if palette is not None:  # L → P keeps every value as its index
+      image = image.convert('P')
+      image.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())
+    image.save(f, format='PNG')
+
+  return _atomic_write(path, write)
 
 
 def save_json(path: Path, obj: Any) -> Path:

@@ -97,7 +97,9 @@ def test_parity_without_crf(nocrf_run):
   _check_against_official(data, MASKCUT / 'instances_nocrf.json')
   # Instance maps agree with the annotations; one panel (num_panels=1).
   for stem, objects in _by_stem(data).items():
-    labels = np.asarray(Image.open(nocrf_run / 'instance_maps' / f'{stem}.png'))
+    image = Image.open(nocrf_run / 'instance_maps' / f'{stem}.png')
+    assert image.mode == 'P' and image.getpalette()[3:6] == [128, 0, 0]  # VOC colours: visible
+    labels = np.asarray(image)
     assert labels.max() == len(objects)
     for i, (mask, _) in enumerate(objects):
       np.testing.assert_array_equal(labels == i + 1, mask)

@@ -293,7 +293,8 @@ def _discover(
 
 
 def _write(workdir: Path, image_id: str, labels: np.ndarray, path: Path, record: dict) -> None:
-  artifacts.save_png(workdir / 'instance_maps' / f'{image_id}.png', labels)
+  # A palette PNG: object i has value i (as before) and a VOC colour in any viewer.
+  artifacts.save_png(workdir / 'instance_maps' / f'{image_id}.png', labels, viz.label_palette())
   artifacts.append_jsonl(path, [record])
 
 
