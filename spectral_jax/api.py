@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from spectral_jax import inference, pipeline
+from spectral_jax import compile_cache, inference, pipeline
 from spectral_jax.imaging import matting
 from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets, decode
@@ -65,6 +65,8 @@ PARAMETERS = {
     'model.precision': 'precision',
     'data.max_pixels': 'Backbone.max_pixels',
     'data.max_tokens': 'Backbone.max_tokens',
+    'found.decoder': 'decoder',
+    'found.evaluation_mode': 'evaluation_mode',
 }
 
 __all__ = [
@@ -141,6 +143,8 @@ def load_backbone(
           precision=precision,
       )
   )
+  # Compiled shapes persist across notebook restarts and scripts (<cache_dir>/xla).
+  compile_cache.enable(model.cache_dir or None)
   return inference.load_backbone(model, precision)
 
 
@@ -190,7 +194,8 @@ def _output(single: bool, values: list) -> Any:
 
 
 def localize_methods() -> tuple[str, ...]:
-  """Methods ``localize`` and ``segment`` accept (``pipeline.METHODS``): dsm, tokencut, lost."""
+  """Methods ``localize`` and ``segment`` accept (``pipeline.METHODS``): dsm, tokencut, lost,
+  found."""
   return ('dsm',) + tuple(m for m in pipeline.METHODS if m != 'dsm')
 
 
@@ -199,6 +204,24 @@ def _check_method(method: str, supported: Sequence[str], what: str = '') -> None
     raise ValueError(
         f'method={method!r}: {what or "supported methods are"} {", ".join(supported)}'
     )
+
+
+def _method(method: str, decoder: Any = None, evaluation_mode: str = 'multi'):
+  """MethodSettings of ``method``; FOUND's ``decoder`` (None = the official file) and
+  ``evaluation_mode`` belong to method='found' only."""
+  if method != 'found' and (decoder is not None or evaluation_mode != 'multi'):
+    raise ValueError(
+        f"decoder= and evaluation_mode= are FOUND's: pass method='found' (not {method!r})"
+    )
+  if decoder is not None and not isinstance(decoder, (str, os.PathLike)):
+    raise ValueError(f'decoder: a {type(decoder).__name__}; pass the path of a decoder file')
+  path = '' if decoder is None else os.fspath(decoder)
+  found = _settings(
+      lambda: settings_lib.FoundSettings(
+          decoder=str(Path(path).expanduser()) if path else '', evaluation_mode=evaluation_mode
+      )
+  )
+  return settings_lib.MethodSettings(method, found=found)
 
 
 # ----------------------------------------------------------------------------- functions
@@ -234,7 +257,7 @@ def eigenvectors(
 
 
 def localize(
-    backbone: Backbone, images: Images, *, method: str = 'dsm'
+    backbone: Backbone, images: Images, *, method: str = 'dsm', decoder: Any = None
 ) -> Union[Localization, list[Localization]]:
   """The main object's box per image (``--mode=localize``, configs/voc.py settings: K = 5).
 
@@ -242,43 +265,57 @@ def localize(
   patch component, that component's box; the same functions as the CLI, hence its boxes.
   'tokencut' / 'lost' (where ``localize_methods()`` lists them): the seed component of
   TokenCut's bipartition or LOST's seed expansion (``pipeline.METHODS``), its box.
+  'found': FOUND's object-discovery box (the largest 4-connected component of its decoder's
+  mask at patch resolution; needs ``load_backbone('dino_vits8', <300-epoch file>)``), with
+  ``decoder`` a decoder file (None = FOUND's shipped file, downloaded once into the backbone's
+  cache_dir). An image where no patch is foreground raises ValueError (no box).
 
   Returns:
     A ``Localization`` (box_xyxy in original pixels, exclusive max; score; image_size) per
-    image; one for one image, a list for a list. LOST has no eigenvalue: its score is 1.
+    image; one for one image, a list for a list. LOST has no eigenvalue: its score is 1;
+    FOUND's is the mean probability of the component's patches.
   """
   _check_method(method, localize_methods())
+  method_settings = _method(method, decoder)
   spectral = settings_lib.SpectralSettings(K=LOCALIZE_K)
   single, examples = _examples(images)
   found = _calling(
-      lambda: inference.localize(
-          backbone, examples, settings_lib.MethodSettings(method), spectral
-      )
+      lambda: inference.localize(backbone, examples, method_settings, spectral)
   )
   return _output(single, found)
 
 
 def segment(
-    backbone: Backbone, images: Images, *, method: str = 'dsm', refine: str = 'none'
+    backbone: Backbone,
+    images: Images,
+    *,
+    method: str = 'dsm',
+    refine: str = 'none',
+    evaluation_mode: str = 'multi',
+    decoder: Any = None,
 ) -> Union[np.ndarray, list[np.ndarray]]:
   """The main object's mask per image (``--mode=segment``, configs/object_seg.py: K = 2).
 
   Args:
     method: 'dsm' (Fiedler vector > 0), 'tokencut' (its saliency path: Lanczos resize, seed
-      component) or 'lost' (seed expansion), as ``--config.method``.
+      component), 'lost' (seed expansion) or 'found' (FOUND's decoder on DINO ViT-S/8 keys,
+      its official evaluation), as ``--config.method``.
     refine: 'none', 'crf' (the official dense CRF; needs the ``crf`` extra, pydensecrf2) or
-      'bilateral' (TokenCut's bilateral solver, mask = output > 0.5).
+      'bilateral' (TokenCut's bilateral solver, mask = output > 0.5; FOUND: its "+BS", with
+      its own post-processing and IoU gate).
+    evaluation_mode: FOUND's 'multi' (every pixel above 0.5, the official default) or 'single'
+      (the largest component) (``--config.found.evaluation_mode``).
+    decoder: FOUND's decoder file (None = its shipped file, downloaded once).
   Returns:
     bool [H, W] at the original size per image; one for one image, a list for a list.
   """
   _check_method(method, localize_methods(), 'segment supports')
+  method_settings = _method(method, decoder, evaluation_mode)
   refine_settings = _settings(lambda: settings_lib.RefineSettings(refine=refine))
   spectral = settings_lib.SpectralSettings(K=SEGMENT_K)
   single, examples = _examples(images)
   found = _calling(
-      lambda: inference.segment(
-          backbone, examples, settings_lib.MethodSettings(method), refine_settings, spectral
-      )
+      lambda: inference.segment(backbone, examples, method_settings, refine_settings, spectral)
   )
   return _output(single, found)
 

@@ -30,9 +30,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from spectral_jax import config_dict, errors, workdirs
+from spectral_jax import compile_cache, config_dict, errors, workdirs
 from spectral_jax import artifacts
-from spectral_jax.models.weights import checkpoints
 from spectral_jax.tasks import common
 
 _ALL_MODES = (
@@ -151,9 +150,7 @@ def main(argv):
 
 def _run_mode(config, workdir: Path) -> None:
   # Persistent compilation cache: a resumed or repeated run loads its compiled shapes.
-  cache_dir = config.model.cache_dir or checkpoints.default_cache_dir()
-  jax.config.update('jax_compilation_cache_dir', str(Path(cache_dir).expanduser() / 'xla'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  compile_cache.enable(config.model.cache_dir or None)
   dist = config.distributed
   if dist.enabled:  # multi-host: JAX's own distributed runtime
     timeout = dist.get('timeout_s', 300)

@@ -301,3 +301,18 @@ def test_the_audit_hook_sees_a_write(tmp_path):
   finally:
     _AUDITING[0] = False
   assert any(str(tmp_path / 'x.txt') == str(w[0]) for w in _WRITES)
+
+
+def test_load_backbone_turns_the_persistent_compilation_cache_on(tmp_path):
+  """A notebook gets the CLI's compile cache (<cache_dir>/xla) unless one is configured."""
+  code = (
+      'import jax, spectral_jax as sj\n'
+      f'sj.load_backbone("dino_vits16", {str(PARITY / "checkpoint.pth")!r}, '
+      f'cache_dir={str(tmp_path / "cache")!r})\n'
+      'print(jax.config.jax_compilation_cache_dir)\n'
+  )
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / 'cache' / 'xla')
