@@ -24,6 +24,19 @@ The argument :tokencut sets refine=none (not the CRF). Published (TokenCut READM
 IoU: TokenCut + BS .618 / .624 / .772 on DUT-OMRON / DUTS-TE / ECSSD; TokenCut alone .533 /
 .576 / .712. maxF / accuracy: TokenCut + BS 69.7 / 89.7, 75.5 / 91.4, 87.4 / 93.4.
 
+FOUND (CVPR 2023: a 1×1 conv decoder on DINO ViT-S/8 keys; its official evaluation: the full
+image normalised and zero-padded, logits upsampled ×8 bilinearly, sigmoid > 0.5):
+  python main.py --config=configs/object_seg.py:found --mode=segment \
+      --config.found.evaluation_mode=single --config.data.name=DUTS-TE \
+      --config.data.root=/data/DUTS-TE --workdir=/tmp/duts_found
+The argument :found sets method=found, model.name=dino_vits8 with the 300-epoch ViT-S/8 file
+FOUND uses, and refine=none. --config.found.evaluation_mode: multi (every pixel above 0.5, the
+official default) | single (the largest component); --config.segment.refine=bilateral: FOUND's
+"+BS" (its own post-processing and IoU > 0.5 gate); --config.found.decoder=FILE: another decoder
+('' = FOUND's shipped decoder_weights.pt, downloaded once). Published (FOUND paper, single mode,
+ViT-S/8; not measured here), maxFβ .708 / .763 / .955 on DUT-OMRON / DUTS-TE / ECSSD. The
+official multi-mode maxFβ scores the soft map; this runner writes binary masks (maxFβ = Fβ).
+
 Backbones (--config.model.name; README's table): dino_vit{s,b}{16,8}, dinov2_vit{s,b,l,g}14[_reg],
 dinov3_vits16[plus] / dinov3_vitb16 / dinov3_vitl16 (gated: --config.model.checkpoint=FILE) and
 dino_resnet50, for every method; no CorLoc is published here for the non-DINO ones (unmeasured).
@@ -37,5 +50,6 @@ def get_config(arg=None):
   config.data.source = 'saliency'
   config.data.name = 'ECSSD'
   config.spectral.K = 2
-  config.segment.crf = config.method == 'dsm'  # DSM's protocol; TokenCut: refine none|bilateral
+  # DSM's protocol; TokenCut and FOUND: refine none | bilateral.
+  config.segment.crf = config.method == 'dsm'
   return config

@@ -25,6 +25,16 @@ LOST 61.9 / 64.0 (S/8: 55.5 / 57.0); DSM 62.7 / 66.4. Both methods: tau 0.2, eps
 (--config.tokencut.*), k_patches 100 (--config.lost.k_patches), input normalised then
 zero-padded (no crop), the seed's 4-connected component, its box.
 
+FOUND (CVPR 2023; a 1×1 conv decoder on DINO ViT-S/8 keys, the same padded input; its
+``evaluate_uod.sh`` rule: the largest 4-connected component of sigmoid > 0.5 at patch
+resolution, its box; score = the mean probability of that component's patches):
+  python main.py --config=configs/voc.py:found --mode=localize --config.data.year=2007 \
+      --workdir=/tmp/voc07_found
+  # :found = method found, dino_vits8 with the 300-epoch file; decoder --config.found.decoder
+  # ('' = FOUND's shipped decoder_weights.pt, downloaded once).
+FOUND's CorLoc is in its paper (single-object discovery table); it is not recorded or measured
+here. Images where no patch is foreground are skipped (skipped.jsonl; the official code fails).
+
 Backbones (--config.model.name; README's table): dino_vit{s,b}{16,8}, dinov2_vit{s,b,l,g}14[_reg],
 dinov3_vits16[plus] / dinov3_vitb16 / dinov3_vitl16 (gated: --config.model.checkpoint=FILE) and
 dino_resnet50, for every method; no CorLoc is published here for the non-DINO ones (unmeasured).

@@ -53,7 +53,7 @@ def field_help() -> dict[str, str]:
   """``section.key`` → its one line of documentation."""
   out = {'seed': 'random seed (k-means, training)', 'overwrite': (
       'a rerun with other settings deletes the outdated outputs instead of stopping'),
-         'method': 'dsm | tokencut | lost (object discovery method)'}
+         'method': 'dsm | tokencut | lost | found (object discovery method)'}
   for section, classes in SECTIONS.items():
     for cls in classes:
       for f in dataclasses.fields(cls):
@@ -117,6 +117,7 @@ def from_config(config: Any) -> Settings:
       raise SettingError(
           'data.batch_tokens', data.batch_tokens, f'must be >= data.max_tokens ({data.max_tokens})'
       )
+  found = build(FoundSettings, _values(get('found'), FoundSettings, 'found'), 'found')
   return Settings(
       model=build(ModelSettings, _values(get('model'), ModelSettings, 'model'), 'model'),
       dataset=build(DatasetSettings, _values(data, DatasetSettings, 'data'), 'data'),
@@ -130,12 +131,13 @@ def from_config(config: Any) -> Settings:
           build(TokenCutSettings, _values(get('tokencut'), TokenCutSettings, 'tokencut'),
                 'tokencut'),
           build(LostSettings, _values(get('lost'), LostSettings, 'lost'), 'lost'),
+          found,
       ),
       refine=build(RefineSettings, _values(get('segment'), RefineSettings, 'segment'), 'segment'),
       discover=build(
           DiscoverSettings, _values(get('discover'), DiscoverSettings, 'discover'), 'discover'
       ),
-      found=build(FoundSettings, _values(get('found'), FoundSettings, 'found'), 'found'),
+      found=found,
       promerge=build(
           PromergeSettings, _values(get('promerge'), PromergeSettings, 'promerge'), 'promerge'
       ),
@@ -156,20 +158,20 @@ def unknown_edit_keys(config: Any) -> Optional[list[str]]:
 
 
 # Config-file arguments (``--config=configs/voc.py:tokencut``).
-METHOD_ARGS = ('dsm', 'tokencut', 'lost', 'tokencut_vits8', 'lost_vits8')
+METHOD_ARGS = ('dsm', 'tokencut', 'lost', 'tokencut_vits8', 'lost_vits8', 'found')
 
 
 def with_method(config: Any, arg: Optional[str] = None) -> Any:
   """Applies a config-file argument: dsm (default), tokencut or lost with ViT-S/16, or
-  tokencut_vits8 / lost_vits8 with the 300-epoch ViT-S/8 file those methods use (Deep Spectral
-  Methods' dino_vits8 is another file)."""
+  tokencut_vits8 / lost_vits8 / found with the 300-epoch ViT-S/8 file those methods use (Deep
+  Spectral Methods' dino_vits8 is another file)."""
   from spectral_jax.models.weights import cache
 
   arg = arg or 'dsm'
   if arg not in METHOD_ARGS:
     raise ValueError(f'config argument {arg!r}: use one of {METHOD_ARGS}')
   config.method = arg.split('_')[0]
-  if arg.endswith('_vits8'):
+  if arg.endswith('_vits8') or arg == 'found':
     config.model.name = 'dino_vits8'
     config.model.checkpoint = cache.VARIANT_WEIGHTS['dino_vits8_300ep']
   return config

@@ -61,6 +61,8 @@ class Backbone:
   max_tokens: int = ImageLimits().max_tokens
   # Files above this many pixels are refused before decoding (data.max_pixels).
   max_pixels: int = ImageLimits().max_pixels
+  # Where other official files (FOUND's decoder) are downloaded; None = the default cache.
+  cache_dir: Optional[str] = None
 
   @property
   def patch_size(self) -> int:
@@ -91,7 +93,10 @@ def load_backbone(model: ModelSettings, precision_name: str = '') -> Backbone:
   extractor = extractor_lib.load(
       model.name, checkpoint, model.cache_dir, PRECISIONS[model.precision], model.feature_block
   )
-  return Backbone(model.name, extractor, checkpoint or None, precision_name or model.precision)
+  return Backbone(
+      model.name, extractor, checkpoint or None, precision_name or model.precision,
+      cache_dir=model.cache_dir or None,
+  )
 
 
 def in_memory(pixels: np.ndarray, name: str, index: int = 0) -> datasets.Example:
@@ -134,7 +139,7 @@ def results(
       bucket_tokens=bucket_tokens(batching),
       batch_tokens=batching.batch_tokens,
       on_error=_raise,
-      **boxes.method_args(method, segment=segment),
+      **boxes.method_args(method, segment=segment, cache_dir=backbone.cache_dir or ''),
   )
   out: list = [None] * len(examples)
   for r in stream:
@@ -180,10 +185,12 @@ def segment(
     refine: RefineSettings,
     spectral: SpectralSettings = SpectralSettings(K=2),
 ) -> list[np.ndarray]:
-  """The main object's mask per image, bool [H, W] at the original size (``--mode=segment``)."""
-  preprocess = boxes.method_args(method, segment=True)['preprocess']
+  """The main object's mask per image, bool [H, W] at the original size (``--mode=segment``;
+  FOUND: in ``method.found.evaluation_mode``)."""
+  preprocess = pipeline.get_method(method.name).segment_preprocess
   rs = results(backbone, examples, spectral, method, segment=True, which_matrix='laplacian')
-  return [np.asarray(masks.final_mask(r, refine, preprocess)[1], bool) for r in rs]
+  mode = method.found.evaluation_mode
+  return [np.asarray(masks.final_mask(r, refine, preprocess, mode)[1], bool) for r in rs]
 
 
 def remove_background(

@@ -179,6 +179,8 @@ class MethodSettings:
   name: str = _field('dsm', 'dsm | tokencut | lost | found (spectral_jax/pipeline METHODS)')
   tokencut: TokenCutSettings = TokenCutSettings()
   lost: LostSettings = LostSettings()
+  # FOUND's decoder file and evaluation mode (the weights are read by results.boxes.method_args).
+  found: 'FoundSettings' = dataclasses.field(default_factory=lambda: FoundSettings())
 
   def params(self) -> dict:
     """The method's device parameters (``pipeline.run_images``' ``method_params``)."""

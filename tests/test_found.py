@@ -5,7 +5,6 @@ three photos. Every parity test compares with arrays or numbers recorded from th
 import hashlib
 import json
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -65,9 +64,11 @@ def _agreement(a, b):
 
 
 @pytest.fixture(scope='module')
-def extractor():
-  with tempfile.TemporaryDirectory() as cache:
-    yield pipeline.load_extractor(MANIFEST['model_name'], str(DATA / 'checkpoint.pth'), cache)
+def extractor(weights_cache):
+  # The CLI runs below read the same cache: the checkpoint is converted once.
+  return pipeline.load_extractor(
+      MANIFEST['model_name'], str(DATA / 'checkpoint.pth'), str(weights_cache)
+  )
 
 
 @pytest.fixture(scope='module')
@@ -468,3 +469,221 @@ def test_targets_loss_and_step_on_official_features():
   for name, p, g in (('weight', weight, grad_w), ('bias', bias, dlogit.sum())):
     want = _torch_adamw(np.asarray(p), [g], 0.05, 50, 0.95, 0.01)[0]
     np.testing.assert_allclose(new[name], want, rtol=0, atol=1e-5, err_msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# --config.method=found: the CLI runners, the Python API, the workdir record
+# ----------------------------------------------------------------------------------------------
+
+# (decoder, evaluation_mode, refine) → the official array. Half of the eight run through the
+# CLI's segment runner, the other half through the API (one extractor): every array of both
+# decoders is checked once, and the solver gate passes on coffee with `random` in both halves.
+# The runs read chelsea and coffee only (the library's masks and boxes of all three photos are
+# checked above; astronaut's 4096 patches would double the forward time).
+SMALL = ['chelsea', 'coffee']
+CLI_MASKS = [('found', 'single', 'none'), ('found', 'multi', 'bilateral'),
+             ('random', 'multi', 'none'), ('random', 'single', 'bilateral')]
+API_MASKS = [('found', 'multi', 'none'), ('found', 'single', 'bilateral'),
+             ('random', 'single', 'none'), ('random', 'multi', 'bilateral')]
+
+
+def _mask_key(decoder, mode, refine):
+  return _prefix(decoder) + ('bs_' if refine == 'bilateral' else '') + f'mask_{mode}'
+
+
+@pytest.fixture(scope='module')
+def weights_cache(tmp_path_factory):
+  """One weights cache for the CLI runs (the checkpoint is converted once), holding the
+  official decoder under its download name: decoder '' resolves without the network."""
+  folder = tmp_path_factory.mktemp('cache')
+  (folder / 'decoder_weights.pt').write_bytes((DATA / 'decoder_found.pt').read_bytes())
+  return folder
+
+
+@pytest.fixture(scope='module')
+def small_images(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('small')
+  for image_id in SMALL:
+    (folder / f'{image_id}.png').write_bytes((IMAGES / f'{image_id}.png').read_bytes())
+  return folder
+
+
+def _config(weights_cache, decoder='random', images=IMAGES, **found_settings):
+  from configs import folder  # pylint: disable=import-outside-toplevel
+
+  config = folder.get_config('found')
+  config.data.root = str(images)
+  config.model.checkpoint = str(DATA / 'checkpoint.pth')
+  config.model.cache_dir = str(weights_cache)
+  # 'found': the official decoder through the registry (the cache's copy), not a path.
+  config.found.decoder = '' if decoder == 'found' else str(DATA / 'decoder_random.pt')
+  config.output.num_panels = 1
+  for key, value in found_settings.items():
+    config.found[key] = value
+  return config
+
+
+def test_config_argument_found():
+  from configs import object_seg, voc  # pylint: disable=import-outside-toplevel
+  from spectral_jax.models.weights import cache
+
+  for module in (voc, object_seg):
+    config = module.get_config('found')
+    assert config.method == 'found' and config.model.name == 'dino_vits8'
+    assert config.model.checkpoint == cache.VARIANT_WEIGHTS['dino_vits8_300ep']
+  assert not object_seg.get_config('found').segment.crf  # FOUND's protocol: refine none
+  url, size, sha256 = cache.FILES['found_decoder']  # the shipped file is the fixture's
+  assert url.endswith('/data/weights/decoder_weights.pt') and url.startswith('https://github')
+  shipped = DATA / 'decoder_found.pt'
+  assert (size, sha256) == (shipped.stat().st_size, _sha256(shipped))
+
+
+@pytest.mark.parametrize('decoder', DECODERS)
+def test_cli_localize_boxes_equal_official(weights_cache, small_images, tmp_path, decoder):
+  from spectral_jax import artifacts
+  from spectral_jax.tasks import localize
+
+  localize.run(_config(weights_cache, decoder, small_images), tmp_path / 'out')
+  preds = {r['id']: r for r in artifacts.read_jsonl(tmp_path / 'out' / 'predictions.jsonl')}
+  scores = {r['id']: r['score'] for r in artifacts.read_jsonl(tmp_path / 'out' / 'scores.jsonl')}
+  assert sorted(preds) == SMALL
+  for image_id in SMALL:
+    info = MANIFEST['images'][image_id]
+    assert preds[image_id]['box_xyxy'] == _info(image_id, decoder)['uod_box_xyxy'], image_id
+    assert preds[image_id]['image_size'] == [info['height'], info['width']]
+    assert 0.5 < scores[image_id] <= 1.0  # the mean probability of the box's component
+  assert (tmp_path / 'out' / 'panels' / f'{SMALL[0]}.png').exists()
+
+
+@pytest.mark.parametrize('decoder,mode,refine', CLI_MASKS)
+def test_cli_segment_masks_equal_official(
+    weights_cache, small_images, tmp_path, decoder, mode, refine
+):
+  from spectral_jax import artifacts
+  from spectral_jax.tasks import segment
+
+  config = _config(weights_cache, decoder, small_images, evaluation_mode=mode)
+  config.segment.refine = refine
+  segment.run(config, tmp_path / 'out')
+  records = artifacts.read_jsonl(tmp_path / 'out' / 'mask_scores.jsonl')
+  scores = {r['id']: r['score'] for r in records}
+  assert sorted(scores) == SMALL
+  for image_id in SMALL:
+    ours = np.asarray(Image.open(tmp_path / 'out' / 'masks' / f'{image_id}.png'))
+    ref = _ref(image_id)[_mask_key(decoder, mode, refine)]
+    assert ours.shape == ref.shape and set(np.unique(ours)) <= {0, 255}
+    assert _agreement(ours > 127, ref) >= AGREEMENT, image_id
+    assert 0.5 < scores[image_id] <= 1.0, image_id
+
+
+def test_api_masks_and_boxes_equal_official(extractor):
+  import spectral_jax as sj  # pylint: disable=import-outside-toplevel
+
+  backbone = sj.Backbone(MANIFEST['model_name'], extractor)
+  images = [_image(i) for i in SMALL]
+  decoder_file = {d: DATA / MANIFEST['decoders'][d]['file'] for d in DECODERS}
+  for decoder, mode, refine in API_MASKS:
+    masks = sj.segment(
+        backbone, images, method='found', refine=refine, evaluation_mode=mode,
+        decoder=decoder_file[decoder],
+    )
+    for image, image_id, mask in zip(images, SMALL, masks):
+      assert mask.dtype == bool and mask.shape == image.shape[:2]
+      ref = _ref(image_id)[_mask_key(decoder, mode, refine)]
+      assert _agreement(mask, ref) >= AGREEMENT, (image_id, decoder, mode, refine)
+  one = sj.localize(backbone, images[0], method='found', decoder=str(decoder_file['random']))
+  assert list(one.box_xyxy) == _info(SMALL[0], 'random')['uod_box_xyxy']
+  assert 0.5 < one.score <= 1.0
+
+
+def _garbage(tmp_path):
+  path = tmp_path / 'garbage.pt'
+  path.write_bytes(b'this is not a torch file at all')
+  return path
+
+
+def test_bad_decoder_and_backbone_errors_name_the_parameter(extractor, tmp_path):
+  import types  # pylint: disable=import-outside-toplevel
+
+  import spectral_jax as sj  # pylint: disable=import-outside-toplevel
+  from spectral_jax.errors import SettingError
+  from spectral_jax.tasks import common, localize
+
+  image = _image('chelsea')
+  backbone = sj.Backbone(MANIFEST['model_name'], extractor)
+  for bad, reason in ((_garbage(tmp_path), 'not a readable PyTorch file'),
+                      (tmp_path / 'missing.pt', 'no such file'),
+                      (DATA / 'checkpoint.pth', "no 'decoder' entry")):
+    with pytest.raises(ValueError) as e:
+      sj.localize(backbone, image, method='found', decoder=bad)
+    assert str(e.value).startswith(f'decoder={str(bad)!r}: ') and reason in str(e.value)
+    assert 'decoder_weights.pt' in str(e.value)  # says what a decoder file is
+    config = _config(tmp_path / 'cache')
+    config.found.decoder = str(bad)
+    with pytest.raises(SettingError) as e:
+      localize.run(config, tmp_path / 'out')
+    assert e.value.key == 'found.decoder' and isinstance(e.value.__cause__, found.DecoderFileError)
+    assert common.user_message(e.value).startswith(f'--config.found.decoder={str(bad)!r}: ')
+  assert not (tmp_path / 'out' / 'predictions.jsonl').exists()  # refused before any image
+  with pytest.raises(ValueError, match="evaluation_mode='all': use one of"):
+    sj.segment(backbone, image, method='found', evaluation_mode='all')
+  with pytest.raises(ValueError, match="FOUND's: pass method='found'"):
+    sj.segment(backbone, image, method='dsm', decoder=DATA / 'decoder_found.pt')
+  # Another backbone (patch 16): refused by name before any image runs.
+  arch = types.SimpleNamespace(patch_size=16, embed_dim=384)
+  other = sj.Backbone('dino_vits16', types.SimpleNamespace(arch=arch, name='dino_vits16'))
+  with pytest.raises(ValueError, match=r"^load_backbone\(name=\.\.\.\)='dino_vits16': FOUND"):
+    sj.localize(other, image, method='found', decoder=DATA / 'decoder_found.pt')
+  with pytest.raises(SettingError, match='patch 8, width 384') as e:
+    pipeline.METHODS['found'].check(other.extractor)
+  assert e.value.key == 'model.name'
+
+
+def test_official_decoder_offline_names_the_setting(tmp_path, monkeypatch):
+  import urllib.error  # pylint: disable=import-outside-toplevel
+  import urllib.request  # pylint: disable=import-outside-toplevel
+
+  from spectral_jax.errors import SettingError
+  from spectral_jax.results import boxes
+
+  def offline(*args, **kwargs):
+    raise urllib.error.URLError('no network here')
+
+  monkeypatch.setattr(urllib.request, 'urlopen', offline)
+  with pytest.raises(SettingError) as e:
+    boxes.found_params('', str(tmp_path / 'empty_cache'))
+  assert e.value.key == 'found.decoder'
+  assert 'decoder_weights.pt' in e.value.reason and '--config.found.decoder=' in e.value.reason
+  # A cached copy (size and sha256 checked) needs no network: the registry's file.
+  cached = tmp_path / 'cache' / 'decoder_weights.pt'
+  cached.parent.mkdir()
+  cached.write_bytes((DATA / 'decoder_found.pt').read_bytes())
+  assert boxes.found_params('', str(cached.parent)) == boxes.found_params(
+      str(DATA / 'decoder_found.pt'))
+
+
+def test_workdir_record_names_the_decoder_by_content(weights_cache, small_images, tmp_path):
+  from spectral_jax import workdirs
+  from spectral_jax.tasks import common, localize
+
+  official = _config(weights_cache, 'found')
+  copy = tmp_path / 'my_copy.pt'
+  copy.write_bytes((DATA / 'decoder_found.pt').read_bytes())
+  same = _config(weights_cache, 'found')
+  same.found.decoder = str(copy)
+  for stage in ('localize', 'segment'):
+    record = common.stage_settings(official, stage)['found']
+    assert record['decoder'] == {'sha256': MANIFEST['decoders']['found']['sha256']}
+    assert common.stage_settings(same, stage)['found'] == record  # '' = the shipped file
+  single = _config(weights_cache, 'found', evaluation_mode='single')
+  assert common.stage_settings(single, 'localize') == common.stage_settings(official, 'localize')
+  assert common.stage_settings(single, 'segment') != common.stage_settings(official, 'segment')
+  dsm = _config(weights_cache, 'found')
+  dsm.method = 'dsm'
+  assert 'found' not in common.stage_settings(dsm, 'localize')  # no record for other methods
+  # A rerun with another decoder stops (outputs exist), naming the setting.
+  config = _config(weights_cache, 'random', small_images)
+  config.data.limit = 1
+  localize.run(config, tmp_path / 'out')
+  with pytest.raises(workdirs.WorkdirError, match='found.decoder.sha256'):
+    localize.run(_config(weights_cache, 'found', small_images), tmp_path / 'out')

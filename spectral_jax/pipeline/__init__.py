@@ -1,6 +1,7 @@
 """The batched per-image pipeline shared by every mode and front-end: decoded images (files
 read by the data layer, or pixels in memory) → working resolution → token batches → ViT
-features → each method's device step (eigenpairs, TokenCut, LOST) → ``ImageResult`` records.
+features → each method's device step (eigenpairs, TokenCut, LOST, FOUND's decoder) →
+``ImageResult`` records.
 
 One module per concern: ``geometry`` (working resolution, box and mask frames), ``decoding``
 (threads ahead of the device), ``batching`` (token buckets), ``methods`` (the method table),
@@ -14,8 +15,8 @@ from spectral_jax.pipeline.batching import (
 from spectral_jax.pipeline.decoding import decoded
 from spectral_jax.pipeline.geometry import fit_tokens, resize_mask, scale_box, working_size
 from spectral_jax.pipeline.methods import (
-    METHODS, PREPROCESS, Method, get_method, input_grid, method_outputs, prepare_input,
-    spectral_decomposition,
+    FOUND_ARCH, FOUND_LOGITS, METHODS, PREPROCESS, Method, get_method, input_grid,
+    method_outputs, prepare_input, spectral_decomposition,
 )
 from spectral_jax.pipeline.progress import Progress
 from spectral_jax.pipeline.run import ImageResult, run_images
@@ -24,7 +25,7 @@ from spectral_jax.settings import MIN_TOKENS, ImageLimits
 __all__ = [
     'FeatureExtractor', 'load_extractor', 'MAX_BATCH_PAIRS', 'batch_capacity', 'bucket_length',
     'cls_batch', 'size_batches', 'decoded', 'fit_tokens', 'resize_mask', 'scale_box',
-    'working_size', 'METHODS', 'PREPROCESS', 'Method', 'get_method', 'input_grid',
-    'method_outputs', 'prepare_input', 'spectral_decomposition', 'Progress', 'ImageResult',
-    'run_images', 'MIN_TOKENS', 'ImageLimits',
+    'working_size', 'FOUND_ARCH', 'FOUND_LOGITS', 'METHODS', 'PREPROCESS', 'Method',
+    'get_method', 'input_grid', 'method_outputs', 'prepare_input', 'spectral_decomposition',
+    'Progress', 'ImageResult', 'run_images', 'MIN_TOKENS', 'ImageLimits',
 ]

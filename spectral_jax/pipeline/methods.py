@@ -1,6 +1,6 @@
 """The method table: how each method builds its model input and turns a batch of keys into
-outputs on the device (Deep Spectral Methods' eigenpairs, TokenCut, LOST). A new method is one
-entry of ``METHODS``."""
+outputs on the device (Deep Spectral Methods' eigenpairs, TokenCut, LOST, FOUND's decoder). A new
+method is one entry of ``METHODS``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from spectral_jax import parallel
+from spectral_jax.errors import SettingError
 from spectral_jax.models import vit
-from spectral_jax.spectral import affinity, eigen, lost, tokencut
+from spectral_jax.spectral import affinity, eigen, found, lost, tokencut
 
 
 def _pad_rows(array: np.ndarray, n: int) -> np.ndarray:
@@ -165,6 +167,44 @@ def _lost_host(out: dict, grid, patch_size: int, image_hw) -> dict:
   return dict(patch_mask=comp, box=box, seed=int(out['seed']), M=m.ravel())
 
 
+FOUND_ARCH = (8, 384)  # (patch size, width): DINO ViT-S/8, the only backbone of FOUND's decoder
+
+
+def _found_check(extractor) -> None:
+  arch = extractor.arch
+  if (arch.patch_size, getattr(arch, 'embed_dim', None)) != FOUND_ARCH:
+    raise SettingError(
+        'model.name', getattr(extractor, 'name', type(arch).__name__),
+        "FOUND's decoder reads DINO ViT-S/8 keys (patch 8, width 384): load dino_vits8 with "
+        "FOUND's 300-epoch file (configs/voc.py:found sets both)",
+    )
+
+
+def _found_device(feats, n_valid, *, solver: str, weight: tuple, bias: float):
+  """The decoder's 1×1 convolution on the keys: logits [B, L] (padded tokens too: the host
+  keeps the first h·w). ``weight``: the decoder's D floats as a tuple (hashable: the jitted step
+  is cached per decoder)."""
+  del n_valid, solver  # no graph
+  return dict(logits=found.decoder_logits(feats, jnp.asarray(weight, jnp.float32), bias))
+
+
+FOUND_LOGITS = 'found_logits'  # the host output that marks a FOUND result (results.masks)
+
+
+def _found_host(out: dict, grid, patch_size: int, image_hw) -> dict:
+  """FOUND's object discovery (§4): the largest 4-connected component of sigmoid > 0.5 at patch
+  resolution and its box (None if no patch is foreground: the official code fails there);
+  ``score``: the mean probability of that component's patches (not in the official code)."""
+  logits = np.asarray(out['logits'][: grid[0] * grid[1]], np.float32).reshape(grid)
+  box = found.discovery_box(logits, image_hw, patch_size)
+  comp = np.zeros(grid, bool)
+  if box is not None:  # the component inside the box: found.discovery_box's largest label
+    labeled, _ = ndimage.label(found.multi_mask(logits))
+    comp = labeled == np.bincount(labeled[labeled != 0]).argmax()
+  return {FOUND_LOGITS: logits, 'patch_mask': comp, 'box': box,
+          'score': found.mask_score(logits, comp)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   """How a method builds its input (``prepare_input``) and turns a batch of keys into outputs.
@@ -173,7 +213,8 @@ class Method:
   and batched (None: Deep Spectral Methods' eigenpairs, ``spectral_decomposition``).
   ``host``: (one image's slice of those arrays (numpy), grid, P, working (H, W)) → the
   ``ImageResult.outputs`` dict. ``preprocess`` is the object-discovery input,
-  ``segment_preprocess`` the one of the method's mask (segment mode).
+  ``segment_preprocess`` the one of the method's mask (segment mode). ``check``: (extractor)
+  → None, raises SettingError for a backbone the method cannot use.
   """
 
   name: str
@@ -182,6 +223,7 @@ class Method:
   has_eigenvectors: bool
   device: Optional[Callable] = None
   host: Optional[Callable] = None
+  check: Optional[Callable] = None
 
 
 METHODS = {
@@ -189,6 +231,8 @@ METHODS = {
     # Object discovery pads; the saliency masks of the paper's segmentation table resize.
     'tokencut': Method('tokencut', 'pad', 'resize', True, _tokencut_device, _tokencut_host),
     'lost': Method('lost', 'pad', 'pad', False, _lost_device, _lost_host),
+    # FOUND's evaluation input (saliency and object discovery): the full image, padded.
+    'found': Method('found', 'pad', 'pad', False, _found_device, _found_host, _found_check),
 }
 
 

@@ -41,7 +41,8 @@ class ImageResult:
   original_hw: Optional[tuple[int, int]] = None  # (H, W) of the file; None = image.shape
   # Object-discovery outputs of method 'tokencut' / 'lost' (see METHODS): 'patch_mask' bool
   # [h, w] (the seed's component), 'box' int64 [4] in working pixels, 'seed' (flat index);
-  # LOST adds 'M' [h·w], its seed-expansion map.
+  # LOST adds 'M' [h·w], its seed-expansion map; FOUND has no seed but 'found_logits' [h, w]
+  # and 'score' (its box is None when no patch is foreground).
   outputs: Optional[dict] = None
   # Other arrays of the backbone, rows like ``features`` (see models.extractor):
   # 'x_norm_patchtokens', 'k_rope' [h·w, D]; 'low_level' [(2h)·(2w), 256].
@@ -197,8 +198,9 @@ def run_images(
   """Features (and eigenpairs if spectral_k > 0) for every readable image.
 
   ``method`` (see METHODS): 'dsm' (Deep Spectral Methods: cropped input, ``spectral_k``
-  eigenpairs), 'tokencut' (eigenpairs λ0..λ2 and ``outputs``) or 'lost' (``outputs`` only),
-  with ``method_params`` (tokencut: tau, eps; lost: k_patches); ``preprocess`` overrides the
+  eigenpairs), 'tokencut' (eigenpairs λ0..λ2 and ``outputs``), 'lost' or 'found' (``outputs``
+  only), with ``method_params`` (tokencut: tau, eps; lost: k_patches; found: the decoder's
+  weight tuple and bias, see ``results.boxes.method_args``); ``preprocess`` overrides the
   method's input ('crop' | 'pad' | 'resize', see ``prepare_input``). Every method shares the
   batching, token budget, working resolution and error handling below.
 
@@ -213,6 +215,8 @@ def run_images(
   """
   p = extractor.arch.patch_size
   spec = get_method(method)
+  if spec.check is not None:
+    spec.check(extractor)
   preprocess = preprocess or spec.preprocess
   if preprocess not in PREPROCESS:
     raise ValueError(f'preprocess={preprocess!r}: use one of {PREPROCESS}')

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 
 from spectral_jax import pipeline
 from spectral_jax.errors import SettingError
+from spectral_jax.models.weights import cache
+from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.settings import MethodSettings
-from spectral_jax.spectral import segments
+from spectral_jax.spectral import found, segments
 
 
 def eigenvector_index(which_matrix: str) -> int:
@@ -15,14 +20,54 @@ def eigenvector_index(which_matrix: str) -> int:
   return {'laplacian': 1, 'affinity': 0}[which_matrix]
 
 
-def method_args(method: MethodSettings, segment: bool = False) -> dict:
+def decoder_file(decoder: str, cache_dir: str = '') -> Path:
+  """FOUND's decoder file of ``found.decoder``: '' = the official file (downloaded once into
+  the weights cache), a URL (downloaded), else a local path. Offline: SettingError
+  'found.decoder'."""
+  try:
+    if not decoder:
+      return cache.official_file('found_decoder', cache_dir or None, setting='found.decoder')
+    if cache.is_url(decoder):
+      return cache.download(decoder, cache_dir or None, setting='found.decoder')
+  except CheckpointError as e:
+    raise SettingError('found.decoder', decoder, str(e)) from e
+  return Path(decoder).expanduser()
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder_params(path: str, size: int, mtime_ns: int) -> tuple[tuple, float]:
+  del size, mtime_ns  # the cache key: a rewritten file is read again
+  weight, bias = found.read_decoder(path, pipeline.FOUND_ARCH[1])
+  return tuple(float(v) for v in weight), float(bias)
+
+
+def found_params(decoder: str, cache_dir: str = '') -> dict:
+  """The device parameters of method 'found': the decoder's weight (a tuple of floats, hashable
+  for the jitted step's cache) and bias. A missing, unreadable or wrong file raises
+  SettingError 'found.decoder' (from found.DecoderFileError, which says what was expected)."""
+  path = decoder_file(decoder, cache_dir)
+  try:
+    st = path.stat() if path.is_file() else None
+    weight, bias = _decoder_params(
+        str(path.absolute()), st.st_size if st else -1, st.st_mtime_ns if st else -1
+    )
+  except found.DecoderFileError as e:
+    raise SettingError('found.decoder', decoder, e.reason) from e
+  return dict(weight=weight, bias=bias)
+
+
+def method_args(method: MethodSettings, segment: bool = False, cache_dir: str = '') -> dict:
   """``pipeline.run_images`` keywords of a method: its input for object discovery (or for its
-  mask with ``segment``) and its parameters."""
+  mask with ``segment``) and its parameters (FOUND: its decoder, read here; ``cache_dir``:
+  where the official one is downloaded, '' = the default weights cache)."""
   if method.name not in pipeline.METHODS:
     raise SettingError('method', method.name, f'use one of {sorted(pipeline.METHODS)}')
   spec = pipeline.METHODS[method.name]
   preprocess = spec.segment_preprocess if segment else spec.preprocess
-  return dict(method=method.name, preprocess=preprocess, method_params=method.params())
+  params = method.params()
+  if method.name == 'found':
+    params = found_params(method.found.decoder, cache_dir)
+  return dict(method=method.name, preprocess=preprocess, method_params=params)
 
 
 def localization(r, which_matrix: str = 'laplacian') -> tuple[np.ndarray, np.ndarray, float]:
@@ -32,7 +77,17 @@ def localization(r, which_matrix: str = 'laplacian') -> tuple[np.ndarray, np.nda
   eigenvalue of the normalized Laplacian (DSM, TokenCut): near 1 for a clean cut, near 0 (or
   below) when the graph has no separable object, so a low score flags "no object here".
   LOST and the affinity variant have no such eigenvalue: their score is 1 (uninformative).
+  FOUND: the box of its largest foreground component (the official object-discovery rule) and
+  the mean probability of that component's patches; a ValueError if no patch is foreground.
   """
+  if r.outputs is not None and pipeline.FOUND_LOGITS in r.outputs:  # FOUND
+    if r.outputs['box'] is None:
+      raise ValueError(
+          f'{r.example.label}: FOUND finds no foreground patch (every probability <= 0.5), '
+          'hence no box'
+      )
+    working_box = np.asarray(r.outputs['box'])
+    return np.asarray(r.box_to_original(working_box)), working_box, float(r.outputs['score'])
   if r.outputs is not None:  # TokenCut / LOST: the seed component's box
     working_box = np.asarray(r.outputs['box'])
   else:

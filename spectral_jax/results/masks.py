@@ -1,5 +1,5 @@
 """The main object's mask of one pipeline result, and its refinement (dense CRF, bilateral
-solver)."""
+solver; FOUND: its own evaluation, "+BS" included)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from spectral_jax import pipeline
 from spectral_jax.imaging import crf
 from spectral_jax.settings import RefineSettings
 from spectral_jax.imaging import resample
-from spectral_jax.spectral import bilateral, segments
+from spectral_jax.results import boxes
+from spectral_jax.spectral import bilateral, found, segments
 
 
 def object_mask(
@@ -64,8 +65,49 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, refine: RefineSettings) -> 
   return mask
 
 
-def final_mask(r: pipeline.ImageResult, refine: RefineSettings, preprocess: str):
-  """(mask at the working or original size, bool mask [H, W] at the original size)."""
+def found_mask(
+    r: pipeline.ImageResult, refine: RefineSettings, evaluation_mode: str = 'multi'
+) -> tuple[np.ndarray, float]:
+  """FOUND's mask of one result at working resolution (the original size unless the image was
+  downscaled for data.max_tokens) and its score (``found.mask_score``: the mean probability
+  inside the mask). As the official evaluation (found_protocol.md §2-§3): the decoder logits
+  upsampled ×P (torch bilinear) over the whole image, sigmoid > 0.5; refine 'none': that mask
+  (``evaluation_mode`` 'multi') or its largest component ('single'); 'bilateral': FOUND's "+BS"
+  (the solver at σ 16/16/8 on the multi mask, FOUND's post-processing for the mode and its
+  IoU > 0.5 gate, not TokenCut's threshold); 'crf': the dense CRF on the multi mask."""
+  mode = refine.mode
+  out = found.prediction(
+      r.outputs[pipeline.FOUND_LOGITS], r.image, evaluation_mode,
+      'bilateral' if mode == 'bilateral' else 'none', r.patch_size,
+  )
+  if mode != 'crf':
+    return out['mask'], out['score']
+  mask = refine_mask(r.image, out['multi'], refine)
+  return mask, found.mask_score(out['upsampled'], mask)
+
+
+def scored_mask(
+    r: pipeline.ImageResult, refine: RefineSettings, preprocess: str,
+    evaluation_mode: str = 'multi',
+) -> tuple[np.ndarray, np.ndarray, float]:
+  """``final_mask``'s two masks and the image's score: FOUND's ``found.mask_score``, else as
+  ``boxes.localization`` (1 − λ₁ where the method has eigenvalues, else 1)."""
+  if r.outputs is not None and pipeline.FOUND_LOGITS in r.outputs:
+    mask, score = found_mask(r, refine, evaluation_mode)
+    return mask, (r.mask_to_original(mask) if r.resized else mask), score
+  mask, full = final_mask(r, refine, preprocess)
+  score = boxes.localization(r)[2] if r.outputs is None or r.eigenvalues is not None else 1.0
+  return mask, full, score
+
+
+def final_mask(
+    r: pipeline.ImageResult, refine: RefineSettings, preprocess: str,
+    evaluation_mode: str = 'multi',
+):
+  """(mask at the working or original size, bool mask [H, W] at the original size).
+  ``evaluation_mode``: FOUND's 'single' | 'multi' (see ``found_mask``), unused otherwise."""
+  if r.outputs is not None and pipeline.FOUND_LOGITS in r.outputs:
+    return scored_mask(r, refine, preprocess, evaluation_mode)[:2]
   if refine.mode == 'none' and r.outputs is not None:
     # Straight to the original frame (the official saliency mask is upsampled to H × W).
     full = method_mask(r, preprocess, r.image_hw)

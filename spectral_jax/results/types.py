@@ -36,7 +36,8 @@ class Localization:
     predictions.jsonl).
   score: 1 − λ₁, λ₁ the Fiedler eigenvalue of the normalized Laplacian (it relaxes the
     normalized cut; TokenCut: of its own graph; LOST: 1, uninformative): near 1 for a clean
-    cut, lower otherwise. Uncalibrated; for ranking, not thresholding.
+    cut, lower otherwise. Uncalibrated; for ranking, not thresholding. FOUND: the mean
+    decoder probability of the box's component (in (0.5, 1]).
   image_size: (H, W) of the original image.
   """
 

@@ -98,7 +98,9 @@ class Worker:
 
 
 LOCALIZE_METHODS = ('dsm',) + tuple(m for m in pipeline.METHODS if m != 'dsm')
-SEGMENT_METHODS = ('dsm',)
+# 'found' runs FOUND's shipped decoder (a decoder path is not an option: it would read the
+# server's files) and needs a dino_vits8 server; other backbones get a 400 naming model.name.
+SEGMENT_METHODS = ('dsm', 'found')
 
 
 def status_of(error: Exception) -> int:

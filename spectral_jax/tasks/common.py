@@ -16,7 +16,7 @@ from spectral_jax import artifacts
 from spectral_jax import config_dict
 from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets
-from spectral_jax.models.weights import checkpoints
+from spectral_jax.models.weights import cache, checkpoints
 from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models.extractor import FeatureExtractor
 
@@ -320,6 +320,22 @@ def checkpoint_identity(model, previous: Optional[dict] = None) -> dict:
   return workdirs.file_identity(text, previous)
 
 
+def found_record(config, stage: str) -> dict:
+  """What FOUND's boxes (localize) and masks (segment) depend on beyond the model: the decoder
+  by content (its sha256; '' = the official file, whose sha256 the weights registry holds; a
+  URL by itself) and, for masks, the evaluation mode."""
+  decoder = config.found.decoder
+  if not decoder:
+    identity = {'sha256': cache.FILES['found_decoder'][2]}
+  elif '://' in decoder:
+    identity = {'url': decoder}
+  else:
+    identity = {'sha256': workdirs.file_identity(decoder)['sha256']}
+  if stage == 'localize':  # the box rule has no mode
+    return {'decoder': identity}
+  return {'decoder': identity, 'evaluation_mode': config.found.evaluation_mode}
+
+
 def stage_settings(config, stage: str, previous: Optional[dict] = None) -> dict:
   """The settings that determine ``stage``'s outputs, as a JSON-able dict."""
   d = config.data
@@ -356,6 +372,8 @@ def stage_settings(config, stage: str, previous: Optional[dict] = None) -> dict:
       if stage == 'segment' and name == 'spectral':
         value.pop('which_matrix', None)  # segment always cuts the Laplacian
     settings[name] = value
+  if stage in ('localize', 'segment') and config.get('method', '') == 'found':
+    settings['found'] = found_record(config, stage)  # other methods: no record, as before
   return settings
 
 

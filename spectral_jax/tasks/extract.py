@@ -55,12 +55,13 @@ def _write(r: pipeline.ImageResult, workdir, with_features: bool) -> None:
 
 def run(config, workdir) -> None:
   run_settings = common.check_config(config)
-  args = boxes.method_args(run_settings.method)
-  if not pipeline.METHODS[args['method']].has_eigenvectors:
+  name = run_settings.method.name
+  if name in pipeline.METHODS and not pipeline.METHODS[name].has_eigenvectors:
     raise ValueError(
-        f"--config.method={args['method']!r} has no eigenvectors to extract: use "
+        f"--config.method={name!r} has no eigenvectors to extract: use "
         '--mode=localize or --mode=segment (or method dsm / tokencut)'
     )
+  args = boxes.method_args(run_settings.method)
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'extract')
   todo = common.remaining(

@@ -1,8 +1,10 @@
 """``--mode=localize``: one box per image; CorLoc when boxes are known.
 
 ``--config.method``: dsm (the Fiedler vector's largest 8-connected component, cropped input),
-tokencut (TokenCut's seed component, normalised then zero-padded input) or lost (LOST's seed
-expansion, same input); see ``pipeline.METHODS``.
+tokencut (TokenCut's seed component, normalised then zero-padded input), lost (LOST's seed
+expansion, same input) or found (the largest 4-connected component of FOUND's decoder mask at
+patch resolution, same input; decoder ``--config.found.decoder``, '' = the official file; its
+score is the mean probability of that component); see ``pipeline.METHODS``.
 
 Writes ``workdir/predictions.jsonl`` (one line per image: id, box_xyxy [x0, y0, x1, y1] in
 pixels of the original image with exclusive max, image_size [H, W]), ``workdir/metrics.json``
@@ -55,10 +57,15 @@ def corloc_result(counts: np.ndarray) -> dict:
 
 
 def panel_vectors(r: pipeline.ImageResult):
-  """What a panel shows as heat maps: eigenvectors, or LOST's map M in their place."""
-  if r.eigenvectors is not None or not r.outputs or 'M' not in r.outputs:
+  """What a panel shows as heat maps: eigenvectors, or LOST's map M (FOUND's logits) in their
+  place."""
+  if r.eigenvectors is not None or not r.outputs:
     return r.eigenvectors
-  return np.stack([np.zeros_like(r.outputs['M']), r.outputs['M']])
+  heat = r.outputs.get('M', r.outputs.get(pipeline.FOUND_LOGITS))
+  if heat is None:
+    return None
+  heat = np.ravel(heat)
+  return np.stack([np.zeros_like(heat), heat])
 
 
 def prediction_files(workdir: Path) -> list[Path]:
@@ -68,7 +75,8 @@ def prediction_files(workdir: Path) -> list[Path]:
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   run_settings = common.check_config(config)
-  boxes.method_args(run_settings.method)  # fail fast on a bad method
+  # Fail fast on a bad method or FOUND decoder file.
+  boxes.method_args(run_settings.method, cache_dir=run_settings.model.cache_dir)
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'localize')
   ids = {ex.id for ex in examples}
@@ -155,9 +163,13 @@ def _predict(
   skipped = common.SkipLog(workdir, 'localize')
   progress = pipeline.Progress(len(todo), 'localize')
   panels = common.Panels(workdir, config.output.num_panels, examples)
-  method = boxes.method_args(run_settings.method)
+  method = boxes.method_args(run_settings.method, cache_dir=run_settings.model.cache_dir)
   for r in common.run_images(run_settings, extractor, todo, skipped, **method):
-    box, working_box, score = boxes.localization(r, run_settings.spectral.which_matrix)
+    try:
+      box, working_box, score = boxes.localization(r, run_settings.spectral.which_matrix)
+    except ValueError as e:  # FOUND: no foreground patch, no box (never a made-up one)
+      skipped(r.example, e)
+      continue
     record = {
         'id': r.example.id,
         'box_xyxy': [int(v) for v in box],

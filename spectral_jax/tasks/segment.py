@@ -2,9 +2,12 @@
 
 ``--config.method``: dsm (Fiedler vector > 0, cropped input), tokencut (TokenCut's saliency
 path: Lanczos-resized input, the seed component upsampled by torch's nearest rule to the
-original size) or lost (LOST's seed component on the padded input, ×P blocks).
+original size), lost (LOST's seed component on the padded input, ×P blocks) or found (FOUND's
+official evaluation on the padded input: ``--config.found.evaluation_mode`` single | multi,
+decoder ``--config.found.decoder``; see ``results.masks.found_mask``).
 ``--config.segment.refine``: none | crf (dense CRF) | bilateral (TokenCut's bilateral solver,
-mask = output > 0.5); ``segment.crf=True`` means refine=crf.
+mask = output > 0.5; FOUND: its "+BS" with its own post-processing and gate);
+``segment.crf=True`` means refine=crf.
 
 Writes ``workdir/masks/<stem>.png`` (0/255, image size), ``workdir/metrics.json`` (mean
 per-image IoU and accuracy, and maxFβ with β² = 0.3, when ground-truth masks are known) and
@@ -90,7 +93,7 @@ def score(examples: list, workdir: Path) -> dict:
 def run(config, workdir) -> None:
   workdir = Path(workdir)
   run_settings = common.check_config(config)  # a bad method or refinement fails here
-  boxes.method_args(run_settings.method, segment=True)
+  boxes.method_args(run_settings.method, segment=True, cache_dir=run_settings.model.cache_dir)
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'segment')
   todo = common.remaining(
@@ -116,20 +119,23 @@ def _predict(config, run_settings, workdir: Path, todo: list, examples: list) ->
   extractor = common.load_extractor(run_settings.model)
   skipped = common.SkipLog(workdir, 'segment')
   progress = pipeline.Progress(len(todo), 'segment')
-  args = boxes.method_args(run_settings.method, segment=True)
+  args = boxes.method_args(
+      run_settings.method, segment=True, cache_dir=run_settings.model.cache_dir
+  )
   panels = common.Panels(workdir, config.output.num_panels, examples)
   for r in common.run_images(
       run_settings, extractor, todo, skipped, which_matrix='laplacian', **args
   ):
     try:
-      mask, full = masks.final_mask(r, run_settings.refine, args['preprocess'])
+      mask, full, score = masks.scored_mask(
+          r, run_settings.refine, args['preprocess'], run_settings.method.found.evaluation_mode
+      )
     except ValueError as e:  # e.g. an image too large for the bilateral grid's hash
       logging.warning('skipping %s: %s', r.example.id, e)
       skipped(r.example, e)
       continue
     out = mask_path(workdir, r.example.id)
-    # The score first: the mask file marks the image done (see boxes.localization).
-    score = boxes.localization(r)[2] if r.outputs is None or r.eigenvalues is not None else 1.0
+    # The score first: the mask file marks the image done (see masks.scored_mask).
     record = [{'id': r.example.id, 'score': round(score, 6)}]
     if not common.write_or_skip(r.example, skipped, artifacts.append_jsonl, score_path(workdir), record):
       continue

@@ -32,6 +32,8 @@ from spectral_jax.models.weights.errors import HINT, CheckpointError, missing_fi
 
 __all__ = [
     "WEIGHTS",
+    "FILES",
+    "official_file",
     "default_cache_dir",
     "download",
     "resolve_checkpoint",
@@ -56,6 +58,16 @@ WEIGHTS: dict[str, str] = {
 VARIANT_WEIGHTS: dict[str, str] = {
     "dino_vits8_300ep": _DINO_URL
     + "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth",
+}
+
+# Other official files read beside a backbone: name → (URL, size in bytes, sha256). FOUND's
+# shipped decoder (a 1×1 conv on DINO ViT-S/8 keys; --config.found.decoder='' means this file).
+FILES: dict[str, tuple[str, int, str]] = {
+    "found_decoder": (
+        "https://github.com/valeoai/FOUND/raw/main/data/weights/decoder_weights.pt",
+        2689,
+        "47ff2a4af3dbc6c80cb832cc81f8ed8ae81809e52576d0de5f9c754cf46ef9b5",
+    ),
 }
 
 _RUN_START = time.time()  # temporaries older than this run and idle for STALE_AFTER are stale
@@ -101,12 +113,12 @@ def url_filename(url: str) -> str:
   return name
 
 
-def _unreachable(url: str, reason: object) -> CheckpointError:
+def _unreachable(url: str, reason: object, setting: str = "model.checkpoint") -> CheckpointError:
   name = url_filename(url)
   return CheckpointError(
       f"Could not download {url}: the URL is unreachable ({reason}). If this machine has "
       f"no internet access, download {name} on another machine, copy it here and pass it "
-      f"with --config.model.checkpoint=/path/to/{name}"
+      f"with --config.{setting}=/path/to/{name}"
   )
 
 
@@ -116,11 +128,13 @@ def download(
     sha256: str | None = None,
     size: int | None = None,
     timeout: float = 30.0,
+    setting: str = "model.checkpoint",
 ) -> Path:
   """Download ``url`` into ``cache_dir`` (reusing a cached copy) and return its path.
 
   Streams into ``<name>.part`` and renames atomically only after the size and
-  sha256 (when given) check out, so the cache never holds a partial file.
+  sha256 (when given) check out, so the cache never holds a partial file. ``setting``: the
+  key an offline user passes the file with instead (named in the error).
   """
   from tqdm import tqdm  # only needed when actually downloading
 
@@ -147,7 +161,7 @@ def download(
           bar.update(len(chunk))
   except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
     part.unlink(missing_ok=True)
-    raise _unreachable(url, getattr(e, "reason", e)) from e
+    raise _unreachable(url, getattr(e, "reason", e), setting) from e
   except BaseException:
     part.unlink(missing_ok=True)
     raise
@@ -157,6 +171,15 @@ def download(
     raise CheckpointError(f"Downloaded {url} is corrupt: {problem}")
   os.replace(part, dest)
   return dest
+
+
+def official_file(
+    name: str, cache_dir: str | os.PathLike | None = None, setting: str = "model.checkpoint"
+) -> Path:
+  """The cached copy of ``FILES[name]`` (downloaded once, size and sha256 checked). Offline:
+  the CheckpointError of ``download`` says which file to fetch elsewhere."""
+  url, size, sha256 = FILES[name]
+  return download(url, cache_dir, sha256=sha256, size=size, setting=setting)
 
 
 def is_url(value: str) -> bool:
