@@ -687,3 +687,71 @@ def test_workdir_record_names_the_decoder_by_content(weights_cache, small_images
   localize.run(config, tmp_path / 'out')
   with pytest.raises(workdirs.WorkdirError, match='found.decoder.sha256'):
     localize.run(_config(weights_cache, 'found', small_images), tmp_path / 'out')
+
+
+def test_server_found_with_the_official_decoder(extractor, weights_cache):
+  """/api/localize and /api/segment with method=found: FOUND's shipped decoder (here the
+  cache's copy) gives the official box and multi mask; a decoder path is refused (it would
+  read the server's files)."""
+  import io  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  import urllib.error  # pylint: disable=import-outside-toplevel
+  import urllib.request  # pylint: disable=import-outside-toplevel
+
+  import spectral_jax as sj  # pylint: disable=import-outside-toplevel
+  from spectral_jax.server import app
+
+  def post(url):
+    data = (IMAGES / 'chelsea.png').read_bytes()
+    req = urllib.request.Request(url, data=data, headers={'Content-Type': 'image/png'})
+    try:
+      with urllib.request.urlopen(req, timeout=120) as r:
+        return r.status, r.read()
+    except urllib.error.HTTPError as e:
+      return e.code, e.read()
+
+  backbone = sj.Backbone(MANIFEST['model_name'], extractor, cache_dir=str(weights_cache))
+  server = app.Server(backbone, '127.0.0.1', 0)
+  threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1),
+                   daemon=True).start()
+  try:
+    assert 'found' in server.health()['methods'] and 'found' in server.health()['segment_methods']
+    status, body = post(server.url + '/api/localize?method=found')
+    assert status == 200, body
+    assert json.loads(body)['box_xyxy'] == _info('chelsea', 'found')['uod_box_xyxy']
+    status, body = post(server.url + '/api/segment?method=found')
+    assert status == 200, body
+    mask = np.asarray(Image.open(io.BytesIO(body)))
+    assert _agreement(mask > 127, _ref('chelsea')['mask_multi']) >= AGREEMENT
+    query = f'?method=found&decoder={DATA}/decoder_random.pt'
+    status, body = post(server.url + '/api/segment' + query)
+    assert status == 400 and 'decoder' in json.loads(body)['error'], body
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def test_downscaled_images_give_found_outputs_in_the_original_frame(extractor):
+  """Above data.max_tokens: FOUND on the downscaled image (the oracle: the library's steps on
+  the keys of that image), its box scaled and its mask resized to the original frame."""
+  import spectral_jax as sj  # pylint: disable=import-outside-toplevel
+
+  backbone = sj.Backbone(MANIFEST['model_name'], extractor, max_tokens=200)
+  image = _image('coffee')  # 75 × 50 patches at full size
+  decoder = DATA / 'decoder_random.pt'
+  small = pipeline.fit_tokens(image, 8, 200)
+  assert small.shape[:2] != image.shape[:2]
+  keys, grids = tokencut.padded_keys(extractor, [small])
+  (gh, gw), = grids
+  weight, bias = found.read_decoder(decoder)
+  logits = np.asarray(found.decoder_logits(np.asarray(keys)[0, : gh * gw], weight, bias))
+  logits = logits.reshape(gh, gw)
+  r = sj.localize(backbone, image, method='found', decoder=decoder)
+  box = found.discovery_box(logits, small.shape[:2])
+  box = pipeline.scale_box(box, small.shape[:2], image.shape[:2])
+  assert list(r.box_xyxy) == box.tolist() and r.image_size == image.shape[:2]
+  for refine in ('none', 'bilateral'):
+    mask = sj.segment(backbone, image, method='found', refine=refine, decoder=decoder)
+    want = found.prediction(logits, small, 'multi', refine)['mask']
+    assert mask.shape == image.shape[:2] and mask.dtype == bool
+    assert _agreement(mask, pipeline.resize_mask(want, image.shape[:2])) >= AGREEMENT, refine
