@@ -187,8 +187,8 @@ def segment(
 ) -> list[np.ndarray]:
   """The main object's mask per image, bool [H, W] at the original size (``--mode=segment``;
   FOUND: in ``method.found.evaluation_mode``)."""
-  preprocess = pipeline.get_method(method.name).segment_preprocess
   rs = results(backbone, examples, spectral, method, segment=True, which_matrix='laplacian')
+  preprocess = pipeline.get_method(method.name).segment_preprocess  # (checked by results)
   mode = method.found.evaluation_mode
   return [np.asarray(masks.final_mask(r, refine, preprocess, mode)[1], bool) for r in rs]
 
