@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import logging as pylogging
 import difflib
 import importlib
 import importlib.util
@@ -29,6 +30,7 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+import tqdm
 
 from spectral_jax import compile_cache, config_dict, errors, workdirs
 from spectral_jax import artifacts
@@ -148,6 +150,31 @@ def main(argv):
     sys.exit(1)
 
 
+class _BarSafeStream:
+  """stderr for absl's handler: each line goes through tqdm.write, above the bar."""
+
+  def __init__(self, stream):
+    self.stream = stream
+
+  def write(self, text: str) -> None:
+    if text.strip():
+      tqdm.tqdm.write(text.rstrip('\n'), file=self.stream)
+
+  def flush(self) -> None:
+    self.stream.flush()
+
+
+@contextlib.contextmanager
+def _logs_through_the_bar():
+  handler = logging.get_absl_handler().python_handler
+  stream = handler.stream
+  handler.stream = _BarSafeStream(stream)
+  try:
+    yield
+  finally:
+    handler.stream = stream
+
+
 def _run_mode(config, workdir: Path) -> None:
   # Persistent compilation cache: a resumed or repeated run loads its compiled shapes.
   compile_cache.enable(config.model.cache_dir or None)
@@ -167,14 +194,17 @@ def _run_mode(config, workdir: Path) -> None:
         None if dist.process_id < 0 else dist.process_id,
         initialization_timeout=timeout,
     )
-  logging.info(
+  (logging.info if jax.process_count() > 1 else logging.debug)(
       'JAX process %d/%d, local devices: %s',
       jax.process_index(),
       jax.process_count(),
       jax.local_devices(),
   )
   task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')
-  with workdirs.locked(workdir, jax.process_index(), jax.process_count()):
+  # Log lines go through the progress bar's writer: the bar stays whole.
+  with _logs_through_the_bar(), workdirs.locked(
+      workdir, jax.process_index(), jax.process_count()
+  ):
     if jax.process_index() == 0:
       artifacts.clean_stale_temporaries(workdir)
     task.run(config, str(workdir))
@@ -288,6 +318,10 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
   except app.UsageError as e:
     sys.stderr.write(f'FATAL Flags parsing error: {e}\n')
     sys.exit(1)
+  # -q: warnings and errors only (= --verbosity=-1).
+  argv = [argv[0]] + ['--verbosity=-1' if a in ('-q', '--quiet') else a for a in argv[1:]]
+  # JAX probes for a TPU on every start and logs the failure: not news on a CPU or GPU host.
+  pylogging.getLogger('jax._src.xla_bridge').setLevel(pylogging.WARNING)
   if len(argv) == 1 or any(a in ('-h', '--help', '--helpshort') for a in argv[1:]):
     print(overview())
     if len(argv) == 1:

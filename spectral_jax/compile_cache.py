@@ -19,7 +19,7 @@ def enable(cache_dir: Optional[str] = None) -> Optional[Path]:
   user configured (JAX_COMPILATION_CACHE_DIR or an earlier jax.config setting) is kept. Returns
   the folder in use, or None if caching is off because the folder cannot be created."""
   current = jax.config.jax_compilation_cache_dir or os.environ.get('JAX_COMPILATION_CACHE_DIR')
-  if current:
+  if current and not cache_dir:  # an explicit cache_dir (a flag, a parameter) wins
     return Path(current)
   folder = Path(cache_dir or checkpoints.default_cache_dir()).expanduser() / 'xla'
   try:

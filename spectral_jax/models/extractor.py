@@ -79,6 +79,22 @@ def prefix_tokens(arch: Any) -> int:
   return getattr(arch, 'num_prefix_tokens', 1)
 
 
+_COMPILING_SAID = set()
+
+
+def _say_compiling_once(name: str) -> None:
+  """One line per process and model: what the first wait is, and that it is paid once."""
+  if name in _COMPILING_SAID:
+    return
+  _COMPILING_SAID.add(name)
+  cache = jax.config.jax_compilation_cache_dir
+  where = f'kept in {cache} and reused by later runs' if cache else 'kept for this process'
+  logging.info(
+      '%s: preparing the model for each new image size (several seconds each the first time; '
+      'compiled code is %s)', name, where,
+  )
+
+
 def cpu_has_bf16_units(cpuinfo: str = '/proc/cpuinfo') -> Optional[bool]:
   """Whether the host CPU multiplies bfloat16 in hardware; None where it cannot tell."""
   try:
@@ -174,8 +190,9 @@ class FeatureExtractor:
     if key not in self.compiled_shapes:
       self.compiled_shapes.add(key)
       shape = images.shape[:2] if images.ndim == 5 else images.shape[:3]
-      logging.info(
-          'compiling the %s forward for %s (%d shapes so far)',
+      _say_compiling_once(self.name)
+      logging.debug(
+          'new input shape for the %s forward: %s (%d shapes so far)',
           self.name, shape, len(self.compiled_shapes),
       )  # fmt: skip
     shard = functools.partial(parallel.shard_batch, mesh=self.mesh)
