@@ -148,6 +148,23 @@ def from_config(config: Any) -> Settings:
   )
 
 
+def found_train_config():
+  """configs/found.py's ``config.train``: FOUND's training recipe (its defaults)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from spectral_jax.training.found import FoundTrainSettings  # on use: it loads jax and optax
+
+  return ml_collections.ConfigDict(section_values((FoundTrainSettings,)))
+
+
+def found_train_settings(config: Any) -> Any:
+  """``config.train`` of a FOUND training run as ``training.found.FoundTrainSettings``
+  (SettingError names ``train.<key>``)."""
+  from spectral_jax.training.found import FoundTrainSettings  # on use, as above
+
+  section = config.get('train', None)
+  return build(FoundTrainSettings, _values(section, FoundTrainSettings, 'train'), 'train')
+
+
 def unknown_edit_keys(config: Any) -> Optional[list[str]]:
   """Keys of ``config.edit`` no EditSettings field has (a typo), or None."""
   section = config.get('edit', None)

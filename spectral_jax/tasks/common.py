@@ -291,6 +291,18 @@ STAGES = {
         ('spectral', 'method', 'semantic', 'seed', 'segmenter', 'train'),
         ('checkpoints', 'train_log.jsonl', 'train_metrics.json'),
     ),
+    # FOUND's head (configs/found.py): its targets, then training; the sections of the method
+    # that makes the targets are added by stage_settings.
+    'found_train': (
+        ('found', 'train'),
+        ('pseudo_masks', 'checkpoints', 'decoder_weights.pt', 'train_log.jsonl',
+         'train_metrics.json'),
+    ),
+}
+# The settings a FOUND target method reads (config.found.targets → sections).
+FOUND_TARGET_SECTIONS = {
+    'found': (), 'dsm': ('spectral',), 'tokencut': ('tokencut', 'segment'),
+    'maskcut': ('discover',),
 }
 # Keys that do not change outputs (solver: equal results to tolerance; scoring inputs;
 # how often training logs and saves, and its thread count).
@@ -298,6 +310,11 @@ _IGNORED = {'spectral.solver', 'semantic.gt_dir', 'semantic.val_list', 'semantic
 _IGNORED |= {'discover.solver', 'discover.workers'}
 _IGNORED |= {'train.num_workers', 'train.log_every', 'train.checkpoint_every'}
 _IGNORED |= {'train.keep_checkpoints'}
+# FOUND: a longer run continues a shorter one (StepLR does not depend on the length); the
+# decoder file and evaluation mode are inference settings.
+_STAGE_IGNORED = {
+    'found_train': {'train.steps', 'train.nb_epochs', 'found.decoder', 'found.evaluation_mode'},
+}
 
 
 def checkpoint_identity(model, previous: Optional[dict] = None) -> dict:
@@ -361,6 +378,9 @@ def stage_settings(config, stage: str, previous: Optional[dict] = None) -> dict:
       },
   }
   sections, _ = STAGES[stage]
+  if stage == 'found_train':
+    sections += FOUND_TARGET_SECTIONS.get(config.found.targets, ())
+  ignored = _IGNORED | _STAGE_IGNORED.get(stage, set())
   for name in sections:
     value = config.get(name, None)
     if value is None:
@@ -368,7 +388,7 @@ def stage_settings(config, stage: str, previous: Optional[dict] = None) -> dict:
     if hasattr(value, 'to_dict'):
       value = value.to_dict()
     if isinstance(value, dict):
-      value = {k: v for k, v in value.items() if f'{name}.{k}' not in _IGNORED}
+      value = {k: v for k, v in value.items() if f'{name}.{k}' not in ignored}
       if stage == 'segment' and name == 'spectral':
         value.pop('which_matrix', None)  # segment always cuts the Laplacian
     settings[name] = value

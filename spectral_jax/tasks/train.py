@@ -29,7 +29,7 @@ from spectral_jax.training import loop
 from spectral_jax.data import datasets
 from spectral_jax.models import backbones, segmenter
 from spectral_jax.models import extractor as extractor_lib
-from spectral_jax.tasks import common, semantic
+from spectral_jax.tasks import common, found_train, semantic
 
 # Keys of config.train that are not TrainConfig hyper-parameters.
 TASK_KEYS = ('pseudo_labels', 'matching')
@@ -243,6 +243,8 @@ def val_dataset(config, examples: dict, patch_size: int) -> GTDataset:
 
 
 def run(config, workdir) -> None:
+  if config.get('train', {}).get('recipe', '') == 'found':  # configs/found.py: FOUND's head
+    return found_train.run(config, workdir)
   workdir = Path(workdir)
   common.check_config(config)
   check_train_config(config)

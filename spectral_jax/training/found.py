@@ -22,6 +22,7 @@ reproduced: :func:`init_head` draws torch's default Conv2d init from a JAX key.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zipfile
 from pathlib import Path
@@ -32,13 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spectral_jax.settings import _check, _field, _is_int, _is_number
 from spectral_jax.spectral import found
 
 __all__ = [
-    'LR0', 'STEP_LR_SIZE', 'STEP_LR_GAMMA', 'WEIGHT_DECAY', 'W_BS_LOSS', 'W_SELF_LOSS',
-    'STOP_BKG_LOSS', 'MAX_ITER', 'BATCH_SIZE', 'init_head', 'learning_rate', 'optimizer',
-    'bce_with_logits', 'loss_fn', 'make_train_step', 'background_targets',
-    'iteration_targets', 'save_head', 'load_head', 'write_torch_zip',
+    'FoundTrainSettings', 'RECIPE', 'LR0', 'STEP_LR_SIZE', 'STEP_LR_GAMMA', 'WEIGHT_DECAY',
+    'W_BS_LOSS', 'W_SELF_LOSS', 'STOP_BKG_LOSS', 'MAX_ITER', 'BATCH_SIZE', 'init_head',
+    'learning_rate', 'optimizer', 'bce_with_logits', 'loss_fn', 'make_train_step',
+    'background_targets', 'iteration_targets', 'save_head', 'load_head', 'write_torch_zip',
 ]
 
 # configs/found_DUTS-TR.yaml
@@ -53,6 +55,60 @@ MAX_ITER = 500
 BATCH_SIZE = 50
 
 Head = dict  # {'weight': [D] float32, 'bias': [] float32}
+RECIPE = 'found'  # config.train.recipe: what sends --mode=train to the FOUND runner
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundTrainSettings:
+  """``config.train`` of configs/found.py: the official recipe (configs/found_DUTS-TR.yaml;
+  the official names in the help) and how the run saves and logs. Not in ``settings.py``,
+  which would pass 500 lines."""
+
+  recipe: str = _field(RECIPE, "'found': --mode=train trains FOUND's head (configs/found.py)")
+  steps: int = _field(MAX_ITER, 'updates (max_iter; the official runs max_iter + 1); 0 = targets')
+  batch_size: int = _field(BATCH_SIZE, 'images per iteration (batch_size; last batch of an epoch '
+                           'may be smaller, as the official DataLoader)')
+  learning_rate: float = _field(LR0, 'AdamW learning rate (lr0)')
+  step_lr_size: int = _field(STEP_LR_SIZE, 'StepLR period in iterations (step_lr_size)')
+  step_lr_gamma: float = _field(STEP_LR_GAMMA, 'StepLR factor (step_lr_gamma)')
+  weight_decay: float = _field(WEIGHT_DECAY, "AdamW weight decay (torch's default)")
+  w_bs_loss: float = _field(W_BS_LOSS, 'weight of the BS-refined own-prediction loss')
+  w_self_loss: float = _field(W_SELF_LOSS, 'weight of the own-prediction loss after stop_bkg_loss')
+  stop_bkg_loss: int = _field(STOP_BKG_LOSS, 'iterations trained on the pseudo-masks')
+  crop_size: int = _field(found.CROP_SIZE, 'training input side (crop_size; a patch multiple)')
+  scale_range: tuple = _field(found.SCALE_RANGE, 'random scale U(lo, hi) (scale_range; 1 = off)')
+  blur_p: float = _field(found.BLUR_P, 'Gaussian blur probability (proba_photometric_aug)')
+  seed: int = _field(0, 'head init, shuffling and augmentation draws (seed)')
+  nb_epochs: int = _field(3, 'at most this many epochs (nb_epochs)')
+  checkpoint_every: int = _field(50, 'orbax checkpoint every N iterations (and at the end)')
+  keep_checkpoints: int = _field(2, 'newest checkpoints kept')
+  log_every: int = _field(10, 'train_log.jsonl line every N iterations')
+  num_workers: int = _field(4, 'image decoding / augmentation threads')
+
+  def __post_init__(self):
+    _check(self.recipe == RECIPE, 'train.recipe', self.recipe, f"use {RECIPE!r}")
+    for key, low in (('steps', 0), ('batch_size', 1), ('step_lr_size', 1), ('stop_bkg_loss', 0),
+                     ('crop_size', 16), ('nb_epochs', 1), ('checkpoint_every', 1),
+                     ('keep_checkpoints', 1), ('log_every', 1), ('num_workers', 1)):
+      value = getattr(self, key)
+      _check(_is_int(value) and value >= low, f'train.{key}', value, f'use an int >= {low}')
+    _check(_is_int(self.seed), 'train.seed', self.seed, 'use an int')
+    for key in ('learning_rate', 'step_lr_gamma'):
+      value = getattr(self, key)
+      _check(_is_number(value) and value > 0, f'train.{key}', value, 'use a number > 0')
+    for key in ('weight_decay', 'w_bs_loss', 'w_self_loss'):
+      value = getattr(self, key)
+      _check(_is_number(value) and value >= 0, f'train.{key}', value, 'use a number >= 0')
+    _check(
+        _is_number(self.blur_p) and 0 <= self.blur_p <= 1, 'train.blur_p', self.blur_p,
+        'use a probability in [0, 1]',
+    )
+    lo_hi = tuple(self.scale_range) if isinstance(self.scale_range, (tuple, list)) else ()
+    _check(
+        len(lo_hi) == 2 and all(_is_number(v) and v > 0 for v in lo_hi) and lo_hi[0] <= lo_hi[1],
+        'train.scale_range', self.scale_range, 'use (lo, hi) with 0 < lo <= hi',
+    )
+    object.__setattr__(self, 'scale_range', tuple(float(v) for v in lo_hi))
 
 
 def init_head(key: jax.Array, dim: int = 384) -> Head:
