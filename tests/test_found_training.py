@@ -18,6 +18,7 @@ from PIL import Image
 from spectral_jax import errors, pipeline, workdirs
 from spectral_jax.spectral import found
 from spectral_jax.tasks import common, found_train
+from spectral_jax.tasks import segment as segment_task
 from spectral_jax.tasks import train as train_task
 from spectral_jax.training import found as found_train_lib
 from spectral_jax.training import found_loop, found_targets
@@ -216,6 +217,21 @@ def test_the_head_reloads_in_both_formats(trained):
   assert bias == head['bias']
   again = found_train_lib.load_head(trained / 'decoder_weights.pt')
   np.testing.assert_array_equal(np.asarray(again['weight']), head['weight'])
+
+
+def test_the_saved_head_runs_as_found_decoder(trained, photos, cache, extractor, tmp_path):
+  """``--config.found.decoder=OUT/decoder_weights.pt`` with --mode=segment (configs/found.py
+  sets method=found): the runner's multi masks are the ones the training scored."""
+  config = _config(photos, cache)
+  config.found.decoder = str(trained / 'decoder_weights.pt')
+  config.data.limit = 2
+  segment_task.run(config, tmp_path / 'segment')
+  head = found_train_lib.load_head(trained / 'decoder_weights.pt')
+  for path in sorted(photos.iterdir())[:2]:
+    image = np.asarray(Image.open(path).convert('RGB'))
+    _, multi, _ = found_train._predict(extractor, head, image, 6400)
+    mask = _png(tmp_path / 'segment' / 'masks' / path.name) > 0
+    assert np.mean(mask == multi) >= 0.999
 
 
 def test_a_rerun_resumes_and_other_settings_stop(trained, photos, cache, tmp_path):
