@@ -38,6 +38,7 @@ from spectral_jax.errors import (
     BadImageError, ImageTooLargeError, MissingDependencyError, SettingError,
 )
 from spectral_jax.inference import Backbone
+from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.results import cutout
 from spectral_jax.results.types import Eigen, Localization, Objects
 
@@ -68,6 +69,9 @@ PARAMETERS = {
     'found.decoder': 'decoder',
     'found.evaluation_mode': 'evaluation_mode',
 }
+
+# How this API takes a checkpoint file the library could not obtain.
+CHECKPOINT_PARAMETERS = {'model.checkpoint': 'checkpoint', 'found.decoder': 'decoder'}
 
 __all__ = [
     'Backbone',
@@ -145,7 +149,13 @@ def load_backbone(
   )
   # Compiled shapes persist across notebook restarts and scripts (<cache_dir>/xla).
   compile_cache.enable(model.cache_dir or None)
-  return inference.load_backbone(model, precision)
+  try:
+    return inference.load_backbone(model, precision)
+  except CheckpointError as e:
+    knob = CHECKPOINT_PARAMETERS.get(e.setting, e.setting)
+    raise CheckpointError(
+        f"{e}\n  pass it with {knob}='/path/to/{e.file_name or 'FILE'}'", e.setting, e.file_name
+    ) from e
 
 
 # ----------------------------------------------------------------------------- inputs

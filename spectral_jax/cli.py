@@ -34,6 +34,7 @@ import tqdm
 
 from spectral_jax import compile_cache, config_dict, errors, workdirs
 from spectral_jax import artifacts
+from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.tasks import common
 
 _ALL_MODES = (
@@ -124,7 +125,9 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
 
 # Errors whose message is the whole story for a user (bad values, missing files, a workdir
 # made with other settings, the environment); anything else keeps its traceback.
-USER_ERRORS = (ValueError, OSError, workdirs.WorkdirError, errors.MissingDependencyError)
+USER_ERRORS = (
+    ValueError, OSError, workdirs.WorkdirError, errors.MissingDependencyError, CheckpointError,
+)
 
 
 def main(argv):

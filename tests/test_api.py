@@ -316,3 +316,12 @@ def test_load_backbone_turns_the_persistent_compilation_cache_on(tmp_path):
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / 'cache' / 'xla')
+
+
+def test_unreachable_weights_name_the_api_parameter_and_the_cache(tmp_path):
+  with pytest.raises(RuntimeError) as info:
+    sj.load_backbone('dino_vits16', 'http://127.0.0.1:9/dino_deitsmall16_pretrain.pth',
+                     cache_dir=tmp_path / 'cache')
+  message = str(info.value)
+  assert "checkpoint='/path/to/dino_deitsmall16_pretrain.pth'" in message
+  assert str(tmp_path / 'cache') in message and '--config' not in message

@@ -47,7 +47,7 @@ def test_gated_weights_explain_how_to_get_them():
   with pytest.raises(CheckpointError) as e:
     backbones.load_backbone_params('dinov3_vits16', None)
   msg = str(e.value)
-  for part in ('gated', 'Request access', 'DINOv3 License', '--config.model.checkpoint=FILE',
+  for part in ('gated', 'Request access', 'DINOv3 License',
                'dinov3_vits16_pretrain_lvd1689m-08c60483.pth'):  # fmt: skip
     assert part in msg
   with pytest.raises(CheckpointError, match='dinov2_vits14_pretrain.pth'):

@@ -53,7 +53,9 @@ def test_unreachable_weights_give_the_fix(tmp_path):
       f'--config.model.cache_dir={tmp_path / "cache"}',
   )
   assert proc.returncode != 0
-  assert '--config.model.checkpoint' in proc.stderr
+  assert '--config.model.checkpoint=/path/to/dino.pth' in proc.stderr
+  assert 'Traceback' not in proc.stderr  # one screen: the message, the fix
+  assert str(tmp_path / 'cache') in proc.stderr  # where a copied file is found with no flag
 
 
 def test_bad_config_value_is_named(tmp_path):

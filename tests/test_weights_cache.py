@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from spectral_jax.models.weights import checkpoints as ckpt
-from spectral_jax.models.weights import cache
+from spectral_jax.models.weights import cache as weights_cache
 from spectral_jax.models.weights.checkpoints import CheckpointError
 from tests.test_checkpoints import ZIP_PTH, leaves
 
@@ -64,7 +64,7 @@ def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path, reference, damage, ca
   warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
   assert any(str(entry) in w and "rebuilding" in w for w in warnings), warnings
   assert [p.name for p in (cache / "params").iterdir()] == [entry.name]
-  assert same_params(cache.read_entry(entry)[0], reference[0])  # readable again
+  assert same_params(weights_cache.read_entry(entry)[0], reference[0])  # readable again
 
 
 def test_corrupt_entry_without_source_names_the_fix(tmp_path):
@@ -89,7 +89,7 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
   old = time.time() - 3600
   stale = [
       params_dir / "model-0123.tmp-4242-deadbeef",  # a killed conversion (old name format)
-      params_dir / f"model-0123.tmp-{cache._HOST}-999999999-cafe0123",
+      params_dir / f"model-0123.tmp-{weights_cache._HOST}-999999999-cafe0123",
       params_dir / ".params.npz.x1y2.tmp",  # spectral_jax.artifacts atomic file
       cache / "dino_deitsmall16_pretrain.pth.part",  # a killed download
   ]
@@ -121,10 +121,10 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
 
 
 def test_dead_writer_of_this_host_is_stale_without_waiting(tmp_path, monkeypatch):
-  monkeypatch.setattr(cache, "_RUN_START", time.time() + 10)
-  dead = tmp_path / "params" / f"m-1.tmp-{cache._HOST}-999999999-ab12"
-  mine = tmp_path / "params" / f"m-1.tmp-{cache._HOST}-{os.getpid()}-ab12"
+  monkeypatch.setattr(weights_cache, "_RUN_START", time.time() + 10)
+  dead = tmp_path / "params" / f"m-1.tmp-{weights_cache._HOST}-999999999-ab12"
+  mine = tmp_path / "params" / f"m-1.tmp-{weights_cache._HOST}-{os.getpid()}-ab12"
   dead.mkdir(parents=True)
   mine.mkdir()
-  assert cache.remove_stale_temporaries(tmp_path) == [dead]
+  assert weights_cache.remove_stale_temporaries(tmp_path) == [dead]
   assert mine.exists()

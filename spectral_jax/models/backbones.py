@@ -40,7 +40,6 @@ _DINOV3_LICENCE = (
     'the same agreement, publications must acknowledge the DINO Materials)'
 )
 DINOV3_ACCESS_PAGE = 'https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/'
-CHECKPOINT_FLAG = '--config.model.checkpoint=FILE'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +153,10 @@ def gated_error(name: str) -> CheckpointError:
       f'Request access on Meta\'s DINOv3 page ({DINOV3_ACCESS_PAGE}, or the download form '
       'linked from github.com/facebookresearch/dinov3); the weights are under the '
       f'{b.licence}, not an open licence, so they cannot be re-hosted. Once accepted, '
-      f'download {b.filename} from the link in the e-mail and pass the local file with '
-      f'{CHECKPOINT_FLAG} (a Hugging Face folder with config.json + model.safetensors '
-      'also works).'
+      f'download {b.filename} from the link in the e-mail and pass the local file (a Hugging '
+      'Face folder with config.json + model.safetensors also works).',
+      'model.checkpoint',
+      b.filename,
   )
 
 
@@ -172,7 +172,8 @@ def load_backbone_params(name: str, checkpoint: str | Path | None) -> tuple[Any,
     if b.gated:
       raise gated_error(name)
     raise CheckpointError(
-        f'{name}: no checkpoint given; download {b.url} and pass it with {CHECKPOINT_FLAG}'
+        f'{name}: no checkpoint given; download {b.url} and pass it', 'model.checkpoint',
+        b.filename,
     )
   checkpoint = Path(checkpoint).expanduser()
   config = None

@@ -87,8 +87,8 @@ def _say_compiling_once(name: str) -> None:
   if name in _COMPILING_SAID:
     return
   _COMPILING_SAID.add(name)
-  cache = jax.config.jax_compilation_cache_dir
-  where = f'kept in {cache} and reused by later runs' if cache else 'kept for this process'
+  xla_dir = jax.config.jax_compilation_cache_dir
+  where = f'kept in {xla_dir} and reused by later runs' if xla_dir else 'kept for this process'
   logging.info(
       '%s: preparing the model for each new image size (several seconds each the first time; '
       'compiled code is %s)', name, where,

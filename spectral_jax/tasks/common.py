@@ -17,6 +17,7 @@ from spectral_jax import config_dict
 from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets
 from spectral_jax.models.weights import cache, checkpoints
+from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models.extractor import FeatureExtractor
 
@@ -33,6 +34,8 @@ def user_message(error: Exception) -> str:
     return error.named(f'--config.{error.key}')
   if isinstance(error, errors.ImageTooLargeError):
     return f'{error}; raise --config.{error.setting} to process it'
+  if isinstance(error, CheckpointError):
+    return f'{error}\n  pass it with --config.{error.setting}=/path/to/{error.file_name or "FILE"}'
   if isinstance(error, errors.MissingDependencyError):
     return (f'{error}, or run without it (--config.segment.refine=none, '
             '--config.discover.crf=False)')

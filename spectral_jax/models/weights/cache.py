@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from spectral_jax import artifacts as spectral_io
-from spectral_jax.models.weights.errors import HINT, CheckpointError, missing_file
+from spectral_jax.models.weights.errors import CheckpointError, missing_file
 
 __all__ = [
     "WEIGHTS",
@@ -113,12 +113,18 @@ def url_filename(url: str) -> str:
   return name
 
 
-def _unreachable(url: str, reason: object, setting: str = "model.checkpoint") -> CheckpointError:
+def _unreachable(
+    url: str, reason: object, setting: str = "model.checkpoint", dest: Path | None = None
+) -> CheckpointError:
   name = url_filename(url)
+  where = (
+      f" Offline: download it on another machine and copy it to {dest}: every later run "
+      "finds it there with no setting; or pass the file's path." if dest else ""
+  )
   return CheckpointError(
-      f"Could not download {url}: the URL is unreachable ({reason}). If this machine has "
-      f"no internet access, download {name} on another machine, copy it here and pass it "
-      f"with --config.{setting}=/path/to/{name}"
+      f"Could not download {name} from {url}: the URL is unreachable ({reason}).{where}",
+      setting,
+      name,
   )
 
 
@@ -161,7 +167,7 @@ def download(
           bar.update(len(chunk))
   except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
     part.unlink(missing_ok=True)
-    raise _unreachable(url, getattr(e, "reason", e), setting) from e
+    raise _unreachable(url, getattr(e, "reason", e), setting, dest) from e
   except BaseException:
     part.unlink(missing_ok=True)
     raise
@@ -201,8 +207,8 @@ def resolve_checkpoint(
     return path.absolute()
   if model_name not in WEIGHTS:
     raise CheckpointError(
-        f"Unknown model {model_name!r}; known models: {', '.join(sorted(WEIGHTS))}. "
-        f"Or pass a checkpoint with {HINT}"
+        f"Unknown model {model_name!r}; known models: {', '.join(sorted(WEIGHTS))}; or pass "
+        "a checkpoint file"
     )
   return download(WEIGHTS[model_name], cache_dir)
 
