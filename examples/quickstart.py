@@ -38,8 +38,10 @@ print(backbone)
 # %% Localize the main object: a list runs batched, one result per image.
 results = sj.localize(backbone, images)
 for path, r in zip(images, results):
-  print(f'{Path(path).name}: box {r.box_xyxy} (x0, y0, x1, y1; exclusive max), '
-        f'score {r.score:.3f}, image {r.image_size[1]}x{r.image_size[0]}')
+  print(
+    f'{Path(path).name}: box {r.box_xyxy} (x0, y0, x1, y1; exclusive max), '
+    f'score {r.score:.3f}, image {r.image_size[1]}x{r.image_size[0]}'
+  )
 
 # %% A panel: each photo with its box and its object mask (PIL only, no matplotlib needed).
 masks = sj.segment(backbone, images)
@@ -50,8 +52,9 @@ for path, r, mask in zip(images, results, masks):
   tinted[mask] = (0.5 * tinted[mask] + [0, 127, 0]).astype(np.uint8)  # mask in green
   tile = Image.fromarray(tinted)
   ImageDraw.Draw(tile).rectangle(
-      [r.box_xyxy[0], r.box_xyxy[1], r.box_xyxy[2] - 1, r.box_xyxy[3] - 1],  # inclusive corners
-      outline=(255, 0, 0), width=3,
+    [r.box_xyxy[0], r.box_xyxy[1], r.box_xyxy[2] - 1, r.box_xyxy[3] - 1],  # inclusive corners
+    outline=(255, 0, 0),
+    width=3,
   )
   tiles.append(tile.resize((256, round(256 * tile.height / tile.width))))
 panel = Image.new('RGB', (256 * len(tiles), max(t.height for t in tiles)), 'white')

@@ -17,34 +17,34 @@ from typing import TYPE_CHECKING
 from spectral_jax.version import __version__
 
 _API = (
-    'Backbone',
-    'Eigen',
-    'Localization',
-    'Objects',
-    'load_backbone',
-    'eigenvectors',
-    'localize',
-    'localize_methods',
-    'segment',
-    'discover',
-    'remove_background',
+  'Backbone',
+  'Eigen',
+  'Localization',
+  'Objects',
+  'load_backbone',
+  'eigenvectors',
+  'localize',
+  'localize_methods',
+  'segment',
+  'discover',
+  'remove_background',
 )
 
 __all__ = ['__version__', *_API]
 
 if TYPE_CHECKING:
   from spectral_jax.api import (  # noqa: F401
-      Backbone,
-      Eigen,
-      Localization,
-      Objects,
-      discover,
-      eigenvectors,
-      load_backbone,
-      localize,
-      localize_methods,
-      remove_background,
-      segment,
+    Backbone,
+    Eigen,
+    Localization,
+    Objects,
+    discover,
+    eigenvectors,
+    load_backbone,
+    localize,
+    localize_methods,
+    remove_background,
+    segment,
   )
 
 

@@ -35,7 +35,10 @@ from spectral_jax.imaging import matting
 from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets, decode
 from spectral_jax.errors import (
-    BadImageError, ImageTooLargeError, MissingDependencyError, SettingError,
+  BadImageError,
+  ImageTooLargeError,
+  MissingDependencyError,
+  SettingError,
 )
 from spectral_jax.inference import Backbone
 from spectral_jax.models.weights.errors import CheckpointError
@@ -56,35 +59,35 @@ EDIT_K = 5
 
 # Library setting keys → how this API spells them.
 PARAMETERS = {
-    'spectral.K': 'K',
-    'spectral.color_lambda': 'color_lambda',
-    'method': 'method',
-    'segment.refine': 'refine',
-    'discover.max_objects': 'max_objects',
-    'discover.method': 'method',
-    'model.name': 'load_backbone(name=...)',
-    'model.precision': 'precision',
-    'data.max_pixels': 'Backbone.max_pixels',
-    'data.max_tokens': 'Backbone.max_tokens',
-    'found.decoder': 'decoder',
-    'found.evaluation_mode': 'evaluation_mode',
+  'spectral.K': 'K',
+  'spectral.color_lambda': 'color_lambda',
+  'method': 'method',
+  'segment.refine': 'refine',
+  'discover.max_objects': 'max_objects',
+  'discover.method': 'method',
+  'model.name': 'load_backbone(name=...)',
+  'model.precision': 'precision',
+  'data.max_pixels': 'Backbone.max_pixels',
+  'data.max_tokens': 'Backbone.max_tokens',
+  'found.decoder': 'decoder',
+  'found.evaluation_mode': 'evaluation_mode',
 }
 
 # How this API takes a checkpoint file the library could not obtain.
 CHECKPOINT_PARAMETERS = {'model.checkpoint': 'checkpoint', 'found.decoder': 'decoder'}
 
 __all__ = [
-    'Backbone',
-    'Eigen',
-    'Localization',
-    'Objects',
-    'load_backbone',
-    'localize_methods',
-    'eigenvectors',
-    'localize',
-    'segment',
-    'discover',
-    'remove_background',
+  'Backbone',
+  'Eigen',
+  'Localization',
+  'Objects',
+  'load_backbone',
+  'localize_methods',
+  'eigenvectors',
+  'localize',
+  'segment',
+  'discover',
+  'remove_background',
 ]
 
 T = TypeVar('T')
@@ -105,23 +108,25 @@ def _calling(run: Callable[[], T]) -> T:
   except ImageTooLargeError as e:
     knob = PARAMETERS.get(e.setting, e.setting)
     raise ImageTooLargeError(
-        e.path, f'{e.reason}; raise {knob} to process it', e.setting, e.limit
+      e.path, f'{e.reason}; raise {knob} to process it', e.setting, e.limit
     ) from e
   except SettingError as e:
     raise ValueError(e.named(PARAMETERS.get(e.key, e.key))) from e
   except MissingDependencyError as e:
-    raise MissingDependencyError(e.feature, f"{e.install}, or pass refine='none' / crf=False") from e
+    raise MissingDependencyError(
+      e.feature, f"{e.install}, or pass refine='none' / crf=False"
+    ) from e
 
 
 # ----------------------------------------------------------------------------- loading
 
 
 def load_backbone(
-    name: str = 'dino_vits16',
-    checkpoint: Optional[Union[str, os.PathLike]] = None,
-    *,
-    precision: str = 'float32',
-    cache_dir: Optional[Union[str, os.PathLike]] = None,
+  name: str = 'dino_vits16',
+  checkpoint: Optional[Union[str, os.PathLike]] = None,
+  *,
+  precision: str = 'float32',
+  cache_dir: Optional[Union[str, os.PathLike]] = None,
 ) -> Backbone:
   """Loads a DINO ViT (``dino_vits16``, ``dino_vits8``, ``dino_vitb16``, ``dino_vitb8``), or
   another backbone of the registry (DINOv2 / DINOv3 / ResNet-50).
@@ -140,12 +145,12 @@ def load_backbone(
   if ckpt and '://' not in ckpt and not Path(ckpt).expanduser().is_file():
     raise FileNotFoundError(f'checkpoint={checkpoint!r} does not exist')
   model = _settings(
-      lambda: settings_lib.ModelSettings(
-          name=name,
-          checkpoint=ckpt,
-          cache_dir='' if cache_dir is None else str(Path(cache_dir).expanduser()),
-          precision=precision,
-      )
+    lambda: settings_lib.ModelSettings(
+      name=name,
+      checkpoint=ckpt,
+      cache_dir='' if cache_dir is None else str(Path(cache_dir).expanduser()),
+      precision=precision,
+    )
   )
   # Compiled shapes persist across notebook restarts and scripts (<cache_dir>/xla).
   compile_cache.enable(model.cache_dir or None)
@@ -154,7 +159,7 @@ def load_backbone(
   except CheckpointError as e:
     knob = CHECKPOINT_PARAMETERS.get(e.setting, e.setting)
     raise CheckpointError(
-        f"{e}\n  pass it with {knob}='/path/to/{e.file_name or 'FILE'}'", e.setting, e.file_name
+      f"{e}\n  pass it with {knob}='/path/to/{e.file_name or 'FILE'}'", e.setting, e.file_name
     ) from e
 
 
@@ -167,8 +172,8 @@ def _example(i: int, item: Any, where: str) -> datasets.Example:
     path = Path(item).expanduser()
     if path.is_dir():
       raise ValueError(
-          f'{where}: {os.fspath(item)!r} is a folder; pass image files (a list of paths), '
-          'or run the CLI with --config.data.root=FOLDER'
+        f'{where}: {os.fspath(item)!r} is a folder; pass image files (a list of paths), '
+        'or run the CLI with --config.data.root=FOLDER'
       )
     if not path.is_file():
       raise ValueError(f'{where}: no such image file {os.fspath(item)!r}')
@@ -182,9 +187,7 @@ def _example(i: int, item: Any, where: str) -> datasets.Example:
   elif isinstance(item, np.ndarray) or hasattr(item, '__array__'):
     rgb = decode.rgb_array(np.asarray(item), where)
   else:
-    raise ValueError(
-        f'{where}: a {type(item).__name__}; pass a path, a PIL image or a uint8 array'
-    )
+    raise ValueError(f'{where}: a {type(item).__name__}; pass a path, a PIL image or a uint8 array')
   return inference.in_memory(rgb, where, i)
 
 
@@ -195,7 +198,7 @@ def _examples(images: Images, what: str = 'images') -> tuple[bool, list[datasets
   if not items:
     raise ValueError(f'{what}: an empty list; pass an image or a list of images')
   return single, [
-      _example(i, item, what if single else f'{what}[{i}]') for i, item in enumerate(items)
+    _example(i, item, what if single else f'{what}[{i}]') for i, item in enumerate(items)
   ]
 
 
@@ -211,9 +214,7 @@ def localize_methods() -> tuple[str, ...]:
 
 def _check_method(method: str, supported: Sequence[str], what: str = '') -> None:
   if method not in supported:
-    raise ValueError(
-        f'method={method!r}: {what or "supported methods are"} {", ".join(supported)}'
-    )
+    raise ValueError(f'method={method!r}: {what or "supported methods are"} {", ".join(supported)}')
 
 
 def _method(method: str, decoder: Any = None, evaluation_mode: str = 'multi'):
@@ -221,15 +222,15 @@ def _method(method: str, decoder: Any = None, evaluation_mode: str = 'multi'):
   ``evaluation_mode`` belong to method='found' only."""
   if method != 'found' and (decoder is not None or evaluation_mode != 'multi'):
     raise ValueError(
-        f"decoder= and evaluation_mode= are FOUND's: pass method='found' (not {method!r})"
+      f"decoder= and evaluation_mode= are FOUND's: pass method='found' (not {method!r})"
     )
   if decoder is not None and not isinstance(decoder, (str, os.PathLike)):
     raise ValueError(f'decoder: a {type(decoder).__name__}; pass the path of a decoder file')
   path = '' if decoder is None else os.fspath(decoder)
   found = _settings(
-      lambda: settings_lib.FoundSettings(
-          decoder=str(Path(path).expanduser()) if path else '', evaluation_mode=evaluation_mode
-      )
+    lambda: settings_lib.FoundSettings(
+      decoder=str(Path(path).expanduser()) if path else '', evaluation_mode=evaluation_mode
+    )
   )
   return settings_lib.MethodSettings(method, found=found)
 
@@ -238,12 +239,12 @@ def _method(method: str, decoder: Any = None, evaluation_mode: str = 'multi'):
 
 
 def eigenvectors(
-    backbone: Backbone,
-    images: Images,
-    *,
-    K: int = 5,  # pylint: disable=invalid-name  # the paper's name
-    method: str = 'dsm',
-    color_lambda: float = 0.0,
+  backbone: Backbone,
+  images: Images,
+  *,
+  K: int = 5,  # pylint: disable=invalid-name  # the paper's name
+  method: str = 'dsm',
+  color_lambda: float = 0.0,
 ) -> Union[Eigen, list[Eigen]]:
   """The K smallest eigenpairs of each image's patch graph (``--mode=extract``'s eigs).
 
@@ -259,15 +260,13 @@ def eigenvectors(
     list for a list.
   """
   _check_method(method, METHODS, 'eigenvectors supports')
-  spectral = _settings(
-      lambda: settings_lib.SpectralSettings(K=K, color_lambda=color_lambda)
-  )
+  spectral = _settings(lambda: settings_lib.SpectralSettings(K=K, color_lambda=color_lambda))
   single, examples = _examples(images)
   return _output(single, _calling(lambda: inference.eigenpairs(backbone, examples, spectral)))
 
 
 def localize(
-    backbone: Backbone, images: Images, *, method: str = 'dsm', decoder: Any = None
+  backbone: Backbone, images: Images, *, method: str = 'dsm', decoder: Any = None
 ) -> Union[Localization, list[Localization]]:
   """The main object's box per image (``--mode=localize``, configs/voc.py settings: K = 5).
 
@@ -289,20 +288,18 @@ def localize(
   method_settings = _method(method, decoder)
   spectral = settings_lib.SpectralSettings(K=LOCALIZE_K)
   single, examples = _examples(images)
-  found = _calling(
-      lambda: inference.localize(backbone, examples, method_settings, spectral)
-  )
+  found = _calling(lambda: inference.localize(backbone, examples, method_settings, spectral))
   return _output(single, found)
 
 
 def segment(
-    backbone: Backbone,
-    images: Images,
-    *,
-    method: str = 'dsm',
-    refine: str = 'none',
-    evaluation_mode: str = 'multi',
-    decoder: Any = None,
+  backbone: Backbone,
+  images: Images,
+  *,
+  method: str = 'dsm',
+  refine: str = 'none',
+  evaluation_mode: str = 'multi',
+  decoder: Any = None,
 ) -> Union[np.ndarray, list[np.ndarray]]:
   """The main object's mask per image (``--mode=segment``, configs/object_seg.py: K = 2).
 
@@ -325,18 +322,18 @@ def segment(
   spectral = settings_lib.SpectralSettings(K=SEGMENT_K)
   single, examples = _examples(images)
   found = _calling(
-      lambda: inference.segment(backbone, examples, method_settings, refine_settings, spectral)
+    lambda: inference.segment(backbone, examples, method_settings, refine_settings, spectral)
   )
   return _output(single, found)
 
 
 def discover(
-    backbone: Backbone,
-    images: Images,
-    *,
-    max_objects: int = 3,
-    crf: bool = False,
-    method: str = 'maskcut',
+  backbone: Backbone,
+  images: Images,
+  *,
+  max_objects: int = 3,
+  crf: bool = False,
+  method: str = 'maskcut',
 ) -> Union[Objects, list[Objects]]:
   """The objects of each image: MaskCut (CutLER's iterated normalized cuts, up to
   ``max_objects``) or ProMerge (``method='promerge'``: prompts and merging, any number of
@@ -355,7 +352,7 @@ def discover(
   if not isinstance(max_objects, int) or isinstance(max_objects, bool):
     raise ValueError(f'max_objects={max_objects!r}: use an int in 1..255')
   options = _settings(
-      lambda: settings_lib.DiscoverSettings(method=method, max_objects=max_objects, crf=bool(crf))
+    lambda: settings_lib.DiscoverSettings(method=method, max_objects=max_objects, crf=bool(crf))
   )
   single, examples = _examples(images)
   return _output(single, _calling(lambda: inference.discover(backbone, examples, options)))
@@ -382,13 +379,13 @@ def _background(background: Any) -> cutout.Background:
   if isinstance(background, np.ndarray):
     return decode.rgb_array(background, 'background')
   raise ValueError(
-      f'background: a {type(background).__name__}; pass a colour, a path, a PIL image or a '
-      'uint8 array'
+    f'background: a {type(background).__name__}; pass a colour, a path, a PIL image or a '
+    'uint8 array'
   )
 
 
 def remove_background(
-    backbone: Backbone, image: ImageLike, *, background: Any = None
+  backbone: Backbone, image: ImageLike, *, background: Any = None
 ) -> np.ndarray:
   """Cuts the main object out (``--mode=edit`` with configs/edit.py's defaults).
 
@@ -407,9 +404,9 @@ def remove_background(
   _, (example,) = _examples(image, 'image')
   spectral = settings_lib.SpectralSettings(K=EDIT_K)
   return _calling(
-      lambda: inference.remove_background(
-          backbone, example, settings_lib.EditSettings(), bg, spectral
-      )
+    lambda: inference.remove_background(
+      backbone, example, settings_lib.EditSettings(), bg, spectral
+    )
   )
 
 

@@ -38,8 +38,15 @@ from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.tasks import common
 
 _ALL_MODES = (
-    'extract', 'localize', 'segment', 'semantic', 'train', 'evaluate', 'edit', 'discover',
-    'serve',
+  'extract',
+  'localize',
+  'segment',
+  'semantic',
+  'train',
+  'evaluate',
+  'edit',
+  'discover',
+  'serve',
 )
 # Modes that need no --workdir (they write no outputs): a temporary one is used and deleted.
 _OPTIONAL_WORKDIR = ('serve',)
@@ -48,13 +55,13 @@ _TASKS = Path(__file__).parent / 'tasks'
 MODES = tuple(m for m in _ALL_MODES if (_TASKS / f'{m}.py').exists())
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config',
-    None,
-    'A config file, or the name of a shipped config (voc, folder, demo, ...).',
-    lock_config=True,
+  'config',
+  None,
+  'A config file, or the name of a shipped config (voc, folder, demo, ...).',
+  lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Where outputs (and resume state) are written (optional for --mode=serve).'
+  'workdir', None, 'Where outputs (and resume state) are written (optional for --mode=serve).'
 )
 _MODE = flags.DEFINE_enum('mode', 'extract', MODES, 'What to run.')
 flags.mark_flags_as_required(['config'])
@@ -103,8 +110,7 @@ def resolve_config(value: str) -> str:
     if bare and p.suffix == '':
       names = ', '.join(shipped_configs()) or '(none found: is the package installed?)'
       raise app.UsageError(
-          f'--config={value}: no such file and no shipped config {p.stem!r}; '
-          f'shipped configs: {names}'
+        f'--config={value}: no such file and no shipped config {p.stem!r}; shipped configs: {names}'
       )
     return value
   return str(folder / f'{p.stem}.py') + sep + args
@@ -117,7 +123,7 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
     if i == 0:
       continue
     if arg.startswith('--config='):
-      out[i] = '--config=' + resolve_config(arg[len('--config='):])
+      out[i] = '--config=' + resolve_config(arg[len('--config=') :])
     elif arg == '--config' and i + 1 < len(out):
       out[i + 1] = resolve_config(out[i + 1])
   return out
@@ -126,7 +132,11 @@ def resolve_argv(argv: Sequence[str]) -> list[str]:
 # Errors whose message is the whole story for a user (bad values, missing files, a workdir
 # made with other settings, the environment); anything else keeps its traceback.
 USER_ERRORS = (
-    ValueError, OSError, workdirs.WorkdirError, errors.MissingDependencyError, CheckpointError,
+  ValueError,
+  OSError,
+  workdirs.WorkdirError,
+  errors.MissingDependencyError,
+  CheckpointError,
 )
 
 
@@ -147,8 +157,8 @@ def main(argv):
   except USER_ERRORS as e:  # the message names the flag or file and the fix: no traceback
     logging.debug('traceback of the error below', exc_info=True)
     sys.stderr.write(
-        f'spectral_jax --mode={_MODE.value}: error: {common.user_message(e)}\n'
-        '(the traceback: rerun with --verbosity=1)\n'
+      f'spectral_jax --mode={_MODE.value}: error: {common.user_message(e)}\n'
+      '(the traceback: rerun with --verbosity=1)\n'
     )
     sys.exit(1)
 
@@ -185,29 +195,27 @@ def _run_mode(config, workdir: Path) -> None:
   if dist.enabled:  # multi-host: JAX's own distributed runtime
     timeout = dist.get('timeout_s', 300)
     logging.warning(
-        'process %s waiting up to %d s for %s processes at %s',
-        dist.process_id if dist.process_id >= 0 else '(auto)',
-        timeout,
-        dist.num_processes or '(auto)',
-        dist.coordinator_address or '(auto)',
+      'process %s waiting up to %d s for %s processes at %s',
+      dist.process_id if dist.process_id >= 0 else '(auto)',
+      timeout,
+      dist.num_processes or '(auto)',
+      dist.coordinator_address or '(auto)',
     )
     jax.distributed.initialize(
-        dist.coordinator_address or None,
-        dist.num_processes or None,
-        None if dist.process_id < 0 else dist.process_id,
-        initialization_timeout=timeout,
+      dist.coordinator_address or None,
+      dist.num_processes or None,
+      None if dist.process_id < 0 else dist.process_id,
+      initialization_timeout=timeout,
     )
   (logging.info if jax.process_count() > 1 else logging.debug)(
-      'JAX process %d/%d, local devices: %s',
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_devices(),
+    'JAX process %d/%d, local devices: %s',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_devices(),
   )
   task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')
   # Log lines go through the progress bar's writer: the bar stays whole.
-  with _logs_through_the_bar(), workdirs.locked(
-      workdir, jax.process_index(), jax.process_count()
-  ):
+  with _logs_through_the_bar(), workdirs.locked(workdir, jax.process_index(), jax.process_count()):
     if jax.process_index() == 0:
       artifacts.clean_stale_temporaries(workdir)
     task.run(config, str(workdir))
@@ -215,15 +223,15 @@ def _run_mode(config, workdir: Path) -> None:
 
 # One line per mode (what ``--help`` lists).
 MODE_HELP = {
-    'extract': 'DINO keys and K Laplacian eigenvectors per image (features/, eigs/)',
-    'localize': 'the main object\'s box per image; CorLoc with boxes (predictions.jsonl)',
-    'segment': 'the main object\'s mask per image (+ CRF / bilateral); IoU, maxFβ (masks/)',
-    'semantic': 'eigen-segments → dataset clusters → pseudo-labels; Hungarian mIoU',
-    'train': 'self-training of a segmentation head (configs/voc_semantic.py, configs/found.py)',
-    'evaluate': 'scores a saved checkpoint (--config.checkpoint=DIR)',
-    'edit': 'background removal and compositing (cutout/, composite/)',
-    'discover': 'several objects per image: MaskCut or ProMerge (instances.json)',
-    'serve': 'the local web demo and HTTP API (--config.serve.port)',
+  'extract': 'DINO keys and K Laplacian eigenvectors per image (features/, eigs/)',
+  'localize': "the main object's box per image; CorLoc with boxes (predictions.jsonl)",
+  'segment': "the main object's mask per image (+ CRF / bilateral); IoU, maxFβ (masks/)",
+  'semantic': 'eigen-segments → dataset clusters → pseudo-labels; Hungarian mIoU',
+  'train': 'self-training of a segmentation head (configs/voc_semantic.py, configs/found.py)',
+  'evaluate': 'scores a saved checkpoint (--config.checkpoint=DIR)',
+  'edit': 'background removal and compositing (cutout/, composite/)',
+  'discover': 'several objects per image: MaskCut or ProMerge (instances.json)',
+  'serve': 'the local web demo and HTTP API (--config.serve.port)',
 }
 
 
@@ -238,14 +246,14 @@ def _first_line(path: Path) -> str:
 def overview() -> str:
   """What ``--help`` prints before the flags: modes, shipped configs, where keys are listed."""
   lines = [
-      'spectral_jax: training-free object discovery (DSM, TokenCut, LOST, FOUND, MaskCut,',
-      'ProMerge) on DINO / DINOv2 / DINOv3 features.',
-      '',
-      'usage: spectral-jax --config=NAME_OR_FILE[:ARG] --mode=MODE --workdir=OUT '
-      '[--config.KEY=VALUE ...]',
-      '       (= python main.py ... = python -m spectral_jax ...)',
-      '',
-      'modes:',
+    'spectral_jax: training-free object discovery (DSM, TokenCut, LOST, FOUND, MaskCut,',
+    'ProMerge) on DINO / DINOv2 / DINOv3 features.',
+    '',
+    'usage: spectral-jax --config=NAME_OR_FILE[:ARG] --mode=MODE --workdir=OUT '
+    '[--config.KEY=VALUE ...]',
+    '       (= python main.py ... = python -m spectral_jax ...)',
+    '',
+    'modes:',
   ]
   lines += [f'  {m:<9} {MODE_HELP.get(m, "")}' for m in MODES]
   lines += ['', 'shipped configs (--config=NAME):']
@@ -254,10 +262,10 @@ def overview() -> str:
     if name not in ('base', '__init__'):
       lines.append(f'  {name:<12} {_first_line(folder / f"{name}.py")}')
   lines += [
-      '',
-      'every key with its default and help: spectral-jax --config=NAME --config_help',
-      'example: spectral-jax --config=demo --mode=localize --workdir=/tmp/demo',
-      '',
+    '',
+    'every key with its default and help: spectral-jax --config=NAME --config_help',
+    'example: spectral-jax --config=demo --mode=localize --workdir=/tmp/demo',
+    '',
   ]
   return '\n'.join(lines)
 
@@ -288,8 +296,10 @@ def _keys(config, prefix: str = '') -> dict:
 def config_help(config) -> str:
   """Every key of ``config`` with its default and its one line of documentation."""
   helps = config_dict.field_help()
-  rows = [f'  --config.{k}={v!r}' + (f'\n      {helps[k]}' if helps.get(k) else '')
-          for k, v in sorted(_keys(config).items())]
+  rows = [
+    f'  --config.{k}={v!r}' + (f'\n      {helps[k]}' if helps.get(k) else '')
+    for k, v in sorted(_keys(config).items())
+  ]
   return 'config keys (default, then what it does):\n' + '\n'.join(rows) + '\n'
 
 
@@ -304,10 +314,10 @@ def unknown_keys(argv: Sequence[str], config) -> list[str]:
   for arg in argv[1:]:
     if not arg.startswith('--config.'):
       continue
-    key = arg[len('--config.'):].split('=', 1)[0]
+    key = arg[len('--config.') :].split('=', 1)[0]
     if key and key not in names and not any(n.startswith(key + '.') for n in names):
       close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.6)
-      hint = f"; closest: {', '.join('--config.' + c for c in close)}" if close else ''
+      hint = f'; closest: {", ".join("--config." + c for c in close)}' if close else ''
       errors_out.append(f'--config.{key}: no such key{hint} (all keys: --config_help)')
   return errors_out
 

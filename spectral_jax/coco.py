@@ -23,16 +23,16 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 __all__ = [
-    'FG_CATEGORY',
-    'encode',
-    'decode',
-    'bbox',
-    'area',
-    'annotation',
-    'instances_json',
-    'detections_json',
-    'write_json',
-    'evaluate_class_agnostic',
+  'FG_CATEGORY',
+  'encode',
+  'decode',
+  'bbox',
+  'area',
+  'annotation',
+  'instances_json',
+  'detections_json',
+  'write_json',
+  'evaluate_class_agnostic',
 ]
 
 FG_CATEGORY = {'id': 1, 'name': 'fg', 'supercategory': 'fg'}
@@ -72,7 +72,7 @@ def area(rle: Mapping[str, Any]) -> int:
 
 
 def annotation(
-    ann_id: int, image_id: int, mask: np.ndarray, score: float = 1.0, category_id: int = 1
+  ann_id: int, image_id: int, mask: np.ndarray, score: float = 1.0, category_id: int = 1
 ) -> Dict[str, Any]:
   """One instances-file annotation of a bool [H, W] mask (RLE, its bbox and area, iscrowd 0)."""
   rle = encode(mask)
@@ -80,21 +80,21 @@ def annotation(
   if not np.isfinite(score):
     raise ValueError(f'score must be finite, got {score}')
   return {
-      'id': int(ann_id),
-      'image_id': int(image_id),
-      'category_id': int(category_id),
-      'segmentation': rle,
-      'bbox': bbox(rle),
-      'area': area(rle),
-      'iscrowd': 0,
-      'score': score,
+    'id': int(ann_id),
+    'image_id': int(image_id),
+    'category_id': int(category_id),
+    'segmentation': rle,
+    'bbox': bbox(rle),
+    'area': area(rle),
+    'iscrowd': 0,
+    'score': score,
   }
 
 
 def instances_json(
-    images: Sequence[Mapping[str, Any]],
-    annotations: Iterable[Mapping[str, Any]],
-    categories: Optional[Sequence[Mapping[str, Any]]] = None,
+  images: Sequence[Mapping[str, Any]],
+  annotations: Iterable[Mapping[str, Any]],
+  categories: Optional[Sequence[Mapping[str, Any]]] = None,
 ) -> Dict[str, Any]:
   """A COCO instances dict.
 
@@ -112,12 +112,12 @@ def instances_json(
   out_images = []
   for i, im in enumerate(images):
     out_images.append(
-        {
-            'id': int(im.get('id', i + 1)),
-            'file_name': str(im['file_name']),
-            'height': int(im['height']),
-            'width': int(im['width']),
-        }
+      {
+        'id': int(im.get('id', i + 1)),
+        'file_name': str(im['file_name']),
+        'height': int(im['height']),
+        'width': int(im['width']),
+      }
     )
   out_anns = []
   for ann in annotations:
@@ -126,7 +126,7 @@ def instances_json(
       if not np.asarray(ann['mask']).any():
         continue
       a = annotation(
-          ann_id, ann['image_id'], ann['mask'], ann.get('score', 1.0), ann.get('category_id', 1)
+        ann_id, ann['image_id'], ann['mask'], ann.get('score', 1.0), ann.get('category_id', 1)
       )
     else:
       a = dict(ann)
@@ -138,18 +138,18 @@ def instances_json(
       a.setdefault('area', area(a['segmentation']))
     out_anns.append(a)
   return {
-      'images': out_images,
-      'categories': [dict(c) for c in (categories or [FG_CATEGORY])],
-      'annotations': out_anns,
+    'images': out_images,
+    'categories': [dict(c) for c in (categories or [FG_CATEGORY])],
+    'annotations': out_anns,
   }
 
 
 def detections_json(
-    image_ids: Sequence[int],
-    scores: Sequence[float],
-    masks: Optional[Sequence[np.ndarray]] = None,
-    boxes: Optional[Sequence[Sequence[float]]] = None,
-    category_id: int = 1,
+  image_ids: Sequence[int],
+  scores: Sequence[float],
+  masks: Optional[Sequence[np.ndarray]] = None,
+  boxes: Optional[Sequence[Sequence[float]]] = None,
+  category_id: int = 1,
 ) -> List[Dict[str, Any]]:
   """COCO results list: ``{image_id, category_id, bbox, score[, segmentation]}`` per detection.
 
@@ -177,7 +177,7 @@ def write_json(path: str, data: Any) -> None:
 
 
 def evaluate_class_agnostic(
-    gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]], iou_type: str = 'segm'
+  gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]], iou_type: str = 'segm'
 ) -> Dict[str, float]:
   """Class-agnostic COCO AP of detections against a ground-truth instances dict.
 

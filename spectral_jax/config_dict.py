@@ -10,26 +10,42 @@ from typing import Any, Mapping, Optional
 
 from spectral_jax.errors import SettingError
 from spectral_jax.settings import (
-    METHOD_NAMES, BatchSettings, DatasetSettings, DiscoverSettings, DistributedSettings,
-    EditSettings, FoundSettings, ImageLimits, LostSettings, MethodSettings, ModelSettings, OutputSettings,
-    PromergeSettings, RefineSettings, ServerSettings, Settings, SpectralSettings, TokenCutSettings, _is_int,
+  METHOD_NAMES,
+  BatchSettings,
+  DatasetSettings,
+  DiscoverSettings,
+  DistributedSettings,
+  EditSettings,
+  FoundSettings,
+  ImageLimits,
+  LostSettings,
+  MethodSettings,
+  ModelSettings,
+  OutputSettings,
+  PromergeSettings,
+  RefineSettings,
+  ServerSettings,
+  Settings,
+  SpectralSettings,
+  TokenCutSettings,
+  _is_int,
 )
 
 # Config sections → the classes whose fields they hold (``data`` gathers three concerns).
 SECTIONS: dict[str, tuple[type, ...]] = {
-    'distributed': (DistributedSettings,),
-    'model': (ModelSettings,),
-    'data': (DatasetSettings, ImageLimits, BatchSettings),
-    'spectral': (SpectralSettings,),
-    'tokencut': (TokenCutSettings,),
-    'lost': (LostSettings,),
-    'segment': (RefineSettings,),
-    'discover': (DiscoverSettings,),
-    'promerge': (PromergeSettings,),
-    'found': (FoundSettings,),
-    'edit': (EditSettings,),
-    'serve': (ServerSettings,),
-    'output': (OutputSettings,),
+  'distributed': (DistributedSettings,),
+  'model': (ModelSettings,),
+  'data': (DatasetSettings, ImageLimits, BatchSettings),
+  'spectral': (SpectralSettings,),
+  'tokencut': (TokenCutSettings,),
+  'lost': (LostSettings,),
+  'segment': (RefineSettings,),
+  'discover': (DiscoverSettings,),
+  'promerge': (PromergeSettings,),
+  'found': (FoundSettings,),
+  'edit': (EditSettings,),
+  'serve': (ServerSettings,),
+  'output': (OutputSettings,),
 }
 # Fields that stay out of the ConfigDict (set by code, or by another section: discover.crf).
 _INTERNAL = {ImageLimits: {'min_tokens'}, PromergeSettings: {'crf'}}
@@ -51,9 +67,11 @@ def section_values(classes: tuple[type, ...]) -> dict[str, Any]:
 
 def field_help() -> dict[str, str]:
   """``section.key`` → its one line of documentation."""
-  out = {'seed': 'random seed (k-means, training)', 'overwrite': (
-      'a rerun with other settings deletes the outdated outputs instead of stopping'),
-         'method': 'dsm | tokencut | lost | found (object discovery method)'}
+  out = {
+    'seed': 'random seed (k-means, training)',
+    'overwrite': ('a rerun with other settings deletes the outdated outputs instead of stopping'),
+    'method': 'dsm | tokencut | lost | found (object discovery method)',
+  }
   for section, classes in SECTIONS.items():
     for cls in classes:
       for f in dataclasses.fields(cls):
@@ -115,36 +133,35 @@ def from_config(config: Any) -> Settings:
   if data is not None and _is_int(data.get('batch_tokens')) and _is_int(data.get('max_tokens')):
     if data.batch_tokens < data.max_tokens:
       raise SettingError(
-          'data.batch_tokens', data.batch_tokens, f'must be >= data.max_tokens ({data.max_tokens})'
+        'data.batch_tokens', data.batch_tokens, f'must be >= data.max_tokens ({data.max_tokens})'
       )
   found = build(FoundSettings, _values(get('found'), FoundSettings, 'found'), 'found')
   return Settings(
-      model=build(ModelSettings, _values(get('model'), ModelSettings, 'model'), 'model'),
-      dataset=build(DatasetSettings, _values(data, DatasetSettings, 'data'), 'data'),
-      limits=build(ImageLimits, _values(data, ImageLimits, 'data'), 'data'),
-      batching=build(BatchSettings, _values(data, BatchSettings, 'data'), 'data'),
-      spectral=build(
-          SpectralSettings, _values(get('spectral'), SpectralSettings, 'spectral'), 'spectral'
-      ),
-      method=MethodSettings(
-          method,
-          build(TokenCutSettings, _values(get('tokencut'), TokenCutSettings, 'tokencut'),
-                'tokencut'),
-          build(LostSettings, _values(get('lost'), LostSettings, 'lost'), 'lost'),
-          found,
-      ),
-      refine=build(RefineSettings, _values(get('segment'), RefineSettings, 'segment'), 'segment'),
-      discover=build(
-          DiscoverSettings, _values(get('discover'), DiscoverSettings, 'discover'), 'discover'
-      ),
-      found=found,
-      promerge=build(
-          PromergeSettings, _values(get('promerge'), PromergeSettings, 'promerge'), 'promerge'
-      ),
-      edit=build(EditSettings, _values(get('edit'), EditSettings, 'edit'), 'edit'),
-      serve=build(ServerSettings, _values(get('serve'), ServerSettings, 'serve'), 'serve'),
-      output=build(OutputSettings, _values(get('output'), OutputSettings, 'output'), 'output'),
-      seed=int(config.get('seed', 0)),
+    model=build(ModelSettings, _values(get('model'), ModelSettings, 'model'), 'model'),
+    dataset=build(DatasetSettings, _values(data, DatasetSettings, 'data'), 'data'),
+    limits=build(ImageLimits, _values(data, ImageLimits, 'data'), 'data'),
+    batching=build(BatchSettings, _values(data, BatchSettings, 'data'), 'data'),
+    spectral=build(
+      SpectralSettings, _values(get('spectral'), SpectralSettings, 'spectral'), 'spectral'
+    ),
+    method=MethodSettings(
+      method,
+      build(TokenCutSettings, _values(get('tokencut'), TokenCutSettings, 'tokencut'), 'tokencut'),
+      build(LostSettings, _values(get('lost'), LostSettings, 'lost'), 'lost'),
+      found,
+    ),
+    refine=build(RefineSettings, _values(get('segment'), RefineSettings, 'segment'), 'segment'),
+    discover=build(
+      DiscoverSettings, _values(get('discover'), DiscoverSettings, 'discover'), 'discover'
+    ),
+    found=found,
+    promerge=build(
+      PromergeSettings, _values(get('promerge'), PromergeSettings, 'promerge'), 'promerge'
+    ),
+    edit=build(EditSettings, _values(get('edit'), EditSettings, 'edit'), 'edit'),
+    serve=build(ServerSettings, _values(get('serve'), ServerSettings, 'serve'), 'serve'),
+    output=build(OutputSettings, _values(get('output'), OutputSettings, 'output'), 'output'),
+    seed=int(config.get('seed', 0)),
   )
 
 

@@ -23,8 +23,16 @@ from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.results import boxes, cutout, masks
 from spectral_jax.results.types import Eigen, Localization, Objects, mask_box
 from spectral_jax.settings import (
-    PRECISIONS, BatchSettings, DiscoverSettings, EditSettings, ImageLimits, MethodSettings,
-    ModelSettings, PromergeSettings, RefineSettings, SpectralSettings,
+  PRECISIONS,
+  BatchSettings,
+  DiscoverSettings,
+  EditSettings,
+  ImageLimits,
+  MethodSettings,
+  ModelSettings,
+  PromergeSettings,
+  RefineSettings,
+  SpectralSettings,
 )
 from spectral_jax.errors import SettingError
 from spectral_jax.spectral import maskcut, promerge_images
@@ -75,12 +83,13 @@ class Backbone:
   def __repr__(self) -> str:
     a = self.extractor.arch  # ViT archs have depth and width; a ResNet's differ
     shape = ''.join(
-        f'{k}={getattr(a, f)}, ' for k, f in (('depth', 'depth'), ('dim', 'embed_dim'))
-        if hasattr(a, f)
+      f'{k}={getattr(a, f)}, '
+      for k, f in (('depth', 'depth'), ('dim', 'embed_dim'))
+      if hasattr(a, f)
     )
     return (
-        f'Backbone({self.name!r}, {shape}patch={a.patch_size}, '
-        f'precision={self.precision!r}, checkpoint={self.checkpoint!r})'
+      f'Backbone({self.name!r}, {shape}patch={a.patch_size}, '
+      f'precision={self.precision!r}, checkpoint={self.checkpoint!r})'
     )
 
 
@@ -91,11 +100,14 @@ def load_backbone(model: ModelSettings, precision_name: str = '') -> Backbone:
   if checkpoint and '://' not in checkpoint:
     checkpoint = str(Path(checkpoint).expanduser())
   extractor = extractor_lib.load(
-      model.name, checkpoint, model.cache_dir, PRECISIONS[model.precision], model.feature_block
+    model.name, checkpoint, model.cache_dir, PRECISIONS[model.precision], model.feature_block
   )
   return Backbone(
-      model.name, extractor, checkpoint or None, precision_name or model.precision,
-      cache_dir=model.cache_dir or None,
+    model.name,
+    extractor,
+    checkpoint or None,
+    precision_name or model.precision,
+    cache_dir=model.cache_dir or None,
   )
 
 
@@ -114,32 +126,32 @@ def _raise(example, error: Exception) -> None:
 
 
 def results(
-    backbone: Backbone,
-    examples: Sequence[datasets.Example],
-    spectral: SpectralSettings,
-    method: MethodSettings = MethodSettings(),
-    *,
-    segment: bool = False,
-    which_matrix: str = '',
-    batching: BatchSettings = BatchSettings(),
+  backbone: Backbone,
+  examples: Sequence[datasets.Example],
+  spectral: SpectralSettings,
+  method: MethodSettings = MethodSettings(),
+  *,
+  segment: bool = False,
+  which_matrix: str = '',
+  batching: BatchSettings = BatchSettings(),
 ) -> list[pipeline.ImageResult]:
   """``pipeline.ImageResult`` per example, in input order (the pipeline yields by size
   bucket); the CLI's pipeline call (its method input rule as ``--mode=localize`` or, with
   ``segment``, ``--mode=segment``). The first unusable image raises its error."""
   index = {ex.id: i for i, ex in enumerate(examples)}
   stream = pipeline.run_images(
-      backbone.extractor,
-      examples,
-      batch_size=batching.batch_size,
-      limits=backbone.limits,
-      spectral_k=spectral.K,
-      color_lambda=spectral.color_lambda,
-      which_matrix=which_matrix or spectral.which_matrix,
-      solver=spectral.solver,
-      bucket_tokens=bucket_tokens(batching),
-      batch_tokens=batching.batch_tokens,
-      on_error=_raise,
-      **boxes.method_args(method, segment=segment, cache_dir=backbone.cache_dir or ''),
+    backbone.extractor,
+    examples,
+    batch_size=batching.batch_size,
+    limits=backbone.limits,
+    spectral_k=spectral.K,
+    color_lambda=spectral.color_lambda,
+    which_matrix=which_matrix or spectral.which_matrix,
+    solver=spectral.solver,
+    bucket_tokens=bucket_tokens(batching),
+    batch_tokens=batching.batch_tokens,
+    on_error=_raise,
+    **boxes.method_args(method, segment=segment, cache_dir=backbone.cache_dir or ''),
   )
   out: list = [None] * len(examples)
   for r in stream:
@@ -148,27 +160,27 @@ def results(
 
 
 def eigenpairs(
-    backbone: Backbone, examples: Sequence[datasets.Example], spectral: SpectralSettings
+  backbone: Backbone, examples: Sequence[datasets.Example], spectral: SpectralSettings
 ) -> list[Eigen]:
   """The K smallest eigenpairs of each image's patch graph (``--mode=extract``'s eigs)."""
   return [
-      Eigen(
-          r.eigenvalues,
-          r.eigenvectors.reshape(len(r.eigenvectors), *r.patch_grid),
-          tuple(r.patch_grid),
-          r.patch_size,
-          tuple(int(v) for v in r.image_hw),
-          (int(r.image.shape[0]), int(r.image.shape[1])),
-      )
-      for r in results(backbone, examples, spectral)
+    Eigen(
+      r.eigenvalues,
+      r.eigenvectors.reshape(len(r.eigenvectors), *r.patch_grid),
+      tuple(r.patch_grid),
+      r.patch_size,
+      tuple(int(v) for v in r.image_hw),
+      (int(r.image.shape[0]), int(r.image.shape[1])),
+    )
+    for r in results(backbone, examples, spectral)
   ]
 
 
 def localize(
-    backbone: Backbone,
-    examples: Sequence[datasets.Example],
-    method: MethodSettings,
-    spectral: SpectralSettings = SpectralSettings(K=5),
+  backbone: Backbone,
+  examples: Sequence[datasets.Example],
+  method: MethodSettings,
+  spectral: SpectralSettings = SpectralSettings(K=5),
 ) -> list[Localization]:
   """The main object's box per image (``--mode=localize``)."""
   out = []
@@ -179,11 +191,11 @@ def localize(
 
 
 def segment(
-    backbone: Backbone,
-    examples: Sequence[datasets.Example],
-    method: MethodSettings,
-    refine: RefineSettings,
-    spectral: SpectralSettings = SpectralSettings(K=2),
+  backbone: Backbone,
+  examples: Sequence[datasets.Example],
+  method: MethodSettings,
+  refine: RefineSettings,
+  spectral: SpectralSettings = SpectralSettings(K=2),
 ) -> list[np.ndarray]:
   """The main object's mask per image, bool [H, W] at the original size (``--mode=segment``;
   FOUND: in ``method.found.evaluation_mode``)."""
@@ -194,64 +206,81 @@ def segment(
 
 
 def remove_background(
-    backbone: Backbone,
-    example: datasets.Example,
-    opts: EditSettings,
-    background: cutout.Background,
-    spectral: SpectralSettings = SpectralSettings(K=5),
-    seed: int = 0,
+  backbone: Backbone,
+  example: datasets.Example,
+  opts: EditSettings,
+  background: cutout.Background,
+  spectral: SpectralSettings = SpectralSettings(K=5),
+  seed: int = 0,
 ) -> np.ndarray:
   """The cutout (uint8 [H, W, 4]) or, with a background, the composite (uint8 [H, W, 3])."""
   (r,) = results(backbone, [example], spectral)
   original = (
-      datasets.load_image(r.example, max_pixels=backbone.max_pixels) if r.resized else r.image
+    datasets.load_image(r.example, max_pixels=backbone.max_pixels) if r.resized else r.image
   )
   _, out = cutout.image_cutout(
-      original, r.eigenvectors, r.patch_size, tuple(r.patch_grid), r.image.shape[:2], opts,
-      background, seed, example.label,
+    original,
+    r.eigenvectors,
+    r.patch_size,
+    tuple(r.patch_grid),
+    r.image.shape[:2],
+    opts,
+    background,
+    seed,
+    example.label,
   )
   return out['composite'] if background is not None else out['cutout']
 
 
 def discover(
-    backbone: Backbone,
-    examples: Sequence[datasets.Example],
-    settings: DiscoverSettings,
-    batching: BatchSettings = BatchSettings(),
-    promerge_settings: PromergeSettings = PromergeSettings(),
+  backbone: Backbone,
+  examples: Sequence[datasets.Example],
+  settings: DiscoverSettings,
+  batching: BatchSettings = BatchSettings(),
+  promerge_settings: PromergeSettings = PromergeSettings(),
 ) -> list[Objects]:
   """The objects of each image: MaskCut (up to ``settings.max_objects``) or ProMerge
   (``settings.method='promerge'``, DINO ViT-B/8 only)."""
   arrays = [
-      datasets.load_image(ex, min_side=backbone.patch_size, max_pixels=backbone.max_pixels)
-      for ex in examples
+    datasets.load_image(ex, min_side=backbone.patch_size, max_pixels=backbone.max_pixels)
+    for ex in examples
   ]
   if settings.method == 'promerge':
     arch = backbone.extractor.arch
     if (arch.patch_size, getattr(arch, 'embed_dim', 0)) != (8, 768):
-      raise SettingError('model.name', backbone.name, 'ProMerge runs DINO ViT-B/8 only '
-                         '(patch 8, width 768, as the official): load dino_vitb8')
+      raise SettingError(
+        'model.name',
+        backbone.name,
+        'ProMerge runs DINO ViT-B/8 only (patch 8, width 768, as the official): load dino_vitb8',
+      )
     found = promerge_images.run(
-        backbone.extractor, arrays, settings=promerge_settings, crf=settings.crf,
-        batch_size=batching.batch_size,
+      backbone.extractor,
+      arrays,
+      settings=promerge_settings,
+      crf=settings.crf,
+      batch_size=batching.batch_size,
     )
   else:
     found = maskcut.run(
-        backbone.extractor,
-        arrays,
-        max_objects=settings.max_objects,
-        crf=settings.crf,
-        batch_size=batching.batch_size,
-        tau=settings.tau,
-        fixed_size=settings.fixed_size,
-        dtype=settings.dtype,
-        solver=settings.solver,
+      backbone.extractor,
+      arrays,
+      max_objects=settings.max_objects,
+      crf=settings.crf,
+      batch_size=batching.batch_size,
+      tau=settings.tau,
+      fixed_size=settings.fixed_size,
+      dtype=settings.dtype,
+      solver=settings.solver,
     )
   out = []
   for image, objects in zip(arrays, found):
     box_list = np.array([mask_box(m) for m in objects.masks], np.int64).reshape(-1, 4)
     out.append(
-        Objects(np.asarray(objects.masks, bool), box_list, np.asarray(objects.scores, np.float64),
-                (int(image.shape[0]), int(image.shape[1])))
+      Objects(
+        np.asarray(objects.masks, bool),
+        box_list,
+        np.asarray(objects.scores, np.float64),
+        (int(image.shape[0]), int(image.shape[1])),
+      )
     )
   return out

@@ -20,21 +20,21 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
-    "box_iou",
-    "corloc_hit",
-    "corloc",
-    "mask_accuracy",
-    "mask_iou",
-    "official_fmax_thresholds",
-    "precision_recall_curve",
-    "f_beta",
-    "max_f_beta",
-    "ObjectSegMeter",
-    "confusion_matrix",
-    "iou_matrix",
-    "hungarian_match",
-    "majority_match",
-    "miou_from_confusion",
+  'box_iou',
+  'corloc_hit',
+  'corloc',
+  'mask_accuracy',
+  'mask_iou',
+  'official_fmax_thresholds',
+  'precision_recall_curve',
+  'f_beta',
+  'max_f_beta',
+  'ObjectSegMeter',
+  'confusion_matrix',
+  'iou_matrix',
+  'hungarian_match',
+  'majority_match',
+  'miou_from_confusion',
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def box_iou(box: np.ndarray | Sequence[float], gt_boxes: np.ndarray) -> np.ndarr
   eps = dtype.type(1e-7)
   zero = dtype.type(0)
   inter = np.maximum(np.minimum(b[2], g[:, 2]) - np.maximum(b[0], g[:, 0]), zero) * np.maximum(
-      np.minimum(b[3], g[:, 3]) - np.maximum(b[1], g[:, 1]), zero
+    np.minimum(b[3], g[:, 3]) - np.maximum(b[1], g[:, 1]), zero
   )
   w1, h1 = b[2] - b[0], b[3] - b[1] + eps
   w2, h2 = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1] + eps
@@ -81,7 +81,7 @@ def box_iou(box: np.ndarray | Sequence[float], gt_boxes: np.ndarray) -> np.ndarr
 
 
 def corloc_hit(
-    pred_box: np.ndarray | Sequence[float], gt_boxes: np.ndarray, thr: float = 0.5
+  pred_box: np.ndarray | Sequence[float], gt_boxes: np.ndarray, thr: float = 0.5
 ) -> bool:
   """True if the predicted box has IoU >= `thr` with any GT box (False when there is none)."""
   ious = box_iou(pred_box, gt_boxes)
@@ -92,7 +92,7 @@ def corloc(hits: Iterable[bool]) -> float:
   """CorLoc in percent: 100 * #hits / #evaluated images."""
   h = np.asarray(list(hits), dtype=bool)
   if h.size == 0:
-    raise ValueError("corloc: no evaluated images")
+    raise ValueError('corloc: no evaluated images')
   return 100.0 * float(h.sum()) / h.size
 
 
@@ -103,7 +103,7 @@ def corloc(hits: Iterable[bool]) -> float:
 
 def _check_same_shape(pred: np.ndarray, gt: np.ndarray) -> None:
   if pred.shape != gt.shape:
-    raise ValueError(f"prediction shape {pred.shape} != ground-truth shape {gt.shape}")
+    raise ValueError(f'prediction shape {pred.shape} != ground-truth shape {gt.shape}')
 
 
 def mask_accuracy(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -130,7 +130,7 @@ def official_fmax_thresholds() -> np.ndarray:
 
 
 def precision_recall_curve(
-    soft_pred: np.ndarray, gt: np.ndarray, thresholds: np.ndarray | None = None
+  soft_pred: np.ndarray, gt: np.ndarray, thresholds: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
   """Per-threshold precision and recall of `soft_pred > t` against a binary `gt` (one image).
 
@@ -156,14 +156,14 @@ def precision_recall_curve(
   elif np.issubdtype(s.dtype, np.floating):
     values, t_cmp = s.ravel(), t.astype(s.dtype)
   else:
-    raise TypeError(f"soft predictions must be float or uint8, got {s.dtype}")
+    raise TypeError(f'soft predictions must be float or uint8, got {s.dtype}')
   # Counts of values strictly above each threshold via sorted search (O(N log N), no [T, N]).
   all_sorted = np.sort(values)
   fg_sorted = np.sort(values[g.ravel()])
-  pred_area = all_sorted.size - np.searchsorted(all_sorted, t_cmp, side="right")
-  tp = fg_sorted.size - np.searchsorted(fg_sorted, t_cmp, side="right")
+  pred_area = all_sorted.size - np.searchsorted(all_sorted, t_cmp, side='right')
+  tp = fg_sorted.size - np.searchsorted(fg_sorted, t_cmp, side='right')
   gt_area = fg_sorted.size
-  with np.errstate(divide="ignore", invalid="ignore"):
+  with np.errstate(divide='ignore', invalid='ignore'):
     precision = np.where(pred_area == 0, 1.0, tp / np.maximum(pred_area, 1))
     recall = np.full(t.shape, 1.0) if gt_area == 0 else tp / gt_area
   return precision.astype(np.float64), np.asarray(recall, np.float64)
@@ -173,16 +173,16 @@ def f_beta(precision: np.ndarray, recall: np.ndarray, beta2: float = 0.3) -> np.
   """F_beta = (1 + b2) P R / (b2 P + R), with 0/0 -> 0 (official NaN handling)."""
   p = np.asarray(precision, np.float64)
   r = np.asarray(recall, np.float64)
-  with np.errstate(divide="ignore", invalid="ignore"):
+  with np.errstate(divide='ignore', invalid='ignore'):
     f = (1.0 + beta2) * p * r / (beta2 * p + r)
   return np.nan_to_num(f, nan=0.0)
 
 
 def max_f_beta(
-    soft_preds: Sequence[np.ndarray],
-    gts: Sequence[np.ndarray],
-    beta2: float = 0.3,
-    thresholds: np.ndarray | None = None,
+  soft_preds: Sequence[np.ndarray],
+  gts: Sequence[np.ndarray],
+  beta2: float = 0.3,
+  thresholds: np.ndarray | None = None,
 ) -> float:
   """Max-F_beta over a dataset: F per image per threshold, averaged over images, then max.
 
@@ -190,9 +190,9 @@ def max_f_beta(
   float64 (the official code uses float32 tensors; differences are ~1e-7).
   """
   if len(soft_preds) != len(gts):
-    raise ValueError(f"{len(soft_preds)} predictions for {len(gts)} ground truths")
+    raise ValueError(f'{len(soft_preds)} predictions for {len(gts)} ground truths')
   if len(gts) == 0:
-    raise ValueError("max_f_beta: no images")
+    raise ValueError('max_f_beta: no images')
   curves = [precision_recall_curve(s, g, thresholds) for s, g in zip(soft_preds, gts)]
   p = np.stack([c[0] for c in curves])
   r = np.stack([c[1] for c in curves])
@@ -218,14 +218,14 @@ class ObjectSegMeter:
     return len(self.acc)
 
   def update(
-      self, pred: np.ndarray, gt: np.ndarray, soft_pred: np.ndarray | None = None
+    self, pred: np.ndarray, gt: np.ndarray, soft_pred: np.ndarray | None = None
   ) -> dict[str, float]:
     """Adds one image (binary `pred`, binary `gt`, optional soft map); returns its scores."""
     if self.acc and bool(self._precision) != (soft_pred is not None):
-      raise ValueError("give soft predictions for every image or for none")
-    scores = {"acc": mask_accuracy(pred, gt), "iou": mask_iou(pred, gt)}
-    self.acc.append(scores["acc"])
-    self.iou.append(scores["iou"])
+      raise ValueError('give soft predictions for every image or for none')
+    scores = {'acc': mask_accuracy(pred, gt), 'iou': mask_iou(pred, gt)}
+    self.acc.append(scores['acc'])
+    self.iou.append(scores['iou'])
     if soft_pred is not None:
       p, r = precision_recall_curve(soft_pred, gt, self.thresholds)
       self._precision.append(p)
@@ -235,15 +235,15 @@ class ObjectSegMeter:
   def result(self) -> dict[str, float]:
     """{'acc', 'iou', 'n'} (+ 'max_f' when soft maps were given); means over images."""
     if not self.acc:
-      raise ValueError("ObjectSegMeter: no images")
+      raise ValueError('ObjectSegMeter: no images')
     out = {
-        "acc": float(np.mean(self.acc)),
-        "iou": float(np.mean(self.iou)),
-        "n": float(len(self.acc)),
+      'acc': float(np.mean(self.acc)),
+      'iou': float(np.mean(self.iou)),
+      'n': float(len(self.acc)),
     }
     if self._precision:
       f = f_beta(np.stack(self._precision), np.stack(self._recall), self.beta2)
-      out["max_f"] = float(np.max(np.mean(f, axis=0)))
+      out['max_f'] = float(np.max(np.mean(f, axis=0)))
     return out
 
 
@@ -253,7 +253,7 @@ class ObjectSegMeter:
 
 
 def confusion_matrix(
-    pred: np.ndarray, gt: np.ndarray, n_pred: int, n_gt: int, ignore: int | None = 255
+  pred: np.ndarray, gt: np.ndarray, n_pred: int, n_gt: int, ignore: int | None = 255
 ) -> np.ndarray:
   """Pixel counts C[p, g] over pixels whose GT is not `ignore`; int64 [n_pred, n_gt].
 
@@ -264,17 +264,17 @@ def confusion_matrix(
   p = np.asarray(pred).ravel()
   g = np.asarray(gt).ravel()
   if p.shape != g.shape:
-    raise ValueError(f"pred has {p.size} pixels, gt has {g.size}")
+    raise ValueError(f'pred has {p.size} pixels, gt has {g.size}')
   if ignore is not None:
     keep = g != ignore
     p, g = p[keep], g[keep]
   p = p.astype(np.int64)
   g = g.astype(np.int64)
   if p.size and (p.min() < 0 or p.max() >= n_pred):
-    raise ValueError(f"predicted labels must lie in [0, {n_pred}); got [{p.min()}, {p.max()}]")
+    raise ValueError(f'predicted labels must lie in [0, {n_pred}); got [{p.min()}, {p.max()}]')
   if g.size and (g.min() < 0 or g.max() >= n_gt):
     raise ValueError(
-        f"GT labels must lie in [0, {n_gt}) or be {ignore}; got [{g.min()}, {g.max()}]"
+      f'GT labels must lie in [0, {n_gt}) or be {ignore}; got [{g.min()}, {g.max()}]'
     )
   return np.bincount(p * n_gt + g, minlength=n_pred * n_gt).reshape(n_pred, n_gt).astype(np.int64)
 
@@ -295,7 +295,7 @@ def hungarian_match(confusion: np.ndarray) -> np.ndarray:
   """
   c = np.asarray(confusion)
   if c.ndim != 2 or c.shape[0] != c.shape[1]:
-    raise ValueError(f"Hungarian matching needs a square confusion matrix, got {c.shape}")
+    raise ValueError(f'Hungarian matching needs a square confusion matrix, got {c.shape}')
   cost = float(c.sum()) - iou_matrix(c)
   rows, cols = linear_sum_assignment(cost)
   return np.stack([rows, cols], axis=1).astype(np.int64)
@@ -324,9 +324,9 @@ def miou_from_confusion(confusion: np.ndarray, matching: np.ndarray) -> tuple[fl
   n_pred, n_gt = c.shape
   pairs = np.asarray(matching, np.int64).reshape(-1, 2)
   if len(np.unique(pairs[:, 0])) != len(pairs):
-    raise ValueError("matching assigns a predicted cluster twice")
+    raise ValueError('matching assigns a predicted cluster twice')
   if pairs.size and (pairs[:, 0].max() >= n_pred or pairs[:, 1].max() >= n_gt or pairs.min() < 0):
-    raise ValueError(f"matching out of range for a {c.shape} confusion matrix")
+    raise ValueError(f'matching out of range for a {c.shape} confusion matrix')
   target = np.zeros(n_pred, np.int64)
   target[pairs[:, 0]] = pairs[:, 1]
   remapped = np.zeros((n_gt, n_gt), np.int64)

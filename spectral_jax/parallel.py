@@ -22,10 +22,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 def local_mesh() -> jax.sharding.Mesh:
   # Auto axes: XLA propagates the batch sharding through the model (no explicit annotations).
   return jax.make_mesh(
-      (jax.local_device_count(),),
-      ('data',),
-      axis_types=(jax.sharding.AxisType.Auto,),
-      devices=jax.local_devices(),
+    (jax.local_device_count(),),
+    ('data',),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=jax.local_devices(),
   )
 
 

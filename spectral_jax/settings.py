@@ -40,11 +40,11 @@ def _is_number(value: Any) -> bool:
 # default) keeps parity; 'bfloat16' runs the ViT matmuls on bf16 operands with float32
 # accumulation; 'high' / 'default' let accelerators use TF32/bf16 passes.
 PRECISIONS = {
-    'float32': 'highest',
-    'bfloat16': 'bfloat16',
-    'highest': 'highest',
-    'high': 'high',
-    'default': 'default',
+  'float32': 'highest',
+  'bfloat16': 'bfloat16',
+  'highest': 'highest',
+  'high': 'high',
+  'default': 'default',
 }
 SOLVERS = ('auto', 'dense', 'lanczos')
 WHICH_MATRICES = ('laplacian', 'affinity')
@@ -63,13 +63,15 @@ class ModelSettings:
   cache_dir: str = _field('', "weights cache; '' = $SPECTRAL_JAX_CACHE or ~/.cache/spectral_jax")
   feature_block: int = _field(-1, 'block whose keys are the features (-1 = the last)')
   precision: str = _field(
-      'highest', "ViT matmuls: 'highest' (= 'float32', parity) | 'bfloat16' | 'high' | 'default'"
+    'highest', "ViT matmuls: 'highest' (= 'float32', parity) | 'bfloat16' | 'high' | 'default'"
   )
 
   def __post_init__(self):
     _check(
-        self.precision in PRECISIONS, 'model.precision', self.precision,
-        f'use one of {sorted(PRECISIONS)}',
+      self.precision in PRECISIONS,
+      'model.precision',
+      self.precision,
+      f'use one of {sorted(PRECISIONS)}',
     )
     _check(_is_int(self.feature_block), 'model.feature_block', self.feature_block, 'use an int')
 
@@ -80,19 +82,23 @@ class ImageLimits:
 
   max_pixels: int = _field(8192 * 8192, 'larger files are refused before decoding')
   max_tokens: int = _field(
-      6400, 'images with more patches run downscaled (aspect kept; outputs in original pixels)'
+    6400, 'images with more patches run downscaled (aspect kept; outputs in original pixels)'
   )
   resize_large: bool = _field(True, 'False: skip images above max_tokens instead')
   min_tokens: int = _field(MIN_TOKENS, 'fewest patches an image needs')
 
   def __post_init__(self):
     _check(
-        _is_int(self.max_pixels) and self.max_pixels > 0, 'data.max_pixels', self.max_pixels,
-        'must be > 0',
+      _is_int(self.max_pixels) and self.max_pixels > 0,
+      'data.max_pixels',
+      self.max_pixels,
+      'must be > 0',
     )
     _check(
-        _is_int(self.max_tokens) and self.max_tokens >= 16, 'data.max_tokens', self.max_tokens,
-        'must be >= 16 patches',
+      _is_int(self.max_tokens) and self.max_tokens >= 16,
+      'data.max_tokens',
+      self.max_tokens,
+      'must be >= 16 patches',
     )
 
 
@@ -106,17 +112,22 @@ class BatchSettings:
 
   def __post_init__(self):
     _check(
-        _is_int(self.batch_size) and self.batch_size >= 1, 'data.batch_size', self.batch_size,
-        'must be >= 1',
+      _is_int(self.batch_size) and self.batch_size >= 1,
+      'data.batch_size',
+      self.batch_size,
+      'must be >= 1',
     )
     _check(
-        _is_int(self.bucket_tokens) and -1 <= self.bucket_tokens <= MAX_BUCKET_TOKENS,
-        'data.bucket_tokens', self.bucket_tokens,
-        f'use -1 (by backend), 0 (exact token counts) or a step up to {MAX_BUCKET_TOKENS}',
+      _is_int(self.bucket_tokens) and -1 <= self.bucket_tokens <= MAX_BUCKET_TOKENS,
+      'data.bucket_tokens',
+      self.bucket_tokens,
+      f'use -1 (by backend), 0 (exact token counts) or a step up to {MAX_BUCKET_TOKENS}',
     )
     _check(
-        _is_int(self.batch_tokens) and self.batch_tokens >= 16, 'data.batch_tokens',
-        self.batch_tokens, 'must be >= 16',
+      _is_int(self.batch_tokens) and self.batch_tokens >= 16,
+      'data.batch_tokens',
+      self.batch_tokens,
+      'must be >= 16',
     )
 
 
@@ -131,16 +142,22 @@ class SpectralSettings:
 
   def __post_init__(self):
     _check(
-        _is_int(self.K) and 2 <= self.K <= 64, 'spectral.K', self.K,
-        'use 2..64 (eigenvector 1 is the Fiedler vector)',
+      _is_int(self.K) and 2 <= self.K <= 64,
+      'spectral.K',
+      self.K,
+      'use 2..64 (eigenvector 1 is the Fiedler vector)',
     )
     _check(
-        _is_number(self.color_lambda) and self.color_lambda >= 0, 'spectral.color_lambda',
-        self.color_lambda, 'must be a finite number >= 0',
+      _is_number(self.color_lambda) and self.color_lambda >= 0,
+      'spectral.color_lambda',
+      self.color_lambda,
+      'must be a finite number >= 0',
     )
     _check(
-        self.which_matrix in WHICH_MATRICES, 'spectral.which_matrix', self.which_matrix,
-        'use laplacian or affinity',
+      self.which_matrix in WHICH_MATRICES,
+      'spectral.which_matrix',
+      self.which_matrix,
+      'use laplacian or affinity',
     )
     _check(self.solver in SOLVERS, 'spectral.solver', self.solver, f'use one of {SOLVERS}')
 
@@ -154,9 +171,7 @@ class TokenCutSettings:
 
   def __post_init__(self):
     _check(_is_number(self.tau), 'tokencut.tau', self.tau, 'use a finite number')
-    _check(
-        _is_number(self.eps) and self.eps > 0, 'tokencut.eps', self.eps, 'use a number > 0'
-    )
+    _check(_is_number(self.eps) and self.eps > 0, 'tokencut.eps', self.eps, 'use a number > 0')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +182,10 @@ class LostSettings:
 
   def __post_init__(self):
     _check(
-        _is_int(self.k_patches) and self.k_patches >= 1, 'lost.k_patches', self.k_patches,
-        'use an int >= 1',
+      _is_int(self.k_patches) and self.k_patches >= 1,
+      'lost.k_patches',
+      self.k_patches,
+      'use an int >= 1',
     )
 
 
@@ -224,9 +241,11 @@ class RefineSettings:
   def __post_init__(self):
     _check(self.refine in REFINES, 'segment.refine', self.refine, f'use one of {REFINES}')
     _check(
-        not (self.crf and self.refine not in ('none', 'crf')), 'segment.crf', self.crf,
-        f"and segment.refine={self.refine!r}: choose one (segment.crf=True means "
-        "refine='crf'; set segment.crf=False)",
+      not (self.crf and self.refine not in ('none', 'crf')),
+      'segment.crf',
+      self.crf,
+      f'and segment.refine={self.refine!r}: choose one (segment.crf=True means '
+      "refine='crf'; set segment.crf=False)",
     )
 
   @property
@@ -257,36 +276,52 @@ class DiscoverSettings:
 
   def __post_init__(self):
     _check(
-        self.method in DISCOVER_METHODS, 'discover.method', self.method,
-        f'use one of {DISCOVER_METHODS}',
+      self.method in DISCOVER_METHODS,
+      'discover.method',
+      self.method,
+      f'use one of {DISCOVER_METHODS}',
     )
     _check(
-        _is_int(self.max_objects) and 1 <= self.max_objects <= MAX_OBJECTS,
-        'discover.max_objects', self.max_objects, f'use 1..{MAX_OBJECTS}',
+      _is_int(self.max_objects) and 1 <= self.max_objects <= MAX_OBJECTS,
+      'discover.max_objects',
+      self.max_objects,
+      f'use 1..{MAX_OBJECTS}',
     )
     _check(
-        _is_int(self.fixed_size) and self.fixed_size >= 32, 'discover.fixed_size',
-        self.fixed_size, 'use an int >= 32 pixels',
+      _is_int(self.fixed_size) and self.fixed_size >= 32,
+      'discover.fixed_size',
+      self.fixed_size,
+      'use an int >= 32 pixels',
     )
     _check(
-        _is_number(self.tau) and -1.0 <= self.tau < 1.0, 'discover.tau', self.tau,
-        'use a cosine threshold in [-1, 1)',
+      _is_number(self.tau) and -1.0 <= self.tau < 1.0,
+      'discover.tau',
+      self.tau,
+      'use a cosine threshold in [-1, 1)',
     )
     _check(
-        self.solver in DISCOVER_SOLVERS, 'discover.solver', self.solver,
-        f'use one of {DISCOVER_SOLVERS}',
+      self.solver in DISCOVER_SOLVERS,
+      'discover.solver',
+      self.solver,
+      f'use one of {DISCOVER_SOLVERS}',
     )
     _check(
-        self.dtype in DISCOVER_DTYPES, 'discover.dtype', self.dtype,
-        f'use one of {DISCOVER_DTYPES}',
+      self.dtype in DISCOVER_DTYPES,
+      'discover.dtype',
+      self.dtype,
+      f'use one of {DISCOVER_DTYPES}',
     )
     _check(
-        _is_number(self.eps) and 0 < self.eps < 1, 'discover.eps', self.eps,
-        'use a weight in (0, 1)',
+      _is_number(self.eps) and 0 < self.eps < 1,
+      'discover.eps',
+      self.eps,
+      'use a weight in (0, 1)',
     )
     _check(
-        _is_int(self.workers) and self.workers >= 0, 'discover.workers', self.workers,
-        'use 0 (auto) or a number of processes',
+      _is_int(self.workers) and self.workers >= 0,
+      'discover.workers',
+      self.workers,
+      'use 0 (auto) or a number of processes',
     )
 
 
@@ -313,17 +348,36 @@ class PromergeSettings:
   crf: bool = True
 
   def __post_init__(self):
-    _check(self.vit_feat == 'k', 'promerge.vit_feat', self.vit_feat,
-           "the official runs the keys ('k') only")
-    _check(_is_int(self.stride) and self.stride >= 1, 'promerge.stride', self.stride,
-           'use a positive int')
-    _check(_is_int(self.fixed_size) and self.fixed_size >= 8, 'promerge.fixed_size',
-           self.fixed_size, 'use an int >= 8 (one patch of ViT-B/8)')
-    for key in ('bipartition_tau', 'cc_maskarea_tau', 'iou_filter_tau', 'foreground_include_tau',
-                'intersection_merge_tau', 'merge_ioa_tau', 'dino_merge_tau', 'crf_iou_tau'):
+    _check(
+      self.vit_feat == 'k',
+      'promerge.vit_feat',
+      self.vit_feat,
+      "the official runs the keys ('k') only",
+    )
+    _check(
+      _is_int(self.stride) and self.stride >= 1,
+      'promerge.stride',
+      self.stride,
+      'use a positive int',
+    )
+    _check(
+      _is_int(self.fixed_size) and self.fixed_size >= 8,
+      'promerge.fixed_size',
+      self.fixed_size,
+      'use an int >= 8 (one patch of ViT-B/8)',
+    )
+    for key in (
+      'bipartition_tau',
+      'cc_maskarea_tau',
+      'iou_filter_tau',
+      'foreground_include_tau',
+      'intersection_merge_tau',
+      'merge_ioa_tau',
+      'dino_merge_tau',
+      'crf_iou_tau',
+    ):
       value = getattr(self, key)
       _check(_is_number(value), f'promerge.{key}', value, 'use a finite number')
-
 
 
 FOUND_MODES = ('single', 'multi')
@@ -336,26 +390,32 @@ class FoundSettings:
   configs/found.py --mode=train)."""
 
   decoder: str = _field(
-      '', "decoder file: FOUND's decoder_weights.pt or our saved head; '' = the official file"
+    '', "decoder file: FOUND's decoder_weights.pt or our saved head; '' = the official file"
   )
   evaluation_mode: str = _field('multi', 'single (largest component) | multi (official default)')
-  bkg_th: float = _field(0.3, "background threshold of the training targets (official 0.3)")
+  bkg_th: float = _field(0.3, 'background threshold of the training targets (official 0.3)')
   targets: str = _field(
-      'found', 'training targets: found (its background discovery) | dsm | tokencut | maskcut'
+    'found', 'training targets: found (its background discovery) | dsm | tokencut | maskcut'
   )
 
   def __post_init__(self):
     _check(
-        self.evaluation_mode in FOUND_MODES, 'found.evaluation_mode', self.evaluation_mode,
-        f'use one of {FOUND_MODES}',
+      self.evaluation_mode in FOUND_MODES,
+      'found.evaluation_mode',
+      self.evaluation_mode,
+      f'use one of {FOUND_MODES}',
     )
     _check(
-        _is_number(self.bkg_th) and -1.0 <= self.bkg_th <= 1.0, 'found.bkg_th', self.bkg_th,
-        'use a cosine threshold in [-1, 1]',
+      _is_number(self.bkg_th) and -1.0 <= self.bkg_th <= 1.0,
+      'found.bkg_th',
+      self.bkg_th,
+      'use a cosine threshold in [-1, 1]',
     )
     _check(
-        self.targets in FOUND_TARGETS, 'found.targets', self.targets,
-        f'use one of {FOUND_TARGETS}',
+      self.targets in FOUND_TARGETS,
+      'found.targets',
+      self.targets,
+      f'use one of {FOUND_TARGETS}',
     )
 
 
@@ -367,7 +427,7 @@ class EditSettings:
   """Background removal and compositing (--mode=edit, ``remove_background``)."""
 
   background: str = _field(
-      '', "'' = cutout only; an image file or a colour ('white', '#RRGGBB', 'r,g,b')"
+    '', "'' = cutout only; an image file or a colour ('white', '#RRGGBB', 'r,g,b')"
   )
   segment: int = _field(-1, '-1 = Fiedler vector > 0; N >= 0 = eigen-segment N')
   n_segments: int = _field(4, 'k-means clusters when edit.segment >= 0')
@@ -379,16 +439,22 @@ class EditSettings:
 
   def __post_init__(self):
     _check(
-        self.foreground in EDIT_FOREGROUNDS, 'edit.foreground', self.foreground,
-        "use 'blur_fusion' or 'image'",
+      self.foreground in EDIT_FOREGROUNDS,
+      'edit.foreground',
+      self.foreground,
+      "use 'blur_fusion' or 'image'",
     )
     _check(
-        _is_int(self.n_segments) and self.n_segments >= 2, 'edit.n_segments', self.n_segments,
-        'use an int >= 2',
+      _is_int(self.n_segments) and self.n_segments >= 2,
+      'edit.n_segments',
+      self.n_segments,
+      'use an int >= 2',
     )
     _check(
-        _is_int(self.segment) and self.segment < self.n_segments, 'edit.segment', self.segment,
-        f'use -1 or a segment below edit.n_segments={self.n_segments}',
+      _is_int(self.segment) and self.segment < self.n_segments,
+      'edit.segment',
+      self.segment,
+      f'use -1 or a segment below edit.n_segments={self.n_segments}',
     )
 
 
@@ -407,8 +473,10 @@ class ServerSettings:
       value = getattr(self, key)
       _check(_is_number(value) and value > 0, f'serve.{key}', value, 'must be > 0')
     _check(
-        _is_int(self.port) and 0 <= self.port <= 65535, 'serve.port', self.port,
-        'use 0..65535 (0 = any free port)',
+      _is_int(self.port) and 0 <= self.port <= 65535,
+      'serve.port',
+      self.port,
+      'use 0..65535 (0 = any free port)',
     )
 
 
@@ -429,8 +497,12 @@ class DatasetSettings:
   limit: int = _field(0, '0 = all images')
 
   def __post_init__(self):
-    _check(_is_int(self.limit) and self.limit >= 0, 'data.limit', self.limit,
-           'must be >= 0 (0 = all images)')
+    _check(
+      _is_int(self.limit) and self.limit >= 0,
+      'data.limit',
+      self.limit,
+      'must be >= 0 (0 = all images)',
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,19 +10,19 @@ from spectral_jax.imaging import resample
 
 # Viridis sampled at 10 points; linear interpolation between them is visually faithful.
 _VIRIDIS = np.array(
-    [
-        [68, 1, 84],
-        [72, 40, 120],
-        [62, 73, 137],
-        [49, 104, 142],
-        [38, 130, 142],
-        [31, 158, 137],
-        [53, 183, 121],
-        [110, 206, 88],
-        [181, 222, 43],
-        [253, 231, 37],
-    ],
-    np.float32,
+  [
+    [68, 1, 84],
+    [72, 40, 120],
+    [62, 73, 137],
+    [49, 104, 142],
+    [38, 130, 142],
+    [31, 158, 137],
+    [53, 183, 121],
+    [110, 206, 88],
+    [181, 222, 43],
+    [253, 231, 37],
+  ],
+  np.float32,
 )
 
 
@@ -38,7 +38,7 @@ def heatmap(values: np.ndarray) -> np.ndarray:
 
 
 def draw_box(
-    image: np.ndarray, box_xyxy: Sequence[int], color=(255, 0, 0), width: int = 3
+  image: np.ndarray, box_xyxy: Sequence[int], color=(255, 0, 0), width: int = 3
 ) -> np.ndarray:
   """Outline of a box (exclusive max) drawn on a copy of the image."""
   out = image.copy()
@@ -56,7 +56,7 @@ def draw_box(
 
 
 def overlay_mask(
-    image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), opacity: float = 0.5
+  image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), opacity: float = 0.5
 ) -> np.ndarray:
   out = image.astype(np.float32)
   out[mask] = (1 - opacity) * out[mask] + opacity * np.asarray(color, np.float32)
@@ -64,12 +64,12 @@ def overlay_mask(
 
 
 def panel(
-    image: np.ndarray,
-    eigenvectors: Optional[np.ndarray],
-    grid_hw: tuple[int, int],
-    box_xyxy: Optional[Sequence[int]] = None,
-    mask: Optional[np.ndarray] = None,
-    num_eigenvectors: int = 4,
+  image: np.ndarray,
+  eigenvectors: Optional[np.ndarray],
+  grid_hw: tuple[int, int],
+  box_xyxy: Optional[Sequence[int]] = None,
+  mask: Optional[np.ndarray] = None,
+  num_eigenvectors: int = 4,
 ) -> np.ndarray:
   """One row: the image, eigenvectors 1..n as heat maps, and the box/mask overlay."""
   h, w = image.shape[:2]

@@ -80,10 +80,10 @@ def locked(workdir, process_index: int = 0, process_count: int = 1) -> Iterator[
   name = 'lock' if process_count == 1 else f'lock.process{process_index}'
   path = marker(workdir) / name
   record = {
-      'host': socket.gethostname(),
-      'pid': os.getpid(),
-      'started': time.strftime('%Y-%m-%d %H:%M:%S'),
-      'command': ' '.join(sys.argv),
+    'host': socket.gethostname(),
+    'pid': os.getpid(),
+    'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+    'command': ' '.join(sys.argv),
   }
   for _ in range(3):
     try:
@@ -92,14 +92,14 @@ def locked(workdir, process_index: int = 0, process_count: int = 1) -> Iterator[
       holder = _read_lock(path)
       if holder.get('host') == record['host'] and not _pid_alive(int(holder.get('pid', -1))):
         logging.warning(
-            'taking over the stale lock %s of PID %s (no longer running)', path, holder.get('pid')
+          'taking over the stale lock %s of PID %s (no longer running)', path, holder.get('pid')
         )
         path.unlink(missing_ok=True)
         continue
       raise WorkdirError(
-          f'workdir {workdir} is in use by PID {holder.get("pid")} on {holder.get("host")} '
-          f'since {holder.get("started")} ({holder.get("command", "?")}). Wait for that run, '
-          f'use another --workdir, or delete {path} if that run no longer exists.'
+        f'workdir {workdir} is in use by PID {holder.get("pid")} on {holder.get("host")} '
+        f'since {holder.get("started")} ({holder.get("command", "?")}). Wait for that run, '
+        f'use another --workdir, or delete {path} if that run no longer exists.'
       ) from None
     with os.fdopen(fd, 'w') as f:
       json.dump(record, f)
@@ -175,12 +175,12 @@ def read_record(workdir, stage: str) -> Optional[dict]:
 
 
 def check_settings(
-    workdir,
-    stage: str,
-    settings: Mapping[str, Any],
-    outputs: list[Path],
-    overwrite: bool = False,
-    leader: bool = True,
+  workdir,
+  stage: str,
+  settings: Mapping[str, Any],
+  outputs: list[Path],
+  overwrite: bool = False,
+  leader: bool = True,
 ) -> None:
   """Resume, stop or (with ``overwrite``) delete ``outputs`` when the settings changed.
 
@@ -201,9 +201,9 @@ def check_settings(
     changes = differences(old, settings)
   if changes and not overwrite:
     raise WorkdirError(
-        f'workdir {workdir} holds {stage} outputs made with other settings:\n  '
-        + '\n  '.join(changes)
-        + '\nUse another --workdir, or pass --config.overwrite=True to delete them and recompute.'
+      f'workdir {workdir} holds {stage} outputs made with other settings:\n  '
+      + '\n  '.join(changes)
+      + '\nUse another --workdir, or pass --config.overwrite=True to delete them and recompute.'
     )
   if changes and leader:
     logging.warning('%s: settings changed (%s); deleting its outputs', stage, '; '.join(changes))

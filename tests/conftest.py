@@ -17,8 +17,8 @@ if _OWN_XLA_CACHE:  # (not again when this module is imported a second time, or 
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='spectral_jax_test_xla_')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 XLA_CACHE_ENV = {
-    key: os.environ[key]
-    for key in ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
+  key: os.environ[key]
+  for key in ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
 }
 
 

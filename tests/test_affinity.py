@@ -10,21 +10,21 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from spectral_jax.spectral.affinity import (
-    color_image_for_grid,
-    combined_affinity,
-    feature_affinity,
-    knn_color_affinity,
+  color_image_for_grid,
+  combined_affinity,
+  feature_affinity,
+  knn_color_affinity,
 )
 
 from tests.conftest import MANIFEST, PARITY, PARITY_IDS as IDS
 
 
 def _grid(image_id: str):
-  return tuple(MANIFEST["images"][image_id]["patch_grid"])
+  return tuple(MANIFEST['images'][image_id]['patch_grid'])
 
 
 def _image(image_id: str) -> np.ndarray:
-  return np.asarray(Image.open(PARITY / "images" / f"{image_id}.png").convert("RGB"))
+  return np.asarray(Image.open(PARITY / 'images' / f'{image_id}.png').convert('RGB'))
 
 
 def _knn_features(image_lr: np.ndarray, dw: float) -> np.ndarray:
@@ -57,9 +57,9 @@ def _boundary_tie_rows(feats: np.ndarray, k: int) -> np.ndarray:
   return np.where(srt[:, k] - srt[:, k - 1] <= 1e-6 * srt[:, k])[0]
 
 
-@pytest.mark.parametrize("image_id", IDS)
+@pytest.mark.parametrize('image_id', IDS)
 def test_feature_affinity_matches_float64_numpy(image_id):
-  k = np.load(PARITY / f"{image_id}.npz")["k"].astype(np.float64)
+  k = np.load(PARITY / f'{image_id}.npz')['k'].astype(np.float64)
   f = k / np.maximum(np.linalg.norm(k, axis=1, keepdims=True), 1e-12)
   ref = f @ f.T
   ref = ref * (ref > 0)
@@ -90,7 +90,7 @@ def test_color_image_for_grid_resizes_whole_image_with_pil():
   np.testing.assert_allclose(const, 0.2)
 
 
-@pytest.mark.parametrize("image_id", IDS)
+@pytest.mark.parametrize('image_id', IDS)
 def test_knn_affinity_matches_bruteforce_numpy(image_id):
   """Same neighbour sets as a float32 numpy brute force with lowest-index tie-break."""
   image_lr = color_image_for_grid(_image(image_id), _grid(image_id))
@@ -102,13 +102,13 @@ def test_knn_affinity_matches_bruteforce_numpy(image_id):
     for c in range(f.shape[1]):
       diff = f[:, None, c] - f[None, :, c]
       sq += diff * diff
-    lists.append(np.argsort(sq, axis=1, kind="stable")[:, :k])
+    lists.append(np.argsort(sq, axis=1, kind='stable')[:, :k])
   expected = _counts_from_neighbours(n, lists)
   w = np.asarray(jax.jit(knn_color_affinity)(jnp.asarray(image_lr)))
   np.testing.assert_array_equal(w, expected)
 
 
-@pytest.mark.parametrize("image_id", IDS)
+@pytest.mark.parametrize('image_id', IDS)
 def test_knn_affinity_matches_kdtree_except_ties(image_id):
   """Against scipy's cKDTree: identical except in rows whose k-th neighbour is a tie."""
   image_lr = color_image_for_grid(_image(image_id), _grid(image_id))
@@ -143,8 +143,8 @@ def test_knn_affinity_structure():
   assert w.sum() == 2 * n * (20 + 10) and (w.sum(1) >= 21 + 11).all()
   # n_neighbors / distance_weights are honoured: a single pass of 1 neighbour = 2·I.
   np.testing.assert_array_equal(
-      np.asarray(knn_color_affinity(image_lr, n_neighbors=(1,), distance_weights=(1.0,))),
-      2 * np.eye(n),
+    np.asarray(knn_color_affinity(image_lr, n_neighbors=(1,), distance_weights=(1.0,))),
+    2 * np.eye(n),
   )
 
 
@@ -155,7 +155,7 @@ def test_combined_affinity():
   w0 = np.asarray(combined_affinity(feats))
   np.testing.assert_array_equal(w0, np.asarray(feature_affinity(feats)))
   w10 = np.asarray(
-      jax.jit(combined_affinity, static_argnames="color_lambda")(feats, image_lr, color_lambda=10.0)
+    jax.jit(combined_affinity, static_argnames='color_lambda')(feats, image_lr, color_lambda=10.0)
   )
   np.testing.assert_allclose(w10, w0 + 10.0 * np.asarray(knn_color_affinity(image_lr)), rtol=1e-6)
   with pytest.raises(ValueError):

@@ -23,9 +23,9 @@ PATHS = [str(PARITY / 'images' / f'{i}.png') for i in PARITY_IDS]
 @pytest.fixture(scope='module')
 def backbone(tmp_path_factory):
   return sj.load_backbone(
-      'dino_vits16',
-      checkpoint=PARITY / 'checkpoint.pth',
-      cache_dir=tmp_path_factory.mktemp('cache'),
+    'dino_vits16',
+    checkpoint=PARITY / 'checkpoint.pth',
+    cache_dir=tmp_path_factory.mktemp('cache'),
   )
 
 
@@ -34,8 +34,16 @@ def test_lazy_public_names_and_version():
   from spectral_jax import workdirs  # pylint: disable=import-outside-toplevel
 
   assert workdirs.VERSION == sj.__version__
-  for name in ('load_backbone', 'eigenvectors', 'localize', 'segment', 'discover',
-               'remove_background', 'Backbone', 'Localization'):
+  for name in (
+    'load_backbone',
+    'eigenvectors',
+    'localize',
+    'segment',
+    'discover',
+    'remove_background',
+    'Backbone',
+    'Localization',
+  ):
     assert name in dir(sj) and callable(getattr(sj, name))
   with pytest.raises(AttributeError):
     sj.nonesuch  # pylint: disable=pointless-statement
@@ -44,8 +52,8 @@ def test_lazy_public_names_and_version():
 def test_boxes_equal_cli_and_official(backbone, parity_config, manifest, tmp_path):
   localize_task.run(parity_config, tmp_path / 'cli')
   cli = {
-      r['id']: r
-      for r in map(json.loads, (tmp_path / 'cli' / 'predictions.jsonl').read_text().splitlines())
+    r['id']: r
+    for r in map(json.loads, (tmp_path / 'cli' / 'predictions.jsonl').read_text().splitlines())
   }
   results = sj.localize(backbone, PATHS)
   assert isinstance(results, list) and len(results) == 3
@@ -93,8 +101,15 @@ def test_input_kinds_give_the_same_result(backbone):
   rgb = np.asarray(Image.open(PATHS[0]).convert('RGB'))
   rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
   gray = np.asarray(Image.open(PATHS[0]).convert('L'))
-  inputs = [PATHS[0], Image.open(PATHS[0]), rgb, rgba, gray, gray[:, :, None],
-            Image.fromarray(gray)]
+  inputs = [
+    PATHS[0],
+    Image.open(PATHS[0]),
+    rgb,
+    rgba,
+    gray,
+    gray[:, :, None],
+    Image.fromarray(gray),
+  ]
   results = sj.localize(backbone, inputs)
   assert len(results) == len(inputs)
   for r in results[1:4]:  # path, PIL, RGB, RGBA (alpha dropped): the same pixels
@@ -154,14 +169,14 @@ def test_background_removal_equals_cli_edit(backbone, tmp_path):
 def test_bad_inputs_are_named(backbone, tmp_path):
   rgb = np.zeros((64, 64, 3), np.uint8)
   cases = [
-      ([rgb, rgb.astype(np.float32)], 'images[1]: dtype float32'),
-      ([rgb, np.zeros((64, 64, 2), np.uint8)], 'images[1]: shape (64, 64, 2)'),
-      ([rgb, rgb, str(tmp_path / 'missing.png')], 'images[2]: no such image file'),
-      ([np.zeros((8, 64, 3), np.uint8)], 'images[0]: image is 64x8 pixels; the minimum side is 16'),
-      ([rgb, 3], 'images[1]: a int'),
-      ([rgb, str(tmp_path)], 'images[1]: ' + repr(str(tmp_path)) + ' is a folder'),
-      ([], 'empty list'),
-      (rgb.astype(np.int64), 'images: dtype int64'),
+    ([rgb, rgb.astype(np.float32)], 'images[1]: dtype float32'),
+    ([rgb, np.zeros((64, 64, 2), np.uint8)], 'images[1]: shape (64, 64, 2)'),
+    ([rgb, rgb, str(tmp_path / 'missing.png')], 'images[2]: no such image file'),
+    ([np.zeros((8, 64, 3), np.uint8)], 'images[0]: image is 64x8 pixels; the minimum side is 16'),
+    ([rgb, 3], 'images[1]: a int'),
+    ([rgb, str(tmp_path)], 'images[1]: ' + repr(str(tmp_path)) + ' is a folder'),
+    ([], 'empty list'),
+    (rgb.astype(np.int64), 'images: dtype int64'),
   ]
   for images, message in cases:
     with pytest.raises(ValueError, match=None) as info:
@@ -206,17 +221,30 @@ def test_pixel_limit_is_the_backbones_and_named_as_such(backbone, tmp_path):
   assert '--config' not in str(info.value)
   exact = dataclasses.replace(backbone, max_pixels=96 * 128)
   np.testing.assert_array_equal(
-      sj.localize(exact, str(photo)).box_xyxy, sj.localize(backbone, str(photo)).box_xyxy
+    sj.localize(exact, str(photo)).box_xyxy, sj.localize(backbone, str(photo)).box_xyxy
   )
 
 
 def test_quickstart_example_runs(tmp_path):
-  env = dict(os.environ, SPECTRAL_JAX_CHECKPOINT=str(PARITY / 'checkpoint.pth'),
-             SPECTRAL_JAX_CACHE=str(tmp_path / 'cache'), PYTHONPATH=ROOT)
+  env = dict(
+    os.environ,
+    SPECTRAL_JAX_CHECKPOINT=str(PARITY / 'checkpoint.pth'),
+    SPECTRAL_JAX_CACHE=str(tmp_path / 'cache'),
+    PYTHONPATH=ROOT,
+  )
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'examples', 'quickstart.py'), '--out',
-       str(tmp_path / 'out'), PATHS[1]],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    [
+      sys.executable,
+      os.path.join(ROOT, 'examples', 'quickstart.py'),
+      '--out',
+      str(tmp_path / 'out'),
+      PATHS[1],
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'box (192, 0, 448, 224)' in proc.stdout
@@ -231,8 +259,9 @@ def test_segment_methods_and_bilateral_equal_the_cli(tmp_path):
   from configs import folder  # pylint: disable=import-outside-toplevel
   from spectral_jax.tasks import segment as segment_task  # pylint: disable=import-outside-toplevel
 
-  backbone = sj.load_backbone('dino_vits16', checkpoint=str(PARITY / 'checkpoint.pth'),
-                              cache_dir=str(tmp_path / 'cache'))
+  backbone = sj.load_backbone(
+    'dino_vits16', checkpoint=str(PARITY / 'checkpoint.pth'), cache_dir=str(tmp_path / 'cache')
+  )
   paths = [str(PARITY / 'images' / f'{i}.png') for i in ('chelsea', 'coffee')]
   for method, refine in (('tokencut', 'bilateral'), ('lost', 'none')):
     config = folder.get_config()
@@ -260,7 +289,7 @@ def _audit(event, args):
     return
   path, mode, flags = (tuple(args) + (None, None, None))[:3]
   writes = (isinstance(mode, str) and any(c in mode for c in 'wax+')) or (
-      isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND)
+    isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND)
   )
   if writes:
     _WRITES.append((path, mode, flags))
@@ -306,22 +335,26 @@ def test_the_audit_hook_sees_a_write(tmp_path):
 def test_load_backbone_turns_the_persistent_compilation_cache_on(tmp_path):
   """A notebook gets the CLI's compile cache (<cache_dir>/xla) unless one is configured."""
   code = (
-      'import jax, spectral_jax as sj\n'
-      f'sj.load_backbone("dino_vits16", {str(PARITY / "checkpoint.pth")!r}, '
-      f'cache_dir={str(tmp_path / "cache")!r})\n'
-      'print(jax.config.jax_compilation_cache_dir)\n'
+    'import jax, spectral_jax as sj\n'
+    f'sj.load_backbone("dino_vits16", {str(PARITY / "checkpoint.pth")!r}, '
+    f'cache_dir={str(tmp_path / "cache")!r})\n'
+    'print(jax.config.jax_compilation_cache_dir)\n'
   )
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / 'cache' / 'xla')
 
 
 def test_unreachable_weights_name_the_api_parameter_and_the_cache(tmp_path):
   with pytest.raises(RuntimeError) as info:
-    sj.load_backbone('dino_vits16', 'http://127.0.0.1:9/dino_deitsmall16_pretrain.pth',
-                     cache_dir=tmp_path / 'cache')
+    sj.load_backbone(
+      'dino_vits16',
+      'http://127.0.0.1:9/dino_deitsmall16_pretrain.pth',
+      cache_dir=tmp_path / 'cache',
+    )
   message = str(info.value)
   assert "checkpoint='/path/to/dino_deitsmall16_pretrain.pth'" in message
   assert str(tmp_path / 'cache') in message and '--config' not in message

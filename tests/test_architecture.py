@@ -11,9 +11,9 @@ PACKAGE = ROOT / 'spectral_jax'
 # The front-ends: the CLI (its entry points and task runners), the Python API (with the
 # package namespace that re-exports it) and the HTTP server.
 FRONT_ENDS = {
-    'cli': ('spectral_jax.cli', 'spectral_jax.__main__', 'spectral_jax.tasks'),
-    'api': ('spectral_jax.api', 'spectral_jax'),
-    'server': ('spectral_jax.server',),
+  'cli': ('spectral_jax.cli', 'spectral_jax.__main__', 'spectral_jax.tasks'),
+  'api': ('spectral_jax.api', 'spectral_jax'),
+  'server': ('spectral_jax.server',),
 }
 # The CLI's --mode=serve starts the HTTP front-end: the one edge between front-ends.
 ALLOWED = {('spectral_jax.tasks.serve', 'spectral_jax.server.app')}
@@ -69,17 +69,24 @@ def test_the_walk_finds_the_layers():
 
 def test_the_library_imports_no_front_end():
   bad = [
-      (name, dep) for name, deps in GRAPH.items() if front_end(name) is None
-      for dep in deps if front_end(dep) is not None
+    (name, dep)
+    for name, deps in GRAPH.items()
+    if front_end(name) is None
+    for dep in deps
+    if front_end(dep) is not None
   ]
   assert not bad, bad
 
 
 def test_front_ends_do_not_import_each_other():
   bad = [
-      (name, dep) for name, deps in GRAPH.items() for dep in deps
-      if front_end(name) and front_end(dep) and front_end(name) != front_end(dep)
-      and (name, dep) not in ALLOWED
+    (name, dep)
+    for name, deps in GRAPH.items()
+    for dep in deps
+    if front_end(name)
+    and front_end(dep)
+    and front_end(name) != front_end(dep)
+    and (name, dep) not in ALLOWED
   ]
   assert not bad, bad
 
@@ -93,7 +100,7 @@ def _cycle(graph: dict[str, set[str]]):
     stack.append(node)
     for dep in sorted(graph[node]):
       if state.get(dep) == 1:
-        return stack[stack.index(dep):] + [dep]
+        return stack[stack.index(dep) :] + [dep]
       if dep not in state:
         found = visit(dep)
         if found:

@@ -27,7 +27,7 @@ def test_augment_keeps_labels_and_is_reproducible():
   assert set(np.unique(a[1])) <= set(np.unique(gt))  # nearest: no interpolated labels
   # Whole-image crop, no jitter: the output is the input or its mirror image.
   plain = loop.TrainConfig(
-      crop_size=64, scale=(1, 1), ratio=(1, 1), jitter_p=0.0, gray_p=0.0, blur_p=0.0
+    crop_size=64, scale=(1, 1), ratio=(1, 1), jitter_p=0.0, gray_p=0.0, blur_p=0.0
   )
   flips = set()
   for seed in range(6):
@@ -69,7 +69,7 @@ def test_gaussian_blur_equals_a_brute_force_convolution():
 def test_color_jitter_brightness_formula_and_identity():
   image = synthetic(1)[0][0]
   np.testing.assert_array_equal(
-      augment.color_jitter(image, np.random.default_rng(0), (0, 0, 0, 0)), image
+    augment.color_jitter(image, np.random.default_rng(0), (0, 0, 0, 0)), image
   )
   rng = np.random.default_rng(3)
   rng.permutation(4)

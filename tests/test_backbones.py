@@ -59,7 +59,7 @@ def test_gated_weights_explain_how_to_get_them():
 def test_wrong_file_for_the_name_is_an_error():
   with pytest.raises(CheckpointError, match='wrong file'):
     backbones.load_backbone_params(
-        'dinov2_vits14_reg', bd.DATA / 'dinov2_vits14' / 'checkpoint.pth'
+      'dinov2_vits14_reg', bd.DATA / 'dinov2_vits14' / 'checkpoint.pth'
     )
 
 
@@ -102,7 +102,7 @@ def test_hugging_face_dinov2_folder_gives_the_official_features(tmp_path):
   (folder / 'config.json').write_text(config)
   arch, variables = backbones.load_backbone_params('dinov2_vits14_reg', folder)
   ref_arch, ref_vars = backbones.load_backbone_params(
-      'dinov2_vits14_reg', bd.DATA / 'dinov2_vits14_reg' / 'checkpoint.pth'
+    'dinov2_vits14_reg', bd.DATA / 'dinov2_vits14_reg' / 'checkpoint.pth'
   )
   assert arch == ref_arch
   _assert_same_tree(variables, ref_vars)
@@ -145,7 +145,10 @@ def test_hugging_face_dinov3_names():
     hf[l + 'layer_scale1.lambda1'] = sd[b + 'ls1.gamma']
     hf[l + 'layer_scale2.lambda1'] = sd[b + 'ls2.gamma']
   config = {
-      'model_type': 'dinov3_vit', 'hidden_size': 384, 'num_attention_heads': 6, 'rope_theta': 100.0
+    'model_type': 'dinov3_vit',
+    'hidden_size': 384,
+    'num_attention_heads': 6,
+    'rope_theta': 100.0,
   }
   got = keymaps.vit_to_flax(keymaps.hf_to_official(config, hf), mask_k_bias=True)
   want = keymaps.vit_to_flax(sd, mask_k_bias=True)

@@ -22,10 +22,10 @@ ROOT = Path(__file__).parent.parent
 
 def _main(tmp_path, *args):
   env = {
-      'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'),
-      'PATH': '/usr/bin:/bin',
-      'JAX_PLATFORMS': 'cpu',
-      **XLA_CACHE_ENV,
+    'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'),
+    'PATH': '/usr/bin:/bin',
+    'JAX_PLATFORMS': 'cpu',
+    **XLA_CACHE_ENV,
   }
   cmd = [sys.executable, 'main.py', '--config=configs/folder.py', *args]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -38,12 +38,12 @@ def _extract(tmp_path, name, checkpoint):
   shutil.copy(bd.DATA / 'images' / f'{stem}.png', root)
   out = tmp_path / 'out'
   proc = _main(
-      tmp_path,
-      '--mode=extract',
-      f'--config.model.name={name}',
-      f'--config.model.checkpoint={checkpoint}',
-      f'--config.data.root={root}',
-      f'--workdir={out}',
+    tmp_path,
+    '--mode=extract',
+    f'--config.model.name={name}',
+    f'--config.model.checkpoint={checkpoint}',
+    f'--config.data.root={root}',
+    f'--workdir={out}',
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with np.load(out / 'features' / f'{stem}.npz') as z:
@@ -84,11 +84,11 @@ def test_gated_dinov3_without_checkpoint_says_how_to_get_it(tmp_path):
   root.mkdir()
   shutil.copy(bd.DATA / 'images' / 'coffee.png', root)
   proc = _main(
-      tmp_path,
-      '--mode=extract',
-      '--config.model.name=dinov3_vits16',
-      f'--config.data.root={root}',
-      f'--workdir={tmp_path / "out"}',
+    tmp_path,
+    '--mode=extract',
+    '--config.model.name=dinov3_vits16',
+    f'--config.data.root={root}',
+    f'--workdir={tmp_path / "out"}',
   )
   assert proc.returncode != 0
   assert '--config.model.checkpoint' in proc.stderr and 'gated' in proc.stderr
@@ -100,12 +100,12 @@ def test_localize_with_dinov2(tmp_path):
   shutil.copy(bd.DATA / 'images' / 'coffee.png', root)
   out = tmp_path / 'out'
   proc = _main(
-      tmp_path,
-      '--mode=localize',
-      '--config.model.name=dinov2_vits14',
-      f'--config.model.checkpoint={bd.DATA / "dinov2_vits14" / "checkpoint.pth"}',
-      f'--config.data.root={root}',
-      f'--workdir={out}',
+    tmp_path,
+    '--mode=localize',
+    '--config.model.name=dinov2_vits14',
+    f'--config.model.checkpoint={bd.DATA / "dinov2_vits14" / "checkpoint.pth"}',
+    f'--config.data.root={root}',
+    f'--workdir={out}',
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   (pred,) = artifacts.read_jsonl(out / 'predictions.jsonl')
@@ -124,7 +124,7 @@ def test_modes_on_a_vit_refuse_the_resnet(mode):
 
 
 @pytest.mark.parametrize(
-    'name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)]
+  'name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)]
 )
 def test_edit_discover_and_semantic_run_on_newer_vits(tmp_path, name):
   """Every mode that needs only keys (and CLS tokens for semantic) runs on DINOv2/v3."""
@@ -134,25 +134,46 @@ def test_edit_discover_and_semantic_run_on_newer_vits(tmp_path, name):
   shutil.copy(ROOT / 'tests' / 'data' / 'parity' / 'images' / 'astronaut.png', root)
   ckpt = f'--config.model.checkpoint={bd.DATA / name / "checkpoint.pth"}'
   flags = [f'--config.model.name={name}', ckpt, f'--config.data.root={root}']
-  proc = _main(tmp_path, '--mode=edit', f'--workdir={tmp_path / "edit"}', *flags,
-               '--config.output.features=False')
+  proc = _main(
+    tmp_path,
+    '--mode=edit',
+    f'--workdir={tmp_path / "edit"}',
+    *flags,
+    '--config.output.features=False',
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
   cut = np.asarray(Image.open(tmp_path / 'edit' / 'cutout' / 'coffee.png'))
   assert cut.shape == (400, 600, 4)
-  proc = _main(tmp_path, '--mode=discover', f'--workdir={tmp_path / "disc"}', *flags,
-               '--config.discover.crf=False')
+  proc = _main(
+    tmp_path,
+    '--mode=discover',
+    f'--workdir={tmp_path / "disc"}',
+    *flags,
+    '--config.discover.crf=False',
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   import json  # pylint: disable=import-outside-toplevel
 
   instances = json.loads((tmp_path / 'disc' / 'instances.json').read_text())
   assert sorted(im['file_name'] for im in instances['images']) == ['astronaut.png', 'coffee.png']
-  cmd = [sys.executable, 'main.py', '--config=configs/voc_semantic.py', '--mode=semantic',
-         f'--workdir={tmp_path / "sem"}', *flags, '--config.semantic.num_clusters=2',
-         '--config.semantic.n_segments=3']
-  env = {'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'), 'PATH': '/usr/bin:/bin',
-         'JAX_PLATFORMS': 'cpu', **XLA_CACHE_ENV}
+  cmd = [
+    sys.executable,
+    'main.py',
+    '--config=configs/voc_semantic.py',
+    '--mode=semantic',
+    f'--workdir={tmp_path / "sem"}',
+    *flags,
+    '--config.semantic.num_clusters=2',
+    '--config.semantic.n_segments=3',
+  ]
+  env = {
+    'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'),
+    'PATH': '/usr/bin:/bin',
+    'JAX_PLATFORMS': 'cpu',
+    **XLA_CACHE_ENV,
+  }
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   maps = sorted(p.name for p in (tmp_path / 'sem' / 'semantic').glob('*.png'))

@@ -22,16 +22,16 @@ def test_solve_matches_official(image_id):
   ref = np.load(METHODS / f'{image_id}.npz')
   image = np.asarray(Image.open(IMAGES_DIR / f'{image_id}.png').convert('RGB'))
   out, mask = bilateral.solve(
-      image,
-      ref['sal_mask'] > 0,
-      sigma_spatial=SETTINGS['sigma_spatial'],
-      sigma_luma=SETTINGS['sigma_luma'],
-      sigma_chroma=SETTINGS['sigma_chroma'],
-      lam=SETTINGS['lam'],
-      confidence=SETTINGS['confidence'],
-      a_diag_min=SETTINGS['A_diag_min'],
-      cg_tol=SETTINGS['cg_tol'],
-      cg_maxiter=SETTINGS['cg_maxiter'],
+    image,
+    ref['sal_mask'] > 0,
+    sigma_spatial=SETTINGS['sigma_spatial'],
+    sigma_luma=SETTINGS['sigma_luma'],
+    sigma_chroma=SETTINGS['sigma_chroma'],
+    lam=SETTINGS['lam'],
+    confidence=SETTINGS['confidence'],
+    a_diag_min=SETTINGS['A_diag_min'],
+    cg_tol=SETTINGS['cg_tol'],
+    cg_maxiter=SETTINGS['cg_maxiter'],
   )
   assert out.shape == image.shape[:2] and out.dtype == np.float64
   np.testing.assert_allclose(out, ref['bs_output'], rtol=0, atol=1e-9)
@@ -48,8 +48,15 @@ def _dense_oracle(image, target, ss, sl, sc, lam, conf, maxiter):
   yuv = image.reshape(-1, 3).astype(np.float64) @ bilateral.RGB_TO_YUV.T + [0, 128, 128]
   iy, ix = np.divmod(np.arange(h * w), w)
   coords = np.stack(
-      [ix // ss, iy // ss, np.trunc(yuv[:, 0] / sl), np.trunc(yuv[:, 1] / sc),
-       np.trunc(yuv[:, 2] / sc)], 1).astype(int)
+    [
+      ix // ss,
+      iy // ss,
+      np.trunc(yuv[:, 0] / sl),
+      np.trunc(yuv[:, 1] / sc),
+      np.trunc(yuv[:, 2] / sc),
+    ],
+    1,
+  ).astype(int)
   verts = sorted(set(map(tuple, coords)))
   index = {v: i for i, v in enumerate(verts)}
   nv = len(verts)
@@ -100,8 +107,9 @@ def test_pcg_is_scipy_cg_with_an_iteration_cap():
   x0 = rng.normal(size=80)
   inv_diag = 1 / np.diag(a)
   for maxiter in (1, 25):
-    want, info = scipy.sparse.linalg.cg(a, b, x0=x0.copy(), M=np.diag(inv_diag), maxiter=maxiter,
-                                        rtol=1e-5)
+    want, info = scipy.sparse.linalg.cg(
+      a, b, x0=x0.copy(), M=np.diag(inv_diag), maxiter=maxiter, rtol=1e-5
+    )
     assert info == maxiter
     got, iters = bilateral.pcg(lambda v: a @ v, b, x0, inv_diag, maxiter, 1e-5)
     assert iters == maxiter
@@ -123,9 +131,14 @@ def _brute_force_grid(image, sigma_spatial, sigma_luma, sigma_chroma):
   h, w = image.shape[:2]
   yuv = bilateral.rgb_to_yuv(image)
   iy, ix = np.mgrid[:h, :w]
-  coords = np.dstack(((ix / sigma_spatial).astype(int), (iy / sigma_spatial).astype(int),
-                      (yuv[..., 0] / sigma_luma).astype(int),
-                      (yuv[..., 1:] / sigma_chroma).astype(int))).reshape(-1, 5)
+  coords = np.dstack(
+    (
+      (ix / sigma_spatial).astype(int),
+      (iy / sigma_spatial).astype(int),
+      (yuv[..., 0] / sigma_luma).astype(int),
+      (yuv[..., 1:] / sigma_chroma).astype(int),
+    )
+  ).reshape(-1, 5)
   return [tuple(c) for c in coords]
 
 

@@ -88,7 +88,7 @@ def test_multi_region_segments_recovers_regions_with_background_zero():
   regions[2:5, 2:5] = 1
   regions[3:7, 6:9] = 2
   seg = C.multi_region_segments(
-      _piecewise_eigvecs(regions), (8, 10), n_segments=3, key=jax.random.PRNGKey(1)
+    _piecewise_eigvecs(regions), (8, 10), n_segments=3, key=jax.random.PRNGKey(1)
   )
   assert seg.shape == (8, 10)
   assert (seg[regions == 0] == 0).all()  # the border region became background
@@ -113,7 +113,7 @@ def test_adaptive_num_segments_uses_largest_gap_after_first():
   regions = np.zeros((6, 6), np.int64)
   regions[1:4, 1:4] = 1
   seg = C.multi_region_segments(
-      _piecewise_eigvecs(regions), (6, 6), adaptive=True, eigenvalues=np.array([0.0, 0.1, 0.9, 1.0])
+    _piecewise_eigvecs(regions), (6, 6), adaptive=True, eigenvalues=np.array([0.0, 0.1, 0.9, 1.0])
   )
   assert len(np.unique(seg)) == 2  # gap at i=1 → 2 clusters
 
@@ -190,7 +190,7 @@ def test_cluster_features_and_semantic_map():
   from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
 
   np.testing.assert_allclose(
-      np.abs(C.pca(feats, 4)), np.abs(PCA(4).fit_transform(feats)), atol=1e-4
+    np.abs(C.pca(feats, 4)), np.abs(PCA(4).fit_transform(feats)), atol=1e-4
   )
 
   seg = np.array([[0, 1], [2, 2]])

@@ -112,7 +112,14 @@ def test_instances_equal_the_official_file(kind, tmp_path):
   assert len(ours['annotations']) == len(official['annotations'])
   for mine, ref in zip(ours['annotations'], official['annotations'], strict=True):
     assert set(mine) == {
-        'id', 'image_id', 'category_id', 'segmentation', 'bbox', 'area', 'iscrowd', 'score'
+      'id',
+      'image_id',
+      'category_id',
+      'segmentation',
+      'bbox',
+      'area',
+      'iscrowd',
+      'score',
     }
     for key in ('id', 'image_id', 'category_id', 'segmentation', 'bbox', 'area', 'iscrowd'):
       assert mine[key] == ref[key], key
@@ -142,8 +149,8 @@ def _gt_dataset():
   objects = [(1, 2, 3), (1, 20, 30), (2, 5, 40)]  # image_id, y, x
   images = [{'id': i, 'file_name': f'{i}.png', 'height': 40, 'width': 60} for i in (1, 2)]
   anns = [
-      {'image_id': i, 'mask': _square((40, 60), y, x), 'category_id': 1 + n % 2}
-      for n, (i, y, x) in enumerate(objects)
+    {'image_id': i, 'mask': _square((40, 60), y, x), 'category_id': 1 + n % 2}
+    for n, (i, y, x) in enumerate(objects)
   ]
   categories = [{'id': 1, 'name': 'a'}, {'id': 2, 'name': 'b'}]
   return coco.instances_json(images, anns, categories), objects

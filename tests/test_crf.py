@@ -18,8 +18,8 @@ def brute_force_crf(image, labels, num_classes, p: crf.CRFParams):
   d_pos = ((pos[:, None] - pos[None]) ** 2).sum(-1)
   d_rgb = ((rgb[:, None] - rgb[None]) ** 2).sum(-1)
   kernels = [
-      (p.w1, np.exp(-d_pos / (2 * p.alpha**2) - d_rgb / (2 * p.beta**2))),
-      (p.w2, np.exp(-d_pos / (2 * p.gamma**2))),
+    (p.w1, np.exp(-d_pos / (2 * p.alpha**2) - d_rgb / (2 * p.beta**2))),
+    (p.w2, np.exp(-d_pos / (2 * p.gamma**2))),
   ]
   unary = -np.log(np.clip(np.eye(num_classes)[labels.ravel()], 0.01, 0.99))
   q = np.exp(-unary)

@@ -20,7 +20,7 @@ def test_keys_and_normed_tokens_match_official(model):
   arch, _, out = bd.official_features(model)
   assert arch.num_registers == (4 if model.endswith('_reg') else 0)
   assert (arch.interpolate_antialias, arch.interpolate_offset) == (
-      (True, 0.0) if model.endswith('_reg') else (False, 0.1)
+    (True, 0.0) if model.endswith('_reg') else (False, 0.1)
   )
   errs = bd.rel_errors(out, model)
   assert set(errs) == {'k', 'x_norm_patchtokens'}
@@ -123,7 +123,7 @@ def _numpy_dinov2(sd: dict, image: np.ndarray, heads: int, registers: int) -> di
     b = f'blocks.{i}'
     qkv = linear(norm(x, b + '.norm1'), b + '.attn.qkv')
     q, k, v = (
-        qkv[:, j * d : (j + 1) * d].reshape(len(x), heads, -1).transpose(1, 0, 2) for j in range(3)
+      qkv[:, j * d : (j + 1) * d].reshape(len(x), heads, -1).transpose(1, 0, 2) for j in range(3)
     )
     logits = q @ k.transpose(0, 2, 1) / np.sqrt(d // heads)
     attn = np.exp(logits - logits.max(-1, keepdims=True))
@@ -151,7 +151,7 @@ def test_base_width_register_checkpoint_matches_a_numpy_oracle(tmp_path):
     sd[name] = (centre + spread * rng.standard_normal(shape)).astype(np.float32)
   tensors = {name: contiguous(f'{i}', value) for i, (name, value) in enumerate(sd.items())}
   path = write_torch_zip(
-      tmp_path / 'dinov2_vitb14_reg4_pretrain.pth', tensors, [t.args[0] for t in tensors.values()]
+    tmp_path / 'dinov2_vitb14_reg4_pretrain.pth', tensors, [t.args[0] for t in tensors.values()]
   )
   extractor = extractor_lib.load('dinov2_vitb14_reg', str(path))
   assert (extractor.arch.embed_dim, extractor.arch.num_heads, extractor.arch.depth) == (768, 12, 2)

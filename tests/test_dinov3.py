@@ -48,7 +48,7 @@ def test_rope_rotates_channel_pairs_m_and_m_plus_half():
   np.testing.assert_allclose(y[[16, 48]], [np.cos(col), np.sin(col)], atol=1e-6)
   assert np.count_nonzero(np.abs(y) > 1e-7) == 4
   np.testing.assert_allclose(  # separate normalisation, patch centres
-      dinov3.patch_coords((2, 4)), [[r, c] for r in (-0.5, 0.5) for c in (-0.75, -0.25, 0.25, 0.75)]
+    dinov3.patch_coords((2, 4)), [[r, c] for r in (-0.5, 0.5) for c in (-0.75, -0.25, 0.25, 0.75)]
   )
 
 

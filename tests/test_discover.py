@@ -173,11 +173,10 @@ def test_ap_on_generated_instances_and_skips(tmp_path):
   # Evaluating the ground truth against itself gives 100 (the evaluation path is sound).
   truth = [np.asarray(Image.open(masks / im['file_name'])) > 0 for im in data['images']]
   gt = {
-      'images': data['images'],
-      'annotations': [
-          coco.annotation(i + 1, im['id'], m)
-          for i, (im, m) in enumerate(zip(data['images'], truth))
-      ],
+    'images': data['images'],
+    'annotations': [
+      coco.annotation(i + 1, im['id'], m) for i, (im, m) in enumerate(zip(data['images'], truth))
+    ],
   }
   assert coco.evaluate_class_agnostic(gt, gt['annotations'])['AP'] == pytest.approx(1.0)
   # The same ground truth as a COCO JSON (segm + bbox) and as VOC XML boxes (bbox only).
@@ -194,7 +193,7 @@ def test_ap_on_generated_instances_and_skips(tmp_path):
     corners = (xs.min() + 1, ys.min() + 1, xs.max() + 1, ys.max() + 1)  # VOC: 1-based, inclusive
     box = ''.join(f'<{k}>{v}</{k}>' for k, v in zip(('xmin', 'ymin', 'xmax', 'ymax'), corners))
     (xml_dir / im['file_name'].replace('.png', '.xml')).write_text(
-        f'<annotation><object><name>box</name><bndbox>{box}</bndbox></object></annotation>'
+      f'<annotation><object><name>box</name><bndbox>{box}</bndbox></object></annotation>'
     )
   config = _config(images, boxes=str(xml_dir))
   examples = common.examples_from_config(config.data, out)

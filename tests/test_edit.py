@@ -42,12 +42,12 @@ def scene(h: int, w: int, seed: int = 0, soft: float = 4.0, noise: float = 0.02)
   t1, t2 = _noise(rng, (h, w), 4), _noise(rng, (h, w), 1)
   checks = ((xx // 6 + yy // 6) % 2) - 0.5
   bg = np.stack(
-      [0.2 + 0.06 * t1, 0.5 + 0.1 * t1 + 0.1 * checks, 0.45 + 0.08 * t2 + 0.1 * checks], -1
+    [0.2 + 0.06 * t1, 0.5 + 0.1 * t1 + 0.1 * checks, 0.45 + 0.08 * t2 + 0.1 * checks], -1
   )
   f1, f2 = _noise(rng, (h, w), 3), _noise(rng, (h, w), 1)
   stripes = np.sin((xx + yy) / 3.0)
   fg = np.stack(
-      [0.8 + 0.08 * f1 + 0.06 * stripes, 0.4 + 0.1 * f2, 0.2 + 0.05 * f1 + 0.05 * stripes], -1
+    [0.8 + 0.08 * f1 + 0.06 * stripes, 0.4 + 0.1 * f2, 0.2 + 0.05 * f1 + 0.05 * stripes], -1
   )
   fg = np.clip(fg + noise * rng.standard_normal(fg.shape), 0, 1)
   bg = np.clip(bg + noise * rng.standard_normal(bg.shape), 0, 1)
@@ -94,9 +94,11 @@ def test_trimap_band_around_mask_edge():
   tri = matting.trimap_from_mask(mask, band_px=8)
   assert tri.dtype == np.uint8 and tri.shape == mask.shape
   assert set(np.unique(tri)) == {matting.BACKGROUND, matting.UNKNOWN, matting.FOREGROUND}
-  assert not (tri == matting.FOREGROUND)[~mask].any() and not (tri == matting.BACKGROUND)[mask].any()
+  assert (
+    not (tri == matting.FOREGROUND)[~mask].any() and not (tri == matting.BACKGROUND)[mask].any()
+  )
   dist_to_edge = np.where(
-      mask, ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask)
+    mask, ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask)
   )
   assert (tri[dist_to_edge > 8] != matting.UNKNOWN).all()  # only the band is unknown
   assert (tri[dist_to_edge <= 7] == matting.UNKNOWN).all()
@@ -271,18 +273,18 @@ def test_composite_colour_and_image_backgrounds():
 
 
 @pytest.mark.parametrize(
-    'spec,rgb',
-    [
-        ('white', (255, 255, 255)),
-        ('Black', (0, 0, 0)),
-        ('#FF8000', (255, 128, 0)),
-        ('#f80', (255, 136, 0)),
-        ('255,128,0', (255, 128, 0)),
-        (' 10, 20 ,30 ', (10, 20, 30)),
-        ('rgb(1,2,3)', (1, 2, 3)),
-        ((4, 5, 6), (4, 5, 6)),
-        ([7, 8, 9], (7, 8, 9)),
-    ],
+  'spec,rgb',
+  [
+    ('white', (255, 255, 255)),
+    ('Black', (0, 0, 0)),
+    ('#FF8000', (255, 128, 0)),
+    ('#f80', (255, 136, 0)),
+    ('255,128,0', (255, 128, 0)),
+    (' 10, 20 ,30 ', (10, 20, 30)),
+    ('rgb(1,2,3)', (1, 2, 3)),
+    ((4, 5, 6), (4, 5, 6)),
+    ([7, 8, 9], (7, 8, 9)),
+  ],
 )
 def test_parse_color(spec, rgb):
   assert matting.parse_color(spec) == rgb
@@ -312,7 +314,7 @@ def test_decoded_odd_files_reach_the_matte(tmp_path):
   mask = blocky_mask(alpha, 8, seed=11)
   Image.fromarray(image.mean(-1).astype(np.uint8), 'L').save(tmp_path / 'gray.png')
   Image.fromarray(np.concatenate([image, np.full((64, 96, 1), 7, np.uint8)], -1), 'RGBA').save(
-      tmp_path / 'rgba.png'
+    tmp_path / 'rgba.png'
   )
   Image.fromarray((image[..., 0].astype(np.uint16) * 257)).save(tmp_path / 'deep.png')
   for name in ('gray.png', 'rgba.png', 'deep.png'):
@@ -479,13 +481,13 @@ def test_documented_command_line(tmp_path):
   common.begin_stage(config, work, 'extract')
   sj_io.save_npz(work / 'eigs' / 'cat.npz', eigenvalues=np.zeros(3), eigenvectors=_fake_eigs(alpha))
   cmd = [
-      sys.executable,
-      'main.py',
-      '--config=configs/edit.py',
-      '--mode=edit',
-      f'--config.data.root={photo}',
-      '--config.edit.background=#00ff00',
-      f'--workdir={work}',
+    sys.executable,
+    'main.py',
+    '--config=configs/edit.py',
+    '--mode=edit',
+    f'--config.data.root={photo}',
+    '--config.edit.background=#00ff00',
+    f'--workdir={work}',
   ]
   proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -526,10 +528,10 @@ def test_task_with_real_extraction(photo_dir, tmp_path):
 
 def test_eigen_frame_takes_the_stored_patch_size_and_infers_it_for_older_records():
   record = dict(
-      eigenvectors=np.zeros((3, 70), np.float32),
-      patch_grid=np.array([7, 10]),
-      image_size=np.array([120, 170]),
-      working_size=np.array([120, 170]),
+    eigenvectors=np.zeros((3, 70), np.float32),
+    patch_grid=np.array([7, 10]),
+    image_size=np.array([120, 170]),
+    working_size=np.array([120, 170]),
   )
   assert task.eigen_frame(record, (120, 170)) == (16, (7, 10), (120, 170))  # no patch_size
   assert task.eigen_frame(dict(record, patch_size=np.array(16)), (120, 170))[0] == 16

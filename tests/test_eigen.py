@@ -18,28 +18,28 @@ import scipy.sparse.linalg as sla
 from PIL import Image
 
 from spectral_jax.spectral.affinity import (
-    color_image_for_grid,
-    combined_affinity,
-    feature_affinity,
+  color_image_for_grid,
+  combined_affinity,
+  feature_affinity,
 )
 from spectral_jax.spectral.eigen import (
-    NCUT_SOLVERS,
-    PAD_SELF_LOOP,
-    affinity_eigs,
-    bucket_size,
-    choose_solver,
-    laplacian_eigs,
-    ncut_pairs,
-    pad_affinities,
-    resolve_ncut_solver,
-    resolve_solver,
-    sign_fix,
-    unpad,
+  NCUT_SOLVERS,
+  PAD_SELF_LOOP,
+  affinity_eigs,
+  bucket_size,
+  choose_solver,
+  laplacian_eigs,
+  ncut_pairs,
+  pad_affinities,
+  resolve_ncut_solver,
+  resolve_solver,
+  sign_fix,
+  unpad,
 )
 
 from tests.conftest import MANIFEST, PARITY, PARITY_IDS as IDS
 
-SOLVERS = ["dense", "lanczos"]
+SOLVERS = ['dense', 'lanczos']
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,12 +67,12 @@ def reference_pairs(w: np.ndarray, m: int):
     return sl.eigh(dm - w64, dm, subset_by_index=[0, m - 1])
   s = 1.0 / np.sqrt(d)
   theta, u = sla.eigsh(
-      w64 * s[:, None] * s[None, :],
-      k=m,
-      which="LA",
-      tol=1e-13,
-      ncv=max(2 * m + 1, 60),
-      v0=np.sqrt(d),
+    w64 * s[:, None] * s[None, :],
+    k=m,
+    which='LA',
+    tol=1e-13,
+    ncv=max(2 * m + 1, 60),
+    v0=np.sqrt(d),
   )
   order = np.argsort(-theta)
   return 1.0 - theta[order], u[:, order] * s[:, None]
@@ -85,13 +85,13 @@ def assert_sign_rule(vecs: np.ndarray, n_valid: Optional[int] = None) -> None:
 
 
 def assert_matches_reference(
-    w: np.ndarray,
-    vals,
-    vecs,
-    k: int,
-    val_tol: float = 1e-5,
-    cos_tol: float = 1e-3,
-    group_gap: float = 1e-3,
+  w: np.ndarray,
+  vals,
+  vecs,
+  k: int,
+  val_tol: float = 1e-5,
+  cos_tol: float = 1e-3,
+  group_gap: float = 1e-3,
 ) -> None:
   """Eigenvalues, D-orthonormality and (grouped) eigenvector subspaces vs float64 scipy.
 
@@ -129,7 +129,7 @@ def principal_cosines(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarray
 
 
 def clustered_affinity(
-    n: int, seed: int, clusters: int = 5, dim: int = 32, spread: float = 1.0
+  n: int, seed: int, clusters: int = 5, dim: int = 32, spread: float = 1.0
 ) -> np.ndarray:
   """Thresholded cosine affinity of Gaussian-cluster features (like DINO keys)."""
   rng = np.random.default_rng(seed)
@@ -178,22 +178,22 @@ def near_degenerate_affinity(n: int, seed: int) -> np.ndarray:
 
 
 def _parity(image_id: str):
-  return np.load(PARITY / f"{image_id}.npz")
+  return np.load(PARITY / f'{image_id}.npz')
 
 
 def _parity_affinity(image_id: str, setting: str) -> np.ndarray:
   z = _parity(image_id)
-  if setting == "color":
-    image = np.asarray(Image.open(PARITY / "images" / f"{image_id}.png").convert("RGB"))
-    grid = MANIFEST["images"][image_id]["patch_grid"]
+  if setting == 'color':
+    image = np.asarray(Image.open(PARITY / 'images' / f'{image_id}.png').convert('RGB'))
+    grid = MANIFEST['images'][image_id]['patch_grid']
     image_lr = color_image_for_grid(image, grid)
-    lam = MANIFEST["settings"]["color"]["image_color_lambda"]
-    return np.asarray(combined_affinity(z["k"], image_lr, color_lambda=lam))
-  return np.asarray(feature_affinity(z["k"]))
+    lam = MANIFEST['settings']['color']['image_color_lambda']
+    return np.asarray(combined_affinity(z['k'], image_lr, color_lambda=lam))
+  return np.asarray(feature_affinity(z['k']))
 
 
 def _assert_rows_match(
-    ours: np.ndarray, ref: np.ndarray, ref_vals: np.ndarray, inner: np.ndarray, gap: float
+  ours: np.ndarray, ref: np.ndarray, ref_vals: np.ndarray, inner: np.ndarray, gap: float
 ) -> None:
   """Row-by-row cosines where the eigengap allows, principal angles for close groups.
 
@@ -217,32 +217,32 @@ def _assert_rows_match(
     assert value >= 0.999, (i, cos[i], frac)
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("setting", ["loc", "seg", "color"])
-@pytest.mark.parametrize("image_id", IDS)
+@pytest.mark.parametrize('solver', SOLVERS)
+@pytest.mark.parametrize('setting', ['loc', 'seg', 'color'])
+@pytest.mark.parametrize('image_id', IDS)
 def test_parity_laplacian(image_id, setting, solver):
   z = _parity(image_id)
-  k = MANIFEST["settings"][setting]["K"]
+  k = MANIFEST['settings'][setting]['K']
   w = _parity_affinity(image_id, setting)
   vals, vecs = laplacian_eigs(jnp.asarray(w), k, solver=solver)
   vals, vecs = np.asarray(vals), np.asarray(vecs)
-  ref_vals, ref_vecs = z[f"{setting}_eigenvalues"], z[f"{setting}_eigenvectors"]
+  ref_vals, ref_vecs = z[f'{setting}_eigenvalues'], z[f'{setting}_eigenvectors']
   np.testing.assert_allclose(vals, ref_vals, rtol=0, atol=1e-4)
   _assert_rows_match(vecs, ref_vecs, ref_vals, degrees64(w), gap=1e-3)
   assert_sign_rule(vecs)
-  if setting == "seg":
-    mask = (vecs[1] > 0).reshape(z["seg_mask"].shape)
-    np.testing.assert_array_equal(mask.astype(np.uint8) * 255, z["seg_mask"])
+  if setting == 'seg':
+    mask = (vecs[1] > 0).reshape(z['seg_mask'].shape)
+    np.testing.assert_array_equal(mask.astype(np.uint8) * 255, z['seg_mask'])
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("image_id", IDS)
+@pytest.mark.parametrize('solver', SOLVERS)
+@pytest.mark.parametrize('image_id', IDS)
 def test_parity_affinity(image_id, solver):
   z = _parity(image_id)
-  w = _parity_affinity(image_id, "affinity")
+  w = _parity_affinity(image_id, 'affinity')
   vals, vecs = affinity_eigs(jnp.asarray(w), 5, solver=solver)
   vals, vecs = np.asarray(vals), np.asarray(vecs)
-  ref_vals, ref_vecs = z["affinity_eigenvalues"], z["affinity_eigenvectors"]
+  ref_vals, ref_vecs = z['affinity_eigenvalues'], z['affinity_eigenvectors']
   # Values are O(10²): float32 work gives absolute errors ~ eps·‖W‖ on every eigenvalue (the
   # official float32 ARPACK run is itself 3e-4 off float64 on the largest), so the 1e-4
   # tolerance is taken relative to the spectral scale max|λ|.
@@ -258,45 +258,45 @@ def test_parity_affinity(image_id, solver):
 # ----------------------------------------------------------------------------------------------
 
 CASES = [
-    # (name, builder, K)
-    ("clustered-50", lambda: clustered_affinity(50, 0), 2),
-    ("clustered-50-K20", lambda: clustered_affinity(50, 1), 20),
-    ("clustered-300", lambda: clustered_affinity(300, 2, clusters=8), 5),
-    ("clustered-1000-K20", lambda: clustered_affinity(1000, 3, clusters=4), 20),
-    ("sparse-400", lambda: random_sparse_affinity(400, 4, density=0.03), 5),
-    # 3 components + 1 isolated node: eigenvalue 0 three times, the isolated node gives 1.
-    (
-        "disconnected",
-        lambda: block_diag(
-            clustered_affinity(150, 5),
-            clustered_affinity(90, 6),
-            random_sparse_affinity(120, 7, 0.1),
-            np.zeros((1, 1)),
-        ),
-        6,
+  # (name, builder, K)
+  ('clustered-50', lambda: clustered_affinity(50, 0), 2),
+  ('clustered-50-K20', lambda: clustered_affinity(50, 1), 20),
+  ('clustered-300', lambda: clustered_affinity(300, 2, clusters=8), 5),
+  ('clustered-1000-K20', lambda: clustered_affinity(1000, 3, clusters=4), 20),
+  ('sparse-400', lambda: random_sparse_affinity(400, 4, density=0.03), 5),
+  # 3 components + 1 isolated node: eigenvalue 0 three times, the isolated node gives 1.
+  (
+    'disconnected',
+    lambda: block_diag(
+      clustered_affinity(150, 5),
+      clustered_affinity(90, 6),
+      random_sparse_affinity(120, 7, 0.1),
+      np.zeros((1, 1)),
     ),
-    # Two identical components: every eigenvalue exactly doubled.
-    ("duplicated", lambda: block_diag(*([clustered_affinity(200, 8, clusters=3)] * 2)), 8),
-    # Same, one copy's weights perturbed by ~1e-5: near-degenerate pairs.
-    ("near-degenerate", lambda: near_degenerate_affinity(200, 9), 6),
-    ("grid-20x25", lambda: grid_affinity(20, 25), 5),
+    6,
+  ),
+  # Two identical components: every eigenvalue exactly doubled.
+  ('duplicated', lambda: block_diag(*([clustered_affinity(200, 8, clusters=3)] * 2)), 8),
+  # Same, one copy's weights perturbed by ~1e-5: near-degenerate pairs.
+  ('near-degenerate', lambda: near_degenerate_affinity(200, 9), 6),
+  ('grid-20x25', lambda: grid_affinity(20, 25), 5),
 ]
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("name,builder,k", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize('solver', SOLVERS)
+@pytest.mark.parametrize('name,builder,k', CASES, ids=[c[0] for c in CASES])
 def test_laplacian_vs_scipy(name, builder, k, solver):
   w = builder()
   vals, vecs, res = laplacian_eigs(
-      jnp.asarray(w), k, solver=solver, max_cycles=200, return_residuals=True
+    jnp.asarray(w), k, solver=solver, max_cycles=200, return_residuals=True
   )
   assert np.all(np.asarray(res) <= 1e-5)
   assert_matches_reference(w, vals, vecs, k)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("n,k", [(2500, 5), (5000, 5), (5000, 20)])
+@pytest.mark.parametrize('solver', SOLVERS)
+@pytest.mark.parametrize('n,k', [(2500, 5), (5000, 5), (5000, 20)])
 def test_laplacian_vs_scipy_large(n, k, solver):
   w = clustered_affinity(n, n + k, clusters=6, dim=64)
   vals, vecs = laplacian_eigs(jnp.asarray(w), k, solver=solver)
@@ -306,16 +306,16 @@ def test_laplacian_vs_scipy_large(n, k, solver):
 def test_laplacian_large_fast_lanczos():
   """A 3,000-node graph with the subset solver (dense f64 reference on the subset only)."""
   w = clustered_affinity(3000, 11, clusters=6, dim=48)
-  vals, vecs = laplacian_eigs(jnp.asarray(w), 5, solver="lanczos")
+  vals, vecs = laplacian_eigs(jnp.asarray(w), 5, solver='lanczos')
   assert_matches_reference(w, vals, vecs, 5)
 
 
 def test_auto_solver_and_choice():
-  assert choose_solver(100, 5, "cpu") == "dense"
-  assert choose_solver(4800, 5, "cpu") == "lanczos"
-  assert choose_solver(4800, 20, "cpu") == "lanczos"
-  assert choose_solver(600, 20, "cpu") == "dense"
-  assert choose_solver(1000, 5, "gpu") == "dense"
+  assert choose_solver(100, 5, 'cpu') == 'dense'
+  assert choose_solver(4800, 5, 'cpu') == 'lanczos'
+  assert choose_solver(4800, 20, 'cpu') == 'lanczos'
+  assert choose_solver(600, 20, 'cpu') == 'dense'
+  assert choose_solver(1000, 5, 'gpu') == 'dense'
   w = clustered_affinity(600, 12)
   vals, vecs = laplacian_eigs(jnp.asarray(w), 5)
   assert_matches_reference(w, vals, vecs, 5)
@@ -334,7 +334,7 @@ def test_k_out_of_range():
   with pytest.raises(ValueError):
     laplacian_eigs(jnp.eye(4), 5)
   with pytest.raises(ValueError):
-    laplacian_eigs(jnp.eye(4), 2, solver="nope")
+    laplacian_eigs(jnp.eye(4), 2, solver='nope')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def test_k_out_of_range():
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize('solver', SOLVERS)
 def test_affinity_eigs_vs_scipy(solver):
   """Largest-magnitude semantics (incl. a dominant negative eigenvalue) and the quirky order."""
   rng = np.random.default_rng(13)
@@ -367,15 +367,15 @@ def test_affinity_eigs_vs_scipy(solver):
 
 def test_sign_fix_rule():
   v = np.array(
-      [
-          [1.0, 1.0, 1.0, -1.0],  # 75 % positive → flipped
-          [1.0, 1.0, -1.0, -1.0],  # exactly 50 % → kept
-          [1.0, 1.0, 1.0, 1.0],  # all positive → kept
-          [-1.0, -1.0, -1.0, -1.0],  # all negative → kept
-          [1.0, -1.0, -1.0, -1.0],  # 25 % → kept
-          [0.0, 1.0, 1.0, -1.0],  # zeros are not positive: 50 % → kept
-      ],
-      np.float32,
+    [
+      [1.0, 1.0, 1.0, -1.0],  # 75 % positive → flipped
+      [1.0, 1.0, -1.0, -1.0],  # exactly 50 % → kept
+      [1.0, 1.0, 1.0, 1.0],  # all positive → kept
+      [-1.0, -1.0, -1.0, -1.0],  # all negative → kept
+      [1.0, -1.0, -1.0, -1.0],  # 25 % → kept
+      [0.0, 1.0, 1.0, -1.0],  # zeros are not positive: 50 % → kept
+    ],
+    np.float32,
   )
   out = np.asarray(sign_fix(jnp.asarray(v)))
   expected = v.copy()
@@ -385,7 +385,7 @@ def test_sign_fix_rule():
 
 def test_sign_fix_ignores_padding_and_batches():
   v = np.array(
-      [[[1.0, 1.0, -1.0, 0.0, 0.0, 0.0]], [[1.0, 1.0, -1.0, 0.0, 0.0, 0.0]]], np.float32
+    [[[1.0, 1.0, -1.0, 0.0, 0.0, 0.0]], [[1.0, 1.0, -1.0, 0.0, 0.0, 0.0]]], np.float32
   )  # [B=2, K=1, N=6]
   out = np.asarray(sign_fix(jnp.asarray(v), jnp.asarray([3, 6])))
   np.testing.assert_array_equal(out[0], -v[0])  # 2/3 positive among the 3 real nodes
@@ -419,7 +419,7 @@ def test_padding_keeps_official_generalized_spectrum():
   np.testing.assert_allclose(vecs_p[90:, :90], 0.0, atol=1e-10)
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize('solver', SOLVERS)
 def test_padded_equals_unpadded(solver):
   ws = [clustered_affinity(n, 40 + n, clusters=4) for n in (90, 170, 233)]
   batch, n_valid = pad_affinities(ws, buckets=[128, 256, 512])
@@ -441,7 +441,7 @@ def test_padded_equals_unpadded(solver):
     # float32 eigh of a padded vs an unpadded matrix: rounding differs by ~1e-3 of the
     # largest entry on the least separated vector (jaxlib-version dependent).
     np.testing.assert_allclose(
-        vecs_p * flip[:, None], vecs_u, rtol=0, atol=1e-3 * np.abs(vecs_u).max()
+      vecs_p * flip[:, None], vecs_u, rtol=0, atol=1e-3 * np.abs(vecs_u).max()
     )
     assert_matches_reference(w, vals_p, vecs_p, k)
 
@@ -451,19 +451,19 @@ def test_lanczos_on_a_tiny_graph_in_a_large_padded_batch():
   (it broke down into a spurious eigenvalue −0.69), so the solver goes dense."""
   ws = [clustered_affinity(24, 5, clusters=2), clustered_affinity(500, 6, clusters=4)]
   batch, n_valid = pad_affinities(ws, size=512)
-  assert resolve_solver("lanczos", 512, 5, smallest=24) == "dense"
-  assert resolve_solver("auto", 512, 5, smallest=500, backend="cpu") == "lanczos"
-  assert resolve_solver("auto", 512, 5, smallest=24, backend="cpu") == "dense"
-  vals_b, vecs_b = laplacian_eigs(batch, 5, solver="lanczos", n_valid=n_valid)
+  assert resolve_solver('lanczos', 512, 5, smallest=24) == 'dense'
+  assert resolve_solver('auto', 512, 5, smallest=500, backend='cpu') == 'lanczos'
+  assert resolve_solver('auto', 512, 5, smallest=24, backend='cpu') == 'dense'
+  vals_b, vecs_b = laplacian_eigs(batch, 5, solver='lanczos', n_valid=n_valid)
   for w, (vals, vecs) in zip(ws, unpad(vals_b, vecs_b, n_valid)):
     assert_matches_reference(w, vals, vecs, 5)
-  vals_b, vecs_b = affinity_eigs(batch, 4, solver="lanczos", n_valid=n_valid)
+  vals_b, vecs_b = affinity_eigs(batch, 4, solver='lanczos', n_valid=n_valid)
   ref_vals = sl.eigvalsh(ws[0].astype(np.float64))
   top = np.sort(ref_vals[np.argsort(-np.abs(ref_vals))[:4]])
   np.testing.assert_allclose(np.asarray(vals_b)[0], top, atol=1e-5 * np.abs(top).max())
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize('solver', SOLVERS)
 def test_affinity_eigs_padded_vs_scipy(solver):
   ws = [clustered_affinity(n, 60 + n, clusters=4) for n in (150, 260)]
   batch, n_valid = pad_affinities(ws, size=300)
@@ -503,14 +503,14 @@ def _two_cluster_graphs(count: int = 2, n: int = 37):
 
 
 @pytest.mark.parametrize(
-    "solver, dtype",
-    [("jax", "float64"), ("lapack", "float64"), ("arpack", "float64"), ("jax", "float32")],
+  'solver, dtype',
+  [('jax', 'float64'), ('lapack', 'float64'), ('arpack', 'float64'), ('jax', 'float32')],
 )
 def test_ncut_pairs_against_the_generalised_problem(solver, dtype):
   graphs = _two_cluster_graphs()
   lam, x = ncut_pairs(graphs.astype(dtype), dtype, solver)
   assert lam.shape == (2, 2) and x.shape == (2, 37) and lam.dtype == x.dtype == np.dtype(dtype)
-  tol = 1e-10 if dtype == "float64" else 1e-4
+  tol = 1e-10 if dtype == 'float64' else 1e-4
   for w, lam_i, x_i in zip(graphs, lam, x):
     d = np.diag(w.sum(1))
     ref_vals, ref_vecs = sl.eigh(d - w, d)  # D-normalised: vᵀ D v = 1
@@ -520,19 +520,19 @@ def test_ncut_pairs_against_the_generalised_problem(solver, dtype):
 
 def test_ncut_pairs_takes_an_iterable_of_graphs():
   graphs = _two_cluster_graphs(3)
-  for solver in ("lapack", "arpack", "jax"):
-    lam, x = ncut_pairs(graphs, "float64", solver)
-    lam_it, x_it = ncut_pairs((g for g in graphs), "float64", solver)
+  for solver in ('lapack', 'arpack', 'jax'):
+    lam, x = ncut_pairs(graphs, 'float64', solver)
+    lam_it, x_it = ncut_pairs((g for g in graphs), 'float64', solver)
     np.testing.assert_array_equal(lam, lam_it)
     np.testing.assert_array_equal(x, x_it)
 
 
 def test_ncut_solver_choice_and_errors():
-  assert NCUT_SOLVERS == ("auto", "jax", "lapack", "arpack")
-  assert resolve_ncut_solver("auto", backend="cpu") == "arpack"
-  assert resolve_ncut_solver("auto", backend="gpu") == "jax"
-  assert resolve_ncut_solver("lapack", backend="gpu") == "lapack"
-  with pytest.raises(ValueError, match="solver must be one of"):
-    ncut_pairs(_two_cluster_graphs(1), solver="dense")
-  with pytest.raises(ValueError, match="float32 or float64"):
-    ncut_pairs(_two_cluster_graphs(1), dtype="float16")
+  assert NCUT_SOLVERS == ('auto', 'jax', 'lapack', 'arpack')
+  assert resolve_ncut_solver('auto', backend='cpu') == 'arpack'
+  assert resolve_ncut_solver('auto', backend='gpu') == 'jax'
+  assert resolve_ncut_solver('lapack', backend='gpu') == 'lapack'
+  with pytest.raises(ValueError, match='solver must be one of'):
+    ncut_pairs(_two_cluster_graphs(1), solver='dense')
+  with pytest.raises(ValueError, match='float32 or float64'):
+    ncut_pairs(_two_cluster_graphs(1), dtype='float16')

@@ -62,12 +62,12 @@ def test_second_run_recomputes_nothing(extracted, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    'setting,overrides',
-    [
-        ('color', {'color_lambda': 10.0}),
-        ('affinity', {'which_matrix': 'affinity'}),
-        ('seg', {'K': 2}),
-    ],
+  'setting,overrides',
+  [
+    ('color', {'color_lambda': 10.0}),
+    ('affinity', {'which_matrix': 'affinity'}),
+    ('seg', {'K': 2}),
+  ],
 )
 def test_other_official_settings(tmp_path, setting, overrides):
   from configs import folder  # pylint: disable=import-outside-toplevel

@@ -79,7 +79,7 @@ def test_resnet_batches_same_size_crops_and_equals_single_images():
     np.testing.assert_allclose(np.asarray(out['k'][i, :n]), single['features'], atol=1e-5 * scale)
     low = single['low_level']
     np.testing.assert_allclose(
-        np.asarray(out['low_level'][i, : len(low)]), low, atol=1e-5 * np.abs(low).max()
+      np.asarray(out['low_level'][i, : len(low)]), low, atol=1e-5 * np.abs(low).max()
     )
     assert not np.asarray(out['k'][i, n:]).any()
   extractor([crops[2].astype(np.float32)])  # a float32 input compiles its own shape
@@ -116,18 +116,18 @@ def test_bfloat16_runs_bf16_matmuls_close_to_the_official_keys(name):
   hlo = jax.jit(extractor._features).lower(extractor.variables, patches, inputs).as_text()
   lowered = [line for line in hlo.splitlines() if 'stablehlo.dot_general' in line]
   assert lowered and all(
-      re.search(r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\) -> tensor<[^>]*xf32>', line)
-      for line in lowered
+    re.search(r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\) -> tensor<[^>]*xf32>', line)
+    for line in lowered
   ), lowered
 
 
 @pytest.mark.parametrize(
-    'flags, has_units',
-    [
-        ('fpu sse2 avx2 fma avx512f avx512_vnni', False),  # Ice Lake: AVX-512, no BF16
-        ('fpu avx512f avx512_bf16 amx_bf16 amx_tile', True),  # Sapphire Rapids
-        ('fp asimd bf16 i8mm', True),  # Arm ('Features')
-    ],
+  'flags, has_units',
+  [
+    ('fpu sse2 avx2 fma avx512f avx512_vnni', False),  # Ice Lake: AVX-512, no BF16
+    ('fpu avx512f avx512_bf16 amx_bf16 amx_tile', True),  # Sapphire Rapids
+    ('fp asimd bf16 i8mm', True),  # Arm ('Features')
+  ],
 )
 def test_bfloat16_on_a_cpu_without_bf16_units_warns(tmp_path, monkeypatch, flags, has_units):
   key = 'Features' if 'asimd' in flags else 'flags'
@@ -153,7 +153,7 @@ def test_bfloat16_on_a_cpu_without_bf16_units_warns(tmp_path, monkeypatch, flags
 
 
 def test_bfloat16_is_refused_for_the_resnet():
-  with pytest.raises(ValueError, match="bfloat16.*dino_resnet50.*float32"):
+  with pytest.raises(ValueError, match='bfloat16.*dino_resnet50.*float32'):
     pipeline.load_extractor('dino_resnet50', precision=vit.BFLOAT16)
 
 

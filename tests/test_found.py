@@ -22,9 +22,9 @@ from spectral_jax.training import found as found_train
 DATA = Path(__file__).parent / 'data' / 'found'
 IMAGES = Path(__file__).parent / 'data' / 'parity' / 'images'  # the same photos (README)
 IMAGE_SHA256 = {
-    'astronaut': '2418889d0d83962d51facc3832b55cf1849690018a1e873d1c551146555cd02f',
-    'chelsea': '9540e8d656047041ae92c8c19f8aeb2baa4ede5a17030470e8a1cfc7bb26182a',
-    'coffee': '1b334876bab6bccddc821520b67fad5bceaaf3c454885b75cdc126b7ebfe9576',
+  'astronaut': '2418889d0d83962d51facc3832b55cf1849690018a1e873d1c551146555cd02f',
+  'chelsea': '9540e8d656047041ae92c8c19f8aeb2baa4ede5a17030470e8a1cfc7bb26182a',
+  'coffee': '1b334876bab6bccddc821520b67fad5bceaaf3c454885b75cdc126b7ebfe9576',
 }
 MANIFEST = json.loads((DATA / 'manifest.json').read_text())
 IDS = sorted(MANIFEST['images'])
@@ -67,7 +67,7 @@ def _agreement(a, b):
 def extractor(weights_cache):
   # The CLI runs below read the same cache: the checkpoint is converted once.
   return pipeline.load_extractor(
-      MANIFEST['model_name'], str(DATA / 'checkpoint.pth'), str(weights_cache)
+    MANIFEST['model_name'], str(DATA / 'checkpoint.pth'), str(weights_cache)
   )
 
 
@@ -135,19 +135,19 @@ def _bad_files(tmp_path):
   truncated = tmp_path / 'truncated.pt'
   truncated.write_bytes((DATA / 'decoder_found.pt').read_bytes()[:1500])
   wrong_shape = found_train.write_torch_zip(
-      tmp_path / 'two_outputs.pt',
-      {'decoder': {'weight': np.zeros((2, 384, 1, 1)), 'bias': np.zeros(2)}},
+    tmp_path / 'two_outputs.pt',
+    {'decoder': {'weight': np.zeros((2, 384, 1, 1)), 'bias': np.zeros(2)}},
   )
   no_bias = found_train.write_torch_zip(
-      tmp_path / 'no_bias.pt', {'decoder': {'weight': np.zeros((1, 384, 1, 1))}}
+    tmp_path / 'no_bias.pt', {'decoder': {'weight': np.zeros((1, 384, 1, 1))}}
   )
   return {
-      garbage: 'not a readable PyTorch file',
-      truncated: 'not a readable PyTorch file',
-      DATA / 'checkpoint.pth': "no 'decoder' entry",  # a ViT checkpoint, not a decoder
-      wrong_shape: "'decoder' holds",
-      no_bias: "'decoder' holds",
-      tmp_path / 'missing.pt': 'no such file',
+    garbage: 'not a readable PyTorch file',
+    truncated: 'not a readable PyTorch file',
+    DATA / 'checkpoint.pth': "no 'decoder' entry",  # a ViT checkpoint, not a decoder
+    wrong_shape: "'decoder' holds",
+    no_bias: "'decoder' holds",
+    tmp_path / 'missing.pt': 'no such file',
   }
 
 
@@ -339,13 +339,17 @@ def test_background_and_pseudo_masks_end_to_end(train_features, image_id):
 def test_resize_rules_cv2_and_torch():
   # cv2.resize(np.float32([[0, 1], [2, 3]]), (4, 4)) (INTER_LINEAR): borders repeated.
   want = np.array(
-      [[0, 0.25, 0.75, 1], [0.5, 0.75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5], [2, 2.25, 2.75, 3]],
-      np.float32,
+    [[0, 0.25, 0.75, 1], [0.5, 0.75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5], [2, 2.25, 2.75, 3]],
+    np.float32,
   )
   np.testing.assert_array_equal(found.resize_bilinear(np.float32([[0, 1], [2, 3]]), (4, 4)), want)
   # torch 224 → 28 then bool(): cell (i, j) reads pixels 8i+3, 8i+4 (rows and columns).
-  for y, x, hit in ((8 * 5 + 3, 8 * 7 + 4, True), (8 * 5 + 4, 8 * 7 + 3, True),
-                    (8 * 5 + 2, 8 * 7 + 3, False), (8 * 5 + 3, 8 * 7 + 5, False)):
+  for y, x, hit in (
+    (8 * 5 + 3, 8 * 7 + 4, True),
+    (8 * 5 + 4, 8 * 7 + 3, True),
+    (8 * 5 + 2, 8 * 7 + 3, False),
+    (8 * 5 + 3, 8 * 7 + 5, False),
+  ):
     mask = np.zeros((224, 224), np.float32)
     mask[y, x] = 1.0
     down = found.downsample_any(mask, (28, 28))
@@ -481,10 +485,18 @@ def test_targets_loss_and_step_on_official_features():
 # The runs read chelsea and coffee only (the library's masks and boxes of all three photos are
 # checked above; astronaut's 4096 patches would double the forward time).
 SMALL = ['chelsea', 'coffee']
-CLI_MASKS = [('found', 'single', 'none'), ('found', 'multi', 'bilateral'),
-             ('random', 'multi', 'none'), ('random', 'single', 'bilateral')]
-API_MASKS = [('found', 'multi', 'none'), ('found', 'single', 'bilateral'),
-             ('random', 'single', 'none'), ('random', 'multi', 'bilateral')]
+CLI_MASKS = [
+  ('found', 'single', 'none'),
+  ('found', 'multi', 'bilateral'),
+  ('random', 'multi', 'none'),
+  ('random', 'single', 'bilateral'),
+]
+API_MASKS = [
+  ('found', 'multi', 'none'),
+  ('found', 'single', 'bilateral'),
+  ('random', 'single', 'none'),
+  ('random', 'multi', 'bilateral'),
+]
 
 
 def _mask_key(decoder, mode, refine):
@@ -557,7 +569,7 @@ def test_cli_localize_boxes_equal_official(weights_cache, small_images, tmp_path
 
 @pytest.mark.parametrize('decoder,mode,refine', CLI_MASKS)
 def test_cli_segment_masks_equal_official(
-    weights_cache, small_images, tmp_path, decoder, mode, refine
+  weights_cache, small_images, tmp_path, decoder, mode, refine
 ):
   from spectral_jax import artifacts
   from spectral_jax.tasks import segment
@@ -584,8 +596,12 @@ def test_api_masks_and_boxes_equal_official(extractor):
   decoder_file = {d: DATA / MANIFEST['decoders'][d]['file'] for d in DECODERS}
   for decoder, mode, refine in API_MASKS:
     masks = sj.segment(
-        backbone, images, method='found', refine=refine, evaluation_mode=mode,
-        decoder=decoder_file[decoder],
+      backbone,
+      images,
+      method='found',
+      refine=refine,
+      evaluation_mode=mode,
+      decoder=decoder_file[decoder],
     )
     for image, image_id, mask in zip(images, SMALL, masks):
       assert mask.dtype == bool and mask.shape == image.shape[:2]
@@ -611,9 +627,11 @@ def test_bad_decoder_and_backbone_errors_name_the_parameter(extractor, tmp_path)
 
   image = _image('chelsea')
   backbone = sj.Backbone(MANIFEST['model_name'], extractor)
-  for bad, reason in ((_garbage(tmp_path), 'not a readable PyTorch file'),
-                      (tmp_path / 'missing.pt', 'no such file'),
-                      (DATA / 'checkpoint.pth', "no 'decoder' entry")):
+  for bad, reason in (
+    (_garbage(tmp_path), 'not a readable PyTorch file'),
+    (tmp_path / 'missing.pt', 'no such file'),
+    (DATA / 'checkpoint.pth', "no 'decoder' entry"),
+  ):
     with pytest.raises(ValueError) as e:
       sj.localize(backbone, image, method='found', decoder=bad)
     assert str(e.value).startswith(f'decoder={str(bad)!r}: ') and reason in str(e.value)
@@ -659,7 +677,8 @@ def test_official_decoder_offline_names_the_setting(tmp_path, monkeypatch):
   cached.parent.mkdir()
   cached.write_bytes((DATA / 'decoder_found.pt').read_bytes())
   assert boxes.found_params('', str(cached.parent)) == boxes.found_params(
-      str(DATA / 'decoder_found.pt'))
+    str(DATA / 'decoder_found.pt')
+  )
 
 
 def test_workdir_record_names_the_decoder_by_content(weights_cache, small_images, tmp_path):
@@ -712,8 +731,7 @@ def test_server_found_with_the_official_decoder(extractor, weights_cache):
 
   backbone = sj.Backbone(MANIFEST['model_name'], extractor, cache_dir=str(weights_cache))
   server = app.Server(backbone, '127.0.0.1', 0)
-  threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1),
-                   daemon=True).start()
+  threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True).start()
   try:
     assert 'found' in server.health()['methods'] and 'found' in server.health()['segment_methods']
     status, body = post(server.url + '/api/localize?method=found')
@@ -742,7 +760,7 @@ def test_downscaled_images_give_found_outputs_in_the_original_frame(extractor):
   small = pipeline.fit_tokens(image, 8, 200)
   assert small.shape[:2] != image.shape[:2]
   keys, grids = tokencut.padded_keys(extractor, [small])
-  (gh, gw), = grids
+  ((gh, gw),) = grids
   weight, bias = found.read_decoder(decoder)
   logits = np.asarray(found.decoder_logits(np.asarray(keys)[0, : gh * gw], weight, bias))
   logits = logits.reshape(gh, gw)

@@ -86,8 +86,9 @@ def photos(tmp_path_factory):
 
 # Few small iterations that cross every phase: 7 photos in batches of 3 (3, 3, 1 per epoch),
 # background targets for 4 iterations then the self loss, checkpoints every 3, augmentation on.
-RECIPE = dict(steps=8, batch_size=3, stop_bkg_loss=4, checkpoint_every=3, log_every=1,
-              num_workers=2)
+RECIPE = dict(
+  steps=8, batch_size=3, stop_bkg_loss=4, checkpoint_every=3, log_every=1, num_workers=2
+)
 
 
 @pytest.fixture(scope='module')
@@ -133,7 +134,7 @@ def test_other_methods_targets_train_the_head(cache, extractor, tmp_path):
   config.found.targets = 'dsm'
   train_task.run(config, tmp_path / 'dsm')
   images = found_targets.training_images(
-      [np.asarray(Image.open(IMAGES / f'{i}.png').convert('RGB')) for i in IDS]
+    [np.asarray(Image.open(IMAGES / f'{i}.png').convert('RGB')) for i in IDS]
   )
   expected = found_targets.dsm_targets(extractor, images)
   for image_id, want in zip(IDS, expected):
@@ -175,7 +176,7 @@ def test_training_lowers_the_loss(trained, photos, extractor):
   assert all(r['lr'] == pytest.approx(5e-2) for r in log)  # StepLR: ×0.95 after 50
   ids = sorted(p.stem for p in photos.iterdir())
   images = found_targets.training_images(
-      [np.asarray(Image.open(photos / f'{i}.png').convert('RGB')) for i in ids]
+    [np.asarray(Image.open(photos / f'{i}.png').convert('RGB')) for i in ids]
   )
   targets = np.stack([_png(trained / 'pseudo_masks' / f'{i}.png') > 127 for i in ids])
   assert 0 < targets.mean() < 1
@@ -199,7 +200,7 @@ def test_a_killed_run_resumes_exactly(trained, photos, cache, tmp_path):
   assert found_loop.restore_head(workdir / 'checkpoints')[1] == 3
   train_task.run(config, workdir)
   assert (workdir / 'decoder_weights.pt').read_bytes() == (
-      trained / 'decoder_weights.pt'
+    trained / 'decoder_weights.pt'
   ).read_bytes()
   assert (workdir / 'train_log.jsonl').read_text() == (trained / 'train_log.jsonl').read_text()
   a, step_a = found_loop.restore_head(workdir / 'checkpoints')
@@ -263,19 +264,19 @@ def test_scores_a_mask_folder(trained):
 
 
 @pytest.mark.parametrize(
-    'section, key, value, words',
-    [
-        ('train', 'batch_size', 0, '>= 1'),
-        ('train', 'steps', -1, '>= 0'),
-        ('train', 'blur_p', 1.5, '[0, 1]'),
-        ('train', 'scale_range', (3.0, 0.1), 'lo <= hi'),
-        ('train', 'learning_rate', 0.0, '> 0'),
-        ('train', 'crop_size', 220, 'multiple of the patch size 8'),
-        ('found', 'targets', 'magic', 'dsm'),
-        ('found', 'bkg_th', 2.0, '[-1, 1]'),
-        ('model', 'name', 'dinov2_vits14', 'DINO ViT'),
-        ('model', 'feature_block', 5, 'last block'),
-    ],
+  'section, key, value, words',
+  [
+    ('train', 'batch_size', 0, '>= 1'),
+    ('train', 'steps', -1, '>= 0'),
+    ('train', 'blur_p', 1.5, '[0, 1]'),
+    ('train', 'scale_range', (3.0, 0.1), 'lo <= hi'),
+    ('train', 'learning_rate', 0.0, '> 0'),
+    ('train', 'crop_size', 220, 'multiple of the patch size 8'),
+    ('found', 'targets', 'magic', 'dsm'),
+    ('found', 'bkg_th', 2.0, '[-1, 1]'),
+    ('model', 'name', 'dinov2_vits14', 'DINO ViT'),
+    ('model', 'feature_block', 5, 'last block'),
+  ],
 )
 def test_a_bad_value_names_its_key(cache, tmp_path, section, key, value, words):
   config = _config(IMAGES, cache)
@@ -289,10 +290,15 @@ def test_a_bad_value_names_its_key(cache, tmp_path, section, key, value, words):
 
 def test_the_cli_runs_the_config_and_names_a_bad_flag(tmp_path):
   command = [
-      sys.executable, str(ROOT / 'main.py'), f'--config={ROOT / "configs" / "found.py"}',
-      '--mode=train', f'--config.data.root={IMAGES}', f'--workdir={tmp_path / "out"}',
-      f'--config.model.checkpoint={DATA / "checkpoint.pth"}',
-      f'--config.model.cache_dir={tmp_path / "cache"}', '--config.train.batch_size=0',
+    sys.executable,
+    str(ROOT / 'main.py'),
+    f'--config={ROOT / "configs" / "found.py"}',
+    '--mode=train',
+    f'--config.data.root={IMAGES}',
+    f'--workdir={tmp_path / "out"}',
+    f'--config.model.checkpoint={DATA / "checkpoint.pth"}',
+    f'--config.model.cache_dir={tmp_path / "cache"}',
+    '--config.train.batch_size=0',
   ]
   result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert result.returncode == 1, result.stderr[-2000:]

@@ -35,9 +35,9 @@ def test_corloc_against_voc_xml_boxes(parity_config, manifest, tmp_path):
     else:
       x0, y0 = x0 + 1, y0 + 1  # LOST's −1 shift undoes this
     (xml_dir / f'{image_id}.xml').write_text(
-        f'<annotation><size><width>1</width><height>1</height></size><object><name>x</name>'
-        f'<difficult>0</difficult><truncated>0</truncated><bndbox><xmin>{x0}</xmin>'
-        f'<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>'
+      f'<annotation><size><width>1</width><height>1</height></size><object><name>x</name>'
+      f'<difficult>0</difficult><truncated>0</truncated><bndbox><xmin>{x0}</xmin>'
+      f'<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>'
     )
   parity_config.data.boxes = str(xml_dir)
   localize.run(parity_config, tmp_path / 'out')
@@ -66,7 +66,7 @@ def test_killed_run_resumes_without_recomputing(parity_config, tmp_path, monkeyp
     f.write('{"id": "chel')
   calls.clear()
   monkeypatch.setattr(
-      segments, 'localization_box', lambda *a, **k: (calls.append(1), real_box(*a, **k))[1]
+    segments, 'localization_box', lambda *a, **k: (calls.append(1), real_box(*a, **k))[1]
   )
   localize.run(parity_config, tmp_path / 'out')
   assert len(calls) == 1  # only the unfinished image
@@ -108,10 +108,24 @@ def test_detections_json_scores_with_pycocotools(parity_config, manifest, tmp_pa
   for i, image_id in enumerate(PARITY_IDS):
     info = manifest['images'][image_id]
     x0, y0, x1, y1 = info['loc_box_xyxy']
-    images.append({'id': 100 + i, 'file_name': f'{image_id}.png', 'height': info['height'],
-                   'width': info['width']})
-    anns.append({'id': i + 1, 'image_id': 100 + i, 'category_id': 7, 'iscrowd': 0,
-                 'bbox': [x0, y0, x1 - x0, y1 - y0], 'area': (x1 - x0) * (y1 - y0)})
+    images.append(
+      {
+        'id': 100 + i,
+        'file_name': f'{image_id}.png',
+        'height': info['height'],
+        'width': info['width'],
+      }
+    )
+    anns.append(
+      {
+        'id': i + 1,
+        'image_id': 100 + i,
+        'category_id': 7,
+        'iscrowd': 0,
+        'bbox': [x0, y0, x1 - x0, y1 - y0],
+        'area': (x1 - x0) * (y1 - y0),
+      }
+    )
   gt = {'images': images, 'annotations': anns, 'categories': [{'id': 7, 'name': 'thing'}]}
   (tmp_path / 'gt.json').write_text(json.dumps(gt))
   parity_config.data.boxes = str(tmp_path / 'gt.json')

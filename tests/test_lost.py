@@ -88,8 +88,12 @@ def _oracle(keys, grid, k_patches, patch_size=16):
   labels = sk_label((m > 0).reshape(grid), connectivity=1)
   comp = labels == labels.ravel()[seed]
   ys, xs = np.nonzero(comp)
-  box = [patch_size * xs.min(), patch_size * ys.min(), patch_size * (xs.max() + 1),
-         patch_size * (ys.max() + 1)]
+  box = [
+    patch_size * xs.min(),
+    patch_size * ys.min(),
+    patch_size * (xs.max() + 1),
+    patch_size * (ys.max() + 1),
+  ]
   return deg, seed, sim, m, comp, box
 
 

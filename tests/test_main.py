@@ -16,7 +16,7 @@ ROOT = Path(__file__).parent.parent
 
 def run_main(*args, cwd=ROOT):
   return subprocess.run(
-      [sys.executable, 'main.py', *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    [sys.executable, 'main.py', *args], cwd=cwd, capture_output=True, text=True, timeout=600
   )
 
 
@@ -24,11 +24,11 @@ def test_demo_command_runs(tmp_path):
   """The README demo, with the parity checkpoint instead of the downloaded weights."""
   out = tmp_path / 'demo'
   proc = run_main(
-      '--config=configs/demo.py',
-      '--mode=localize',
-      f'--workdir={out}',
-      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-      f'--config.model.cache_dir={tmp_path / "cache"}',
+    '--config=configs/demo.py',
+    '--mode=localize',
+    f'--workdir={out}',
+    f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+    f'--config.model.cache_dir={tmp_path / "cache"}',
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = (out / 'predictions.jsonl').read_text().splitlines()
@@ -46,11 +46,11 @@ def test_demo_command_runs(tmp_path):
 
 def test_unreachable_weights_give_the_fix(tmp_path):
   proc = run_main(
-      '--config=configs/demo.py',
-      '--mode=localize',
-      f'--workdir={tmp_path}',
-      '--config.model.checkpoint=http://127.0.0.1:9/dino.pth',
-      f'--config.model.cache_dir={tmp_path / "cache"}',
+    '--config=configs/demo.py',
+    '--mode=localize',
+    f'--workdir={tmp_path}',
+    '--config.model.checkpoint=http://127.0.0.1:9/dino.pth',
+    f'--config.model.cache_dir={tmp_path / "cache"}',
   )
   assert proc.returncode != 0
   assert '--config.model.checkpoint=/path/to/dino.pth' in proc.stderr
@@ -60,12 +60,12 @@ def test_unreachable_weights_give_the_fix(tmp_path):
 
 def test_bad_config_value_is_named(tmp_path):
   proc = run_main(
-      '--config=configs/demo.py',
-      '--mode=localize',
-      f'--workdir={tmp_path}',
-      '--config.spectral.which_matrix=banana',
-      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-      f'--config.model.cache_dir={tmp_path / "cache"}',
+    '--config=configs/demo.py',
+    '--mode=localize',
+    f'--workdir={tmp_path}',
+    '--config.spectral.which_matrix=banana',
+    f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+    f'--config.model.cache_dir={tmp_path / "cache"}',
   )
   assert proc.returncode != 0
   assert 'which_matrix' in proc.stderr
@@ -84,10 +84,10 @@ def test_configs_load_and_document_their_command(name):
 
 def test_unprepared_tfds_dataset_prints_the_prepare_command(tmp_path):
   proc = run_main(
-      '--config=configs/voc.py',
-      '--mode=localize',
-      f'--workdir={tmp_path}',
-      f'--config.data.tfds_dir={tmp_path / "tfds"}',
+    '--config=configs/voc.py',
+    '--mode=localize',
+    f'--workdir={tmp_path}',
+    f'--config.data.tfds_dir={tmp_path / "tfds"}',
   )
   assert proc.returncode != 0
   assert 'voc/2012' in proc.stderr and 'download_and_prepare' in proc.stderr
@@ -99,24 +99,27 @@ def test_unprepared_tfds_dataset_prints_the_prepare_command(tmp_path):
 
 def parity_flags(tmp_path, root=None):
   return [
-      f'--config.data.root={root or PARITY / "images"}',
-      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-      f'--config.model.cache_dir={tmp_path / "cache"}',
+    f'--config.data.root={root or PARITY / "images"}',
+    f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+    f'--config.model.cache_dir={tmp_path / "cache"}',
   ]
 
 
 def peak_rss_run(*args):
   """main.py in a child; (completed process, the child's peak RSS in bytes)."""
   probe = (
-      'import resource, subprocess, sys;'
-      'p = subprocess.run(sys.argv[1:], capture_output=True, text=True);'
-      'sys.stdout.write(p.stdout); sys.stderr.write(p.stderr);'
-      'print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);'
-      'sys.exit(p.returncode)'
+    'import resource, subprocess, sys;'
+    'p = subprocess.run(sys.argv[1:], capture_output=True, text=True);'
+    'sys.stdout.write(p.stdout); sys.stderr.write(p.stderr);'
+    'print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);'
+    'sys.exit(p.returncode)'
   )
   proc = subprocess.run(
-      [sys.executable, '-c', probe, sys.executable, 'main.py', *args],
-      cwd=ROOT, capture_output=True, text=True, timeout=900,
+    [sys.executable, '-c', probe, sys.executable, 'main.py', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=900,
   )
   kb = int(proc.stdout.rsplit('PEAK_RSS_KB', 1)[1].split()[0])
   return proc, kb * 1024
@@ -139,15 +142,21 @@ def test_large_photos_run_in_bounded_memory_with_outputs_in_their_frame(tmp_path
     Image.open(PARITY / 'images' / f'{name}.png').save(folder / f'{name}.jpg')
   out = tmp_path / 'out'
   proc, peak = peak_rss_run(
-      '--config=configs/folder.py', '--mode=localize', f'--workdir={out}',
-      *parity_flags(tmp_path, folder),
+    '--config=configs/folder.py',
+    '--mode=localize',
+    f'--workdir={out}',
+    *parity_flags(tmp_path, folder),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert peak < 8 * 2**30, f'peak RSS {peak / 2**30:.1f} GB'
   lines = (out / 'predictions.jsonl').read_text().splitlines()
   records = {r['id']: r for r in map(json.loads, lines)}
-  sizes = {'phone': [3000, 4000], 'pano': [300, 20000], 'astronaut': [512, 512],
-           'chelsea': [300, 451]}
+  sizes = {
+    'phone': [3000, 4000],
+    'pano': [300, 20000],
+    'astronaut': [512, 512],
+    'chelsea': [300, 451],
+  }
   assert {k: r['image_size'] for k, r in records.items()} == sizes
   for r in records.values():
     x0, y0, x1, y1 = r['box_xyxy']
@@ -157,15 +166,20 @@ def test_large_photos_run_in_bounded_memory_with_outputs_in_their_frame(tmp_path
   small = records['astronaut']['box_xyxy']
   assert small[2] > small[0]
   proc = run_main(
-      '--config=configs/folder.py', '--mode=segment', f'--workdir={tmp_path / "seg"}',
-      *parity_flags(tmp_path, folder / 'phone.jpg'),
+    '--config=configs/folder.py',
+    '--mode=segment',
+    f'--workdir={tmp_path / "seg"}',
+    *parity_flags(tmp_path, folder / 'phone.jpg'),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   mask = np.array(Image.open(tmp_path / 'seg' / 'masks' / 'phone.png'))
   assert mask.shape == (3000, 4000) and set(np.unique(mask)) <= {0, 255}
   proc = run_main(
-      '--config=configs/folder.py', '--mode=localize', f'--workdir={tmp_path / "skip"}',
-      '--config.data.resize_large=False', *parity_flags(tmp_path, folder),
+    '--config=configs/folder.py',
+    '--mode=localize',
+    f'--workdir={tmp_path / "skip"}',
+    '--config.data.resize_large=False',
+    *parity_flags(tmp_path, folder),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   skipped = [json.loads(line) for line in (tmp_path / 'skip' / 'skipped.jsonl').open()]
@@ -184,9 +198,12 @@ def test_thumbnails_never_end_the_run(tmp_path):
   photo.resize((16, 16)).save(folder / 'tiny.png')
   photo.save(folder / 'chelsea.png')
   proc = run_main(
-      '--config=configs/edit.py', '--mode=edit', f'--workdir={tmp_path / "edit"}',
-      '--config.spectral.color_lambda=10', '--config.edit.background=white',
-      *parity_flags(tmp_path, folder),
+    '--config=configs/edit.py',
+    '--mode=edit',
+    f'--workdir={tmp_path / "edit"}',
+    '--config.spectral.color_lambda=10',
+    '--config.edit.background=white',
+    *parity_flags(tmp_path, folder),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (tmp_path / 'edit' / 'composite' / 'thumb.png').exists()
@@ -194,8 +211,11 @@ def test_thumbnails_never_end_the_run(tmp_path):
   skipped = [json.loads(line) for line in (tmp_path / 'edit' / 'skipped.jsonl').open()]
   assert [s['id'] for s in skipped] == ['tiny'] and 'tiny.png' in skipped[0]['error']
   proc = run_main(
-      '--config=configs/folder.py', '--mode=localize', f'--workdir={tmp_path / "k40"}',
-      '--config.spectral.K=40', *parity_flags(tmp_path, folder),
+    '--config=configs/folder.py',
+    '--mode=localize',
+    f'--workdir={tmp_path / "k40"}',
+    '--config.spectral.K=40',
+    *parity_flags(tmp_path, folder),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   ids = [json.loads(line)['id'] for line in (tmp_path / 'k40' / 'predictions.jsonl').open()]
@@ -203,20 +223,23 @@ def test_thumbnails_never_end_the_run(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'flag,value',
-    [
-        ('data.limit', '-1'),
-        ('spectral.color_lambda', 'nan'),
-        ('data.max_pixels', '0'),
-        ('data.bucket_tokens', '1000000'),
-        ('model.precision', 'float16'),
-        ('data.masks', '/no/such/masks'),
-    ],
+  'flag,value',
+  [
+    ('data.limit', '-1'),
+    ('spectral.color_lambda', 'nan'),
+    ('data.max_pixels', '0'),
+    ('data.bucket_tokens', '1000000'),
+    ('model.precision', 'float16'),
+    ('data.masks', '/no/such/masks'),
+  ],
 )
 def test_bad_config_values_are_named_before_anything_loads(tmp_path, flag, value):
   proc = run_main(
-      '--config=configs/folder.py', '--mode=localize', f'--workdir={tmp_path / "out"}',
-      f'--config.{flag}={value}', *parity_flags(tmp_path),
+    '--config=configs/folder.py',
+    '--mode=localize',
+    f'--workdir={tmp_path / "out"}',
+    f'--config.{flag}={value}',
+    *parity_flags(tmp_path),
   )
   assert proc.returncode != 0
   assert f'--config.{flag}' in proc.stderr
@@ -234,9 +257,12 @@ def test_nan_weights_give_no_box(tmp_path):
   safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(bad))
   out = tmp_path / 'out'
   proc = run_main(
-      '--config=configs/folder.py', '--mode=localize', f'--workdir={out}',
-      f'--config.data.root={PARITY / "images"}', f'--config.model.checkpoint={bad}',
-      f'--config.model.cache_dir={tmp_path / "cache"}',
+    '--config=configs/folder.py',
+    '--mode=localize',
+    f'--workdir={out}',
+    f'--config.data.root={PARITY / "images"}',
+    f'--config.model.checkpoint={bad}',
+    f'--config.model.cache_dir={tmp_path / "cache"}',
   )
   assert not (out / 'predictions.jsonl').exists() or not (out / 'predictions.jsonl').read_text()
   skipped = [json.loads(line) for line in (out / 'skipped.jsonl').open()]
@@ -251,10 +277,16 @@ def test_paths_home_single_file_and_workdir_inside_the_root(tmp_path):
   for name in ('astronaut', 'coffee'):
     (folder / f'{name}.png').write_bytes((PARITY / 'images' / f'{name}.png').read_bytes())
   env = {**__import__('os').environ, 'HOME': str(tmp_path / 'home')}
-  cmd = [sys.executable, 'main.py', '--config=configs/folder.py', '--mode=localize',
-         '--workdir=~/imgs/out', '--config.data.root=~/imgs',
-         f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-         f'--config.model.cache_dir={tmp_path / "cache"}']
+  cmd = [
+    sys.executable,
+    'main.py',
+    '--config=configs/folder.py',
+    '--mode=localize',
+    '--workdir=~/imgs/out',
+    '--config.data.root=~/imgs',
+    f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+    f'--config.model.cache_dir={tmp_path / "cache"}',
+  ]
   for _ in range(2):  # the rerun must not list the workdir's panels as new images
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -262,8 +294,10 @@ def test_paths_home_single_file_and_workdir_inside_the_root(tmp_path):
   assert sorted(json.loads(line)['id'] for line in lines) == ['astronaut', 'coffee']
   assert not (ROOT / '~').exists()
   proc = run_main(
-      '--config=configs/folder.py', '--mode=segment', f'--workdir={tmp_path / "one"}',
-      *parity_flags(tmp_path, folder / 'coffee.png'),
+    '--config=configs/folder.py',
+    '--mode=segment',
+    f'--workdir={tmp_path / "one"}',
+    *parity_flags(tmp_path, folder / 'coffee.png'),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert [p.name for p in (tmp_path / 'one' / 'masks').iterdir()] == ['coffee.png']
@@ -276,9 +310,9 @@ def test_hostile_ids_and_long_names_stay_inside_the_workdir(tmp_path):
   for sub in ('JPEGImages', 'Annotations', 'ImageSets/Main'):
     (devkit / sub).mkdir(parents=True)
   xml = (
-      '<annotation><filename>x.jpg</filename><size><width>300</width><height>200</height>'
-      '</size><object><name>cat</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>100</xmax>'
-      '<ymax>100</ymax></bndbox></object></annotation>'
+    '<annotation><filename>x.jpg</filename><size><width>300</width><height>200</height>'
+    '</size><object><name>cat</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>100</xmax>'
+    '<ymax>100</ymax></bndbox></object></annotation>'
   )
   image = Image.open(PARITY / 'images' / 'chelsea.png').convert('RGB').crop((0, 0, 300, 200))
   escape = tmp_path / 'escape'
@@ -292,9 +326,12 @@ def test_hostile_ids_and_long_names_stay_inside_the_workdir(tmp_path):
   out = tmp_path / 'out'
   for mode in ('extract', 'segment'):
     proc = run_main(
-        '--config=configs/voc.py', f'--mode={mode}', f'--workdir={out}',
-        f'--config.data.root={tmp_path / "VOCdevkit"}', '--config.data.year=2007',
-        *parity_flags(tmp_path)[1:],
+      '--config=configs/voc.py',
+      f'--mode={mode}',
+      f'--workdir={out}',
+      f'--config.data.root={tmp_path / "VOCdevkit"}',
+      '--config.data.year=2007',
+      *parity_flags(tmp_path)[1:],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
   assert sorted(p.name for p in escape.iterdir()) == ['evil.jpg', 'evil.xml']
@@ -305,20 +342,33 @@ def test_hostile_ids_and_long_names_stay_inside_the_workdir(tmp_path):
 
 
 def _main(*args, timeout=120):
-  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def test_help_lists_modes_and_shipped_configs():
   proc = _main('--help')
-  for word in ('localize', 'segment', 'discover', 'serve', 'demo', 'voc', 'object_seg',
-               '--config_help'):
+  for word in (
+    'localize',
+    'segment',
+    'discover',
+    'serve',
+    'demo',
+    'voc',
+    'object_seg',
+    '--config_help',
+  ):
     assert word in proc.stdout, word
 
 
 def test_a_key_typo_is_one_line_naming_the_closest_key(tmp_path):
-  proc = _main('--config=configs/demo.py', '--mode=localize', f'--workdir={tmp_path}',
-               '--config.model.nam=dino_vits8')
+  proc = _main(
+    '--config=configs/demo.py',
+    '--mode=localize',
+    f'--workdir={tmp_path}',
+    '--config.model.nam=dino_vits8',
+  )
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and '--config.model.name' in lines[0], proc.stderr
@@ -329,5 +379,5 @@ def test_a_key_typo_is_one_line_naming_the_closest_key(tmp_path):
 def test_config_help_lists_every_key_with_its_default_and_doc():
   proc = _main('--config=voc', '--config_help')
   assert proc.returncode == 0
-  assert "--config.spectral.K=5" in proc.stdout and 'Fiedler' in proc.stdout
+  assert '--config.spectral.K=5' in proc.stdout and 'Fiedler' in proc.stdout
   assert '--config.discover.method=' in proc.stdout and '--config.promerge.stride=4' in proc.stdout

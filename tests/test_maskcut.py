@@ -48,7 +48,7 @@ def matched_ious(pred, ref):
   if len(pred) != len(ref):
     return False, []
   iou = np.array([[(p & r).sum() / (p | r).sum() for r in ref] for p in pred]).reshape(
-      len(pred), len(ref)
+    len(pred), len(ref)
   )
   rows, cols = linear_sum_assignment(-iou)
   return True, list(iou[rows, cols])
@@ -106,7 +106,7 @@ def test_per_iteration_rules(name, results):
 
 
 @pytest.mark.parametrize(
-    'solver, dtype', [('jax', 'float32'), ('jax', 'float64'), ('lapack', 'float64')]
+  'solver, dtype', [('jax', 'float32'), ('jax', 'float64'), ('lapack', 'float64')]
 )
 def test_other_solvers_on_one_graph(solver, dtype):
   """The other routes (the fixture ran 'auto', i.e. ARPACK on a CPU host) on one official graph.
@@ -116,7 +116,7 @@ def test_other_solvers_on_one_graph(solver, dtype):
   """
   data, t = _data('chelsea'), 1
   edges, lam, x = maskcut.cut_graphs(
-      data['k'][None], data['iter_masked_patches'][t].reshape(1, -1), dtype=dtype, solver=solver
+    data['k'][None], data['iter_masked_patches'][t].reshape(1, -1), dtype=dtype, solver=solver
   )
   assert abs(int(edges.sum()) - int(data['iter_edges'][t])) <= 4
   f64 = dtype == 'float64'
@@ -155,7 +155,7 @@ def test_final_masks_with_crf(name):
     np.testing.assert_allclose(iou, data['crf_iou'][t], rtol=1e-6, equal_nan=True)
     assert refined.any() == (bool(data['crf_kept'][t]) and filled.any())
   final, _ = maskcut.to_image_masks(
-      data['iter_pseudo_mask'], (info['height'], info['width']), image_s=image_s, crf=True
+    data['iter_pseudo_mask'], (info['height'], info['width']), image_s=image_s, crf=True
   )
   np.testing.assert_array_equal(final, data['mask_crf'])
   same_count, ious = matched_ious(final, data['mask_crf'])

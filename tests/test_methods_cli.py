@@ -81,22 +81,31 @@ def test_tokencut_saliency_masks_equal_official(config, tmp_path, refine, key):
 def test_main_localize_tokencut(tmp_path):
   out = tmp_path / 'out'
   cmd = [
-      sys.executable, 'main.py', '--config=configs/folder.py', '--mode=localize',
-      '--config.method=tokencut', f'--config.data.root={IMAGES}',
-      '--config.model.name=dino_vits16', f'--config.model.checkpoint={CHECKPOINT}',
-      f'--workdir={out}',
+    sys.executable,
+    'main.py',
+    '--config=configs/folder.py',
+    '--mode=localize',
+    '--config.method=tokencut',
+    f'--config.data.root={IMAGES}',
+    '--config.model.name=dino_vits16',
+    f'--config.model.checkpoint={CHECKPOINT}',
+    f'--workdir={out}',
   ]
-  env = {'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'), 'PATH': '/usr/bin:/bin',
-         'JAX_PLATFORMS': 'cpu', **XLA_CACHE_ENV}
+  env = {
+    'SPECTRAL_JAX_CACHE': str(tmp_path / 'cache'),
+    'PATH': '/usr/bin:/bin',
+    'JAX_PLATFORMS': 'cpu',
+    **XLA_CACHE_ENV,
+  }
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   preds = _predictions(out)
   for image_id in IDS:
     info = MANIFEST['images'][image_id]
     assert preds[image_id] == {
-        'id': image_id,
-        'box_xyxy': info['tokencut_box_xyxy'],
-        'image_size': [info['height'], info['width']],
+      'id': image_id,
+      'box_xyxy': info['tokencut_box_xyxy'],
+      'image_size': [info['height'], info['width']],
     }
 
 
@@ -120,7 +129,7 @@ def test_downscaled_images_give_outputs_in_the_original_frame(config, tmp_path):
   config.data.max_tokens = 200
   config.data.batch_tokens = 4096
   extractor = pipeline.load_extractor(
-      MANIFEST['model_name'], str(CHECKPOINT), config.model.cache_dir
+    MANIFEST['model_name'], str(CHECKPOINT), config.model.cache_dir
   )
   image = np.asarray(Image.open(IMAGES / 'coffee.png').convert('RGB'))
   for method in ('tokencut', 'lost'):

@@ -40,12 +40,12 @@ def test_box_iou_exact_half_is_a_hit_with_int_boxes():
 
 def test_box_iou_dtype_promotion_like_torch():
   assert (
-      metrics.box_iou(np.array([0, 0, 4, 4], np.float32), np.array([[0, 0, 4, 4]])).dtype
-      == np.float32
+    metrics.box_iou(np.array([0, 0, 4, 4], np.float32), np.array([[0, 0, 4, 4]])).dtype
+    == np.float32
   )
   assert (
-      metrics.box_iou(np.array([0.0, 0, 4, 4]), np.array([[0, 0, 4, 4]], np.float32)).dtype
-      == np.float64
+    metrics.box_iou(np.array([0.0, 0, 4, 4]), np.array([[0, 0, 4, 4]], np.float32)).dtype
+    == np.float64
   )
   assert metrics.box_iou([0, 0, 4, 4], np.zeros((0, 4), np.int64)).shape == (0,)
 
@@ -95,7 +95,7 @@ def _oracle_fmax(softs, gts, beta2=0.3):
   fs = []
   for s, g in zip(softs, gts):
     p, r = _oracle_pr(s, g, t)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid='ignore'):
       f = (1 + beta2) * p * r / (beta2 * p + r)
     fs.append(np.nan_to_num(f))
   return np.max(np.mean(fs, axis=0))
@@ -143,19 +143,19 @@ def test_object_seg_meter_means_per_image():
   b = np.array([[1, 1], [0, 0]], bool)
   s1 = meter.update(a, b, soft_pred=a.astype(np.float32))
   meter.update(b, b, soft_pred=b.astype(np.float32))
-  assert s1 == {"acc": 0.75, "iou": 0.5}
+  assert s1 == {'acc': 0.75, 'iou': 0.5}
   res = meter.result()
-  assert res["acc"] == pytest.approx((0.75 + 1.0) / 2)
-  assert res["iou"] == pytest.approx((0.5 + 1.0) / 2)
-  assert res["n"] == 2
-  assert res["max_f"] == pytest.approx(
-      metrics.max_f_beta([a.astype(np.float32), b.astype(np.float32)], [b, b])
+  assert res['acc'] == pytest.approx((0.75 + 1.0) / 2)
+  assert res['iou'] == pytest.approx((0.5 + 1.0) / 2)
+  assert res['n'] == 2
+  assert res['max_f'] == pytest.approx(
+    metrics.max_f_beta([a.astype(np.float32), b.astype(np.float32)], [b, b])
   )
   with pytest.raises(ValueError):
     meter.update(a, b)  # soft maps for some images only
   hard_only = metrics.ObjectSegMeter()
   hard_only.update(a, b)
-  assert "max_f" not in hard_only.result()
+  assert 'max_f' not in hard_only.result()
 
 
 # ---------------------------------------------------------------- semantic segmentation
@@ -174,7 +174,7 @@ def test_confusion_matrix_vs_sklearn_and_ignore():
   assert cm.sum() == keep.sum() and cm.dtype == np.int64
   # accumulable
   cm2 = metrics.confusion_matrix(pred[:10], gt[:10], 4, 5) + metrics.confusion_matrix(
-      pred[10:], gt[10:], 4, 5
+    pred[10:], gt[10:], 4, 5
   )
   np.testing.assert_array_equal(cm2, cm)
   with pytest.raises(ValueError):

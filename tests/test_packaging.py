@@ -45,8 +45,9 @@ def _clean_env():
 def installed(tmp_path_factory):
   """(python, bin folder, scratch folder) of a fresh venv with the built wheel installed."""
   if importlib.util.find_spec('wheel') is None or importlib.util.find_spec('setuptools') is None:
-    pytest.fail('building the wheel offline needs setuptools and wheel: '
-                'pip install -r requirements-test.txt')
+    pytest.fail(
+      'building the wheel offline needs setuptools and wheel: pip install -r requirements-test.txt'
+    )
   tmp = tmp_path_factory.mktemp('packaging')
   # Build from a copy: an in-tree build would leave build/ and *.egg-info in the repository.
   src = tmp / 'src'
@@ -58,22 +59,35 @@ def installed(tmp_path_factory):
   env = _clean_env()
   dist = tmp / 'dist'
   _run(
-      [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index',
-       '-q', '-w', str(dist), str(src)],
-      tmp, env,
+    [
+      sys.executable,
+      '-m',
+      'pip',
+      'wheel',
+      '--no-deps',
+      '--no-build-isolation',
+      '--no-index',
+      '-q',
+      '-w',
+      str(dist),
+      str(src),
+    ],
+    tmp,
+    env,
   )
   (wheel,) = dist.glob('spectral_jax-*.whl')
   venv = tmp / 'venv'
   _run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], tmp, env)
   python = venv / 'bin' / 'python'
   purelib = _run(
-      [str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], tmp, env
+    [str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], tmp, env
   ).stdout.strip()
   # This environment's packages (jax, ..., pip) after the venv's own: the wheel wins.
   Path(purelib, 'zz_reuse_deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
   _run(
-      [str(python), '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', str(wheel)], tmp,
-      env,
+    [str(python), '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', str(wheel)],
+    tmp,
+    env,
   )
   work = tmp / 'elsewhere'
   work.mkdir()
@@ -84,7 +98,10 @@ def test_wheel_contents_and_version(installed):
   python, _, work, env, wheel = installed
   assert wheel.name.startswith('spectral_jax-0.2.0-')
   proc = _run(
-      [str(python), '-c', textwrap.dedent('''
+    [
+      str(python),
+      '-c',
+      textwrap.dedent("""
           import importlib.metadata, spectral_jax, spectral_jax.configs as configs
           import spectral_jax.workdirs as w
           print(spectral_jax.__file__, configs.__file__)
@@ -92,8 +109,10 @@ def test_wheel_contents_and_version(installed):
           assert w.VERSION == spectral_jax.__version__
           import spectral_jax.data.datasets as d
           assert len(d.coco20k_filenames()) == 19817
-      ''')],
-      work, env,
+      """),
+    ],
+    work,
+    env,
   )
   venv = str(python.parent.parent)
   for path in proc.stdout.split():
@@ -117,11 +136,11 @@ def test_wheel_top_level_is_spectral_jax_alone(installed):
 def test_every_package_folder_is_listed_in_pyproject():
   """pyproject lists packages by hand (configs/ is mapped into the package): none may be left
   out of a wheel."""
-  listed = set(tomllib.loads((ROOT / 'pyproject.toml').read_text())['tool']['setuptools'][
-      'packages'])
+  listed = set(
+    tomllib.loads((ROOT / 'pyproject.toml').read_text())['tool']['setuptools']['packages']
+  )
   found = {
-      '.'.join(p.parent.relative_to(ROOT).parts)
-      for p in (ROOT / 'spectral_jax').rglob('__init__.py')
+    '.'.join(p.parent.relative_to(ROOT).parts) for p in (ROOT / 'spectral_jax').rglob('__init__.py')
   }
   assert found | {'spectral_jax.configs'} == listed
 
@@ -146,13 +165,14 @@ def test_a_foreign_configs_package_in_the_working_directory_changes_nothing(tmp_
   (tmp_path / 'configs' / '__init__.py').write_text('raise ImportError("foreign configs")\n')
   (tmp_path / 'configs' / 'base.py').write_text('raise ImportError("foreign base")\n')
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  code = textwrap.dedent('''
+  code = textwrap.dedent("""
       import spectral_jax, spectral_jax.api
       from spectral_jax import cli
       print(cli.resolve_config('voc'))
-  ''')
-  proc = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=120)
+  """)
+  proc = subprocess.run(
+    [sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == str(ROOT / 'configs' / 'voc.py')
 
@@ -161,16 +181,19 @@ def test_installed_api_and_cli_give_the_parity_boxes(installed, tmp_path):
   python, bin_dir, work, env, _ = installed
   paths = [str(PARITY / 'images' / f'{i}.png') for i in PARITY_IDS]
   cache = tmp_path / 'cache'
-  script = textwrap.dedent(f'''
+  script = textwrap.dedent(f"""
       import json, spectral_jax
       b = spectral_jax.load_backbone('dino_vits16', checkpoint={str(CKPT)!r},
                                      cache_dir={str(cache)!r})
       print(json.dumps([list(r.box_xyxy) for r in spectral_jax.localize(b, {paths!r})]))
-  ''')
+  """)
   # The API run fills the CLI's persistent compilation cache (cache/xla): same shapes, so the
   # CLI run below compiles nothing.
-  api_env = dict(env, JAX_COMPILATION_CACHE_DIR=str(cache / 'xla'),
-                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  api_env = dict(
+    env,
+    JAX_COMPILATION_CACHE_DIR=str(cache / 'xla'),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  )
   proc = _run([str(python), '-c', script], work, api_env)
   api_boxes = json.loads(proc.stdout.strip().splitlines()[-1])
   expected = [MANIFEST['images'][i]['loc_box_xyxy'] for i in PARITY_IDS]
@@ -178,14 +201,23 @@ def test_installed_api_and_cli_give_the_parity_boxes(installed, tmp_path):
 
   out = tmp_path / 'out'
   _run(
-      [str(python), '-m', 'spectral_jax', '--config=folder', '--mode=localize',
-       f'--config.data.root={PARITY / "images"}', f'--config.model.checkpoint={CKPT}',
-       f'--config.model.cache_dir={cache}', f'--workdir={out}'],
-      work, env,
+    [
+      str(python),
+      '-m',
+      'spectral_jax',
+      '--config=folder',
+      '--mode=localize',
+      f'--config.data.root={PARITY / "images"}',
+      f'--config.model.checkpoint={CKPT}',
+      f'--config.model.cache_dir={cache}',
+      f'--workdir={out}',
+    ],
+    work,
+    env,
   )
   records = {
-      r['id']: r['box_xyxy']
-      for r in map(json.loads, (out / 'predictions.jsonl').read_text().splitlines())
+    r['id']: r['box_xyxy']
+    for r in map(json.loads, (out / 'predictions.jsonl').read_text().splitlines())
   }
   assert [records[i] for i in PARITY_IDS] == expected
 
@@ -193,18 +225,35 @@ def test_installed_api_and_cli_give_the_parity_boxes(installed, tmp_path):
 def test_console_script_resolves_shipped_configs(installed, tmp_path):
   _, bin_dir, work, env, _ = installed
   proc = subprocess.run(
-      [str(bin_dir / 'spectral-jax'), '--config=nonesuch', '--mode=localize',
-       f'--workdir={tmp_path}'],
-      cwd=work, env=env, capture_output=True, text=True, timeout=120,
+    [
+      str(bin_dir / 'spectral-jax'),
+      '--config=nonesuch',
+      '--mode=localize',
+      f'--workdir={tmp_path}',
+    ],
+    cwd=work,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
   )
   assert proc.returncode != 0
   for name in ('folder', 'voc', 'demo', 'object_seg', 'edit'):
     assert name in proc.stderr
   # A config found by name, checked before anything loads (an unknown value is named).
   proc = subprocess.run(
-      [str(bin_dir / 'spectral-jax'), '--config=voc', '--mode=localize',
-       '--config.spectral.which_matrix=banana', f'--workdir={tmp_path}'],
-      cwd=work, env=env, capture_output=True, text=True, timeout=120,
+    [
+      str(bin_dir / 'spectral-jax'),
+      '--config=voc',
+      '--mode=localize',
+      '--config.spectral.which_matrix=banana',
+      f'--workdir={tmp_path}',
+    ],
+    cwd=work,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
   )
   assert proc.returncode != 0 and 'which_matrix' in proc.stderr, proc.stderr[-2000:]
 
@@ -218,7 +267,10 @@ def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch):
   assert cli.resolve_config('voc.py') == voc
   assert cli.resolve_config('voc:arg') == voc + ':arg'
   assert cli.resolve_argv(['prog', '--config', 'folder', '--mode=localize']) == [
-      'prog', '--config', str(ROOT / 'configs' / 'folder.py'), '--mode=localize'
+    'prog',
+    '--config',
+    str(ROOT / 'configs' / 'folder.py'),
+    '--mode=localize',
   ]
   own = tmp_path / 'mine.py'
   own.write_text('')

@@ -19,24 +19,24 @@ ROOT = Path(__file__).parent.parent
 
 def localize_cmd(workdir, cache, *extra):
   return [
-      sys.executable,
-      'main.py',
-      '--config=configs/folder.py',
-      '--mode=localize',
-      f'--workdir={workdir}',
-      f'--config.data.root={PARITY / "images"}',
-      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-      f'--config.model.cache_dir={cache}',
-      '--config.data.batch_size=4',
-      '--config.output.num_panels=0',
-      *extra,
+    sys.executable,
+    'main.py',
+    '--config=configs/folder.py',
+    '--mode=localize',
+    f'--workdir={workdir}',
+    f'--config.data.root={PARITY / "images"}',
+    f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+    f'--config.model.cache_dir={cache}',
+    '--config.data.batch_size=4',
+    '--config.output.num_panels=0',
+    *extra,
   ]
 
 
 def run(cmd, devices=1, **kw):
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   return subprocess.Popen(
-      cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
   )
 
 
@@ -57,8 +57,8 @@ def test_four_devices_and_two_processes_match_one(tmp_path, manifest):
   for image_id, info in manifest['images'].items():  # boxes so that CorLoc is reduced too
     x0, y0, x1, y1 = info['loc_box_xyxy']
     (xml / f'{image_id}.xml').write_text(
-        f'<annotation><object><name>a</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>'
-        f'<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>'
+      f'<annotation><object><name>a</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>'
+      f'<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>'
     )
   boxes = f'--config.data.boxes={xml}'
   finish(run(localize_cmd(tmp_path / 'one', tmp_path / 'c1', boxes)))
@@ -76,8 +76,8 @@ def test_four_devices_and_two_processes_match_one(tmp_path, manifest):
     assert metrics['corloc'] == 100.0 and metrics['num_scored'] == 3
   # Each process wrote its own shard: 2 + 1 images.
   shards = [
-      len((tmp_path / 'two' / f'predictions.process{i}.jsonl').read_text().splitlines())
-      for i in range(2)
+    len((tmp_path / 'two' / f'predictions.process{i}.jsonl').read_text().splitlines())
+    for i in range(2)
   ]
   assert sorted(shards) == [1, 2]
 
@@ -104,31 +104,31 @@ def test_pad_to_multiple():
 def semantic_cmds(root, workdir, cache):
   """--mode=semantic → train → evaluate on a VOC-like folder (parity ViT-S/16, 2 blocks)."""
   common = [
-      sys.executable,
-      'main.py',
-      '--config=configs/voc_semantic.py',
-      f'--workdir={workdir}',
-      f'--config.data.root={root / "JPEGImages"}',
-      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-      f'--config.model.cache_dir={cache}',
-      '--config.output.num_panels=0',
-      '--config.semantic.n_segments=3',
-      '--config.semantic.num_dilate=1',
-      '--config.semantic.num_clusters=3',
-      '--config.train.steps=4',
-      '--config.train.batch_size=2',
-      '--config.train.crop_size=32',
-      '--config.train.eval_every=2',
-      '--config.train.checkpoint_every=2',
-      '--config.train.log_every=1',
-      '--config.train.num_workers=2',
-      '--config.segmenter.channels=16',
-      '--config.segmenter.low_level_channels=8',
+    sys.executable,
+    'main.py',
+    '--config=configs/voc_semantic.py',
+    f'--workdir={workdir}',
+    f'--config.data.root={root / "JPEGImages"}',
+    f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+    f'--config.model.cache_dir={cache}',
+    '--config.output.num_panels=0',
+    '--config.semantic.n_segments=3',
+    '--config.semantic.num_dilate=1',
+    '--config.semantic.num_clusters=3',
+    '--config.train.steps=4',
+    '--config.train.batch_size=2',
+    '--config.train.crop_size=32',
+    '--config.train.eval_every=2',
+    '--config.train.checkpoint_every=2',
+    '--config.train.log_every=1',
+    '--config.train.num_workers=2',
+    '--config.segmenter.channels=16',
+    '--config.segmenter.low_level_channels=8',
   ]
   return [
-      common + ['--mode=semantic'],
-      common + ['--mode=train'],
-      common + ['--mode=evaluate', f'--config.checkpoint={workdir}', f'--workdir={workdir}/eval'],
+    common + ['--mode=semantic'],
+    common + ['--mode=train'],
+    common + ['--mode=evaluate', f'--config.checkpoint={workdir}', f'--workdir={workdir}/eval'],
   ]
 
 
@@ -142,16 +142,16 @@ def run_two_processes(cmds):
   """Runs cmds[i] as process i of a 2-process JAX distributed run; returns their logs."""
   port = free_port()
   procs = [
-      run(
-          cmd
-          + [
-              '--config.distributed.enabled=True',
-              f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-              '--config.distributed.num_processes=2',
-              f'--config.distributed.process_id={i}',
-          ]
-      )
-      for i, cmd in enumerate(cmds)
+    run(
+      cmd
+      + [
+        '--config.distributed.enabled=True',
+        f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+        '--config.distributed.num_processes=2',
+        f'--config.distributed.process_id={i}',
+      ]
+    )
+    for i, cmd in enumerate(cmds)
   ]
   logs = [finish(proc) for proc in procs]
   assert 'JAX process 1/2' in logs[1]
@@ -178,11 +178,11 @@ def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
     a = np.array(Image.open(one / 'semantic' / f'{s}.png'))
     np.testing.assert_array_equal(np.array(Image.open(two / 'semantic' / f'{s}.png')), a)
   assert json.loads((two / 'metrics.json').read_text()) == json.loads(
-      (one / 'metrics.json').read_text()
+    (one / 'metrics.json').read_text()
   )
   logs = [
-      [r for r in map(json.loads, (w / 'train_log.jsonl').read_text().splitlines())]
-      for w in (one, two)
+    [r for r in map(json.loads, (w / 'train_log.jsonl').read_text().splitlines())]
+    for w in (one, two)
   ]
   assert [r['step'] for r in logs[0]] == [r['step'] for r in logs[1]] and len(logs[0]) >= 4
   for a, b in zip(*logs):
@@ -194,7 +194,7 @@ def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
   summaries = [json.loads((w / 'train_metrics.json').read_text()) for w in (one, two)]
   assert summaries[0]['step'] == summaries[1]['step'] == 4
   np.testing.assert_allclose(
-      summaries[1]['best_val_miou'], summaries[0]['best_val_miou'], rtol=0, atol=1e-5
+    summaries[1]['best_val_miou'], summaries[0]['best_val_miou'], rtol=0, atol=1e-5
   )
   scores = [json.loads((w / 'eval' / 'evaluate_metrics.json').read_text()) for w in (one, two)]
   assert scores[0]['n_images'] == scores[1]['n_images'] == 2
@@ -210,16 +210,16 @@ def test_edit_on_two_processes_matches_one(tmp_path):
 
   def cmd(workdir, cache):
     return [
-        sys.executable,
-        'main.py',
-        '--config=configs/edit.py',
-        '--mode=edit',
-        f'--workdir={workdir}',
-        f'--config.data.root={PARITY / "images"}',
-        f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-        f'--config.model.cache_dir={cache}',
-        '--config.edit.background=#00ff00',
-        '--config.output.num_panels=0',
+      sys.executable,
+      'main.py',
+      '--config=configs/edit.py',
+      '--mode=edit',
+      f'--workdir={workdir}',
+      f'--config.data.root={PARITY / "images"}',
+      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+      f'--config.model.cache_dir={cache}',
+      '--config.edit.background=#00ff00',
+      '--config.output.num_panels=0',
     ]
 
   finish(run(cmd(tmp_path / 'one', tmp_path / 'c1')))
@@ -231,6 +231,6 @@ def test_edit_on_two_processes_matches_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / 'two' / sub).glob('*.png')) == names
     for name in names:
       np.testing.assert_array_equal(
-          np.asarray(Image.open(tmp_path / 'two' / sub / name)),
-          np.asarray(Image.open(tmp_path / 'one' / sub / name)),
+        np.asarray(Image.open(tmp_path / 'two' / sub / name)),
+        np.asarray(Image.open(tmp_path / 'one' / sub / name)),
       )

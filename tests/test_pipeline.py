@@ -13,7 +13,7 @@ from tests.conftest import PARITY, PARITY_IDS
 @pytest.fixture(scope='module')
 def extractor(tmp_path_factory):
   return pipeline.load_extractor(
-      'dino_vits16', str(PARITY / 'checkpoint.pth'), str(tmp_path_factory.mktemp('cache'))
+    'dino_vits16', str(PARITY / 'checkpoint.pth'), str(tmp_path_factory.mktemp('cache'))
   )
 
 
@@ -24,9 +24,9 @@ def examples(tmp_path):
     out.append(datasets.Example(id=image_id, path=str(PARITY / 'images' / f'{image_id}.png')))
   image = np.array(Image.open(PARITY / 'images' / 'coffee.png'))
   for name, crop in {
-      'c1': image[:390, :590],
-      'c2': image[:300, :500],
-      'c3': image[:100, :70],
+    'c1': image[:390, :590],
+    'c2': image[:300, :500],
+    'c3': image[:100, :70],
   }.items():
     Image.fromarray(crop).save(tmp_path / f'{name}.png')
     out.append(datasets.Example(id=name, path=str(tmp_path / f'{name}.png')))
@@ -34,10 +34,7 @@ def examples(tmp_path):
 
 
 def run(extractor, exs, **kw):
-  return {
-      r.example.id: r
-      for r in pipeline.run_images(extractor, exs, spectral_k=5, **kw)
-  }
+  return {r.example.id: r for r in pipeline.run_images(extractor, exs, spectral_k=5, **kw)}
 
 
 def test_bucketed_batches_equal_exact_sizes(extractor, tmp_path):
@@ -53,7 +50,7 @@ def test_bucketed_batches_equal_exact_sizes(extractor, tmp_path):
     np.testing.assert_allclose(got.features, ref.features, atol=1e-5 * scale)
     np.testing.assert_allclose(got.eigenvalues, ref.eigenvalues, atol=1e-5)
     fiedler_cos = abs(got.eigenvectors[1] @ ref.eigenvectors[1]) / (
-        np.linalg.norm(got.eigenvectors[1]) * np.linalg.norm(ref.eigenvectors[1])
+      np.linalg.norm(got.eigenvectors[1]) * np.linalg.norm(ref.eigenvectors[1])
     )
     assert fiedler_cos > 0.999
 
@@ -93,18 +90,18 @@ def test_few_compiled_shapes_on_a_voc_like_size_mix():
   """VOC images are mostly 500 px on the long side with many short sides."""
   rng = np.random.default_rng(0)
   sizes = [(int(s), 500) for s in rng.integers(200, 500, 300)] + [
-      (500, int(s)) for s in rng.integers(200, 500, 100)
+    (500, int(s)) for s in rng.integers(200, 500, 100)
   ]
   images = [(i, np.zeros((h, w, 3), np.uint8)) for i, (h, w) in enumerate(sizes)]
   exact = {(h // 16, w // 16) for h, w in sizes}
   batches = list(pipeline.size_batches(images, 16, 8, bucket_tokens=64))
   lengths = {
-      pipeline.bucket_length((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 64) for b in batches
+    pipeline.bucket_length((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 64) for b in batches
   }
   tokens = sum((h // 16) * (w // 16) for h, w in sizes)
   padded = sum(
-      len(b) * pipeline.bucket_length((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 64)
-      for b in batches
+    len(b) * pipeline.bucket_length((b[0][1].shape[0] // 16, b[0][1].shape[1] // 16), 64)
+    for b in batches
   )
   assert sum(len(b) for b in batches) == len(images)
   assert len(exact) > 30 and len(lengths) <= 12
@@ -190,9 +187,9 @@ def test_large_image_runs_downscaled_with_outputs_in_its_frame(extractor, tmp_pa
   skipped = []
   limits = pipeline.ImageLimits(max_tokens=1024, resize_large=False)
   out = list(
-      pipeline.run_images(
-          extractor, [ex], batch_size=1, limits=limits, on_error=lambda e, x: skipped.append(x)
-      )
+    pipeline.run_images(
+      extractor, [ex], batch_size=1, limits=limits, on_error=lambda e, x: skipped.append(x)
+    )
   )
   assert not out and 'resize_large=False' in str(skipped[0]) and 'big.png' in str(skipped[0])
 
@@ -206,11 +203,14 @@ def test_tiny_images_clamp_k_or_are_skipped_by_name(extractor, tmp_path):
     exs.append(datasets.Example(id=name, path=str(tmp_path / f'{name}.png')))
   errors = {}
   results = {
-      r.example.id: r
-      for r in pipeline.run_images(
-          extractor, exs, batch_size=4, spectral_k=40,
-          on_error=lambda ex, e: errors.setdefault(ex.id, str(e)),
-      )
+    r.example.id: r
+    for r in pipeline.run_images(
+      extractor,
+      exs,
+      batch_size=4,
+      spectral_k=40,
+      on_error=lambda ex, e: errors.setdefault(ex.id, str(e)),
+    )
   }
   assert set(results) == {'thumb', 'strip', 'normal'} and set(errors) == {'one_patch'}
   assert 'one_patch.png' in errors['one_patch'] and 'at least 3' in errors['one_patch']
@@ -235,7 +235,12 @@ def test_an_image_too_elongated_to_downscale_is_named_with_its_own_size(tmp_path
   path = tmp_path / 'strip.png'
   Image.fromarray(np.full((16, 112_000, 3), 128, np.uint8)).save(path)
   errors = []
-  out = list(pipeline.decoded([datasets.Example(id='strip', path=str(path))], 16,
-                              on_error=lambda ex, e: errors.append(str(e))))
+  out = list(
+    pipeline.decoded(
+      [datasets.Example(id='strip', path=str(path))],
+      16,
+      on_error=lambda ex, e: errors.append(str(e)),
+    )
+  )
   assert out == [] and len(errors) == 1
   assert '112000x16, downscaled to' in errors[0] and 'data.max_tokens=6400' in errors[0]

@@ -33,10 +33,10 @@ def direct_bicubic(grid: np.ndarray, out_hw, scale_hw) -> np.ndarray:
       for iy in range(math.floor(sy) - 1, math.floor(sy) + 3):
         for ix in range(math.floor(sx) - 1, math.floor(sx) + 3):
           acc = (
-              acc
-              + w(sy - iy)
-              * w(sx - ix)
-              * grid[..., min(max(iy, 0), g_h - 1), min(max(ix, 0), g_w - 1)]
+            acc
+            + w(sy - iy)
+            * w(sx - ix)
+            * grid[..., min(max(iy, 0), g_h - 1), min(max(ix, 0), g_w - 1)]
           )
       out[..., oy, ox] = acc
   return out

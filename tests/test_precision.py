@@ -22,7 +22,7 @@ KEY_RTOL = 0.02
 
 def _run(precision, cache):
   extractor = pipeline.load_extractor(
-      'dino_vits16', str(PARITY / 'checkpoint.pth'), cache, common.PRECISIONS[precision]
+    'dino_vits16', str(PARITY / 'checkpoint.pth'), cache, common.PRECISIONS[precision]
   )
   exs = [datasets.Example(id=i, path=str(PARITY / 'images' / f'{i}.png')) for i in PARITY_IDS]
   results = pipeline.run_images(extractor, exs, spectral_k=5, batch_size=2, bucket_tokens=64)
@@ -105,8 +105,8 @@ def test_bfloat16_matmuls_run_on_bf16_operands(runs, monkeypatch, chunk_budget):
   hlo = jax.jit(extractor._features).lower(*_forward_inputs(extractor)).as_text()
   lowered = [line for line in hlo.splitlines() if 'stablehlo.dot_general' in line]
   assert lowered and all(
-      re.search(r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\) -> tensor<[^>]*xf32>', line)
-      for line in lowered
+    re.search(r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\) -> tensor<[^>]*xf32>', line)
+    for line in lowered
   ), lowered
   out = jax.eval_shape(extractor._features, *_forward_inputs(extractor))
   assert out['k'].dtype == jnp.float32
@@ -117,8 +117,8 @@ def test_float32_matmuls_stay_true_float32(runs):
   for eqn in _dots(_forward_jaxpr(extractor).jaxpr):
     assert [v.aval.dtype for v in eqn.invars] == [jnp.float32] * 2, eqn
     assert eqn.params['precision'] in (
-        (jax.lax.Precision.HIGHEST,) * 2,
-        jax.lax.Precision.HIGHEST,
+      (jax.lax.Precision.HIGHEST,) * 2,
+      jax.lax.Precision.HIGHEST,
     ), eqn
   hlo = jax.jit(extractor._features).lower(*_forward_inputs(extractor)).as_text()
   assert 'bf16' not in hlo

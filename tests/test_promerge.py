@@ -83,7 +83,7 @@ def matched_ious(pred, ref):
   if len(pred) != len(ref):
     return False, []
   iou = np.array([[(p & r).sum() / (p | r).sum() for r in ref] for p in pred]).reshape(
-      len(pred), len(ref)
+    len(pred), len(ref)
   )
   rows, cols = linear_sum_assignment(-iou)
   return True, list(iou[rows, cols])
@@ -134,7 +134,7 @@ def test_keys_match_the_official(extractor, images):
   for name, k in zip(IDS, keys):
     data = _data(name)
     np.testing.assert_allclose(
-        np.linalg.norm(k, axis=-1).reshape(GRID), data['k_norm'], rtol=2e-6, atol=0
+      np.linalg.norm(k, axis=-1).reshape(GRID), data['k_norm'], rtol=2e-6, atol=0
     )
     rc = data['seed_rc']
     ref = data['k_seeds']

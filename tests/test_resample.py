@@ -60,7 +60,7 @@ def test_index_rules_against_their_oracles(n_in, n_out):
   np.testing.assert_array_equal(resample.cv2_index(n_out, n_in), _cv2_oracle(n_out, n_in))
   np.testing.assert_array_equal(resample.torch_index(n_out, n_in), _torch_oracle(n_out, n_in))
   np.testing.assert_array_equal(
-      resample.half_pixel_index(n_out, n_in), _half_pixel_oracle(n_out, n_in)
+    resample.half_pixel_index(n_out, n_in), _half_pixel_oracle(n_out, n_in)
   )
   row = np.arange(n_in, dtype=np.int32)[None]  # PIL mode 'I': the pixel value is its index
   np.testing.assert_array_equal(resample.pil_index(n_out, n_in), _pil_resize(row, (1, n_out))[0])
@@ -76,7 +76,7 @@ def test_index_rules_over_a_sweep():
       assert list(resample.torch_index(n_out, n_in)) == _torch_oracle(n_out, n_in)
       assert list(resample.half_pixel_index(n_out, n_in)) == _half_pixel_oracle(n_out, n_in)
       np.testing.assert_array_equal(
-          resample.pil_index(n_out, n_in), _pil_resize(row, (1, n_out))[0]
+        resample.pil_index(n_out, n_in), _pil_resize(row, (1, n_out))[0]
       )
 
 
@@ -93,27 +93,27 @@ def test_integer_factors_give_blocks_under_every_rule():
     for f in range(1, 33):
       blocks = np.arange(n_in * f) // f
       for rule in (
-          resample.floor_index,
-          resample.torch_index,
-          resample.cv2_index,
-          resample.half_pixel_index,
-          resample.pil_index,
+        resample.floor_index,
+        resample.torch_index,
+        resample.cv2_index,
+        resample.half_pixel_index,
+        resample.pil_index,
       ):
         np.testing.assert_array_equal(rule(n_in * f, n_in), blocks)
 
 
 @pytest.mark.parametrize(
-    'hw_in, hw_out', [((7, 5), (23, 13)), ((23, 13), (7, 5)), ((3, 9), (9, 3))]
+  'hw_in, hw_out', [((7, 5), (23, 13)), ((23, 13), (7, 5)), ((3, 9), (9, 3))]
 )
 def test_two_dimensional_resizes(hw_in, hw_out):
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 21, hw_in + (2,)).astype(np.uint8)  # trailing axes follow
   (h, w), (hi, wi) = hw_out, hw_in
   for fn, oracle in (
-      (resample.nearest_floor, _floor_oracle),
-      (resample.nearest_cv2, _cv2_oracle),
-      (resample.nearest_torch, _torch_oracle),
-      (resample.nearest_half_pixel, _half_pixel_oracle),
+    (resample.nearest_floor, _floor_oracle),
+    (resample.nearest_cv2, _cv2_oracle),
+    (resample.nearest_torch, _torch_oracle),
+    (resample.nearest_half_pixel, _half_pixel_oracle),
   ):
     rows, cols = oracle(h, hi), oracle(w, wi)
     want = np.array([[labels[rows[y], cols[x]] for x in range(w)] for y in range(h)])
@@ -124,7 +124,7 @@ def test_two_dimensional_resizes(hw_in, hw_out):
 
 @pytest.mark.parametrize('mode_dtype', [np.uint8, np.int32])
 @pytest.mark.parametrize(
-    'hw_in, hw_out', [((7, 5), (23, 13)), ((23, 13), (7, 5)), ((31, 29), (31, 29))]
+  'hw_in, hw_out', [((7, 5), (23, 13)), ((23, 13), (7, 5)), ((31, 29), (31, 29))]
 )
 def test_nearest_pil_is_pils_resize(mode_dtype, hw_in, hw_out):
   rng = np.random.default_rng(1)
@@ -145,7 +145,7 @@ def test_nearest_pil_with_a_crop_box():
     box = (int(left), int(top), int(right), int(bottom))
     size = int(rng.integers(1, 70))
     np.testing.assert_array_equal(
-        resample.nearest_pil(label, (size, size), box=box), _pil_resize(label, (size, size), box)
+      resample.nearest_pil(label, (size, size), box=box), _pil_resize(label, (size, size), box)
     )
   with pytest.raises(ValueError, match='not inside'):
     resample.nearest_pil(np.zeros((4, 4)), (2, 2), box=(0, 0, 5, 4))
@@ -168,7 +168,7 @@ def test_repeat_blocks(factor):
 
 
 @pytest.mark.parametrize(
-    'grid, hw, patch', [((3, 4), (53, 70), 16), ((2, 3), (31, 45), 14), ((5, 5), (40, 40), 8)]
+  'grid, hw, patch', [((3, 4), (53, 70), 16), ((2, 3), (31, 45), 14), ((5, 5), (40, 40), 8)]
 )
 def test_upsample_patches_cv2_is_the_official_two_resizes(grid, hw, patch):
   """Literal recipe: cv2-nearest to (H, W), then the patch area by cv2-nearest to (h·P, w·P)."""
@@ -202,7 +202,7 @@ def _bilinear_matrix(n_in, n_out):
 
 
 @pytest.mark.parametrize(
-    'hw_in, hw_out', [((37, 29), (11, 13)), ((11, 13), (37, 29)), ((40, 40), (7, 9))]
+  'hw_in, hw_out', [((37, 29), (11, 13)), ((11, 13), (37, 29)), ((40, 40), (7, 9))]
 )
 def test_vote_bilinear_is_a_majority_vote(hw_in, hw_out):
   """The area-weighted share of True pixels > ½, in float, wherever PIL's 8-bit rounding cannot

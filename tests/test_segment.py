@@ -19,7 +19,7 @@ def test_masks_equal_official(parity_config, manifest, tmp_path):
     full = np.zeros((info['height'], info['width']), np.uint8)
     full[: seg.shape[0] * 16, : seg.shape[1] * 16] = np.kron(seg > 0, np.ones((16, 16))) * 255
     full[seg.shape[0] * 16 :, : seg.shape[1] * 16] = full[
-        seg.shape[0] * 16 - 1, : seg.shape[1] * 16
+      seg.shape[0] * 16 - 1, : seg.shape[1] * 16
     ]
     full[:, seg.shape[1] * 16 :] = full[:, seg.shape[1] * 16 - 1 : seg.shape[1] * 16]
     Image.fromarray(full).save(mask_dir / f'{image_id}.png')

@@ -42,7 +42,7 @@ def test_backbone_features_are_final_normed_block_outputs(model_and_vars):
   images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 40, 3))
   model = S.DeepLabV3Plus(ARCH, low_level_block=1, **SMALL_HEAD)
   _, inter = jax.jit(
-      lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
+    lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
   )(variables, images)
   normed = inter['intermediates']['backbone']['__call__'][0]['normed']
   low, out = (x.reshape(2, 4, 5, ARCH.embed_dim) for x in normed)
@@ -55,7 +55,7 @@ def test_backbone_features_are_final_normed_block_outputs(model_and_vars):
 
 
 @pytest.mark.parametrize(
-    'name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)]
+  'name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)]
 )
 def test_dinov2_and_dinov3_segmenters_hold_the_pretrained_tree_and_its_normed_tokens(name):
   """The registry's DINOv2/v3 parameters drop into params['backbone']; the decoder's inputs
@@ -74,7 +74,7 @@ def test_dinov2_and_dinov3_segmenters_hold_the_pretrained_tree_and_its_normed_to
   x = vit.normalize(image)[None]
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   logits, inter = jax.jit(
-      lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
+    lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
   )(variables, x)
   assert logits.shape == (1, *image.shape[:2], 5)
   normed = inter['intermediates']['backbone']['__call__'][0]['normed']
@@ -87,8 +87,10 @@ def test_dinov2_and_dinov3_segmenters_hold_the_pretrained_tree_and_its_normed_to
   first = {k: v for k, v in pretrained['params'].items() if k != 'blocks_1'}
   want = backbones.features(cut, {'params': first}, image)['x_norm_patchtokens']
   np.testing.assert_allclose(np.asarray(normed[0][0]), want, atol=1e-5 * np.abs(want).max())
-  with pytest.raises(ValueError, match='multiple of patch size') if 'dinov2' in name else (
-      contextlib.nullcontext()
+  with (
+    pytest.raises(ValueError, match='multiple of patch size')
+    if 'dinov2' in name
+    else (contextlib.nullcontext())
   ):  # DINOv3's stride-16 conv crops as the official one does
     jax.eval_shape(model.apply, variables, jnp.zeros((1, 4 * arch.patch_size + 3, 64, 3)))
 
@@ -97,9 +99,9 @@ def test_logits_at_input_resolution_and_batchnorm_updates(model_and_vars):
   model, variables = model_and_vars
   images = jax.random.normal(jax.random.PRNGKey(2), (2, 48, 32, 3))
   train_apply = jax.jit(
-      lambda v, x: model.apply(
-          v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(3)}
-      )
+    lambda v, x: model.apply(
+      v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(3)}
+    )
   )
   logits, updates = train_apply(variables, images)
   assert logits.shape == (2, 48, 32, 5)
@@ -113,18 +115,18 @@ def test_logits_at_input_resolution_and_batchnorm_updates(model_and_vars):
 def test_with_backbone_loads_dino_params_and_rejects_other_shapes(model_and_vars):
   _, variables = model_and_vars
   dino = jax.tree.map(
-      lambda s: np.full(s, 0.5, np.float32),
-      vit.abstract_params(ARCH),
-      is_leaf=lambda x: isinstance(x, tuple),
+    lambda s: np.full(s, 0.5, np.float32),
+    vit.abstract_params(ARCH),
+    is_leaf=lambda x: isinstance(x, tuple),
   )
   params = S.with_backbone(variables['params'], dino)
   assert float(params['backbone']['blocks_0']['attn']['qkv']['kernel'][0, 0]) == 0.5
   other = vit.abstract_params(vit.ViTArch(8, 48, 2, 3, 16))
   other = jax.tree.map(np.zeros, other, is_leaf=lambda x: isinstance(x, tuple))
   with pytest.raises(
-      ValueError,
-      match=r'backbone/blocks_0/attn/qkv/kernel: checkpoint has '
-      r'shape \(48, 144\), model expects \(32, 96\)',
+    ValueError,
+    match=r'backbone/blocks_0/attn/qkv/kernel: checkpoint has '
+    r'shape \(48, 144\), model expects \(32, 96\)',
   ):
     S.with_backbone(variables['params'], other)
 
@@ -141,16 +143,16 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
 
   wide = S.DeepLabV3Plus(vit.ViTArch(8, 48, 2, 3, 16), **SMALL_HEAD)
   pattern = (
-      r'different architecture[\s\S]*params/backbone/blocks_0/attn/qkv/kernel: '
-      r'checkpoint has shape \(32, 96\), model expects \(48, 144\)[\s\S]*'
-      r"written by \{.*'embed_dim': 32"
+    r'different architecture[\s\S]*params/backbone/blocks_0/attn/qkv/kernel: '
+    r'checkpoint has shape \(32, 96\), model expects \(48, 144\)[\s\S]*'
+    r"written by \{.*'embed_dim': 32"
   )
   with pytest.raises(ValueError, match=pattern):
     saving.restore_variables(tmp_path / 'ckpt', wide)
   mngr = saving.checkpoint_manager(tmp_path / 'ckpt')
   with pytest.raises(ValueError, match=pattern):
     abstract = jax.eval_shape(
-        functools.partial(loop.create_train_state, wide, cfg), jax.random.PRNGKey(0)
+      functools.partial(loop.create_train_state, wide, cfg), jax.random.PRNGKey(0)
     )
     saving.restore(mngr, 0, abstract)
   deeper = S.DeepLabV3Plus(vit.ViTArch(8, 32, 2, 4, 16), **SMALL_HEAD)
@@ -160,7 +162,7 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
   variables, step = saving.restore_variables(tmp_path / 'ckpt', small)
   assert step == 0
   np.testing.assert_array_equal(
-      variables['params']['classifier']['kernel'], state.params['classifier']['kernel']
+    variables['params']['classifier']['kernel'], state.params['classifier']['kernel']
   )
 
 
@@ -175,7 +177,7 @@ def resnet_segmenter():
   from tests import backbones_data as bd  # pylint: disable=import-outside-toplevel
 
   arch, pretrained = backbones.load_backbone_params(
-      'dino_resnet50', bd.DATA / 'dino_resnet50' / 'checkpoint.pth'
+    'dino_resnet50', bd.DATA / 'dino_resnet50' / 'checkpoint.pth'
   )
   model = S.DeepLabV3Plus(arch, aspp_rates=S.default_aspp_rates(arch), **SMALL_HEAD)
   cfg = loop.TrainConfig(steps=2, batch_size=2, crop_size=32)
@@ -191,7 +193,7 @@ def test_resnet_segmenter_backbone_equals_official_features(resnet_segmenter):
   model, _, variables = resnet_segmenter
   image = vit.crop_to_patches(bd.image('dino_resnet50'), 8)
   apply = jax.jit(
-      lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['batch_stats'])
+    lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['batch_stats'])
   )
   logits, state = apply(variables, vit.normalize(image)[None])
   assert logits.shape == (1, *image.shape[:2], 5)
@@ -200,9 +202,7 @@ def test_resnet_segmenter_backbone_equals_official_features(resnet_segmenter):
   out['grid'] = (image.shape[0] // 8, image.shape[1] // 8)
   errs = bd.rel_errors(out, 'dino_resnet50')
   assert set(errs) == {'features', 'low_level'} and max(errs.values()) <= 1e-4, errs
-  for a, b in zip(
-      jax.tree.leaves(state['batch_stats']), jax.tree.leaves(variables['batch_stats'])
-  ):
+  for a, b in zip(jax.tree.leaves(state['batch_stats']), jax.tree.leaves(variables['batch_stats'])):
     np.testing.assert_array_equal(a, b)  # running statistics are not touched in eval
 
 
@@ -211,9 +211,9 @@ def test_resnet_segmenter_shapes_strides_and_aspp_rates(resnet_segmenter):
   assert model.aspp_rates == (12, 24, 36) and model.arch.output_stride == 8
   x = jax.ShapeDtypeStruct((2, 64, 48, 3), jnp.float32)
   logits, state = jax.eval_shape(
-      lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates']),
-      variables,
-      x,
+    lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates']),
+    variables,
+    x,
   )
   assert logits.shape == (2, 64, 48, 5)  # upsampled to the input
   inter = state['intermediates']
@@ -225,10 +225,9 @@ def test_resnet_segmenter_shapes_strides_and_aspp_rates(resnet_segmenter):
   # Dilations read back from the traced model: the three 3×3 ASPP convs on the 2048-ch map.
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, np.zeros(x.shape, x.dtype))
   aspp = [
-      (e.params['rhs_dilation'], e.params['padding'])
-      for e in jaxpr.eqns
-      if e.primitive.name == 'conv_general_dilated'
-      and e.invars[1].aval.shape[:3] == (3, 3, 2048)
+    (e.params['rhs_dilation'], e.params['padding'])
+    for e in jaxpr.eqns
+    if e.primitive.name == 'conv_general_dilated' and e.invars[1].aval.shape[:3] == (3, 3, 2048)
   ]
   assert aspp == [((r, r), ((r, r), (r, r))) for r in (12, 24, 36)]
 
@@ -255,9 +254,7 @@ def test_resnet_frozen_layers_get_no_update_and_no_state(resnet_segmenter):
   train. Random gradients through the optimiser: frozen updates exactly 0, others not."""
   model, _, variables = resnet_segmenter
   assert S.frozen_backbone_modules(model) == ('conv1', 'bn1', 'layer1_0', 'layer2_0', 'layer3_0')
-  full = S.frozen_backbone_modules(
-      S.DeepLabV3Plus(resnet.ResNetArch(), unfrozen_backbone_layers=2)
-  )
+  full = S.frozen_backbone_modules(S.DeepLabV3Plus(resnet.ResNetArch(), unfrozen_backbone_layers=2))
   assert full[-1] == 'layer2_3' and len(full) == 2 + 3 + 4  # conv1, bn1, layer1, layer2
   assert S.frozen_backbone_modules(S.DeepLabV3Plus(ARCH)) == ()  # ViT: one child, nothing frozen
   # The segmenter's tree with tiny leaves (labels go by name, decay by ndim): fast eager ops.
@@ -282,9 +279,9 @@ def test_resnet_train_mode_updates_every_batch_norm(resnet_segmenter):
   model, _, variables = resnet_segmenter
   images = jax.random.normal(jax.random.PRNGKey(4), (2, 32, 32, 3))
   _, updates = jax.jit(
-      lambda v, x: model.apply(
-          v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(5)}
-      )
+    lambda v, x: model.apply(
+      v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(5)}
+    )
   )(variables, images)
   for module in ('bn1', 'layer1_0', 'layer4_0'):
     before = jax.tree.leaves(variables['batch_stats']['backbone'][module])

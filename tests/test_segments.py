@@ -8,37 +8,37 @@ from spectral_jax.spectral import segments
 
 from tests.conftest import MANIFEST, PARITY
 
-IMAGES = sorted(MANIFEST["images"])
+IMAGES = sorted(MANIFEST['images'])
 
 
-@pytest.mark.parametrize("name", IMAGES)
+@pytest.mark.parametrize('name', IMAGES)
 def test_localization_box_matches_parity(name):
-  data = np.load(PARITY / f"{name}.npz")
-  info = MANIFEST["images"][name]
-  grid = tuple(info["patch_grid"])
-  image_hw = (info["height"], info["width"])
-  box = segments.localization_box(data["loc_eigenvectors"], grid, 16, image_hw)
+  data = np.load(PARITY / f'{name}.npz')
+  info = MANIFEST['images'][name]
+  grid = tuple(info['patch_grid'])
+  image_hw = (info['height'], info['width'])
+  box = segments.localization_box(data['loc_eigenvectors'], grid, 16, image_hw)
   assert box.dtype == np.int64
-  np.testing.assert_array_equal(box, data["loc_box_xyxy"])
-  np.testing.assert_array_equal(box, info["loc_box_xyxy"])
+  np.testing.assert_array_equal(box, data['loc_box_xyxy'])
+  np.testing.assert_array_equal(box, info['loc_box_xyxy'])
 
 
-@pytest.mark.parametrize("name", IMAGES)
+@pytest.mark.parametrize('name', IMAGES)
 def test_fiedler_mask_matches_parity(name):
-  data = np.load(PARITY / f"{name}.npz")
-  grid = tuple(MANIFEST["images"][name]["patch_grid"])
-  mask = segments.fiedler_mask(data["seg_eigenvectors"], grid)
+  data = np.load(PARITY / f'{name}.npz')
+  grid = tuple(MANIFEST['images'][name]['patch_grid'])
+  mask = segments.fiedler_mask(data['seg_eigenvectors'], grid)
   assert mask.dtype == bool and mask.shape == grid
-  np.testing.assert_array_equal(mask, data["seg_mask"] > 0)
+  np.testing.assert_array_equal(mask, data['seg_mask'] > 0)
 
 
-@pytest.mark.parametrize("name", IMAGES)
+@pytest.mark.parametrize('name', IMAGES)
 def test_infer_patch_grid_on_parity_sizes(name):
-  info = MANIFEST["images"][name]
-  n = info["patch_grid"][0] * info["patch_grid"][1]
-  assert segments.infer_patch_grid(n, (info["height"], info["width"])) == (
-      16,
-      tuple(info["patch_grid"]),
+  info = MANIFEST['images'][name]
+  n = info['patch_grid'][0] * info['patch_grid'][1]
+  assert segments.infer_patch_grid(n, (info['height'], info['width'])) == (
+    16,
+    tuple(info['patch_grid']),
   )
 
 
@@ -70,7 +70,7 @@ def test_largest_component_matches_skimage_random():
     if not mask.any():
       continue
     np.testing.assert_array_equal(
-        segments.largest_component(mask), _oracle_largest(mask), err_msg=str(trial)
+      segments.largest_component(mask), _oracle_largest(mask), err_msg=str(trial)
     )
 
 
@@ -93,10 +93,10 @@ def test_box_rules_by_hand():
   np.testing.assert_array_equal(segments.box_from_patch_mask(m, 16, (64, 96)), [0, 0, 48, 48])
   # all ones (mean == 1) is kept; empty -> whole image; clipping to the image size
   np.testing.assert_array_equal(
-      segments.box_from_patch_mask(np.ones((4, 6), bool), 16, (70, 90)), [0, 0, 90, 64]
+    segments.box_from_patch_mask(np.ones((4, 6), bool), 16, (70, 90)), [0, 0, 90, 64]
   )
   np.testing.assert_array_equal(
-      segments.box_from_patch_mask(np.zeros((4, 6), bool), 16, (70, 90)), [0, 0, 90, 64]
+    segments.box_from_patch_mask(np.zeros((4, 6), bool), 16, (70, 90)), [0, 0, 90, 64]
   )
   # exactly half stays as is
   m = np.zeros((2, 2), bool)
@@ -115,7 +115,7 @@ def _official_upsample(mask, H, W, P):
   return full
 
 
-@pytest.mark.parametrize("hw,P", [((18, 28), 16), ((25, 37), 16), ((3, 5), 8), ((4, 4), 16)])
+@pytest.mark.parametrize('hw,P', [((18, 28), 16), ((25, 37), 16), ((3, 5), 8), ((4, 4), 16)])
 def test_upsample_patch_mask(hw, P):
   rng = np.random.default_rng(hw[0] * 100 + hw[1])
   mask = rng.random(hw) < 0.5

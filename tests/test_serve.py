@@ -66,8 +66,7 @@ def backbone(cache):
 def _start(backbone, **kw):
   kw = dict(dict(max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS), **kw)
   server = app.Server(backbone, '127.0.0.1', 0, **kw)
-  threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1),
-                   daemon=True).start()
+  threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True).start()
   return server
 
 
@@ -97,8 +96,10 @@ def multipart(fields: dict) -> tuple[bytes, str]:
   for name, value in fields.items():
     out.write(f'--{boundary}\r\n'.encode())
     if isinstance(value, bytes):
-      out.write(f'Content-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
-                'Content-Type: image/png\r\n\r\n'.encode())
+      out.write(
+        f'Content-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+        'Content-Type: image/png\r\n\r\n'.encode()
+      )
       out.write(value)
     else:
       out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode())
@@ -127,8 +128,9 @@ def test_localize_boxes_equal_parity_manifest_raw_and_multipart(server, manifest
     assert -1.0 <= r['score'] <= 1.0 and r['method'] == 'dsm'
   body, ctype = multipart({'image': PHOTOS['chelsea'], 'method': 'dsm'})
   status, _, out = request(server.url + '/api/localize', body, ctype)
-  assert status == 200 and json.loads(out)['box_xyxy'] == manifest['images']['chelsea'][
-      'loc_box_xyxy']
+  assert (
+    status == 200 and json.loads(out)['box_xyxy'] == manifest['images']['chelsea']['loc_box_xyxy']
+  )
 
 
 def test_segment_remove_background_eigenvectors(server, backbone):
@@ -150,8 +152,12 @@ def test_segment_remove_background_eigenvectors(server, backbone):
   status, _, body = request(server.url + '/api/remove-background', form, ctype)
   assert status == 200 and Image.open(io.BytesIO(body)).mode == 'RGB'
   # A path is not a colour: the server never reads its own files for a request.
-  json_error(*request(server.url + '/api/remove-background?background=/etc/passwd', SMALL), 400,
-             'background', 'colour')
+  json_error(
+    *request(server.url + '/api/remove-background?background=/etc/passwd', SMALL),
+    400,
+    'background',
+    'colour',
+  )
 
   status, headers, body = request(server.url + '/api/eigenvectors?K=6&lambda=0', SMALL)
   assert status == 200 and headers['Content-Type'] == 'application/octet-stream'
@@ -185,14 +191,21 @@ def test_health_pages_and_parameter_errors(server):
 
 
 def test_bad_uploads_are_4xx_json(server):
-  json_error(*request(server.url + '/api/localize', b'hello, not an image', 'text/plain'), 400,
-             'not a recognised image')
+  json_error(
+    *request(server.url + '/api/localize', b'hello, not an image', 'text/plain'),
+    400,
+    'not a recognised image',
+  )
   truncated = PHOTOS['chelsea'][: len(PHOTOS['chelsea']) // 2]
   json_error(*request(server.url + '/api/segment', truncated), 400, 'truncated')
   form, ctype = multipart({'image': truncated})
   json_error(*request(server.url + '/api/localize', form, ctype), 400, 'image.png', 'truncated')
-  json_error(*request(server.url + '/api/localize', b'\0' * (MAX_UPLOAD + 1)), 413,
-             str(MAX_UPLOAD), 'max_upload_bytes')
+  json_error(
+    *request(server.url + '/api/localize', b'\0' * (MAX_UPLOAD + 1)),
+    413,
+    str(MAX_UPLOAD),
+    'max_upload_bytes',
+  )
   big = io.BytesIO()
   Image.new('RGB', (513, 512)).save(big, 'PNG')  # tiny file, one pixel row too many
   json_error(*request(server.url + '/api/localize', big.getvalue()), 413, 'max_pixels')
@@ -208,12 +221,20 @@ def _bomb_png(width: int, height: int) -> bytes:
   import zlib  # pylint: disable=import-outside-toplevel
 
   def chunk(kind, data):
-    return struct.pack('>I', len(data)) + kind + data + struct.pack(
-        '>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+      struct.pack('>I', len(data))
+      + kind
+      + data
+      + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
   header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
-  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
-          + chunk(b'IDAT', zlib.compress(b'\0' * 100)) + chunk(b'IEND', b''))
+  return (
+    b'\x89PNG\r\n\x1a\n'
+    + chunk(b'IHDR', header)
+    + chunk(b'IDAT', zlib.compress(b'\0' * 100))
+    + chunk(b'IEND', b'')
+  )
 
 
 def test_methods_bombs_stalls_and_small_backgrounds(server, monkeypatch):
@@ -224,13 +245,16 @@ def test_methods_bombs_stalls_and_small_backgrounds(server, monkeypatch):
     status, headers, body = request(server.url + '/api/localize', SMALL, method=method)
     json_error(status, headers, body, 405, method)
     assert headers['Allow'] == 'POST'
-  json_error(*request(server.url + '/api/localize', _bomb_png(100_000, 100_000)), 413,
-             'above the limit')
+  json_error(
+    *request(server.url + '/api/localize', _bomb_png(100_000, 100_000)), 413, 'above the limit'
+  )
   monkeypatch.setattr(app.Handler, 'timeout', 1.0)
   with socket.create_connection((server.server_address[0], server.server_address[1])) as sock:
     host = f'127.0.0.1:{server.server_address[1]}'.encode()
-    sock.sendall(b'POST /api/localize HTTP/1.1\r\nHost: ' + host + b'\r\nContent-Type: image/png'
-                 b'\r\nContent-Length: 100000\r\n\r\nab')
+    sock.sendall(
+      b'POST /api/localize HTTP/1.1\r\nHost: ' + host + b'\r\nContent-Type: image/png'
+      b'\r\nContent-Length: 100000\r\n\r\nab'
+    )
     sock.settimeout(30)
     answer = b''
     while b'\r\n\r\n' not in answer:
@@ -276,8 +300,11 @@ def test_queue_full_503_and_timeout(backbone, monkeypatch):
   gate = threading.Event()
   decoded_in = []  # threads that decoded an upload: a waiting request holds only its bytes
   decode_rgb = app.decode.decode_rgb
-  monkeypatch.setattr(app.decode, 'decode_rgb', lambda *a, **k: (
-      decoded_in.append(threading.current_thread().name), decode_rgb(*a, **k))[1])
+  monkeypatch.setattr(
+    app.decode,
+    'decode_rgb',
+    lambda *a, **k: (decoded_in.append(threading.current_thread().name), decode_rgb(*a, **k))[1],
+  )
   try:
     s.worker.submit(lambda: gate.wait(30))  # the model is busy
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -314,12 +341,19 @@ def test_cli_serve_without_workdir(cache, manifest, tmp_path):
   tmp = tmp_path / 'tmp'
   tmp.mkdir()
   env = dict(os.environ, TMPDIR=str(tmp), JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'))
-  cmd = [sys.executable, 'main.py', '--config=configs/folder.py', '--mode=serve',
-         '--config.model.name=dino_vits16',
-         f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-         f'--config.model.cache_dir={cache}', f'--config.serve.port={port}']
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  cmd = [
+    sys.executable,
+    'main.py',
+    '--config=configs/folder.py',
+    '--mode=serve',
+    '--config.model.name=dino_vits16',
+    f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+    f'--config.model.cache_dir={cache}',
+    f'--config.serve.port={port}',
+  ]
+  proc = subprocess.Popen(
+    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   url = f'http://127.0.0.1:{port}'
   try:
     deadline = time.monotonic() + 120
@@ -333,8 +367,10 @@ def test_cli_serve_without_workdir(cache, manifest, tmp_path):
     (workdir,) = tmp.glob('spectral_jax_serve_*')  # the temporary workdir, locked
     assert (workdir / '.spectral_jax' / 'lock').exists()
     status, _, body = request(url + '/api/localize', PHOTOS['astronaut'])
-    assert status == 200 and json.loads(body)['box_xyxy'] == manifest['images']['astronaut'][
-        'loc_box_xyxy']
+    assert (
+      status == 200
+      and json.loads(body)['box_xyxy'] == manifest['images']['astronaut']['loc_box_xyxy']
+    )
     assert not list(tmp.glob('spectral_jax_api_*'))  # the request's temporaries are gone
   finally:
     proc.send_signal(signal.SIGTERM)
@@ -350,8 +386,11 @@ def test_cli_serve_without_workdir(cache, manifest, tmp_path):
 
 def test_other_modes_still_require_workdir():
   proc = subprocess.run(
-      [sys.executable, 'main.py', '--config=configs/folder.py', '--mode=localize'],
-      cwd=ROOT, capture_output=True, text=True, timeout=120,
+    [sys.executable, 'main.py', '--config=configs/folder.py', '--mode=localize'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
   )
   assert proc.returncode != 0 and '--workdir is required for --mode=localize' in proc.stderr
 
@@ -377,11 +416,15 @@ def test_foreign_hosts_and_origins_are_403(server):
   own = f'127.0.0.1:{port}'.encode()
   answer = _raw(server, b'GET /api/health HTTP/1.1\r\nHost: evil.example\r\n\r\n')
   assert answer.startswith(b'HTTP/1.1 403'), answer[:60]
-  answer = _raw(server, b'POST /api/localize HTTP/1.1\r\nHost: ' + own + b'\r\nOrigin: '
-                b'http://evil.example\r\nContent-Length: 0\r\n\r\n')
+  answer = _raw(
+    server,
+    b'POST /api/localize HTTP/1.1\r\nHost: ' + own + b'\r\nOrigin: '
+    b'http://evil.example\r\nContent-Length: 0\r\n\r\n',
+  )
   assert answer.startswith(b'HTTP/1.1 403'), answer[:60]
-  answer = _raw(server, b'GET /api/health HTTP/1.1\r\nHost: ' + own + b'\r\nOrigin: http://'
-                + own + b'\r\n\r\n')
+  answer = _raw(
+    server, b'GET /api/health HTTP/1.1\r\nHost: ' + own + b'\r\nOrigin: http://' + own + b'\r\n\r\n'
+  )
   assert answer.startswith(b'HTTP/1.1 200'), answer[:60]
   answer = _raw(server, f'GET /api/health HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n'.encode())
   assert answer.startswith(b'HTTP/1.1 200'), answer[:60]

@@ -30,16 +30,20 @@ from tests.test_serve import shared_cache
 ROOT = Path(__file__).parent.parent
 PHOTO = PARITY / 'images' / 'chelsea.png'
 INSTALL = (
-    'the browser test needs Chromium: install it with `apt-get install -y chromium` '
-    '(Debian/Ubuntu; .ci/run does this), or point SPECTRAL_JAX_CHROMIUM at a Chrome/Chromium '
-    'binary'
+  'the browser test needs Chromium: install it with `apt-get install -y chromium` '
+  '(Debian/Ubuntu; .ci/run does this), or point SPECTRAL_JAX_CHROMIUM at a Chrome/Chromium '
+  'binary'
 )
 
 
 def chromium_binary() -> str:
-  for candidate in (os.environ.get('SPECTRAL_JAX_CHROMIUM'), '/usr/lib/chromium/chromium',
-                    shutil.which('chromium'), shutil.which('chromium-browser'),
-                    shutil.which('google-chrome')):
+  for candidate in (
+    os.environ.get('SPECTRAL_JAX_CHROMIUM'),
+    '/usr/lib/chromium/chromium',
+    shutil.which('chromium'),
+    shutil.which('chromium-browser'),
+    shutil.which('google-chrome'),
+  ):
     if candidate and os.access(candidate, os.X_OK):
       return candidate
   pytest.fail(INSTALL)
@@ -51,16 +55,29 @@ class Browser:
   def __init__(self, binary: str, profile: Path):
     to_chrome_r, self._to_chrome = self._high(os.pipe())
     self._from_chrome, from_chrome_w = self._high(os.pipe())
-    args = [binary, '--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
-            '--no-first-run', '--no-default-browser-check', '--disable-extensions',
-            '--disable-background-networking', '--disable-component-update', '--disable-sync',
-            '--remote-debugging-pipe', f'--user-data-dir={profile}', 'about:blank']
+    args = [
+      binary,
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-dev-shm-usage',
+      '--no-first-run',
+      '--no-default-browser-check',
+      '--disable-extensions',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--remote-debugging-pipe',
+      f'--user-data-dir={profile}',
+      'about:blank',
+    ]
     # bash puts the pipe ends where Chromium expects them: it reads 3, writes 4 (dash cannot
     # redirect descriptors above 9).
     self.proc = subprocess.Popen(
-        ['bash', '-c', f'exec "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}', 'bash', *args],
-        pass_fds=(to_chrome_r, from_chrome_w), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+      ['bash', '-c', f'exec "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}', 'bash', *args],
+      pass_fds=(to_chrome_r, from_chrome_w),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
     )
     os.close(to_chrome_r)
     os.close(from_chrome_w)
@@ -103,8 +120,9 @@ class Browser:
         return reply['result']
 
   def eval(self, expression: str):
-    result = self.send('Runtime.evaluate', expression=expression, returnByValue=True,
-                       awaitPromise=True)
+    result = self.send(
+      'Runtime.evaluate', expression=expression, returnByValue=True, awaitPromise=True
+    )
     if 'exceptionDetails' in result:
       raise RuntimeError(f'{expression}: {result["exceptionDetails"]}')
     return result['result'].get('value')
@@ -124,8 +142,7 @@ class Browser:
 
   def upload(self, selector: str, path: Path) -> None:
     node = self.send('Runtime.evaluate', expression=f'document.querySelector("{selector}")')
-    self.send('DOM.setFileInputFiles', files=[str(path)],
-              objectId=node['result']['objectId'])
+    self.send('DOM.setFileInputFiles', files=[str(path)], objectId=node['result']['objectId'])
 
   def close(self) -> None:
     try:
@@ -143,8 +160,9 @@ class Browser:
 
 @pytest.fixture(scope='module')
 def server(tmp_path_factory):
-  backbone = sj.load_backbone('dino_vits16', PARITY / 'checkpoint.pth',
-                              cache_dir=shared_cache(tmp_path_factory))
+  backbone = sj.load_backbone(
+    'dino_vits16', PARITY / 'checkpoint.pth', cache_dir=shared_cache(tmp_path_factory)
+  )
   s = app.Server(backbone, '127.0.0.1', 0)
   threading.Thread(target=s.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True).start()
   yield s
@@ -155,8 +173,13 @@ def server(tmp_path_factory):
 def test_page_shows_box_and_cutout(server, tmp_path):
   browser = Browser(chromium_binary(), tmp_path / 'profile')
   try:
-    browser.send('Emulation.setDeviceMetricsOverride', width=1400, height=1000,
-                 deviceScaleFactor=1, mobile=False)
+    browser.send(
+      'Emulation.setDeviceMetricsOverride',
+      width=1400,
+      height=1000,
+      deviceScaleFactor=1,
+      mobile=False,
+    )
     browser.send('Page.navigate', url=server.url + '/')
     browser.wait_for("document.getElementById('method').options.length > 1", 30)  # health read
 
@@ -169,7 +192,7 @@ def test_page_shows_box_and_cutout(server, tmp_path):
 
     browser.upload('#file', PHOTO)
     state = browser.wait_for(
-        "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
+      "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
     )
     assert state == 'done', browser.eval("document.getElementById('error').textContent")
     box = browser.eval("document.getElementById('boxed').dataset.box")
@@ -178,13 +201,13 @@ def test_page_shows_box_and_cutout(server, tmp_path):
     # The box is drawn: a pixel on its left edge is the stroke's green.
     x0, y0, _, y1 = expected
     pixel = browser.eval(
-        "Array.from(document.getElementById('boxed').getContext('2d')"
-        f".getImageData({x0}, {(y0 + y1) // 2}, 1, 1).data)"
+      "Array.from(document.getElementById('boxed').getContext('2d')"
+      f'.getImageData({x0}, {(y0 + y1) // 2}, 1, 1).data)'
     )
     assert pixel[:3] == [0, 255, 102]
     cutout = browser.wait_for(
-        "(() => { const i = document.getElementById('cutout');"
-        " return i.complete && i.naturalWidth && [i.naturalWidth, i.naturalHeight]; })()"
+      "(() => { const i = document.getElementById('cutout');"
+      ' return i.complete && i.naturalWidth && [i.naturalWidth, i.naturalHeight]; })()'
     )
     assert cutout == [451, 300]
     assert browser.eval("document.getElementById('mask').naturalWidth") == 451

@@ -32,23 +32,23 @@ def test_every_key_has_one_line_of_help():
 
 
 @pytest.mark.parametrize(
-    'section, key, value, words',
-    [
-        ('spectral', 'K', 1, '2..64'),
-        ('spectral', 'solver', 'magic', 'auto'),
-        ('spectral', 'color_lambda', float('nan'), 'finite'),
-        ('data', 'max_tokens', 4, '>= 16'),
-        ('data', 'bucket_tokens', 5000, '4096'),
-        ('segment', 'refine', 'guided', 'none'),
-        ('discover', 'max_objects', 0, '1..255'),
-        ('discover', 'solver', 'gpu', 'arpack'),
-        ('serve', 'port', 70000, '0..65535'),
-        ('serve', 'timeout', 0, '> 0'),
-        ('edit', 'foreground', 'paint', 'blur_fusion'),
-        ('model', 'precision', 'float16', 'bfloat16'),
-        ('tokencut', 'eps', 0.0, '> 0'),
-        ('lost', 'k_patches', 0, '>= 1'),
-    ],
+  'section, key, value, words',
+  [
+    ('spectral', 'K', 1, '2..64'),
+    ('spectral', 'solver', 'magic', 'auto'),
+    ('spectral', 'color_lambda', float('nan'), 'finite'),
+    ('data', 'max_tokens', 4, '>= 16'),
+    ('data', 'bucket_tokens', 5000, '4096'),
+    ('segment', 'refine', 'guided', 'none'),
+    ('discover', 'max_objects', 0, '1..255'),
+    ('discover', 'solver', 'gpu', 'arpack'),
+    ('serve', 'port', 70000, '0..65535'),
+    ('serve', 'timeout', 0, '> 0'),
+    ('edit', 'foreground', 'paint', 'blur_fusion'),
+    ('model', 'precision', 'float16', 'bfloat16'),
+    ('tokencut', 'eps', 0.0, '> 0'),
+    ('lost', 'k_patches', 0, '>= 1'),
+  ],
 )
 def test_a_bad_value_names_its_key(section, key, value, words):
   config = config_dict.default_config()

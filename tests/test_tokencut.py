@@ -59,7 +59,7 @@ def test_padded_input_pads_zeros_after_normalisation():
   x = tokencut.padded_input(image, 16)
   assert x.shape == (32, 48, 3) and x.dtype == np.float32
   want = (np.float32(200) / np.float32(255) - np.array([0.485, 0.456, 0.406], np.float32)) / (
-      np.array([0.229, 0.224, 0.225], np.float32)
+    np.array([0.229, 0.224, 0.225], np.float32)
   )
   np.testing.assert_allclose(x[:20, :35], np.broadcast_to(want, (20, 35, 3)), rtol=1e-6)
   assert not x[20:].any() and not x[:, 35:].any()
@@ -79,8 +79,9 @@ def test_padded_keys_match_official(extractor):
 def _check_against_official(res, b, image_id, grid):
   ref, info = _ref(image_id), MANIFEST['images'][image_id]
   n = grid[0] * grid[1]
-  np.testing.assert_array_equal(tokencut.as_grid(res['bipartition'][b], grid),
-                                ref['tc_bipartition'])
+  np.testing.assert_array_equal(
+    tokencut.as_grid(res['bipartition'][b], grid), ref['tc_bipartition']
+  )
   assert res['seed'][b] == ref['tc_seed'] == info['tokencut_seed']
   np.testing.assert_array_equal(tokencut.as_grid(res['mask'][b], grid), ref['tc_mask'])
   np.testing.assert_array_equal(res['box'][b], ref['tc_box_xyxy'])
@@ -104,8 +105,9 @@ def test_discover_batched_matches_official():
 def test_discover_dense_matches_official(image_id):
   info = MANIFEST['images'][image_id]
   grid = tuple(info['patch_grid'])
-  res = tokencut.discover(_ref(image_id)['k'][None, 1:], [grid], [(info['height'], info['width'])],
-                          16, solver='dense')
+  res = tokencut.discover(
+    _ref(image_id)['k'][None, 1:], [grid], [(info['height'], info['width'])], 16, solver='dense'
+  )
   _check_against_official(res, 0, image_id, grid)
 
 
@@ -148,20 +150,24 @@ def test_eigenproblem_matches_float64_oracle():
     np.testing.assert_allclose(res['eigenvalues'][b], vals, atol=1e-5)
     assert vals[1] - vals[0] > 0.05  # a gap, so the vector is well defined
     assert _abs_cos(res['eigvec'][b, :n], v) >= 0.9999
-    np.testing.assert_allclose(res['eigvec'][b, :n] / np.abs(v).max(), v / np.abs(v).max(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+      res['eigvec'][b, :n] / np.abs(v).max(), v / np.abs(v).max(), atol=1e-4
+    )
     np.testing.assert_array_equal(res['bipartition'][b, :n], part)
     assert res['seed'][b] == seed
     np.testing.assert_array_equal(tokencut.as_grid(res['mask'][b], g), comp)
     ys, xs = np.nonzero(comp)
-    assert res['box'][b].tolist() == [16 * xs.min(), 16 * ys.min(), 16 * (xs.max() + 1),
-                                      16 * (ys.max() + 1)]
+    assert res['box'][b].tolist() == [
+      16 * xs.min(),
+      16 * ys.min(),
+      16 * (xs.max() + 1),
+      16 * (ys.max() + 1),
+    ]
 
 
 def test_seed_component_is_four_connected():
   mask = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0]], bool)
-  np.testing.assert_array_equal(tokencut.seed_component(mask, 4),
-                                [[0, 0, 1], [0, 1, 1], [0, 0, 0]])
+  np.testing.assert_array_equal(tokencut.seed_component(mask, 4), [[0, 0, 1], [0, 1, 1], [0, 0, 0]])
   with pytest.raises(ValueError):
     tokencut.seed_component(mask, 1)
 
@@ -183,8 +189,10 @@ def test_saliency_size_rounds_half_to_even():
   assert tokencut.saliency_size(600, 100, 16) == (608, 96)  # 37.5 → 38, 6.25 → 6
   for image_id in IDS:
     info = MANIFEST['images'][image_id]
-    assert list(tokencut.saliency_size(info['height'], info['width'], 16)) == (
-        info['saliency_resized_size'])
+    assert (
+      list(tokencut.saliency_size(info['height'], info['width'], 16))
+      == (info['saliency_resized_size'])
+    )
   with pytest.raises(ValueError):
     tokencut.saliency_size(7, 100, 16)
 

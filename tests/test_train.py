@@ -58,21 +58,21 @@ def synthetic(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def tiny_model(num_classes: int = 4) -> segmenter.DeepLabV3Plus:
   return segmenter.DeepLabV3Plus(
-      TINY, num_classes=num_classes, channels=32, low_level_channels=8, dropout=0.1
+    TINY, num_classes=num_classes, channels=32, low_level_channels=8, dropout=0.1
   )
 
 
 def tiny_config(**kw) -> loop.TrainConfig:
   base = dict(
-      steps=6,
-      batch_size=4,
-      learning_rate=1e-3,
-      crop_size=32,
-      scale=(0.3, 1.0),
-      eval_every=3,
-      checkpoint_every=3,
-      log_every=1,
-      num_workers=2,
+    steps=6,
+    batch_size=4,
+    learning_rate=1e-3,
+    crop_size=32,
+    scale=(0.3, 1.0),
+    eval_every=3,
+    checkpoint_every=3,
+    log_every=1,
+    num_workers=2,
   )
   return loop.TrainConfig(**{**base, **kw})
 
@@ -138,8 +138,8 @@ def test_train_batches_depend_only_on_step():
 
 def _params(summary):
   return jax.tree.map(
-      np.asarray,
-      (summary['state'].params, summary['state'].opt_state, summary['state'].batch_stats),
+    np.asarray,
+    (summary['state'].params, summary['state'].opt_state, summary['state'].batch_stats),
   )
 
 
@@ -214,8 +214,8 @@ def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):
   keys = jax.random.split(jax.random.PRNGKey(0), len(data))
   segs = clustering.multi_region_segments_batch(vecs, [(16, 16)] * len(data), keys, n_segments=4)
   boxes = [
-      semantic.image_box_features(im, s, 4, _colour_histogram, num_erode=0, num_dilate=0)
-      for (im, _), s in zip(data, segs)
+    semantic.image_box_features(im, s, 4, _colour_histogram, num_erode=0, num_dilate=0)
+    for (im, _), s in zip(data, segs)
   ]
   maps = semantic.semantic_maps(segs, boxes, n_clusters=3, seed=0)
   pseudo = semantic.score_maps(maps[24:], [gt for _, gt in val_part], n_pred=4, num_classes=4)
@@ -224,17 +224,16 @@ def test_pseudo_labels_then_self_training_reach_stated_miou(tmp_path):
 
   lut = train_task.matching_lut(pseudo['matching'])
   labelled = [
-      (im, semantic.resize_nearest(lut[m], im.shape[:2]))
-      for (im, _), m in zip(train_part, maps[:24])
+    (im, semantic.resize_nearest(lut[m], im.shape[:2])) for (im, _), m in zip(train_part, maps[:24])
   ]
   cfg = tiny_config(
-      steps=40,
-      batch_size=8,
-      learning_rate=5e-3,
-      crop_size=32,
-      eval_every=20,
-      checkpoint_every=20,
-      log_every=20,
+    steps=40,
+    batch_size=8,
+    learning_rate=5e-3,
+    crop_size=32,
+    eval_every=20,
+    checkpoint_every=20,
+    log_every=20,
   )
   out = loop.train_and_evaluate(cfg, tiny_model(), labelled, val_part, tmp_path)
   assert out['final']['miou'] >= 0.45, out['final']
@@ -280,12 +279,12 @@ def test_semantic_task_writes_maps_metrics_and_resumes(voc_like, tmp_path, monke
   semantic.run(voc_like, work)
   stems = [f'img{i}' for i in range(8)]
   for sub, ext in (
-      ('features', 'npz'),
-      ('eigs', 'npz'),
-      ('multi_region', 'png'),
-      ('boxes', 'npz'),
-      ('semantic', 'png'),
-      ('semantic_seeds/1', 'png'),
+    ('features', 'npz'),
+    ('eigs', 'npz'),
+    ('multi_region', 'png'),
+    ('boxes', 'npz'),
+    ('semantic', 'png'),
+    ('semantic_seeds/1', 'png'),
   ):
     assert sorted(p.stem for p in (work / sub).glob(f'*.{ext}')) == stems, sub
   sem = semantic.read_png(work / 'semantic' / 'img0.png')
@@ -337,7 +336,7 @@ def test_train_and_evaluate_tasks(voc_like, tmp_path):
   voc_like.semantic.seeds = (0,)
   semantic.run(voc_like, work)
   voc_like.train.update(
-      steps=2, batch_size=2, crop_size=32, eval_every=2, checkpoint_every=2, num_workers=2
+    steps=2, batch_size=2, crop_size=32, eval_every=2, checkpoint_every=2, num_workers=2
   )
   voc_like.segmenter.update(channels=16, low_level_channels=8)
   train_task.run(voc_like, work)
@@ -351,7 +350,7 @@ def test_train_and_evaluate_tasks(voc_like, tmp_path):
 
 
 @pytest.mark.parametrize(
-    'name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)]
+  'name', ['dinov2_vits14_reg', pytest.param('dinov3_vits16', marks=pytest.mark.slow)]
 )
 def test_train_and_evaluate_on_dinov2_and_dinov3(name, tmp_path):
   """The ViT segmenter on a DINOv2 / DINOv3 backbone (their reference checkpoints, depth 2):
@@ -424,12 +423,12 @@ for a, b in zip(jax.tree.leaves(out[2][0].batch_stats), jax.tree.leaves(out[1][0
 assert out[2][0].params['classifier']['kernel'].sharding.spec == jax.sharding.PartitionSpec()
 """
   env = {
-      **os.environ,
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-      'JAX_PLATFORMS': 'cpu',
+    **os.environ,
+    'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+    'JAX_PLATFORMS': 'cpu',
   }
   subprocess.run(
-      [sys.executable, '-c', code], check=True, env=env, cwd=Path(__file__).parent.parent
+    [sys.executable, '-c', code], check=True, env=env, cwd=Path(__file__).parent.parent
   )
 
 
@@ -535,22 +534,25 @@ def test_semantic_and_training_settings_are_checked_with_the_flag_named():
   from configs import voc_semantic  # pylint: disable=import-outside-toplevel
 
   cases = [
-      ('semantic', 'seeds', (), 'semantic.seeds'),
-      ('semantic', 'n_segments', 1, 'semantic.n_segments'),
-      ('semantic', 'num_clusters', 0, 'semantic.num_clusters'),
-      ('semantic', 'num_clusters', 300, 'at most 254'),
-      ('semantic', 'cluster_method', 'dbscan', 'cluster_method'),
-      ('', 'method', 'tokencut', 'config.method'),
-      ('train', 'weight_decay', float('nan'), 'train.weight_decay'),
-      ('train', 'eval_every', -1, 'train.eval_every'),
-      ('segmenter', 'dropout', 1.5, 'segmenter.dropout'),
-      ('segmenter', 'channels', 0, 'segmenter.channels'),
+    ('semantic', 'seeds', (), 'semantic.seeds'),
+    ('semantic', 'n_segments', 1, 'semantic.n_segments'),
+    ('semantic', 'num_clusters', 0, 'semantic.num_clusters'),
+    ('semantic', 'num_clusters', 300, 'at most 254'),
+    ('semantic', 'cluster_method', 'dbscan', 'cluster_method'),
+    ('', 'method', 'tokencut', 'config.method'),
+    ('train', 'weight_decay', float('nan'), 'train.weight_decay'),
+    ('train', 'eval_every', -1, 'train.eval_every'),
+    ('segmenter', 'dropout', 1.5, 'segmenter.dropout'),
+    ('segmenter', 'channels', 0, 'segmenter.channels'),
   ]
   for section, key, value, message in cases:
     config = voc_semantic.get_config()
     (config[section] if section else config)[key] = value
-    check = semantic.check_semantic_config if section in ('semantic', '') else (
-        train_task.check_train_config)
+    check = (
+      semantic.check_semantic_config
+      if section in ('semantic', '')
+      else (train_task.check_train_config)
+    )
     with pytest.raises(ValueError, match=message):
       check(config)
   semantic.check_semantic_config(voc_semantic.get_config())  # the defaults pass
@@ -563,10 +565,10 @@ def test_unscorable_ground_truth_is_named_and_skipped(tmp_path):
   good[2:5, 3:7] = 15
   good[0, 0] = 255
   files = {
-      'good': good,
-      'small': np.zeros((6, 10), np.uint8),
-      'label30': np.full((8, 10), 30, np.uint8),
-      'rgb': np.zeros((8, 10, 3), np.uint8),
+    'good': good,
+    'small': np.zeros((6, 10), np.uint8),
+    'label30': np.full((8, 10), 30, np.uint8),
+    'rgb': np.zeros((8, 10, 3), np.uint8),
   }
   paths = {}
   for name, array in files.items():

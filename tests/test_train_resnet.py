@@ -100,9 +100,7 @@ def test_train_resume_evaluate_with_the_resnet_backbone(tmp_path, monkeypatch):
   work = tmp_path / 'work'
   _write_pseudo_labels(config, work)
   straight = loop.train_and_evaluate
-  monkeypatch.setattr(
-      loop, 'train_and_evaluate', lambda *a, **kw: straight(*a, **kw, stop_after=1)
-  )
+  monkeypatch.setattr(loop, 'train_and_evaluate', lambda *a, **kw: straight(*a, **kw, stop_after=1))
   train_task.run(config, work)
   assert json.loads((work / 'train_metrics.json').read_text())['step'] == 1
 
@@ -110,8 +108,8 @@ def test_train_resume_evaluate_with_the_resnet_backbone(tmp_path, monkeypatch):
   saved = _state(work, 1)
   for name in ('conv1', 'bn1', 'layer1_0', 'layer3_0'):  # frozen: exactly the pretrained ones
     for a, b in zip(
-        jax.tree.leaves(saved['params']['backbone'][name]),
-        jax.tree.leaves(pretrained['params'][name]),
+      jax.tree.leaves(saved['params']['backbone'][name]),
+      jax.tree.leaves(pretrained['params'][name]),
     ):
       np.testing.assert_array_equal(a, b)
   moved = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(*map(jax.tree.leaves, (a, b))))

@@ -79,7 +79,7 @@ def test_layernorm_is_two_pass_like_pytorch():
   x = (1e4 + np.random.default_rng(0).normal(size=(4, 64))).astype(np.float32)
   ln = vit.TorchLayerNorm()
   out = np.asarray(
-      ln.apply({'params': {'scale': np.ones(64, np.float32), 'bias': np.zeros(64, np.float32)}}, x)
+    ln.apply({'params': {'scale': np.ones(64, np.float32), 'bias': np.zeros(64, np.float32)}}, x)
   )
   x64 = x.astype(np.float64)
   ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
@@ -98,7 +98,7 @@ def test_crop_is_top_left_and_rejects_tiny_images():
 def test_normalize_matches_torchvision_formula():
   image = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
   ref = (image.astype(np.float32) / 255 - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
-      [0.229, 0.224, 0.225], np.float32
+    [0.229, 0.224, 0.225], np.float32
   )
   np.testing.assert_allclose(vit.normalize(image), ref, rtol=0, atol=1e-5)
 
@@ -116,7 +116,7 @@ def test_padded_patch_sequence_equals_the_image(parity_model):
   inputs = extractor_lib.position_inputs(model.arch, params, [tuple(grid)], n + 13)
   assert inputs['token_mask'].sum() == 1 + n and not inputs['pos_tables'][0, 1 + n :].any()
   out = jax.jit(lambda p, x, i: model.apply({'params': p}, vit.normalize(x), **i))(
-      params, patches, inputs
+    params, patches, inputs
   )
   ref = np.load(f'{PARITY}/chelsea.npz')['k']
   assert np.abs(np.asarray(out['k'][0, :n]) - ref).max() <= 1e-4 * np.abs(ref).max()

@@ -21,17 +21,21 @@ def cli(workdir, *flags, mode='localize', config='configs/folder.py', timeout=60
   """main.py in a subprocess (the real entry point: flags, lock, exit code)."""
   cmd = [sys.executable, 'main.py', f'--config={config}', f'--mode={mode}', f'--workdir={workdir}']
   return subprocess.run(
-      cmd + list(flags), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    cmd + list(flags),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
   )
 
 
 def parity_flags(tmp_path):
   return [
-      f'--config.data.root={PARITY / "images"}',
-      f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
-      f'--config.model.cache_dir={tmp_path / "cache"}',
-      '--config.output.num_panels=0',
+    f'--config.data.root={PARITY / "images"}',
+    f'--config.model.checkpoint={PARITY / "checkpoint.pth"}',
+    f'--config.model.cache_dir={tmp_path / "cache"}',
+    '--config.output.num_panels=0',
   ]
 
 
@@ -67,7 +71,7 @@ def test_cli_on_a_locked_workdir_exits_with_the_holder(tmp_path):
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
   try:
     (out / '.spectral_jax' / 'lock').write_text(
-        json.dumps({'host': socket.gethostname(), 'pid': holder.pid, 'command': 'other run'})
+      json.dumps({'host': socket.gethostname(), 'pid': holder.pid, 'command': 'other run'})
     )
     proc = cli(out, *parity_flags(tmp_path))
     assert proc.returncode != 0
@@ -85,10 +89,19 @@ def test_cli_on_a_locked_workdir_exits_with_the_holder(tmp_path):
 def test_two_concurrent_runs_write_each_image_once(tmp_path):
   out = tmp_path / 'out'
   cmd = lambda: subprocess.Popen(  # noqa: E731
-      [sys.executable, 'main.py', '--config=configs/folder.py', '--mode=localize',
-       f'--workdir={out}', *parity_flags(tmp_path)],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    [
+      sys.executable,
+      'main.py',
+      '--config=configs/folder.py',
+      '--mode=localize',
+      f'--workdir={out}',
+      *parity_flags(tmp_path),
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
   )
   procs = [cmd(), cmd()]
   results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
@@ -117,8 +130,8 @@ def test_differences_name_each_changed_key():
   old = {'spectral': {'K': 5, 'color_lambda': 0.0}, 'model': {'name': 'dino_vits16'}}
   new = {'spectral': {'K': 8, 'color_lambda': 0.0}, 'model': {'name': 'dino_vits8'}}
   assert workdirs.differences(old, new) == [
-      "model.name: 'dino_vits16' → 'dino_vits8'",
-      'spectral.K: 5 → 8',
+    "model.name: 'dino_vits16' → 'dino_vits8'",
+    'spectral.K: 5 → 8',
   ]
   assert workdirs.differences(old, old) == []
 
@@ -138,15 +151,15 @@ def localized(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    'key,value',
-    [
-        ('spectral.which_matrix', 'affinity'),
-        ('spectral.color_lambda', 10.0),
-        ('spectral.K', 8),
-        ('model.name', 'dino_vits8'),
-        ('model.checkpoint', 'LEGACY'),
-        ('data.root', 'COPY'),
-    ],
+  'key,value',
+  [
+    ('spectral.which_matrix', 'affinity'),
+    ('spectral.color_lambda', 10.0),
+    ('spectral.K', 8),
+    ('model.name', 'dino_vits8'),
+    ('model.checkpoint', 'LEGACY'),
+    ('data.root', 'COPY'),
+  ],
 )
 def test_rerun_with_other_settings_stops_naming_the_key(localized, tmp_path, key, value):
   config, out = localized
@@ -234,7 +247,7 @@ def test_stage_settings_hold_the_checkpoint_hash(tmp_path):
   assert settings['model']['checkpoint']['sha256'] == digest
   config.model.checkpoint = ''
   assert common.stage_settings(config, 'localize')['model']['checkpoint']['url'].endswith(
-      'dino_deitsmall16_pretrain.pth'
+    'dino_deitsmall16_pretrain.pth'
   )
 
 

@@ -31,18 +31,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from spectral_jax.errors import BadImageError, ImageTooLargeError
 
 __all__ = [
-    "BadImageError",
-    "DEFAULT_MAX_PIXELS",
-    "load_rgb",
-    "decode_rgb",
-    "to_rgb_array",
-    "rgb_array",
-    "check_pixels",
-    "load_label_map",
-    "load_mask",
-    "center_crop_offsets",
-    "center_crop_square",
-    "center_crop",
+  'BadImageError',
+  'DEFAULT_MAX_PIXELS',
+  'load_rgb',
+  'decode_rgb',
+  'to_rgb_array',
+  'rgb_array',
+  'check_pixels',
+  'load_label_map',
+  'load_mask',
+  'center_crop_offsets',
+  'center_crop_square',
+  'center_crop',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -51,29 +51,29 @@ PathLike = Union[str, os.PathLike]
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
 # Modes PIL converts to RGB losslessly enough for our purpose (no alpha, <= 8 bits).
-_PLAIN_MODES = ("L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV")
-_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
-_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_PLAIN_MODES = ('L', '1', 'P', 'CMYK', 'YCbCr', 'LAB', 'HSV')
+_ALPHA_MODES = ('LA', 'La', 'PA', 'RGBA', 'RGBa')
+_16BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
 
 
 def _check_size(name: str, width: int, height: int, min_side: int, max_pixels: int) -> None:
   if min(width, height) < min_side:
     raise BadImageError(
-        name, f"image is {width}x{height} pixels; the minimum side is {min_side} (one patch)"
+      name, f'image is {width}x{height} pixels; the minimum side is {min_side} (one patch)'
     )
   if width * height > max_pixels:
     raise ImageTooLargeError(
-        name,
-        f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}",
-        "data.max_pixels",
-        max_pixels,
+      name,
+      f'image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}',
+      'data.max_pixels',
+      max_pixels,
     )
 
 
 def _open(source: PathLike | bytes, name: str, max_pixels: int) -> Image.Image:
   """Opens (header only) with errors mapped to FileNotFoundError / BadImageError."""
   if not isinstance(source, (bytes, bytearray)) and not os.path.exists(source):
-    raise FileNotFoundError(2, "No such image file", str(source))
+    raise FileNotFoundError(2, 'No such image file', str(source))
   # PIL refuses images above 2 * MAX_IMAGE_PIXELS at open; never let that limit undercut ours.
   if max_pixels > Image.MAX_IMAGE_PIXELS:
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -82,20 +82,20 @@ def _open(source: PathLike | bytes, name: str, max_pixels: int) -> Image.Image:
       return Image.open(io.BytesIO(source))
     return Image.open(source)
   except UnidentifiedImageError as e:
-    raise BadImageError(name, "not a recognised image file (corrupt or unsupported format)") from e
+    raise BadImageError(name, 'not a recognised image file (corrupt or unsupported format)') from e
   except Image.DecompressionBombError as e:  # PIL's own check, above twice our limit
     raise ImageTooLargeError(
-        name, f"image is above the limit of {max_pixels} pixels ({e})", "data.max_pixels", max_pixels
+      name, f'image is above the limit of {max_pixels} pixels ({e})', 'data.max_pixels', max_pixels
     ) from e
   except OSError as e:
-    raise BadImageError(name, f"cannot read image: {e}") from e
+    raise BadImageError(name, f'cannot read image: {e}') from e
 
 
 def _load_pixels(img: Image.Image, name: str) -> None:
   try:
     img.load()
   except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation as OSError
-    raise BadImageError(name, f"truncated or corrupt image data ({e})") from e
+    raise BadImageError(name, f'truncated or corrupt image data ({e})') from e
 
 
 def _stretch_to_uint8(a: np.ndarray) -> np.ndarray:
@@ -115,20 +115,20 @@ def _gray_to_uint8(img: Image.Image, notes: list[str]) -> np.ndarray:
   """High-bit-depth single-channel modes -> uint8 [H, W] (scaled, never clipped)."""
   a = np.asarray(img)
   if img.mode in _16BIT_MODES:
-    notes.append(f"16-bit {img.mode} scaled to 8 bits")
+    notes.append(f'16-bit {img.mode} scaled to 8 bits')
     return _16bit_to_uint8(a)
-  if img.mode == "I":
+  if img.mode == 'I':
     if a.size and a.min() >= 0 and a.max() <= 65535:
-      notes.append("32-bit integer I read as 16-bit and scaled to 8 bits")
+      notes.append('32-bit integer I read as 16-bit and scaled to 8 bits')
       return _16bit_to_uint8(a)
-    notes.append("32-bit integer I stretched from [min, max] to 8 bits")
+    notes.append('32-bit integer I stretched from [min, max] to 8 bits')
     return _stretch_to_uint8(a)
   # mode F
   finite = np.isfinite(a)
   if a.size and finite.all() and a.min() >= 0.0 and a.max() <= 1.0:
-    notes.append("float F in [0, 1] scaled by 255")
+    notes.append('float F in [0, 1] scaled by 255')
     return np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
-  notes.append("float F stretched from [min, max] to 8 bits")
+  notes.append('float F stretched from [min, max] to 8 bits')
   return _stretch_to_uint8(a)
 
 
@@ -139,28 +139,28 @@ def to_rgb_array(img: Image.Image, name: str, notes: list[str] | None = None) ->
   """
   notes = [] if notes is None else notes
   mode = img.mode
-  if mode == "RGB":
+  if mode == 'RGB':
     return np.asarray(img, dtype=np.uint8).copy()
-  if mode in _16BIT_MODES or mode in ("I", "F"):
+  if mode in _16BIT_MODES or mode in ('I', 'F'):
     gray = _gray_to_uint8(img, notes)
     return np.repeat(gray[:, :, None], 3, axis=2)
   try:
-    if mode == "P" and "transparency" in img.info:
-      notes.append("palette with transparency -> RGB (alpha dropped)")
-      return np.asarray(img.convert("RGBA").convert("RGB"), dtype=np.uint8).copy()
+    if mode == 'P' and 'transparency' in img.info:
+      notes.append('palette with transparency -> RGB (alpha dropped)')
+      return np.asarray(img.convert('RGBA').convert('RGB'), dtype=np.uint8).copy()
     if mode in _ALPHA_MODES:
-      notes.append(f"{mode} -> RGB (alpha dropped, not composited)")
+      notes.append(f'{mode} -> RGB (alpha dropped, not composited)')
     elif mode in _PLAIN_MODES:
-      notes.append(f"{mode} -> RGB")
+      notes.append(f'{mode} -> RGB')
     else:
-      notes.append(f"{mode} -> RGB (PIL convert)")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+      notes.append(f'{mode} -> RGB (PIL convert)')
+    return np.asarray(img.convert('RGB'), dtype=np.uint8).copy()
   except (ValueError, OSError) as e:
-    raise BadImageError(name, f"unsupported image mode {mode!r} ({e})") from e
+    raise BadImageError(name, f'unsupported image mode {mode!r} ({e})') from e
 
 
 def _decode(
-    source: PathLike | bytes, name: str, min_side: int, max_pixels: int, apply_exif: bool
+  source: PathLike | bytes, name: str, min_side: int, max_pixels: int, apply_exif: bool
 ) -> np.ndarray:
   img = _open(source, name, max_pixels)
   with img:
@@ -173,20 +173,20 @@ def _decode(
         transposed = ImageOps.exif_transpose(img)
         if transposed is not None:
           img = transposed
-        notes.append(f"EXIF orientation {orientation} applied")
+        notes.append(f'EXIF orientation {orientation} applied')
     rgb = to_rgb_array(img, name, notes)
   if notes:
-    logging.info("%s: %s", name, "; ".join(notes))
+    logging.info('%s: %s', name, '; '.join(notes))
   return rgb
 
 
 def load_rgb(
-    path: PathLike,
-    *,
-    min_side: int = 1,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    apply_exif: bool = True,
-    name: str = "",
+  path: PathLike,
+  *,
+  min_side: int = 1,
+  max_pixels: int = DEFAULT_MAX_PIXELS,
+  apply_exif: bool = True,
+  name: str = '',
 ) -> np.ndarray:
   """Reads an image file as RGB uint8 [H, W, 3] (``name``: how errors call it; the path).
 
@@ -202,14 +202,15 @@ def load_rgb(
   return _decode(path, name or str(path), min_side, max_pixels, apply_exif)
 
 
-def rgb_array(array: np.ndarray, name: str = "image") -> np.ndarray:
+def rgb_array(array: np.ndarray, name: str = 'image') -> np.ndarray:
   """An image already in memory, uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], as RGB uint8
   [H, W, 3] (grey repeated, alpha dropped: the conversions of the file decoder). Arrays of
   another dtype or shape raise BadImageError saying what to pass."""
   if array.dtype != np.uint8:
     raise BadImageError(
-        name, f"dtype {array.dtype}; pass uint8 pixels in 0..255 "
-        "(e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1])"
+      name,
+      f'dtype {array.dtype}; pass uint8 pixels in 0..255 '
+      '(e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1])',
     )
   if array.ndim == 3 and array.shape[2] == 1:
     array = array[:, :, 0]
@@ -217,11 +218,11 @@ def rgb_array(array: np.ndarray, name: str = "image") -> np.ndarray:
     return np.repeat(array[:, :, None], 3, axis=2)
   if array.ndim == 3 and array.shape[2] in (3, 4):
     return np.ascontiguousarray(array[:, :, :3])
-  raise BadImageError(name, f"shape {array.shape}; use [H, W], [H, W, 3] or [H, W, 4]")
+  raise BadImageError(name, f'shape {array.shape}; use [H, W], [H, W, 3] or [H, W, 4]')
 
 
 def check_pixels(
-    image: np.ndarray, name: str, *, min_side: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS
+  image: np.ndarray, name: str, *, min_side: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
   """A decoded RGB image held to the same size limits as a file (BadImageError otherwise)."""
   _check_size(name, int(image.shape[1]), int(image.shape[0]), min_side, max_pixels)
@@ -229,12 +230,12 @@ def check_pixels(
 
 
 def decode_rgb(
-    data: bytes,
-    name: str = "<bytes>",
-    *,
-    min_side: int = 1,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    apply_exif: bool = True,
+  data: bytes,
+  name: str = '<bytes>',
+  *,
+  min_side: int = 1,
+  max_pixels: int = DEFAULT_MAX_PIXELS,
+  apply_exif: bool = True,
 ) -> np.ndarray:
   """`load_rgb` for encoded bytes (e.g. a tfds record); `name` is used in logs and errors."""
   return _decode(bytes(data), name, min_side, max_pixels, apply_exif)
@@ -250,9 +251,9 @@ def load_mask(path: PathLike) -> np.ndarray:
   with img:
     _load_pixels(img, name)
     try:
-      rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+      rgb = np.asarray(img.convert('RGB'), dtype=np.uint8)
     except (ValueError, OSError) as e:
-      raise BadImageError(name, f"unsupported mask mode {img.mode!r} ({e})") from e
+      raise BadImageError(name, f'unsupported mask mode {img.mode!r} ({e})') from e
   return rgb[:, :, 0] > 127
 
 
@@ -263,8 +264,8 @@ def load_label_map(path: PathLike) -> np.ndarray:
   img = _open(path, name, DEFAULT_MAX_PIXELS)
   with img:
     _load_pixels(img, name)
-    if img.mode not in ("P", "L"):
-      raise BadImageError(name, f"expected a palette/greyscale label PNG, got mode {img.mode}")
+    if img.mode not in ('P', 'L'):
+      raise BadImageError(name, f'expected a palette/greyscale label PNG, got mode {img.mode}')
     return np.asarray(img, np.uint8)
 
 

@@ -13,18 +13,28 @@ from spectral_jax.data.example import Example
 
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
+  '.jpg',
+  '.jpeg',
+  '.png',
+  '.bmp',
+  '.webp',
+  '.gif',
+  '.tif',
+  '.tiff',
+  '.ppm',
+  '.pgm',
+  '.pbm',
 )
 # A folder holding this entry is a spectral_jax workdir: never listed as input.
-WORKDIR_MARKER = ".spectral_jax"
+WORKDIR_MARKER = '.spectral_jax'
 
 
 # name -> (candidate sub-folders of root, images dir, masks dir, centre crop)
 _SALIENCY_LAYOUTS: dict[str, tuple[tuple[str, ...], str, str, bool]] = {
-    "ECSSD": (("", "ECSSD"), "images", "ground_truth_mask", False),
-    "DUTS-TE": (("", "DUTS-TE", "DUTS/DUTS-TE"), "DUTS-TE-Image", "DUTS-TE-Mask", False),
-    "DUT-OMRON": (("", "DUT-OMRON", "DUT_OMRON"), "DUT-OMRON-image", "pixelwiseGT-new-PNG", False),
-    "CUB": (("", "CUB_200_2011", "CUB"), "test_images", "test_segmentations", True),
+  'ECSSD': (('', 'ECSSD'), 'images', 'ground_truth_mask', False),
+  'DUTS-TE': (('', 'DUTS-TE', 'DUTS/DUTS-TE'), 'DUTS-TE-Image', 'DUTS-TE-Mask', False),
+  'DUT-OMRON': (('', 'DUT-OMRON', 'DUT_OMRON'), 'DUT-OMRON-image', 'pixelwiseGT-new-PNG', False),
+  'CUB': (('', 'CUB_200_2011', 'CUB'), 'test_images', 'test_segmentations', True),
 }
 
 
@@ -47,21 +57,21 @@ def _list_images(folder: Path, exclude: Sequence[PathLike] = ()) -> list[Path]:
     if WORKDIR_MARKER in dirnames or os.path.realpath(dirpath) in excluded:
       dirnames[:] = []
       continue
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
     for name in filenames:
-      if name.startswith("."):
+      if name.startswith('.'):
         continue
       suffix = os.path.splitext(name)[1].lower()
       if suffix in IMAGE_EXTENSIONS:
         images.append(Path(dirpath) / name)
       else:
-        others[suffix or "(none)"] = others.get(suffix or "(none)", 0) + 1
+        others[suffix or '(none)'] = others.get(suffix or '(none)', 0) + 1
   if others:
     logging.warning(
-        "%s: %d files that are not images were ignored (%s)",
-        folder,
-        sum(others.values()),
-        ", ".join(f"{k}: {v}" for k, v in sorted(others.items())),
+      '%s: %d files that are not images were ignored (%s)',
+      folder,
+      sum(others.values()),
+      ', '.join(f'{k}: {v}' for k, v in sorted(others.items())),
     )
   return sorted(images)
 
@@ -70,23 +80,23 @@ def _by_stem(paths: Sequence[Path], what: str) -> dict[str, Path]:
   out: dict[str, Path] = {}
   for p in paths:
     if p.stem in out:
-      raise ValueError(f"two {what} files share the stem {p.stem!r}: {out[p.stem]} and {p}")
+      raise ValueError(f'two {what} files share the stem {p.stem!r}: {out[p.stem]} and {p}')
     out[p.stem] = p
   return out
 
 
 def _pair_masks(images: Sequence[Path], masks_dir: Path, what: str) -> dict[str, Path]:
   """Stem -> mask path for `images`; logs unpaired files on both sides."""
-  masks = _by_stem(_list_images(masks_dir), f"{what} mask")
+  masks = _by_stem(_list_images(masks_dir), f'{what} mask')
   stems = {p.stem for p in images}
   no_mask = [p.name for p in images if p.stem not in masks]
   no_image = sorted(s for s in masks if s not in stems)
   if no_mask:
     logging.warning(
-        "%s: %d images without a mask in %s, e.g. %s", what, len(no_mask), masks_dir, no_mask[:3]
+      '%s: %d images without a mask in %s, e.g. %s', what, len(no_mask), masks_dir, no_mask[:3]
     )
   if no_image:
-    logging.warning("%s: %d masks without an image, e.g. %s", what, len(no_image), no_image[:3])
+    logging.warning('%s: %d masks without an image, e.g. %s', what, len(no_image), no_image[:3])
   return masks
 
 
@@ -103,7 +113,7 @@ def saliency_folder(name: str, root: PathLike, center_crop: bool | None = None) 
   """
   if name not in _SALIENCY_LAYOUTS:
     raise ValueError(
-        f"unknown saliency dataset {name!r}; choose one of {sorted(_SALIENCY_LAYOUTS)}"
+      f'unknown saliency dataset {name!r}; choose one of {sorted(_SALIENCY_LAYOUTS)}'
     )
   prefixes, img_sub, mask_sub, crop_default = _SALIENCY_LAYOUTS[name]
   root = Path(root)
@@ -114,19 +124,19 @@ def saliency_folder(name: str, root: PathLike, center_crop: bool | None = None) 
       break
     tried.append(str(base / img_sub))
   else:
-    raise FileNotFoundError(f"{name}: no {img_sub}/ and {mask_sub}/ found; tried {tried}")
+    raise FileNotFoundError(f'{name}: no {img_sub}/ and {mask_sub}/ found; tried {tried}')
   crop = crop_default if center_crop is None else center_crop
   images = _list_images(base / img_sub)
-  _by_stem(images, f"{name} image")
+  _by_stem(images, f'{name} image')
   masks = _pair_masks(images, base / mask_sub, name)
   examples = [
-      Example(
-          id=p.stem, path=str(p), mask_path=str(masks[p.stem]), center_crop=crop, apply_exif=False
-      )
-      for p in images
-      if p.stem in masks
+    Example(
+      id=p.stem, path=str(p), mask_path=str(masks[p.stem]), center_crop=crop, apply_exif=False
+    )
+    for p in images
+    if p.stem in masks
   ]
   if not examples:
-    raise ValueError(f"{name}: no image/mask pairs under {base}")
-  logging.info("%s: %d image/mask pairs from %s", name, len(examples), base)
+    raise ValueError(f'{name}: no image/mask pairs under {base}')
+  logging.info('%s: %d image/mask pairs from %s', name, len(examples), base)
   return examples

@@ -47,7 +47,7 @@ def densecrf():
     from spectral_jax import errors  # pylint: disable=import-outside-toplevel
 
     raise errors.MissingDependencyError(
-        'dense CRF refinement', 'pip install pydensecrf2 (it compiles a small C++ extension)'
+      'dense CRF refinement', 'pip install pydensecrf2 (it compiles a small C++ extension)'
     ) from e
   return module
 
@@ -75,16 +75,16 @@ def infer(image: np.ndarray, unary: np.ndarray, params: CRFParams = CRFParams())
   crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
   crf.addPairwiseGaussian(sxy=params.gamma, compat=params.w2)
   crf.addPairwiseBilateral(
-      sxy=params.alpha,
-      srgb=params.beta,
-      rgbim=np.array(image, dtype=np.uint8, order='C'),  # a writable copy: pydensecrf needs one
-      compat=params.w1,
+    sxy=params.alpha,
+    srgb=params.beta,
+    rgbim=np.array(image, dtype=np.uint8, order='C'),  # a writable copy: pydensecrf needs one
+    compat=params.w1,
   )
   return np.asarray(crf.inference(int(params.iterations)), dtype=np.float32)
 
 
 def refine_labels(
-    image: np.ndarray, labels: np.ndarray, num_classes: int, params: CRFParams = CRFParams()
+  image: np.ndarray, labels: np.ndarray, num_classes: int, params: CRFParams = CRFParams()
 ) -> np.ndarray:
   """image uint8 [H, W, 3], labels int [H, W] in [0, num_classes) → refined int [H, W]."""
   if image.shape[:2] != labels.shape:

@@ -80,7 +80,7 @@ def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.stack([resize_image(image[..., c], hw) for c in range(image.shape[-1])], -1)
   # Mode 'F' keeps float32 precision through the resize.
   out = Image.fromarray(image.astype(np.float32), mode='F').resize(
-      (w, h), Image.Resampling.BILINEAR
+    (w, h), Image.Resampling.BILINEAR
   )
   return np.asarray(out, np.float32)
 
@@ -130,7 +130,7 @@ def _window_stats(image: np.ndarray, eps: float):
 
 
 def matting_system(
-    image: np.ndarray, trimap: np.ndarray, eps: float = 1e-6
+  image: np.ndarray, trimap: np.ndarray, eps: float = 1e-6
 ) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
   """The closed-form-matting system restricted to the unknown pixels.
 
@@ -214,7 +214,7 @@ def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, eps: float = 1e-6) 
   # A is SPD, so LU without pivoting in symmetric mode on a minimum-degree ordering of AᵀA
   # (the band is nearly 1-D, fill-in stays small); ~1 s for 10⁵ unknowns.
   lu = sparse_linalg.splu(
-      a.tocsc(), permc_spec='MMD_AT_PLUS_A', diag_pivot_thresh=0.0, options={'SymmetricMode': True}
+    a.tocsc(), permc_spec='MMD_AT_PLUS_A', diag_pivot_thresh=0.0, options={'SymmetricMode': True}
   )
   x = lu.solve(b)
   alpha.ravel()[u_idx] = x
@@ -231,12 +231,12 @@ def _box(x: np.ndarray, radius: int) -> np.ndarray:
 
 
 def guided_upsample(
-    alpha_lr: np.ndarray,
-    image_lr: np.ndarray,
-    image_hr: np.ndarray,
-    radius: int = 2,
-    eps: float = 1e-4,
-    strip_pixels: int = 1 << 18,
+  alpha_lr: np.ndarray,
+  image_lr: np.ndarray,
+  image_hr: np.ndarray,
+  radius: int = 2,
+  eps: float = 1e-4,
+  strip_pixels: int = 1 << 18,
 ) -> np.ndarray:
   """Fast guided filter (He & Sun 2015): fit α ≈ aᵀI + b at low resolution, apply at high.
 
@@ -293,12 +293,12 @@ def working_size(hw: tuple[int, int], max_pixels: int) -> tuple[int, int]:
 
 
 def matte(
-    image: np.ndarray,
-    mask: np.ndarray,
-    band_px: float = 16.0,
-    eps: float = 1e-6,
-    max_pixels: int = 1_000_000,
-    levels: float = 0.05,
+  image: np.ndarray,
+  mask: np.ndarray,
+  band_px: float = 16.0,
+  eps: float = 1e-6,
+  max_pixels: int = 1_000_000,
+  levels: float = 0.05,
 ) -> np.ndarray:
   """Soft alpha float32 [H, W] refining a coarse foreground mask against the image.
 
@@ -343,7 +343,7 @@ def _levels(alpha: np.ndarray, low: float) -> np.ndarray:
 
 
 def estimate_foreground(
-    image: np.ndarray, alpha: np.ndarray, radii: Sequence[int] = (90, 6), strip_rows: int = 256
+  image: np.ndarray, alpha: np.ndarray, radii: Sequence[int] = (90, 6), strip_rows: int = 256
 ) -> np.ndarray:
   """Foreground colours float32 [H, W, 3] in [0, 1] by blur fusion (Forte & Pitié 2021).
 
@@ -396,7 +396,7 @@ def _blur_weighted(x: np.ndarray, weight: np.ndarray, radius: int) -> np.ndarray
 
 
 def cutout_rgba(
-    image: np.ndarray, alpha: np.ndarray, foreground: Optional[np.ndarray] = None
+  image: np.ndarray, alpha: np.ndarray, foreground: Optional[np.ndarray] = None
 ) -> np.ndarray:
   """Un-premultiplied RGBA uint8 [H, W, 4]: foreground colours + alpha.
 
@@ -412,10 +412,10 @@ def cutout_rgba(
 
 
 def composite(
-    image: np.ndarray,
-    alpha: np.ndarray,
-    background: Union[np.ndarray, ColorSpec],
-    foreground: Optional[np.ndarray] = None,
+  image: np.ndarray,
+  alpha: np.ndarray,
+  background: Union[np.ndarray, ColorSpec],
+  foreground: Optional[np.ndarray] = None,
 ) -> np.ndarray:
   """αF + (1−α)B as uint8 [H, W, 3].
 
@@ -485,11 +485,11 @@ def _checkerboard(hw: tuple[int, int], tile: int = 8) -> np.ndarray:
 
 
 def edit_panel(
-    image: np.ndarray,
-    mask: np.ndarray,
-    alpha: np.ndarray,
-    composite_image: Optional[np.ndarray] = None,
-    max_height: int = 384,
+  image: np.ndarray,
+  mask: np.ndarray,
+  alpha: np.ndarray,
+  composite_image: Optional[np.ndarray] = None,
+  max_height: int = 384,
 ) -> np.ndarray:
   """Side by side: image | mask over image | alpha | composite (or cutout on a checkerboard).
 

@@ -33,19 +33,19 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    'floor_index',
-    'torch_index',
-    'cv2_index',
-    'half_pixel_index',
-    'pil_index',
-    'nearest_floor',
-    'nearest_torch',
-    'nearest_cv2',
-    'nearest_half_pixel',
-    'nearest_pil',
-    'repeat_blocks',
-    'upsample_patches_cv2',
-    'vote_bilinear',
+  'floor_index',
+  'torch_index',
+  'cv2_index',
+  'half_pixel_index',
+  'pil_index',
+  'nearest_floor',
+  'nearest_torch',
+  'nearest_cv2',
+  'nearest_half_pixel',
+  'nearest_pil',
+  'repeat_blocks',
+  'upsample_patches_cv2',
+  'vote_bilinear',
 ]
 
 
@@ -164,7 +164,7 @@ def nearest_half_pixel(array: np.ndarray, hw: Sequence[int]) -> np.ndarray:
 
 
 def nearest_pil(
-    array: np.ndarray, hw: Sequence[int], box: Optional[Sequence[float]] = None
+  array: np.ndarray, hw: Sequence[int], box: Optional[Sequence[float]] = None
 ) -> np.ndarray:
   """[H, W, ...] → [h, w, ...] as ``Image.fromarray(array).resize((w, h), NEAREST, box=box)``.
 

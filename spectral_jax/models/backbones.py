@@ -25,19 +25,19 @@ from spectral_jax.models.weights import keymaps
 from spectral_jax.models.weights.checkpoints import CheckpointError, read_state_dict
 
 __all__ = [
-    'Backbone',
-    'BACKBONES',
-    'get_backbone',
-    'build_model',
-    'gated_error',
-    'load_backbone_params',
-    'features',
+  'Backbone',
+  'BACKBONES',
+  'get_backbone',
+  'build_model',
+  'gated_error',
+  'load_backbone_params',
+  'features',
 ]
 
 _APACHE = 'Apache-2.0 (code and weights)'
 _DINOV3_LICENCE = (
-    'DINOv3 License (code and weights; not an open-source licence: redistribution only under '
-    'the same agreement, publications must acknowledge the DINO Materials)'
+  'DINOv3 License (code and weights; not an open-source licence: redistribution only under '
+  'the same agreement, publications must acknowledge the DINO Materials)'
 )
 DINOV3_ACCESS_PAGE = 'https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/'
 
@@ -135,10 +135,10 @@ def build_model(arch: Any, precision: Any = 'highest', **module_kwargs) -> nn.Mo
   """The Flax module for an architecture object of any family (``module_kwargs``: e.g. the
   submodule ``name`` inside a parent module)."""
   for cls, module in (
-      (vit.ViTArch, vit.VisionTransformer),
-      (dinov2.DinoV2Arch, dinov2.DinoV2),
-      (dinov3.DinoV3Arch, dinov3.DinoV3),
-      (resnet.ResNetArch, resnet.ResNet),
+    (vit.ViTArch, vit.VisionTransformer),
+    (dinov2.DinoV2Arch, dinov2.DinoV2),
+    (dinov3.DinoV3Arch, dinov3.DinoV3),
+    (resnet.ResNetArch, resnet.ResNet),
   ):
     if isinstance(arch, cls):
       return module(arch, precision=precision, **module_kwargs)
@@ -149,14 +149,14 @@ def gated_error(name: str) -> CheckpointError:
   """How to obtain gated weights (DINOv3): they are never downloaded or bundled."""
   b = get_backbone(name)
   return CheckpointError(
-      f'{name}: the DINOv3 weights are gated and are not downloaded automatically. '
-      f'Request access on Meta\'s DINOv3 page ({DINOV3_ACCESS_PAGE}, or the download form '
-      'linked from github.com/facebookresearch/dinov3); the weights are under the '
-      f'{b.licence}, not an open licence, so they cannot be re-hosted. Once accepted, '
-      f'download {b.filename} from the link in the e-mail and pass the local file (a Hugging '
-      'Face folder with config.json + model.safetensors also works).',
-      'model.checkpoint',
-      b.filename,
+    f'{name}: the DINOv3 weights are gated and are not downloaded automatically. '
+    f"Request access on Meta's DINOv3 page ({DINOV3_ACCESS_PAGE}, or the download form "
+    'linked from github.com/facebookresearch/dinov3); the weights are under the '
+    f'{b.licence}, not an open licence, so they cannot be re-hosted. Once accepted, '
+    f'download {b.filename} from the link in the e-mail and pass the local file (a Hugging '
+    'Face folder with config.json + model.safetensors also works).',
+    'model.checkpoint',
+    b.filename,
   )
 
 
@@ -172,8 +172,9 @@ def load_backbone_params(name: str, checkpoint: str | Path | None) -> tuple[Any,
     if b.gated:
       raise gated_error(name)
     raise CheckpointError(
-        f'{name}: no checkpoint given; download {b.url} and pass it', 'model.checkpoint',
-        b.filename,
+      f'{name}: no checkpoint given; download {b.url} and pass it',
+      'model.checkpoint',
+      b.filename,
     )
   checkpoint = Path(checkpoint).expanduser()
   config = None
@@ -182,8 +183,8 @@ def load_backbone_params(name: str, checkpoint: str | Path | None) -> tuple[Any,
     family = keymaps.HF_MODEL_TYPES.get(config.get('model_type'))
     if family != b.family:
       raise CheckpointError(
-          f'{checkpoint}: Hugging Face model_type {config.get("model_type")!r} is not a '
-          f'{b.family} model (backbone {name})'
+        f'{checkpoint}: Hugging Face model_type {config.get("model_type")!r} is not a '
+        f'{b.family} model (backbone {name})'
       )
     sd = keymaps.hf_to_official(config, hf_sd)
   else:
@@ -214,9 +215,9 @@ def _check_entry(b: Backbone, arch: Any, source: Path) -> None:
   prefix = getattr(arch, 'num_prefix_tokens', 1)
   if (width, prefix, arch.patch_size) != (b.embed_dim, b.num_prefix_tokens, b.patch_size):
     raise CheckpointError(
-        f'{source}: holds a ViT with width {width}, {prefix} prefix tokens and patch '
-        f'{arch.patch_size}, but {b.name} has {b.embed_dim}, {b.num_prefix_tokens} and '
-        f'{b.patch_size}: wrong file for this backbone name?'
+      f'{source}: holds a ViT with width {width}, {prefix} prefix tokens and patch '
+      f'{arch.patch_size}, but {b.name} has {b.embed_dim}, {b.num_prefix_tokens} and '
+      f'{b.patch_size}: wrong file for this backbone name?'
     )
 
 
@@ -240,9 +241,7 @@ def arch_for(name: str, variables: dict[str, Any]) -> Any:
   b = get_backbone(name)
   params = variables['params']
   if b.family == 'resnet':
-    layers = tuple(
-        sum(1 for k in params if k.startswith(f'layer{s}_')) for s in range(1, 5)
-    )
+    layers = tuple(sum(1 for k in params if k.startswith(f'layer{s}_')) for s in range(1, 5))
     return dataclasses.replace(b.arch, layers=layers)
   return dataclasses.replace(b.arch, depth=sum(1 for k in params if k.startswith('blocks_')))
 
@@ -260,7 +259,7 @@ def _forward(arch: Any, feature_block: int):
 
 
 def features(
-    backbone: str | Any, variables: dict[str, Any], image_uint8: np.ndarray, feature_block: int = -1
+  backbone: str | Any, variables: dict[str, Any], image_uint8: np.ndarray, feature_block: int = -1
 ) -> dict[str, np.ndarray]:
   """Run a backbone on one RGB uint8 image [H, W, 3] as DSM does.
 

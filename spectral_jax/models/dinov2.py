@@ -22,16 +22,16 @@ import numpy as np
 
 from spectral_jax.models import posembed
 from spectral_jax.models.vit import (
-    Attention,
-    Mlp,
-    TorchLayerNorm,
-    dense,
-    embed_patches,
-    final_normed,
-    patch_input,
-    resample_table,
-    run_blocks,
-    table_precision,
+  Attention,
+  Mlp,
+  TorchLayerNorm,
+  dense,
+  embed_patches,
+  final_normed,
+  patch_input,
+  resample_table,
+  run_blocks,
+  table_precision,
 )
 
 NORM_EPS = 1e-6
@@ -67,15 +67,15 @@ def hub_arch(embed_dim: int, depth: int, num_heads: int, registers: bool) -> Din
   """The hub builders' settings for a width (ViT-g, 1536 wide, uses the fused SwiGLU)."""
   giant = embed_dim == 1536
   return DinoV2Arch(
-      patch_size=14,
-      embed_dim=embed_dim,
-      num_heads=num_heads,
-      depth=depth,
-      num_registers=4 if registers else 0,
-      ffn='swiglufused' if giant else 'mlp',
-      ffn_hidden=swiglu_fused_hidden(embed_dim) if giant else 4 * embed_dim,
-      interpolate_antialias=registers,
-      interpolate_offset=0.0 if registers else 0.1,
+    patch_size=14,
+    embed_dim=embed_dim,
+    num_heads=num_heads,
+    depth=depth,
+    num_registers=4 if registers else 0,
+    ffn='swiglufused' if giant else 'mlp',
+    ffn_hidden=swiglu_fused_hidden(embed_dim) if giant else 4 * embed_dim,
+    interpolate_antialias=registers,
+    interpolate_offset=0.0 if registers else 0.1,
   )
 
 
@@ -118,7 +118,7 @@ class Block(nn.Module):
   def __call__(self, x, key_mask=None):
     a = self.arch
     attn_out, qkv, _ = Attention(a.num_heads, self.precision, name='attn')(
-        TorchLayerNorm(NORM_EPS, name='norm1')(x), key_mask
+      TorchLayerNorm(NORM_EPS, name='norm1')(x), key_mask
     )
     x = x + LayerScale(name='ls1')(attn_out)
     ffn = make_ffn(a.ffn, a.ffn_hidden, self.precision)
@@ -145,7 +145,7 @@ class DinoV2(nn.Module):
 
   @nn.compact
   def __call__(
-      self, images, feature_block: int = -1, pos_tables=None, token_mask=None, norm_blocks=()
+    self, images, feature_block: int = -1, pos_tables=None, token_mask=None, norm_blocks=()
   ):
     a = self.arch
     d = a.embed_dim

@@ -21,13 +21,13 @@ import numpy as np
 from spectral_jax.models import vit
 from spectral_jax.models.dinov2 import LayerScale
 from spectral_jax.models.vit import (
-    Mlp,
-    TorchLayerNorm,
-    dense,
-    embed_patches,
-    final_normed,
-    patch_input,
-    run_blocks,
+  Mlp,
+  TorchLayerNorm,
+  dense,
+  embed_patches,
+  final_normed,
+  patch_input,
+  run_blocks,
 )
 
 
@@ -63,11 +63,11 @@ def swiglu_hidden(embed_dim: int, ratio: float, align: int = 8) -> int:
 def hub_arch(embed_dim: int, depth: int, num_heads: int, plus: bool) -> DinoV3Arch:
   """The hub builders' settings (the "plus" models use SwiGLU with ratio 6)."""
   return DinoV3Arch(
-      embed_dim=embed_dim,
-      num_heads=num_heads,
-      depth=depth,
-      ffn='swiglu' if plus else 'mlp',
-      ffn_hidden=swiglu_hidden(embed_dim, 6) if plus else 4 * embed_dim,
+    embed_dim=embed_dim,
+    num_heads=num_heads,
+    depth=depth,
+    ffn='swiglu' if plus else 'mlp',
+    ffn_hidden=swiglu_hidden(embed_dim, 6) if plus else 4 * embed_dim,
   )
 
 
@@ -178,7 +178,7 @@ class DinoV3(nn.Module):
 
   @nn.compact
   def __call__(
-      self, images, feature_block: int = -1, rope_coords=None, token_mask=None, norm_blocks=()
+    self, images, feature_block: int = -1, rope_coords=None, token_mask=None, norm_blocks=()
   ):
     a = self.arch
     d = a.embed_dim
@@ -188,7 +188,7 @@ class DinoV3(nn.Module):
     x, cls_token = embed_patches(self, images, a.patch_size, d, self.precision)
     storage = self.param('storage_tokens', nn.initializers.zeros, (1, a.num_storage, d))
     periods = self.param(
-        'rope_periods', _default_periods(a.rope_base, a.head_dim), (a.head_dim // 4,)
+      'rope_periods', _default_periods(a.rope_base, a.head_dim), (a.head_dim // 4,)
     )
     storage = jnp.broadcast_to(storage, (x.shape[0], a.num_storage, d))
     x = jnp.concatenate([cls_token, storage, x], axis=1)

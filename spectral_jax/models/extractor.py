@@ -50,7 +50,7 @@ def grid_positions(arch: Any, params: Any) -> Callable[[Grid], dict[str, np.ndar
 
 
 def pack_positions(
-    rows: Sequence[dict[str, np.ndarray]], grids: Sequence[Grid], length: int, prefix: int
+  rows: Sequence[dict[str, np.ndarray]], grids: Sequence[Grid], length: int, prefix: int
 ) -> dict[str, np.ndarray]:
   """Each image's position rows (``grid_positions``) zero-padded to ``length`` patches, and
   ``token_mask`` [B, prefix + length], True on the ``prefix`` tokens (CLS, registers) and
@@ -90,8 +90,10 @@ def _say_compiling_once(name: str) -> None:
   xla_dir = jax.config.jax_compilation_cache_dir
   where = f'kept in {xla_dir} and reused by later runs' if xla_dir else 'kept for this process'
   logging.info(
-      '%s: preparing the model for each new image size (several seconds each the first time; '
-      'compiled code is %s)', name, where,
+    '%s: preparing the model for each new image size (several seconds each the first time; '
+    'compiled code is %s)',
+    name,
+    where,
   )
 
 
@@ -102,10 +104,10 @@ def cpu_has_bf16_units(cpuinfo: str = '/proc/cpuinfo') -> Optional[bool]:
   except OSError:
     return None
   flags = {
-      flag
-      for line in lines
-      if line.split(':')[0].strip() in ('flags', 'Features')
-      for flag in line.split(':', 1)[-1].split()
+    flag
+    for line in lines
+    if line.split(':')[0].strip() in ('flags', 'Features')
+    for flag in line.split(':', 1)[-1].split()
   }
   return bool(flags & BF16_CPU_FLAGS) if flags else None
 
@@ -116,9 +118,9 @@ def warn_if_bf16_is_emulated(precision: str) -> None:
   if vit.is_bfloat16(precision) and jax.default_backend() == 'cpu':
     if cpu_has_bf16_units() is False:
       logging.warning(
-          'model.precision=bfloat16 on a CPU without bfloat16 units (no AMX or AVX512-BF16 '
-          'in /proc/cpuinfo): XLA computes it through float32 here, which measured slower than '
-          'float32 and is less exact; use model.precision=float32 on this machine'
+        'model.precision=bfloat16 on a CPU without bfloat16 units (no AMX or AVX512-BF16 '
+        'in /proc/cpuinfo): XLA computes it through float32 here, which measured slower than '
+        'float32 and is less exact; use model.precision=float32 on this machine'
       )
 
 
@@ -127,8 +129,8 @@ def require_vit(name: str, mode: str) -> None:
   entry = backbones.BACKBONES.get(name)
   if entry is not None and entry.family == 'resnet':
     raise ValueError(
-        f'--mode={mode} with model.name={name!r}: this mode needs a ViT backbone (DINO, '
-        f'DINOv2 or DINOv3); {name} runs with --mode=extract, localize and segment'
+      f'--mode={mode} with model.name={name!r}: this mode needs a ViT backbone (DINO, '
+      f'DINOv2 or DINOv3); {name} runs with --mode=extract, localize and segment'
     )
 
 
@@ -171,7 +173,7 @@ class FeatureExtractor:
     return result
 
   def sequence_inputs(
-      self, crops: Sequence[np.ndarray], length: int
+    self, crops: Sequence[np.ndarray], length: int
   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Patches [B, length, P, P, 3] (uint8, or float32 if the crops are) and the model's
     position inputs (cached per grid) with the token mask."""
@@ -200,7 +202,7 @@ class FeatureExtractor:
     return self._forward(self.variables, shard(images), inputs, with_cls=with_cls)
 
   def __call__(
-      self, crops: Sequence[np.ndarray], length: Optional[int] = None, with_cls: bool = False
+    self, crops: Sequence[np.ndarray], length: Optional[int] = None, with_cls: bool = False
   ) -> dict[str, jax.Array]:
     """Features of crops [h_i·P, w_i·P, 3] (uint8, normalised on the device, or float32
     already normalised) run as one batch.
@@ -250,11 +252,11 @@ def _check_crops(crops: Sequence[np.ndarray], patch_size: int, length: int) -> l
 
 
 def load(
-    name: str,
-    checkpoint: str = '',
-    cache_dir: str = '',
-    precision: str = 'highest',
-    feature_block: int = -1,
+  name: str,
+  checkpoint: str = '',
+  cache_dir: str = '',
+  precision: str = 'highest',
+  feature_block: int = -1,
 ) -> FeatureExtractor:
   """Loads a registry backbone: a local ``.pth`` / Hugging Face folder, a URL, or (weights
   that are not gated) the official download. DINO ViTs go through the converted-params
@@ -264,8 +266,8 @@ def load(
   b = backbones.BACKBONES[name]
   if vit.is_bfloat16(precision) and b.family == 'resnet':
     raise ValueError(
-        f"model.precision='bfloat16' is implemented for the ViT backbones, not {name!r} "
-        '(its convolutions run in float32): use float32'
+      f"model.precision='bfloat16' is implemented for the ViT backbones, not {name!r} "
+      '(its convolutions run in float32): use float32'
     )
   if b.family == 'dino':
     params, found = checkpoints.load_params(name, checkpoint or None, cache_dir or None)

@@ -59,14 +59,14 @@ def needs_interpolation(grid_hw: tuple[int, int], pretrained_grid: int) -> bool:
 
 
 def interpolation_matrices(
-    grid_hw: tuple[int, int], pretrained_grid: int, dtype=np.float32
+  grid_hw: tuple[int, int], pretrained_grid: int, dtype=np.float32
 ) -> tuple[np.ndarray, np.ndarray]:
   """Row matrix [h, G] and column matrix [w, G] for the pretrained G×G grid."""
   scale_h, scale_w = dino_scale_factors(grid_hw, pretrained_grid)
   out_h, out_w = int(np.floor(pretrained_grid * scale_h)), int(np.floor(pretrained_grid * scale_w))
   if (out_h, out_w) != tuple(grid_hw):  # DINO asserts the same
-    raise ValueError(f"bicubic output {(out_h, out_w)} != patch grid {tuple(grid_hw)}")
+    raise ValueError(f'bicubic output {(out_h, out_w)} != patch grid {tuple(grid_hw)}')
   return (
-      bicubic_matrix(pretrained_grid, out_h, scale_h, dtype),
-      bicubic_matrix(pretrained_grid, out_w, scale_w, dtype),
+    bicubic_matrix(pretrained_grid, out_h, scale_h, dtype),
+    bicubic_matrix(pretrained_grid, out_w, scale_w, dtype),
   )

@@ -38,14 +38,14 @@ class ResNetArch:
 
 def _conv(features, kernel, stride=1, dilation=1, padding=0, precision='highest', name=None):
   return nn.Conv(
-      features,
-      (kernel, kernel),
-      strides=(stride, stride),
-      padding=((padding, padding), (padding, padding)),
-      kernel_dilation=(dilation, dilation),
-      use_bias=False,
-      precision=precision,
-      name=name,
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((padding, padding), (padding, padding)),
+    kernel_dilation=(dilation, dilation),
+    use_bias=False,
+    precision=precision,
+    name=name,
   )
 
 
@@ -102,12 +102,12 @@ class ResNet(nn.Module):
         stride = 1
       for i in range(blocks):
         x = Bottleneck(
-            planes,
-            stride if i == 0 else 1,
-            previous if i == 0 else dilation,  # block 0 runs at the previous dilation
-            downsample=i == 0 and (stride != 1 or in_ch != 4 * planes),
-            precision=self.precision,
-            name=f'layer{stage + 1}_{i}',
+          planes,
+          stride if i == 0 else 1,
+          previous if i == 0 else dilation,  # block 0 runs at the previous dilation
+          downsample=i == 0 and (stride != 1 or in_ch != 4 * planes),
+          precision=self.precision,
+          name=f'layer{stage + 1}_{i}',
         )(x, train)
         in_ch = 4 * planes
       if stage == 0:

@@ -72,12 +72,12 @@ class ConvBNReLU(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Conv(
-        self.features,
-        (self.kernel, self.kernel),
-        kernel_dilation=self.dilation,
-        padding='SAME',
-        use_bias=False,
-        kernel_init=KAIMING,
+      self.features,
+      (self.kernel, self.kernel),
+      kernel_dilation=self.dilation,
+      padding='SAME',
+      use_bias=False,
+      kernel_init=KAIMING,
     )(x)
     # PyTorch BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
@@ -134,9 +134,9 @@ class DeepLabV3Plus(nn.Module):
     else:
       depth = self.arch.depth
       low_block = (
-          default_low_level_block(depth)
-          if self.low_level_block is None
-          else self.low_level_block % depth
+        default_low_level_block(depth)
+        if self.low_level_block is None
+        else self.low_level_block % depth
       )
       low, out = vit_features(self.arch, self.precision, images, (low_block, depth - 1))
     x = ASPP(self.aspp_rates, self.channels, self.dropout, name='aspp')(out, train)
@@ -153,9 +153,9 @@ class DeepLabV3Plus(nn.Module):
 def model_spec(model: DeepLabV3Plus) -> dict[str, Any]:
   """JSON-able description saved with checkpoints (to say which model wrote them)."""
   spec = {
-      f.name: getattr(model, f.name)
-      for f in dataclasses.fields(model)
-      if f.name not in ('parent', 'name')
+    f.name: getattr(model, f.name)
+    for f in dataclasses.fields(model)
+    if f.name not in ('parent', 'name')
   }
   spec['arch'] = dataclasses.asdict(model.arch)
   spec['backbone'] = 'dino_resnet50' if is_resnet(model) else 'vit'
@@ -260,7 +260,7 @@ def with_backbone(params: Mapping[str, Any], backbone_params: Mapping[str, Any])
 
 
 def with_backbone_variables(
-    variables: Mapping[str, Any], backbone_variables: Mapping[str, Any]
+  variables: Mapping[str, Any], backbone_variables: Mapping[str, Any]
 ) -> dict:
   """``variables`` {'params', 'batch_stats'} with every backbone collection replaced by the
   pretrained one (``backbone_variables``: {'params'} for a ViT, + 'batch_stats' for the
@@ -268,13 +268,13 @@ def with_backbone_variables(
   expected = {c for c, tree in variables.items() if 'backbone' in tree}
   if set(backbone_variables) != expected:
     raise ValueError(
-        f'pretrained backbone has collections {sorted(backbone_variables)}, the segmenter\'s '
-        f'backbone {sorted(expected)}'
+      f"pretrained backbone has collections {sorted(backbone_variables)}, the segmenter's "
+      f'backbone {sorted(expected)}'
     )
   out = {c: dict(tree) for c, tree in variables.items()}
   for collection, tree in backbone_variables.items():
     check_compatible(
-        shape_tree(tree), shape_tree(out[collection]['backbone']), f'{collection}/backbone'
+      shape_tree(tree), shape_tree(out[collection]['backbone']), f'{collection}/backbone'
     )
     out[collection]['backbone'] = jax.tree.map(jnp.asarray, tree)
   return out
@@ -288,7 +288,7 @@ def shape_tree(tree: Any) -> Any:
 def _flat(tree: Any, prefix: str) -> dict[str, tuple[int, ...]]:
   leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, tuple))[0]
   return {
-      prefix + ''.join(f'/{getattr(k, "key", k)}' for k in path): tuple(v) for path, v in leaves
+    prefix + ''.join(f'/{getattr(k, "key", k)}' for k in path): tuple(v) for path, v in leaves
   }
 
 
@@ -299,15 +299,15 @@ def check_compatible(found: Any, expected: Any, prefix: str = 'params') -> None:
   """
   f, e = _flat(found, prefix), _flat(expected, prefix)
   problems = [
-      f'{k}: checkpoint has shape {f[k]}, model expects {e[k]}'
-      for k in sorted(f.keys() & e.keys())
-      if f[k] != e[k]
+    f'{k}: checkpoint has shape {f[k]}, model expects {e[k]}'
+    for k in sorted(f.keys() & e.keys())
+    if f[k] != e[k]
   ]
   problems += [
-      f'{k}: missing from checkpoint (model expects {e[k]})' for k in sorted(e.keys() - f.keys())
+    f'{k}: missing from checkpoint (model expects {e[k]})' for k in sorted(e.keys() - f.keys())
   ]
   problems += [
-      f'{k}: in checkpoint {f[k]} but not in the model' for k in sorted(f.keys() - e.keys())
+    f'{k}: in checkpoint {f[k]} but not in the model' for k in sorted(f.keys() - e.keys())
   ]
   if problems:
     shown = problems[:10] + ([f'… and {len(problems) - 10} more'] if len(problems) > 10 else [])

@@ -43,10 +43,10 @@ class ViTArch:
 
 # The four official DINO backbones (depth 12; a checkpoint may override it).
 ARCHS = {
-    'dino_vits16': ViTArch(16, 384, 6, 12, 196),
-    'dino_vits8': ViTArch(8, 384, 6, 12, 784),
-    'dino_vitb16': ViTArch(16, 768, 12, 12, 196),
-    'dino_vitb8': ViTArch(8, 768, 12, 12, 784),
+  'dino_vits16': ViTArch(16, 384, 6, 12, 196),
+  'dino_vits8': ViTArch(8, 384, 6, 12, 784),
+  'dino_vitb16': ViTArch(16, 768, 12, 12, 196),
+  'dino_vitb8': ViTArch(8, 768, 12, 12, 784),
 }
 
 
@@ -62,10 +62,10 @@ def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
   """``lax.dot_general`` on bfloat16 operands, accumulated and returned in float32."""
   del precision, kwargs  # bf16 operands take the native bf16 pass (AMX / tensor cores / MXU)
   return jax.lax.dot_general(
-      lhs.astype(jnp.bfloat16),
-      rhs.astype(jnp.bfloat16),
-      dimension_numbers,
-      preferred_element_type=jnp.float32,
+    lhs.astype(jnp.bfloat16),
+    rhs.astype(jnp.bfloat16),
+    dimension_numbers,
+    preferred_element_type=jnp.float32,
   )
 
 
@@ -73,10 +73,10 @@ def einsum(subscripts: str, a, b, precision):
   """``jnp.einsum`` at ``precision``; 'bfloat16': bf16 operands, float32 accumulation."""
   if is_bfloat16(precision):
     return jnp.einsum(
-        subscripts,
-        a.astype(jnp.bfloat16),
-        b.astype(jnp.bfloat16),
-        preferred_element_type=jnp.float32,
+      subscripts,
+      a.astype(jnp.bfloat16),
+      b.astype(jnp.bfloat16),
+      preferred_element_type=jnp.float32,
     )
   return jnp.einsum(subscripts, a, b, precision=precision)
 
@@ -241,7 +241,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, key_mask=None, with_attention=False):
     attn_out, qkv, attn = Attention(self.num_heads, self.precision, name='attn')(
-        TorchLayerNorm(name='norm1')(x), key_mask, with_attention
+      TorchLayerNorm(name='norm1')(x), key_mask, with_attention
     )
     x = x + attn_out
     x = x + Mlp(4 * x.shape[-1], self.precision, name='mlp')(TorchLayerNorm(name='norm2')(x))
@@ -254,8 +254,8 @@ def patchify(images, patch_size: int):
   p = patch_size
   if height % p or width % p:
     raise ValueError(
-        f'image size {(height, width)} is not a multiple of patch size {p}; '
-        'crop with crop_to_patches() first'
+      f'image size {(height, width)} is not a multiple of patch size {p}; '
+      'crop with crop_to_patches() first'
     )
   patches = images.reshape(b, height // p, p, width // p, p, c).transpose(0, 1, 3, 2, 4, 5)
   return patches.reshape(b, (height // p) * (width // p), p, p, c)
@@ -374,14 +374,14 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      images,
-      feature_block: int = -1,
-      with_cls: bool = False,
-      pos_tables=None,
-      token_mask=None,
-      norm_blocks: tuple[int, ...] = (),
-      with_attention: bool = False,
+    self,
+    images,
+    feature_block: int = -1,
+    with_cls: bool = False,
+    pos_tables=None,
+    token_mask=None,
+    norm_blocks: tuple[int, ...] = (),
+    with_attention: bool = False,
   ):
     a = self.arch
     p = a.patch_size
@@ -393,7 +393,7 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([cls_token, x], axis=1)
     if pos_tables is None:
       x = x + interpolate_pos_embed(
-          pos_embed, grid, a.pretrained_grid, table_precision(self.precision)
+        pos_embed, grid, a.pretrained_grid, table_precision(self.precision)
       )
     else:
       x = x + pos_tables
@@ -404,7 +404,7 @@ class VisionTransformer(nn.Module):
 
     def block(i, x):
       x, qkv, attn = Block(a.num_heads, self.precision, name=f'blocks_{i}')(
-          x, token_mask, with_attention and i == block_index
+        x, token_mask, with_attention and i == block_index
       )
       tokens = dict(q=qkv[..., :d], k=qkv[..., d : 2 * d], v=qkv[..., 2 * d :], tokens=x)
       return x, tokens, dict(attn=attn)

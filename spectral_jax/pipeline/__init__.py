@@ -10,22 +10,56 @@ One module per concern: ``geometry`` (working resolution, box and mask frames), 
 
 from spectral_jax.models.extractor import FeatureExtractor, load as load_extractor
 from spectral_jax.pipeline.batching import (
-    MAX_BATCH_PAIRS, batch_capacity, bucket_length, cls_batch, size_batches,
+  MAX_BATCH_PAIRS,
+  batch_capacity,
+  bucket_length,
+  cls_batch,
+  size_batches,
 )
 from spectral_jax.pipeline.decoding import decoded
 from spectral_jax.pipeline.geometry import fit_tokens, resize_mask, scale_box, working_size
 from spectral_jax.pipeline.methods import (
-    FOUND_ARCH, FOUND_LOGITS, METHODS, PREPROCESS, Method, get_method, input_grid,
-    method_outputs, prepare_input, spectral_decomposition,
+  FOUND_ARCH,
+  FOUND_LOGITS,
+  METHODS,
+  PREPROCESS,
+  Method,
+  get_method,
+  input_grid,
+  method_outputs,
+  prepare_input,
+  spectral_decomposition,
 )
 from spectral_jax.pipeline.progress import Progress
 from spectral_jax.pipeline.run import ImageResult, run_images
 from spectral_jax.settings import MIN_TOKENS, ImageLimits
 
 __all__ = [
-    'FeatureExtractor', 'load_extractor', 'MAX_BATCH_PAIRS', 'batch_capacity', 'bucket_length',
-    'cls_batch', 'size_batches', 'decoded', 'fit_tokens', 'resize_mask', 'scale_box',
-    'working_size', 'FOUND_ARCH', 'FOUND_LOGITS', 'METHODS', 'PREPROCESS', 'Method',
-    'get_method', 'input_grid', 'method_outputs', 'prepare_input', 'spectral_decomposition',
-    'Progress', 'ImageResult', 'run_images', 'MIN_TOKENS', 'ImageLimits',
+  'FeatureExtractor',
+  'load_extractor',
+  'MAX_BATCH_PAIRS',
+  'batch_capacity',
+  'bucket_length',
+  'cls_batch',
+  'size_batches',
+  'decoded',
+  'fit_tokens',
+  'resize_mask',
+  'scale_box',
+  'working_size',
+  'FOUND_ARCH',
+  'FOUND_LOGITS',
+  'METHODS',
+  'PREPROCESS',
+  'Method',
+  'get_method',
+  'input_grid',
+  'method_outputs',
+  'prepare_input',
+  'spectral_decomposition',
+  'Progress',
+  'ImageResult',
+  'run_images',
+  'MIN_TOKENS',
+  'ImageLimits',
 ]

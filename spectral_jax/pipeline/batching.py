@@ -27,14 +27,14 @@ def batch_capacity(length: int, batch_size: int, batch_tokens: int) -> int:
 
 
 def size_batches(
-    items: Iterable[tuple[Any, np.ndarray, Any]],
-    patch_size: int,
-    batch_size: int,
-    bucket_tokens: int = 0,
-    same_grid: bool = False,
-    batch_tokens: int = 1 << 15,
-    spectral_k: int = 0,
-    preprocess: str = 'crop',
+  items: Iterable[tuple[Any, np.ndarray, Any]],
+  patch_size: int,
+  batch_size: int,
+  bucket_tokens: int = 0,
+  same_grid: bool = False,
+  batch_tokens: int = 1 << 15,
+  spectral_k: int = 0,
+  preprocess: str = 'crop',
 ) -> Iterator[list[tuple[Any, np.ndarray, Any]]]:
   """Groups images by bucketed token count (or by exact patch grid if ``same_grid``) of their
   model input (``input_grid`` for ``preprocess``).

@@ -28,13 +28,12 @@ def _decode(example, patch_size: int, limits: ImageLimits):
       size = f'{image.shape[1]}x{image.shape[0]}'
       if (image.shape[0], image.shape[1]) != original:  # too elongated to downscale
         size = (
-            f'{original[1]}x{original[0]}, downscaled to {size} for '
-            f'data.max_tokens={limits.max_tokens},'
+          f'{original[1]}x{original[0]}, downscaled to {size} for '
+          f'data.max_tokens={limits.max_tokens},'
         )
       raise BadImageError(
-          name,
-          f'{size} has {tokens} patches of {patch_size} px; at least {limits.min_tokens} '
-          'are needed',
+        name,
+        f'{size} has {tokens} patches of {patch_size} px; at least {limits.min_tokens} are needed',
       )
     return example, image, original, None
   except (OSError, ValueError, MemoryError) as e:  # one bad image must not stop a dataset run
@@ -42,11 +41,11 @@ def _decode(example, patch_size: int, limits: ImageLimits):
 
 
 def decoded(
-    examples: Sequence[Any],
-    patch_size: int,
-    limits: ImageLimits = ImageLimits(),
-    workers: int = 4,
-    on_error: Optional[Callable[[Any, Exception], None]] = None,
+  examples: Sequence[Any],
+  patch_size: int,
+  limits: ImageLimits = ImageLimits(),
+  workers: int = 4,
+  on_error: Optional[Callable[[Any, Exception], None]] = None,
 ) -> Iterator[tuple[Any, np.ndarray, tuple[int, int]]]:
   """(example, working image, original (H, W)) per readable image, decoded in background
   threads, in order, a bounded window ahead (large images are downscaled in the thread, so

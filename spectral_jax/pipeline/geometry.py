@@ -25,7 +25,7 @@ def working_size(image_hw, patch_size: int, max_tokens: int) -> tuple[int, int]:
 
 
 def fit_tokens(
-    image: np.ndarray, patch_size: int, max_tokens: int, resize: bool = True, name: str = ''
+  image: np.ndarray, patch_size: int, max_tokens: int, resize: bool = True, name: str = ''
 ) -> np.ndarray:
   """The image at working resolution: downscaled (antialiased bicubic) to ``max_tokens``
   patches if it has more, else unchanged. ``resize=False`` raises ImageTooLargeError instead."""
@@ -35,16 +35,22 @@ def fit_tokens(
   tokens = (image.shape[0] // patch_size) * (image.shape[1] // patch_size)
   if not resize:
     raise ImageTooLargeError(
-        name,
-        f'{image.shape[1]}x{image.shape[0]} has {tokens} patches, above data.max_tokens='
-        f'{max_tokens}, and data.resize_large=False',
-        'data.max_tokens',
-        max_tokens,
+      name,
+      f'{image.shape[1]}x{image.shape[0]} has {tokens} patches, above data.max_tokens='
+      f'{max_tokens}, and data.resize_large=False',
+      'data.max_tokens',
+      max_tokens,
     )
   logging.info(
-      '%s: %dx%d (%d patches) downscaled to %dx%d for the model; outputs are given at %dx%d',
-      name, image.shape[1], image.shape[0], tokens, size[1], size[0], image.shape[1],
-      image.shape[0],
+    '%s: %dx%d (%d patches) downscaled to %dx%d for the model; outputs are given at %dx%d',
+    name,
+    image.shape[1],
+    image.shape[0],
+    tokens,
+    size[1],
+    size[0],
+    image.shape[1],
+    image.shape[0],
   )
   return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
 
@@ -57,12 +63,12 @@ def scale_box(box_xyxy, from_hw, to_hw) -> np.ndarray:
   sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
   x0, y0, x1, y1 = (float(v) for v in box_xyxy)
   return np.array(
-      [
-          max(int(np.floor(x0 * sx)), 0),
-          max(int(np.floor(y0 * sy)), 0),
-          min(int(np.ceil(x1 * sx)), to_hw[1]),
-          min(int(np.ceil(y1 * sy)), to_hw[0]),
-      ]
+    [
+      max(int(np.floor(x0 * sx)), 0),
+      max(int(np.floor(y0 * sy)), 0),
+      min(int(np.ceil(x1 * sx)), to_hw[1]),
+      min(int(np.ceil(y1 * sy)), to_hw[0]),
+    ]
   )
 
 

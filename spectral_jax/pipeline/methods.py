@@ -25,7 +25,7 @@ def _pad_rows(array: np.ndarray, n: int) -> np.ndarray:
 
 
 def _eigs_of_features(
-    feats, n_valid, images_lr, color_lambda: float, k: int, which_matrix: str, solver: str
+  feats, n_valid, images_lr, color_lambda: float, k: int, which_matrix: str, solver: str
 ):
   """feats [B, N, D] with real tokens first and n_valid [B] → ([B, K], [B, K, N])."""
   n = feats.shape[1]
@@ -56,25 +56,25 @@ def _eigs_step(mesh, with_color: bool, color_lambda: float, k: int, which_matrix
     return jax.jit(step)
   spec = parallel.batch_sharding(mesh).spec
   return jax.jit(
-      jax.shard_map(
-          step,
-          mesh=mesh,
-          in_specs=(spec,) * (3 if with_color else 2),
-          out_specs=spec,
-          check_vma=False,
-      )
+    jax.shard_map(
+      step,
+      mesh=mesh,
+      in_specs=(spec,) * (3 if with_color else 2),
+      out_specs=spec,
+      check_vma=False,
+    )
   )
 
 
 def spectral_decomposition(
-    feats: jax.Array,
-    n_valid: np.ndarray,
-    images: Sequence[np.ndarray],
-    grid_hw,
-    k: int,
-    color_lambda: float = 0.0,
-    which_matrix: str = 'laplacian',
-    solver: str = 'auto',
+  feats: jax.Array,
+  n_valid: np.ndarray,
+  images: Sequence[np.ndarray],
+  grid_hw,
+  k: int,
+  color_lambda: float = 0.0,
+  which_matrix: str = 'laplacian',
+  solver: str = 'auto',
 ) -> tuple[jax.Array, jax.Array]:
   """Eigenpairs for a batch: feats [B, N, D] (real tokens first) → ([B, K], [B, K, N]).
 
@@ -136,7 +136,7 @@ def input_grid(image_hw, patch_size: int, preprocess: str = 'crop') -> tuple[int
 
 
 def _tokencut_device(
-    feats, n_valid, *, solver: str, tau: float = 0.2, eps: float = 1e-5, tol: float = 1e-6
+  feats, n_valid, *, solver: str, tau: float = 0.2, eps: float = 1e-5, tol: float = 1e-6
 ):
   """Graph, (λ0, λ1, λ2) and vectors, TokenCut's bipartition and seed (equal to
   ``tokencut.discover``'s device part). Eigenvector 1 comes back oriented the TokenCut way."""
@@ -174,9 +174,10 @@ def _found_check(extractor) -> None:
   arch = extractor.arch
   if (arch.patch_size, getattr(arch, 'embed_dim', None)) != FOUND_ARCH:
     raise SettingError(
-        'model.name', getattr(extractor, 'name', type(arch).__name__),
-        "FOUND's decoder reads DINO ViT-S/8 keys (patch 8, width 384): load dino_vits8 with "
-        "FOUND's 300-epoch file (configs/voc.py:found sets both)",
+      'model.name',
+      getattr(extractor, 'name', type(arch).__name__),
+      "FOUND's decoder reads DINO ViT-S/8 keys (patch 8, width 384): load dino_vits8 with "
+      "FOUND's 300-epoch file (configs/voc.py:found sets both)",
     )
 
 
@@ -201,8 +202,12 @@ def _found_host(out: dict, grid, patch_size: int, image_hw) -> dict:
   if box is not None:  # the component inside the box: found.discovery_box's largest label
     labeled, _ = ndimage.label(found.multi_mask(logits))
     comp = labeled == np.bincount(labeled[labeled != 0]).argmax()
-  return {FOUND_LOGITS: logits, 'patch_mask': comp, 'box': box,
-          'score': found.mask_score(logits, comp)}
+  return {
+    FOUND_LOGITS: logits,
+    'patch_mask': comp,
+    'box': box,
+    'score': found.mask_score(logits, comp),
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,12 +232,12 @@ class Method:
 
 
 METHODS = {
-    'dsm': Method('dsm', 'crop', 'crop', True),
-    # Object discovery pads; the saliency masks of the paper's segmentation table resize.
-    'tokencut': Method('tokencut', 'pad', 'resize', True, _tokencut_device, _tokencut_host),
-    'lost': Method('lost', 'pad', 'pad', False, _lost_device, _lost_host),
-    # FOUND's evaluation input (saliency and object discovery): the full image, padded.
-    'found': Method('found', 'pad', 'pad', False, _found_device, _found_host, _found_check),
+  'dsm': Method('dsm', 'crop', 'crop', True),
+  # Object discovery pads; the saliency masks of the paper's segmentation table resize.
+  'tokencut': Method('tokencut', 'pad', 'resize', True, _tokencut_device, _tokencut_host),
+  'lost': Method('lost', 'pad', 'pad', False, _lost_device, _lost_host),
+  # FOUND's evaluation input (saliency and object discovery): the full image, padded.
+  'found': Method('found', 'pad', 'pad', False, _found_device, _found_host, _found_check),
 }
 
 
@@ -250,12 +255,12 @@ def _method_step(mesh, name: str, solver: str, params: tuple):
     return jax.jit(step)
   spec = parallel.batch_sharding(mesh).spec
   return jax.jit(
-      jax.shard_map(step, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
+    jax.shard_map(step, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
   )
 
 
 def method_outputs(
-    method: Method, feats: jax.Array, n_valid: np.ndarray, solver: str = 'auto', params=None
+  method: Method, feats: jax.Array, n_valid: np.ndarray, solver: str = 'auto', params=None
 ) -> dict:
   """A method's device part on a batch: feats [B, L, D] (real tokens first), n_valid [B] →
   dict of [B, ...] device arrays, not waited for."""

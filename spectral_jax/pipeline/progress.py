@@ -24,6 +24,6 @@ class Progress:
   def summary(self) -> str:
     self.bar.close()
     return (
-        f'{self.bar.desc}: {self.bar.n} images in {time.perf_counter() - self.start:.1f} s '
-        f'({self.rate:.2f} images/s)'
+      f'{self.bar.desc}: {self.bar.n} images in {time.perf_counter() - self.start:.1f} s '
+      f'({self.rate:.2f} images/s)'
     )

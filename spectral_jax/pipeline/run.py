@@ -6,7 +6,6 @@ consume ``ImageResult`` records and decide what to write; nothing here knows
 about workdirs or configs beyond the plain arguments it is given.
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +20,13 @@ from spectral_jax.pipeline.batching import bucket_length, size_batches
 from spectral_jax.pipeline.decoding import decoded
 from spectral_jax.pipeline.geometry import resize_mask, scale_box
 from spectral_jax.pipeline.methods import (
-    METHODS, PREPROCESS, Method, get_method, method_outputs, prepare_input,
-    spectral_decomposition,
+  METHODS,
+  PREPROCESS,
+  Method,
+  get_method,
+  method_outputs,
+  prepare_input,
+  spectral_decomposition,
 )
 from spectral_jax.settings import MIN_TOKENS, ImageLimits
 
@@ -80,16 +84,16 @@ class _InFlight:
 
 
 def _dispatch(
-    extractor: FeatureExtractor,
-    batch: list,
-    bucket_tokens: int,
-    spectral_k: int,
-    color_lambda: float,
-    which_matrix: str,
-    solver: str,
-    method: Method = METHODS['dsm'],
-    preprocess: str = 'crop',
-    method_params: Optional[dict] = None,
+  extractor: FeatureExtractor,
+  batch: list,
+  bucket_tokens: int,
+  spectral_k: int,
+  color_lambda: float,
+  which_matrix: str,
+  solver: str,
+  method: Method = METHODS['dsm'],
+  preprocess: str = 'crop',
+  method_params: Optional[dict] = None,
 ) -> _InFlight:
   p = extractor.arch.patch_size
   crops = [prepare_input(item[1], p, preprocess) for item in batch]
@@ -108,18 +112,21 @@ def _dispatch(
     k = min(spectral_k, min(tokens) - 1)
     if k < spectral_k:
       logging.info(
-          '%s: %d patches, so %d eigenvectors instead of spectral.K=%d',
-          ', '.join(str(item[0].id) for item in batch), min(tokens), k, spectral_k,
+        '%s: %d patches, so %d eigenvectors instead of spectral.K=%d',
+        ', '.join(str(item[0].id) for item in batch),
+        min(tokens),
+        k,
+        spectral_k,
       )
     vals, vecs = spectral_decomposition(
-        feats,
-        np.array(tokens),
-        [item[1] for item in batch],
-        grids[0],
-        k,
-        color_lambda,
-        which_matrix,
-        solver,
+      feats,
+      np.array(tokens),
+      [item[1] for item in batch],
+      grids[0],
+      k,
+      color_lambda,
+      which_matrix,
+      solver,
     )
   return _InFlight(batch, grids, feats, vals, vecs, extras=extras)
 
@@ -133,7 +140,7 @@ def _nonfinite(result: ImageResult) -> str:
 
 
 def _collect(
-    job: _InFlight, patch_size: int, on_error=None, method: Method = METHODS['dsm']
+  job: _InFlight, patch_size: int, on_error=None, method: Method = METHODS['dsm']
 ) -> Iterator[ImageResult]:
   feats = np.asarray(job.feats)
   outputs = None
@@ -146,18 +153,18 @@ def _collect(
   for i, (example, image, original) in enumerate(job.batch):
     n = job.grids[i][0] * job.grids[i][1]
     result = ImageResult(
-        example,
-        image,
-        patch_size,
-        job.grids[i],
-        feats[i, :n],
-        None if vals is None else vals[i],
-        None if vecs is None else vecs[i, :, :n],
-        original,
+      example,
+      image,
+      patch_size,
+      job.grids[i],
+      feats[i, :n],
+      None if vals is None else vals[i],
+      None if vecs is None else vecs[i, :, :n],
+      original,
     )
     if extras:  # r rows per feature cell (4 for the ResNet's stride-4 low_level)
       result.extras = {
-          key: value[i, : n * (value.shape[1] // feats.shape[1])] for key, value in extras.items()
+        key: value[i, : n * (value.shape[1] // feats.shape[1])] for key, value in extras.items()
       }
     bad = _nonfinite(result)
     if bad:  # NaN weights or an overflow: never a box from NaN eigenvectors
@@ -179,21 +186,21 @@ def _collect(
 
 
 def run_images(
-    extractor: FeatureExtractor,
-    examples: Sequence[Any],
-    *,
-    batch_size: int,
-    limits: ImageLimits = ImageLimits(),
-    spectral_k: int = 0,
-    color_lambda: float = 0.0,
-    which_matrix: str = 'laplacian',
-    solver: str = 'auto',
-    bucket_tokens: int = 32,
-    batch_tokens: int = 1 << 15,
-    on_error: Optional[Callable[[Any, Exception], None]] = None,
-    method: str = 'dsm',
-    preprocess: str = '',
-    method_params: Optional[dict] = None,
+  extractor: FeatureExtractor,
+  examples: Sequence[Any],
+  *,
+  batch_size: int,
+  limits: ImageLimits = ImageLimits(),
+  spectral_k: int = 0,
+  color_lambda: float = 0.0,
+  which_matrix: str = 'laplacian',
+  solver: str = 'auto',
+  bucket_tokens: int = 32,
+  batch_tokens: int = 1 << 15,
+  on_error: Optional[Callable[[Any, Exception], None]] = None,
+  method: str = 'dsm',
+  preprocess: str = '',
+  method_params: Optional[dict] = None,
 ) -> Iterator[ImageResult]:
   """Features (and eigenpairs if spectral_k > 0) for every readable image.
 
@@ -230,20 +237,20 @@ def run_images(
   items = decoded(examples, p, limits, on_error=on_error)
   in_flight = None
   batches = size_batches(
-      items, p, batch_size, bucket_tokens, same_grid, batch_tokens, spectral_k, preprocess
+    items, p, batch_size, bucket_tokens, same_grid, batch_tokens, spectral_k, preprocess
   )
   for batch in batches:
     job = _dispatch(
-        extractor,
-        batch,
-        bucket_tokens,
-        spectral_k,
-        color_lambda,
-        which_matrix,
-        solver,
-        spec,
-        preprocess,
-        method_params,
+      extractor,
+      batch,
+      bucket_tokens,
+      spectral_k,
+      color_lambda,
+      which_matrix,
+      solver,
+      spec,
+      preprocess,
+      method_params,
     )
     if in_flight is not None:
       yield from _collect(in_flight, p, on_error, spec)

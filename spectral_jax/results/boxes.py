@@ -49,7 +49,7 @@ def found_params(decoder: str, cache_dir: str = '') -> dict:
   try:
     st = path.stat() if path.is_file() else None
     weight, bias = _decoder_params(
-        str(path.absolute()), st.st_size if st else -1, st.st_mtime_ns if st else -1
+      str(path.absolute()), st.st_size if st else -1, st.st_mtime_ns if st else -1
     )
   except found.DecoderFileError as e:
     raise SettingError('found.decoder', decoder, e.reason) from e
@@ -83,8 +83,8 @@ def localization(r, which_matrix: str = 'laplacian') -> tuple[np.ndarray, np.nda
   if r.outputs is not None and pipeline.FOUND_LOGITS in r.outputs:  # FOUND
     if r.outputs['box'] is None:
       raise ValueError(
-          f'{r.example.label}: FOUND finds no foreground patch (every probability <= 0.5), '
-          'hence no box'
+        f'{r.example.label}: FOUND finds no foreground patch (every probability <= 0.5), '
+        'hence no box'
       )
     working_box = np.asarray(r.outputs['box'])
     return np.asarray(r.box_to_original(working_box)), working_box, float(r.outputs['score'])
@@ -92,8 +92,11 @@ def localization(r, which_matrix: str = 'laplacian') -> tuple[np.ndarray, np.nda
     working_box = np.asarray(r.outputs['box'])
   else:
     working_box = segments.localization_box(
-        r.eigenvectors, r.patch_grid, r.patch_size, r.image.shape[:2],
-        index=eigenvector_index(which_matrix),
+      r.eigenvectors,
+      r.patch_grid,
+      r.patch_size,
+      r.image.shape[:2],
+      index=eigenvector_index(which_matrix),
     )
   values = r.eigenvalues
   laplacian = which_matrix == 'laplacian' or r.outputs is not None

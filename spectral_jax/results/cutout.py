@@ -35,13 +35,14 @@ def resolve_background(spec: str, max_pixels: int = decode.DEFAULT_MAX_PIXELS) -
     if path.suffix.lower() in datasets.IMAGE_EXTENSIONS or '/' in spec:
       raise FileNotFoundError(f'edit.background: no such image file {spec!r}') from e
     raise SettingError(
-        'edit.background', spec,
-        "is neither an image file nor a colour ('white', '#RRGGBB', 'r,g,b')",
+      'edit.background',
+      spec,
+      "is neither an image file nor a colour ('white', '#RRGGBB', 'r,g,b')",
     ) from e
 
 
 def foreground_patches(
-    eigenvectors: np.ndarray, grid_hw: tuple[int, int], opts: EditSettings, seed: int = 0
+  eigenvectors: np.ndarray, grid_hw: tuple[int, int], opts: EditSettings, seed: int = 0
 ) -> np.ndarray:
   """bool [h', w'] foreground on the patch grid (or the eigen-segmentation's grid)."""
   if opts.segment < 0:
@@ -50,18 +51,21 @@ def foreground_patches(
   from spectral_jax.spectral import clustering  # pylint: disable=import-outside-toplevel
 
   segmap = clustering.multi_region_segments(
-      eigenvectors, grid_hw, opts.n_segments, jax.random.PRNGKey(seed)
+    eigenvectors, grid_hw, opts.n_segments, jax.random.PRNGKey(seed)
   )
   return np.asarray(segmap) == opts.segment
 
 
 def edit_image(
-    image: np.ndarray, mask: np.ndarray, patch_size: float, opts: EditSettings,
-    background: Background,
+  image: np.ndarray,
+  mask: np.ndarray,
+  patch_size: float,
+  opts: EditSettings,
+  background: Background,
 ) -> dict[str, np.ndarray]:
   """alpha / cutout (and composite) arrays of one image from its pixel-level coarse mask."""
   alpha = matting.matte(
-      image, mask, opts.band_px or patch_size, opts.eps, opts.max_pixels, opts.levels
+    image, mask, opts.band_px or patch_size, opts.eps, opts.max_pixels, opts.levels
   )
   if opts.foreground == 'image':
     fg = image.astype(np.float32) / 255.0
@@ -74,15 +78,15 @@ def edit_image(
 
 
 def image_cutout(
-    image: np.ndarray,
-    eigenvectors: np.ndarray,
-    patch_size: int,
-    grid_hw: tuple[int, int],
-    working_hw: tuple[int, int],
-    opts: EditSettings,
-    background: Background,
-    seed: int = 0,
-    name: str = '',
+  image: np.ndarray,
+  eigenvectors: np.ndarray,
+  patch_size: int,
+  grid_hw: tuple[int, int],
+  working_hw: tuple[int, int],
+  opts: EditSettings,
+  background: Background,
+  seed: int = 0,
+  name: str = '',
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """(coarse mask bool [H, W], ``edit_image``'s arrays) of an original image [H, W, 3] from the
   eigenvectors [K, h·w] of its working-resolution version (``working_hw``)."""

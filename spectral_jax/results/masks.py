@@ -16,7 +16,7 @@ from spectral_jax.spectral import bilateral, found, segments
 
 
 def object_mask(
-    image: np.ndarray, eigenvectors: np.ndarray, grid_hw, patch_size: int, crf_params=None
+  image: np.ndarray, eigenvectors: np.ndarray, grid_hw, patch_size: int, crf_params=None
 ) -> np.ndarray:
   """Fiedler vector > 0 (the minority side, after the sign rule) at image resolution."""
   mask = segments.fiedler_mask(eigenvectors, grid_hw)
@@ -66,7 +66,7 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, refine: RefineSettings) -> 
 
 
 def found_mask(
-    r: pipeline.ImageResult, refine: RefineSettings, evaluation_mode: str = 'multi'
+  r: pipeline.ImageResult, refine: RefineSettings, evaluation_mode: str = 'multi'
 ) -> tuple[np.ndarray, float]:
   """FOUND's mask of one result at working resolution (the original size unless the image was
   downscaled for data.max_tokens) and its score (``found.mask_score``: the mean probability
@@ -77,8 +77,11 @@ def found_mask(
   IoU > 0.5 gate, not TokenCut's threshold); 'crf': the dense CRF on the multi mask."""
   mode = refine.mode
   out = found.prediction(
-      r.outputs[pipeline.FOUND_LOGITS], r.image, evaluation_mode,
-      'bilateral' if mode == 'bilateral' else 'none', r.patch_size,
+    r.outputs[pipeline.FOUND_LOGITS],
+    r.image,
+    evaluation_mode,
+    'bilateral' if mode == 'bilateral' else 'none',
+    r.patch_size,
   )
   if mode != 'crf':
     return out['mask'], out['score']
@@ -87,8 +90,10 @@ def found_mask(
 
 
 def scored_mask(
-    r: pipeline.ImageResult, refine: RefineSettings, preprocess: str,
-    evaluation_mode: str = 'multi',
+  r: pipeline.ImageResult,
+  refine: RefineSettings,
+  preprocess: str,
+  evaluation_mode: str = 'multi',
 ) -> tuple[np.ndarray, np.ndarray, float]:
   """``final_mask``'s two masks and the image's score: FOUND's ``found.mask_score``, else as
   ``boxes.localization`` (1 − λ₁ where the method has eigenvalues, else 1)."""
@@ -101,8 +106,10 @@ def scored_mask(
 
 
 def final_mask(
-    r: pipeline.ImageResult, refine: RefineSettings, preprocess: str,
-    evaluation_mode: str = 'multi',
+  r: pipeline.ImageResult,
+  refine: RefineSettings,
+  preprocess: str,
+  evaluation_mode: str = 'multi',
 ):
   """(mask at the working or original size, bool mask [H, W] at the original size).
   ``evaluation_mode``: FOUND's 'single' | 'multi' (see ``found_mask``), unused otherwise."""

@@ -24,11 +24,11 @@ def instance_map(masks: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
 
 
 def image_objects(
-    patch_masks: np.ndarray,
-    scores: np.ndarray,
-    original_hw: tuple[int, int],
-    image_s: np.ndarray,
-    crf: bool,
+  patch_masks: np.ndarray,
+  scores: np.ndarray,
+  original_hw: tuple[int, int],
+  image_s: np.ndarray,
+  crf: bool,
 ) -> tuple[list[dict], np.ndarray]:
   """One image's host post-processing (what a CRF worker process runs).
 
@@ -40,32 +40,32 @@ def image_objects(
   if not np.isfinite(scores[keep]).all():
     raise ValueError(f'non-finite object scores {scores[keep]}')
   objects = [
-      {'segmentation': coco.encode(final[t]), 'score': float(scores[t]), 'iteration': int(t)}
-      for t in keep
+    {'segmentation': coco.encode(final[t]), 'score': float(scores[t]), 'iteration': int(t)}
+    for t in keep
   ]
   return objects, instance_map(final[keep], original_hw)
 
 
 def promerge_objects(
-    clusters: np.ndarray,
-    scores: np.ndarray,
-    settings: PromergeSettings,
-    original_hw: tuple[int, int],
-    image_s: np.ndarray,
-    crf: bool,
+  clusters: np.ndarray,
+  scores: np.ndarray,
+  settings: PromergeSettings,
+  original_hw: tuple[int, int],
+  image_s: np.ndarray,
+  crf: bool,
 ) -> tuple[list[dict], np.ndarray]:
   """``image_objects`` for ProMerge: clusters bool [C, h, w] (they may overlap) back to pixels
   (MaskCut's CRF with ProMerge's IoU filter, or none), empty ones dropped. Where masks overlap
   the instance map shows the earlier object."""
   final, _, _ = promerge_images.to_image_masks(
-      clusters, original_hw, image_s.shape[:2], image_s, crf, settings
+    clusters, original_hw, image_s.shape[:2], image_s, crf, settings
   )
   keep = np.flatnonzero([m.any() for m in final]).astype(int)  # an image may have no cluster
   if not np.isfinite(scores[keep]).all():
     raise ValueError(f'non-finite object scores {scores[keep]}')
   objects = [
-      {'segmentation': coco.encode(final[t]), 'score': float(scores[t]), 'iteration': int(t)}
-      for t in keep
+    {'segmentation': coco.encode(final[t]), 'score': float(scores[t]), 'iteration': int(t)}
+    for t in keep
   ]
   return objects, instance_map(final[keep], original_hw)
 
@@ -74,7 +74,7 @@ def _maskcut_chunk(keys: np.ndarray, grid, run_settings) -> list[tuple[Any, tupl
   """MaskCut on a batch of keys [B, N, D]: per image (post-processing, its first arguments)."""
   d = run_settings.discover
   results = maskcut.discover(
-      keys, grid, d.max_objects, d.tau, eps=d.eps, dtype=d.dtype, solver=d.solver
+    keys, grid, d.max_objects, d.tau, eps=d.eps, dtype=d.dtype, solver=d.solver
   )
   return [(image_objects, (res.patch_masks, res.scores)) for res in results]
 
@@ -105,15 +105,16 @@ def _check_promerge_backbone(extractor, model_name: str) -> None:
   p, width = extractor.arch.patch_size, getattr(extractor.arch, 'embed_dim', 0)
   if (p, width) != (promerge.PATCH_SIZE, promerge.FEATURE_DIM):
     raise errors.SettingError(
-        'model.name', model_name,
-        f'ProMerge runs DINO ViT-B/8 only (patch 8, width 768, as the official); this backbone '
-        f'has patch {p}, width {width}: use model.name=dino_vitb8',
+      'model.name',
+      model_name,
+      f'ProMerge runs DINO ViT-B/8 only (patch 8, width 768, as the official); this backbone '
+      f'has patch {p}, width {width}: use model.name=dino_vitb8',
     )
 
 
 METHODS = {
-    'maskcut': DiscoverMethod(lambda s: s.discover.fixed_size, _maskcut_chunk),
-    'promerge': DiscoverMethod(
-        lambda s: s.promerge.fixed_size, _promerge_chunk, _check_promerge_backbone
-    ),
+  'maskcut': DiscoverMethod(lambda s: s.discover.fixed_size, _maskcut_chunk),
+  'promerge': DiscoverMethod(
+    lambda s: s.promerge.fixed_size, _promerge_chunk, _check_promerge_backbone
+  ),
 }

@@ -46,7 +46,10 @@ from spectral_jax.imaging import matting as edit_lib
 from spectral_jax import inference, pipeline, settings
 from spectral_jax.data import decode
 from spectral_jax.errors import (
-    BadImageError, ImageTooLargeError, MissingDependencyError, SettingError,
+  BadImageError,
+  ImageTooLargeError,
+  MissingDependencyError,
+  SettingError,
 )
 from spectral_jax.inference import Backbone
 from spectral_jax.server.uploads import HTTPError, Upload, choice as _choice, number as _number
@@ -111,7 +114,7 @@ def status_of(error: Exception) -> int:
 def message_of(error: Exception) -> str:
   """A library error in the server's words: a limit is named by the server's setting."""
   if isinstance(error, ImageTooLargeError):
-    return f'{error} (the server\'s {error.setting}, set with --config.{error.setting})'
+    return f"{error} (the server's {error.setting}, set with --config.{error.setting})"
   return str(error)
 
 
@@ -139,15 +142,15 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
   allow_reuse_address = True
 
   def __init__(
-      self,
-      backbone: Backbone,
-      host: str = '127.0.0.1',
-      port: int = 8000,
-      *,
-      max_upload_bytes: int = 32 << 20,
-      max_queue: int = 32,
-      timeout: float = 300.0,
-      max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+    self,
+    backbone: Backbone,
+    host: str = '127.0.0.1',
+    port: int = 8000,
+    *,
+    max_upload_bytes: int = 32 << 20,
+    max_queue: int = 32,
+    timeout: float = 300.0,
+    max_pixels: int = decode.DEFAULT_MAX_PIXELS,
   ):
     if max_upload_bytes < 1 or max_queue < 1 or timeout <= 0 or max_pixels < 1:
       raise ValueError('max_upload_bytes, max_queue, timeout and max_pixels must be positive')
@@ -193,7 +196,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
       if not future.cancel():  # already running (or done): a running job cannot be stopped
         return future.result()
       raise HTTPError(
-          503, f'timed out after {self.timeout:g} s waiting for the model (server busy)'
+        503, f'timed out after {self.timeout:g} s waiting for the model (server busy)'
       ) from None
 
   def server_close(self) -> None:
@@ -202,22 +205,23 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
   def health(self) -> dict:
     return {
-        'status': 'ok',
-        'version': __version__,
-        'model': self.backbone.name,
-        # The file's name only: a page must not learn the server's folders.
-        'checkpoint': (
-            None if not self.backbone.checkpoint
-            else self.backbone.checkpoint.rstrip('/').rsplit('/', 1)[-1]
-        ),
-        'patch_size': self.backbone.patch_size,
-        'methods': list(LOCALIZE_METHODS),
-        'segment_methods': list(SEGMENT_METHODS),
-        'refines': list(settings.REFINES),
-        'max_upload_bytes': self.max_upload_bytes,
-        'max_pixels': self.max_pixels,
-        'max_queue': self.max_queue,
-        'in_flight': self.in_flight,
+      'status': 'ok',
+      'version': __version__,
+      'model': self.backbone.name,
+      # The file's name only: a page must not learn the server's folders.
+      'checkpoint': (
+        None
+        if not self.backbone.checkpoint
+        else self.backbone.checkpoint.rstrip('/').rsplit('/', 1)[-1]
+      ),
+      'patch_size': self.backbone.patch_size,
+      'methods': list(LOCALIZE_METHODS),
+      'segment_methods': list(SEGMENT_METHODS),
+      'refines': list(settings.REFINES),
+      'max_upload_bytes': self.max_upload_bytes,
+      'max_pixels': self.max_pixels,
+      'max_queue': self.max_queue,
+      'in_flight': self.in_flight,
     }
 
   # ------------------------------------------------------------------- endpoints
@@ -227,7 +231,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     need ``min_side`` pixels a side (default one patch)."""
     try:
       return decode.decode_rgb(
-          data, name, min_side=min_side or self.backbone.patch_size, max_pixels=self.max_pixels
+        data, name, min_side=min_side or self.backbone.patch_size, max_pixels=self.max_pixels
       )
     except BadImageError as e:
       raise HTTPError(status_of(e), message_of(e)) from None
@@ -243,15 +247,15 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     method = _choice(upload, 'method', 'dsm', LOCALIZE_METHODS)
     image = self.image_of(upload)
     (r,) = self.run_on_model(
-        lambda: inference.localize(
-            self.backbone, image(), settings.MethodSettings(method), settings.SpectralSettings(K=5)
-        )
+      lambda: inference.localize(
+        self.backbone, image(), settings.MethodSettings(method), settings.SpectralSettings(K=5)
+      )
     )
     body = {
-        'box_xyxy': [int(v) for v in r.box_xyxy],
-        'score': _finite(r.score),
-        'image_size': [int(v) for v in r.image_size],
-        'method': method,
+      'box_xyxy': [int(v) for v in r.box_xyxy],
+      'score': _finite(r.score),
+      'image_size': [int(v) for v in r.image_size],
+      'method': method,
     }
     return 200, JSON, json.dumps(body).encode()
 
@@ -261,10 +265,13 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     refine = _choice(upload, 'refine', 'none', settings.REFINES)
     image = self.image_of(upload)
     (mask,) = self.run_on_model(
-        lambda: inference.segment(
-            self.backbone, image(), settings.MethodSettings(method),
-            settings.RefineSettings(refine=refine), settings.SpectralSettings(K=2),
-        )
+      lambda: inference.segment(
+        self.backbone,
+        image(),
+        settings.MethodSettings(method),
+        settings.RefineSettings(refine=refine),
+        settings.SpectralSettings(K=2),
+      )
     )
     return 200, 'image/png', png_bytes(np.asarray(mask, np.uint8) * 255)
 
@@ -282,10 +289,13 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
       background = lambda: colour
     image = self.image_of(upload)
     out = self.run_on_model(
-        lambda: inference.remove_background(
-            self.backbone, image()[0], settings.EditSettings(), background(),
-            settings.SpectralSettings(K=5),
-        )
+      lambda: inference.remove_background(
+        self.backbone,
+        image()[0],
+        settings.EditSettings(),
+        background(),
+        settings.SpectralSettings(K=5),
+      )
     )
     return 200, 'image/png', png_bytes(out)
 
@@ -299,32 +309,32 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     (e,) = self.run_on_model(lambda: inference.eigenpairs(self.backbone, image(), spectral))
     if fmt == 'json':
       body = {
-          'eigenvalues': [float(v) for v in e.eigenvalues],
-          'eigenvectors': np.round(e.eigenvectors.astype(np.float64), 6).tolist(),
-          'patch_grid': list(e.patch_grid),
-          'patch_size': e.patch_size,
-          'image_size': list(e.image_size),
-          'working_size': list(e.working_size),
+        'eigenvalues': [float(v) for v in e.eigenvalues],
+        'eigenvectors': np.round(e.eigenvectors.astype(np.float64), 6).tolist(),
+        'patch_grid': list(e.patch_grid),
+        'patch_size': e.patch_size,
+        'image_size': list(e.image_size),
+        'working_size': list(e.working_size),
       }
       return 200, JSON, json.dumps(body).encode()
     out = io.BytesIO()
     np.savez(
-        out,
-        eigenvalues=e.eigenvalues,
-        eigenvectors=e.eigenvectors,
-        patch_grid=np.array(e.patch_grid),
-        patch_size=np.array(e.patch_size),
-        image_size=np.array(e.image_size),
-        working_size=np.array(e.working_size),
+      out,
+      eigenvalues=e.eigenvalues,
+      eigenvectors=e.eigenvectors,
+      patch_grid=np.array(e.patch_grid),
+      patch_size=np.array(e.patch_size),
+      image_size=np.array(e.image_size),
+      working_size=np.array(e.working_size),
     )
     return 200, 'application/octet-stream', out.getvalue()
 
 
 ENDPOINTS = {
-    '/api/localize': Server.localize,
-    '/api/segment': Server.segment,
-    '/api/remove-background': Server.remove_background,
-    '/api/eigenvectors': Server.eigenvectors,
+  '/api/localize': Server.localize,
+  '/api/segment': Server.segment,
+  '/api/remove-background': Server.remove_background,
+  '/api/eigenvectors': Server.eigenvectors,
 }
 
 
@@ -378,7 +388,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
       except (TimeoutError, OSError) as e:  # a client that stopped sending mid-body
         self.close_connection = True
         raise HTTPError(
-            408, f'the body stopped after {length - left} of {length} bytes ({e})'
+          408, f'the body stopped after {length - left} of {length} bytes ({e})'
         ) from None
       if not chunk:
         raise HTTPError(400, f'the body ended after {length - left} of {length} bytes')
@@ -409,8 +419,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     path = urllib.parse.urlsplit(self.path).path
     if path in ('/', '/index.html'):
       csp = (
-          "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-          "script-src 'self' 'unsafe-inline'; connect-src 'self'"
+        "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self' 'unsafe-inline'; connect-src 'self'"
       )
       self._send(200, 'text/html; charset=utf-8', index_html(), {'Content-Security-Policy': csp})
     elif path == '/api/health':
@@ -457,24 +467,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
     if length > self.server.max_upload_bytes:
       self._drain(length)
       return self._error(
-          413,
-          f'upload of {length} bytes is above the limit of {self.server.max_upload_bytes} '
-          'bytes (serve.max_upload_bytes)',
-          {'Connection': 'close'},
+        413,
+        f'upload of {length} bytes is above the limit of {self.server.max_upload_bytes} '
+        'bytes (serve.max_upload_bytes)',
+        {'Connection': 'close'},
       )
     if not self.server.admit():
       self._drain(length)
       return self._error(
-          503,
-          f'server busy: {self.server.max_queue} requests already queued (serve.max_queue); '
-          'retry later',
-          {'Retry-After': '1'},
+        503,
+        f'server busy: {self.server.max_queue} requests already queued (serve.max_queue); '
+        'retry later',
+        {'Retry-After': '1'},
       )
     start = time.monotonic()
     try:
       body = self._read_body(length)
       upload = Upload(
-          body, self.headers.get('Content-Type', ''), urllib.parse.parse_qs(split.query)
+        body, self.headers.get('Content-Type', ''), urllib.parse.parse_qs(split.query)
       )
       status, content_type, payload = handler(self.server, upload)
       logging.info('%s done in %.2f s', split.path, time.monotonic() - start)

@@ -77,7 +77,7 @@ class Upload:
       self.data, self.name = body, 'upload'
     if not self.data:
       raise HTTPError(
-          400, "no image: send it as the request body or as the multipart field 'image'"
+        400, "no image: send it as the request body or as the multipart field 'image'"
       )
 
   def check_options(self, known: tuple[str, ...]) -> None:
@@ -85,8 +85,9 @@ class Upload:
     unknown = sorted(set(self.options) - set(known))
     if unknown:
       raise HTTPError(
-          400, f'unknown option {unknown[0]!r}: this endpoint takes '
-          + (', '.join(known) if known else 'no options')
+        400,
+        f'unknown option {unknown[0]!r}: this endpoint takes '
+        + (', '.join(known) if known else 'no options'),
       )
 
   def option(self, key: str, default: str) -> str:

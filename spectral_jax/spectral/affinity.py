@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "feature_affinity",
-    "color_image_for_grid",
-    "knn_color_affinity",
-    "combined_affinity",
+  'feature_affinity',
+  'color_image_for_grid',
+  'knn_color_affinity',
+  'combined_affinity',
 ]
 
 
@@ -33,7 +33,7 @@ def _l2_normalize(feats: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 def feature_affinity(
-    feats: jax.Array, normalize: bool = True, threshold_at_zero: bool = True
+  feats: jax.Array, normalize: bool = True, threshold_at_zero: bool = True
 ) -> jax.Array:
   """Thresholded cosine affinity of patch features.
 
@@ -105,9 +105,9 @@ def _knn_indices(points: jax.Array, k: int) -> jax.Array:
 
 
 def knn_color_affinity(
-    image_lr: jax.Array,
-    n_neighbors: Sequence[int] = (20, 10),
-    distance_weights: Sequence[float] = (2.0, 0.1),
+  image_lr: jax.Array,
+  n_neighbors: Sequence[int] = (20, 10),
+  distance_weights: Sequence[float] = (2.0, 0.1),
 ) -> jax.Array:
   """KNN colour affinity with pymatting ``knn_affinity`` semantics (official section 2.3).
 
@@ -142,7 +142,7 @@ def knn_color_affinity(
 
 
 def combined_affinity(
-    feats: jax.Array, image_lr: Optional[jax.Array] = None, color_lambda: float = 0.0
+  feats: jax.Array, image_lr: Optional[jax.Array] = None, color_lambda: float = 0.0
 ) -> jax.Array:
   """``W = W_feat + λ · W_knn`` (official section 2.1, step 5).
 
@@ -157,6 +157,6 @@ def combined_affinity(
   w = feature_affinity(feats)
   if color_lambda > 0:
     if image_lr is None:
-      raise ValueError("color_lambda > 0 needs image_lr")
+      raise ValueError('color_lambda > 0 needs image_lr')
     w = w + jnp.float32(color_lambda) * knn_color_affinity(image_lr)
   return w

@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ['RGB_TO_YUV', 'BilateralGrid', 'bistochastize', 'pcg', 'solve']
 
 RGB_TO_YUV = np.array(
-    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
+  [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
 )
 YUV_OFFSET = np.array([0.0, 128.0, 128.0])
 
@@ -46,12 +46,12 @@ class BilateralGrid:
     iy, ix = np.mgrid[:h, :w]
     # astype(int) truncates toward zero, as the official (all values are >= 0 here).
     coords = np.dstack(
-        (
-            (ix / sigma_spatial).astype(int),
-            (iy / sigma_spatial).astype(int),
-            (yuv[..., 0] / sigma_luma).astype(int),
-            (yuv[..., 1:] / sigma_chroma).astype(int),
-        )
+      (
+        (ix / sigma_spatial).astype(int),
+        (iy / sigma_spatial).astype(int),
+        (yuv[..., 0] / sigma_luma).astype(int),
+        (yuv[..., 1:] / sigma_chroma).astype(int),
+      )
     ).reshape(-1, 5)
     # The official hash is base 255 (coordinates < 254, i.e. images under 4,064 px a side);
     # a mixed radix of each dimension's max + 2 orders vertices the same way (both are
@@ -125,16 +125,16 @@ def pcg(matvec, b, x0, inv_diag, maxiter=25, rtol=1e-5) -> tuple[np.ndarray, int
 
 
 def solve(
-    image: np.ndarray,
-    target: np.ndarray,
-    sigma_spatial: float = 16,
-    sigma_luma: float = 16,
-    sigma_chroma: float = 8,
-    lam: float = 256.0,
-    confidence: float = 0.999,
-    a_diag_min: float = 1e-5,
-    cg_tol: float = 1e-5,
-    cg_maxiter: int = 25,
+  image: np.ndarray,
+  target: np.ndarray,
+  sigma_spatial: float = 16,
+  sigma_luma: float = 16,
+  sigma_chroma: float = 8,
+  lam: float = 256.0,
+  confidence: float = 0.999,
+  a_diag_min: float = 1e-5,
+  cg_tol: float = 1e-5,
+  cg_maxiter: int = 25,
 ) -> tuple[np.ndarray, np.ndarray]:
   """TokenCut + BS.
 

@@ -51,7 +51,7 @@ def _sq_dists(x: jax.Array, c: jax.Array) -> jax.Array:
 
 
 def kmeans_plusplus(
-    key: jax.Array, x: jax.Array, mask: jax.Array, k: int, n_local_trials: Optional[int] = None
+  key: jax.Array, x: jax.Array, mask: jax.Array, k: int, n_local_trials: Optional[int] = None
 ) -> jax.Array:
   """Greedy k-means++ (Arthur & Vassilvitskii; sklearn's variant). x [N, D], mask [N] → [k, D].
 
@@ -114,7 +114,7 @@ def _update_centres(x, w, labels, centres):
 
 
 def lloyd(
-    x: jax.Array, mask: jax.Array, init: jax.Array, max_iter: int = 300, tol: float = 1e-4
+  x: jax.Array, mask: jax.Array, init: jax.Array, max_iter: int = 300, tol: float = 1e-4
 ) -> KMeansResult:
   """Lloyd iterations from ``init`` [k, D] with sklearn's ``_kmeans_single_lloyd`` semantics."""
   w = mask.astype(x.dtype)
@@ -161,13 +161,13 @@ def _kmeans(x, k, key, mask, n_init, max_iter, tol) -> KMeansResult:
 
 @functools.partial(jax.jit, static_argnames=('k', 'n_init', 'max_iter'))
 def kmeans(
-    x: jax.Array,
-    k: int,
-    key: jax.Array,
-    mask: Optional[jax.Array] = None,
-    n_init: int = 1,
-    max_iter: int = 300,
-    tol: float = 1e-4,
+  x: jax.Array,
+  k: int,
+  key: jax.Array,
+  mask: Optional[jax.Array] = None,
+  n_init: int = 1,
+  max_iter: int = 300,
+  tol: float = 1e-4,
 ) -> KMeansResult:
   """k-means++ then Lloyd; the best of ``n_init`` seedings by inertia. x [N, D], mask [N]."""
   x = jnp.asarray(x, jnp.float32)
@@ -178,13 +178,13 @@ def kmeans(
 
 @functools.partial(jax.jit, static_argnames=('k', 'n_init', 'max_iter'))
 def kmeans_batched(
-    x: jax.Array,
-    mask: jax.Array,
-    keys: jax.Array,
-    k: int,
-    n_init: int = 1,
-    max_iter: int = 300,
-    tol: float = 1e-4,
+  x: jax.Array,
+  mask: jax.Array,
+  keys: jax.Array,
+  k: int,
+  n_init: int = 1,
+  max_iter: int = 300,
+  tol: float = 1e-4,
 ) -> KMeansResult:
   """Independent k-means per row: x [B, N, D], mask [B, N] (False = padding), keys [B]."""
   x = jnp.asarray(x, jnp.float32)
@@ -246,13 +246,13 @@ def _pad_points(points: Sequence[np.ndarray], n_pad: int) -> tuple[np.ndarray, n
 
 
 def multi_region_segments_batch(
-    eigenvectors: Sequence[np.ndarray],
-    grids: Sequence[tuple[int, int]],
-    keys: jax.Array,
-    n_segments: int = 15,
-    adaptive: bool = False,
-    eigenvalues: Optional[Sequence[np.ndarray]] = None,
-    num_eigenvectors: int = 1_000_000,
+  eigenvectors: Sequence[np.ndarray],
+  grids: Sequence[tuple[int, int]],
+  keys: jax.Array,
+  n_segments: int = 15,
+  adaptive: bool = False,
+  eigenvalues: Optional[Sequence[np.ndarray]] = None,
+  num_eigenvectors: int = 1_000_000,
 ) -> list[np.ndarray]:
   """``multi_region_segments`` for many images at once (one padded vmap per cluster count).
 
@@ -274,7 +274,7 @@ def multi_region_segments_batch(
     idx = [i for i, ki in enumerate(ks) if ki == k]
     x, mask = _pad_points([points[i] for i in idx], _bucket(max(len(points[i]) for i in idx)))
     labels = np.asarray(
-        kmeans_batched(jnp.asarray(x), jnp.asarray(mask), keys[np.array(idx)], k).labels
+      kmeans_batched(jnp.asarray(x), jnp.asarray(mask), keys[np.array(idx)], k).labels
     )
     for row, i in enumerate(idx):
       shape = segment_grid(len(points[i]), grids[i])
@@ -283,13 +283,13 @@ def multi_region_segments_batch(
 
 
 def multi_region_segments(
-    eigenvectors: np.ndarray,
-    grid_hw: tuple[int, int],
-    n_segments: int = 15,
-    key: Optional[jax.Array] = None,
-    adaptive: bool = False,
-    eigenvalues: Optional[np.ndarray] = None,
-    num_eigenvectors: int = 1_000_000,
+  eigenvectors: np.ndarray,
+  grid_hw: tuple[int, int],
+  n_segments: int = 15,
+  key: Optional[jax.Array] = None,
+  adaptive: bool = False,
+  eigenvalues: Optional[np.ndarray] = None,
+  num_eigenvectors: int = 1_000_000,
 ) -> np.ndarray:
   """Segment map [h, w] int32 from eigenvectors [K, N] (official §4.1; background = 0).
 
@@ -298,13 +298,13 @@ def multi_region_segments(
   """
   key = jax.random.PRNGKey(0) if key is None else key
   return multi_region_segments_batch(
-      [eigenvectors],
-      [grid_hw],
-      key[None],
-      n_segments,
-      adaptive,
-      None if eigenvalues is None else [eigenvalues],
-      num_eigenvectors,
+    [eigenvectors],
+    [grid_hw],
+    key[None],
+    n_segments,
+    adaptive,
+    None if eigenvalues is None else [eigenvalues],
+    num_eigenvectors,
   )[0]
 
 
@@ -339,7 +339,7 @@ def _morph_box(mask: np.ndarray, num_erode: int, num_dilate: int) -> np.ndarray:
 
 
 def segment_boxes(
-    segmap: np.ndarray, num_erode: int = 2, num_dilate: int = 5, skip_background: bool = True
+  segmap: np.ndarray, num_erode: int = 2, num_dilate: int = 5, skip_background: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
   """Per-segment boxes in patch units: (segment_indices [M], boxes [M, 4] = x0, y0, x1, y1).
 
@@ -371,12 +371,12 @@ def pca(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 def cluster_features(
-    features: np.ndarray,
-    n_clusters: int = 20,
-    seed: int = 0,
-    pca_dim: int = 0,
-    method: str = 'kmeans',
-    n_init: int = 1,
+  features: np.ndarray,
+  n_clusters: int = 20,
+  seed: int = 0,
+  pca_dim: int = 0,
+  method: str = 'kmeans',
+  n_init: int = 1,
 ) -> np.ndarray:
   """Cluster labels [M] of box features [M, D] (L2-normalised first, then optional PCA).
 
@@ -397,15 +397,15 @@ def cluster_features(
     from sklearn.cluster import MiniBatchKMeans  # pylint: disable=g-import-not-at-top
 
     return (
-        MiniBatchKMeans(n_clusters, batch_size=4096, max_iter=5000, random_state=seed)
-        .fit_predict(x)
-        .astype(np.int64)
+      MiniBatchKMeans(n_clusters, batch_size=4096, max_iter=5000, random_state=seed)
+      .fit_predict(x)
+      .astype(np.int64)
     )
   raise ValueError(f"cluster method {method!r}: use 'kmeans' or 'minibatch'")
 
 
 def semantic_map(
-    segmap: np.ndarray, segment_indices: np.ndarray, clusters: np.ndarray
+  segmap: np.ndarray, segment_indices: np.ndarray, clusters: np.ndarray
 ) -> np.ndarray:
   """uint8 semantic map: background 0, segment s with cluster c → c + 1 (see module doc)."""
   lut = np.zeros(int(segmap.max()) + 1, np.int64)

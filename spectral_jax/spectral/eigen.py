@@ -46,22 +46,22 @@ import scipy.sparse.linalg
 from spectral_jax.spectral import krylov
 
 __all__ = [
-    "sign_fix",
-    "laplacian_eigs",
-    "affinity_eigs",
-    "bucket_size",
-    "pad_affinities",
-    "unpad",
-    "choose_solver",
-    "resolve_solver",
-    "PAD_SELF_LOOP",
-    "CPU_DENSE_MAX_N",
-    "CPU_DENSE_PER_K",
-    "ACCEL_DENSE_MAX_N",
-    "NCUT_SOLVERS",
-    "resolve_ncut_solver",
-    "ncut_pair_dense",
-    "ncut_pairs",
+  'sign_fix',
+  'laplacian_eigs',
+  'affinity_eigs',
+  'bucket_size',
+  'pad_affinities',
+  'unpad',
+  'choose_solver',
+  'resolve_solver',
+  'PAD_SELF_LOOP',
+  'CPU_DENSE_MAX_N',
+  'CPU_DENSE_PER_K',
+  'ACCEL_DENSE_MAX_N',
+  'NCUT_SOLVERS',
+  'resolve_ncut_solver',
+  'ncut_pair_dense',
+  'ncut_pairs',
 ]
 
 _HI = jax.lax.Precision.HIGHEST
@@ -133,9 +133,9 @@ def choose_solver(n: int, k: int, backend: Optional[str] = None) -> str:
   backend = backend or jax.default_backend()
   b, s = krylov.krylov_sizes(n, k, None, None)
   if s < 2 or 2 * k > n:
-    return "dense"
-  limit = max(CPU_DENSE_MAX_N, CPU_DENSE_PER_K * k) if backend == "cpu" else ACCEL_DENSE_MAX_N
-  return "dense" if n <= limit else "lanczos"
+    return 'dense'
+  limit = max(CPU_DENSE_MAX_N, CPU_DENSE_PER_K * k) if backend == 'cpu' else ACCEL_DENSE_MAX_N
+  return 'dense' if n <= limit else 'lanczos'
 
 
 def _smallest_graph(n: int, n_valid) -> int:
@@ -147,18 +147,18 @@ def _smallest_graph(n: int, n_valid) -> int:
 
 
 def resolve_solver(
-    solver: str, n: int, k: int, smallest: Optional[int] = None, backend: Optional[str] = None
+  solver: str, n: int, k: int, smallest: Optional[int] = None, backend: Optional[str] = None
 ) -> str:
   """``'dense'`` or ``'lanczos'`` for a batch of ``n``-node graphs, the smallest with
   ``smallest`` real nodes (padded batches; default ``n``): ``'auto'`` is decided by
   :func:`choose_solver`, and Lanczos falls back to dense when its basis cannot fit."""
-  if solver not in ("auto", "dense", "lanczos"):
-    raise ValueError(f"unknown solver {solver!r}")
-  if solver == "auto":
+  if solver not in ('auto', 'dense', 'lanczos'):
+    raise ValueError(f'unknown solver {solver!r}')
+  if solver == 'auto':
     solver = choose_solver(n, k, backend)
   b, s = krylov.krylov_sizes(n, k, None, None)
-  if solver == "lanczos" and not krylov.krylov_fits(b, s, k, min(n, smallest or n)):
-    return "dense"
+  if solver == 'lanczos' and not krylov.krylov_fits(b, s, k, min(n, smallest or n)):
+    return 'dense'
   return solver
 
 
@@ -172,7 +172,7 @@ def _lap_dense_single(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
 
 
 def _lap_lanczos_single(
-    w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int, max_cycles: int, tol: float
+  w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int, max_cycles: int, tol: float
 ) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """``[N, N] -> ([K], [K, N], residuals [K])`` via block Lanczos on ``A``."""
   d = _degrees(w)
@@ -186,12 +186,12 @@ def _lap_lanczos_single(
   valid = (jnp.arange(w.shape[0]) < n_valid)[:, None]
   x0 = krylov.hash_uniform(w.shape[0], block).at[:, 0].set(jnp.sqrt(d))
   x0 = jnp.where(valid, x0, 0.0)
-  theta, u, res, _ = krylov.block_krylov(apply_a, x0, k, steps, max_cycles, tol, "LA")
+  theta, u, res, _ = krylov.block_krylov(apply_a, x0, k, steps, max_cycles, tol, 'LA')
   # Ritz values come out largest-first, i.e. λ = 1 − θ ascending.
   return 1.0 - theta, (u * s[:, None]).T, res
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
+@functools.partial(jax.jit, static_argnames=('k',))
 def _lap_dense(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
   fn = functools.partial(_lap_dense_single, k=k)
   for _ in range(w.ndim - 2):
@@ -199,12 +199,12 @@ def _lap_dense(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
   return fn(w)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "block", "steps", "max_cycles", "tol"))
+@functools.partial(jax.jit, static_argnames=('k', 'block', 'steps', 'max_cycles', 'tol'))
 def _lap_lanczos(
-    w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int, max_cycles: int, tol: float
+  w: jax.Array, n_valid: jax.Array, k: int, block: int, steps: int, max_cycles: int, tol: float
 ) -> Tuple[jax.Array, jax.Array, jax.Array]:
   fn = functools.partial(
-      _lap_lanczos_single, k=k, block=block, steps=steps, max_cycles=max_cycles, tol=tol
+    _lap_lanczos_single, k=k, block=block, steps=steps, max_cycles=max_cycles, tol=tol
   )
   for _ in range(w.ndim - 2):
     fn = jax.vmap(fn)
@@ -212,16 +212,16 @@ def _lap_lanczos(
 
 
 def laplacian_eigs(
-    w: jax.Array,
-    k: int,
-    solver: str = "auto",
-    n_valid: Optional[jax.Array] = None,
-    *,
-    tol: float = 1e-5,
-    block: Optional[int] = None,
-    steps: Optional[int] = None,
-    max_cycles: int = 30,
-    return_residuals: bool = False,
+  w: jax.Array,
+  k: int,
+  solver: str = 'auto',
+  n_valid: Optional[jax.Array] = None,
+  *,
+  tol: float = 1e-5,
+  block: Optional[int] = None,
+  steps: Optional[int] = None,
+  max_cycles: int = 30,
+  return_residuals: bool = False,
 ):
   """The ``k`` smallest eigenpairs of ``(D − W) v = λ D v`` (official Laplacian branch).
 
@@ -245,14 +245,14 @@ def laplacian_eigs(
   w = jnp.asarray(w, jnp.float32)
   n = w.shape[-1]
   if not 0 < k <= n:
-    raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
-  if solver == "auto":
+    raise ValueError(f'need 0 < k <= N, got k={k}, N={n}')
+  if solver == 'auto':
     solver = choose_solver(n, k)
   smallest = _smallest_graph(n, n_valid)
-  if solver == "dense":
+  if solver == 'dense':
     vals, vecs = _lap_dense(w, k)
     res = jnp.zeros_like(vals)
-  elif solver == "lanczos":
+  elif solver == 'lanczos':
     b, s = krylov.krylov_sizes(n, k, block, steps)
     if not krylov.krylov_fits(b, s, k, smallest):  # too few nodes for a subset method
       vals, vecs = _lap_dense(w, k)
@@ -261,7 +261,7 @@ def laplacian_eigs(
       nv = jnp.broadcast_to(jnp.asarray(n if n_valid is None else n_valid, jnp.int32), w.shape[:-2])
       vals, vecs, res = _lap_lanczos(w, nv, k, b, s, int(max_cycles), float(tol))
   else:
-    raise ValueError(f"unknown solver {solver!r}")
+    raise ValueError(f'unknown solver {solver!r}')
   vecs = _sign_fix_jit(vecs, n if n_valid is None else n_valid)
   return (vals, vecs, res) if return_residuals else (vals, vecs)
 
@@ -279,12 +279,12 @@ def _quirky_order(theta: jax.Array, u: jax.Array) -> Tuple[jax.Array, jax.Array]
 
 def _aff_dense_single(w: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
   theta, u = jnp.linalg.eigh(w)
-  idx = krylov.select_ritz(theta, k, "LM")
+  idx = krylov.select_ritz(theta, k, 'LM')
   return _quirky_order(theta[idx], u[:, idx])
 
 
 def _aff_lanczos_single(
-    w: jax.Array, k: int, block: int, steps: int, max_cycles: int, tol: float
+  w: jax.Array, k: int, block: int, steps: int, max_cycles: int, tol: float
 ) -> Tuple[jax.Array, jax.Array]:
   def apply_w(x: jax.Array) -> jax.Array:
     return jnp.matmul(w, x, precision=_HI)
@@ -292,26 +292,26 @@ def _aff_lanczos_single(
   # Work on W / scale so that the residual tolerance is relative (max row sum ≥ ‖W‖₂).
   scale = jnp.max(jnp.sum(jnp.abs(w), axis=-1))
   theta, u, _, _ = krylov.block_krylov(
-      lambda x: apply_w(x) / scale,
-      krylov.hash_uniform(w.shape[0], block),
-      k,
-      steps,
-      max_cycles,
-      tol,
-      "LM",
+    lambda x: apply_w(x) / scale,
+    krylov.hash_uniform(w.shape[0], block),
+    k,
+    steps,
+    max_cycles,
+    tol,
+    'LM',
   )
   return _quirky_order(theta * scale, u)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "solver", "block", "steps", "max_cycles", "tol"))
+@functools.partial(jax.jit, static_argnames=('k', 'solver', 'block', 'steps', 'max_cycles', 'tol'))
 def _aff(
-    w: jax.Array, k: int, solver: str, block: int, steps: int, max_cycles: int, tol: float
+  w: jax.Array, k: int, solver: str, block: int, steps: int, max_cycles: int, tol: float
 ) -> Tuple[jax.Array, jax.Array]:
-  if solver == "dense":
+  if solver == 'dense':
     fn = functools.partial(_aff_dense_single, k=k)
   else:
     fn = functools.partial(
-        _aff_lanczos_single, k=k, block=block, steps=steps, max_cycles=max_cycles, tol=tol
+      _aff_lanczos_single, k=k, block=block, steps=steps, max_cycles=max_cycles, tol=tol
     )
   for _ in range(w.ndim - 2):
     fn = jax.vmap(fn)
@@ -319,15 +319,15 @@ def _aff(
 
 
 def affinity_eigs(
-    w: jax.Array,
-    k: int,
-    solver: str = "auto",
-    n_valid: Optional[jax.Array] = None,
-    *,
-    tol: float = 1e-6,
-    block: Optional[int] = None,
-    steps: Optional[int] = None,
-    max_cycles: int = 30,
+  w: jax.Array,
+  k: int,
+  solver: str = 'auto',
+  n_valid: Optional[jax.Array] = None,
+  *,
+  tol: float = 1e-6,
+  block: Optional[int] = None,
+  steps: Optional[int] = None,
+  max_cycles: int = 30,
 ) -> Tuple[jax.Array, jax.Array]:
   """The ``k`` largest-magnitude eigenpairs of ``W`` itself (``which_matrix='affinity'``).
 
@@ -351,14 +351,14 @@ def affinity_eigs(
   w = jnp.asarray(w, jnp.float32)
   n = w.shape[-1]
   if not 0 < k <= n:
-    raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
-  if solver == "auto":
+    raise ValueError(f'need 0 < k <= N, got k={k}, N={n}')
+  if solver == 'auto':
     solver = choose_solver(n, k)
-  if solver not in ("dense", "lanczos"):
-    raise ValueError(f"unknown solver {solver!r}")
+  if solver not in ('dense', 'lanczos'):
+    raise ValueError(f'unknown solver {solver!r}')
   b, s = krylov.krylov_sizes(n, k, block, steps)
-  if solver == "lanczos" and not krylov.krylov_fits(b, s, k, _smallest_graph(n, n_valid)):
-    solver = "dense"
+  if solver == 'lanczos' and not krylov.krylov_fits(b, s, k, _smallest_graph(n, n_valid)):
+    solver = 'dense'
   if n_valid is not None:
     valid = jnp.arange(n) < jnp.asarray(n_valid, jnp.int32)[..., None]  # [..., N]
     w = jnp.where(valid[..., :, None] & valid[..., None, :], w, 0.0)
@@ -370,7 +370,7 @@ def affinity_eigs(
 # Second pair of dense graphs in float64 (MaskCut's normalized cut)
 # ----------------------------------------------------------------------------------------------
 
-NCUT_SOLVERS = ("auto", "jax", "lapack", "arpack")
+NCUT_SOLVERS = ('auto', 'jax', 'lapack', 'arpack')
 
 
 def resolve_ncut_solver(solver: str, backend: Optional[str] = None) -> str:
@@ -379,9 +379,9 @@ def resolve_ncut_solver(solver: str, backend: Optional[str] = None) -> str:
   dsyevr and more for a full batched eigh; for 3600 nodes (ViT-*/8) 0.7 s against 52 s.
   Accelerators run the batched dense eigh."""
   if solver not in NCUT_SOLVERS:
-    raise ValueError(f"solver must be one of {NCUT_SOLVERS}, got {solver!r}")
-  if solver == "auto":
-    return "arpack" if (backend or jax.default_backend()) == "cpu" else "jax"
+    raise ValueError(f'solver must be one of {NCUT_SOLVERS}, got {solver!r}')
+  if solver == 'auto':
+    return 'arpack' if (backend or jax.default_backend()) == 'cpu' else 'jax'
   return solver
 
 
@@ -401,12 +401,12 @@ def _ncut_pair_host(w: np.ndarray, solver: str) -> Tuple[np.ndarray, np.ndarray]
   """(λ2, λ3) and x of one graph on the host: LAPACK two-pair eigh or ARPACK on D^-½WD^-½."""
   s = 1.0 / np.sqrt(w.sum(1))
   m = w * s[:, None] * s[None, :]
-  if solver == "arpack":
+  if solver == 'arpack':
     # The 3 largest pairs of M (θ1 = 1 is the trivial one); λ = 1 − θ. A fixed start vector
     # keeps runs reproducible; tol 0 is machine precision.
     v0 = np.random.default_rng(0).standard_normal(len(s)).astype(w.dtype)
     try:
-      theta, u = scipy.sparse.linalg.eigsh(m, k=3, which="LA", v0=v0, tol=0)
+      theta, u = scipy.sparse.linalg.eigsh(m, k=3, which='LA', v0=v0, tol=0)
       order = np.argsort(-theta)
       return 1.0 - theta[order[1:3]], u[:, order[1]] * s
     except scipy.sparse.linalg.ArpackNoConvergence:
@@ -415,7 +415,7 @@ def _ncut_pair_host(w: np.ndarray, solver: str) -> Tuple[np.ndarray, np.ndarray]
   return theta, u[:, 0] * s
 
 
-def ncut_pairs(w, dtype: str = "float64", solver: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+def ncut_pairs(w, dtype: str = 'float64', solver: str = 'auto') -> Tuple[np.ndarray, np.ndarray]:
   """Second and third pairs of ``(D − W) x = λ D x`` for a batch of dense graphs (no sign rule).
 
   Solved through ``M = D^-½ W D^-½`` (``λ = 1 − θ``, ``x = D^-½ u``): the pairs of
@@ -433,11 +433,11 @@ def ncut_pairs(w, dtype: str = "float64", solver: str = "auto") -> Tuple[np.ndar
   Returns numpy ``eigenvalues [B, 2]`` (λ2, λ3) and ``x [B, N]``, the 2nd eigenvector,
   D-normalised (``xᵀ D x = 1``), the solver's sign; both of ``dtype``.
   """
-  if dtype not in ("float32", "float64"):
-    raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+  if dtype not in ('float32', 'float64'):
+    raise ValueError(f'dtype must be float32 or float64, got {dtype!r}')
   solver = resolve_ncut_solver(solver)
-  if solver == "jax":
-    with jax.enable_x64(dtype == "float64"):
+  if solver == 'jax':
+    with jax.enable_x64(dtype == 'float64'):
       w = w if isinstance(w, (np.ndarray, jax.Array)) else jnp.stack(list(w))
       return tuple(np.asarray(v) for v in _ncut_pair_dense_jit(jnp.asarray(w, dtype)))
   lam, x = [], []
@@ -460,7 +460,7 @@ def bucket_size(n: int, buckets: Sequence[int]) -> int:
 
 
 def pad_affinities(
-    ws: Sequence[np.ndarray], buckets: Optional[Sequence[int]] = None, size: Optional[int] = None
+  ws: Sequence[np.ndarray], buckets: Optional[Sequence[int]] = None, size: Optional[int] = None
 ) -> Tuple[jax.Array, jax.Array]:
   """Stack affinities of different sizes into one zero-padded batch.
 
@@ -480,7 +480,7 @@ def pad_affinities(
   nmax = max(sizes)
   if size is not None:
     if size < nmax:
-      raise ValueError(f"size {size} < largest graph {nmax}")
+      raise ValueError(f'size {size} < largest graph {nmax}')
     nmax = int(size)
   elif buckets is not None:
     nmax = bucket_size(nmax, buckets)
@@ -493,7 +493,7 @@ def pad_affinities(
 
 
 def unpad(
-    vals: jax.Array, vecs: jax.Array, n_valid: Sequence[int]
+  vals: jax.Array, vecs: jax.Array, n_valid: Sequence[int]
 ) -> List[Tuple[np.ndarray, np.ndarray]]:
   """Split a padded batch result into per-graph ``(eigenvalues [K], eigenvectors [K, N_i])``."""
   vals_np, vecs_np = np.asarray(vals), np.asarray(vecs)

@@ -41,11 +41,29 @@ from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.spectral import bilateral, tokencut
 
 __all__ = [
-    'MODES', 'DecoderFileError', 'read_decoder', 'decoder_logits', 'upsample_logits', 'multi_mask',
-    'single_mask', 'bilateral_postprocess', 'mask_iou', 'refine', 'prediction', 'discovery_box',
-    'mask_score', 'draw_augmentation', 'gaussian_blur', 'train_image', 'train_input',
-    'unnormalised_reference', 'keys_and_cls_attention', 'background', 'resize_bilinear',
-    'downsample_any', 'pseudo_mask',
+  'MODES',
+  'DecoderFileError',
+  'read_decoder',
+  'decoder_logits',
+  'upsample_logits',
+  'multi_mask',
+  'single_mask',
+  'bilateral_postprocess',
+  'mask_iou',
+  'refine',
+  'prediction',
+  'discovery_box',
+  'mask_score',
+  'draw_augmentation',
+  'gaussian_blur',
+  'train_image',
+  'train_input',
+  'unnormalised_reference',
+  'keys_and_cls_attention',
+  'background',
+  'resize_bilinear',
+  'downsample_any',
+  'pseudo_mask',
 ]
 
 MODES = ('single', 'multi')  # the official ``evaluation_mode``
@@ -74,8 +92,8 @@ class DecoderFileError(errors.SpectralJaxError, ValueError):
 
 
 EXPECTED = (
-    "expected FOUND's decoder file: torch.save({'decoder': {'weight': (1, D, 1, 1), "
-    "'bias': (1,)}}) (e.g. data/weights/decoder_weights.pt)"
+  "expected FOUND's decoder file: torch.save({'decoder': {'weight': (1, D, 1, 1), "
+  "'bias': (1,)}}) (e.g. data/weights/decoder_weights.pt)"
 )
 
 
@@ -102,21 +120,21 @@ def read_decoder(path, dim: Optional[int] = None) -> tuple[np.ndarray, np.float3
     raise DecoderFileError(path, f"no 'decoder' entry (found {str(keys)[:200]}); {EXPECTED}")
   weight, bias = state.get('weight'), state.get('bias')
   ok = (
-      isinstance(weight, np.ndarray)
-      and isinstance(bias, np.ndarray)
-      and weight.ndim == 4
-      and weight.shape[0] == 1
-      and weight.shape[2:] == (1, 1)
-      and bias.shape == (1,)
-      and weight.dtype.kind == 'f'
-      and bias.dtype.kind == 'f'
+    isinstance(weight, np.ndarray)
+    and isinstance(bias, np.ndarray)
+    and weight.ndim == 4
+    and weight.shape[0] == 1
+    and weight.shape[2:] == (1, 1)
+    and bias.shape == (1,)
+    and weight.dtype.kind == 'f'
+    and bias.dtype.kind == 'f'
   )
   if not ok:
     shapes = {k: getattr(v, 'shape', type(v).__name__) for k, v in state.items()}
     raise DecoderFileError(path, f"'decoder' holds {str(shapes)[:200]}; {EXPECTED}")
   if dim is not None and weight.shape[1] != dim:
     raise DecoderFileError(
-        path, f'the decoder reads {weight.shape[1]} features, the backbone gives {dim}'
+      path, f'the decoder reads {weight.shape[1]} features, the backbone gives {dim}'
     )
   return weight.reshape(-1).astype(np.float32), np.float32(bias[0])
 
@@ -265,8 +283,11 @@ def refine(image, target, mode: str, output: Optional[np.ndarray] = None) -> dic
 
 
 def prediction(
-    grid_logits, image: np.ndarray, mode: str = 'multi', refine_with: str = 'none',
-    patch_size: int = 8,
+  grid_logits,
+  image: np.ndarray,
+  mode: str = 'multi',
+  refine_with: str = 'none',
+  patch_size: int = 8,
 ) -> dict[str, Any]:
   """The evaluation's mask of one image (§2-§3).
 
@@ -323,8 +344,10 @@ def mask_score(upsampled, mask) -> float:
 
 
 def draw_augmentation(
-    rng: np.random.Generator, scale_range=SCALE_RANGE, blur_p: float = BLUR_P,
-    blur_sigma=BLUR_SIGMA,
+  rng: np.random.Generator,
+  scale_range=SCALE_RANGE,
+  blur_p: float = BLUR_P,
+  blur_sigma=BLUR_SIGMA,
 ) -> dict[str, Any]:
   """The official draws with a numpy Generator (the official uses Python's and NumPy's global
   RNGs, which this does not reproduce): {'scale': U(scale_range), 'blur_sigma': None, or
@@ -356,8 +379,10 @@ def _pil_bilinear(image: Image.Image, hw: tuple[int, int]) -> Image.Image:
 
 
 def train_image(
-    image: np.ndarray, crop_size: int = CROP_SIZE, scale: float = 1.0,
-    blur_sigma: Optional[float] = None,
+  image: np.ndarray,
+  crop_size: int = CROP_SIZE,
+  scale: float = 1.0,
+  blur_sigma: Optional[float] = None,
 ) -> np.ndarray:
   """FoundDataset's ``random_scale`` preprocessing before ToTensor: uint8 [crop, crop, 3].
 
@@ -455,8 +480,12 @@ def background(cls_attention, keys, bkg_th: float = BKG_TH, eps: float = 1e-10) 
   seed = int(np.argmin(total))
   similarity = (d @ d[seed]).astype(np.float32)
   return dict(
-      threshold=threshold, Q=q, beta=beta, seed=seed, similarity=similarity,
-      background=similarity > bkg_th,
+    threshold=threshold,
+    Q=q,
+    beta=beta,
+    seed=seed,
+    similarity=similarity,
+    background=similarity > bkg_th,
   )
 
 

@@ -54,7 +54,7 @@ def _orthonormalize_against(basis: jax.Array, z: jax.Array) -> jax.Array:
 
 def select_ritz(theta: jax.Array, count: int, which: str) -> jax.Array:
   """Indices of the ``count`` wanted Ritz values, best first (``'LA'`` or ``'LM'``)."""
-  key = theta if which == "LA" else jnp.abs(theta)
+  key = theta if which == 'LA' else jnp.abs(theta)
   return jnp.argsort(-key)[:count]
 
 
@@ -68,7 +68,7 @@ class _KrylovState(NamedTuple):
 
 
 def block_krylov(
-    apply_op, x0: jax.Array, k: int, steps: int, max_cycles: int, tol: float, which: str
+  apply_op, x0: jax.Array, k: int, steps: int, max_cycles: int, tol: float, which: str
 ) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Restarted block Krylov (block Lanczos) eigen-solver for a symmetric operator.
 
@@ -97,7 +97,7 @@ def block_krylov(
     # Re-orthonormalise the restart block (Ritz vectors inherit the basis' rounding errors,
     # which would otherwise accumulate over cycles); R ≈ I, so A X R⁻¹ is accurate.
     x, r = jnp.linalg.qr(state.x)
-    ax = jax.scipy.linalg.solve_triangular(r, state.ax.T, trans="T", lower=False).T
+    ax = jax.scipy.linalg.solve_triangular(r, state.ax.T, trans='T', lower=False).T
     basis = jnp.zeros((n, nb), x0.dtype).at[:, :b].set(x)
     abasis = jnp.zeros((n, nb), x0.dtype).at[:, :b].set(ax)
     for j in range(1, steps + 1):
@@ -121,12 +121,12 @@ def block_krylov(
 
   x, _ = jnp.linalg.qr(x0)
   init = _KrylovState(
-      x,
-      apply_op(x),
-      jnp.zeros((k,), x0.dtype),
-      x[:, :k],
-      jnp.full((k,), jnp.inf, x0.dtype),
-      jnp.zeros((), jnp.int32),
+    x,
+    apply_op(x),
+    jnp.zeros((k,), x0.dtype),
+    x[:, :k],
+    jnp.full((k,), jnp.inf, x0.dtype),
+    jnp.zeros((), jnp.int32),
   )
   final = jax.lax.while_loop(not_done, cycle, init)
   return final.theta, final.u, final.res, final.cycle

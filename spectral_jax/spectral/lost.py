@@ -76,8 +76,10 @@ def expansion(keys: jax.Array, n_valid: jax.Array, order: jax.Array, k_patches: 
   n = a.shape[-1]
   valid = _valid_mask(n, n_valid)
   seed = order[:, 0]
-  rank = jnp.zeros_like(order).at[jnp.arange(order.shape[0])[:, None], order].set(
-      jnp.broadcast_to(jnp.arange(n, dtype=order.dtype), order.shape)
+  rank = (
+    jnp.zeros_like(order)
+    .at[jnp.arange(order.shape[0])[:, None], order]
+    .set(jnp.broadcast_to(jnp.arange(n, dtype=order.dtype), order.shape))
   )
   potentials = (rank < k_patches) & valid
   seed_row = jnp.take_along_axis(a, seed[:, None, None], axis=1)[:, 0]  # [B, N]
@@ -87,12 +89,12 @@ def expansion(keys: jax.Array, n_valid: jax.Array, order: jax.Array, k_patches: 
 
 
 def discover(
-    keys,
-    grids: Sequence[Sequence[int]],
-    image_hw: Optional[Sequence[Sequence[int]]] = None,
-    patch_size: int = 16,
-    k_patches: int = 100,
-    order=None,
+  keys,
+  grids: Sequence[Sequence[int]],
+  image_hw: Optional[Sequence[Sequence[int]]] = None,
+  patch_size: int = 16,
+  k_patches: int = 100,
+  order=None,
 ) -> dict[str, np.ndarray]:
   """LOST on a batch of images' keys.
 
@@ -129,12 +131,12 @@ def discover(
     hw = image_hw[i] if image_hw is not None else (grid[0] * patch_size, grid[1] * patch_size)
     boxes[i] = tokencut.box_from_mask(comp, patch_size, hw)
   return dict(
-      degree=np.asarray(deg),
-      order=np.asarray(order),
-      seed=seed,
-      potentials=np.asarray(potentials),
-      similars=np.asarray(similars),
-      M=m,
-      mask=mask,
-      box=boxes,
+    degree=np.asarray(deg),
+    order=np.asarray(order),
+    seed=seed,
+    potentials=np.asarray(potentials),
+    similars=np.asarray(similars),
+    M=m,
+    mask=mask,
+    box=boxes,
   )

@@ -44,26 +44,26 @@ from spectral_jax.imaging import resample
 from spectral_jax.spectral import eigen
 
 __all__ = [
-    'FIXED_SIZE',
-    'TAU',
-    'EPS',
-    'MAX_OBJECTS',
-    'CRF_PARAMS',
-    'MaskCutCRF',
-    'MaskCutResult',
-    'Discovery',
-    'preprocess',
-    'SOLVERS',
-    'cut_graphs',
-    'choose_side',
-    'seed_component',
-    'discover',
-    'upsample_masks',
-    'crf_refine',
-    'resize_to_original',
-    'to_image_masks',
-    'run',
-    'run_iter',
+  'FIXED_SIZE',
+  'TAU',
+  'EPS',
+  'MAX_OBJECTS',
+  'CRF_PARAMS',
+  'MaskCutCRF',
+  'MaskCutResult',
+  'Discovery',
+  'preprocess',
+  'SOLVERS',
+  'cut_graphs',
+  'choose_side',
+  'seed_component',
+  'discover',
+  'upsample_masks',
+  'crf_refine',
+  'resize_to_original',
+  'to_image_masks',
+  'run',
+  'run_iter',
 ]
 
 FIXED_SIZE = 480
@@ -94,12 +94,12 @@ class MaskCutCRF:
   def pairwise(self) -> dense_crf.CRFParams:
     """The pairwise terms and iterations as :func:`spectral_jax.imaging.crf.infer` takes them."""
     return dense_crf.CRFParams(
-        w1=self.bilateral_compat,
-        alpha=self.bilateral_sxy,
-        beta=self.bilateral_srgb,
-        w2=self.gaussian_compat,
-        gamma=self.gaussian_sxy,
-        iterations=self.iterations,
+      w1=self.bilateral_compat,
+      alpha=self.bilateral_sxy,
+      beta=self.bilateral_srgb,
+      w2=self.gaussian_compat,
+      gamma=self.gaussian_sxy,
+      iterations=self.iterations,
     )
 
 
@@ -148,7 +148,7 @@ class Discovery:
 
 
 def preprocess(
-    image: np.ndarray, fixed_size: int = FIXED_SIZE, patch_size: int = 16
+  image: np.ndarray, fixed_size: int = FIXED_SIZE, patch_size: int = 16
 ) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
   """uint8 [H, W, 3] → (image_s [S, S, 3], image_vit [G·P, G·P, 3], grid (G, G)).
 
@@ -189,12 +189,12 @@ SOLVERS = eigen.NCUT_SOLVERS
 
 
 def cut_graphs(
-    keys: np.ndarray,
-    painted: np.ndarray,
-    tau: float = TAU,
-    eps: float = EPS,
-    dtype: str = 'float64',
-    solver: str = 'auto',
+  keys: np.ndarray,
+  painted: np.ndarray,
+  tau: float = TAU,
+  eps: float = EPS,
+  dtype: str = 'float64',
+  solver: str = 'auto',
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One batched cut step: binary key graphs (built batched on the device) and the 2nd pair of
   ``(D − A) x = λ D x`` by :func:`spectral_jax.spectral.eigen.ncut_pairs` (the pairs of the
@@ -218,7 +218,7 @@ def cut_graphs(
   on_device = solver == 'jax'
   with jax.enable_x64(dtype == 'float64'):
     out = _graph_batch(
-        jnp.asarray(keys), jnp.asarray(painted), np.float32(tau), float(eps), dtype, on_device
+      jnp.asarray(keys), jnp.asarray(painted), np.float32(tau), float(eps), dtype, on_device
     )
     if on_device:  # the weights stay on the device
       edge, graphs = out
@@ -276,13 +276,13 @@ def _ncut_score(edge: np.ndarray, m: np.ndarray, eps: float) -> float:
 
 
 def discover(
-    keys: np.ndarray,
-    grid_hw: Tuple[int, int],
-    max_objects: int = MAX_OBJECTS,
-    tau: float = TAU,
-    eps: float = EPS,
-    dtype: str = 'float64',
-    solver: str = 'auto',
+  keys: np.ndarray,
+  grid_hw: Tuple[int, int],
+  max_objects: int = MAX_OBJECTS,
+  tau: float = TAU,
+  eps: float = EPS,
+  dtype: str = 'float64',
+  solver: str = 'auto',
 ) -> List[MaskCutResult]:
   """MaskCut's iterated cuts (protocol §2–3) for a batch of images on one patch grid.
 
@@ -305,19 +305,19 @@ def discover(
   painted = np.zeros((b, n), bool)
   prev = np.zeros((b, n), bool)
   rec = {
-      'patch_masks': np.zeros((b, t_max, n), bool),
-      'kept': np.zeros((b, t_max), bool),
-      'scores': np.zeros((b, t_max)),
-      'eigenvalues': np.zeros((b, t_max, 2)),
-      'eigenvectors': np.zeros((b, t_max, n)),
-      'masked': np.zeros((b, t_max, n), bool),
-      'edges': np.zeros((b, t_max), np.int64),
-      'bipartition': np.zeros((b, t_max, n), bool),
-      'corners': np.zeros((b, t_max), np.int64),
-      'reversed': np.zeros((b, t_max), bool),
-      'seed': np.zeros((b, t_max), np.int64),
-      'foreground': np.zeros((b, t_max, n), bool),
-      'component': np.zeros((b, t_max, n), bool),
+    'patch_masks': np.zeros((b, t_max, n), bool),
+    'kept': np.zeros((b, t_max), bool),
+    'scores': np.zeros((b, t_max)),
+    'eigenvalues': np.zeros((b, t_max, 2)),
+    'eigenvectors': np.zeros((b, t_max, n)),
+    'masked': np.zeros((b, t_max, n), bool),
+    'edges': np.zeros((b, t_max), np.int64),
+    'bipartition': np.zeros((b, t_max, n), bool),
+    'corners': np.zeros((b, t_max), np.int64),
+    'reversed': np.zeros((b, t_max), bool),
+    'seed': np.zeros((b, t_max), np.int64),
+    'foreground': np.zeros((b, t_max, n), bool),
+    'component': np.zeros((b, t_max, n), bool),
   }
   for t in range(t_max):
     edge, lam, x = cut_graphs(keys, painted, tau, eps, dtype, solver)
@@ -375,7 +375,7 @@ def upsample_masks(patch_masks: np.ndarray, size_hw: Tuple[int, int]) -> np.ndar
 
 
 def crf_refine(
-    image_s: np.ndarray, mask_s: np.ndarray, params: MaskCutCRF = CRF_PARAMS
+  image_s: np.ndarray, mask_s: np.ndarray, params: MaskCutCRF = CRF_PARAMS
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
   """MaskCut's CRF step on one S × S mask (protocol §4 steps 1–5), through ``spectral_jax.imaging.crf``.
 
@@ -411,12 +411,12 @@ def resize_to_original(mask_s: np.ndarray, image_hw: Tuple[int, int]) -> np.ndar
 
 
 def to_image_masks(
-    patch_masks: np.ndarray,
-    image_hw: Tuple[int, int],
-    size_s: Tuple[int, int] = (FIXED_SIZE, FIXED_SIZE),
-    image_s: Optional[np.ndarray] = None,
-    crf: bool = False,
-    crf_params: MaskCutCRF = CRF_PARAMS,
+  patch_masks: np.ndarray,
+  image_hw: Tuple[int, int],
+  size_s: Tuple[int, int] = (FIXED_SIZE, FIXED_SIZE),
+  image_s: Optional[np.ndarray] = None,
+  crf: bool = False,
+  crf_params: MaskCutCRF = CRF_PARAMS,
 ) -> Tuple[np.ndarray, np.ndarray]:
   """Kept patch masks [T, h, w] → (final bool [T, H, W], cut masks bool [T, S, S]).
 
@@ -441,15 +441,15 @@ def to_image_masks(
 
 
 def run_iter(
-    extractor: Any,
-    images: Iterable[np.ndarray],
-    max_objects: int = MAX_OBJECTS,
-    tau: float = TAU,
-    fixed_size: int = FIXED_SIZE,
-    crf: bool = False,
-    batch_size: int = 8,
-    dtype: str = 'float64',
-    solver: str = 'auto',
+  extractor: Any,
+  images: Iterable[np.ndarray],
+  max_objects: int = MAX_OBJECTS,
+  tau: float = TAU,
+  fixed_size: int = FIXED_SIZE,
+  crf: bool = False,
+  batch_size: int = 8,
+  dtype: str = 'float64',
+  solver: str = 'auto',
 ) -> Iterator[Discovery]:
   """Photos → objects, streamed: yields one :class:`Discovery` per image, in order.
 
@@ -475,16 +475,16 @@ def run_iter(
     results = discover(keys, grid, max_objects, tau, dtype=dtype, solver=solver)
     for im, (image_s, _, _), res in zip(chunk, prepped, results):
       final, masks_s = to_image_masks(
-          res.patch_masks, im.shape[:2], image_s.shape[:2], image_s, crf
+        res.patch_masks, im.shape[:2], image_s.shape[:2], image_s, crf
       )
       keep = np.flatnonzero(final.reshape(len(final), -1).any(1))
       yield Discovery(
-          masks=final[keep],
-          scores=res.scores[keep],
-          iterations=keep,
-          result=res,
-          image_s=image_s,
-          masks_s=masks_s,
+        masks=final[keep],
+        scores=res.scores[keep],
+        iterations=keep,
+        result=res,
+        image_s=image_s,
+        masks_s=masks_s,
       )
     chunk = []
 

@@ -166,11 +166,11 @@ def _affinity(keys, seeds, tau, dtype):
 
 
 def prompt_masks(
-    keys: np.ndarray,
-    grid_hw: tuple[int, int],
-    seeds: np.ndarray,
-    tau: float = 0.2,
-    dtype: str = 'float64',
+  keys: np.ndarray,
+  grid_hw: tuple[int, int],
+  seeds: np.ndarray,
+  tau: float = 0.2,
+  dtype: str = 'float64',
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Affinity maps of all prompts of a batch of images in one jitted call (protocol §2.1).
 
@@ -229,7 +229,7 @@ _STACK_STRUCTURE[1] = ndimage.generate_binary_structure(2, 1)
 
 
 def prompt_candidates(
-    masks: np.ndarray, seeds: np.ndarray, background: np.ndarray, cc_maskarea_tau: float = 0.5
+  masks: np.ndarray, seeds: np.ndarray, background: np.ndarray, cc_maskarea_tau: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Split the foreground prompts' maps into candidates (protocol §2.3).
 
@@ -284,12 +284,12 @@ def background_mask(masks: np.ndarray, background: np.ndarray) -> tuple[np.ndarr
 
 
 def cascade_filter(
-    cand_masks: np.ndarray,
-    background: np.ndarray,
-    g: np.ndarray,
-    bg_mean: np.ndarray,
-    iou_filter_tau: float = 0.8,
-    foreground_include_tau: float = 0.1,
+  cand_masks: np.ndarray,
+  background: np.ndarray,
+  g: np.ndarray,
+  bg_mean: np.ndarray,
+  iou_filter_tau: float = 0.8,
+  foreground_include_tau: float = 0.1,
 ) -> CascadeResult:
   """Smallest-first foreground filter (protocol §4).
 
@@ -328,11 +328,11 @@ def _first_patch(flat: np.ndarray) -> np.ndarray:
 
 
 def merge_candidates(
-    filtered: np.ndarray,
-    g: np.ndarray,
-    intersection_merge_tau: float = 0.5,
-    merge_ioa_tau: float = 0.1,
-    dino_merge_tau: float = 0.1,
+  filtered: np.ndarray,
+  g: np.ndarray,
+  intersection_merge_tau: float = 0.5,
+  merge_ioa_tau: float = 0.1,
+  dino_merge_tau: float = 0.1,
 ) -> MergeResult:
   """Largest-first merging of the accepted candidates into clusters (protocol §5).
 
@@ -395,10 +395,10 @@ def object_scores(clusters: np.ndarray, g: np.ndarray, bg_mean: np.ndarray) -> n
 
 
 def promerge(
-    keys: np.ndarray,
-    grid_hw: tuple[int, int],
-    settings: PromergeSettings = PromergeSettings(),
-    prompts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+  keys: np.ndarray,
+  grid_hw: tuple[int, int],
+  settings: PromergeSettings = PromergeSettings(),
+  prompts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> PromergeResult:
   """ProMerge's patch-level stages (protocol §2–5) on the keys of one image.
 
@@ -417,7 +417,7 @@ def promerge(
   sides = border_sides(masks)
   is_bg = sides >= MIN_BORDER_SIDES
   cand_masks, cand_seed, cand_area, comps, on_own = prompt_candidates(
-      masks, seeds, is_bg, settings.cc_maskarea_tau
+    masks, seeds, is_bg, settings.cc_maskarea_tau
   )
   cands = Candidates(
       seeds=seeds, affinity=affinity, masks=masks, sides=sides, background=is_bg,

@@ -14,8 +14,13 @@ import numpy as np
 
 from spectral_jax.spectral import maskcut
 from spectral_jax.spectral.promerge import (
-    FEATURE_DIM, PATCH_SIZE, PromergeResult, PromergeSettings, promerge, prompt_masks,
-    seed_positions,
+  FEATURE_DIM,
+  PATCH_SIZE,
+  PromergeResult,
+  PromergeSettings,
+  promerge,
+  prompt_masks,
+  seed_positions,
 )
 
 
@@ -48,12 +53,12 @@ def crf_params(settings: PromergeSettings = PromergeSettings()) -> maskcut.MaskC
 
 
 def to_image_masks(
-    clusters: np.ndarray,
-    image_hw: tuple[int, int],
-    size_s: tuple[int, int] = (480, 480),
-    image_s: np.ndarray | None = None,
-    crf: bool = True,
-    settings: PromergeSettings = PromergeSettings(),
+  clusters: np.ndarray,
+  image_hw: tuple[int, int],
+  size_s: tuple[int, int] = (480, 480),
+  image_s: np.ndarray | None = None,
+  crf: bool = True,
+  settings: PromergeSettings = PromergeSettings(),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Clusters [C, h, w] → (final bool [C, H, W], upsampled bool [C, S, S], crf_iou [C]).
 
@@ -96,17 +101,17 @@ def _check_extractor(extractor: Any) -> None:
   d = getattr(extractor.arch, 'embed_dim', FEATURE_DIM)
   if p != PATCH_SIZE or d != FEATURE_DIM:
     raise ValueError(
-        f'ProMerge runs DINO ViT-B/8 only (patch 8, width 768, as the official asserts); '
-        f'{extractor.name} has patch {p}, width {d}'
+      f'ProMerge runs DINO ViT-B/8 only (patch 8, width 768, as the official asserts); '
+      f'{extractor.name} has patch {p}, width {d}'
     )
 
 
 def run_iter(
-    extractor: Any,
-    images: Iterable[np.ndarray],
-    settings: PromergeSettings = PromergeSettings(),
-    batch_size: int = 8,
-    crf: bool | None = None,
+  extractor: Any,
+  images: Iterable[np.ndarray],
+  settings: PromergeSettings = PromergeSettings(),
+  batch_size: int = 8,
+  crf: bool | None = None,
 ) -> Iterator[Discovery]:
   """Photos → objects, streamed: yields one :class:`Discovery` per image, in order.
 
@@ -136,19 +141,19 @@ def run_iter(
     for i, (im, (image_s, _, _)) in enumerate(zip(chunk, prepped)):
       res = promerge(keys[i], grid, settings, prompts=(g[i], aff[i], masks[i]))
       final, masks_s, ious = to_image_masks(
-          res.clusters, im.shape[:2], image_s.shape[:2], image_s, settings.crf, settings
+        res.clusters, im.shape[:2], image_s.shape[:2], image_s, settings.crf, settings
       )
       keep = np.flatnonzero(final.any((1, 2)))
       scores = res.scores if res.scores is not None else np.zeros(0)
       yield Discovery(
-          masks=final[keep],
-          boxes=mask_boxes(final[keep]),
-          scores=scores[keep],
-          clusters=keep,
-          result=res,
-          image_s=image_s,
-          masks_s=masks_s,
-          crf_iou=ious,
+        masks=final[keep],
+        boxes=mask_boxes(final[keep]),
+        scores=scores[keep],
+        clusters=keep,
+        result=res,
+        image_s=image_s,
+        masks_s=masks_s,
+        crf_iou=ious,
       )
     chunk = []
 

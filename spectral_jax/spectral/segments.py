@@ -19,12 +19,12 @@ from scipy import ndimage
 from spectral_jax.imaging import resample
 
 __all__ = [
-    "fiedler_mask",
-    "infer_patch_grid",
-    "largest_component",
-    "box_from_patch_mask",
-    "localization_box",
-    "upsample_patch_mask",
+  'fiedler_mask',
+  'infer_patch_grid',
+  'largest_component',
+  'box_from_patch_mask',
+  'localization_box',
+  'upsample_patch_mask',
 ]
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -40,7 +40,7 @@ def fiedler_mask(eigenvectors: np.ndarray, grid_hw: tuple[int, int], index: int 
   ev = np.asarray(eigenvectors)
   h, w = grid_hw
   if ev.ndim != 2 or ev.shape[1] != h * w:
-    raise ValueError(f"eigenvectors {ev.shape} do not match a {h}x{w} grid (expected [K, {h * w}])")
+    raise ValueError(f'eigenvectors {ev.shape} do not match a {h}x{w} grid (expected [K, {h * w}])')
   return (ev[index] > 0).reshape(h, w)
 
 
@@ -53,14 +53,14 @@ def infer_patch_grid(n_tokens: int, image_hw: tuple[int, int]) -> tuple[int, tup
   """
   H, W = image_hw
   for patch, h, w in (
-      (8, H // 8, W // 8),
-      (16, H // 16, W // 16),
-      (8, 2 * (H // 16), 2 * (W // 16)),
-      (8, 4 * (H // 32), 4 * (W // 32)),
+    (8, H // 8, W // 8),
+    (16, H // 16, W // 16),
+    (8, 2 * (H // 16), 2 * (W // 16)),
+    (8, 4 * (H // 32), 4 * (W // 32)),
   ):
     if h * w == n_tokens:
       return patch, (h, w)
-  raise ValueError(f"{n_tokens} tokens do not fit an image of size {H}x{W} with patch 8 or 16")
+  raise ValueError(f'{n_tokens} tokens do not fit an image of size {H}x{W} with patch 8 or 16')
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -72,7 +72,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
   """
   labels, n = ndimage.label(np.asarray(mask, bool), structure=_EIGHT_CONNECTED)
   if n == 0:
-    raise ValueError("largest_component: empty mask")
+    raise ValueError('largest_component: empty mask')
   sizes = np.bincount(labels.ravel())[1:]
   return labels == (int(np.argmax(sizes)) + 1)
 
@@ -94,20 +94,20 @@ def box_from_patch_mask(mask: np.ndarray, patch_size: int, image_hw: tuple[int, 
   H, W = image_hw
   p = int(patch_size)
   box = [
-      p * int(xs.min()),
-      p * int(ys.min()),
-      min(p * (int(xs.max()) + 1), W),
-      min(p * (int(ys.max()) + 1), H),
+    p * int(xs.min()),
+    p * int(ys.min()),
+    min(p * (int(xs.max()) + 1), W),
+    min(p * (int(ys.max()) + 1), H),
   ]
   return np.asarray(box, dtype=np.int64)
 
 
 def localization_box(
-    eigenvectors: np.ndarray,
-    grid_hw: tuple[int, int],
-    patch_size: int,
-    image_hw: tuple[int, int],
-    index: int = 1,
+  eigenvectors: np.ndarray,
+  grid_hw: tuple[int, int],
+  patch_size: int,
+  image_hw: tuple[int, int],
+  index: int = 1,
 ) -> np.ndarray:
   """CorLoc box from eigenvectors [K, N]: `box_from_patch_mask(fiedler_mask(...))`; int64 [4]."""
   return box_from_patch_mask(fiedler_mask(eigenvectors, grid_hw, index), patch_size, image_hw)

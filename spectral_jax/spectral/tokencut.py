@@ -27,20 +27,20 @@ from spectral_jax.models import vit
 from spectral_jax.spectral import eigen
 
 __all__ = [
-    'binary_graph',
-    'bipartition',
-    'seed_component',
-    'box_from_mask',
-    'as_grid',
-    'discover',
-    'padded_input',
-    'padded_keys',
-    'saliency_size',
-    'saliency_input',
-    'saliency_keys',
-    'torch_nearest_index',
-    'upsample_nearest',
-    'saliency',
+  'binary_graph',
+  'bipartition',
+  'seed_component',
+  'box_from_mask',
+  'as_grid',
+  'discover',
+  'padded_input',
+  'padded_keys',
+  'saliency_size',
+  'saliency_input',
+  'saliency_keys',
+  'torch_nearest_index',
+  'upsample_nearest',
+  'saliency',
 ]
 
 _HI = jax.lax.Precision.HIGHEST
@@ -125,13 +125,13 @@ def box_from_mask(mask: np.ndarray, patch_size: int, image_hw: Sequence[int]) ->
   ys, xs = np.nonzero(np.asarray(mask, bool))
   p = int(patch_size)
   return np.asarray(
-      [
-          p * int(xs.min()),
-          p * int(ys.min()),
-          min(p * (int(xs.max()) + 1), int(image_hw[1])),
-          min(p * (int(ys.max()) + 1), int(image_hw[0])),
-      ],
-      np.int64,
+    [
+      p * int(xs.min()),
+      p * int(ys.min()),
+      min(p * (int(xs.max()) + 1), int(image_hw[1])),
+      min(p * (int(ys.max()) + 1), int(image_hw[0])),
+    ],
+    np.int64,
   )
 
 
@@ -147,14 +147,14 @@ def as_grid(flat: np.ndarray, grid: Sequence[int]) -> np.ndarray:
 
 
 def discover(
-    keys,
-    grids: Sequence[Sequence[int]],
-    image_hw: Optional[Sequence[Sequence[int]]] = None,
-    patch_size: int = 16,
-    tau: float = 0.2,
-    eps: float = 1e-5,
-    solver: str = 'auto',
-    tol: float = 1e-6,
+  keys,
+  grids: Sequence[Sequence[int]],
+  image_hw: Optional[Sequence[Sequence[int]]] = None,
+  patch_size: int = 16,
+  tau: float = 0.2,
+  eps: float = 1e-5,
+  solver: str = 'auto',
+  tol: float = 1e-6,
 ) -> dict[str, np.ndarray]:
   """TokenCut on a batch of images' keys.
 
@@ -195,12 +195,12 @@ def discover(
     hw = image_hw[i] if image_hw is not None else (grid[0] * patch_size, grid[1] * patch_size)
     boxes[i] = box_from_mask(comp, patch_size, hw)
   return dict(
-      eigenvalues=np.asarray(vals)[:, 1:3],
-      eigvec=v,
-      bipartition=part,
-      seed=seed,
-      mask=mask,
-      box=boxes,
+    eigenvalues=np.asarray(vals)[:, 1:3],
+    eigvec=v,
+    bipartition=part,
+    seed=seed,
+    mask=mask,
+    box=boxes,
   )
 
 
@@ -221,7 +221,7 @@ def padded_input(image: np.ndarray, patch_size: int) -> np.ndarray:
 
 
 def padded_keys(
-    extractor: Any, images: Sequence[np.ndarray], length: Optional[int] = None
+  extractor: Any, images: Sequence[np.ndarray], length: Optional[int] = None
 ) -> tuple[jax.Array, list[tuple[int, int]]]:
   """Keys of the object-discovery input (:func:`padded_input`) for a batch of images.
 
@@ -264,7 +264,7 @@ def saliency_input(image: np.ndarray, patch_size: int) -> np.ndarray:
 
 
 def saliency_keys(
-    extractor: Any, images: Sequence[np.ndarray], length: Optional[int] = None
+  extractor: Any, images: Sequence[np.ndarray], length: Optional[int] = None
 ) -> tuple[jax.Array, list[tuple[int, int]]]:
   """Keys [B', length, D] and grids (fh, fw) of the saliency input (:func:`saliency_input`);
   the extractor normalises the resized uint8 crop, as the official code (B' ≥ B: device
@@ -281,29 +281,29 @@ upsample_nearest = resample.nearest_torch  # [h, w] patch mask → [H, W] (the s
 
 
 def saliency(
-    extractor: Any,
-    images: Sequence[np.ndarray],
-    tau: float = 0.2,
-    eps: float = 1e-5,
-    solver: str = 'auto',
+  extractor: Any,
+  images: Sequence[np.ndarray],
+  tau: float = 0.2,
+  eps: float = 1e-5,
+  solver: str = 'auto',
 ) -> list[dict[str, np.ndarray]]:
   """TokenCut saliency end to end (refine=none): one dict per image with ``mask`` bool [H, W]
   (the seed component mapped back to the original size), ``patch_mask`` bool [fh, fw], ``seed``,
   ``eigenvalues`` [2], ``eigvec`` [fh·fw]. Feed ``mask`` to bilateral.solve for "TokenCut + BS"."""
   keys, grids = saliency_keys(extractor, images)
   res = discover(
-      keys[: len(images)], grids, None, extractor.arch.patch_size, tau, eps, solver=solver
+    keys[: len(images)], grids, None, extractor.arch.patch_size, tau, eps, solver=solver
   )
   out = []
   for i, (im, g) in enumerate(zip(images, grids)):
     patch_mask = as_grid(res['mask'][i], g)
     out.append(
-        dict(
-            mask=resample.nearest_torch(patch_mask, np.shape(im)[:2]),
-            patch_mask=patch_mask,
-            seed=res['seed'][i],
-            eigenvalues=res['eigenvalues'][i],
-            eigvec=res['eigvec'][i, : g[0] * g[1]],
-        )
+      dict(
+        mask=resample.nearest_torch(patch_mask, np.shape(im)[:2]),
+        patch_mask=patch_mask,
+        seed=res['seed'][i],
+        eigenvalues=res['eigenvalues'][i],
+        eigvec=res['eigvec'][i, : g[0] * g[1]],
+      )
     )
   return out

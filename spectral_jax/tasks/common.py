@@ -37,8 +37,7 @@ def user_message(error: Exception) -> str:
   if isinstance(error, CheckpointError):
     return f'{error}\n  pass it with --config.{error.setting}=/path/to/{error.file_name or "FILE"}'
   if isinstance(error, errors.MissingDependencyError):
-    return (f'{error}, or run without it (--config.segment.refine=none, '
-            '--config.discover.crf=False)')
+    return f'{error}, or run without it (--config.segment.refine=none, --config.discover.crf=False)'
   return str(error)
 
 
@@ -77,17 +76,17 @@ def examples_from_config(data, workdir=None) -> list[Any]:
   if source == 'folder':
     _require_root(data)
     examples = datasets.image_folder(
-        data.root,
-        boxes=data.boxes or None,
-        masks_dir=data.masks or None,
-        exclude=[workdir] if workdir else (),
+      data.root,
+      boxes=data.boxes or None,
+      masks_dir=data.masks or None,
+      exclude=[workdir] if workdir else (),
     )
   elif source == 'voc' and data.root:
     _require_existing_root(data)
     examples = datasets.voc_devkit(data.root, data.year, data.split, no_hard=data.no_hard)
   elif source == 'voc':  # no devkit given: the prepared tfds dataset
     examples = datasets.tfds_detection(
-        f'voc/{data.year}', 'train+validation', data.tfds_dir or None, no_hard=data.no_hard
+      f'voc/{data.year}', 'train+validation', data.tfds_dir or None, no_hard=data.no_hard
     )
   elif source == 'coco20k' and data.root:
     _require_existing_root(data)
@@ -99,7 +98,7 @@ def examples_from_config(data, workdir=None) -> list[Any]:
     examples = datasets.saliency_folder(data.name, data.root)
   elif source == 'tfds':
     examples = datasets.tfds_detection(
-        data.name, data.split, data.tfds_dir or None, no_hard=data.no_hard
+      data.name, data.split, data.tfds_dir or None, no_hard=data.no_hard
     )
   elif source == 'demo':
     examples = demo_examples()
@@ -108,8 +107,10 @@ def examples_from_config(data, workdir=None) -> list[Any]:
   if data.limit:
     examples = examples[: data.limit]
   examples = [
-      ex if artifacts.safe_id(ex.id) == ex.id else dataclasses.replace(ex, id=artifacts.safe_id(ex.id))
-      for ex in examples
+    ex
+    if artifacts.safe_id(ex.id) == ex.id
+    else dataclasses.replace(ex, id=artifacts.safe_id(ex.id))
+    for ex in examples
   ]
   _check_unique_ids(examples)
   if not examples:
@@ -126,9 +127,9 @@ def demo_examples() -> list[Any]:
 
   folder = Path(skimage.data.__file__).parent
   return [
-      datasets.Example(id=Path(name).stem, path=str(folder / name))
-      for name in DEMO_IMAGES
-      if (folder / name).exists()
+    datasets.Example(id=Path(name).stem, path=str(folder / name))
+    for name in DEMO_IMAGES
+    if (folder / name).exists()
   ]
 
 
@@ -141,8 +142,8 @@ def _require_root(data) -> None:
 def _require_existing_root(data) -> None:
   if not Path(data.root).exists():
     raise FileNotFoundError(
-        f'data.root {data.root!r} does not exist: pass an existing folder '
-        'with --config.data.root=PATH'
+      f'data.root {data.root!r} does not exist: pass an existing folder '
+      'with --config.data.root=PATH'
     )
 
 
@@ -154,41 +155,45 @@ def _check_unique_ids(examples: Sequence[Any]) -> None:
   if dups:
     listing = '; '.join(f'{i!r}: {", ".join(p)}' for i, p in list(dups.items())[:5])
     raise ValueError(
-        f'{len(dups)} output names are shared by several images ({listing}); outputs are named '
-        'by file stem, so rename or move one of each'
+      f'{len(dups)} output names are shared by several images ({listing}); outputs are named '
+      'by file stem, so rename or move one of each'
     )
 
 
 def load_extractor(model) -> FeatureExtractor:
   return extractor_lib.load(
-      model.name,
-      model.checkpoint,
-      model.cache_dir,
-      PRECISIONS[model.precision],
-      model.feature_block,
+    model.name,
+    model.checkpoint,
+    model.cache_dir,
+    PRECISIONS[model.precision],
+    model.feature_block,
   )
 
 
 def run_images(
-    run: settings_lib.Settings, extractor, todo: Sequence[Any], on_error, which_matrix: str = '',
-    **method,
+  run: settings_lib.Settings,
+  extractor,
+  todo: Sequence[Any],
+  on_error,
+  which_matrix: str = '',
+  **method,
 ):
   """pipeline.run_images with the run's settings (spectral settings, batching, limits);
   ``method``: pipeline.run_images' method, preprocess and method_params."""
   s = run.spectral
   return pipeline.run_images(
-      extractor,
-      todo,
-      batch_size=run.batching.batch_size,
-      limits=run.limits,
-      spectral_k=s.K,
-      color_lambda=s.color_lambda,
-      which_matrix=which_matrix or s.which_matrix,
-      solver=s.solver,
-      bucket_tokens=inference.bucket_tokens(run.batching),
-      batch_tokens=run.batching.batch_tokens,
-      on_error=on_error,
-      **method,
+    extractor,
+    todo,
+    batch_size=run.batching.batch_size,
+    limits=run.limits,
+    spectral_k=s.K,
+    color_lambda=s.color_lambda,
+    which_matrix=which_matrix or s.which_matrix,
+    solver=s.solver,
+    bucket_tokens=inference.bucket_tokens(run.batching),
+    batch_tokens=run.batching.batch_tokens,
+    on_error=on_error,
+    **method,
   )
 
 
@@ -229,15 +234,15 @@ class SkipLog:
       return
     self.recorded.add(example.id)
     artifacts.append_jsonl(
-        self.path,
-        [
-            {
-                'id': example.id,
-                'path': str(example.path),
-                'stage': self.stage,
-                'error': f'{type(error).__name__}: {user_message(error)}',
-            }
-        ],
+      self.path,
+      [
+        {
+          'id': example.id,
+          'path': str(example.path),
+          'stage': self.stage,
+          'error': f'{type(error).__name__}: {user_message(error)}',
+        }
+      ],
     )
 
   def summary(self) -> str:
@@ -246,16 +251,18 @@ class SkipLog:
 
 def previously_skipped(workdir, stage: str) -> set[str]:
   return {
-      r['id']
-      for r in artifacts.read_jsonl(Path(workdir) / 'skipped.jsonl')
-      if r.get('stage', stage) == stage and 'id' in r
+    r['id']
+    for r in artifacts.read_jsonl(Path(workdir) / 'skipped.jsonl')
+    if r.get('stage', stage) == stage and 'id' in r
   }
 
 
 def _forget_skipped(workdir: Path, stage: str) -> None:
   path = Path(workdir) / 'skipped.jsonl'
   if path.exists():
-    artifacts.save_jsonl(path, [r for r in artifacts.read_jsonl(path) if r.get('stage', stage) != stage])
+    artifacts.save_jsonl(
+      path, [r for r in artifacts.read_jsonl(path) if r.get('stage', stage) != stage]
+    )
 
 
 # ----------------------------------------------------------------------------- settings
@@ -263,49 +270,50 @@ def _forget_skipped(workdir: Path, stage: str) -> None:
 # Config keys that change a stage's outputs, beyond the model and the input (and which of the
 # stage's files and folders hold them). Keys absent from a config are skipped.
 STAGES = {
-    'extract': (('spectral', 'method', 'tokencut'), ('features', 'eigs')),
-    'localize': (
-        ('spectral', 'method', 'tokencut', 'lost'),
-        ('predictions*.jsonl', 'scores*.jsonl'),
+  'extract': (('spectral', 'method', 'tokencut'), ('features', 'eigs')),
+  'localize': (
+    ('spectral', 'method', 'tokencut', 'lost'),
+    ('predictions*.jsonl', 'scores*.jsonl'),
+  ),
+  'segment': (
+    ('spectral', 'segment', 'method', 'tokencut', 'lost'),
+    ('masks', 'mask_scores.jsonl'),
+  ),
+  'edit': (('edit', 'seed'), ('cutout', 'composite', 'panels/edit_*')),
+  'discover': (
+    ('discover', 'promerge'),
+    ('discover', 'instances.json', 'instance_maps', 'panels/discover_*'),
+  ),
+  # Semantic segments come from extract's eigenvectors: their settings are the record's too.
+  'semantic': (
+    ('spectral', 'method', 'semantic', 'seed'),
+    (
+      'multi_region',
+      'boxes',
+      'semantic',
+      'semantic_seeds',
+      'metrics.json',
+      'panels/semantic_*',
     ),
-    'segment': (
-        ('spectral', 'segment', 'method', 'tokencut', 'lost'),
-        ('masks', 'mask_scores.jsonl'),
-    ),
-    'edit': (('edit', 'seed'), ('cutout', 'composite', 'panels/edit_*')),
-    'discover': (
-        ('discover', 'promerge'),
-        ('discover', 'instances.json', 'instance_maps', 'panels/discover_*'),
-    ),
-    # Semantic segments come from extract's eigenvectors: their settings are the record's too.
-    'semantic': (
-        ('spectral', 'method', 'semantic', 'seed'),
-        (
-            'multi_region',
-            'boxes',
-            'semantic',
-            'semantic_seeds',
-            'metrics.json',
-            'panels/semantic_*',
-        ),
-    ),
-    # Training reads the pseudo-labels (semantic's settings) and its own.
-    'train': (
-        ('spectral', 'method', 'semantic', 'seed', 'segmenter', 'train'),
-        ('checkpoints', 'train_log.jsonl', 'train_metrics.json'),
-    ),
-    # FOUND's head (configs/found.py): its targets, then training; the sections of the method
-    # that makes the targets are added by stage_settings.
-    'found_train': (
-        ('found', 'train'),
-        ('pseudo_masks', 'checkpoints', 'decoder_weights.pt', 'train_log.jsonl',
-         'train_metrics.json'),
-    ),
+  ),
+  # Training reads the pseudo-labels (semantic's settings) and its own.
+  'train': (
+    ('spectral', 'method', 'semantic', 'seed', 'segmenter', 'train'),
+    ('checkpoints', 'train_log.jsonl', 'train_metrics.json'),
+  ),
+  # FOUND's head (configs/found.py): its targets, then training; the sections of the method
+  # that makes the targets are added by stage_settings.
+  'found_train': (
+    ('found', 'train'),
+    ('pseudo_masks', 'checkpoints', 'decoder_weights.pt', 'train_log.jsonl', 'train_metrics.json'),
+  ),
 }
 # The settings a FOUND target method reads (config.found.targets → sections).
 FOUND_TARGET_SECTIONS = {
-    'found': (), 'dsm': ('spectral',), 'tokencut': ('tokencut', 'segment'),
-    'maskcut': ('discover',),
+  'found': (),
+  'dsm': ('spectral',),
+  'tokencut': ('tokencut', 'segment'),
+  'maskcut': ('discover',),
 }
 # Keys that do not change outputs (solver: equal results to tolerance; scoring inputs;
 # how often training logs and saves, and its thread count).
@@ -316,7 +324,7 @@ _IGNORED |= {'train.keep_checkpoints'}
 # FOUND: a longer run continues a shorter one (StepLR does not depend on the length); the
 # decoder file and evaluation mode are inference settings.
 _STAGE_IGNORED = {
-    'found_train': {'train.steps', 'train.nb_epochs', 'found.decoder', 'found.evaluation_mode'},
+  'found_train': {'train.steps', 'train.nb_epochs', 'found.decoder', 'found.evaluation_mode'},
 }
 
 
@@ -330,12 +338,12 @@ def checkpoint_identity(model, previous: Optional[dict] = None) -> dict:
   folder = Path(text).expanduser()
   if folder.is_dir():  # a Hugging Face folder: its files' identities
     return {
-        'path': str(folder.absolute()),
-        'files': {
-            f.name: workdirs.file_identity(str(f))['sha256']
-            for f in sorted(folder.iterdir())
-            if f.is_file() and f.suffix in ('.json', '.safetensors')
-        },
+      'path': str(folder.absolute()),
+      'files': {
+        f.name: workdirs.file_identity(str(f))['sha256']
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.suffix in ('.json', '.safetensors')
+      },
     }
   return workdirs.file_identity(text, previous)
 
@@ -361,24 +369,24 @@ def stage_settings(config, stage: str, previous: Optional[dict] = None) -> dict:
   d = config.data
   root = d.root
   settings = {
-      'version': workdirs.VERSION,
-      'model': {
-          'name': config.model.name,
-          'checkpoint': checkpoint_identity(
-              config.model, (previous or {}).get('model', {}).get('checkpoint')
-          ),
-          'feature_block': config.model.feature_block,
-          'precision': config.model.precision,
-      },
-      'data': {
-          'source': d.source,
-          'root': str(Path(root).absolute()) if root else '',
-          'name': d.name,
-          'year': d.year,
-          'split': d.split,
-          'max_tokens': d.max_tokens,
-          'resize_large': d.resize_large,
-      },
+    'version': workdirs.VERSION,
+    'model': {
+      'name': config.model.name,
+      'checkpoint': checkpoint_identity(
+        config.model, (previous or {}).get('model', {}).get('checkpoint')
+      ),
+      'feature_block': config.model.feature_block,
+      'precision': config.model.precision,
+    },
+    'data': {
+      'source': d.source,
+      'root': str(Path(root).absolute()) if root else '',
+      'name': d.name,
+      'year': d.year,
+      'split': d.split,
+      'max_tokens': d.max_tokens,
+      'resize_large': d.resize_large,
+    },
   }
   sections, _ = STAGES[stage]
   if stage == 'found_train':
@@ -431,8 +439,8 @@ def remaining(workdir, stage: str, shard: Sequence[Any], is_done: Callable[[Any]
   skipped_before = previously_skipped(workdir, stage)
   todo = [ex for ex in shard if not is_done(ex) and ex.id not in skipped_before]
   log_summary(
-      f'{stage}: {len(shard)} images in this process, {len(shard) - len(todo)} already done'
-      + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
+    f'{stage}: {len(shard)} images in this process, {len(shard) - len(todo)} already done'
+    + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
   )
   return todo
 

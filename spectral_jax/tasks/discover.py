@@ -94,9 +94,9 @@ def run(config, workdir) -> None:
   common.begin_stage(config, workdir, STAGE)
   # Each process owns a strided share and its own records file.
   own_path = (
-      workdir / STAGE / 'records.jsonl'
-      if jax.process_count() == 1
-      else workdir / STAGE / f'records.process{jax.process_index()}.jsonl'
+    workdir / STAGE / 'records.jsonl'
+    if jax.process_count() == 1
+    else workdir / STAGE / f'records.process{jax.process_index()}.jsonl'
   )
   done = set(read_records(workdir))
   shard = parallel.process_shard(examples)
@@ -111,8 +111,7 @@ def run(config, workdir) -> None:
   artifacts.save_json(workdir / 'instances.json', instances)
   n_obj = len(instances['annotations'])
   common.log_summary(
-      f'discover: {n_obj} objects in {len(instances["images"])} images → '
-      f'{workdir / "instances.json"}'
+    f'discover: {n_obj} objects in {len(instances["images"])} images → {workdir / "instances.json"}'
   )
   result = {'num_images': len(instances['images']), 'num_objects': n_obj}
   result.update(evaluate(config, examples, records, instances))
@@ -121,8 +120,8 @@ def run(config, workdir) -> None:
     if kind in result:
       m = result[kind]
       common.log_summary(
-          f"class-agnostic {kind}: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AR100 {m['AR100']:.2f}"
-          f" over {result['num_evaluated']} images"
+        f'class-agnostic {kind}: AP {m["AP"]:.2f} AP50 {m["AP50"]:.2f} AR100 {m["AR100"]:.2f}'
+        f' over {result["num_evaluated"]} images'
       )
 
 
@@ -148,13 +147,13 @@ def _decode(example, patch_size: int, fixed_size: int, max_pixels: int, keep: bo
 
 
 def decoded(
-    examples: Sequence[Any],
-    patch_size: int,
-    fixed_size: int,
-    max_pixels: int,
-    keep_images: frozenset = frozenset(),
-    on_error=None,
-    workers: int = 4,
+  examples: Sequence[Any],
+  patch_size: int,
+  fixed_size: int,
+  max_pixels: int,
+  keep_images: frozenset = frozenset(),
+  on_error=None,
+  workers: int = 4,
 ) -> Iterator[_Decoded]:
   """Decoded and resized images, in order, made by threads a bounded window ahead."""
   window = max(2 * workers, 8)
@@ -172,7 +171,7 @@ def decoded(
 
     for ex in examples:
       pending.append(
-          pool.submit(_decode, ex, patch_size, fixed_size, max_pixels, ex.id in keep_images)
+        pool.submit(_decode, ex, patch_size, fixed_size, max_pixels, ex.id in keep_images)
       )
       if len(pending) >= window:
         item = finish()
@@ -221,7 +220,7 @@ class _Serial:
 
 
 def _discover(
-    config, run_settings, workdir: Path, todo: list, own_path: Path, examples: list
+  config, run_settings, workdir: Path, todo: list, own_path: Path, examples: list
 ) -> None:
   d = run_settings.discover
   method = METHODS[d.method]
@@ -237,17 +236,13 @@ def _discover(
   n = grid_side * grid_side
   # Every image has the same grid, so one batch size (and one compiled shape) serves all.
   batch = max(1, min(config.data.batch_size, config.data.batch_tokens // n, len(todo)))
-  stream = decoded(
-      todo, p, fixed_size, config.data.max_pixels, frozenset(panels.due), skipped
-  )
+  stream = decoded(todo, p, fixed_size, config.data.max_pixels, frozenset(panels.due), skipped)
   workers = crf_workers(d, len(todo))
   # 'spawn': forking a process that runs JAX threads can deadlock.
   pool = (
-      concurrent.futures.ProcessPoolExecutor(
-          workers, mp_context=multiprocessing.get_context('spawn')
-      )
-      if workers > 1
-      else _Serial()
+    concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'))
+    if workers > 1
+    else _Serial()
   )
   pending = collections.deque()  # (item, future), in dataset order
 
@@ -261,11 +256,11 @@ def _discover(
       skipped(ex, e)
       return
     record = {
-        'id': ex.id,
-        'file_name': file_name(ex, config.data.root),
-        'height': item.original_hw[0],
-        'width': item.original_hw[1],
-        'objects': objects,
+      'id': ex.id,
+      'file_name': file_name(ex, config.data.root),
+      'height': item.original_hw[0],
+      'width': item.original_hw[1],
+      'objects': objects,
     }
     # The map first, the record last: a record means the image is finished.
     if not common.write_or_skip(ex, skipped, _write, workdir, ex.id, labels, own_path, record):
@@ -316,21 +311,21 @@ def build_instances(records: Sequence[dict]) -> dict:
   images, anns = [], []
   for image_id, r in enumerate(records, start=1):
     images.append(
-        {'id': image_id, 'file_name': r['file_name'], 'height': r['height'], 'width': r['width']}
+      {'id': image_id, 'file_name': r['file_name'], 'height': r['height'], 'width': r['width']}
     )
     for obj in r['objects']:
       rle = obj['segmentation']
       anns.append(
-          {
-              'id': len(anns) + 1,
-              'image_id': image_id,
-              'category_id': 1,
-              'segmentation': rle,
-              'bbox': coco.bbox(rle),
-              'area': coco.area(rle),
-              'iscrowd': 0,
-              'score': float(obj['score']),
-          }
+        {
+          'id': len(anns) + 1,
+          'image_id': image_id,
+          'category_id': 1,
+          'segmentation': rle,
+          'bbox': coco.bbox(rle),
+          'area': coco.area(rle),
+          'iscrowd': 0,
+          'score': float(obj['score']),
+        }
       )
   return coco.instances_json(images, anns)
 
@@ -402,12 +397,12 @@ def evaluate(config, examples: Sequence[Any], records: dict, instances: dict) ->
           logging.warning('unreadable ground truth %s: %s', ex.mask_path, e)
           continue
         gt_anns[image_ids[ex.id]] = [
-            {'segmentation': coco.encode(m), 'bbox': coco.bbox(coco.encode(m))} for m in masks
+          {'segmentation': coco.encode(m), 'bbox': coco.bbox(coco.encode(m))} for m in masks
         ]
       elif ex.boxes is not None:
         gt_anns[image_ids[ex.id]] = [
-            {'bbox': [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
-            for b in np.asarray(ex.boxes, float).reshape(-1, 4)
+          {'bbox': [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
+          for b in np.asarray(ex.boxes, float).reshape(-1, 4)
         ]
   if not gt_anns:
     return {}

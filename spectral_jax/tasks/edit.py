@@ -38,18 +38,18 @@ from spectral_jax.tasks import common, extract
 def output_paths(workdir: Path, image_id: str) -> dict[str, Path]:
   workdir = Path(workdir)
   return {
-      'cutout': workdir / 'cutout' / f'{image_id}.png',
-      'composite': workdir / 'composite' / f'{image_id}.png',
-      'panel': workdir / 'panels' / f'edit_{image_id}.png',
+    'cutout': workdir / 'cutout' / f'{image_id}.png',
+    'composite': workdir / 'composite' / f'{image_id}.png',
+    'panel': workdir / 'panels' / f'edit_{image_id}.png',
   }
 
 
 def is_done(workdir: Path, image_id: str, with_composite: bool, with_panel: bool) -> bool:
   paths = output_paths(workdir, image_id)
   return (
-      paths['cutout'].exists()
-      and (paths['composite'].exists() or not with_composite)
-      and (paths['panel'].exists() or not with_panel)
+    paths['cutout'].exists()
+    and (paths['composite'].exists() or not with_composite)
+    and (paths['panel'].exists() or not with_panel)
   )
 
 
@@ -65,9 +65,9 @@ def ensure_eigenvectors(config, workdir: Path, examples: list) -> None:
   """
   unusable = common.previously_skipped(workdir, 'extract')
   missing = [
-      ex
-      for ex in examples
-      if not extract.output_paths(workdir, ex.id)[1].exists() and ex.id not in unusable
+    ex
+    for ex in examples
+    if not extract.output_paths(workdir, ex.id)[1].exists() and ex.id not in unusable
   ]
   if missing:
     common.log_summary(f'edit: {len(missing)} images need eigenvectors; running extract')
@@ -85,8 +85,8 @@ def eigen_frame(record, image_hw: tuple[int, int]) -> tuple[int, tuple[int, int]
     return patch, grid, tuple(image_hw)
   if tuple(int(v) for v in record['image_size']) != tuple(image_hw):
     raise ValueError(
-        f'image is {image_hw} but was {tuple(record["image_size"])} at extraction; '
-        'rerun with --config.overwrite=True to recompute'
+      f'image is {image_hw} but was {tuple(record["image_size"])} at extraction; '
+      'rerun with --config.overwrite=True to recompute'
     )
   grid = tuple(int(v) for v in record['patch_grid'])
   working = tuple(int(v) for v in record['working_size'])
@@ -99,23 +99,35 @@ def eigen_frame(record, image_hw: tuple[int, int]) -> tuple[int, tuple[int, int]
 
 
 def _process(
-    example, workdir: Path, run_settings: Settings, background: cutout.Background,
-    with_panel: bool,
+  example,
+  workdir: Path,
+  run_settings: Settings,
+  background: cutout.Background,
+  with_panel: bool,
 ) -> None:
   image = datasets.load_image(example, min_side=1, max_pixels=run_settings.limits.max_pixels)
   with np.load(extract.output_paths(workdir, example.id)[1]) as f:
     record = {k: np.asarray(f[k]) for k in f.files}
   patch, grid, working = eigen_frame(record, image.shape[:2])
   mask, out = cutout.image_cutout(
-      image, record['eigenvectors'], patch, grid, working, run_settings.edit, background,
-      run_settings.seed, example.id,
+    image,
+    record['eigenvectors'],
+    patch,
+    grid,
+    working,
+    run_settings.edit,
+    background,
+    run_settings.seed,
+    example.id,
   )
   paths = output_paths(workdir, example.id)
   # Cutout last: it is what marks the image done, so a crash before it redoes the image.
   if 'composite' in out:
     artifacts.save_png(paths['composite'], out['composite'])
   if with_panel:
-    artifacts.save_png(paths['panel'], matting.edit_panel(image, mask, out['alpha'], out.get('composite')))
+    artifacts.save_png(
+      paths['panel'], matting.edit_panel(image, mask, out['alpha'], out.get('composite'))
+    )
   artifacts.save_png(paths['cutout'], out['cutout'])
 
 
@@ -129,7 +141,7 @@ def run(config, workdir) -> None:
     raise ValueError(f'unknown config.edit options: {unknown}')
   run_settings = common.check_config(config)
   background = cutout.resolve_background(
-      run_settings.edit.background, run_settings.limits.max_pixels
+    run_settings.edit.background, run_settings.limits.max_pixels
   )
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'edit')
@@ -137,13 +149,13 @@ def run(config, workdir) -> None:
   shard = parallel.process_shard(examples)  # the same share extract gives this process
   # Images extraction or an earlier edit found unusable are not retried (see skipped.jsonl).
   unusable = common.previously_skipped(workdir, 'edit') | common.previously_skipped(
-      workdir, 'extract'
+    workdir, 'extract'
   )
   todo = [
-      ex
-      for ex in shard
-      if not is_done(workdir, ex.id, background is not None, ex.id in panel_ids)
-      and ex.id not in unusable
+    ex
+    for ex in shard
+    if not is_done(workdir, ex.id, background is not None, ex.id in panel_ids)
+    and ex.id not in unusable
   ]
   common.log_summary(f'edit: {len(shard)} images, {len(shard) - len(todo)} already done or skipped')
   if not todo:

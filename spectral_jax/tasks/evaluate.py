@@ -44,8 +44,7 @@ def run(config, workdir) -> None:
   train_task.check_segmenter_config(config)
   if not config.checkpoint:
     raise ValueError(
-        '--mode=evaluate needs --config.checkpoint=DIR (a train workdir or its '
-        'checkpoints/ folder)'
+      '--mode=evaluate needs --config.checkpoint=DIR (a train workdir or its checkpoints/ folder)'
     )
   directory = Path(config.checkpoint)
   if (directory / 'checkpoints').is_dir():
@@ -64,6 +63,5 @@ def run(config, workdir) -> None:
     return
   artifacts.save_json(Path(workdir) / 'evaluate_metrics.json', result)
   common.log_summary(
-      f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images '
-      f'(checkpoint step {step})'
+    f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images (checkpoint step {step})'
   )

@@ -39,10 +39,10 @@ def is_done(workdir, image_id: str, with_features: bool) -> bool:
 def _write(r: pipeline.ImageResult, workdir, with_features: bool) -> None:
   feat_path, eig_path = output_paths(workdir, r.example.id)
   frame = dict(
-      patch_size=np.array(r.patch_size),
-      patch_grid=np.array(r.patch_grid),
-      image_size=np.array(r.image_hw),
-      working_size=np.array(r.image.shape[:2]),
+    patch_size=np.array(r.patch_size),
+    patch_grid=np.array(r.patch_grid),
+    image_size=np.array(r.image_hw),
+    working_size=np.array(r.image.shape[:2]),
   )
   if with_features:
     extras = {key: value.astype(np.float32) for key, value in (r.extras or {}).items()}
@@ -58,15 +58,17 @@ def run(config, workdir) -> None:
   name = run_settings.method.name
   if name in pipeline.METHODS and not pipeline.METHODS[name].has_eigenvectors:
     raise ValueError(
-        f"--config.method={name!r} has no eigenvectors to extract: use "
-        '--mode=localize or --mode=segment (or method dsm / tokencut)'
+      f'--config.method={name!r} has no eigenvectors to extract: use '
+      '--mode=localize or --mode=segment (or method dsm / tokencut)'
     )
   args = boxes.method_args(run_settings.method)
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'extract')
   todo = common.remaining(
-      workdir, 'extract', parallel.process_shard(examples),
-      lambda ex: is_done(workdir, ex.id, config.output.features),
+    workdir,
+    'extract',
+    parallel.process_shard(examples),
+    lambda ex: is_done(workdir, ex.id, config.output.features),
   )
   if not todo:
     return
@@ -80,7 +82,7 @@ def run(config, workdir) -> None:
     panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid))
     progress.update()
   common.log_summary(
-      progress.summary(),
-      skipped.summary(),
-      f'{len(extractor.compiled_shapes)} compiled input shapes',
+    progress.summary(),
+    skipped.summary(),
+    f'{len(extractor.compiled_shapes)} compiled input shapes',
   )

@@ -42,14 +42,21 @@ def check_config(config) -> tuple[Settings, found_train.FoundTrainSettings]:
   cfg = config_dict.found_train_settings(config)
   entry = backbones.BACKBONES.get(settings.model.name)
   if entry is None or entry.family != 'dino':
-    raise SettingError('model.name', settings.model.name,
-                       'FOUND trains on a DINO ViT (its official backbone: dino_vits8)')
+    raise SettingError(
+      'model.name',
+      settings.model.name,
+      'FOUND trains on a DINO ViT (its official backbone: dino_vits8)',
+    )
   if settings.model.feature_block != -1:
-    raise SettingError('model.feature_block', settings.model.feature_block,
-                       "FOUND reads the last block's keys: use -1")
+    raise SettingError(
+      'model.feature_block',
+      settings.model.feature_block,
+      "FOUND reads the last block's keys: use -1",
+    )
   if cfg.crop_size % entry.patch_size:
-    raise SettingError('train.crop_size', cfg.crop_size,
-                       f'use a multiple of the patch size {entry.patch_size}')
+    raise SettingError(
+      'train.crop_size', cfg.crop_size, f'use a multiple of the patch size {entry.patch_size}'
+    )
   return settings, cfg
 
 
@@ -62,8 +69,12 @@ def read_target(path: Path) -> np.ndarray:
 
 
 def write_targets(
-    extractor, examples: Sequence[Any], settings: Settings, cfg, workdir: Path,
-    skipped: common.SkipLog,
+  extractor,
+  examples: Sequence[Any],
+  settings: Settings,
+  cfg,
+  workdir: Path,
+  skipped: common.SkipLog,
 ) -> list[str]:
   """Writes the missing ``pseudo_masks/<id>.png``; returns the ids that have one."""
   folder = workdir / TARGET_DIR
@@ -81,11 +92,13 @@ def write_targets(
         skipped(ex, e)
     if not batch:
       continue
-    masks = found_targets.make_targets(settings.found.targets, extractor, np.stack(images),
-                                       settings)
+    masks = found_targets.make_targets(
+      settings.found.targets, extractor, np.stack(images), settings
+    )
     for ex, mask in zip(batch, masks):
-      common.write_or_skip(ex, skipped, artifacts.save_png, folder / f'{ex.id}.png',
-                           mask.astype(np.uint8) * 255)
+      common.write_or_skip(
+        ex, skipped, artifacts.save_png, folder / f'{ex.id}.png', mask.astype(np.uint8) * 255
+      )
     common.log_summary(f'{STAGE}: pseudo-masks {start + len(batch)}/{len(todo)}')
   return [ex.id for ex in examples if done(ex)]
 
@@ -98,8 +111,7 @@ def _predict(extractor, head, image: np.ndarray, max_tokens: int, bucket: int = 
   p = extractor.arch.patch_size
   hw = image.shape[:2]
   work = pipeline.working_size(hw, p, max_tokens)
-  x = image if work == hw else np.asarray(Image.fromarray(image).resize(work[::-1],
-                                                                        Image.BILINEAR))
+  x = image if work == hw else np.asarray(Image.fromarray(image).resize(work[::-1], Image.BILINEAR))
   grid = (-(-work[0] // p), -(-work[1] // p))
   padded_x = np.zeros((grid[0] * p, grid[1] * p, 3), np.float32)  # normalised, then zeros
   padded_x[: work[0], : work[1]] = found.train_input(x)  # numpy: no compilation per size
@@ -116,8 +128,9 @@ def _predict(extractor, head, image: np.ndarray, max_tokens: int, bucket: int = 
   return prob.astype(np.float32), multi, found.single_mask(multi)
 
 
-def score(extractor, head, examples: Sequence[Any], settings: Settings,
-          skipped: common.SkipLog) -> dict[str, Any]:
+def score(
+  extractor, head, examples: Sequence[Any], settings: Settings, skipped: common.SkipLog
+) -> dict[str, Any]:
   """Mean IoU, accuracy (binary masks) and maxFβ (multi: the probability; single: its
   binary mask) of the head's single and multi masks against the examples' GT masks."""
   meters = {mode: metrics.ObjectSegMeter() for mode in found.MODES}
@@ -147,8 +160,9 @@ def run(config, workdir, stop_after: Optional[int] = None) -> Optional[dict]:
   extractor = common.load_extractor(config.model)
   skipped = common.SkipLog(workdir, STAGE)
   ids = write_targets(extractor, examples, settings, cfg, workdir, skipped)
-  common.log_summary(f'{STAGE}: {len(ids)} pseudo-masks in {workdir / TARGET_DIR}',
-                     skipped.summary())
+  common.log_summary(
+    f'{STAGE}: {len(ids)} pseudo-masks in {workdir / TARGET_DIR}', skipped.summary()
+  )
   if cfg.steps == 0:
     return None
   if not ids:
@@ -156,25 +170,30 @@ def run(config, workdir, stop_after: Optional[int] = None) -> Optional[dict]:
   by_id = {ex.id: ex for ex in examples}
   folder = workdir / TARGET_DIR
   data = found_loop.TrainData(
-      ids=ids,
-      load=lambda i: _load(by_id[ids[i]], settings),
-      targets=None if settings.found.targets == 'found'
-      else lambda i: read_target(folder / f'{ids[i]}.png'),
+    ids=ids,
+    load=lambda i: _load(by_id[ids[i]], settings),
+    targets=None
+    if settings.found.targets == 'found'
+    else lambda i: read_target(folder / f'{ids[i]}.png'),
   )
   summary = found_loop.train(cfg, extractor, data, workdir, settings.found.bkg_th, stop_after)
   if summary['stopped']:
     return summary
   found_train.save_head(workdir / 'decoder_weights.pt', summary['head'])
-  record = dict(step=summary['step'], loss=summary['loss'], images=len(ids),
-                targets=settings.found.targets)
+  record = dict(
+    step=summary['step'], loss=summary['loss'], images=len(ids), targets=settings.found.targets
+  )
   if config.data.masks:
     record.update(score(extractor, summary['head'], examples, settings, skipped))
   artifacts.save_json(workdir / 'train_metrics.json', record)
   common.log_summary(
-      f'{STAGE}: {summary["step"]} iterations, loss {summary["loss"]}; head in '
-      f'{workdir / "decoder_weights.pt"}',
-      *(f'{mode}: IoU {record[mode]["iou"]:.4f}, acc {record[mode]["acc"]:.4f}, maxFβ '
-        f'{record[mode]["max_f"]:.4f} ({int(record[mode]["n"])} masks)'
-        for mode in found.MODES if mode in record),
+    f'{STAGE}: {summary["step"]} iterations, loss {summary["loss"]}; head in '
+    f'{workdir / "decoder_weights.pt"}',
+    *(
+      f'{mode}: IoU {record[mode]["iou"]:.4f}, acc {record[mode]["acc"]:.4f}, maxFβ '
+      f'{record[mode]["max_f"]:.4f} ({int(record[mode]["n"])} masks)'
+      for mode in found.MODES
+      if mode in record
+    ),
   )
   return summary

@@ -41,7 +41,7 @@ def corloc_counts(predictions: list[dict], examples: list) -> np.ndarray:
     scored += 1
     hits += metrics.corloc_hit(np.asarray(pred['box_xyxy'], float), np.asarray(ex.boxes))
   annotated = sum(
-      1 for ex in examples if ex.gt_error or (ex.boxes is not None and len(ex.boxes) > 0)
+    1 for ex in examples if ex.gt_error or (ex.boxes is not None and len(ex.boxes) > 0)
   )
   return np.array([hits, scored, len(predictions), annotated], np.int64)
 
@@ -82,9 +82,9 @@ def run(config, workdir) -> None:
   ids = {ex.id for ex in examples}
   # Each process owns a strided share and its own file; ids done by any earlier run count.
   own_path = workdir / (
-      'predictions.jsonl'
-      if jax.process_count() == 1
-      else f'predictions.process{jax.process_index()}.jsonl'
+    'predictions.jsonl'
+    if jax.process_count() == 1
+    else f'predictions.process{jax.process_index()}.jsonl'
   )
   done = {r['id'] for path in prediction_files(workdir) for r in artifacts.read_jsonl(path)}
   shard = parallel.process_shard(examples)
@@ -93,23 +93,28 @@ def run(config, workdir) -> None:
     _predict(config, run_settings, workdir, todo, own_path, examples)
   shard_ids = {ex.id for ex in shard}
   own = {
-      r['id']: r
-      for path in prediction_files(workdir)
-      for r in artifacts.read_jsonl(path)
-      if r['id'] in shard_ids
+    r['id']: r
+    for path in prediction_files(workdir)
+    for r in artifacts.read_jsonl(path)
+    if r['id'] in shard_ids
   }
   result = corloc_result(parallel.process_sum(corloc_counts(list(own.values()), shard)))
   parallel.barrier('localize-done')
   if parallel.is_main_process():
     if jax.process_count() > 1:  # one predictions.jsonl, as in a single-process run
-      merged = {r['id']: r for path in prediction_files(workdir) for r in artifacts.read_jsonl(path)}
-      artifacts.save_jsonl(workdir / 'predictions.jsonl', [merged[i] for i in sorted(merged) if i in ids])
+      merged = {
+        r['id']: r for path in prediction_files(workdir) for r in artifacts.read_jsonl(path)
+      }
+      artifacts.save_jsonl(
+        workdir / 'predictions.jsonl', [merged[i] for i in sorted(merged) if i in ids]
+      )
     artifacts.save_json(workdir / 'metrics.json', result)
     final = {r['id']: r for path in prediction_files(workdir) for r in artifacts.read_jsonl(path)}
-    write_detections(workdir, [final[ex.id] for ex in examples if ex.id in final], examples,
-                     config.data)
+    write_detections(
+      workdir, [final[ex.id] for ex in examples if ex.id in final], examples, config.data
+    )
   if 'corloc' in result:
-    common.log_summary(f"CorLoc {result['corloc']:.2f} over {result['num_scored']} images")
+    common.log_summary(f'CorLoc {result["corloc"]:.2f} over {result["num_scored"]} images')
 
 
 def coco_image_ids(examples: list, data) -> dict[str, int]:
@@ -142,22 +147,21 @@ def write_detections(workdir: Path, records: list[dict], examples: list, data) -
   score) of the predictions, for standard evaluation tools."""
   ids = coco_image_ids(examples, data)
   scores = {
-      r['id']: r['score'] for path in sorted(workdir.glob('scores*.jsonl'))
-      for r in artifacts.read_jsonl(path)
+    r['id']: r['score']
+    for path in sorted(workdir.glob('scores*.jsonl'))
+    for r in artifacts.read_jsonl(path)
   }
   kept = [r for r in records if r['id'] in ids]
   dets = coco.detections_json(
-      [ids[r['id']] for r in kept],
-      [float(scores.get(r['id'], 1.0)) for r in kept],
-      boxes=[
-          [x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (r['box_xyxy'] for r in kept)
-      ],
+    [ids[r['id']] for r in kept],
+    [float(scores.get(r['id'], 1.0)) for r in kept],
+    boxes=[[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (r['box_xyxy'] for r in kept)],
   )
   artifacts.save_json(workdir / 'detections.json', dets)
 
 
 def _predict(
-    config, run_settings, workdir: Path, todo: list, pred_path: Path, examples: list
+  config, run_settings, workdir: Path, todo: list, pred_path: Path, examples: list
 ) -> None:
   extractor = common.load_extractor(run_settings.model)
   skipped = common.SkipLog(workdir, 'localize')
@@ -171,21 +175,22 @@ def _predict(
       skipped(r.example, e)
       continue
     record = {
-        'id': r.example.id,
-        'box_xyxy': [int(v) for v in box],
-        'image_size': [int(v) for v in r.image_hw],
+      'id': r.example.id,
+      'box_xyxy': [int(v) for v in box],
+      'image_size': [int(v) for v in r.image_hw],
     }
     # The score first, then one prediction line per finished image (what marks it done), so a
     # killed run loses at most the image in flight.
     score_line = [{'id': r.example.id, 'score': round(score, 6)}]
-    if not common.write_or_skip(r.example, skipped, artifacts.append_jsonl, score_file(pred_path),
-                                score_line):
+    if not common.write_or_skip(
+      r.example, skipped, artifacts.append_jsonl, score_file(pred_path), score_line
+    ):
       continue
     if not common.write_or_skip(r.example, skipped, artifacts.append_jsonl, pred_path, [record]):
       continue
     panels(
-        r.example.id,
-        lambda: viz.panel(r.image, panel_vectors(r), r.patch_grid, box_xyxy=working_box),
+      r.example.id,
+      lambda: viz.panel(r.image, panel_vectors(r), r.patch_grid, box_xyxy=working_box),
     )
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

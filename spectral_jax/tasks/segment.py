@@ -28,6 +28,7 @@ from spectral_jax.data import datasets, decode
 from spectral_jax.results import boxes, masks
 from spectral_jax.tasks import common, localize
 
+
 def mask_path(workdir: Path, image_id: str) -> Path:
   return Path(workdir) / 'masks' / f'{image_id}.png'
 
@@ -75,8 +76,11 @@ def score(examples: list, workdir: Path) -> dict:
       pred, gt = decode.center_crop_square(pred), decode.center_crop_square(gt)
     if pred.shape != gt.shape:
       logging.warning(
-          '%s: mask %s vs ground truth %s (%s); not scored', ex.id, pred.shape, gt.shape,
-          ex.mask_path,
+        '%s: mask %s vs ground truth %s (%s); not scored',
+        ex.id,
+        pred.shape,
+        gt.shape,
+        ex.mask_path,
       )
       continue
     # Binary masks: maxFβ is Fβ of the mask (the same at every threshold in (0, 1)).
@@ -85,7 +89,7 @@ def score(examples: list, workdir: Path) -> dict:
   result = meter.result() if scored else {'n': 0}
   if annotated:
     result.update(
-        num_annotated=len(annotated), num_scored=scored, num_skipped=len(annotated) - scored
+      num_annotated=len(annotated), num_scored=scored, num_skipped=len(annotated) - scored
     )
   return result
 
@@ -97,8 +101,10 @@ def run(config, workdir) -> None:
   examples = common.examples_from_config(config.data, workdir)
   common.begin_stage(config, workdir, 'segment')
   todo = common.remaining(
-      workdir, 'segment', parallel.process_shard(examples),
-      lambda ex: mask_path(workdir, ex.id).exists(),
+    workdir,
+    'segment',
+    parallel.process_shard(examples),
+    lambda ex: mask_path(workdir, ex.id).exists(),
   )
   if todo:
     _predict(config, run_settings, workdir, todo, examples)
@@ -110,8 +116,8 @@ def run(config, workdir) -> None:
   write_detections(workdir, examples, config.data)
   if result['n']:
     common.log_summary(
-        'segment: '
-        + ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items()) if isinstance(v, float))
+      'segment: '
+      + ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items()) if isinstance(v, float))
     )
 
 
@@ -120,15 +126,15 @@ def _predict(config, run_settings, workdir: Path, todo: list, examples: list) ->
   skipped = common.SkipLog(workdir, 'segment')
   progress = pipeline.Progress(len(todo), 'segment')
   args = boxes.method_args(
-      run_settings.method, segment=True, cache_dir=run_settings.model.cache_dir
+    run_settings.method, segment=True, cache_dir=run_settings.model.cache_dir
   )
   panels = common.Panels(workdir, config.output.num_panels, examples)
   for r in common.run_images(
-      run_settings, extractor, todo, skipped, which_matrix='laplacian', **args
+    run_settings, extractor, todo, skipped, which_matrix='laplacian', **args
   ):
     try:
       mask, full, score = masks.scored_mask(
-          r, run_settings.refine, args['preprocess'], run_settings.method.found.evaluation_mode
+        r, run_settings.refine, args['preprocess'], run_settings.method.found.evaluation_mode
       )
     except ValueError as e:  # e.g. an image too large for the bilateral grid's hash
       logging.warning('skipping %s: %s', r.example.id, e)
@@ -137,14 +143,18 @@ def _predict(config, run_settings, workdir: Path, todo: list, examples: list) ->
     out = mask_path(workdir, r.example.id)
     # The score first: the mask file marks the image done (see masks.scored_mask).
     record = [{'id': r.example.id, 'score': round(score, 6)}]
-    if not common.write_or_skip(r.example, skipped, artifacts.append_jsonl, score_path(workdir), record):
+    if not common.write_or_skip(
+      r.example, skipped, artifacts.append_jsonl, score_path(workdir), record
+    ):
       continue
-    if not common.write_or_skip(r.example, skipped, artifacts.save_png, out, full.astype(np.uint8) * 255):
+    if not common.write_or_skip(
+      r.example, skipped, artifacts.save_png, out, full.astype(np.uint8) * 255
+    ):
       continue
     panel_mask = pipeline.resize_mask(mask, r.image.shape[:2])
     panels(
-        r.example.id,
-        lambda: viz.panel(r.image, localize.panel_vectors(r), r.patch_grid, mask=panel_mask),
+      r.example.id,
+      lambda: viz.panel(r.image, localize.panel_vectors(r), r.patch_grid, mask=panel_mask),
     )
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

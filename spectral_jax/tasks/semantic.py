@@ -52,18 +52,18 @@ def box_crops(image: np.ndarray, boxes: np.ndarray, patch_size: int) -> list[np.
   """Full-resolution crops of boxes given in patch units (sides are multiples of P)."""
   image = vit.crop_to_patches(image, patch_size)
   return [
-      image[y0 * patch_size : y1 * patch_size, x0 * patch_size : x1 * patch_size]
-      for x0, y0, x1, y1 in np.asarray(boxes)
+    image[y0 * patch_size : y1 * patch_size, x0 * patch_size : x1 * patch_size]
+    for x0, y0, x1, y1 in np.asarray(boxes)
   ]
 
 
 def image_box_features(
-    image: np.ndarray,
-    segmap: np.ndarray,
-    patch_size: int,
-    cls_fn: Callable[[list[np.ndarray]], np.ndarray],
-    num_erode: int = 2,
-    num_dilate: int = 5,
+  image: np.ndarray,
+  segmap: np.ndarray,
+  patch_size: int,
+  cls_fn: Callable[[list[np.ndarray]], np.ndarray],
+  num_erode: int = 2,
+  num_dilate: int = 5,
 ) -> dict[str, np.ndarray]:
   """Boxes of one image's segments and the feature of each box crop (official §4.2–4.3)."""
   indices, boxes = clustering.segment_boxes(segmap, num_erode, num_dilate)
@@ -73,20 +73,20 @@ def image_box_features(
 
 
 def semantic_maps(
-    segmaps: Sequence[np.ndarray],
-    boxes: Sequence[dict],
-    n_clusters: int = 20,
-    seed: int = 0,
-    pca_dim: int = 0,
-    method: str = 'kmeans',
+  segmaps: Sequence[np.ndarray],
+  boxes: Sequence[dict],
+  n_clusters: int = 20,
+  seed: int = 0,
+  pca_dim: int = 0,
+  method: str = 'kmeans',
 ) -> list[np.ndarray]:
   """Clusters all box features of the dataset; per-image maps (bg 0, cluster c → c + 1)."""
   feats = np.concatenate([b['features'] for b in boxes if len(b['features'])])
   labels = clustering.cluster_features(feats, n_clusters, seed, pca_dim, method)
   splits = np.cumsum([len(b['features']) for b in boxes])[:-1]
   return [
-      clustering.semantic_map(s, b['segment_indices'], c)
-      for s, b, c in zip(segmaps, boxes, np.split(labels, splits))
+    clustering.semantic_map(s, b['segment_indices'], c)
+    for s, b, c in zip(segmaps, boxes, np.split(labels, splits))
   ]
 
 
@@ -95,10 +95,10 @@ resize_nearest = resample.nearest_cv2
 
 
 def score_maps(
-    maps: Sequence[np.ndarray],
-    gts: Sequence[np.ndarray],
-    n_pred: int,
-    num_classes: int = NUM_VOC_CLASSES,
+  maps: Sequence[np.ndarray],
+  gts: Sequence[np.ndarray],
+  n_pred: int,
+  num_classes: int = NUM_VOC_CLASSES,
 ) -> dict[str, Any]:
   """Dataset mIoU of label maps (any resolution) against GT (255 = void).
 
@@ -111,10 +111,10 @@ def score_maps(
   matching = match(confusion)
   miou, per_class = metrics.miou_from_confusion(confusion, matching)
   return {
-      'miou': miou,
-      'per_class_iou': per_class.tolist(),
-      'matching': [[int(p), int(g)] for p, g in matching],
-      'matching_kind': 'hungarian' if n_pred == num_classes else 'majority',
+    'miou': miou,
+    'per_class_iou': per_class.tolist(),
+    'matching': [[int(p), int(g)] for p, g in matching],
+    'matching_kind': 'hungarian' if n_pred == num_classes else 'majority',
   }
 
 
@@ -122,10 +122,10 @@ def summarize_seeds(per_seed: dict[int, dict]) -> dict[str, Any]:
   mious = np.array([r['miou'] for r in per_seed.values()])
   first = next(iter(per_seed.values()))
   return {
-      **first,
-      'miou_mean': float(mious.mean()),
-      'miou_std': float(mious.std()),
-      'seeds': {str(s): r for s, r in per_seed.items()},
+    **first,
+    'miou_mean': float(mious.mean()),
+    'miou_std': float(mious.std()),
+    'seeds': {str(s): r for s, r in per_seed.items()},
   }
 
 
@@ -134,7 +134,7 @@ def summarize_seeds(per_seed: dict[int, dict]) -> dict[str, Any]:
 
 
 def checked_gt(
-    path: Path, num_classes: int = NUM_VOC_CLASSES, image_hw: Optional[Sequence[int]] = None
+  path: Path, num_classes: int = NUM_VOC_CLASSES, image_hw: Optional[Sequence[int]] = None
 ) -> np.ndarray:
   """VOC SegmentationClass PNG → uint8 palette indices, or a ValueError naming the file for
   what cannot be scored: an unreadable file or another mode (``decode.BadImageError``), labels
@@ -145,14 +145,12 @@ def checked_gt(
   labels = np.unique(gt)
   bad = labels[(labels >= num_classes) & (labels != 255)]
   if bad.size:
-    raise ValueError(
-        f'{path}: labels {bad[:5].tolist()} outside 0..{num_classes - 1} (255 = void)'
-    )
+    raise ValueError(f'{path}: labels {bad[:5].tolist()} outside 0..{num_classes - 1} (255 = void)')
   return gt
 
 
 def load_scorable_gts(
-    gts: dict[str, Path], image_sizes: dict[str, Sequence[int]]
+  gts: dict[str, Path], image_sizes: dict[str, Sequence[int]]
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """({stem: GT} that can be scored, {stem: why not} for the others, each logged)."""
   loaded, skipped = {}, {}
@@ -178,7 +176,7 @@ def gt_paths(gt_dir: str, val_list: str, stems: Sequence[str]) -> dict[str, Path
   if val_list:
     wanted &= {l.split()[0] for l in Path(val_list).read_text().splitlines() if l.strip()}
   return {
-      s: Path(gt_dir) / f'{s}.png' for s in sorted(wanted) if (Path(gt_dir) / f'{s}.png').exists()
+    s: Path(gt_dir) / f'{s}.png' for s in sorted(wanted) if (Path(gt_dir) / f'{s}.png').exists()
   }
 
 
@@ -208,9 +206,7 @@ def _patch_grid(workdir: Path, stem: str, eigs) -> tuple[int, int]:
 def _segment_all(workdir: Path, stems: Sequence[str], sem, seed: int, chunk: int = 64) -> None:
   """Writes multi_region/<stem>.png for this process's stems that lack it (batched k-means)."""
   todo = [
-      s
-      for s in parallel.process_shard(stems)
-      if not (workdir / 'multi_region' / f'{s}.png').exists()
+    s for s in parallel.process_shard(stems) if not (workdir / 'multi_region' / f'{s}.png').exists()
   ]
   key = jax.random.PRNGKey(seed)
   index = {s: i for i, s in enumerate(stems)}
@@ -220,12 +216,12 @@ def _segment_all(workdir: Path, stems: Sequence[str], sem, seed: int, chunk: int
     grids = [_patch_grid(workdir, s, e) for s, e in zip(part, eigs)]
     keys = np.stack([jax.random.fold_in(key, index[s]) for s in part])  # order-independent
     maps = clustering.multi_region_segments_batch(
-        [e['eigenvectors'] for e in eigs],
-        grids,
-        keys,
-        sem.n_segments,
-        sem.adaptive,
-        [e['eigenvalues'] for e in eigs],
+      [e['eigenvectors'] for e in eigs],
+      grids,
+      keys,
+      sem.n_segments,
+      sem.adaptive,
+      [e['eigenvalues'] for e in eigs],
     )
     for s, m in zip(part, maps):
       artifacts.save_png(workdir / 'multi_region' / f'{s}.png', m.astype(np.uint8))
@@ -244,8 +240,8 @@ def _box_features_all(workdir: Path, stems: Sequence[str], examples: dict, sem, 
     grid = _patch_grid(workdir, s, np.load(workdir / 'eigs' / f'{s}.npz'))
     if segmap.shape != grid:
       raise NotImplementedError(
-          f'{s}: segments at {segmap.shape} but patch grid {grid}; '
-          'semantic mode needs eigenvectors at patch resolution'
+        f'{s}: segments at {segmap.shape} but patch grid {grid}; '
+        'semantic mode needs eigenvectors at patch resolution'
       )
     image = datasets.load_image(examples[s], min_side=p, max_pixels=config.data.max_pixels)
     # The frame the eigenvectors were computed in (downscaled above data.max_tokens).
@@ -262,7 +258,7 @@ def _write_panels(workdir: Path, stems, examples, segmaps, maps, config) -> None
   for i, s in enumerate(stems):
     image = datasets.load_image(examples[s], max_pixels=config.data.max_pixels)
     artifacts.save_png(
-        workdir / 'panels' / f'semantic_{s}.png', viz.label_panel(image, [segmaps[i], maps[i]])
+      workdir / 'panels' / f'semantic_{s}.png', viz.label_panel(image, [segmaps[i], maps[i]])
     )
 
 
@@ -274,12 +270,12 @@ def check_semantic_config(config) -> None:
   sem = config.semantic
   if config.get('method', 'dsm') != 'dsm':
     raise ValueError(
-        f'--config.method={config.method!r}: semantic segmentation runs on the DSM '
-        "eigenvectors; use --config.method=dsm"
+      f'--config.method={config.method!r}: semantic segmentation runs on the DSM '
+      'eigenvectors; use --config.method=dsm'
     )
   if isinstance(sem.get('num_clusters'), int) and sem.num_clusters > 254:
     raise ValueError(  # cluster c is label c + 1 of a uint8 map, 255 = void
-        f'--config.semantic.num_clusters={sem.num_clusters}: at most 254'
+      f'--config.semantic.num_clusters={sem.num_clusters}: at most 254'
     )
   for flag, minimum in (('n_segments', 2), ('num_clusters', 1), ('num_erode', 0),
                         ('num_dilate', 0), ('pca_dim', 0)):  # fmt: skip
@@ -291,7 +287,7 @@ def check_semantic_config(config) -> None:
     raise ValueError(f'--config.semantic.seeds={seeds!r}: give one or more integer seeds')
   if sem.get('cluster_method', 'kmeans') not in CLUSTER_METHODS:
     raise ValueError(
-        f'--config.semantic.cluster_method={sem.cluster_method!r}: use one of {CLUSTER_METHODS}'
+      f'--config.semantic.cluster_method={sem.cluster_method!r}: use one of {CLUSTER_METHODS}'
     )
 
 
@@ -324,8 +320,8 @@ def run(config, workdir) -> None:
   n_features = sum(len(b['features']) for b in boxes)
   if n_features < sem.num_clusters:
     raise ValueError(
-        f'--config.semantic.num_clusters={sem.num_clusters}: the {len(stems)} images have only '
-        f'{n_features} box features to cluster; lower it or add images'
+      f'--config.semantic.num_clusters={sem.num_clusters}: the {len(stems)} images have only '
+      f'{n_features} box features to cluster; lower it or add images'
     )
   per_seed = {}
   for n, seed in enumerate(sem.seeds):
@@ -341,24 +337,24 @@ def run(config, workdir) -> None:
   if per_seed:
     result = summarize_seeds(per_seed)
     result.update(
-        n_images=len(scored),
-        num_annotated=len(gts),
-        num_scored=len(scored),
-        num_skipped=len(gt_skipped),
-        skipped_gt=gt_skipped,
-        gt_dir=gt_dir,
-        val_list=val_list,
+      n_images=len(scored),
+      num_annotated=len(gts),
+      num_scored=len(scored),
+      num_skipped=len(gt_skipped),
+      skipped_gt=gt_skipped,
+      gt_dir=gt_dir,
+      val_list=val_list,
     )
     artifacts.save_json(workdir / 'metrics.json', result)
     common.log_summary(
-        f'semantic: mIoU {100 * result["miou_mean"]:.1f} ± '
-        f'{100 * result["miou_std"]:.1f} over seeds {list(sem.seeds)} '
-        f'({len(scored)} images with GT)'
+      f'semantic: mIoU {100 * result["miou_mean"]:.1f} ± '
+      f'{100 * result["miou_std"]:.1f} over seeds {list(sem.seeds)} '
+      f'({len(scored)} images with GT)'
     )
   else:
     common.log_summary(
-        f'semantic: {len(stems)} pseudo-label maps written; no GT to score'
-        + (f' ({len(gt_skipped)} ground truths unusable, see the log)' if gt_skipped else '')
+      f'semantic: {len(stems)} pseudo-label maps written; no GT to score'
+      + (f' ({len(gt_skipped)} ground truths unusable, see the log)' if gt_skipped else '')
     )
 
 

@@ -26,13 +26,18 @@ def make_server(config, backbone: inference.Backbone) -> app.Server:
   opts = run_settings.serve
   try:
     return app.Server(
-        backbone, opts.host, opts.port, max_upload_bytes=opts.max_upload_bytes,
-        max_queue=opts.max_queue, timeout=opts.timeout, max_pixels=run_settings.limits.max_pixels,
+      backbone,
+      opts.host,
+      opts.port,
+      max_upload_bytes=opts.max_upload_bytes,
+      max_queue=opts.max_queue,
+      timeout=opts.timeout,
+      max_pixels=run_settings.limits.max_pixels,
     )
   except OSError as e:  # port taken, address not local, ...
     raise OSError(
-        f'cannot listen on {opts.host}:{opts.port} ({e}); pass another '
-        '--config.serve.port (0 = any free port) or --config.serve.host'
+      f'cannot listen on {opts.host}:{opts.port} ({e}); pass another '
+      '--config.serve.port (0 = any free port) or --config.serve.host'
     ) from e
 
 
@@ -41,8 +46,8 @@ def run(config, workdir: str) -> None:
   run_settings = common.check_config(config)
   if not app.is_loopback(run_settings.serve.host):
     logging.warning(
-        'serve.host=%s: the server is reachable from other machines, without authentication',
-        run_settings.serve.host,
+      'serve.host=%s: the server is reachable from other machines, without authentication',
+      run_settings.serve.host,
     )
   backbone = inference.load_backbone(run_settings.model)
   backbone.max_tokens = run_settings.limits.max_tokens  # the CLI's memory policy applies here

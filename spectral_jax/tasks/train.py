@@ -52,8 +52,8 @@ class PseudoLabelDataset:
       label = self.lut[semantic.read_png(self.label_dir / f'{ex.id}.png')]
     except Exception as e:  # decoded fine when its pseudo-label was made: changed since
       raise ValueError(
-          f'training image {ex.id}: {e}; restore the file and rerun (training resumes from '
-          'the last checkpoint)'
+        f'training image {ex.id}: {e}; restore the file and rerun (training resumes from '
+        'the last checkpoint)'
       ) from e
     return image, semantic.resize_nearest(label, image.shape[:2])
 
@@ -64,11 +64,11 @@ class GTDataset:
   raises a ValueError naming the image: ``loop.evaluate`` skips and counts it."""
 
   def __init__(
-      self,
-      examples: Sequence[Any],
-      gts: dict[str, Path],
-      min_side: int,
-      num_classes: int = semantic.NUM_VOC_CLASSES,
+    self,
+    examples: Sequence[Any],
+    gts: dict[str, Path],
+    min_side: int,
+    num_classes: int = semantic.NUM_VOC_CLASSES,
   ):
     self.examples, self.gts, self.min_side = examples, gts, min_side
     self.num_classes = num_classes
@@ -101,22 +101,22 @@ def read_matching(spec: str, workdir: Path, num_classes: int = 256) -> list[tupl
       pairs = [tuple(int(v) for v in p) for p in ast.literal_eval(spec)]
     except (ValueError, SyntaxError, TypeError) as e:
       raise ValueError(
-          f'--config.train.matching={spec!r}: write pairs like "[(0, 0), (1, 15)]"'
+        f'--config.train.matching={spec!r}: write pairs like "[(0, 0), (1, 15)]"'
       ) from e
   else:
     path = workdir / 'metrics.json'
     record = json.loads(path.read_text()) if path.exists() else {}
     if 'matching' not in record:
       raise FileNotFoundError(
-          f'no train.matching given and no cluster matching in {path}: run --mode=semantic '
-          'with GT in this workdir first, or pass --config.train.matching="[(0, 0), ...]"'
+        f'no train.matching given and no cluster matching in {path}: run --mode=semantic '
+        'with GT in this workdir first, or pass --config.train.matching="[(0, 0), ...]"'
       )
     pairs = [tuple(int(v) for v in p) for p in record['matching']]
   bad = [p for p in pairs if len(p) != 2 or not 0 <= p[1] < num_classes or p[0] < 0]
   if bad:
     raise ValueError(
-        f'cluster matching {bad[:3]}: classes must lie in 0..{num_classes - 1} '
-        f'(--config.segmenter.num_classes={num_classes})'
+      f'cluster matching {bad[:3]}: classes must lie in 0..{num_classes - 1} '
+      f'(--config.segmenter.num_classes={num_classes})'
     )
   return pairs
 
@@ -130,8 +130,8 @@ def check_stored_matching(checkpoint_dir: Path, matching: list[tuple[int, int]])
     stored = json.loads(path.read_text())
     if stored != current:
       raise ValueError(
-          f'{checkpoint_dir} was trained with the cluster matching {stored}, this run has '
-          f'{current}; use another --workdir, or pass --config.train.matching with the stored one'
+        f'{checkpoint_dir} was trained with the cluster matching {stored}, this run has '
+        f'{current}; use another --workdir, or pass --config.train.matching with the stored one'
       )
     return
   if parallel.is_main_process():
@@ -157,9 +157,7 @@ def check_train_config(config) -> None:
     raise ValueError(f'--config.train.weight_decay={decay!r}: must be a finite number >= 0')
   check_segmenter_config(config)
   if config.segmenter.num_classes < 2:
-    raise ValueError(
-        f'--config.segmenter.num_classes={config.segmenter.num_classes}: must be >= 2'
-    )
+    raise ValueError(f'--config.segmenter.num_classes={config.segmenter.num_classes}: must be >= 2')
   check_segmenter_backbone(config)
 
 
@@ -184,24 +182,24 @@ def check_segmenter_backbone(config, mode: str = 'train') -> None:
   kind = segmenter_backbone(config)
   if kind not in SEGMENTER_BACKBONES:
     raise ValueError(
-        f'--config.segmenter.backbone={kind!r}: use one of {", ".join(SEGMENTER_BACKBONES)} '
-        "('vit' = the DINO ViT of model.name)"
+      f'--config.segmenter.backbone={kind!r}: use one of {", ".join(SEGMENTER_BACKBONES)} '
+      "('vit' = the DINO ViT of model.name)"
     )
   if kind == 'vit':
     try:
       extractor_lib.require_vit(config.model.name, mode)
     except ValueError as e:
       raise ValueError(
-          f'{e}; for the official ResNet-50 segmenter use --config.segmenter.backbone='
-          'dino_resnet50 (or --config=configs/voc_semantic.py:resnet50)'
+        f'{e}; for the official ResNet-50 segmenter use --config.segmenter.backbone='
+        'dino_resnet50 (or --config=configs/voc_semantic.py:resnet50)'
       ) from None
     entry = backbones.BACKBONES.get(config.model.name)
     crop = config.train.get('crop_size', 224) if mode == 'train' else 0
     patch = entry.patch_size if entry else 1
     if isinstance(crop, int) and crop % patch:
       raise ValueError(
-          f'--config.train.crop_size={crop}: the ViT segmenter on {config.model.name} needs a '
-          f'multiple of its patch size {patch} (e.g. {crop // patch * patch or patch})'
+        f'--config.train.crop_size={crop}: the ViT segmenter on {config.model.name} needs a '
+        f'multiple of its patch size {patch} (e.g. {crop // patch * patch or patch})'
       )
   rates = tuple(config.segmenter.get('aspp_rates', ()))
   if not all(isinstance(r, int) and r >= 1 for r in rates):
@@ -215,7 +213,7 @@ def load_backbone(config) -> tuple[Any, Any]:
     extractor = common.load_extractor(config.model)  # pretrained ViT, arch checked
     return extractor.arch, extractor.variables
   extractor = extractor_lib.load(
-      'dino_resnet50', config.segmenter.get('backbone_checkpoint', ''), config.model.cache_dir
+    'dino_resnet50', config.segmenter.get('backbone_checkpoint', ''), config.model.cache_dir
   )  # arch (blocks per stage) read from the file; loaded strictly
   return extractor.arch, extractor.variables
 
@@ -225,14 +223,14 @@ def build_model(config, arch: Any) -> segmenter.DeepLabV3Plus:
   the official rates of the backbone's output stride (ResNet 12/24/36, ViT 6/12/18)."""
   s = config.segmenter
   return segmenter.DeepLabV3Plus(
-      arch,
-      num_classes=s.num_classes,
-      aspp_rates=tuple(s.aspp_rates) or segmenter.default_aspp_rates(arch),
-      channels=s.channels,
-      low_level_channels=s.low_level_channels,
-      dropout=s.dropout,
-      precision=s.precision,
-      unfrozen_backbone_layers=s.get('unfrozen_backbone_layers', 1),
+    arch,
+    num_classes=s.num_classes,
+    aspp_rates=tuple(s.aspp_rates) or segmenter.default_aspp_rates(arch),
+    channels=s.channels,
+    low_level_channels=s.low_level_channels,
+    dropout=s.dropout,
+    precision=s.precision,
+    unfrozen_backbone_layers=s.get('unfrozen_backbone_layers', 1),
   )
 
 
@@ -262,13 +260,13 @@ def run(config, workdir) -> None:
     raise ValueError(f'no pseudo-labels in {label_dir}: run --mode=semantic first')
   if not train_ids:
     raise ValueError(
-        f'all {len(labelled)} pseudo-labelled images in {label_dir} are val images (they have '
-        'GT): name the val images with --config.semantic.val_list'
+      f'all {len(labelled)} pseudo-labelled images in {label_dir} are val images (they have '
+      'GT): name the val images with --config.semantic.val_list'
     )
   if len(train_ids) < cfg.batch_size:
     raise ValueError(
-        f'--config.train.batch_size={cfg.batch_size}: only {len(train_ids)} pseudo-labelled '
-        'training images; lower the batch size or add images'
+      f'--config.train.batch_size={cfg.batch_size}: only {len(train_ids)} pseudo-labelled '
+      'training images; lower the batch size or add images'
     )
   common.begin_stage(config, workdir, 'train')  # other settings: stop, or retrain (overwrite)
   (workdir / 'checkpoints').mkdir(parents=True, exist_ok=True)
@@ -277,7 +275,7 @@ def run(config, workdir) -> None:
   train_set = PseudoLabelDataset([examples[s] for s in train_ids], label_dir, lut, arch.patch_size)
   common.log_summary(f'train: {len(train_set)} pseudo-labelled images, {len(val)} val images')
   summary = loop.train_and_evaluate(
-      cfg, model, train_set, val, workdir, backbone_params=backbone_params
+    cfg, model, train_set, val, workdir, backbone_params=backbone_params
   )
   final = summary['final']
   if final is None and len(val):  # a rerun of a finished run: score the final weights again
@@ -287,12 +285,12 @@ def run(config, workdir) -> None:
   if not parallel.is_main_process():
     return
   artifacts.save_json(
-      workdir / 'train_metrics.json',  # metrics.json holds the pseudo-label scores
-      {
-          'step': summary['step'],
-          'best_step': summary['best_step'],
-          'best_val_miou': summary['best_val_miou'],
-          **final,
-      },
+    workdir / 'train_metrics.json',  # metrics.json holds the pseudo-label scores
+    {
+      'step': summary['step'],
+      'best_step': summary['best_step'],
+      'best_val_miou': summary['best_val_miou'],
+      **final,
+    },
   )
   common.log_summary(f'train: step {summary["step"]}, best val mIoU {summary["best_val_miou"]}')

@@ -17,11 +17,11 @@ from spectral_jax.training.state import TrainConfig
 
 
 def random_resized_crop_box(
-    rng: np.random.Generator,
-    height: int,
-    width: int,
-    scale: Sequence[float],
-    ratio: Sequence[float],
+  rng: np.random.Generator,
+  height: int,
+  width: int,
+  scale: Sequence[float],
+  ratio: Sequence[float],
 ) -> tuple[int, int, int, int]:
   """torchvision's RandomResizedCrop.get_params: (top, left, h, w)."""
   area = height * width
@@ -48,7 +48,7 @@ def _gray(x: np.ndarray) -> np.ndarray:
 
 
 def color_jitter(
-    image: np.ndarray, rng: np.random.Generator, strength: Sequence[float]
+  image: np.ndarray, rng: np.random.Generator, strength: Sequence[float]
 ) -> np.ndarray:
   """torchvision ColorJitter(brightness, contrast, saturation, hue): ops in random order."""
   b, c, s, h = strength
@@ -91,7 +91,7 @@ def gaussian_blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def augment(
-    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
+  image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray]:
   """Random resized crop → flip → colour jitter → gray → blur; the mask follows (nearest)."""
   if image.shape[:2] != label.shape:
@@ -110,4 +110,3 @@ def augment(
   if rng.random() < cfg.blur_p:
     image = gaussian_blur(image, rng)
   return np.ascontiguousarray(image), np.ascontiguousarray(label)
-

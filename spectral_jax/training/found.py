@@ -37,10 +37,28 @@ from spectral_jax.settings import _check, _field, _is_int, _is_number
 from spectral_jax.spectral import found
 
 __all__ = [
-    'FoundTrainSettings', 'RECIPE', 'LR0', 'STEP_LR_SIZE', 'STEP_LR_GAMMA', 'WEIGHT_DECAY',
-    'W_BS_LOSS', 'W_SELF_LOSS', 'STOP_BKG_LOSS', 'MAX_ITER', 'BATCH_SIZE', 'init_head',
-    'learning_rate', 'optimizer', 'bce_with_logits', 'loss_fn', 'make_train_step',
-    'background_targets', 'iteration_targets', 'save_head', 'load_head', 'write_torch_zip',
+  'FoundTrainSettings',
+  'RECIPE',
+  'LR0',
+  'STEP_LR_SIZE',
+  'STEP_LR_GAMMA',
+  'WEIGHT_DECAY',
+  'W_BS_LOSS',
+  'W_SELF_LOSS',
+  'STOP_BKG_LOSS',
+  'MAX_ITER',
+  'BATCH_SIZE',
+  'init_head',
+  'learning_rate',
+  'optimizer',
+  'bce_with_logits',
+  'loss_fn',
+  'make_train_step',
+  'background_targets',
+  'iteration_targets',
+  'save_head',
+  'load_head',
+  'write_torch_zip',
 ]
 
 # configs/found_DUTS-TR.yaml
@@ -66,8 +84,11 @@ class FoundTrainSettings:
 
   recipe: str = _field(RECIPE, "'found': --mode=train trains FOUND's head (configs/found.py)")
   steps: int = _field(MAX_ITER, 'updates (max_iter; the official runs max_iter + 1); 0 = targets')
-  batch_size: int = _field(BATCH_SIZE, 'images per iteration (batch_size; last batch of an epoch '
-                           'may be smaller, as the official DataLoader)')
+  batch_size: int = _field(
+    BATCH_SIZE,
+    'images per iteration (batch_size; last batch of an epoch '
+    'may be smaller, as the official DataLoader)',
+  )
   learning_rate: float = _field(LR0, 'AdamW learning rate (lr0)')
   step_lr_size: int = _field(STEP_LR_SIZE, 'StepLR period in iterations (step_lr_size)')
   step_lr_gamma: float = _field(STEP_LR_GAMMA, 'StepLR factor (step_lr_gamma)')
@@ -86,10 +107,19 @@ class FoundTrainSettings:
   num_workers: int = _field(4, 'image decoding / augmentation threads')
 
   def __post_init__(self):
-    _check(self.recipe == RECIPE, 'train.recipe', self.recipe, f"use {RECIPE!r}")
-    for key, low in (('steps', 0), ('batch_size', 1), ('step_lr_size', 1), ('stop_bkg_loss', 0),
-                     ('crop_size', 16), ('nb_epochs', 1), ('checkpoint_every', 1),
-                     ('keep_checkpoints', 1), ('log_every', 1), ('num_workers', 1)):
+    _check(self.recipe == RECIPE, 'train.recipe', self.recipe, f'use {RECIPE!r}')
+    for key, low in (
+      ('steps', 0),
+      ('batch_size', 1),
+      ('step_lr_size', 1),
+      ('stop_bkg_loss', 0),
+      ('crop_size', 16),
+      ('nb_epochs', 1),
+      ('checkpoint_every', 1),
+      ('keep_checkpoints', 1),
+      ('log_every', 1),
+      ('num_workers', 1),
+    ):
       value = getattr(self, key)
       _check(_is_int(value) and value >= low, f'train.{key}', value, f'use an int >= {low}')
     _check(_is_int(self.seed), 'train.seed', self.seed, 'use an int')
@@ -100,13 +130,17 @@ class FoundTrainSettings:
       value = getattr(self, key)
       _check(_is_number(value) and value >= 0, f'train.{key}', value, 'use a number >= 0')
     _check(
-        _is_number(self.blur_p) and 0 <= self.blur_p <= 1, 'train.blur_p', self.blur_p,
-        'use a probability in [0, 1]',
+      _is_number(self.blur_p) and 0 <= self.blur_p <= 1,
+      'train.blur_p',
+      self.blur_p,
+      'use a probability in [0, 1]',
     )
     lo_hi = tuple(self.scale_range) if isinstance(self.scale_range, (tuple, list)) else ()
     _check(
-        len(lo_hi) == 2 and all(_is_number(v) and v > 0 for v in lo_hi) and lo_hi[0] <= lo_hi[1],
-        'train.scale_range', self.scale_range, 'use (lo, hi) with 0 < lo <= hi',
+      len(lo_hi) == 2 and all(_is_number(v) and v > 0 for v in lo_hi) and lo_hi[0] <= lo_hi[1],
+      'train.scale_range',
+      self.scale_range,
+      'use (lo, hi) with 0 < lo <= hi',
     )
     object.__setattr__(self, 'scale_range', tuple(float(v) for v in lo_hi))
 
@@ -117,13 +151,13 @@ def init_head(key: jax.Array, dim: int = 384) -> Head:
   bound = 1.0 / np.sqrt(dim)
   kw, kb = jax.random.split(key)
   return {
-      'weight': jax.random.uniform(kw, (dim,), jnp.float32, -bound, bound),
-      'bias': jax.random.uniform(kb, (), jnp.float32, -bound, bound),
+    'weight': jax.random.uniform(kw, (dim,), jnp.float32, -bound, bound),
+    'bias': jax.random.uniform(kb, (), jnp.float32, -bound, bound),
   }
 
 
 def learning_rate(
-    lr0: float = LR0, step_size: int = STEP_LR_SIZE, gamma: float = STEP_LR_GAMMA
+  lr0: float = LR0, step_size: int = STEP_LR_SIZE, gamma: float = STEP_LR_GAMMA
 ) -> optax.Schedule:
   """torch StepLR stepped once per iteration: lr0 · gamma^(n // step_size) at update n
   (0-based)."""
@@ -131,13 +165,15 @@ def learning_rate(
 
 
 def optimizer(
-    lr0: float = LR0, step_size: int = STEP_LR_SIZE, gamma: float = STEP_LR_GAMMA,
-    weight_decay: float = WEIGHT_DECAY,
+  lr0: float = LR0,
+  step_size: int = STEP_LR_SIZE,
+  gamma: float = STEP_LR_GAMMA,
+  weight_decay: float = WEIGHT_DECAY,
 ) -> optax.GradientTransformation:
   """torch AdamW (betas 0.9/0.999, eps 1e-8, decoupled weight decay on every parameter, decay
   scaled by the current learning rate) with :func:`learning_rate`."""
   return optax.adamw(
-      learning_rate(lr0, step_size, gamma), b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay
+    learning_rate(lr0, step_size, gamma), b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay
   )
 
 
@@ -147,18 +183,18 @@ def bce_with_logits(logits, targets) -> jax.Array:
 
 
 def loss_fn(
-    head: Head, keys, bs_targets, second_targets, second_weight, w_bs: float = W_BS_LOSS
+  head: Head, keys, bs_targets, second_targets, second_weight, w_bs: float = W_BS_LOSS
 ) -> jax.Array:
   """The official loss on keys [B, N, D]: ``w_bs`` · BCE(logits, bs_targets) + ``second_weight``
   · BCE(logits, second_targets); targets [B, N] in {0, 1} (see :func:`iteration_targets`)."""
   logits = found.decoder_logits(keys, head['weight'], head['bias'])
   return w_bs * bce_with_logits(logits, bs_targets) + second_weight * bce_with_logits(
-      logits, second_targets
+    logits, second_targets
   )
 
 
 def make_train_step(
-    tx: optax.GradientTransformation, w_bs: float = W_BS_LOSS
+  tx: optax.GradientTransformation, w_bs: float = W_BS_LOSS
 ) -> Callable[..., tuple[Head, Any, jax.Array]]:
   """One jitted step: ``step(head, opt_state, keys, bs_targets, second_targets,
   second_weight) -> (head, opt_state, loss)`` (the loss before the update)."""
@@ -166,7 +202,7 @@ def make_train_step(
   @jax.jit
   def step(head, opt_state, keys, bs_targets, second_targets, second_weight):
     loss, grads = jax.value_and_grad(loss_fn)(
-        head, keys, bs_targets, second_targets, second_weight, w_bs
+      head, keys, bs_targets, second_targets, second_weight, w_bs
     )
     updates, opt_state = tx.update(grads, opt_state, head)
     return optax.apply_updates(head, updates), opt_state, loss
@@ -175,8 +211,11 @@ def make_train_step(
 
 
 def background_targets(
-    references: Sequence[np.ndarray], cls_attention, keys, grid: Sequence[int],
-    bkg_th: float = found.BKG_TH,
+  references: Sequence[np.ndarray],
+  cls_attention,
+  keys,
+  grid: Sequence[int],
+  bkg_th: float = found.BKG_TH,
 ) -> np.ndarray:
   """``get_bkg_pseudo_labels_batch``: per image, the background discovery's object mask
   (:func:`found.background`) refined by :func:`found.pseudo_mask` (the official passes its
@@ -192,9 +231,14 @@ def background_targets(
 
 
 def iteration_targets(
-    head: Head, keys, references: Sequence[np.ndarray], grid: Sequence[int], step: int,
-    bkg_targets: Optional[np.ndarray] = None, stop_bkg_loss: int = STOP_BKG_LOSS,
-    w_self: float = W_SELF_LOSS,
+  head: Head,
+  keys,
+  references: Sequence[np.ndarray],
+  grid: Sequence[int],
+  step: int,
+  bkg_targets: Optional[np.ndarray] = None,
+  stop_bkg_loss: int = STOP_BKG_LOSS,
+  w_self: float = W_SELF_LOSS,
 ) -> tuple[np.ndarray, np.ndarray, float]:
   """The targets of iteration ``step`` (0-based) before its update.
 

@@ -41,8 +41,16 @@ from spectral_jax import artifacts
 from spectral_jax.spectral import found
 from spectral_jax.training import found as found_train
 
-__all__ = ['TrainData', 'batches_per_epoch', 'total_steps', 'batch_plan', 'augmented_image',
-           'checkpoint_manager', 'restore_head', 'train']
+__all__ = [
+  'TrainData',
+  'batches_per_epoch',
+  'total_steps',
+  'batch_plan',
+  'augmented_image',
+  'checkpoint_manager',
+  'restore_head',
+  'train',
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +79,7 @@ def total_steps(cfg: found_train.FoundTrainSettings, num_examples: int) -> int:
 
 
 def batch_plan(
-    step: int, num_examples: int, batch_size: int, seed: int
+  step: int, num_examples: int, batch_size: int, seed: int
 ) -> tuple[int, np.ndarray, np.ndarray]:
   """(epoch, dataset indices [b], positions within the epoch [b]) of iteration ``step``."""
   epoch, pos = divmod(step, batches_per_epoch(num_examples, batch_size))
@@ -81,7 +89,7 @@ def batch_plan(
 
 
 def augmented_image(
-    image: np.ndarray, cfg: found_train.FoundTrainSettings, epoch: int, position: int
+  image: np.ndarray, cfg: found_train.FoundTrainSettings, epoch: int, position: int
 ) -> np.ndarray:
   """The training input of one draw: uint8 [crop, crop, 3] (random scale, blur coin)."""
   rng = np.random.default_rng([cfg.seed, epoch, position, 1])
@@ -90,10 +98,10 @@ def augmented_image(
 
 
 def checkpoint_manager(
-    directory: Path, keep: int, read_only: bool = False
+  directory: Path, keep: int, read_only: bool = False
 ) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=not read_only, read_only=read_only
+    max_to_keep=keep, create=not read_only, read_only=read_only
   )
   handlers = {'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_handlers=handlers)
@@ -116,26 +124,34 @@ def restore_head(directory: Path, step: Optional[int] = None) -> tuple[found_tra
 def _restore(mngr, step: int, state: dict, data: TrainData, cfg) -> dict:
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   out = mngr.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                    data=ocp.args.JsonRestore())
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()),
   )
   position = dict(out['data'])
-  expected = dict(images=len(data.ids), digest=data.digest(), batch_size=cfg.batch_size,
-                  seed=cfg.seed)
+  expected = dict(
+    images=len(data.ids), digest=data.digest(), batch_size=cfg.batch_size, seed=cfg.seed
+  )
   changed = [k for k, v in expected.items() if position.get(k) != v]
   if changed:
     raise ValueError(
-        f'checkpoint {mngr.directory}/{step} was trained on other data ({", ".join(changed)} '
-        'changed: the images with a pseudo-mask, train.batch_size or train.seed); use another '
-        '--workdir, or --config.overwrite=True to train again'
+      f'checkpoint {mngr.directory}/{step} was trained on other data ({", ".join(changed)} '
+      'changed: the images with a pseudo-mask, train.batch_size or train.seed); use another '
+      '--workdir, or --config.overwrite=True to train again'
     )
   return out['state']
 
 
 def _position(step: int, data: TrainData, cfg) -> dict:
   epoch, pos = divmod(step, batches_per_epoch(len(data.ids), cfg.batch_size))
-  return dict(step=step, epoch=epoch, position=pos * cfg.batch_size, images=len(data.ids),
-              digest=data.digest(), batch_size=cfg.batch_size, seed=cfg.seed)
+  return dict(
+    step=step,
+    epoch=epoch,
+    position=pos * cfg.batch_size,
+    images=len(data.ids),
+    digest=data.digest(),
+    batch_size=cfg.batch_size,
+    seed=cfg.seed,
+  )
 
 
 def _batches(data: TrainData, cfg, start: int, end: int, pool) -> Any:
@@ -155,17 +171,20 @@ def _batches(data: TrainData, cfg, start: int, end: int, pool) -> Any:
   for step in range(start, end):
     images, targets = pending
     pending = submit(step + 1) if step + 1 < end else None
-    yield (step, np.stack([f.result() for f in images]),
-           None if targets is None else np.stack([f.result() for f in targets]))
+    yield (
+      step,
+      np.stack([f.result() for f in images]),
+      None if targets is None else np.stack([f.result() for f in targets]),
+    )
 
 
 def train(
-    cfg: found_train.FoundTrainSettings,
-    extractor: Any,
-    data: TrainData,
-    workdir: Path,
-    bkg_th: float = found.BKG_TH,
-    stop_after: Optional[int] = None,
+  cfg: found_train.FoundTrainSettings,
+  extractor: Any,
+  data: TrainData,
+  workdir: Path,
+  bkg_th: float = found.BKG_TH,
+  stop_after: Optional[int] = None,
 ) -> dict[str, Any]:
   """Trains (or resumes) the head; checkpoints in ``workdir/checkpoints``, one
   ``workdir/train_log.jsonl`` line per ``log_every`` updates ({step, loss, lr}).
@@ -175,8 +194,9 @@ def train(
   """
   workdir = Path(workdir)
   total = total_steps(cfg, len(data.ids))
-  tx = found_train.optimizer(cfg.learning_rate, cfg.step_lr_size, cfg.step_lr_gamma,
-                             cfg.weight_decay)
+  tx = found_train.optimizer(
+    cfg.learning_rate, cfg.step_lr_size, cfg.step_lr_gamma, cfg.weight_decay
+  )
   schedule = found_train.learning_rate(cfg.learning_rate, cfg.step_lr_size, cfg.step_lr_gamma)
   head = found_train.init_head(jax.random.key(cfg.seed), extractor.arch.embed_dim)
   state = dict(head=head, opt_state=tx.init(head))
@@ -186,9 +206,9 @@ def train(
     start = mngr.latest_step() or 0
     if start > total:
       raise ValueError(
-          f'{mngr.directory} holds iteration {start}, beyond this run\'s {total} (train.steps='
-          f'{cfg.steps}, train.nb_epochs={cfg.nb_epochs}); use another --workdir, or raise '
-          'train.steps'
+        f"{mngr.directory} holds iteration {start}, beyond this run's {total} (train.steps="
+        f'{cfg.steps}, train.nb_epochs={cfg.nb_epochs}); use another --workdir, or raise '
+        'train.steps'
       )
     if start:
       state = _restore(mngr, start, state, data, cfg)
@@ -207,7 +227,7 @@ def train(
         if step < cfg.stop_bkg_loss and fixed is None:
           bkg = found_train.background_targets(references, attention, keys, grid, bkg_th)
         bs, second, weight = found_train.iteration_targets(
-            head, keys, references, grid, step, bkg, cfg.stop_bkg_loss, cfg.w_self_loss
+          head, keys, references, grid, step, bkg, cfg.stop_bkg_loss, cfg.w_self_loss
         )
         head, opt_state, loss = step_fn(head, opt_state, keys, bs, second, weight)
         done = step + 1
@@ -218,10 +238,13 @@ def train(
         if stop_after is not None and done >= stop_after and done < total:
           return dict(head=head, step=done, total=total, loss=float(loss), stopped=True)
         if done % cfg.checkpoint_every == 0 or done == total:
-          mngr.save(done, args=ocp.args.Composite(
+          mngr.save(
+            done,
+            args=ocp.args.Composite(
               state=ocp.args.StandardSave(dict(head=head, opt_state=opt_state)),
               data=ocp.args.JsonSave(_position(done, data, cfg)),
-          ))
+            ),
+          )
     mngr.wait_until_finished()
   finally:
     mngr.close()

@@ -35,8 +35,15 @@ from spectral_jax.settings import Settings
 from spectral_jax.spectral import bilateral, found, maskcut, segments, tokencut
 from spectral_jax.training import found as found_train
 
-__all__ = ['TARGETS', 'training_images', 'make_targets', 'found_targets', 'dsm_targets',
-           'tokencut_targets', 'maskcut_targets']
+__all__ = [
+  'TARGETS',
+  'training_images',
+  'make_targets',
+  'found_targets',
+  'dsm_targets',
+  'tokencut_targets',
+  'maskcut_targets',
+]
 
 TARGETS = ('found', 'dsm', 'tokencut', 'maskcut')
 
@@ -69,20 +76,20 @@ def dsm_targets(extractor: Any, images: np.ndarray, settings: Settings = Setting
   n = grid[0] * grid[1]
   feats = extractor(crops, n)['k']
   _, vecs = pipeline.spectral_decomposition(
-      feats, np.full(len(crops), n), crops, grid, s.K, s.color_lambda, s.which_matrix, s.solver
+    feats, np.full(len(crops), n), crops, grid, s.K, s.color_lambda, s.which_matrix, s.solver
   )
   vecs = np.asarray(vecs)[: len(images)]
   return np.stack([segments.fiedler_mask(v, grid) for v in vecs])
 
 
 def tokencut_targets(
-    extractor: Any, images: np.ndarray, settings: Settings = Settings()
+  extractor: Any, images: np.ndarray, settings: Settings = Settings()
 ) -> np.ndarray:
   """TokenCut's seed component + its bilateral solver, on the grid: bool [B, gh, gw]."""
   p, t = extractor.arch.patch_size, settings.method.tokencut
   keys, grids = tokencut.padded_keys(extractor, list(images))
   res = tokencut.discover(
-      np.asarray(keys)[: len(images)], grids, None, p, t.tau, t.eps, settings.spectral.solver
+    np.asarray(keys)[: len(images)], grids, None, p, t.tau, t.eps, settings.spectral.solver
   )
   sigmas = dataclasses.asdict(settings.refine.bilateral_params)
   out = []
@@ -95,7 +102,7 @@ def tokencut_targets(
 
 
 def maskcut_targets(
-    extractor: Any, images: np.ndarray, settings: Settings = Settings()
+  extractor: Any, images: np.ndarray, settings: Settings = Settings()
 ) -> np.ndarray:
   """The union of MaskCut's kept objects on the grid: bool [B, gh, gw]."""
   p, d = extractor.arch.patch_size, settings.discover
@@ -108,7 +115,7 @@ def maskcut_targets(
 
 
 def make_targets(
-    method: str, extractor: Any, images: np.ndarray, settings: Settings = Settings()
+  method: str, extractor: Any, images: np.ndarray, settings: Settings = Settings()
 ) -> np.ndarray:
   """``method``'s grid targets (see the module doc) of un-augmented training inputs uint8
   [B, S, S, 3] (:func:`training_images`): bool [B, S/P, S/P]."""

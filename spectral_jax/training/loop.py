@@ -61,7 +61,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def batch_plan(
-    step: int, num_examples: int, batch_size: int, seed: int
+  step: int, num_examples: int, batch_size: int, seed: int
 ) -> tuple[int, np.ndarray, np.ndarray]:
   """(epoch, dataset indices [B], positions within the epoch [B]) of a global step."""
   epoch, pos = divmod(step, steps_per_epoch(num_examples, batch_size))
@@ -71,19 +71,19 @@ def batch_plan(
 
 
 def _augmented(
-    data: Sequence[Example], index: int, seed: int, epoch: int, position: int, cfg: TrainConfig
+  data: Sequence[Example], index: int, seed: int, epoch: int, position: int, cfg: TrainConfig
 ) -> Example:
   image, label = data[index]
   return augment.augment(image, label, np.random.default_rng([seed, epoch, position]), cfg)
 
 
 def train_batches(
-    data: Sequence[Example],
-    cfg: TrainConfig,
-    start_step: int,
-    end_step: int,
-    prefetch: int = 2,
-    rows: Optional[Sequence[int]] = None,
+  data: Sequence[Example],
+  cfg: TrainConfig,
+  start_step: int,
+  end_step: int,
+  prefetch: int = 2,
+  rows: Optional[Sequence[int]] = None,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
   """(step, {'image' uint8 [R, S, S, 3], 'label' int32 [R, S, S]}) for steps [start, end).
 
@@ -95,8 +95,8 @@ def train_batches(
     def submit(step):
       epoch, indices, positions = batch_plan(step, len(data), cfg.batch_size, cfg.seed)
       return [
-          pool.submit(_augmented, data, int(i), cfg.seed, epoch, int(p), cfg)
-          for i, p in zip(indices[rows], positions[rows])
+        pool.submit(_augmented, data, int(i), cfg.seed, epoch, int(p), cfg)
+        for i, p in zip(indices[rows], positions[rows])
       ]
 
     pending = collections.deque()
@@ -104,10 +104,13 @@ def train_batches(
       while len(pending) < prefetch and step + len(pending) < end_step:
         pending.append(submit(step + len(pending)))
       examples = [f.result() for f in pending.popleft()]
-      yield step, {
+      yield (
+        step,
+        {
           'image': np.stack([e[0] for e in examples]),
           'label': np.stack([e[1] for e in examples]).astype(np.int32),
-      }
+        },
+      )
 
 
 # --------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ def freeze_labels(params: Any, frozen: frozenset[str]) -> Any:
 
 @functools.lru_cache(maxsize=None)
 def create_optimizer(
-    cfg: TrainConfig, frozen: tuple[str, ...] = ()
+  cfg: TrainConfig, frozen: tuple[str, ...] = ()
 ) -> optax.GradientTransformation:
   """AdamW (cached per config: the same object keeps jit caches warm across runs).
 
@@ -143,12 +146,12 @@ def create_optimizer(
   update, no decay, no Adam moments). Without any, plain AdamW (the ViT's state layout).
   """
   adamw = optax.adamw(
-      learning_rate_schedule(cfg),
-      b1=cfg.b1,
-      b2=cfg.b2,
-      eps=cfg.eps,
-      weight_decay=cfg.weight_decay,
-      mask=weight_decay_mask,
+    learning_rate_schedule(cfg),
+    b1=cfg.b1,
+    b2=cfg.b2,
+    eps=cfg.eps,
+    weight_decay=cfg.weight_decay,
+    mask=weight_decay_mask,
   )
   if not frozen:
     return adamw
@@ -157,17 +160,17 @@ def create_optimizer(
 
 
 def model_optimizer(
-    model: segmenter.DeepLabV3Plus, cfg: TrainConfig
+  model: segmenter.DeepLabV3Plus, cfg: TrainConfig
 ) -> optax.GradientTransformation:
   """The optimiser of ``model``: AdamW with its frozen backbone stages (official rule)."""
   return create_optimizer(cfg, segmenter.frozen_backbone_modules(model))
 
 
 def create_train_state(
-    model: segmenter.DeepLabV3Plus,
-    cfg: TrainConfig,
-    key: jax.Array,
-    backbone_params: Optional[Mapping[str, Any]] = None,
+  model: segmenter.DeepLabV3Plus,
+  cfg: TrainConfig,
+  key: jax.Array,
+  backbone_params: Optional[Mapping[str, Any]] = None,
 ) -> TrainState:
   """Random head + (optionally) pretrained backbone.
 
@@ -182,11 +185,11 @@ def create_train_state(
     variables = segmenter.with_backbone_variables(variables, backbone_params)
   params = variables['params']
   return TrainState(
-      step=jnp.int32(0),
-      params=params,
-      opt_state=model_optimizer(model, cfg).init(params),
-      batch_stats=variables['batch_stats'],
-      key=dropout_key,
+    step=jnp.int32(0),
+    params=params,
+    opt_state=model_optimizer(model, cfg).init(params),
+    batch_stats=variables['batch_stats'],
+    key=dropout_key,
   )
 
 
@@ -196,38 +199,38 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_step(
-    model: segmenter.DeepLabV3Plus,
-    tx: optax.GradientTransformation,
-    state: TrainState,
-    batch: Mapping[str, jax.Array],
+  model: segmenter.DeepLabV3Plus,
+  tx: optax.GradientTransformation,
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   images = vit.normalize(batch['image'])
   dropout_key = jax.random.fold_in(state.key, state.step)
 
   def loss_fn(params):
     logits, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats},
-        images,
-        train=True,
-        rngs={'dropout': dropout_key},
-        mutable=['batch_stats'],
+      {'params': params, 'batch_stats': state.batch_stats},
+      images,
+      train=True,
+      rngs={'dropout': dropout_key},
+      mutable=['batch_stats'],
     )
     return cross_entropy(logits, batch['label']), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      opt_state=opt_state,
-      batch_stats=batch_stats,
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    opt_state=opt_state,
+    batch_stats=batch_stats,
   )
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   return new_state, {'loss': loss, 'accuracy': accuracy}
 
 
 def data_mesh(
-    devices: Optional[Sequence[Any]] = None, batch_size: Optional[int] = None
+  devices: Optional[Sequence[Any]] = None, batch_size: Optional[int] = None
 ) -> jax.sharding.Mesh:
   """Devices (default: all) on one 'data' axis; Auto axis: XLA inserts the reductions.
 
@@ -241,7 +244,7 @@ def data_mesh(
       logging.info('batch %d: training on %d of %d devices', batch_size, usable, len(devices))
     devices = devices[:usable]
   return jax.make_mesh(
-      (len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    (len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
   )
 
 
@@ -265,10 +268,10 @@ def replicate(tree: Any, sharding: jax.sharding.Sharding) -> Any:
 
 
 def global_batch(
-    local: Mapping[str, np.ndarray],
-    rows: np.ndarray,
-    sharding: jax.sharding.Sharding,
-    batch_size: int,
+  local: Mapping[str, np.ndarray],
+  rows: np.ndarray,
+  sharding: jax.sharding.Sharding,
+  batch_size: int,
 ) -> dict[str, jax.Array]:
   """The global batch from this process's ``rows`` of it (as ordered by ``local_rows``)."""
 
@@ -283,17 +286,17 @@ def global_batch(
 
 @functools.lru_cache(maxsize=None)
 def compiled_train_step(
-    model: segmenter.DeepLabV3Plus, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+  model: segmenter.DeepLabV3Plus, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
 ):
   """The jitted step: batch sharded over 'data', state replicated."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   donate = () if jax.default_backend() == 'cpu' else (0,)  # CPU cannot donate
   return jax.jit(
-      functools.partial(train_step, model, tx),
-      in_shardings=(replicated, sharded),
-      out_shardings=(replicated, replicated),
-      donate_argnums=donate,
+    functools.partial(train_step, model, tx),
+    in_shardings=(replicated, sharded),
+    out_shardings=(replicated, replicated),
+    donate_argnums=donate,
   )
 
 
@@ -315,11 +318,11 @@ def predict(model: segmenter.DeepLabV3Plus, variables: Any, image: np.ndarray) -
 
 
 def evaluate(
-    model: segmenter.DeepLabV3Plus,
-    variables: Any,
-    data: Sequence[Example],
-    num_classes: Optional[int] = None,
-    hungarian: bool = False,
+  model: segmenter.DeepLabV3Plus,
+  variables: Any,
+  data: Sequence[Example],
+  num_classes: Optional[int] = None,
+  hungarian: bool = False,
 ) -> dict[str, Any]:
   """mIoU over ``data`` (GT 255 = void; ``num_classes`` defaults to the model's), with
   ``num_scored`` and ``num_skipped``: an item whose loading raises a ValueError (an unusable
@@ -342,7 +345,7 @@ def evaluate(
       continue
     pred = predict(model, variables, image)
     confusion += metrics.confusion_matrix(
-        pred, gt[: pred.shape[0], : pred.shape[1]], model.num_classes, num_classes
+      pred, gt[: pred.shape[0], : pred.shape[1]], model.num_classes, num_classes
     )
     counts[0] += 1
   result = score_confusion(parallel.process_sum(confusion), hungarian)
@@ -365,9 +368,9 @@ def score_confusion(confusion: np.ndarray, hungarian: bool) -> dict[str, Any]:
     matching = np.stack([np.arange(n), np.arange(n)], 1)
   miou, per_class = metrics.miou_from_confusion(confusion, matching)
   return {
-      'miou': miou,
-      'per_class_iou': per_class.tolist(),
-      'matching': [tuple(int(v) for v in m) for m in matching],
+    'miou': miou,
+    'per_class_iou': per_class.tolist(),
+    'matching': [tuple(int(v) for v in m) for m in matching],
   }
 
 
@@ -378,12 +381,12 @@ def score_confusion(confusion: np.ndarray, hungarian: bool) -> dict[str, Any]:
 def _data_position(step: int, n: int, cfg: TrainConfig) -> dict:
   epoch, pos = divmod(step, steps_per_epoch(n, cfg.batch_size))
   return {
-      'step': step,
-      'epoch': epoch,
-      'position': pos,
-      'data_seed': cfg.seed,
-      'num_examples': n,
-      'batch_size': cfg.batch_size,
+    'step': step,
+    'epoch': epoch,
+    'position': pos,
+    'data_seed': cfg.seed,
+    'num_examples': n,
+    'batch_size': cfg.batch_size,
   }
 
 
@@ -395,8 +398,8 @@ def _check_data_position(saved: dict, current: dict) -> None:
   for key in ('data_seed', 'num_examples', 'batch_size'):
     if saved.get(key) != current[key]:
       raise ValueError(
-          f'cannot resume exactly: checkpoint has {key}={saved.get(key)}, this run '
-          f'has {current[key]} (use a fresh workdir)'
+        f'cannot resume exactly: checkpoint has {key}={saved.get(key)}, this run '
+        f'has {current[key]} (use a fresh workdir)'
       )
 
 
@@ -413,21 +416,21 @@ def _check_finite(record: Mapping[str, float], step: int, cfg: TrainConfig) -> N
   bad = sorted(k for k, v in record.items() if not np.isfinite(v))
   if bad:
     raise FloatingPointError(
-        f'training diverged at step {step}: {", ".join(bad)} not finite '
-        f'(learning_rate={cfg.learning_rate}); the last finite checkpoint is kept: lower '
-        '--config.train.learning_rate and rerun'
+      f'training diverged at step {step}: {", ".join(bad)} not finite '
+      f'(learning_rate={cfg.learning_rate}); the last finite checkpoint is kept: lower '
+      '--config.train.learning_rate and rerun'
     )
 
 
 def train_and_evaluate(
-    cfg: TrainConfig,
-    model: segmenter.DeepLabV3Plus,
-    train_data: Sequence[Example],
-    val_data: Sequence[Example],
-    workdir: Path,
-    backbone_params: Optional[Mapping[str, Any]] = None,
-    stop_after: Optional[int] = None,
-    mesh: Optional[jax.sharding.Mesh] = None,
+  cfg: TrainConfig,
+  model: segmenter.DeepLabV3Plus,
+  train_data: Sequence[Example],
+  val_data: Sequence[Example],
+  workdir: Path,
+  backbone_params: Optional[Mapping[str, Any]] = None,
+  stop_after: Optional[int] = None,
+  mesh: Optional[jax.sharding.Mesh] = None,
 ) -> dict[str, Any]:
   """Trains (resuming from ``workdir/checkpoints`` if present); returns a summary.
 
@@ -439,8 +442,8 @@ def train_and_evaluate(
   mesh = mesh or data_mesh(batch_size=cfg.batch_size)
   if cfg.batch_size % mesh.size:
     raise ValueError(
-        f'--config.train.batch_size={cfg.batch_size} is not divisible by the {mesh.size} '
-        'devices of this multi-process run: use a multiple of the device count'
+      f'--config.train.batch_size={cfg.batch_size} is not divisible by the {mesh.size} '
+      'devices of this multi-process run: use a multiple of the device count'
     )
   n = len(train_data)
   spe = steps_per_epoch(n, cfg.batch_size)
@@ -474,37 +477,37 @@ def train_and_evaluate(
         record = {k: float(v) for k, v in step_metrics.items()}
         _check_finite(record, done, cfg)
         record.update(
-            step=done,
-            learning_rate=float(learning_rate_schedule(cfg)(step)),
-            seconds=time.perf_counter() - tick,
+          step=done,
+          learning_rate=float(learning_rate_schedule(cfg)(step)),
+          seconds=time.perf_counter() - tick,
         )
         log(log_path, [record])
         logging.info('step %d: %s', done, record)
       should_eval = _due(done, eval_every) or done == cfg.steps
       if should_eval and val_data:
         last_eval = evaluate(
-            model, {'params': state.params, 'batch_stats': state.batch_stats}, val_data
+          model, {'params': state.params, 'batch_stats': state.batch_stats}, val_data
         )
         log(log_path, [{'step': done, 'val_miou': last_eval['miou']}])
         logging.info('step %d: val mIoU %.4f', done, last_eval['miou'])
       if should_eval or _due(done, cfg.checkpoint_every):
         _check_finite({k: float(v) for k, v in step_metrics.items()}, done, cfg)  # no NaN saved
         checkpoints.save(
-            mngr,
-            state,
-            _data_position(done, n, cfg),
-            model,
-            None if last_eval is None or not should_eval else last_eval['miou'],
+          mngr,
+          state,
+          _data_position(done, n, cfg),
+          model,
+          None if last_eval is None or not should_eval else last_eval['miou'],
         )
   finally:
     mngr.wait_until_finished()
   best_step = mngr.best_step()
   summary = {
-      'state': state,
-      'step': int(state.step),
-      'best_step': best_step,
-      'best_val_miou': None if best_step is None else mngr.metrics(best_step)['val_miou'],
-      'final': last_eval,
+    'state': state,
+    'step': int(state.step),
+    'best_step': best_step,
+    'best_val_miou': None if best_step is None else mngr.metrics(best_step)['val_miou'],
+    'final': last_eval,
   }
   mngr.close()
   return summary

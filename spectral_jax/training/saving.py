@@ -20,7 +20,7 @@ from spectral_jax.training.state import TrainState
 
 
 def checkpoint_manager(
-    directory: Path, keep_latest: int = 2, read_only: bool = False
+  directory: Path, keep_latest: int = 2, read_only: bool = False
 ) -> ocp.CheckpointManager:
   """Keeps the ``keep_latest`` newest checkpoints plus the best one by 'val_miou'.
 
@@ -41,29 +41,29 @@ def checkpoint_manager(
 
 
 def _checkpoint_manager(
-    directory: Path, keep_latest: int, read_only: bool, rank: bool
+  directory: Path, keep_latest: int, read_only: bool, rank: bool
 ) -> ocp.CheckpointManager:
   policies = ocp.checkpoint_managers
   best = lambda m: m['val_miou']
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policies.AnyPreservationPolicy(
-          [
-              policies.LatestN(keep_latest),
-              policies.BestN(get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False),
-          ]
-      )
-      if rank
-      else policies.LatestN(keep_latest),
-      best_fn=best if rank else None,
-      best_mode='max',
-      read_only=read_only,
-      create=not read_only,
-      lightweight_initialize=not rank,  # reads no step's metrics (or other metadata)
+    preservation_policy=policies.AnyPreservationPolicy(
+      [
+        policies.LatestN(keep_latest),
+        policies.BestN(get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False),
+      ]
+    )
+    if rank
+    else policies.LatestN(keep_latest),
+    best_fn=best if rank else None,
+    best_mode='max',
+    read_only=read_only,
+    create=not read_only,
+    lightweight_initialize=not rank,  # reads no step's metrics (or other metadata)
   )
   handlers = {
-      'state': ocp.StandardCheckpointHandler(),
-      'data': ocp.JsonCheckpointHandler(),
-      'model': ocp.JsonCheckpointHandler(),
+    'state': ocp.StandardCheckpointHandler(),
+    'data': ocp.JsonCheckpointHandler(),
+    'model': ocp.JsonCheckpointHandler(),
   }
   return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_handlers=handlers)
 
@@ -84,20 +84,20 @@ def _damaged_metadata_steps(directory: Path) -> list[int]:
 
 
 def save(
-    mngr: ocp.CheckpointManager,
-    state: TrainState,
-    data_position: dict,
-    model: segmenter.DeepLabV3Plus,
-    val_miou: Optional[float] = None,
+  mngr: ocp.CheckpointManager,
+  state: TrainState,
+  data_position: dict,
+  model: segmenter.DeepLabV3Plus,
+  val_miou: Optional[float] = None,
 ) -> None:
   mngr.save(
-      int(state.step),
-      args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=ocp.args.JsonSave(data_position),
-          model=ocp.args.JsonSave(segmenter.model_spec(model)),
-      ),
-      metrics=None if val_miou is None else {'val_miou': val_miou},
+    int(state.step),
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave(data_position),
+      model=ocp.args.JsonSave(segmenter.model_spec(model)),
+    ),
+    metrics=None if val_miou is None else {'val_miou': val_miou},
   )
 
 
@@ -150,20 +150,20 @@ def check_model_spec(mngr: ocp.CheckpointManager, step: int, model: Any) -> None
     raise UnreadableCheckpointError(mngr.directory, step, e) from e
   current = json.loads(json.dumps(segmenter.model_spec(model)))
   changed = [
-      f'{key}: checkpoint {saved.get(key)!r}, this run {current[key]!r}'
-      for key in SPEC_KEYS
-      if key in saved and saved[key] != current[key]
+    f'{key}: checkpoint {saved.get(key)!r}, this run {current[key]!r}'
+    for key in SPEC_KEYS
+    if key in saved and saved[key] != current[key]
   ]
   if changed:
     raise ValueError(
-        f'checkpoint {mngr.directory}/{step} was written by another model ('
-        + '; '.join(changed)
-        + '): set --config.segmenter (e.g. aspp_rates) as in the training run'
+      f'checkpoint {mngr.directory}/{step} was written by another model ('
+      + '; '.join(changed)
+      + '): set --config.segmenter (e.g. aspp_rates) as in the training run'
     )
 
 
 def _newest_readable(
-    mngr: ocp.CheckpointManager, step: int, read: Callable[[int], Any], fall_back: bool = True
+  mngr: ocp.CheckpointManager, step: int, read: Callable[[int], Any], fall_back: bool = True
 ) -> tuple[Any, int, list[int]]:
   """(``read(s)``, s, unreadable steps skipped) for s = ``step`` or, when its files are
   damaged and ``fall_back``, the newest older step that reads; warns naming each bad step."""
@@ -187,7 +187,7 @@ def _newest_readable(
       logging.warning('%s; falling back to the newest older step', e)
       bad.append(candidate)
   raise UnreadableCheckpointError(
-      mngr.directory, step, RuntimeError(f'no readable step among {[step] + older}')
+    mngr.directory, step, RuntimeError(f'no readable step among {[step] + older}')
   )
 
 
@@ -217,10 +217,10 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, d
   def read(candidate: int) -> Any:
     check_architecture(mngr, candidate, target.params)
     return mngr.restore(
-        candidate,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
-        ),
+      candidate,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+      ),
     )
 
   out, _, bad = _newest_readable(mngr, step, read)
@@ -240,7 +240,7 @@ def best_or_latest_step(mngr: ocp.CheckpointManager) -> Optional[int]:
 
 
 def restore_variables(
-    directory: Path, model: segmenter.DeepLabV3Plus, step: Optional[int] = None
+  directory: Path, model: segmenter.DeepLabV3Plus, step: Optional[int] = None
 ) -> tuple[dict, int]:
   """Inference variables {'params', 'batch_stats'} of a checkpoint (best step by default).
 
@@ -258,8 +258,8 @@ def restore_variables(
     steps = sorted(mngr.all_steps())
     mngr.close()
     raise FileNotFoundError(
-        f'no checkpoint step {step} under {directory}: it holds steps {steps} '
-        '(--config.checkpoint_step; -1 = the best)'
+      f'no checkpoint step {step} under {directory}: it holds steps {steps} '
+      '(--config.checkpoint_step; -1 = the best)'
     )
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
@@ -267,10 +267,10 @@ def restore_variables(
     saved = check_architecture(mngr, candidate, segmenter.abstract_variables(model)['params'])
     check_model_spec(mngr, candidate, model)
     abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved
     )
     return mngr.restore(
-        candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+      candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
     )['state']
 
   try:
@@ -278,5 +278,3 @@ def restore_variables(
   finally:
     mngr.close()
   return {'params': state['params'], 'batch_stats': state['batch_stats']}, step
-
-

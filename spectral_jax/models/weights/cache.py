@@ -31,54 +31,54 @@ from spectral_jax import artifacts as spectral_io
 from spectral_jax.models.weights.errors import CheckpointError, missing_file
 
 __all__ = [
-    "WEIGHTS",
-    "FILES",
-    "official_file",
-    "default_cache_dir",
-    "download",
-    "resolve_checkpoint",
-    "save_params",
-    "restore_params",
-    "read_entry",
-    "write_entry",
-    "discard_entry",
-    "remove_stale_temporaries",
+  'WEIGHTS',
+  'FILES',
+  'official_file',
+  'default_cache_dir',
+  'download',
+  'resolve_checkpoint',
+  'save_params',
+  'restore_params',
+  'read_entry',
+  'write_entry',
+  'discard_entry',
+  'remove_stale_temporaries',
 ]
 
-_DINO_URL = "https://dl.fbaipublicfiles.com/dino/"
+_DINO_URL = 'https://dl.fbaipublicfiles.com/dino/'
 WEIGHTS: dict[str, str] = {
-    "dino_vits16": _DINO_URL + "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-    "dino_vits8": _DINO_URL + "dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
-    "dino_vitb16": _DINO_URL + "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-    "dino_vitb8": _DINO_URL + "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+  'dino_vits16': _DINO_URL + 'dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth',
+  'dino_vits8': _DINO_URL + 'dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth',
+  'dino_vitb16': _DINO_URL + 'dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth',
+  'dino_vitb8': _DINO_URL + 'dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth',
 }
 # Other official files of the same architectures, passed as --config.model.checkpoint=URL.
 # TokenCut and LOST load the 300-epoch ViT-S/8 (Deep Spectral Methods' dino_vits8 is the
 # other file above); S/16 and B/16 are the same files in all three.
 VARIANT_WEIGHTS: dict[str, str] = {
-    "dino_vits8_300ep": _DINO_URL
-    + "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth",
+  'dino_vits8_300ep': _DINO_URL
+  + 'dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth',
 }
 
 # Other official files read beside a backbone: name → (URL, size in bytes, sha256). FOUND's
 # shipped decoder (a 1×1 conv on DINO ViT-S/8 keys; --config.found.decoder='' means this file).
 FILES: dict[str, tuple[str, int, str]] = {
-    "found_decoder": (
-        "https://github.com/valeoai/FOUND/raw/main/data/weights/decoder_weights.pt",
-        2689,
-        "47ff2a4af3dbc6c80cb832cc81f8ed8ae81809e52576d0de5f9c754cf46ef9b5",
-    ),
+  'found_decoder': (
+    'https://github.com/valeoai/FOUND/raw/main/data/weights/decoder_weights.pt',
+    2689,
+    '47ff2a4af3dbc6c80cb832cc81f8ed8ae81809e52576d0de5f9c754cf46ef9b5',
+  ),
 }
 
 _RUN_START = time.time()  # temporaries older than this run and idle for STALE_AFTER are stale
 STALE_AFTER = 600.0  # seconds; live writers touch their files far more often
-_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
+_HOST = re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname())[:40] or 'host'
 
 
 def default_cache_dir() -> Path:
   """``$SPECTRAL_JAX_CACHE`` or ``~/.cache/spectral_jax``."""
-  env = os.environ.get("SPECTRAL_JAX_CACHE")
-  return Path(env).expanduser() if env else Path.home() / ".cache" / "spectral_jax"
+  env = os.environ.get('SPECTRAL_JAX_CACHE')
+  return Path(env).expanduser() if env else Path.home() / '.cache' / 'spectral_jax'
 
 
 # --------------------------------------------------------------------------
@@ -88,8 +88,8 @@ def default_cache_dir() -> Path:
 
 def _sha256_file(path: Path) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
       h.update(chunk)
   return h.hexdigest()
 
@@ -98,43 +98,45 @@ def _verify(path: Path, sha256: str | None, size: int | None) -> str | None:
   """Return a description of the mismatch, or None if the file is as expected."""
   actual_size = path.stat().st_size
   if size is not None and actual_size != size:
-    return f"size {actual_size} != expected {size}"
+    return f'size {actual_size} != expected {size}'
   if sha256 is not None:
     actual = _sha256_file(path)
     if actual.lower() != sha256.lower():
-      return f"sha256 {actual} != expected {sha256}"
+      return f'sha256 {actual} != expected {sha256}'
   return None
 
 
 def url_filename(url: str) -> str:
   name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
   if not name:
-    raise CheckpointError(f"cannot derive a file name from URL {url!r}")
+    raise CheckpointError(f'cannot derive a file name from URL {url!r}')
   return name
 
 
 def _unreachable(
-    url: str, reason: object, setting: str = "model.checkpoint", dest: Path | None = None
+  url: str, reason: object, setting: str = 'model.checkpoint', dest: Path | None = None
 ) -> CheckpointError:
   name = url_filename(url)
   where = (
-      f" Offline: download it on another machine and copy it to {dest}: every later run "
-      "finds it there with no setting; or pass the file's path." if dest else ""
+    f' Offline: download it on another machine and copy it to {dest}: every later run '
+    "finds it there with no setting; or pass the file's path."
+    if dest
+    else ''
   )
   return CheckpointError(
-      f"Could not download {name} from {url}: the URL is unreachable ({reason}).{where}",
-      setting,
-      name,
+    f'Could not download {name} from {url}: the URL is unreachable ({reason}).{where}',
+    setting,
+    name,
   )
 
 
 def download(
-    url: str,
-    cache_dir: str | os.PathLike | None = None,
-    sha256: str | None = None,
-    size: int | None = None,
-    timeout: float = 30.0,
-    setting: str = "model.checkpoint",
+  url: str,
+  cache_dir: str | os.PathLike | None = None,
+  sha256: str | None = None,
+  size: int | None = None,
+  timeout: float = 30.0,
+  setting: str = 'model.checkpoint',
 ) -> Path:
   """Download ``url`` into ``cache_dir`` (reusing a cached copy) and return its path.
 
@@ -151,36 +153,36 @@ def download(
       return dest
     dest.unlink()  # stale or corrupt cached copy: fetch again
   dest.parent.mkdir(parents=True, exist_ok=True)
-  part = dest.with_name(dest.name + ".part")
+  part = dest.with_name(dest.name + '.part')
   try:
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-      total = response.headers.get("Content-Length")
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(part, 'wb') as out:
+      total = response.headers.get('Content-Length')
       with tqdm(
-          total=int(total) if total else None,
-          unit="B",
-          unit_scale=True,
-          unit_divisor=1024,
-          desc=dest.name,
+        total=int(total) if total else None,
+        unit='B',
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=dest.name,
       ) as bar:
-        for chunk in iter(lambda: response.read(1 << 20), b""):
+        for chunk in iter(lambda: response.read(1 << 20), b''):
           out.write(chunk)
           bar.update(len(chunk))
   except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
     part.unlink(missing_ok=True)
-    raise _unreachable(url, getattr(e, "reason", e), setting, dest) from e
+    raise _unreachable(url, getattr(e, 'reason', e), setting, dest) from e
   except BaseException:
     part.unlink(missing_ok=True)
     raise
   problem = _verify(part, sha256, size)
   if problem is not None:
     part.unlink()
-    raise CheckpointError(f"Downloaded {url} is corrupt: {problem}")
+    raise CheckpointError(f'Downloaded {url} is corrupt: {problem}')
   os.replace(part, dest)
   return dest
 
 
 def official_file(
-    name: str, cache_dir: str | os.PathLike | None = None, setting: str = "model.checkpoint"
+  name: str, cache_dir: str | os.PathLike | None = None, setting: str = 'model.checkpoint'
 ) -> Path:
   """The cached copy of ``FILES[name]`` (downloaded once, size and sha256 checked). Offline:
   the CheckpointError of ``download`` says which file to fetch elsewhere."""
@@ -189,13 +191,13 @@ def official_file(
 
 
 def is_url(value: str) -> bool:
-  return re.match(r"^(https?|file)://", value) is not None
+  return re.match(r'^(https?|file)://', value) is not None
 
 
 def resolve_checkpoint(
-    model_name: str,
-    checkpoint: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
+  model_name: str,
+  checkpoint: str | os.PathLike | None = None,
+  cache_dir: str | os.PathLike | None = None,
 ) -> Path:
   """Local file for a model: explicit path > explicit URL > registry URL."""
   if checkpoint is not None and str(checkpoint):
@@ -207,8 +209,8 @@ def resolve_checkpoint(
     return path.absolute()
   if model_name not in WEIGHTS:
     raise CheckpointError(
-        f"Unknown model {model_name!r}; known models: {', '.join(sorted(WEIGHTS))}; or pass "
-        "a checkpoint file"
+      f'Unknown model {model_name!r}; known models: {", ".join(sorted(WEIGHTS))}; or pass '
+      'a checkpoint file'
     )
   return download(WEIGHTS[model_name], cache_dir)
 
@@ -244,7 +246,7 @@ def save_params(params: Mapping[str, Any], path: str | os.PathLike) -> Path:
   A plain file rather than an orbax checkpoint: every process of a multi-host run reads
   it on its own, with no cross-process coordination to deadlock on.
   """
-  flat = {"/".join(key): np.asarray(value) for key, value in flatten(params).items()}
+  flat = {'/'.join(key): np.asarray(value) for key, value in flatten(params).items()}
   return spectral_io.save_npz(Path(path).expanduser().absolute(), **flat)
 
 
@@ -257,7 +259,7 @@ def restore_params(path: str | os.PathLike) -> dict[str, Any]:
   if not path.is_file():
     raise missing_file(path)
   with np.load(path) as data:
-    return unflatten({tuple(key.split("/")): data[key] for key in data.files})
+    return unflatten({tuple(key.split('/')): data[key] for key in data.files})
 
 
 # --------------------------------------------------------------------------
@@ -267,28 +269,28 @@ def restore_params(path: str | os.PathLike) -> dict[str, Any]:
 
 def entry_path(source: str, label: str, cache_root: Path) -> Path:
   digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-  return cache_root / f"{Path(label).stem}-{digest}"
+  return cache_root / f'{Path(label).stem}-{digest}'
 
 
 def local_source(path: Path) -> str:
   st = path.stat()
-  return f"file:{path.absolute()}:{st.st_size}:{st.st_mtime_ns}"
+  return f'file:{path.absolute()}:{st.st_size}:{st.st_mtime_ns}'
 
 
 def find_cached_local(path: Path, cache_root: Path) -> Path | None:
   """Newest cache entry converted from ``path`` (used when the file is gone)."""
   hits = []
-  for meta in cache_root.glob(f"{path.stem}-*/arch.json"):
+  for meta in cache_root.glob(f'{path.stem}-*/arch.json'):
     try:
-      if json.loads(meta.read_text()).get("path") == str(path.absolute()):
+      if json.loads(meta.read_text()).get('path') == str(path.absolute()):
         hits.append(meta.parent)
     except (OSError, ValueError, AttributeError):
       continue
-  return max(hits, key=lambda p: (p / "arch.json").stat().st_mtime, default=None)
+  return max(hits, key=lambda p: (p / 'arch.json').stat().st_mtime, default=None)
 
 
 def lookup(
-    model_name: str, checkpoint: str | os.PathLike | None, cache_root: Path
+  model_name: str, checkpoint: str | os.PathLike | None, cache_root: Path
 ) -> tuple[Path | None, str | None]:
   """Cache entry directory for a request (None if unknowable) and its source id
   (None when the request names a local file that is gone)."""
@@ -300,7 +302,7 @@ def lookup(
   if is_url(text):
     # A URL names immutable release weights: key on the URL alone, so a
     # later run needs no network and no downloaded file.
-    return entry_path(f"url:{text}", url_filename(text), cache_root), f"url:{text}"
+    return entry_path(f'url:{text}', url_filename(text), cache_root), f'url:{text}'
   path = Path(text).expanduser()
   if path.is_file():
     source = local_source(path)
@@ -309,48 +311,48 @@ def lookup(
 
 
 def complete(entry: Path) -> bool:
-  return (entry / "arch.json").is_file() and (entry / "params.npz").is_file()
+  return (entry / 'arch.json').is_file() and (entry / 'params.npz').is_file()
 
 
-_ARCH_KEYS = {"patch_size", "embed_dim", "num_heads", "depth", "num_pos"}
+_ARCH_KEYS = {'patch_size', 'embed_dim', 'num_heads', 'depth', 'num_pos'}
 
 
 def read_entry(entry: Path) -> tuple[dict[str, Any], dict[str, int]]:
   """(params, arch) of a complete entry; CheckpointError naming it if anything is off."""
   try:
-    arch = json.loads((entry / "arch.json").read_text())["arch"]
+    arch = json.loads((entry / 'arch.json').read_text())['arch']
     if set(arch) != _ARCH_KEYS or not all(type(v) is int for v in arch.values()):
-      raise ValueError(f"bad arch record {arch!r}")
-    params = restore_params(entry / "params.npz")
+      raise ValueError(f'bad arch record {arch!r}')
+    params = restore_params(entry / 'params.npz')
     leaves = flatten(params)
     if not leaves or not all(np.issubdtype(v.dtype, np.floating) for v in leaves.values()):
-      raise ValueError("no parameters, or non-float ones")
+      raise ValueError('no parameters, or non-float ones')
   except Exception as e:  # json, zip (BadZipFile: bad CRC, truncated), numpy format errors
     raise CheckpointError(
-        f"converted-weights cache entry {entry} is unreadable ({type(e).__name__}: {e})"
+      f'converted-weights cache entry {entry} is unreadable ({type(e).__name__}: {e})'
     ) from e
   return params, arch
 
 
 def _private_name(entry: Path) -> Path:
   # The pattern remove_stale_temporaries recognises (host + pid: whose it is).
-  return entry.with_name(f"{entry.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+  return entry.with_name(f'{entry.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}')
 
 
 def write_entry(
-    entry: Path, params: Mapping[str, Any], arch: Mapping[str, int], source: str, path: Path
+  entry: Path, params: Mapping[str, Any], arch: Mapping[str, int], source: str, path: Path
 ) -> None:
   """Writes the entry under a private name and renames it into place, so processes that
   share a cache directory never see (or clobber) each other's half-written entries."""
   staging = _private_name(entry)
-  save_params(params, staging / "params.npz")
+  save_params(params, staging / 'params.npz')
   meta = {
-      "arch": dict(arch),
-      "source": source,
-      "path": str(path.absolute()),
-      "created": time.time(),
+    'arch': dict(arch),
+    'source': source,
+    'path': str(path.absolute()),
+    'created': time.time(),
   }
-  (staging / "arch.json").write_text(json.dumps(meta, indent=1))
+  (staging / 'arch.json').write_text(json.dumps(meta, indent=1))
   if not complete(entry):  # absent, half-written, or from an older version
     shutil.rmtree(entry, ignore_errors=True)
   try:
@@ -370,16 +372,16 @@ def discard_entry(entry: Path) -> None:
 
 
 _TEMP_NAMES = (
-    re.compile(r".+\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)-)?(?P<pid>\d+)-[0-9a-f]+"),  # entries
-    re.compile(r"\..+\.tmp|\.tmp-.+"),  # spectral_jax.artifacts atomic files (old and new names)
-    re.compile(r".+\.part"),  # downloads
+  re.compile(r'.+\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)-)?(?P<pid>\d+)-[0-9a-f]+'),  # entries
+  re.compile(r'\..+\.tmp|\.tmp-.+'),  # spectral_jax.artifacts atomic files (old and new names)
+  re.compile(r'.+\.part'),  # downloads
 )
 
 
 def _newest_mtime(path: Path) -> float:
   times = [path.lstat().st_mtime]
   if path.is_dir() and not path.is_symlink():
-    times += [p.lstat().st_mtime for p in path.rglob("*")]
+    times += [p.lstat().st_mtime for p in path.rglob('*')]
   return max(times)
 
 
@@ -402,7 +404,7 @@ def remove_stale_temporaries(cache_dir: Path, stale_after: float = STALE_AFTER) 
   """
   removed = []
   now = time.time()
-  for folder in (cache_dir, cache_dir / "params"):
+  for folder in (cache_dir, cache_dir / 'params'):
     try:
       children = list(folder.iterdir())
     except OSError:
@@ -417,10 +419,10 @@ def remove_stale_temporaries(cache_dir: Path, stale_after: float = STALE_AFTER) 
         continue
       groups = match.groupdict()
       dead_here = (
-          groups.get("pid") is not None
-          and groups.get("host") == _HOST
-          and int(groups["pid"]) != os.getpid()
-          and not _pid_alive(int(groups["pid"]))
+        groups.get('pid') is not None
+        and groups.get('host') == _HOST
+        and int(groups['pid']) != os.getpid()
+        and not _pid_alive(int(groups['pid']))
       )
       if newest >= _RUN_START or not (dead_here or now - newest > stale_after):
         continue

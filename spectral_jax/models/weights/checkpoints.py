@@ -30,22 +30,31 @@ from spectral_jax.models.weights import safetensors_reader
 from spectral_jax.models.weights import torch_pickle
 from spectral_jax.models.weights import cache
 from spectral_jax.models.weights.errors import CheckpointError, missing_file
-from spectral_jax.models.weights.cache import WEIGHTS, default_cache_dir, download, flatten, resolve_checkpoint, restore_params, save_params, unflatten
+from spectral_jax.models.weights.cache import (
+  WEIGHTS,
+  default_cache_dir,
+  download,
+  flatten,
+  resolve_checkpoint,
+  restore_params,
+  save_params,
+  unflatten,
+)
 
 __all__ = [
-    "CheckpointError",
-    "WEIGHTS",
-    "default_cache_dir",
-    "download",
-    "resolve_checkpoint",
-    "read_state_dict",
-    "unwrap_state_dict",
-    "infer_arch",
-    "state_dict_to_params",
-    "check_params",
-    "save_params",
-    "restore_params",
-    "load_params",
+  'CheckpointError',
+  'WEIGHTS',
+  'default_cache_dir',
+  'download',
+  'resolve_checkpoint',
+  'read_state_dict',
+  'unwrap_state_dict',
+  'infer_arch',
+  'state_dict_to_params',
+  'check_params',
+  'save_params',
+  'restore_params',
+  'load_params',
 ]
 
 
@@ -56,27 +65,25 @@ __all__ = [
 
 def _sniff_format(path: Path) -> str:
   if zipfile.is_zipfile(path):
-    return "zip"
-  with open(path, "rb") as f:
+    return 'zip'
+  with open(path, 'rb') as f:
     head = f.read(9)
   if (
-      len(head) == 9
-      and head[8:9] == b"{"
-      and struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+    len(head) == 9 and head[8:9] == b'{' and struct.unpack('<Q', head[:8])[0] < path.stat().st_size
   ):
-    return "safetensors"
-  if head[:1] == b"\x80":  # pickle PROTO opcode starting the legacy magic number
-    return "legacy"
+    return 'safetensors'
+  if head[:1] == b'\x80':  # pickle PROTO opcode starting the legacy magic number
+    return 'legacy'
   raise CheckpointError(
-      f"{path}: not a PyTorch (.pth) or safetensors checkpoint (unknown format or truncated file)"
+    f'{path}: not a PyTorch (.pth) or safetensors checkpoint (unknown format or truncated file)'
   )
 
 
-_WRAPPER_KEYS = ("teacher", "student", "state_dict", "model")
-_PREFIXES = ("module.", "backbone.")
+_WRAPPER_KEYS = ('teacher', 'student', 'state_dict', 'model')
+_PREFIXES = ('module.', 'backbone.')
 
 
-def unwrap_state_dict(obj: Any, source: str | os.PathLike = "checkpoint") -> dict[str, np.ndarray]:
+def unwrap_state_dict(obj: Any, source: str | os.PathLike = 'checkpoint') -> dict[str, np.ndarray]:
   """Reduce a loaded checkpoint object to a flat ViT backbone state dict.
 
   Takes ``teacher`` (preferred, as DINO evaluates the teacher), ``student``,
@@ -85,7 +92,7 @@ def unwrap_state_dict(obj: Any, source: str | os.PathLike = "checkpoint") -> dic
   the DINO projection head and any non-tensor entries.
   """
   if not isinstance(obj, Mapping):
-    raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict")
+    raise CheckpointError(f'{source}: holds a {type(obj).__name__}, not a state dict')
   for key in _WRAPPER_KEYS:
     if isinstance(obj.get(key), Mapping):
       obj = obj[key]
@@ -96,12 +103,11 @@ def unwrap_state_dict(obj: Any, source: str | os.PathLike = "checkpoint") -> dic
       continue
     name = str(name)
     while name.startswith(_PREFIXES):
-      name = name.split(".", 1)[1]
-    if name.startswith("head."):
+      name = name.split('.', 1)[1]
+    if name.startswith('head.'):
       continue
     out[name] = value
   return out
-
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -116,51 +122,51 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if not path.is_file():
     raise missing_file(path)
   fmt = _sniff_format(path)
-  if fmt == "safetensors":
+  if fmt == 'safetensors':
     return unwrap_state_dict(safetensors_reader.read_safetensors(path), path)
-  return unwrap_state_dict(torch_pickle.read_pth(path, legacy=fmt == "legacy"), path)
+  return unwrap_state_dict(torch_pickle.read_pth(path, legacy=fmt == 'legacy'), path)
 
 
 # --------------------------------------------------------------------------
 # torch state dict -> Flax parameter tree
 # --------------------------------------------------------------------------
 
-_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-_NORMS = ("norm1", "norm2")
+_LINEARS = ('attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2')
+_NORMS = ('norm1', 'norm2')
 _CONV_PERM = (2, 3, 1, 0)  # torch (D, 3, P, P) -> flax (P, P, 3, D)
 
 
 def _torch_to_flax(
-    name: str, shape: tuple[int, ...]
+  name: str, shape: tuple[int, ...]
 ) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
   """Map a torch parameter name to (flax path, axis permutation), or None if unknown."""
   ident = tuple(range(len(shape)))
-  if name in ("cls_token", "pos_embed"):
+  if name in ('cls_token', 'pos_embed'):
     return (name,), ident
-  if name == "patch_embed.proj.weight":
-    return ("patch_embed", "kernel"), _CONV_PERM
-  if name == "patch_embed.proj.bias":
-    return ("patch_embed", "bias"), ident
-  if name in ("norm.weight", "norm.bias"):
-    return ("norm", "scale" if name.endswith("weight") else "bias"), ident
-  m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", name)
+  if name == 'patch_embed.proj.weight':
+    return ('patch_embed', 'kernel'), _CONV_PERM
+  if name == 'patch_embed.proj.bias':
+    return ('patch_embed', 'bias'), ident
+  if name in ('norm.weight', 'norm.bias'):
+    return ('norm', 'scale' if name.endswith('weight') else 'bias'), ident
+  m = re.fullmatch(r'blocks\.(\d+)\.(.+)\.(weight|bias)', name)
   if m is None:
     return None
-  block, module, kind = f"blocks_{m.group(1)}", m.group(2), m.group(3)
+  block, module, kind = f'blocks_{m.group(1)}', m.group(2), m.group(3)
   if module in _NORMS:
-    return (block, module, "scale" if kind == "weight" else "bias"), ident
+    return (block, module, 'scale' if kind == 'weight' else 'bias'), ident
   if module in _LINEARS:
-    path = (block, *module.split("."), "kernel" if kind == "weight" else "bias")
-    return path, (1, 0) if kind == "weight" else ident
+    path = (block, *module.split('.'), 'kernel' if kind == 'weight' else 'bias')
+    return path, (1, 0) if kind == 'weight' else ident
   return None
 
 
 def _flax_to_torch_name(path: tuple[str, ...]) -> str:
   """Inverse of ``_torch_to_flax`` for error messages."""
-  name = ".".join(path)
-  name = re.sub(r"^blocks_(\d+)", r"blocks.\1", name)
-  name = re.sub(r"^patch_embed\.", "patch_embed.proj.", name)
-  return re.sub(r"\.(kernel|scale)$", ".weight", name)
+  name = '.'.join(path)
+  name = re.sub(r'^blocks_(\d+)', r'blocks.\1', name)
+  name = re.sub(r'^patch_embed\.', 'patch_embed.proj.', name)
+  return re.sub(r'\.(kernel|scale)$', '.weight', name)
 
 
 def _torch_shape(flax_shape: tuple[int, ...], perm: tuple[int, ...]) -> tuple[int, ...]:
@@ -172,7 +178,7 @@ def _torch_shape(flax_shape: tuple[int, ...], perm: tuple[int, ...]) -> tuple[in
 
 
 def state_dict_to_params(
-    state_dict: Mapping[str, np.ndarray], expected_shapes: Mapping[str, Any] | None = None
+  state_dict: Mapping[str, np.ndarray], expected_shapes: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
   """Convert a DINO ViT torch state dict to the nested Flax parameter dict.
 
@@ -185,19 +191,19 @@ def state_dict_to_params(
   perms: dict[tuple[str, ...], tuple[int, ...]] = {}
   unknown = []
   for name, value in state_dict.items():
-    if name.startswith("head."):
+    if name.startswith('head.'):
       continue
     value = np.asarray(value)
     mapped = _torch_to_flax(name, value.shape)
     if mapped is None or len(mapped[1]) != value.ndim:
-      unknown.append(f"{name} {tuple(value.shape)}")
+      unknown.append(f'{name} {tuple(value.shape)}')
       continue
     path, perm = mapped
     flat[path] = np.ascontiguousarray(np.transpose(value, perm).astype(np.float32))
     perms[path] = perm
   if unknown:
     raise CheckpointError(
-        f"checkpoint has tensors that do not belong to a DINO ViT: {', '.join(unknown)}"
+      f'checkpoint has tensors that do not belong to a DINO ViT: {", ".join(unknown)}'
     )
   if expected_shapes is not None:
     _check_shapes(flat, perms, flatten(expected_shapes))
@@ -205,28 +211,28 @@ def state_dict_to_params(
 
 
 def _check_shapes(
-    flat: Mapping[tuple[str, ...], np.ndarray],
-    perms: Mapping[tuple[str, ...], tuple[int, ...]],
-    expected: Mapping[tuple[str, ...], Any],
+  flat: Mapping[tuple[str, ...], np.ndarray],
+  perms: Mapping[tuple[str, ...], tuple[int, ...]],
+  expected: Mapping[tuple[str, ...], Any],
 ) -> None:
   problems = []
   for path, shape in expected.items():
-    shape = tuple(getattr(shape, "shape", shape))  # also accept jax.ShapeDtypeStruct leaves
+    shape = tuple(getattr(shape, 'shape', shape))  # also accept jax.ShapeDtypeStruct leaves
     name = _flax_to_torch_name(path)
     if path not in flat:
-      problems.append(f"{name}: missing from checkpoint, model expects {shape}")
+      problems.append(f'{name}: missing from checkpoint, model expects {shape}')
     elif flat[path].shape != shape:
       perm = perms[path]
       problems.append(
-          f"{name}: checkpoint has {_torch_shape(flat[path].shape, perm)}, "
-          f"model expects {_torch_shape(shape, perm)}"
+        f'{name}: checkpoint has {_torch_shape(flat[path].shape, perm)}, '
+        f'model expects {_torch_shape(shape, perm)}'
       )
   for path in flat.keys() - expected.keys():
     problems.append(
-        f"{_flax_to_torch_name(path)}: unexpected in checkpoint (model has no such parameter)"
+      f'{_flax_to_torch_name(path)}: unexpected in checkpoint (model has no such parameter)'
     )
   if problems:
-    raise CheckpointError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+    raise CheckpointError('checkpoint does not match the model:\n  ' + '\n  '.join(problems))
 
 
 def check_params(params: Mapping[str, Any], expected_shapes: Mapping[str, Any]) -> None:
@@ -246,18 +252,18 @@ def infer_arch(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
   pretrained patch positions, excluding the CLS position.
   """
   try:
-    patch_weight = state_dict["patch_embed.proj.weight"]
-    embed_dim = int(state_dict["cls_token"].shape[-1])
-    num_pos = int(state_dict["pos_embed"].shape[1]) - 1
+    patch_weight = state_dict['patch_embed.proj.weight']
+    embed_dim = int(state_dict['cls_token'].shape[-1])
+    num_pos = int(state_dict['pos_embed'].shape[1]) - 1
   except (KeyError, IndexError) as e:
-    raise CheckpointError(f"not a DINO ViT state dict: missing or malformed {e}") from e
-  blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    raise CheckpointError(f'not a DINO ViT state dict: missing or malformed {e}') from e
+  blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r'blocks\.(\d+)\.', k))}
   return {
-      "patch_size": int(patch_weight.shape[-1]),
-      "embed_dim": embed_dim,
-      "num_heads": embed_dim // 64,
-      "depth": len(blocks),
-      "num_pos": num_pos,
+    'patch_size': int(patch_weight.shape[-1]),
+    'embed_dim': embed_dim,
+    'num_heads': embed_dim // 64,
+    'depth': len(blocks),
+    'num_pos': num_pos,
   }
 
 
@@ -267,9 +273,9 @@ def infer_arch(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
 
 
 def load_params(
-    model_name: str,
-    checkpoint: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
+  model_name: str,
+  checkpoint: str | os.PathLike | None = None,
+  cache_dir: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
   """Flax params and arch for a DINO ViT, converting once and caching the result.
 
@@ -279,7 +285,7 @@ def load_params(
   rebuilt from its source with a warning; temporaries of killed runs are removed.
   """
   cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-  cache_root = cache_dir.absolute() / "params"
+  cache_root = cache_dir.absolute() / 'params'
   cache.remove_stale_temporaries(cache_dir.absolute())
   entry, source = cache.lookup(model_name, checkpoint, cache_root)
   corrupt = None
@@ -290,10 +296,10 @@ def load_params(
       corrupt = e
     if source is None:  # a local file that is gone: nothing to rebuild from
       raise CheckpointError(
-          f"{corrupt}, and its source {checkpoint} is gone so it cannot be rebuilt: "
-          f"delete {entry} and pass the checkpoint file again"
+        f'{corrupt}, and its source {checkpoint} is gone so it cannot be rebuilt: '
+        f'delete {entry} and pass the checkpoint file again'
       ) from corrupt
-    logging.warning("%s; rebuilding it from %s", corrupt, checkpoint or model_name)
+    logging.warning('%s; rebuilding it from %s', corrupt, checkpoint or model_name)
     cache.discard_entry(entry)
   try:
     path = resolve_checkpoint(model_name, checkpoint, cache_dir)
@@ -301,8 +307,8 @@ def load_params(
     if corrupt is None:
       raise
     raise CheckpointError(
-        f"{corrupt}, and rebuilding it failed ({e}); delete {entry} once the source is "
-        "reachable again"
+      f'{corrupt}, and rebuilding it failed ({e}); delete {entry} once the source is '
+      'reachable again'
     ) from e
   state_dict = read_state_dict(path)
   arch = infer_arch(state_dict)

@@ -18,7 +18,7 @@ class CheckpointError(SpectralJaxError, RuntimeError):
   """
 
   def __init__(
-      self, message: str, setting: str = 'model.checkpoint', file_name: Optional[str] = None
+    self, message: str, setting: str = 'model.checkpoint', file_name: Optional[str] = None
   ):
     self.setting, self.file_name = setting, file_name
     super().__init__(message)

@@ -122,21 +122,21 @@ def dinov2_arch(sd: Mapping[str, np.ndarray], num_heads: int | None = None) -> d
   else:
     ffn, hidden = 'mlp', int(sd['blocks.0.mlp.fc1.weight'].shape[0])
   return dinov2.DinoV2Arch(
-      patch_size=patch,
-      embed_dim=dim,
-      num_heads=num_heads or dim // _HEAD_DIM,
-      depth=depth,
-      num_registers=registers,
-      ffn=ffn,
-      ffn_hidden=hidden,
-      pos_grid=grid,
-      interpolate_antialias=registers > 0,
-      interpolate_offset=0.0 if registers else 0.1,
+    patch_size=patch,
+    embed_dim=dim,
+    num_heads=num_heads or dim // _HEAD_DIM,
+    depth=depth,
+    num_registers=registers,
+    ffn=ffn,
+    ffn_hidden=hidden,
+    pos_grid=grid,
+    interpolate_antialias=registers > 0,
+    interpolate_offset=0.0 if registers else 0.1,
   )
 
 
 def dinov3_arch(
-    sd: Mapping[str, np.ndarray], num_heads: int | None = None, norm_eps: float = 1e-5
+  sd: Mapping[str, np.ndarray], num_heads: int | None = None, norm_eps: float = 1e-5
 ) -> dinov3.DinoV3Arch:
   """DINOv3 architecture of an official state dict."""
   patch, dim, depth = _vit_dims(sd)
@@ -148,14 +148,14 @@ def dinov3_arch(
   if 'rope_embed.periods' in sd and sd['rope_embed.periods'].shape[0] * 4 * heads != dim:
     raise CheckpointError('rope_embed.periods does not fit head_dim / 4 for this width')
   return dinov3.DinoV3Arch(
-      patch_size=patch,
-      embed_dim=dim,
-      num_heads=heads,
-      depth=depth,
-      num_storage=int(sd['storage_tokens'].shape[1]),
-      ffn=ffn,
-      ffn_hidden=hidden,
-      norm_eps=norm_eps,
+    patch_size=patch,
+    embed_dim=dim,
+    num_heads=heads,
+    depth=depth,
+    num_storage=int(sd['storage_tokens'].shape[1]),
+    ffn=ffn,
+    ffn_hidden=hidden,
+    norm_eps=norm_eps,
   )
 
 
@@ -173,10 +173,10 @@ def resnet_arch(sd: Mapping[str, np.ndarray]) -> resnet.ResNetArch:
 
 
 _BN_FIELDS = {
-    'weight': ('params', 'scale'),
-    'bias': ('params', 'bias'),
-    'running_mean': ('batch_stats', 'mean'),
-    'running_var': ('batch_stats', 'var'),
+  'weight': ('params', 'scale'),
+  'bias': ('params', 'bias'),
+  'running_mean': ('batch_stats', 'mean'),
+  'running_var': ('batch_stats', 'var'),
 }
 
 
@@ -199,10 +199,10 @@ def resnet_to_flax(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
     stage, block, module, field = m.groups()
     prefix = (f'layer{stage}_{block}',) if stage else ()
     module = {'downsample.0': 'downsample_conv', 'downsample.1': 'downsample_bn'}.get(
-        module, module
+      module, module
     )
     if not re.fullmatch(r'conv[123]|bn[123]|downsample_(conv|bn)', module) or (
-        stage is None and module not in ('conv1', 'bn1')
+      stage is None and module not in ('conv1', 'bn1')
     ):
       unknown.append(name)
     elif 'conv' in module and field == 'weight':
@@ -222,10 +222,10 @@ def resnet_to_flax(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 HF_MODEL_TYPES = {
-    'dinov2': 'dinov2',
-    'dinov2_with_registers': 'dinov2',
-    'dinov3_vit': 'dinov3',
-    'vit': 'dino',
+  'dinov2': 'dinov2',
+  'dinov2_with_registers': 'dinov2',
+  'dinov3_vit': 'dinov3',
+  'vit': 'dino',
 }
 # Prefixes of task models (e.g. Dinov2ForImageClassification) around the backbone.
 _HF_PREFIXES = ('dinov2.', 'dinov2_with_registers.', 'dinov3_vit.', 'vit.', 'model.')
@@ -286,44 +286,44 @@ def _concat_qkv(sd, layer: str, names: tuple[str, str, str], dim: int, kind: str
 
 # (HF module under a layer, official module under blocks.N) per model type
 _HF_LAYER_MODULES = {
-    'dinov2': {
-        'norm1': 'norm1',
-        'norm2': 'norm2',
-        'attention.output.dense': 'attn.proj',
-        'layer_scale1': 'ls1',
-        'layer_scale2': 'ls2',
-        'mlp.fc1': 'mlp.fc1',
-        'mlp.fc2': 'mlp.fc2',
-        'mlp.weights_in': 'mlp.w12',
-        'mlp.weights_out': 'mlp.w3',
-    },
-    'dino': {
-        'layernorm_before': 'norm1',
-        'layernorm_after': 'norm2',
-        'attention.output.dense': 'attn.proj',
-        'intermediate.dense': 'mlp.fc1',
-        'output.dense': 'mlp.fc2',
-    },
-    'dinov3': {
-        'norm1': 'norm1',
-        'norm2': 'norm2',
-        'attention.o_proj': 'attn.proj',
-        'layer_scale1': 'ls1',
-        'layer_scale2': 'ls2',
-    },
+  'dinov2': {
+    'norm1': 'norm1',
+    'norm2': 'norm2',
+    'attention.output.dense': 'attn.proj',
+    'layer_scale1': 'ls1',
+    'layer_scale2': 'ls2',
+    'mlp.fc1': 'mlp.fc1',
+    'mlp.fc2': 'mlp.fc2',
+    'mlp.weights_in': 'mlp.w12',
+    'mlp.weights_out': 'mlp.w3',
+  },
+  'dino': {
+    'layernorm_before': 'norm1',
+    'layernorm_after': 'norm2',
+    'attention.output.dense': 'attn.proj',
+    'intermediate.dense': 'mlp.fc1',
+    'output.dense': 'mlp.fc2',
+  },
+  'dinov3': {
+    'norm1': 'norm1',
+    'norm2': 'norm2',
+    'attention.o_proj': 'attn.proj',
+    'layer_scale1': 'ls1',
+    'layer_scale2': 'ls2',
+  },
 }
 _HF_EMBEDDINGS = {
-    'embeddings.cls_token': 'cls_token',
-    'embeddings.mask_token': 'mask_token',
-    'embeddings.position_embeddings': 'pos_embed',
-    'embeddings.patch_embeddings.projection.weight': 'patch_embed.proj.weight',
-    'embeddings.patch_embeddings.projection.bias': 'patch_embed.proj.bias',
-    'embeddings.patch_embeddings.weight': 'patch_embed.proj.weight',  # DINOv3
-    'embeddings.patch_embeddings.bias': 'patch_embed.proj.bias',
-    'layernorm.weight': 'norm.weight',
-    'layernorm.bias': 'norm.bias',
-    'norm.weight': 'norm.weight',  # DINOv3
-    'norm.bias': 'norm.bias',
+  'embeddings.cls_token': 'cls_token',
+  'embeddings.mask_token': 'mask_token',
+  'embeddings.position_embeddings': 'pos_embed',
+  'embeddings.patch_embeddings.projection.weight': 'patch_embed.proj.weight',
+  'embeddings.patch_embeddings.projection.bias': 'patch_embed.proj.bias',
+  'embeddings.patch_embeddings.weight': 'patch_embed.proj.weight',  # DINOv3
+  'embeddings.patch_embeddings.bias': 'patch_embed.proj.bias',
+  'layernorm.weight': 'norm.weight',
+  'layernorm.bias': 'norm.bias',
+  'norm.weight': 'norm.weight',  # DINOv3
+  'norm.bias': 'norm.bias',
 }
 
 
@@ -338,8 +338,8 @@ def hf_to_official(config: Mapping[str, Any], hf_sd: Mapping[str, np.ndarray]) -
   family = HF_MODEL_TYPES.get(model_type)
   if family is None:
     raise CheckpointError(
-        f'Hugging Face model_type {model_type!r} is not supported; expected one of '
-        f'{sorted(HF_MODEL_TYPES)}'
+      f'Hugging Face model_type {model_type!r} is not supported; expected one of '
+      f'{sorted(HF_MODEL_TYPES)}'
     )
   sd = {_strip_hf_prefix(k): v for k, v in hf_sd.items()}
   dim = int(config['hidden_size'])
@@ -350,9 +350,9 @@ def hf_to_official(config: Mapping[str, Any], hf_sd: Mapping[str, np.ndarray]) -
   if family == 'dinov3':
     gated = any('.mlp.gate_proj.' in k for k in sd)
     modules.update(
-        {'mlp.gate_proj': 'mlp.w1', 'mlp.up_proj': 'mlp.w2', 'mlp.down_proj': 'mlp.w3'}
-        if gated
-        else {'mlp.up_proj': 'mlp.fc1', 'mlp.down_proj': 'mlp.fc2'}
+      {'mlp.gate_proj': 'mlp.w1', 'mlp.up_proj': 'mlp.w2', 'mlp.down_proj': 'mlp.w3'}
+      if gated
+      else {'mlp.up_proj': 'mlp.fc1', 'mlp.down_proj': 'mlp.fc2'}
     )
     qkv_names = ('attention.q_proj', 'attention.k_proj', 'attention.v_proj')
   else:
@@ -384,7 +384,7 @@ def hf_to_official(config: Mapping[str, Any], hf_sd: Mapping[str, np.ndarray]) -
     hd = dim // int(config['num_attention_heads'])
     base = float(config.get('rope_theta', 100.0))
     out['rope_embed.periods'] = (
-        base ** (2 * np.arange(hd // 4, dtype=np.float32) / (hd // 2))
+      base ** (2 * np.arange(hd // 4, dtype=np.float32) / (hd // 2))
     ).astype(np.float32)
   return out
 
@@ -414,7 +414,7 @@ def check_tree(got: Mapping[str, Any], expected: Mapping[str, Any], what: str = 
       problems.append(f'{"/".join(path)}: missing, model expects {shape}')
     elif tuple(np.shape(got_flat[path])) != shape:
       problems.append(
-          f'{"/".join(path)}: {what} has {np.shape(got_flat[path])}, model expects {shape}'
+        f'{"/".join(path)}: {what} has {np.shape(got_flat[path])}, model expects {shape}'
       )
   for path in got_flat.keys() - exp_flat.keys():
     problems.append(f'{"/".join(path)}: unexpected in {what}')

@@ -28,7 +28,7 @@ import numpy as np
 
 from spectral_jax.models.weights.errors import CheckpointError
 
-__all__ = ["read_pth", "LEGACY_MAGIC", "LEGACY_PROTOCOL"]
+__all__ = ['read_pth', 'LEGACY_MAGIC', 'LEGACY_PROTOCOL']
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 LEGACY_PROTOCOL = 1001
@@ -58,20 +58,20 @@ class _StorageType(NamedTuple):
 
 
 _STORAGE_TYPES: Mapping[str, _StorageType] = {
-    name: _StorageType(name, np.dtype(code), name == "BFloat16Storage")
-    for name, code in {
-        "FloatStorage": "f4",
-        "DoubleStorage": "f8",
-        "HalfStorage": "f2",
-        "BFloat16Storage": "u2",
-        "LongStorage": "i8",
-        "IntStorage": "i4",
-        "ShortStorage": "i2",
-        "CharStorage": "i1",
-        "ByteStorage": "u1",
-        "BoolStorage": "?",
-        "UntypedStorage": "u1",  # raw bytes
-    }.items()
+  name: _StorageType(name, np.dtype(code), name == 'BFloat16Storage')
+  for name, code in {
+    'FloatStorage': 'f4',
+    'DoubleStorage': 'f8',
+    'HalfStorage': 'f2',
+    'BFloat16Storage': 'u2',
+    'LongStorage': 'i8',
+    'IntStorage': 'i4',
+    'ShortStorage': 'i2',
+    'CharStorage': 'i1',
+    'ByteStorage': 'u1',
+    'BoolStorage': '?',
+    'UntypedStorage': 'u1',  # raw bytes
+  }.items()
 }
 
 
@@ -96,22 +96,21 @@ class _TensorRef(NamedTuple):
 class _ReadOnly:
   """An allow-listed function as the pickle sees it: no ``__dict__``, nothing settable."""
 
-  __slots__ = ("_fn",)
+  __slots__ = ('_fn',)
 
   def __init__(self, fn: Callable[..., Any]) -> None:
-    object.__setattr__(self, "_fn", fn)
+    object.__setattr__(self, '_fn', fn)
 
   def __setattr__(self, name: str, value: Any) -> None:
-    raise AttributeError(f"pickle globals are read-only (tried to set {name!r})")
+    raise AttributeError(f'pickle globals are read-only (tried to set {name!r})')
 
   def __call__(self, *args: Any) -> Any:
     return self._fn(*args)
 
 
 class _ReadOnlyType(type):
-
   def __setattr__(cls, name: str, value: Any) -> None:
-    raise AttributeError(f"pickle globals are read-only (tried to set {name!r})")
+    raise AttributeError(f'pickle globals are read-only (tried to set {name!r})')
 
 
 class _Opaque(metaclass=_ReadOnlyType):
@@ -126,7 +125,7 @@ class _Opaque(metaclass=_ReadOnlyType):
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
   if type(value) not in (tuple, list) or not all(type(v) is int for v in value):
-    raise ValueError(f"malformed tensor record: {what}={value!r}"[:200])
+    raise ValueError(f'malformed tensor record: {what}={value!r}'[:200])
   return tuple(value)
 
 
@@ -135,8 +134,8 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) 
   # requires_grad, backward_hooks, metadata=None); extras are ignored. Errors raised
   # here become CheckpointErrors naming the file in _unpickle.
   if type(storage) is not _Storage or type(offset) is not int:
-    raise ValueError(f"malformed tensor record: storage={storage!r}, offset={offset!r}"[:200])
-  return _TensorRef(storage, offset, _int_tuple(size, "size"), _int_tuple(stride, "stride"))
+    raise ValueError(f'malformed tensor record: storage={storage!r}, offset={offset!r}'[:200])
+  return _TensorRef(storage, offset, _int_tuple(size, 'size'), _int_tuple(stride, 'stride'))
 
 
 def _rebuild_parameter(data: Any, *_: Any) -> Any:
@@ -145,14 +144,14 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
 
 
 _SAFE_GLOBALS: Mapping[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,  # a C type: immutable
-    ("torch._utils", "_rebuild_tensor"): _ReadOnly(_rebuild_tensor),
-    ("torch._utils", "_rebuild_tensor_v2"): _ReadOnly(_rebuild_tensor),
-    ("torch._utils", "_rebuild_parameter"): _ReadOnly(_rebuild_parameter),
-    ("torch._utils", "_rebuild_parameter_with_state"): _ReadOnly(_rebuild_parameter),
-    ("torch.storage", "UntypedStorage"): _STORAGE_TYPES["UntypedStorage"],
-    ("argparse", "Namespace"): _Opaque,  # "args" entry of DINO full checkpoints
-    **{("torch", name): stype for name, stype in _STORAGE_TYPES.items()},
+  ('collections', 'OrderedDict'): collections.OrderedDict,  # a C type: immutable
+  ('torch._utils', '_rebuild_tensor'): _ReadOnly(_rebuild_tensor),
+  ('torch._utils', '_rebuild_tensor_v2'): _ReadOnly(_rebuild_tensor),
+  ('torch._utils', '_rebuild_parameter'): _ReadOnly(_rebuild_parameter),
+  ('torch._utils', '_rebuild_parameter_with_state'): _ReadOnly(_rebuild_parameter),
+  ('torch.storage', 'UntypedStorage'): _STORAGE_TYPES['UntypedStorage'],
+  ('argparse', 'Namespace'): _Opaque,  # "args" entry of DINO full checkpoints
+  **{('torch', name): stype for name, stype in _STORAGE_TYPES.items()},
 }
 
 
@@ -170,7 +169,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
   """
 
   def __init__(
-      self, file: BinaryIO, source: Path, legacy: bool, storages: dict[str, _Storage]
+    self, file: BinaryIO, source: Path, legacy: bool, storages: dict[str, _Storage]
   ) -> None:
     super().__init__(file)
     self.source = source
@@ -182,40 +181,40 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return _SAFE_GLOBALS[(module, name)]
     except KeyError:
       raise CheckpointError(
-          f"{self.source}: refusing to unpickle global '{module}.{name}' "
-          "(only tensor records are allowed; the file may be malicious or not a "
-          "plain state dict)"
+        f"{self.source}: refusing to unpickle global '{module}.{name}' "
+        '(only tensor records are allowed; the file may be malicious or not a '
+        'plain state dict)'
       ) from None
 
   def _malformed(self, what: str, value: Any) -> CheckpointError:
-    return CheckpointError(f"{self.source}: malformed {what} {value!r}"[:300])
+    return CheckpointError(f'{self.source}: malformed {what} {value!r}'[:300])
 
   def persistent_load(self, pid: Any) -> _Storage:
     expected_len = 6 if self.legacy else 5
-    if not (type(pid) is tuple and len(pid) == expected_len and pid[0] == "storage"):
-      raise self._malformed("persistent id", pid)
+    if not (type(pid) is tuple and len(pid) == expected_len and pid[0] == 'storage'):
+      raise self._malformed('persistent id', pid)
     _, stype, key, _location, numel = pid[:5]
     if (
-        not any(stype is t for t in _STORAGE_TYPES.values())
-        or type(key) not in (str, int)
-        or type(numel) is not int
-        or not 0 <= numel < _MAX_DIM
+      not any(stype is t for t in _STORAGE_TYPES.values())
+      or type(key) not in (str, int)
+      or type(numel) is not int
+      or not 0 <= numel < _MAX_DIM
     ):
-      raise self._malformed("storage record", pid)
+      raise self._malformed('storage record', pid)
     key = str(key)
     root = self.storages.setdefault(key, _Storage(key, stype, numel))
     if root.stype is not stype or root.numel != numel:
-      raise CheckpointError(f"{self.source}: storage {key} is declared twice, differently")
+      raise CheckpointError(f'{self.source}: storage {key} is declared twice, differently')
     view = pid[5] if self.legacy else None
     if view is None:
       return root
     if not (type(view) is tuple and len(view) == 3 and all(type(v) is int for v in view[1:])):
-      raise self._malformed("storage view", view)
+      raise self._malformed('storage view', view)
     _, offset, view_numel = view
     if offset < 0 or view_numel < 0 or offset + view_numel > numel:
       raise CheckpointError(
-          f"{self.source}: storage view {offset}..{offset + view_numel} lies outside "
-          f"storage {key} ({numel} elements)"
+        f'{self.source}: storage view {offset}..{offset + view_numel} lies outside '
+        f'storage {key} ({numel} elements)'
       )
     return _Storage(key, stype, view_numel, offset)
 
@@ -227,94 +226,93 @@ def _unpickle(data: BinaryIO, source: Path, legacy: bool, storages: dict[str, _S
     raise
   except Exception as e:  # truncated / corrupt / hostile pickles raise all sorts of things
     raise CheckpointError(
-        f"{source}: cannot unpickle checkpoint ({type(e).__name__}: {e})"[:500]
+      f'{source}: cannot unpickle checkpoint ({type(e).__name__}: {e})'[:500]
     ) from e
 
 
 def _decode(raw: bytes, storage: _Storage, little_endian: bool) -> np.ndarray:
   # Read-only view of `raw`, no copy: tensors are copied out of it when materialised.
-  dtype = storage.stype.dtype.newbyteorder("<" if little_endian else ">")
+  dtype = storage.stype.dtype.newbyteorder('<' if little_endian else '>')
   arr = np.frombuffer(raw, dtype=dtype, count=storage.numel)
-  return arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
+  return arr if dtype.isnative else arr.astype(dtype.newbyteorder('='))
 
 
 def _read_zip(path: Path) -> tuple[Any, dict[str, _Storage], dict[str, np.ndarray]]:
   try:
     with zipfile.ZipFile(path) as zf:
       infos = {info.filename: info for info in zf.infolist()}
-      pkls = [n for n in infos if n.endswith("data.pkl") and n.count("/") == 1]
+      pkls = [n for n in infos if n.endswith('data.pkl') and n.count('/') == 1]
       if len(pkls) != 1:
-        raise CheckpointError(f"{path}: zip file is not a PyTorch checkpoint (no data.pkl)")
-      prefix = pkls[0][: -len("data.pkl")]  # archive name varies ("archive/", ...)
+        raise CheckpointError(f'{path}: zip file is not a PyTorch checkpoint (no data.pkl)')
+      prefix = pkls[0][: -len('data.pkl')]  # archive name varies ("archive/", ...)
       with zf.open(infos[pkls[0]]) as f:
         raw = f.read(MAX_PICKLE_BYTES + 1)  # bounded even if the member inflates forever
       if len(raw) > MAX_PICKLE_BYTES:
-        raise CheckpointError(f"{path}: data.pkl is larger than {MAX_PICKLE_BYTES} bytes")
+        raise CheckpointError(f'{path}: data.pkl is larger than {MAX_PICKLE_BYTES} bytes')
       storages: dict[str, _Storage] = {}
       obj = _unpickle(io.BytesIO(raw), path, False, storages)
       little = True
-      if prefix + "byteorder" in infos:
-        with zf.open(infos[prefix + "byteorder"]) as f:
-          little = f.read(16).decode(errors="replace").strip() != "big"
+      if prefix + 'byteorder' in infos:
+        with zf.open(infos[prefix + 'byteorder']) as f:
+          little = f.read(16).decode(errors='replace').strip() != 'big'
       data = {}
       for key, storage in storages.items():
-        info = infos.get(f"{prefix}data/{key}")
+        info = infos.get(f'{prefix}data/{key}')
         if info is None:
-          raise CheckpointError(f"{path}: missing storage record {prefix}data/{key}")
+          raise CheckpointError(f'{path}: missing storage record {prefix}data/{key}')
         nbytes = storage.numel * storage.stype.dtype.itemsize
         if info.file_size < nbytes:
           raise CheckpointError(
-              f"{path}: storage {key} has {info.file_size} bytes, needs {nbytes} "
-              "(truncated file?)"
+            f'{path}: storage {key} has {info.file_size} bytes, needs {nbytes} (truncated file?)'
           )
         with zf.open(info) as f:
           raw = f.read(nbytes)  # only what the pickle declares, however large the member
         if len(raw) < nbytes:
           raise CheckpointError(
-              f"{path}: storage {key} has {len(raw)} bytes, needs {nbytes} (truncated file?)"
+            f'{path}: storage {key} has {len(raw)} bytes, needs {nbytes} (truncated file?)'
           )
         data[key] = _decode(raw, storage, little)
   except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-    raise CheckpointError(f"{path}: corrupt PyTorch zip checkpoint ({e})") from e
+    raise CheckpointError(f'{path}: corrupt PyTorch zip checkpoint ({e})') from e
   return obj, storages, data
 
 
 def _read_legacy(path: Path) -> tuple[Any, dict[str, _Storage], dict[str, np.ndarray]]:
   file_size = path.stat().st_size
-  with open(path, "rb") as f:
+  with open(path, 'rb') as f:
     header = [_unpickle(f, path, True, {}) for _ in range(3)]
     magic, protocol, sys_info = header
     if magic != LEGACY_MAGIC or protocol != LEGACY_PROTOCOL or type(sys_info) is not dict:
-      raise CheckpointError(f"{path}: not a PyTorch checkpoint (bad legacy header)")
+      raise CheckpointError(f'{path}: not a PyTorch checkpoint (bad legacy header)')
     storages: dict[str, _Storage] = {}
     obj = _unpickle(f, path, True, storages)
     keys = _unpickle(f, path, True, {})
     if type(keys) is not list or not all(type(k) in (str, int) for k in keys):
-      raise CheckpointError(f"{path}: malformed storage key list")
-    little = bool(sys_info.get("little_endian", True))
+      raise CheckpointError(f'{path}: malformed storage key list')
+    little = bool(sys_info.get('little_endian', True))
     # Storage records follow in the order of `keys`: int64 element count + raw bytes.
     data = {}
     for key in map(str, keys):
       storage = storages.get(key)
       if storage is None:
-        raise CheckpointError(f"{path}: storage {key} listed but never referenced")
+        raise CheckpointError(f'{path}: storage {key} listed but never referenced')
       count_bytes = f.read(8)
       if len(count_bytes) != 8:
-        raise CheckpointError(f"{path}: truncated before storage {key}")
-      (count,) = struct.unpack("<q" if little else ">q", count_bytes)
+        raise CheckpointError(f'{path}: truncated before storage {key}')
+      (count,) = struct.unpack('<q' if little else '>q', count_bytes)
       if count != storage.numel:
         raise CheckpointError(
-            f"{path}: storage {key} has {count} elements, pickle says {storage.numel}"
+          f'{path}: storage {key} has {count} elements, pickle says {storage.numel}'
         )
       nbytes = count * storage.stype.dtype.itemsize
       if nbytes > file_size - f.tell():  # checked before reading (allocating) anything
         raise CheckpointError(
-            f"{path}: storage {key} needs {nbytes} bytes, the file has "
-            f"{file_size - f.tell()} left (truncated file?)"
+          f'{path}: storage {key} needs {nbytes} bytes, the file has '
+          f'{file_size - f.tell()} left (truncated file?)'
         )
       data[key] = _decode(f.read(nbytes), storage, little)
     if storages.keys() - data.keys():
-      raise CheckpointError(f"{path}: some storages have no data records")
+      raise CheckpointError(f'{path}: some storages have no data records')
   return obj, storages, data
 
 
@@ -330,7 +328,7 @@ def _bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
 
 def _path_name(path: tuple[Any, ...]) -> str:
   parts = [k if type(k) in (str, int) else type(k).__name__ for k in path]
-  return "/".join(map(str, parts)) or "<top level>"
+  return '/'.join(map(str, parts)) or '<top level>'
 
 
 class _Materializer:
@@ -352,8 +350,8 @@ class _Materializer:
       return self.memo[id(obj)]
     if len(path) > MAX_NESTING:
       raise CheckpointError(
-          f"{self.source}: objects nested deeper than {MAX_NESTING} levels at "
-          f"{_path_name(path[:8])}/..."
+        f'{self.source}: objects nested deeper than {MAX_NESTING} levels at '
+        f'{_path_name(path[:8])}/...'
       )
     if kind is _TensorRef:
       out = self.tensor(obj, path)
@@ -376,22 +374,22 @@ class _Materializer:
   def _count(self, n: int = 1) -> None:
     self.items += n
     if self.items > MAX_ITEMS:
-      raise CheckpointError(f"{self.source}: the pickled object has over {MAX_ITEMS} items")
+      raise CheckpointError(f'{self.source}: the pickled object has over {MAX_ITEMS} items')
 
   def tensor(self, ref: _TensorRef, path: tuple[Any, ...]) -> np.ndarray:
     storage, size, stride = ref.storage, ref.size, ref.stride
-    where = f"{self.source}: tensor {_path_name(path)}"
+    where = f'{self.source}: tensor {_path_name(path)}'
     if (
-        len(size) != len(stride)
-        or len(size) > MAX_NDIM
-        or not 0 <= ref.offset < _MAX_DIM
-        or any(not 0 <= v < _MAX_DIM for v in size + stride)
+      len(size) != len(stride)
+      or len(size) > MAX_NDIM
+      or not 0 <= ref.offset < _MAX_DIM
+      or any(not 0 <= v < _MAX_DIM for v in size + stride)
     ):
-      raise CheckpointError(f"{where}: bad geometry size={size} stride={stride}"[:300])
+      raise CheckpointError(f'{where}: bad geometry size={size} stride={stride}'[:300])
     numel = math.prod(size)  # exact: Python ints do not overflow
     flat = self.data.get(storage.key)
     if flat is None:
-      raise CheckpointError(f"{where}: storage {storage.key} has no data")
+      raise CheckpointError(f'{where}: storage {storage.key} has no data')
     if numel == 0:
       out = np.zeros(size, flat.dtype)
     else:
@@ -399,27 +397,27 @@ class _Materializer:
       last = ref.offset + sum((n - 1) * s for n, s in zip(size, stride))
       if last >= storage.numel:
         raise CheckpointError(
-            f"{where}: size {size} stride {stride} at offset {ref.offset} exceeds its "
-            f"storage ({storage.numel} elements)"
+          f'{where}: size {size} stride {stride} at offset {ref.offset} exceeds its '
+          f'storage ({storage.numel} elements)'
         )
       if numel > storage.numel and numel > SMALL_BROADCAST:
         raise CheckpointError(
-            f"{where}: size {size} stride {stride} holds {numel} elements, its storage "
-            f"only {storage.numel} (a broadcast view); refusing to expand it"
+          f'{where}: size {size} stride {stride} holds {numel} elements, its storage '
+          f'only {storage.numel} (a broadcast view); refusing to expand it'
         )
       self.budget -= numel
       if self.budget < 0:
         raise CheckpointError(
-            f"{where}: the file's tensors hold over {SHARING_FACTOR}x the elements of "
-            "its storages; refusing to expand them"
+          f"{where}: the file's tensors hold over {SHARING_FACTOR}x the elements of "
+          'its storages; refusing to expand them'
         )
       view = np.lib.stride_tricks.as_strided(
-          flat[storage.offset + ref.offset :],
-          shape=size,
-          strides=tuple(s * flat.itemsize if n > 1 else 0 for n, s in zip(size, stride)),
-          writeable=False,
+        flat[storage.offset + ref.offset :],
+        shape=size,
+        strides=tuple(s * flat.itemsize if n > 1 else 0 for n, s in zip(size, stride)),
+        writeable=False,
       )
-      out = np.array(view, order="C")  # C-contiguous copy, also of non-contiguous views
+      out = np.array(view, order='C')  # C-contiguous copy, also of non-contiguous views
     if storage.stype.bfloat16:
       return _bfloat16_to_float32(out)
     if np.issubdtype(out.dtype, np.floating):
@@ -438,4 +436,4 @@ def read_pth(path: Path, legacy: bool) -> Any:
   try:
     return _Materializer(path, data).tree(obj)
   except RecursionError as e:
-    raise CheckpointError(f"{path}: objects nested too deeply") from e
+    raise CheckpointError(f'{path}: objects nested too deeply') from e
