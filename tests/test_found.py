@@ -17,6 +17,7 @@ from PIL import Image
 from spectral_jax import pipeline
 from spectral_jax.models.weights import torch_pickle
 from spectral_jax.spectral import found, tokencut
+from spectral_jax.spectral import found_background
 from spectral_jax.training import found as found_train
 
 DATA = Path(__file__).parent / 'data' / 'found'
@@ -96,9 +97,9 @@ def logits(extractor, decoders):
 def train_features(extractor):
   """Our 224 × 224 training inputs (augmentation pinned to identity) and their last-block keys
   and CLS attention, one batch."""
-  images = np.stack([found.train_image(_image(i)) for i in IDS])
-  x = np.stack([found.train_input(im) for im in images])
-  keys, att = found.keys_and_cls_attention(extractor, x)
+  images = np.stack([found_background.train_image(_image(i)) for i in IDS])
+  x = np.stack([found_background.train_input(im) for im in images])
+  keys, att = found_background.keys_and_cls_attention(extractor, x)
   return dict(images=images, x=x, keys=np.asarray(keys), attention=np.asarray(att))
 
 
@@ -292,7 +293,7 @@ def test_training_input_and_solver_reference(train_features, image_id):
   ref, info = _ref(image_id), MANIFEST['images'][image_id]['training']
   b = IDS.index(image_id)
   np.testing.assert_array_equal(train_features['images'][b], ref['train_image'])
-  reference = found.unnormalised_reference(train_features['x'][b])
+  reference = found_background.unnormalised_reference(train_features['x'][b])
   np.testing.assert_array_equal(reference, ref['train_bs_reference'])
   differing = int((reference != ref['train_image']).any(-1).sum())
   assert differing == info['bs_reference_pixels_differing']
@@ -301,14 +302,16 @@ def test_training_input_and_solver_reference(train_features, image_id):
 @pytest.mark.parametrize('image_id', IDS)
 def test_background_on_official_features(image_id):
   ref = _ref(image_id)
-  bg = found.background(ref['train_cls_attention'], ref['train_k'].astype(np.float32))
+  bg = found_background.background(ref['train_cls_attention'], ref['train_k'].astype(np.float32))
   assert bg['seed'] == int(ref['bkg_seed']) == MANIFEST['images'][image_id]['training']['bkg_seed']
   np.testing.assert_array_equal(bg['Q'], ref['bkg_Q'])
   np.testing.assert_allclose(bg['beta'], ref['bkg_beta'], rtol=0, atol=1e-6)
   # train_k is stored as float16; the official similarity used the float32 keys.
   np.testing.assert_allclose(bg['similarity'], ref['bkg_similarity'], rtol=0, atol=2e-4)
   for th in THRESHOLDS:
-    bg = found.background(ref['train_cls_attention'], ref['train_k'].astype(np.float32), th)
+    bg = found_background.background(
+      ref['train_cls_attention'], ref['train_k'].astype(np.float32), th
+    )
     np.testing.assert_array_equal(bg['background'].reshape(GRID), ref[f'bkg_mask_{_th(th)}'])
 
 
@@ -319,15 +322,15 @@ def test_background_and_pseudo_masks_end_to_end(train_features, image_id):
   keys, att = train_features['keys'][b], train_features['attention'][b]
   np.testing.assert_allclose(keys, ref['train_k'].astype(np.float32), rtol=1e-3, atol=1e-3)
   np.testing.assert_allclose(att, ref['train_cls_attention'], rtol=0, atol=1e-6)
-  bg = found.background(att, keys)
+  bg = found_background.background(att, keys)
   assert bg['seed'] == info['bkg_seed']
   np.testing.assert_allclose(bg['beta'], info['beta'], rtol=0, atol=1e-6)
-  reference = found.unnormalised_reference(train_features['x'][b])
+  reference = found_background.unnormalised_reference(train_features['x'][b])
   for th in THRESHOLDS:
     name, expected = _th(th), info[_th(th)]
-    bkg = found.background(att, keys, th)['background'].reshape(GRID)
+    bkg = found_background.background(att, keys, th)['background'].reshape(GRID)
     np.testing.assert_array_equal(bkg, ref[f'bkg_mask_{name}'])
-    p = found.pseudo_mask(reference, ~bkg)
+    p = found_background.pseudo_mask(reference, ~bkg)
     np.testing.assert_array_equal(p['target'], ref[f'pseudo_target_{name}'])
     assert _agreement(p['binary'], ref[f'pseudo_bs_binary_{name}']) >= AGREEMENT, name
     assert p['used'] == bool(expected['use_bs']), name
@@ -342,7 +345,9 @@ def test_resize_rules_cv2_and_torch():
     [[0, 0.25, 0.75, 1], [0.5, 0.75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5], [2, 2.25, 2.75, 3]],
     np.float32,
   )
-  np.testing.assert_array_equal(found.resize_bilinear(np.float32([[0, 1], [2, 3]]), (4, 4)), want)
+  np.testing.assert_array_equal(
+    found_background.resize_bilinear(np.float32([[0, 1], [2, 3]]), (4, 4)), want
+  )
   # torch 224 → 28 then bool(): cell (i, j) reads pixels 8i+3, 8i+4 (rows and columns).
   for y, x, hit in (
     (8 * 5 + 3, 8 * 7 + 4, True),
@@ -352,23 +357,23 @@ def test_resize_rules_cv2_and_torch():
   ):
     mask = np.zeros((224, 224), np.float32)
     mask[y, x] = 1.0
-    down = found.downsample_any(mask, (28, 28))
+    down = found_background.downsample_any(mask, (28, 28))
     assert down.sum() == hit and (down[5, 7] if hit else True), (y, x)
 
 
 def test_train_image_draws():
   rng = np.random.default_rng(0)
-  draws = [found.draw_augmentation(rng) for _ in range(200)]
+  draws = [found_background.draw_augmentation(rng) for _ in range(200)]
   scales = np.array([d['scale'] for d in draws])
   sigmas = np.array([d['blur_sigma'] for d in draws if d['blur_sigma'] is not None])
   assert 0.1 <= scales.min() and scales.max() <= 3.0 and 60 < len(sigmas) < 140
   assert 0.1 <= sigmas.min() and sigmas.max() <= 2.0
   photo = _image('chelsea')  # 451 × 300: the shorter edge becomes 224, then 224 × 224
-  scaled = found.train_image(photo, scale=0.5, blur_sigma=1.5)
+  scaled = found_background.train_image(photo, scale=0.5, blur_sigma=1.5)
   assert scaled.shape == (224, 224, 3) and scaled.dtype == np.uint8
-  assert not np.array_equal(scaled, found.train_image(photo))
+  assert not np.array_equal(scaled, found_background.train_image(photo))
   flat = np.full((30, 30, 3), 77, np.uint8)  # a blur keeps a flat image
-  np.testing.assert_array_equal(found.gaussian_blur(flat, 23, 2.0), flat)
+  np.testing.assert_array_equal(found_background.gaussian_blur(flat, 23, 2.0), flat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,7 +452,7 @@ def test_targets_loss_and_step_on_official_features():
   assert w == 1.0 and bs.shape == second.shape == (3, 784)
   np.testing.assert_array_equal(second, bkg)
   for b in range(3):  # the own prediction refined by the pseudo-mask procedure
-    p = found.pseudo_mask(references[b], own[b].reshape(GRID))
+    p = found_background.pseudo_mask(references[b], own[b].reshape(GRID))
     np.testing.assert_array_equal(bs[b], p['mask'].reshape(-1))
   bs_late, second_late, w_late = found_train.iteration_targets(head, keys, references, GRID, 100)
   np.testing.assert_array_equal(bs_late, bs)
@@ -671,7 +676,10 @@ def test_official_decoder_offline_names_the_setting(tmp_path, monkeypatch):
   with pytest.raises(SettingError) as e:
     boxes.found_params('', str(tmp_path / 'empty_cache'))
   assert e.value.key == 'found.decoder'
-  assert 'decoder_weights.pt' in e.value.reason and '--config.found.decoder=' in e.value.reason
+  assert 'decoder_weights.pt' in e.value.reason and str(tmp_path / 'empty_cache') in e.value.reason
+  from spectral_jax.tasks import common  # pylint: disable=import-outside-toplevel
+
+  assert common.user_message(e.value).startswith("--config.found.decoder=''")  # the CLI's words
   # A cached copy (size and sha256 checked) needs no network: the registry's file.
   cached = tmp_path / 'cache' / 'decoder_weights.pt'
   cached.parent.mkdir()

@@ -17,6 +17,7 @@ from PIL import Image
 
 from spectral_jax import errors, pipeline, workdirs
 from spectral_jax.spectral import found
+from spectral_jax.spectral import found_background
 from spectral_jax.tasks import common, found_train
 from spectral_jax.tasks import segment as segment_task
 from spectral_jax.tasks import train as train_task
@@ -159,8 +160,8 @@ def test_other_methods_targets_train_the_head(cache, extractor, tmp_path):
 
 def _agreement(head, extractor, images, targets):
   """Fraction of grid cells where sigmoid(logits) > 0.5 equals the target."""
-  x = np.stack([found.train_input(im) for im in images])
-  keys, _ = found.keys_and_cls_attention(extractor, x)
+  x = np.stack([found_background.train_input(im) for im in images])
+  keys, _ = found_background.keys_and_cls_attention(extractor, x)
   logits = np.asarray(found.decoder_logits(keys, head['weight'], head['bias']))
   return float(np.mean((logits > 0) == targets.reshape(len(images), -1)))
 

@@ -28,6 +28,7 @@ from spectral_jax.errors import SettingError
 from spectral_jax.models import backbones
 from spectral_jax.settings import Settings
 from spectral_jax.spectral import found
+from spectral_jax.spectral import found_background
 from spectral_jax.tasks import common
 from spectral_jax.training import found as found_train
 from spectral_jax.training import found_loop, found_targets
@@ -86,7 +87,7 @@ def write_targets(
     batch, images = [], []
     for ex in todo[start : start + chunk]:
       try:
-        images.append(found.train_image(_load(ex, settings), cfg.crop_size))
+        images.append(found_background.train_image(_load(ex, settings), cfg.crop_size))
         batch.append(ex)
       except (ValueError, OSError) as e:  # unreadable, too large: skipped, logged
         skipped(ex, e)
@@ -114,7 +115,7 @@ def _predict(extractor, head, image: np.ndarray, max_tokens: int, bucket: int = 
   x = image if work == hw else np.asarray(Image.fromarray(image).resize(work[::-1], Image.BILINEAR))
   grid = (-(-work[0] // p), -(-work[1] // p))
   padded_x = np.zeros((grid[0] * p, grid[1] * p, 3), np.float32)  # normalised, then zeros
-  padded_x[: work[0], : work[1]] = found.train_input(x)  # numpy: no compilation per size
+  padded_x[: work[0], : work[1]] = found_background.train_input(x)  # numpy: no compilation per size
   keys = extractor([padded_x], pipeline.bucket_length(grid, 64))['k']
   logits = np.asarray(found.decoder_logits(keys[0], head['weight'], head['bias']))
   logits = logits[: grid[0] * grid[1]].reshape(grid)

@@ -35,6 +35,7 @@ import optax
 
 from spectral_jax.settings import _check, _field, _is_int, _is_number
 from spectral_jax.spectral import found
+from spectral_jax.spectral import found_background
 
 __all__ = [
   'FoundTrainSettings',
@@ -218,15 +219,15 @@ def background_targets(
   bkg_th: float = found.BKG_TH,
 ) -> np.ndarray:
   """``get_bkg_pseudo_labels_batch``: per image, the background discovery's object mask
-  (:func:`found.background`) refined by :func:`found.pseudo_mask` (the official passes its
+  (:func:`found_background.background`) refined by :func:`found_background.pseudo_mask` (the official passes its
   ``shape`` into ``get_all_cc``: 'multi' post-processing). references: uint8 [B, H, W, 3]
-  (:func:`found.unnormalised_reference` of the inputs); cls_attention [B, heads, N]; keys
+  (:func:`found_background.unnormalised_reference` of the inputs); cls_attention [B, heads, N]; keys
   [B, N, D]. Returns bool [B, N] (row-major ``grid``)."""
   cls_attention, keys = np.asarray(cls_attention), np.asarray(keys)
   out = []
   for ref, att, k in zip(references, cls_attention, keys):
-    obj = ~found.background(att, k, bkg_th)['background'].reshape(tuple(grid))
-    out.append(found.pseudo_mask(ref, obj, get_all_cc=True)['mask'].reshape(-1))
+    obj = ~found_background.background(att, k, bkg_th)['background'].reshape(tuple(grid))
+    out.append(found_background.pseudo_mask(ref, obj, get_all_cc=True)['mask'].reshape(-1))
   return np.stack(out)
 
 
@@ -243,13 +244,15 @@ def iteration_targets(
   """The targets of iteration ``step`` (0-based) before its update.
 
   Returns (bs_targets [B, N], second_targets [B, N], second_weight): the own prediction
-  (sigmoid(logits) > 0.5) refined by :func:`found.pseudo_mask` ('multi', gate); then the
+  (sigmoid(logits) > 0.5) refined by :func:`found_background.pseudo_mask` ('multi', gate); then the
   background pseudo-masks (``bkg_targets``, :func:`background_targets`; needed only while
   ``step < stop_bkg_loss``) with weight 1, or afterwards the own prediction with ``w_self``.
   """
   logits = np.asarray(found.decoder_logits(keys, head['weight'], head['bias']))
   own = found.multi_mask(logits).reshape(len(logits), *grid)
-  bs = np.stack([found.pseudo_mask(r, m)['mask'].reshape(-1) for r, m in zip(references, own)])
+  bs = np.stack(
+    [found_background.pseudo_mask(r, m)['mask'].reshape(-1) for r, m in zip(references, own)]
+  )
   if step < stop_bkg_loss:
     if bkg_targets is None:
       raise ValueError(f'iteration {step} < stop_bkg_loss={stop_bkg_loss} needs bkg_targets')

@@ -39,6 +39,7 @@ from absl import logging
 
 from spectral_jax import artifacts
 from spectral_jax.spectral import found
+from spectral_jax.spectral import found_background
 from spectral_jax.training import found as found_train
 
 __all__ = [
@@ -93,8 +94,8 @@ def augmented_image(
 ) -> np.ndarray:
   """The training input of one draw: uint8 [crop, crop, 3] (random scale, blur coin)."""
   rng = np.random.default_rng([cfg.seed, epoch, position, 1])
-  draw = found.draw_augmentation(rng, cfg.scale_range, cfg.blur_p)
-  return found.train_image(image, cfg.crop_size, draw['scale'], draw['blur_sigma'])
+  draw = found_background.draw_augmentation(rng, cfg.scale_range, cfg.blur_p)
+  return found_background.train_image(image, cfg.crop_size, draw['scale'], draw['blur_sigma'])
 
 
 def checkpoint_manager(
@@ -220,9 +221,9 @@ def train(
     grid = (cfg.crop_size // extractor.arch.patch_size,) * 2
     with concurrent.futures.ThreadPoolExecutor(cfg.num_workers) as pool:
       for step, images, fixed in _batches(data, cfg, start, total, pool):
-        x = np.stack([found.train_input(im) for im in images])
-        keys, attention = found.keys_and_cls_attention(extractor, x)
-        references = [found.unnormalised_reference(xi) for xi in x]
+        x = np.stack([found_background.train_input(im) for im in images])
+        keys, attention = found_background.keys_and_cls_attention(extractor, x)
+        references = [found_background.unnormalised_reference(xi) for xi in x]
         bkg = fixed
         if step < cfg.stop_bkg_loss and fixed is None:
           bkg = found_train.background_targets(references, attention, keys, grid, bkg_th)

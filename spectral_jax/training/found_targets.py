@@ -33,6 +33,7 @@ from spectral_jax import pipeline
 from spectral_jax.imaging import resample
 from spectral_jax.settings import Settings
 from spectral_jax.spectral import bilateral, found, maskcut, segments, tokencut
+from spectral_jax.spectral import found_background
 from spectral_jax.training import found as found_train
 
 __all__ = [
@@ -50,7 +51,7 @@ TARGETS = ('found', 'dsm', 'tokencut', 'maskcut')
 
 def training_images(images: Sequence[np.ndarray], crop_size: int = found.CROP_SIZE) -> np.ndarray:
   """The un-augmented training inputs: uint8 [B, crop, crop, 3]."""
-  return np.stack([found.train_image(im, crop_size) for im in images])
+  return np.stack([found_background.train_image(im, crop_size) for im in images])
 
 
 def _grid(extractor: Any, size: int) -> tuple[int, int]:
@@ -60,9 +61,9 @@ def _grid(extractor: Any, size: int) -> tuple[int, int]:
 
 def found_targets(extractor: Any, images: np.ndarray, bkg_th: float = found.BKG_TH) -> np.ndarray:
   """FOUND's pseudo-masks of training inputs uint8 [B, S, S, 3]: bool [B, gh, gw]."""
-  x = np.stack([found.train_input(im) for im in images])
-  keys, attention = found.keys_and_cls_attention(extractor, x)
-  references = [found.unnormalised_reference(xi) for xi in x]
+  x = np.stack([found_background.train_input(im) for im in images])
+  keys, attention = found_background.keys_and_cls_attention(extractor, x)
+  references = [found_background.unnormalised_reference(xi) for xi in x]
   grid = _grid(extractor, images.shape[1])
   masks = found_train.background_targets(references, attention, keys, grid, bkg_th)
   return masks.reshape(len(images), *grid)
@@ -97,7 +98,7 @@ def tokencut_targets(
     patch_mask = tokencut.as_grid(res['mask'][i], grid)
     full = resample.nearest_torch(patch_mask, image.shape[:2])
     _, solved = bilateral.solve(image, full, **sigmas)
-    out.append(found.downsample_any(solved, grid))
+    out.append(found_background.downsample_any(solved, grid))
   return np.stack(out)
 
 
