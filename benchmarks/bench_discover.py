@@ -28,6 +28,16 @@ photos and random crops of them.
 Example (the numbers in benchmarks/README.md)::
 
     python benchmarks/bench_discover.py --images 6 --batch-size 6
+
+``--method promerge``: ProMerge instead (:func:`main_promerge`): ours =
+``spectral_jax.spectral.promerge_images.run(extractor, images, crf=...)`` (one batched ViT forward,
+one jitted prompt step for all prompts of the batch, the host rules, upsampling / CRF / resize)
+against ``official_promerge.discover`` per image (the protocol's per-prompt loop transcribed
+literally: one prompt at a time, Python loops over components, candidates and clusters; ViT in
+torch at batch 1, or our jitted ViT at batch 1 without torch), on the 2-block ViT-B/8 of
+``tests/data/promerge`` (decompressed with lzma into a temporary folder) and its 3 photos::
+
+    python benchmarks/bench_discover.py --method promerge --repeats 2 --crf
 """
 
 from __future__ import annotations
@@ -56,6 +66,8 @@ from spectral_jax import coco, pipeline  # noqa: E402
 from spectral_jax.data import datasets  # noqa: E402
 from spectral_jax.spectral import maskcut  # noqa: E402
 from spectral_jax.tasks import discover  # noqa: E402
+
+PROMERGE_DIR = os.path.join(ROOT, "tests", "data", "promerge")
 
 
 PARITY = os.path.join(ROOT, "tests", "data", "parity", "images")
@@ -126,6 +138,136 @@ def agree(a: np.ndarray, b: np.ndarray) -> bool:
   return bool(iou[rows, cols].min() >= 0.999)
 
 
+def _best(f, repeats: int = 3):
+  """(best seconds, last result) of ``f()`` after one warm-up call."""
+  out = f()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = f()
+    times.append(time.perf_counter() - t0)
+  return min(times), out
+
+
+def promerge_stages(extractor, images, crf: bool) -> dict:
+  """Our stages of ``promerge_images.run`` on one batch, each alone (best of 3; the CRF
+  post-processing: one timed run after a warm-up)."""
+  from spectral_jax.spectral import promerge, promerge_images  # pylint: disable=C0415
+
+  settings = promerge.PromergeSettings(crf=crf)
+  p = promerge.PATCH_SIZE
+  t_resize, prepped = _best(lambda: [maskcut.preprocess(im, settings.fixed_size, p)
+                                     for im in images])
+  grid = prepped[0][2]
+  n = grid[0] * grid[1]
+  t_vit, keys = _best(lambda: np.asarray(extractor([pr[1] for pr in prepped], n)["k"])[
+      : len(images), :n])
+  seeds = promerge.seed_positions(grid, settings.stride)
+  t_prompt, prompts = _best(lambda: promerge.prompt_masks(keys, grid, seeds,
+                                                          settings.bipartition_tau))
+  g, aff, masks = prompts
+  t_host, results = _best(lambda: [promerge.promerge(keys[i], grid, settings,
+                                                     prompts=(g[i], aff[i], masks[i]))
+                                   for i in range(len(images))])
+
+  def post():
+    for im, pr, res in zip(images, prepped, results):
+      final, _, _ = promerge_images.to_image_masks(res.clusters, im.shape[:2], pr[0].shape[:2],
+                                                   pr[0], crf, settings)
+      promerge_images.mask_boxes(final[final.any((1, 2))])
+
+  t_post, _ = _best(post, 1 if crf else 3)
+  return {"resize (LANCZOS 480²)": t_resize, "ViT forward (batched)": t_vit,
+          "prompt step (all prompts, one jitted matmul)": t_prompt,
+          "host stages (side test, components, vote, filter, merge, scores)": t_host,
+          f"post-processing (upsample{', CRF' if crf else ''}, resize, boxes)": t_post}
+
+
+def main_promerge(args) -> int:
+  """Ours (promerge_images.run, batched) vs the official per-prompt loop, per crf setting."""
+  import lzma  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  import official_promerge  # pylint: disable=import-outside-toplevel
+  from spectral_jax.spectral import promerge_images  # pylint: disable=C0415
+
+  tmp = tempfile.mkdtemp(prefix="bench_promerge_")
+  ckpt = args.checkpoint
+  if not ckpt:
+    ckpt = os.path.join(tmp, "checkpoint.pth")
+    with lzma.open(os.path.join(PROMERGE_DIR, "checkpoint.pth.xz")) as src, \
+        open(ckpt, "wb") as dst:
+      shutil.copyfileobj(src, dst)
+  model_name = args.model or "dino_vitb8"
+  folder_ = os.path.join(PROMERGE_DIR, "images")
+  names = sorted(os.listdir(folder_))[: args.images] if args.images < 3 else sorted(
+      os.listdir(folder_))
+  images = [np.asarray(Image.open(os.path.join(folder_, f)).convert("RGB")) for f in names]
+  extractor = pipeline.load_extractor(model_name, ckpt, os.path.join(tmp, "cache"))
+  vit = args.reference_vit
+  model = None
+  if vit == "torch":
+    try:
+      import official_reference  # pylint: disable=import-outside-toplevel
+      model = official_reference.load_dino(ckpt)
+    except ImportError:
+      vit = "jax (torch is not installed)"
+  warm_s, warm_x = official_promerge.preprocess(images[0])  # warm-up: batch-1 ViT
+  official_promerge.torch_keys(model, warm_x) if model is not None else \
+      official_promerge.jax_keys(extractor, warm_s)
+  print(f"\nProMerge, {len(images)} images ({', '.join(names)}), {model_name} "
+        f"{os.path.relpath(ckpt, ROOT) if args.checkpoint else 'tests/data/promerge/checkpoint.pth.xz'}"
+        f" ({extractor.arch.depth} blocks), fixed size 480, stride 4 (225 prompts/image); "
+        f"backend {jax.default_backend()}, batch {args.batch_size}; official ViT: {vit}; "
+        f"load average {os.getloadavg()[0]:.1f}")
+  n = len(images)
+  for crf in ([False, True] if args.crf else [False]):
+    t0 = time.perf_counter()
+    promerge_images.run(extractor, images, crf=crf, batch_size=args.batch_size)
+    warm = time.perf_counter() - t0
+    ours_t, ref_t, timers = [], [], {}
+    for _ in range(args.repeats):
+      t0 = time.perf_counter()
+      ours = promerge_images.run(extractor, images, crf=crf, batch_size=args.batch_size)
+      ours_t.append(time.perf_counter() - t0)
+      pass_timers: dict = {}
+      t0 = time.perf_counter()
+      ref = [official_promerge.discover(im, crf, model=model, extractor=extractor,
+                                        timers=pass_timers) for im in images]
+      ref_t.append(time.perf_counter() - t0)
+      if ref_t[-1] <= min(ref_t):
+        timers = pass_timers
+    same_clusters = sum(
+        sorted(c.tobytes() for c in o.result.clusters) == sorted(c.tobytes() for c in r[0])
+        for o, r in zip(ours, ref))
+    same = sum(agree(o.masks, np.array(r[1]).reshape(-1, *o.masks.shape[1:]))
+               for o, r in zip(ours, ref))
+    objects = [len(o.masks) for o in ours]
+    stages = promerge_stages(extractor, images, crf)
+    o_s, r_s = min(ours_t) / n, min(ref_t) / n
+    print(f"\ncrf={crf}: same clusters {same_clusters}/{n} images, same final objects "
+          f"{same}/{n} (objects per image {objects}); our warm-up run {warm:.1f} s; load "
+          f"average {os.getloadavg()[0]:.1f}")
+    print()
+    print("| side | s/image (best pass) | passes (s, all images) | official / ours |")
+    print("|---|---:|---|---:|")
+    print(f"| ours: promerge_images.run (batched) | {o_s:.3f} | "
+          + ", ".join(f"{t:.2f}" for t in ours_t) + " | 1.00 |")
+    print(f"| official per-prompt loop (ViT {vit.split()[0]} batch 1) | {r_s:.3f} | "
+          + ", ".join(f"{t:.2f}" for t in ref_t) + f" | **{r_s / o_s:.2f}×** |")
+    print()
+    print("| stage (s, all images) | ours | official (best pass) |")
+    print("|---|---:|---:|")
+    ref_rows = [timers["resize"], timers["vit"], timers["prompts"],
+                timers["vote, filter, merge"], timers["post"]]
+    notes = ["", " (batch 1)", " (per prompt: mat-vec, side test, label, components)",
+             " (vote, filter, merge)", ""]
+    for (name, t), r, note in zip(stages.items(), ref_rows, notes):
+      print(f"| {name} | {t:.3f} | {r:.3f}{note} |")
+    print(f"| end to end | {min(ours_t):.3f} | {min(ref_t):.3f} |")
+  return 0
+
+
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--images", type=int, default=6)
@@ -136,10 +278,21 @@ def main(argv=None) -> None:
                   help="our CRF processes (discover.workers; 0 = auto)")
   ap.add_argument("--seed", type=int, default=0, help="crops of the generated images")
   ap.add_argument("--repeats", type=int, default=2, help="alternating rounds, best reported")
-  ap.add_argument("--model", default="dino_vits16")
-  ap.add_argument("--checkpoint", default=os.path.join(ROOT, "tests", "data", "parity",
-                                                       "checkpoint.pth"))
+  ap.add_argument("--model", default="",
+                  help="default dino_vits16 (maskcut), dino_vitb8 (promerge)")
+  ap.add_argument("--checkpoint", default="",
+                  help="default: tests/data/parity/checkpoint.pth (maskcut), the decompressed "
+                       "tests/data/promerge/checkpoint.pth.xz (promerge)")
+  ap.add_argument("--method", default="maskcut", choices=("maskcut", "promerge"))
+  ap.add_argument("--reference-vit", default="torch", choices=("torch", "jax"),
+                  help="promerge: the official loop's ViT forward (torch at batch 1, the "
+                       "default when torch is installed; jax = our jitted ViT at batch 1)")
   args = ap.parse_args(argv)
+  if args.method == "promerge":
+    return main_promerge(args)
+  args.model = args.model or "dino_vits16"
+  args.checkpoint = args.checkpoint or os.path.join(ROOT, "tests", "data", "parity",
+                                                    "checkpoint.pth")
 
   tmp = tempfile.mkdtemp(prefix="bench_discover_")
   ckpt = args.checkpoint

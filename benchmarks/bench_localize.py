@@ -5,7 +5,7 @@ checkpoint:
 
 * **ours**: ``spectral_jax.pipeline.run_images(extractor, examples, batch_size, max_pixels,
   spectral_k=5, bucket_tokens)`` (decode threads, size-bucketed batched ViT forward, batched
-  Laplacian eigenvectors) followed by ``spectral_jax.tasks.localize.localization`` (the
+  Laplacian eigenvectors) followed by ``spectral_jax.results.boxes.localization`` (the
   localize task's box rule) for every result. A warm-up pass over the same images comes
   first; its time (which includes XLA compilation) is reported separately, with the number
   of compiled ViT shapes.
@@ -44,6 +44,12 @@ back to float32; the eigen step stays float32 / scipy as in the official code).
 ``--synthetic N`` replaces the image set by N generated VOC-sized JPEG files (random crops of
 the scikit-image photos, quality 90), timed end to end like the others (decode threads
 included).
+
+``--method tokencut|lost`` times TokenCut / LOST against their official per-image loops
+(``official_methods.py``); ``--method found`` times FOUND's object discovery against its official
+per-image evaluation (``official_found.py``, run by ``localize_found.py``: the 2-block ViT-S/8 and
+``decoder_random.pt`` of ``tests/data/found`` by default, ``--checkpoint`` / ``--decoder`` to
+override) and prints a stage profile of ours (ViT, decoder head, post-processing as % of the ViT).
 
 Two further modes print tables instead of timing the official loop:
 
@@ -107,7 +113,7 @@ from spectral_jax.data import datasets  # noqa: E402
 from spectral_jax.models import vit  # noqa: E402
 from spectral_jax.spectral import affinity, eigen, segments  # noqa: E402
 from spectral_jax.tasks import common  # noqa: E402
-from spectral_jax.tasks import localize as localize_task  # noqa: E402
+from spectral_jax.results import boxes as boxes_lib  # noqa: E402
 
 # --model: (patch size, pretrained grid) of the generated random checkpoint.
 MODELS = {"dino_vits16": (16, 14), "dino_vits8": (8, 28)}
@@ -300,7 +306,7 @@ def verify_reference(device: str) -> str:
 
 def run_ours(extractor, examples, args, method: str = "dsm") -> Tuple[float, Dict[str, np.ndarray]]:
     """Seconds and boxes (original pixels) of ``method`` through the localize task's own steps:
-    ``pipeline.run_images`` then ``tasks.localize.localization`` per result."""
+    ``pipeline.run_images`` then ``results.boxes.localization`` per result."""
     boxes = {}
     t0 = time.perf_counter()
     for r in pipeline.run_images(extractor, examples, batch_size=args.batch_size,
@@ -308,7 +314,7 @@ def run_ours(extractor, examples, args, method: str = "dsm") -> Tuple[float, Dic
                                  spectral_k=5 if method == "dsm" else 0,
                                  bucket_tokens=args.bucket_tokens, solver=args.solver,
                                  method=method):
-        boxes[r.example.id] = localize_task.localization(r)[0]
+        boxes[r.example.id] = boxes_lib.localization(r)[0]
     return time.perf_counter() - t0, boxes
 
 
@@ -819,14 +825,22 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-verify", action="store_true",
                     help="do not verify the reference against tests/data/parity")
     ap.add_argument("--no-profile", action="store_true", help="skip the stage profile")
-    ap.add_argument("--method", default="dsm", choices=("dsm", "tokencut", "lost"),
+    ap.add_argument("--method", default="dsm", choices=("dsm", "tokencut", "lost", "found"),
                     help="dsm (default), or TokenCut / LOST object discovery against their "
-                         "official per-image loop (benchmarks/official_methods.py)")
+                         "official per-image loop (benchmarks/official_methods.py), or FOUND's "
+                         "(benchmarks/official_found.py; --checkpoint defaults to the 2-block "
+                         "ViT-S/8 of tests/data/found)")
+    ap.add_argument("--decoder", default="",
+                    help="--method found: FOUND's decoder file (default "
+                         "tests/data/found/decoder_random.pt)")
     args = ap.parse_args(argv)
     if args.attention:
         return main_attention(args)
     if args.block:
         return main_block(args)
+    if args.method == "found":
+        import localize_found  # pylint: disable=import-outside-toplevel
+        return localize_found.main(args, argv, sys.modules[__name__])
     if args.method != "dsm":
         return main_method(args, argv)
     if torch is None:
