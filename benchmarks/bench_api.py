@@ -38,8 +38,8 @@ from spectral_jax.tasks import localize  # noqa: E402
 def photos(n: int, seed: int = 0) -> list[np.ndarray]:
   """The three parity photos, then generated scenes (an ellipse on a textured background)."""
   out = [
-      np.asarray(Image.open(p).convert('RGB'))
-      for p in sorted((ROOT / 'tests' / 'data' / 'parity' / 'images').glob('*.png'))
+    np.asarray(Image.open(p).convert('RGB'))
+    for p in sorted((ROOT / 'tests' / 'data' / 'parity' / 'images').glob('*.png'))
   ][:n]
   rng = np.random.default_rng(seed)
   while len(out) < n:
@@ -58,7 +58,7 @@ def main() -> None:
   parser.add_argument('--images', type=int, default=12)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument(
-      '--checkpoint', default=str(ROOT / 'tests' / 'data' / 'parity' / 'checkpoint.pth')
+    '--checkpoint', default=str(ROOT / 'tests' / 'data' / 'parity' / 'checkpoint.pth')
   )
   args = parser.parse_args()
   tmp = Path(tempfile.mkdtemp(prefix='spectral_jax_bench_api_'))
@@ -82,8 +82,8 @@ def main() -> None:
     work = tmp / f'work{k}'
     localize.run(config, str(work))
     records = {
-        r['id']: r['box_xyxy']
-        for r in map(json.loads, (work / 'predictions.jsonl').read_text().splitlines())
+      r['id']: r['box_xyxy']
+      for r in map(json.loads, (work / 'predictions.jsonl').read_text().splitlines())
     }
     shutil.rmtree(work)
     return [records[f'{i:04d}'] for i in range(len(arrays))]
@@ -100,9 +100,11 @@ def main() -> None:
   best = {side: min(t) for side, t in times.items()}
   print(f'| side ({args.images} images, best of {args.repeats}) | s | images/s |')
   print('|---|---|---|')
-  print(f"| API, arrays in memory | {best['api']:.3f} | {args.images / best['api']:.2f} |")
-  print(f"| CLI runner, PNG files → workdir | {best['cli']:.3f} | {args.images / best['cli']:.2f} |")
-  print(f"ratio CLI / API: {best['cli'] / best['api']:.2f} (above 1: the API is faster)")
+  print(f'| API, arrays in memory | {best["api"]:.3f} | {args.images / best["api"]:.2f} |')
+  print(
+    f'| CLI runner, PNG files → workdir | {best["cli"]:.3f} | {args.images / best["cli"]:.2f} |'
+  )
+  print(f'ratio CLI / API: {best["cli"] / best["api"]:.2f} (above 1: the API is faster)')
   shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -48,12 +48,12 @@ def _preset_blas_threads(argv: List[str]) -> None:
   """
   for i, arg in enumerate(argv):
     value = (
-        arg.split("=", 1)[1]
-        if arg.startswith("--blas-threads=")
-        else (argv[i + 1] if arg == "--blas-threads" and i + 1 < len(argv) else None)
+      arg.split('=', 1)[1]
+      if arg.startswith('--blas-threads=')
+      else (argv[i + 1] if arg == '--blas-threads' and i + 1 < len(argv) else None)
     )
     if value is not None:
-      for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+      for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
         os.environ[var] = value
 
 
@@ -61,7 +61,7 @@ _preset_blas_threads(sys.argv)
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -70,17 +70,17 @@ import scipy.sparse.linalg as sla  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from spectral_jax.spectral.affinity import (  # noqa: E402
-    color_image_for_grid,
-    combined_affinity,
-    feature_affinity,
+  color_image_for_grid,
+  combined_affinity,
+  feature_affinity,
 )
 from spectral_jax.spectral.eigen import choose_solver, laplacian_eigs  # noqa: E402
 
 GRIDS = {400: (20, 20), 1200: (30, 40), 2400: (40, 60), 4800: (60, 80)}
 PARITY_DIR = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "parity"
+  os.path.dirname(os.path.abspath(__file__)), '..', 'tests', 'data', 'parity'
 )
-PARITY = os.path.join(PARITY_DIR, "astronaut.npz")
+PARITY = os.path.join(PARITY_DIR, 'astronaut.npz')
 
 
 def grid_for(n: int) -> Tuple[int, int]:
@@ -108,9 +108,9 @@ def cluster_features(n: int, seed: int, dim: int = 384, clusters: int = 6) -> np
 
 def parity_features(n: int, seed: int) -> np.ndarray:
   """Parity ``k`` features (32×32 grid) bilinearly resized to ``grid_for(n)``, plus noise."""
-  k = np.load(PARITY)["k"].reshape(32, 32, -1)
+  k = np.load(PARITY)['k'].reshape(32, 32, -1)
   h, w = grid_for(n)
-  up = jax.image.resize(jnp.asarray(k), (h, w, k.shape[-1]), "bilinear")
+  up = jax.image.resize(jnp.asarray(k), (h, w, k.shape[-1]), 'bilinear')
   rng = np.random.default_rng(seed)
   f = np.asarray(up).reshape(n, -1)
   return (f + 0.05 * f.std() * rng.normal(size=f.shape)).astype(np.float32)
@@ -118,12 +118,12 @@ def parity_features(n: int, seed: int) -> np.ndarray:
 
 def build_affinity(source: str, n: int, seed: int) -> np.ndarray:
   """Dense float32 ``[n, n]`` affinity for a benchmark source (see the module docstring)."""
-  if source == "clusters":
+  if source == 'clusters':
     return np.asarray(feature_affinity(jnp.asarray(cluster_features(n, seed))))
   feats = jnp.asarray(parity_features(n, seed))
-  if source == "parity":
+  if source == 'parity':
     return np.asarray(feature_affinity(feats))
-  image = np.asarray(Image.open(os.path.join(PARITY_DIR, "images", "astronaut.png")).convert("RGB"))
+  image = np.asarray(Image.open(os.path.join(PARITY_DIR, 'images', 'astronaut.png')).convert('RGB'))
   image_lr = color_image_for_grid(image, grid_for(n))
   return np.asarray(combined_affinity(feats, image_lr, color_lambda=10.0))
 
@@ -133,7 +133,7 @@ def official_call(w: np.ndarray, k: int) -> np.ndarray:
   d = w.sum(axis=1)
   d[d < 1e-12] = 1.0
   dmat = np.diag(d)
-  vals, _ = sla.eigsh(dmat - w, k=k, sigma=0, which="LM", M=dmat)
+  vals, _ = sla.eigsh(dmat - w, k=k, sigma=0, which='LM', M=dmat)
   return np.sort(vals)
 
 
@@ -144,12 +144,12 @@ def reference_eigenvalues(w: np.ndarray, k: int) -> np.ndarray:
   d[d < 1e-12] = 1.0
   s = 1.0 / np.sqrt(d)
   a = w64 * s[:, None] * s[None, :]
-  theta = sla.eigsh(a, k=k, which="LA", tol=1e-12, v0=np.sqrt(d), ncv=max(2 * k + 1, 40))[0]
+  theta = sla.eigsh(a, k=k, which='LA', tol=1e-12, v0=np.sqrt(d), ncv=max(2 * k + 1, 40))[0]
   return np.sort(1.0 - theta)
 
 
 def best_time(
-    fn: Callable[[], object], repeats: int, min_total: float = 1.0, max_runs: int = 50
+  fn: Callable[[], object], repeats: int, min_total: float = 1.0, max_runs: int = 50
 ) -> Tuple[float, float, object]:
   """Best wall and best process-CPU time of ``fn()``, and its output.
 
@@ -162,7 +162,7 @@ def best_time(
   """
   time.sleep(0.5)
   out = fn()
-  best_wall, best_cpu, spent, runs = float("inf"), float("inf"), 0.0, 0
+  best_wall, best_cpu, spent, runs = float('inf'), float('inf'), 0.0, 0
   while runs < repeats or (spent < min_total and runs < max_runs):
     c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
@@ -173,7 +173,7 @@ def best_time(
 
 
 def run_case(
-    w: np.ndarray, k: int, solvers: List[str], repeats: int, min_time: float
+  w: np.ndarray, k: int, solvers: List[str], repeats: int, min_time: float
 ) -> Dict[str, Tuple[float, float, float]]:
   """``{name: (best wall s, best CPU s, max |λ − λ_ref|)}`` for the official call and solvers."""
   ref = reference_eigenvalues(w, k)
@@ -187,7 +187,7 @@ def run_case(
 
     return call
 
-  calls: Dict[str, Callable[[], object]] = {"official eigsh": lambda: official_call(w, k)}
+  calls: Dict[str, Callable[[], object]] = {'official eigsh': lambda: official_call(w, k)}
   calls.update({solver: ours(solver) for solver in solvers})
   results = {}
   for name, fn in calls.items():
@@ -197,82 +197,80 @@ def run_case(
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--sizes", type=int, nargs="+", default=[400, 1200, 2400, 4800])
-  parser.add_argument("--ks", type=int, nargs="+", default=[5, 20])
-  parser.add_argument("--solvers", nargs="+", default=["lanczos", "dense", "auto"])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--sizes', type=int, nargs='+', default=[400, 1200, 2400, 4800])
+  parser.add_argument('--ks', type=int, nargs='+', default=[5, 20])
+  parser.add_argument('--solvers', nargs='+', default=['lanczos', 'dense', 'auto'])
   parser.add_argument(
-      "--sources",
-      nargs="+",
-      default=["clusters", "parity", "color"],
-      choices=["clusters", "parity", "color"],
+    '--sources',
+    nargs='+',
+    default=['clusters', 'parity', 'color'],
+    choices=['clusters', 'parity', 'color'],
   )
-  parser.add_argument("--repeats", type=int, default=3, help="minimum timed runs per method")
+  parser.add_argument('--repeats', type=int, default=3, help='minimum timed runs per method')
   parser.add_argument(
-      "--min-time",
-      type=float,
-      default=1.0,
-      help="keep repeating (up to 50 runs) until this many seconds are spent",
-  )
-  parser.add_argument(
-      "--dense-max-n",
-      type=int,
-      default=2400,
-      help="skip the dense solver above this N (it is O(N^3))",
+    '--min-time',
+    type=float,
+    default=1.0,
+    help='keep repeating (up to 50 runs) until this many seconds are spent',
   )
   parser.add_argument(
-      "--rounds", type=int, default=1, help="passes over all cases; each method keeps its best time"
+    '--dense-max-n',
+    type=int,
+    default=2400,
+    help='skip the dense solver above this N (it is O(N^3))',
   )
   parser.add_argument(
-      "--blas-threads",
-      type=int,
-      default=None,
-      help="OpenBLAS/OMP/MKL threads (set before numpy loads; default: " "library default)",
+    '--rounds', type=int, default=1, help='passes over all cases; each method keeps its best time'
   )
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+    '--blas-threads',
+    type=int,
+    default=None,
+    help='OpenBLAS/OMP/MKL threads (set before numpy loads; default: library default)',
+  )
+  parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
 
   print(
-      f"backend: {jax.default_backend()}, devices: {jax.devices()}, jax {jax.__version__}, "
-      f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, "
-      f"cpus={os.cpu_count()}"
+    f'backend: {jax.default_backend()}, devices: {jax.devices()}, jax {jax.__version__}, '
+    f'OPENBLAS_NUM_THREADS={os.environ.get("OPENBLAS_NUM_THREADS", "default")}, '
+    f'cpus={os.cpu_count()}'
   )
   print()
   cases = [(source, n, k) for source in args.sources for n in args.sizes for k in args.ks]
   affinities = {
-      (source, n): build_affinity(source, n, args.seed)
-      for source in args.sources
-      for n in args.sizes
+    (source, n): build_affinity(source, n, args.seed) for source in args.sources for n in args.sizes
   }
   # Several rounds over all cases, keeping each method's best: spreading the samples over a
   # longer time makes it likelier that every method gets some runs on a quiet CPU.
   best: Dict[Tuple[str, int, int], Dict[str, Tuple[float, float, float]]] = {}
   for rnd in range(args.rounds):
     for source, n, k in cases:
-      solvers = [s for s in args.solvers if not (s == "dense" and n > args.dense_max_n)]
+      solvers = [s for s in args.solvers if not (s == 'dense' and n > args.dense_max_n)]
       res = run_case(affinities[(source, n)], k, solvers, args.repeats, args.min_time)
       old = best.setdefault((source, n, k), res)
       for name, (wall, cpu, err) in res.items():
         old[name] = (min(wall, old[name][0]), min(cpu, old[name][1]), err)
       print(
-          f"round {rnd + 1}/{args.rounds}: {source} N={n} K={k} done", file=sys.stderr, flush=True
+        f'round {rnd + 1}/{args.rounds}: {source} N={n} K={k} done', file=sys.stderr, flush=True
       )
 
   print(
-      "| source | N | K | solver | wall (s) | speed-up (wall) | CPU (s) | speed-up (CPU) "
-      "| max abs eig err vs f64 |"
+    '| source | N | K | solver | wall (s) | speed-up (wall) | CPU (s) | speed-up (CPU) '
+    '| max abs eig err vs f64 |'
   )
-  print("|---|---|---|---|---|---|---|---|---|")
+  print('|---|---|---|---|---|---|---|---|---|')
   for source, n, k in cases:
     res = best[(source, n, k)]
-    wall_off, cpu_off, _ = res["official eigsh"]
+    wall_off, cpu_off, _ = res['official eigsh']
     for name, (wall, cpu, err) in res.items():
-      label = f"auto→{choose_solver(n, k)}" if name == "auto" else name
+      label = f'auto→{choose_solver(n, k)}' if name == 'auto' else name
       print(
-          f"| {source} | {n} | {k} | {label} | {wall:.4f} | {wall_off / wall:.1f}× "
-          f"| {cpu:.4f} | {cpu_off / cpu:.1f}× | {err:.1e} |"
+        f'| {source} | {n} | {k} | {label} | {wall:.4f} | {wall_off / wall:.1f}× '
+        f'| {cpu:.4f} | {cpu_off / cpu:.1f}× | {err:.1e} |'
       )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()
