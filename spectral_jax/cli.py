@@ -207,7 +207,7 @@ def _run_mode(config, workdir: Path) -> None:
       None if dist.process_id < 0 else dist.process_id,
       initialization_timeout=timeout,
     )
-  (logging.info if jax.process_count() > 1 else logging.debug)(
+  (logging.info if jax.device_count() > 1 else logging.debug)(
     'JAX process %d/%d, local devices: %s',
     jax.process_index(),
     jax.process_count(),

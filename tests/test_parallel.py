@@ -29,7 +29,6 @@ def localize_cmd(workdir, cache, *extra):
     f'--config.model.cache_dir={cache}',
     '--config.data.batch_size=4',
     '--config.output.num_panels=0',
-    '--verbosity=1',  # the devices line is a detail
     *extra,
   ]
 
