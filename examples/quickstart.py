@@ -7,7 +7,7 @@ Without a checkpoint the official DINO ViT-S/16 weights are downloaded once (82 
 images it uses photos that ship with scikit-image.
 """
 
-# %% Setup: arguments (a notebook can just set these three names).
+# %% Setup: checkpoint, output folder, images (a notebook can just set these three names).
 import argparse
 import os
 from pathlib import Path
@@ -17,19 +17,22 @@ from PIL import Image, ImageDraw
 
 import spectral_jax as sj
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument('--checkpoint', default=os.environ.get('SPECTRAL_JAX_CHECKPOINT'))
-parser.add_argument('--out', default='quickstart_out')
-parser.add_argument('images', nargs='*')
-args, _ = parser.parse_known_args()  # known args only: notebooks pass their own flags
-checkpoint, out = args.checkpoint, Path(args.out)
-images = args.images
+checkpoint = os.environ.get('SPECTRAL_JAX_CHECKPOINT')  # None: the official weights
+out, images = Path('quickstart_out'), []
+if '__file__' in globals():  # run as a script (a notebook kernel's argv is its own, not ours)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--checkpoint', default=checkpoint)
+  parser.add_argument('--out', default=str(out))
+  parser.add_argument('images', nargs='*')
+  args = parser.parse_args()
+  checkpoint, out, images = args.checkpoint, Path(args.out), args.images
 if not images:
   import skimage.data  # the scikit-image photos, as configs/demo.py
 
   folder = Path(skimage.data.__file__).parent
   images = [str(folder / name) for name in ('astronaut.png', 'chelsea.png', 'coffee.png')]
 out.mkdir(parents=True, exist_ok=True)
+print('images:', ', '.join(Path(p).name for p in images), '| outputs in:', out)
 
 # %% Load the backbone once: the jitted ViT and its weights, reused by every call.
 backbone = sj.load_backbone('dino_vits16', checkpoint=checkpoint)
@@ -61,7 +64,8 @@ panel = Image.new('RGB', (256 * len(tiles), max(t.height for t in tiles)), 'whit
 for i, tile in enumerate(tiles):
   panel.paste(tile, (256 * i, 0))
 panel.save(out / 'panel.png')
-print('panel:', out / 'panel.png')  # in a notebook, `panel` alone displays it
+print('panel:', out / 'panel.png')
+panel  # a notebook shows the panel here
 
 # %% Remove the background of the first photo: RGBA cutout, and the object on white.
 rgba = sj.remove_background(backbone, images[0])
@@ -69,3 +73,4 @@ Image.fromarray(rgba).save(out / 'cutout.png')
 on_white = sj.remove_background(backbone, images[0], background='white')
 Image.fromarray(on_white).save(out / 'on_white.png')
 print('cutout:', out / 'cutout.png', rgba.shape, '| on white:', out / 'on_white.png')
+Image.fromarray(rgba).reduce(2)  # a notebook shows the cutout here (half size)
