@@ -109,8 +109,6 @@ def main():
       resources={'metadata': {'path': tmp}},
     )
     client.execute()
-  for cell in nb.cells:  # nbclient leaves an empty execution record per cell
-    cell.metadata.pop('execution', None)
   nbformat.validate(nb)
   nbformat.write(nb, NOTEBOOK)
   print(f'{NOTEBOOK}: {len(cells)} code cells, {NOTEBOOK.stat().st_size / 1e3:.0f} kB')
