@@ -91,6 +91,8 @@ def main():
   nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
   nb.cells = [nbformat.v4.new_markdown_cell(intro(docstring, note))]
   nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+  for i, cell in enumerate(nb.cells):  # fixed ids: a rerun changes only what the cells print
+    cell.id = f'cell-{i}'
   with tempfile.TemporaryDirectory(prefix='quickstart_nb_') as tmp:
     # The printed Backbone names its checkpoint: a short relative name, not this machine's path.
     source = Path(args.checkpoint).resolve() if args.checkpoint else RANDOM_CHECKPOINT
