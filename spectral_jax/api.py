@@ -19,6 +19,9 @@ ValueError naming the parameter; an unusable image names it as ``images[i]``.
 Coordinates: pixels of the original image; boxes are [x0, y0, x1, y1] with exclusive max (the
 CLI's ``predictions.jsonl``); masks are [H, W]; eigenvectors are on the patch grid (h, w) of
 the image at working resolution (``Backbone.max_tokens`` patches at most).
+
+Long lists: ``progress=True`` shows a bar, ``progress=fn`` calls ``fn(done, total)`` after each
+image (eigenvectors, localize, segment, discover); off by default.
 """
 
 from __future__ import annotations
@@ -202,6 +205,30 @@ def _examples(images: Images, what: str = 'images') -> tuple[bool, list[datasets
   ]
 
 
+Progress = Union[bool, Callable[[int, int], None]]
+
+
+def _progress(progress: Progress, total: int, what: str) -> Optional[pipeline.Progress]:
+  """``progress=True``: a bar (tqdm); a callable: called ``(done, total)`` after each image;
+  False: nothing."""
+  if progress is False or progress is None:
+    return None
+  if progress is not True and not callable(progress):
+    raise ValueError(f'progress={progress!r}: use True (a bar), False or a callable(done, total)')
+  return pipeline.Progress(
+    total, what, callback=None if progress is True else progress, bar=progress is True
+  )
+
+
+def _with_progress(progress: Progress, total: int, what: str, run: Callable[[Any], T]) -> T:
+  bar = _progress(progress, total, what)
+  try:
+    return _calling(lambda: run(bar))
+  finally:
+    if bar is not None:
+      bar.bar.close()
+
+
 def _output(single: bool, values: list) -> Any:
   return values[0] if single else values
 
@@ -245,6 +272,7 @@ def eigenvectors(
   K: int = 5,  # pylint: disable=invalid-name  # the paper's name
   method: str = 'dsm',
   color_lambda: float = 0.0,
+  progress: Progress = False,
 ) -> Union[Eigen, list[Eigen]]:
   """The K smallest eigenpairs of each image's patch graph (``--mode=extract``'s eigs).
 
@@ -262,11 +290,22 @@ def eigenvectors(
   _check_method(method, METHODS, 'eigenvectors supports')
   spectral = _settings(lambda: settings_lib.SpectralSettings(K=K, color_lambda=color_lambda))
   single, examples = _examples(images)
-  return _output(single, _calling(lambda: inference.eigenpairs(backbone, examples, spectral)))
+  found = _with_progress(
+    progress,
+    len(examples),
+    'eigenvectors',
+    lambda bar: inference.eigenpairs(backbone, examples, spectral, bar),
+  )
+  return _output(single, found)
 
 
 def localize(
-  backbone: Backbone, images: Images, *, method: str = 'dsm', decoder: Any = None
+  backbone: Backbone,
+  images: Images,
+  *,
+  method: str = 'dsm',
+  decoder: Any = None,
+  progress: Progress = False,
 ) -> Union[Localization, list[Localization]]:
   """The main object's box per image (``--mode=localize``, configs/voc.py settings: K = 5).
 
@@ -288,7 +327,12 @@ def localize(
   method_settings = _method(method, decoder)
   spectral = settings_lib.SpectralSettings(K=LOCALIZE_K)
   single, examples = _examples(images)
-  found = _calling(lambda: inference.localize(backbone, examples, method_settings, spectral))
+  found = _with_progress(
+    progress,
+    len(examples),
+    'localize',
+    lambda bar: inference.localize(backbone, examples, method_settings, spectral, bar),
+  )
   return _output(single, found)
 
 
@@ -300,6 +344,7 @@ def segment(
   refine: str = 'none',
   evaluation_mode: str = 'multi',
   decoder: Any = None,
+  progress: Progress = False,
 ) -> Union[np.ndarray, list[np.ndarray]]:
   """The main object's mask per image (``--mode=segment``, configs/object_seg.py: K = 2).
 
@@ -321,8 +366,13 @@ def segment(
   refine_settings = _settings(lambda: settings_lib.RefineSettings(refine=refine))
   spectral = settings_lib.SpectralSettings(K=SEGMENT_K)
   single, examples = _examples(images)
-  found = _calling(
-    lambda: inference.segment(backbone, examples, method_settings, refine_settings, spectral)
+  found = _with_progress(
+    progress,
+    len(examples),
+    'segment',
+    lambda bar: inference.segment(
+      backbone, examples, method_settings, refine_settings, spectral, bar
+    ),
   )
   return _output(single, found)
 
@@ -334,6 +384,7 @@ def discover(
   max_objects: int = 3,
   crf: bool = False,
   method: str = 'maskcut',
+  progress: Progress = False,
 ) -> Union[Objects, list[Objects]]:
   """The objects of each image: MaskCut (CutLER's iterated normalized cuts, up to
   ``max_objects``) or ProMerge (``method='promerge'``: prompts and merging, any number of
@@ -355,7 +406,13 @@ def discover(
     lambda: settings_lib.DiscoverSettings(method=method, max_objects=max_objects, crf=bool(crf))
   )
   single, examples = _examples(images)
-  return _output(single, _calling(lambda: inference.discover(backbone, examples, options)))
+  found = _with_progress(
+    progress,
+    len(examples),
+    'discover',
+    lambda bar: inference.discover(backbone, examples, options, progress=bar),
+  )
+  return _output(single, found)
 
 
 def _background(background: Any) -> cutout.Background:

@@ -32,7 +32,7 @@ import jax
 from ml_collections import config_flags
 import tqdm
 
-from spectral_jax import compile_cache, config_dict, errors, workdirs
+from spectral_jax import compile_cache, config_dict, errors, verbs, workdirs
 from spectral_jax import artifacts
 from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.tasks import common
@@ -140,6 +140,11 @@ USER_ERRORS = (
 )
 
 
+# The verb being run (``spectral-jax localize ...``), if any: its errors use its own flags and
+# each image gets a line at the end.
+_PLAN: Optional[verbs.Plan] = None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -153,13 +158,24 @@ def main(argv):
       if workdir is None:  # deleted at exit, lock included
         prefix = f'spectral_jax_{_MODE.value}_'
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
-      _run_mode(config, workdirs.prepare(workdir))
+      workdir = workdirs.prepare(workdir)
+      _run_mode(config, workdir)
+      if _PLAN is not None and _PLAN.out is not None and jax.process_index() == 0:
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity(logging.WARNING)  # the listing was logged once already
+        try:
+          examples = common.examples_from_config(config.data, workdir)
+        finally:
+          logging.set_verbosity(verbosity)
+        lines = verbs.report(_PLAN.verb, examples, workdir, config.data.root)
+        print('\n'.join(lines), flush=True)
   except USER_ERRORS as e:  # the message names the flag or file and the fix: no traceback
     logging.debug('traceback of the error below', exc_info=True)
-    sys.stderr.write(
-      f'spectral_jax --mode={_MODE.value}: error: {common.user_message(e)}\n'
-      '(the traceback: rerun with --verbosity=1)\n'
-    )
+    message, who = common.user_message(e), f'spectral_jax --mode={_MODE.value}'
+    verbose = '--verbosity=1'
+    if _PLAN is not None:
+      message, who, verbose = _PLAN.in_own_words(message), f'spectral-jax {_PLAN.verb}', '-v'
+    sys.stderr.write(f'{who}: error: {message}\n(the traceback: rerun with {verbose})\n')
     sys.exit(1)
 
 
@@ -256,6 +272,14 @@ def overview() -> str:
     'modes:',
   ]
   lines += [f'  {m:<9} {MODE_HELP.get(m, "")}' for m in MODES]
+  lines += [
+    '',
+    'short verbs (spectral-jax VERB --help; the same files as the mode under --out):',
+    '  spectral-jax localize|segment|cutout|discover IMAGE_OR_FOLDER... --out DIR '
+    '[--method M] [--model NAME] [--checkpoint FILE]',
+  ]
+  lines += [f'  {v:<9} {spec.help}' for v, spec in verbs.VERBS.items()]
+  lines += [f'  {"download":<9} {verbs.DOWNLOAD_HELP} (spectral-jax download dino_vits16)']
   lines += ['', 'shipped configs (--config=NAME):']
   folder = configs_dir()
   for name in shipped_configs():
@@ -325,7 +349,14 @@ def unknown_keys(argv: Sequence[str], config) -> list[str]:
 def run(argv: Optional[Sequence[str]] = None) -> None:
   """The entry point: resolves config names, answers --help / --config_help and unknown keys in
   one screen, then absl parses the flags and runs ``main``."""
+  global _PLAN
   argv = list(sys.argv if argv is None else argv)
+  if len(argv) > 1 and argv[1] == 'download':
+    sys.exit(verbs.download(argv))
+  if len(argv) > 1 and argv[1] in verbs.VERBS:
+    folder = configs_dir()
+    _PLAN = verbs.plan(argv, str(folder / f'{verbs.VERBS[argv[1]].config}.py'))
+    argv = _PLAN.argv
   try:
     argv = resolve_argv(argv)
   except app.UsageError as e:
@@ -351,4 +382,5 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
     if problems:
       sys.stderr.write('\n'.join(f'spectral_jax: error: {p}' for p in problems) + '\n')
       sys.exit(2)
+  sys.argv = argv  # config_flags finds the --config.KEY overrides in sys.argv
   app.run(main, argv=argv)

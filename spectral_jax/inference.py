@@ -134,10 +134,12 @@ def results(
   segment: bool = False,
   which_matrix: str = '',
   batching: BatchSettings = BatchSettings(),
+  progress: Optional[pipeline.Progress] = None,
 ) -> list[pipeline.ImageResult]:
   """``pipeline.ImageResult`` per example, in input order (the pipeline yields by size
   bucket); the CLI's pipeline call (its method input rule as ``--mode=localize`` or, with
-  ``segment``, ``--mode=segment``). The first unusable image raises its error."""
+  ``segment``, ``--mode=segment``). The first unusable image raises its error. ``progress``
+  is advanced once per image."""
   index = {ex.id: i for i, ex in enumerate(examples)}
   stream = pipeline.run_images(
     backbone.extractor,
@@ -156,11 +158,16 @@ def results(
   out: list = [None] * len(examples)
   for r in stream:
     out[index[r.example.id]] = r
+    if progress is not None:
+      progress.update()
   return out
 
 
 def eigenpairs(
-  backbone: Backbone, examples: Sequence[datasets.Example], spectral: SpectralSettings
+  backbone: Backbone,
+  examples: Sequence[datasets.Example],
+  spectral: SpectralSettings,
+  progress: Optional[pipeline.Progress] = None,
 ) -> list[Eigen]:
   """The K smallest eigenpairs of each image's patch graph (``--mode=extract``'s eigs)."""
   return [
@@ -172,7 +179,7 @@ def eigenpairs(
       tuple(int(v) for v in r.image_hw),
       (int(r.image.shape[0]), int(r.image.shape[1])),
     )
-    for r in results(backbone, examples, spectral)
+    for r in results(backbone, examples, spectral, progress=progress)
   ]
 
 
@@ -181,10 +188,11 @@ def localize(
   examples: Sequence[datasets.Example],
   method: MethodSettings,
   spectral: SpectralSettings = SpectralSettings(K=5),
+  progress: Optional[pipeline.Progress] = None,
 ) -> list[Localization]:
   """The main object's box per image (``--mode=localize``)."""
   out = []
-  for r in results(backbone, examples, spectral, method):
+  for r in results(backbone, examples, spectral, method, progress=progress):
     box, _, score = boxes.localization(r, spectral.which_matrix)
     out.append(Localization(tuple(int(v) for v in box), score, tuple(int(v) for v in r.image_hw)))
   return out
@@ -196,10 +204,13 @@ def segment(
   method: MethodSettings,
   refine: RefineSettings,
   spectral: SpectralSettings = SpectralSettings(K=2),
+  progress: Optional[pipeline.Progress] = None,
 ) -> list[np.ndarray]:
   """The main object's mask per image, bool [H, W] at the original size (``--mode=segment``;
   FOUND: in ``method.found.evaluation_mode``)."""
-  rs = results(backbone, examples, spectral, method, segment=True, which_matrix='laplacian')
+  rs = results(
+    backbone, examples, spectral, method, segment=True, which_matrix='laplacian', progress=progress
+  )
   preprocess = pipeline.get_method(method.name).segment_preprocess  # (checked by results)
   mode = method.found.evaluation_mode
   return [np.asarray(masks.final_mask(r, refine, preprocess, mode)[1], bool) for r in rs]
@@ -238,9 +249,28 @@ def discover(
   settings: DiscoverSettings,
   batching: BatchSettings = BatchSettings(),
   promerge_settings: PromergeSettings = PromergeSettings(),
+  progress: Optional[pipeline.Progress] = None,
 ) -> list[Objects]:
   """The objects of each image: MaskCut (up to ``settings.max_objects``) or ProMerge
-  (``settings.method='promerge'``, DINO ViT-B/8 only)."""
+  (``settings.method='promerge'``, DINO ViT-B/8 only). Images are decoded and run a few
+  batches at a time (memory stays bounded on long lists), ``progress`` advanced after each."""
+  chunk = max(1, batching.batch_size) * 4
+  out: list[Objects] = []
+  for start in range(0, len(examples), chunk):
+    part = examples[start : start + chunk]
+    out += _discover(backbone, part, settings, batching, promerge_settings)
+    if progress is not None:
+      progress.update(len(part))
+  return out
+
+
+def _discover(
+  backbone: Backbone,
+  examples: Sequence[datasets.Example],
+  settings: DiscoverSettings,
+  batching: BatchSettings,
+  promerge_settings: PromergeSettings,
+) -> list[Objects]:
   arrays = [
     datasets.load_image(ex, min_side=backbone.patch_size, max_pixels=backbone.max_pixels)
     for ex in examples

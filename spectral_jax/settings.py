@@ -314,6 +314,7 @@ class DatasetSettings:
 
   source: str = _field('folder', 'folder | voc | coco20k | saliency | tfds | demo')
   root: str = _field('', 'image folder, VOCdevkit, COCO root or saliency set root')
+  paths: tuple = _field((), 'folder source: image files and folders read in place of data.root')
   name: str = _field('', 'dataset name within a source (e.g. ECSSD, voc/2007)')
   year: int = _field(2012, 'VOC year (2007 | 2012)')
   split: str = _field('trainval', 'dataset split')
@@ -330,6 +331,12 @@ class DatasetSettings:
       'data.limit',
       self.limit,
       'must be >= 0 (0 = all images)',
+    )
+    _check(
+      isinstance(self.paths, (tuple, list)) and all(isinstance(p, str) and p for p in self.paths),
+      'data.paths',
+      self.paths,
+      'must be a tuple of image files or folders',
     )
 
 

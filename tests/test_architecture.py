@@ -11,7 +11,7 @@ PACKAGE = ROOT / 'spectral_jax'
 # The front-ends: the CLI (its entry points and task runners), the Python API (with the
 # package namespace that re-exports it) and the HTTP server.
 FRONT_ENDS = {
-  'cli': ('spectral_jax.cli', 'spectral_jax.__main__', 'spectral_jax.tasks'),
+  'cli': ('spectral_jax.cli', 'spectral_jax.verbs', 'spectral_jax.__main__', 'spectral_jax.tasks'),
   'api': ('spectral_jax.api', 'spectral_jax'),
   'server': ('spectral_jax.server',),
 }

@@ -13,6 +13,7 @@ code does: VOC (xmin - 1, ymin - 1, xmax, ymax); COCO int(round(.)) of [x, y, x 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -383,6 +384,26 @@ def image_folder(
       )
     )
   logging.info('%s: %d images', root, len(examples))
+  return examples
+
+
+def image_paths(paths: Sequence[PathLike], exclude: Sequence[PathLike] = ()) -> list[Example]:
+  """Image files and folders, in the order given (a folder's images sorted, as ``image_folder``).
+
+  An image file's id is its stem; a folder's images are named as in ``image_folder``, prefixed
+  with the folder's name when several paths are given, so ``a/1.jpg`` and ``b/1.jpg`` stay
+  apart. A path that is neither an image file nor a folder raises ``FileNotFoundError``.
+  """
+  examples: list[Example] = []
+  for path in paths:
+    path = Path(path).expanduser()
+    if not path.exists():
+      raise FileNotFoundError(f'{path}: no such image file or folder')
+    listed = image_folder(path, exclude=exclude)
+    if path.is_dir() and len(paths) > 1:
+      prefix = path.absolute().name or 'folder'  # made safe with every id by the caller
+      listed = [dataclasses.replace(ex, id=f'{prefix}__{ex.id}') for ex in listed]
+    examples += listed
   return examples
 
 

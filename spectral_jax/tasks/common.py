@@ -73,7 +73,9 @@ def examples_from_config(data, workdir=None) -> list[Any]:
   ``workdir`` or any other spectral_jax workdir.
   """
   source = data.source
-  if source == 'folder':
+  if source == 'folder' and data.get('paths'):
+    examples = datasets.image_paths(data.paths, exclude=[workdir] if workdir else ())
+  elif source == 'folder':
     _require_root(data)
     examples = datasets.image_folder(
       data.root,
@@ -227,9 +229,17 @@ class SkipLog:
     self.stage = stage
     self.count = 0
     self.recorded = previously_skipped(workdir, stage)
+    self.progress = None
+
+  def track(self, progress):
+    """Counts each skip on ``progress`` too, so its bar ends at its total."""
+    self.progress = progress
+    return progress
 
   def __call__(self, example, error: Exception) -> None:
     self.count += 1
+    if self.progress is not None:
+      self.progress.skip()
     if example.id in self.recorded:
       return
     self.recorded.add(example.id)
@@ -246,7 +256,9 @@ class SkipLog:
     )
 
   def summary(self) -> str:
-    return f'{self.count} images skipped (see {self.path})' if self.count else ''
+    if not self.count:
+      return ''
+    return f'{self.count} image{"s" * (self.count != 1)} skipped (see {self.path})'
 
 
 def previously_skipped(workdir, stage: str) -> set[str]:

@@ -230,7 +230,7 @@ def _discover(
   p = extractor.arch.patch_size
   fixed_size = method.fixed_size(run_settings)
   skipped = common.SkipLog(workdir, STAGE)
-  progress = pipeline.Progress(len(todo), STAGE)
+  progress = skipped.track(pipeline.Progress(len(todo), STAGE))
   panels = common.Panels(workdir, config.output.num_panels, examples, prefix='discover_')
   grid_side = int(round(fixed_size / p))
   n = grid_side * grid_side

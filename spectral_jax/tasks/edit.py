@@ -162,10 +162,12 @@ def run(config, workdir) -> None:
     return
   ensure_eigenvectors(config, workdir, todo)
   skipped = common.SkipLog(workdir, 'edit')
-  progress = pipeline.Progress(len(todo), 'edit')
+  progress = skipped.track(pipeline.Progress(len(todo), 'edit'))
   for ex in todo:
     if not extract.output_paths(workdir, ex.id)[1].exists():
-      logging.warning('%s: no eigenvectors (unreadable at extraction?); skipped', ex.id)
+      # Skipped at extraction (and said so there): counted, not said twice.
+      logging.debug('%s: no eigenvectors; skipped', ex.id)
+      progress.skip()
       continue
     try:
       _process(ex, workdir, run_settings, background, ex.id in panel_ids)

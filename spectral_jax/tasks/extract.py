@@ -74,7 +74,7 @@ def run(config, workdir) -> None:
     return
   extractor = common.load_extractor(run_settings.model)
   skipped = common.SkipLog(workdir, 'extract')
-  progress = pipeline.Progress(len(todo), 'extract')
+  progress = skipped.track(pipeline.Progress(len(todo), 'extract'))
   panels = common.Panels(workdir, config.output.num_panels, examples)
   for r in common.run_images(run_settings, extractor, todo, skipped, **args):
     if not common.write_or_skip(r.example, skipped, _write, r, workdir, config.output.features):

@@ -165,7 +165,7 @@ def _predict(
 ) -> None:
   extractor = common.load_extractor(run_settings.model)
   skipped = common.SkipLog(workdir, 'localize')
-  progress = pipeline.Progress(len(todo), 'localize')
+  progress = skipped.track(pipeline.Progress(len(todo), 'localize'))
   panels = common.Panels(workdir, config.output.num_panels, examples)
   method = boxes.method_args(run_settings.method, cache_dir=run_settings.model.cache_dir)
   for r in common.run_images(run_settings, extractor, todo, skipped, **method):

@@ -124,7 +124,7 @@ def run(config, workdir) -> None:
 def _predict(config, run_settings, workdir: Path, todo: list, examples: list) -> None:
   extractor = common.load_extractor(run_settings.model)
   skipped = common.SkipLog(workdir, 'segment')
-  progress = pipeline.Progress(len(todo), 'segment')
+  progress = skipped.track(pipeline.Progress(len(todo), 'segment'))
   args = boxes.method_args(
     run_settings.method, segment=True, cache_dir=run_settings.model.cache_dir
   )

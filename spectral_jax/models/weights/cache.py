@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -70,6 +70,15 @@ FILES: dict[str, tuple[str, int, str]] = {
   ),
 }
 
+# Pinned (size in bytes, sha256) of registry URLs: a download is checked against them.
+PINNED: dict[str, tuple[int, str]] = {url: (size, digest) for url, size, digest in FILES.values()}
+
+
+def pinned(url: str) -> tuple[Optional[int], Optional[str]]:
+  """The pinned (size, sha256) of ``url``; (None, None) for a URL the registry does not pin."""
+  return PINNED.get(url, (None, None))
+
+
 _RUN_START = time.time()  # temporaries older than this run and idle for STALE_AFTER are stale
 STALE_AFTER = 600.0  # seconds; live writers touch their files far more often
 _HOST = re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname())[:40] or 'host'
@@ -86,7 +95,7 @@ def default_cache_dir() -> Path:
 # --------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
   h = hashlib.sha256()
   with open(path, 'rb') as f:
     for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -100,7 +109,7 @@ def _verify(path: Path, sha256: str | None, size: int | None) -> str | None:
   if size is not None and actual_size != size:
     return f'size {actual_size} != expected {size}'
   if sha256 is not None:
-    actual = _sha256_file(path)
+    actual = sha256_file(path)
     if actual.lower() != sha256.lower():
       return f'sha256 {actual} != expected {sha256}'
   return None
@@ -117,6 +126,8 @@ def _unreachable(
   url: str, reason: object, setting: str = 'model.checkpoint', dest: Path | None = None
 ) -> CheckpointError:
   name = url_filename(url)
+  size, digest = pinned(url)
+  what = f' ({size} bytes, sha256 {digest})' if size else ''
   where = (
     f' Offline: download it on another machine and copy it to {dest}: every later run '
     "finds it there with no setting; or pass the file's path."
@@ -124,7 +135,7 @@ def _unreachable(
     else ''
   )
   return CheckpointError(
-    f'Could not download {name} from {url}: the URL is unreachable ({reason}).{where}',
+    f'Could not download {name}{what} from {url}: the URL is unreachable ({reason}).{where}',
     setting,
     name,
   )
@@ -148,6 +159,8 @@ def download(
 
   cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
   dest = cache_dir.absolute() / url_filename(url)
+  known_size, known_sha256 = pinned(url)
+  size, sha256 = size or known_size, sha256 or known_sha256
   if dest.is_file():
     if _verify(dest, sha256, size) is None:
       return dest
