@@ -1,8 +1,12 @@
 """models/extractor.py: DINOv2 / DINOv3 / ResNet-50 batches of mixed sizes equal the official
 single-image outputs (the DINO ViT's: tests/test_pipeline.py), ``model.precision='bfloat16'`` on
-the DINOv2/v3 ViTs, position rows cached within a bound for every ViT family."""
+the DINOv2/v3 ViTs, position rows cached within a bound for every ViT family, and the compile
+line on a persistent-cache miss only."""
 
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -198,3 +202,48 @@ def test_position_tables_are_cached_within_a_bound(name, tmp_path, monkeypatch):
     np.testing.assert_array_equal(packed['pos_tables'][i, : len(want)], want)
     assert not packed['pos_tables'][i, len(want) :].any()
     assert packed['token_mask'][i].sum() == prefix + grids[i][0] * grids[i][1]
+
+
+_COMPILE_RUN = """
+import sys
+import numpy as np
+from absl import logging
+import spectral_jax as sj
+logging.set_verbosity(logging.INFO)
+backbone = sj.load_backbone('dino_vits16', sys.argv[1])
+image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8)
+print('box', sj.localize(backbone, [image])[0].box_xyxy)
+"""
+
+
+def test_the_compile_line_appears_on_a_cache_miss_only(tmp_path):
+  """A fresh $SPECTRAL_JAX_CACHE: the first process compiles and says so, once, naming the
+  folder; a second process on the same image size loads it from that folder and says
+  nothing about compiling (and writes no new compiled entry)."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
+  env['SPECTRAL_JAX_CACHE'] = str(tmp_path)
+  root = PARITY.parent.parent.parent
+
+  def run():
+    proc = subprocess.run(
+      [sys.executable, '-c', _COMPILE_RUN, str(PARITY / 'checkpoint.pth')],
+      cwd=root,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+  first = run()
+  entries = sorted(p.name for p in (tmp_path / 'xla').iterdir())
+  said = [line for line in first.stderr.splitlines() if 'compiled for a new image size' in line]
+  assert len(said) == 1, first.stderr[-3000:]
+  assert 'dino_vits16' in said[0] and '(1 × 64 tokens)' in said[0]  # 6×8 patches → 64
+  assert f'kept in {tmp_path / "xla"} and reused by later runs' in said[0]
+  assert entries
+  second = run()
+  assert 'compiled' not in second.stderr, second.stderr[-3000:]
+  assert second.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]  # the same box
+  assert sorted(p.name for p in (tmp_path / 'xla').iterdir()) == entries

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from spectral_jax import parallel
+from spectral_jax import compile_cache, parallel
 from spectral_jax.models import backbones, dinov2, dinov3, resnet, vit
 from spectral_jax.models.weights import checkpoints
 from spectral_jax.models.weights import cache
@@ -82,18 +82,25 @@ def prefix_tokens(arch: Any) -> int:
 _COMPILING_SAID = set()
 
 
-def _say_compiling_once(name: str) -> None:
-  """One line per process and model: what the first wait is, and that it is paid once."""
-  if name in _COMPILING_SAID:
+def _in_words(shape: tuple) -> str:
+  """A forward's input shape: (B, L) patch sequences or (B, H, W) ResNet crops."""
+  if len(shape) == 2:
+    return f'{shape[0]} × {shape[1]} tokens'
+  return f'{shape[0]} × {shape[1]}×{shape[2]} px'
+
+
+def _say_compiled_once(name: str, shape: str, compiles: compile_cache.Compiles) -> None:
+  """One line per process and model, after the first real compile of a new input shape (not
+  when JAX's persistent cache answered): what the wait was, and that it is paid once."""
+  if not compiles.compiled or name in _COMPILING_SAID:
     return
   _COMPILING_SAID.add(name)
-  xla_dir = jax.config.jax_compilation_cache_dir
-  where = f'kept in {xla_dir} and reused by later runs' if xla_dir else 'kept for this process'
   logging.info(
-    '%s: preparing the model for each new image size (several seconds each the first time; '
-    'compiled code is %s)',
+    '%s: compiled for a new image size (%s) in %.1f s; %s',
     name,
-    where,
+    shape,
+    compiles.seconds,
+    compile_cache.where(),
   )
 
 
@@ -188,18 +195,26 @@ class FeatureExtractor:
     return patches, pack_positions(rows, grids, length, prefix_tokens(self.arch))
 
   def _run(self, images: np.ndarray, inputs: dict, with_cls: bool) -> dict[str, jax.Array]:
-    key = (images.shape, images.dtype.name, with_cls)
-    if key not in self.compiled_shapes:
-      self.compiled_shapes.add(key)
-      shape = images.shape[:2] if images.ndim == 5 else images.shape[:3]
-      _say_compiling_once(self.name)
-      logging.debug(
-          'new input shape for the %s forward: %s (%d shapes so far)',
-          self.name, shape, len(self.compiled_shapes),
-      )  # fmt: skip
     shard = functools.partial(parallel.shard_batch, mesh=self.mesh)
     inputs = {name: shard(value) for name, value in inputs.items()}
-    return self._forward(self.variables, shard(images), inputs, with_cls=with_cls)
+    images = shard(images)
+    key = (images.shape, images.dtype.name, with_cls)
+    if key in self.compiled_shapes:
+      return self._forward(self.variables, images, inputs, with_cls=with_cls)
+    self.compiled_shapes.add(key)
+    with compile_cache.watch() as compiles:  # the call returns once compiled (runs async)
+      out = self._forward(self.variables, images, inputs, with_cls=with_cls)
+    shape = images.shape[:2] if images.ndim == 5 else images.shape[:3]
+    _say_compiled_once(self.name, _in_words(shape), compiles)
+    logging.debug(
+      'new input shape for the %s forward: %s, %s in %.1f s (%d shapes so far)',
+      self.name,
+      shape,
+      'compiled' if compiles.compiled else 'loaded from the compilation cache',
+      compiles.seconds,
+      len(self.compiled_shapes),
+    )
+    return out
 
   def __call__(
     self, crops: Sequence[np.ndarray], length: Optional[int] = None, with_cls: bool = False
