@@ -274,9 +274,9 @@ def overview() -> str:
   lines += [f'  {m:<9} {MODE_HELP.get(m, "")}' for m in MODES]
   lines += [
     '',
-    'short verbs (spectral-jax VERB --help; the same files as the mode under --out):',
-    '  spectral-jax localize|segment|cutout|discover IMAGE_OR_FOLDER... --out DIR '
-    '[--method M] [--model NAME] [--checkpoint FILE]',
+    'short verbs (the same files as the mode, under --out; spectral-jax VERB --help):',
+    '  spectral-jax VERB IMAGE_OR_FOLDER... --out DIR [--method M] [--model NAME] '
+    '[--checkpoint FILE]',
   ]
   lines += [f'  {v:<9} {spec.help}' for v, spec in verbs.VERBS.items()]
   lines += [f'  {"download":<9} {verbs.DOWNLOAD_HELP} (spectral-jax download dino_vits16)']

@@ -358,3 +358,22 @@ def test_unreachable_weights_name_the_api_parameter_and_the_cache(tmp_path):
   message = str(info.value)
   assert "checkpoint='/path/to/dino_deitsmall16_pretrain.pth'" in message
   assert str(tmp_path / 'cache') in message and '--config' not in message
+
+
+def test_progress_reports_each_image_and_changes_nothing(backbone, capsys):
+  calls = []
+  boxes = sj.localize(backbone, PATHS, progress=lambda done, total: calls.append((done, total)))
+  assert calls == [(1, 3), (2, 3), (3, 3)]
+  assert [b.box_xyxy for b in boxes] == [b.box_xyxy for b in sj.localize(backbone, PATHS)]
+  capsys.readouterr()
+  sj.segment(backbone, PATHS[:2], progress=True)  # a bar on stderr, ending at its total
+  assert '2/2' in capsys.readouterr().err
+  seen = []
+  many = [PATHS[1]] * 9  # more than one chunk of discover's bounded decoding
+  objects = sj.discover(backbone, many, max_objects=1, progress=lambda d, t: seen.append(d))
+  assert seen[-1] == 9 and seen == sorted(seen)
+  single = sj.discover(backbone, PATHS[1], max_objects=1)
+  for o in objects:
+    np.testing.assert_array_equal(o.masks, single.masks)
+  with pytest.raises(ValueError, match='progress='):
+    sj.localize(backbone, PATHS[0], progress='yes')

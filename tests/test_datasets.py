@@ -487,3 +487,19 @@ def test_image_folder_with_coco_json(tmp_path, coco_root):
   assert by_id['COCO_train2014_000000000002'].boxes.shape == (0, 4)
   with pytest.raises(ValueError, match='VOC XML'):
     datasets.image_folder(root / 'train2014', boxes=root / 'instances_train2014.txt')
+
+
+def test_image_paths_keeps_order_and_names_folders_apart(tmp_path):
+  for folder in ('a', 'b'):
+    (tmp_path / folder).mkdir()
+    for name in ('1.png', '2.jpg'):
+      Image.new('RGB', (20, 10)).save(tmp_path / folder / name)
+  single = tmp_path / 'photo.png'
+  Image.new('RGB', (20, 10)).save(single)
+  got = datasets.image_paths([single, tmp_path / 'b', tmp_path / 'a'])
+  assert [ex.id for ex in got] == ['photo', 'b__1', 'b__2', 'a__1', 'a__2']
+  assert got[1].path == str(tmp_path / 'b' / '1.png')
+  # One folder alone: named as image_folder names them.
+  assert [ex.id for ex in datasets.image_paths([tmp_path / 'a'])] == ['1', '2']
+  with pytest.raises(FileNotFoundError, match='nowhere'):
+    datasets.image_paths([single, tmp_path / 'nowhere'])

@@ -360,6 +360,12 @@ def test_help_lists_modes_and_shipped_configs():
     '--config_help',
   ):
     assert word in proc.stdout, word
+  # Each verb and download on a line of its own, with its one line of help.
+  from spectral_jax import verbs
+
+  for verb, spec in verbs.VERBS.items():
+    assert f'  {verb:<9} {spec.help}' in proc.stdout.splitlines(), verb
+  assert any(line.startswith('  download ') for line in proc.stdout.splitlines())
 
 
 def test_a_key_typo_is_one_line_naming_the_closest_key(tmp_path):

@@ -61,7 +61,7 @@ def run(config, workdir: str) -> None:
     signal.signal(signal.SIGTERM, stop)
   # print, not only log: scripts wait for this line (port 0 picks a free port).
   print(f'spectral_jax: serving {backbone.name} on {server.url} (PID {os.getpid()})', flush=True)
-  logging.info('serving %r on %s', backbone, server.url)
+  logging.debug('serving %r on %s', backbone, server.url)  # the line above said it
   try:
     server.serve_forever(poll_interval=0.2)
   except KeyboardInterrupt:
