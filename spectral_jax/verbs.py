@@ -145,10 +145,12 @@ def plan(argv: Sequence[str], shipped_config: str) -> Plan:
     out.append(f'--config.{verb.method_key}={method}')
     flags[f'--config.{verb.method_key}'] = '--method'
   for flag, key in FLAG_KEYS.items():
-    value = getattr(args, flag[2:].replace('-', '_'), None)
+    if not hasattr(args, flag[2:].replace('-', '_')):
+      continue  # not a flag of this verb
+    flags[f'--config.{key}'] = flag  # an error about the key names the verb's flag
+    value = getattr(args, flag[2:].replace('-', '_'))
     if value is not None:
       out.append(f'--config.{key}={value}')
-      flags[f'--config.{key}'] = flag
   if verb.needs_images:
     out.append(f'--workdir={args.out}')
     if len(args.images) == 1:

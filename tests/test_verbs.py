@@ -163,6 +163,10 @@ def test_plan_maps_flags_onto_config_keys(tmp_path, monkeypatch):
   # A method that picks its own weights goes through the config argument (folder:found).
   found = verbs.plan(['prog', 'localize', 'a.jpg', '--out', 'o', '--method', 'found'], 'f.py')
   assert found.argv[1] == '--config=f.py:found'
+  # Flags the user did not pass are still the verb's words for their keys (offline weights).
+  message = 'pass it with --config.model.checkpoint=/path/to/x.pth'
+  assert found.in_own_words(message) == 'pass it with --checkpoint=/path/to/x.pth'
+  assert '--max-objects' not in found.in_own_words('--config.discover.max_objects')
 
 
 # ------------------------------------------------------------------------------------ download

@@ -383,7 +383,8 @@ def image_folder(
         gt_error=gt_errors.get(p),
       )
     )
-  logging.info('%s: %d images', root, len(examples))
+  if len(examples) > 1:  # a single file needs no count
+    logging.info('%s: %d images', root, len(examples))
   return examples
 
 

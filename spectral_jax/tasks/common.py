@@ -450,8 +450,10 @@ def remaining(workdir, stage: str, shard: Sequence[Any], is_done: Callable[[Any]
   earlier run of ``stage``; logs the counts."""
   skipped_before = previously_skipped(workdir, stage)
   todo = [ex for ex in shard if not is_done(ex) and ex.id not in skipped_before]
+  where = ' in this process' if jax.process_count() > 1 else ''
+  images = f'{len(shard)} image' + 's' * (len(shard) != 1)
   log_summary(
-    f'{stage}: {len(shard)} images in this process, {len(shard) - len(todo)} already done'
+    f'{stage}: {images}{where}, {len(shard) - len(todo)} already done'
     + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
   )
   return todo
