@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-import jax
 import numpy as np
 
 from spectral_jax import pipeline
@@ -37,21 +36,19 @@ from spectral_jax.settings import (
 from spectral_jax.errors import SettingError
 from spectral_jax.spectral import maskcut, promerge_images
 
-# data.bucket_tokens = -1: measured in benchmarks/README.md (bench_localize.py --bucket-tokens).
-CPU_BUCKET_TOKENS = 32
-ACCELERATOR_BUCKET_TOKENS = 64
-
 
 def bucket_tokens(batching: BatchSettings) -> int:
-  """data.bucket_tokens, with -1 = by backend.
+  """data.bucket_tokens as the pipeline takes it: -1 = ``pipeline.GEOMETRIC``.
 
   Padding a patch sequence to a shared length lets images of similar size batch and compile
-  once, for a few % more FLOPs. Accelerators want large batches and pay more per compilation,
-  so they get coarser buckets than a CPU.
+  once, for more FLOPs on padded tokens. The default (-1, every backend) rounds token counts
+  up a geometric ladder (×1.26) and batches up to powers of two: a folder of mixed sizes
+  compiles a handful of shapes (benchmarks/bench_first_result.py); a step (32 was the CPU
+  default before, 64 the accelerators') pads less on sizes that repeat (VOC-like sets).
   """
   if batching.bucket_tokens >= 0:
     return batching.bucket_tokens
-  return CPU_BUCKET_TOKENS if jax.default_backend() == 'cpu' else ACCELERATOR_BUCKET_TOKENS
+  return pipeline.GEOMETRIC
 
 
 @dataclasses.dataclass

@@ -101,7 +101,9 @@ class BatchSettings:
 
   batch_size: int = _field(8, 'images per forward (same size bucket)')
   batch_tokens: int = _field(32768, 'and at most this many tokens per forward')
-  bucket_tokens: int = _field(-1, 'pad token counts up to multiples of this; -1 = by backend')
+  bucket_tokens: int = _field(
+    -1, 'pad token counts up to multiples of this; 0 = exact; -1 = geometric (×1.26) buckets'
+  )
 
   def __post_init__(self):
     _check(
@@ -114,7 +116,7 @@ class BatchSettings:
       _is_int(self.bucket_tokens) and -1 <= self.bucket_tokens <= MAX_BUCKET_TOKENS,
       'data.bucket_tokens',
       self.bucket_tokens,
-      f'use -1 (by backend), 0 (exact token counts) or a step up to {MAX_BUCKET_TOKENS}',
+      f'use -1 (geometric buckets), 0 (exact token counts) or a step up to {MAX_BUCKET_TOKENS}',
     )
     _check(
       _is_int(self.batch_tokens) and self.batch_tokens >= 16,

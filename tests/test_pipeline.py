@@ -5,8 +5,9 @@ import pytest
 import scipy.linalg
 from PIL import Image
 
-from spectral_jax import pipeline
+from spectral_jax import compile_cache, pipeline
 from spectral_jax.data import datasets
+from spectral_jax.results import boxes
 from tests.conftest import PARITY, PARITY_IDS
 
 
@@ -71,6 +72,90 @@ def test_bucket_length():
   assert pipeline.bucket_length((25, 37), 32) == 928  # 925 tokens
   assert pipeline.bucket_length((25, 37), 0) == 925
   assert pipeline.bucket_length((32, 32), 64) == 1024
+
+
+def test_geometric_ladder():
+  """Rungs ×2^(1/3), multiples of 16: every power of two is one, the cap is one, and the
+  token count itself is never cut."""
+  rungs, n = [], 1
+  while n <= 8192:
+    rungs.append(pipeline.ladder_length(n))
+    n = rungs[-1] + 1
+  assert rungs[:4] == [64, 96, 112, 128] and 1024 in rungs and 8192 in rungs
+  assert all(r % 16 == 0 for r in rungs)
+  assert all(1.2 <= b / a <= 1.35 for a, b in zip(rungs, rungs[1:]) if a >= 256)
+  assert len([r for r in rungs if 144 <= r <= 6512]) == 17  # ~50 sizes of a folder: ≤ 17 rungs
+  assert pipeline.ladder_length(713) == 816  # VOC's 500×375 at patch 16: +14 %
+  assert pipeline.ladder_length(6300, 6400) == 6400  # downscaled images: up to max_tokens
+  assert pipeline.ladder_length(6500, 6400) == 6500  # ('pad' grids may pass it: exact)
+  assert pipeline.bucket_length((25, 37), pipeline.GEOMETRIC) == 1024
+  assert [pipeline.padded_count(c, 8) for c in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+  assert pipeline.padded_count(5, 6) == 6 and pipeline.padded_count(3, 3) == 3
+
+
+def _many_sizes(tmp_path, count, seed, low, high):
+  """``count`` crops of the parity photos, each of its own random size."""
+  rng = np.random.default_rng(seed)
+  photos = [np.array(Image.open(PARITY / 'images' / f'{i}.png')) for i in PARITY_IDS]
+  out = []
+  for i in range(count):
+    image = photos[i % len(photos)]
+    h = int(rng.integers(low, min(high, image.shape[0]) + 1))
+    w = int(rng.integers(low, min(high, image.shape[1]) + 1))
+    y, x = (
+      int(rng.integers(0, image.shape[0] - h + 1)),
+      int(rng.integers(0, image.shape[1] - w + 1)),
+    )
+    Image.fromarray(image[y : y + h, x : x + w]).save(tmp_path / f'm{i:02d}.png')
+    out.append(datasets.Example(id=f'm{i:02d}', path=str(tmp_path / f'm{i:02d}.png')))
+  return out
+
+
+def test_geometric_buckets_equal_exact_sizes_on_a_folder_of_many_sizes(extractor, tmp_path):
+  """The default buckets (ladder lengths, batches padded to powers of two) give the boxes and
+  eigenpairs of exact token counts, one image at a time."""
+  exs = _many_sizes(tmp_path, 14, 1, 40, 400)
+  exact = run(extractor, exs, batch_size=1, bucket_tokens=0)
+  extractor.compiled_shapes.clear()
+  geometric = run(extractor, exs, batch_size=8, bucket_tokens=pipeline.GEOMETRIC)
+  assert len({r.patch_grid[0] * r.patch_grid[1] for r in exact.values()}) >= len(exs) - 1
+  lengths = {shape[0][1] for shape in extractor.compiled_shapes}
+  assert lengths <= {pipeline.ladder_length(n) for n in range(1, 626)}  # ≤ 25×25 patches
+  assert len(extractor.compiled_shapes) < len(exs)
+  for image_id, ref in exact.items():
+    got = geometric[image_id]
+    assert got.patch_grid == ref.patch_grid
+    assert np.array_equal(boxes.localization(got)[0], boxes.localization(ref)[0]), image_id
+    scale = np.abs(ref.features).max()
+    np.testing.assert_allclose(got.features, ref.features, atol=1e-5 * scale)
+    np.testing.assert_allclose(got.eigenvalues, ref.eigenvalues, atol=1e-5)
+    for k in range(1, len(ref.eigenvalues)):
+      cos = abs(got.eigenvectors[k] @ ref.eigenvectors[k]) / (
+        np.linalg.norm(got.eigenvectors[k]) * np.linalg.norm(ref.eigenvectors[k])
+      )
+      assert cos > 0.999, (image_id, k, cos)
+
+
+def test_twenty_sizes_compile_a_handful_of_shapes(tmp_path):
+  """20 images, 20 token counts (exact sizes would compile 20 forwards and 20 eigen steps):
+  the default buckets compile at most 9 of each, counted by JAX itself."""
+  rng = np.random.default_rng(1)
+  sizes = [(int(h), int(w)) for h, w in rng.integers(128, 481, (20, 2))]
+  assert len({(h // 16) * (w // 16) for h, w in sizes}) == 20
+  exs = []
+  for i, (h, w) in enumerate(sizes):
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(tmp_path / f'{i}.png')
+    exs.append(datasets.Example(id=str(i), path=str(tmp_path / f'{i}.png')))
+  extractor = pipeline.load_extractor(
+    'dino_vits16', str(PARITY / 'checkpoint.pth'), str(tmp_path / 'cache')
+  )
+  with compile_cache.watch() as compiles:
+    results = run(extractor, exs, batch_size=8, bucket_tokens=pipeline.GEOMETRIC)
+  assert len(results) == 20
+  assert len(extractor.compiled_shapes) <= 9
+  # Every XLA compile request (cache hits too): the forwards, the eigen steps and 3 small
+  # helpers; none per image size (position tables are made on the host).
+  assert compiles.requests <= 2 * len(extractor.compiled_shapes) + 3
 
 
 def test_transposed_sizes_share_a_batch_without_padding(extractor):

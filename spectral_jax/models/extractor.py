@@ -40,13 +40,22 @@ def grid_positions(arch: Any, params: Any) -> Callable[[Grid], dict[str, np.ndar
   """The family's position rows of one patch grid: {'pos_tables': [1 + h·w, D]} (CLS, then
   the patches; DINO interpolates, DINOv2 resamples) or {'rope_coords': [h·w, 2]} (DINOv3)."""
   if isinstance(arch, dinov3.DinoV3Arch):
-    return lambda grid: {'rope_coords': np.asarray(dinov3.patch_coords(grid), np.float32)}
+    return lambda grid: {'rope_coords': _patch_coords(grid)}
   pos_embed = np.asarray(params['pos_embed'])
   if isinstance(arch, dinov2.DinoV2Arch):
     table = lambda grid: dinov2.resample_pos_embed(arch, pos_embed, grid)
   else:
     table = lambda grid: vit.interpolate_pos_embed(pos_embed, grid, arch.pretrained_grid)
   return lambda grid: {'pos_tables': np.asarray(table(grid), np.float32)[0]}
+
+
+def _patch_coords(grid: Grid) -> np.ndarray:
+  """``dinov3.patch_coords`` on the host (no compile per grid)."""
+  h, w = grid
+  rows = np.arange(0.5, h, dtype=np.float32) / np.float32(h)
+  cols = np.arange(0.5, w, dtype=np.float32) / np.float32(w)
+  coords = np.stack(np.meshgrid(rows, cols, indexing='ij'), axis=-1).reshape(h * w, 2)
+  return np.float32(2.0) * coords - np.float32(1.0)
 
 
 def pack_positions(

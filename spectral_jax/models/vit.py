@@ -341,6 +341,12 @@ def resample_table(pos_embed, rows, cols, precision='highest'):
   """[1, 1 + G², D] → [1, 1 + h·w, D]: the G × G patch table through ``rows [h, G]`` and
   ``cols [w, G]`` (separable resampling), the CLS row kept."""
   g, d = rows.shape[1], pos_embed.shape[-1]
+  if all(isinstance(a, np.ndarray) for a in (pos_embed, rows, cols)):
+    # On the host (the extractor's per-grid tables): numpy, in float64, so that no image size
+    # compiles anything (eager jnp ops would compile per grid).
+    table = pos_embed[0, 1:].reshape(g, g, d).astype(np.float64)
+    table = np.einsum('wk,hkd->hwd', cols, np.einsum('hg,gkd->hkd', rows, table))
+    return np.concatenate([pos_embed[:, :1], table.reshape(1, -1, d).astype(pos_embed.dtype)], 1)
   table = pos_embed[0, 1:].reshape(g, g, d)
   table = jnp.einsum('hg,gkd->hkd', rows, table, precision=precision)
   table = jnp.einsum('wk,hkd->hwd', cols, table, precision=precision)

@@ -10,10 +10,13 @@ One module per concern: ``geometry`` (working resolution, box and mask frames), 
 
 from spectral_jax.models.extractor import FeatureExtractor, load as load_extractor
 from spectral_jax.pipeline.batching import (
+  GEOMETRIC,
   MAX_BATCH_PAIRS,
   batch_capacity,
   bucket_length,
   cls_batch,
+  ladder_length,
+  padded_count,
   size_batches,
 )
 from spectral_jax.pipeline.decoding import decoded
@@ -37,10 +40,13 @@ from spectral_jax.settings import MIN_TOKENS, ImageLimits
 __all__ = [
   'FeatureExtractor',
   'load_extractor',
+  'GEOMETRIC',
   'MAX_BATCH_PAIRS',
   'batch_capacity',
   'bucket_length',
   'cls_batch',
+  'ladder_length',
+  'padded_count',
   'size_batches',
   'decoded',
   'fit_tokens',

@@ -16,7 +16,13 @@ import numpy as np
 from absl import logging
 
 from spectral_jax.models.extractor import FeatureExtractor
-from spectral_jax.pipeline.batching import bucket_length, size_batches
+from spectral_jax.pipeline.batching import (
+  GEOMETRIC,
+  batch_capacity,
+  bucket_length,
+  padded_count,
+  size_batches,
+)
 from spectral_jax.pipeline.decoding import decoded
 from spectral_jax.pipeline.geometry import resize_mask, scale_box
 from spectral_jax.pipeline.methods import (
@@ -94,13 +100,21 @@ def _dispatch(
   method: Method = METHODS['dsm'],
   preprocess: str = 'crop',
   method_params: Optional[dict] = None,
+  budget: tuple[int, int, int] = (8, 1 << 15, 0),
 ) -> _InFlight:
+  """``budget``: (batch_size, batch_tokens, max_tokens) of the run (geometric buckets pad
+  the batch to ``padded_count`` images: repeats of its last crop, dropped by ``_collect``)."""
   p = extractor.arch.patch_size
   crops = [prepare_input(item[1], p, preprocess) for item in batch]
   grids = [(c.shape[0] // p, c.shape[1] // p) for c in crops]
   tokens = [h * w for h, w in grids]
-  length = max(bucket_length(grids[0], bucket_tokens), max(tokens))
-  out = extractor(crops, length if min(tokens) > spectral_k else max(tokens))
+  length = max(bucket_length(grids[0], bucket_tokens, budget[2]), max(tokens))
+  if min(tokens) <= spectral_k:  # tiny images: one exact token count (see size_batches)
+    length = max(tokens)
+  elif bucket_tokens == GEOMETRIC:
+    size = padded_count(len(crops), batch_capacity(length, budget[0], budget[1]))
+    crops += [crops[-1]] * (size - len(crops))
+  out = extractor(crops, length)
   feats = out['k']
   extras = {key: value for key, value in out.items() if key != 'k'} or None
   vals = vecs = None
@@ -215,7 +229,9 @@ def run_images(
   ``original_hw`` to map outputs back). Images run as patch sequences padded to token counts
   rounded up to ``bucket_tokens``, so a dataset with many sizes compiles a few shapes
   (500×375 and 375×500 share one); batches hold at most ``batch_size`` images and
-  ``batch_tokens`` tokens. The colour and affinity variants batch images of the same grid
+  ``batch_tokens`` tokens. ``bucket_tokens=-1`` (``GEOMETRIC``): the token ladder of
+  ``batching.ladder_length`` capped at ``limits.max_tokens``, batches padded to powers of two
+  images. The colour and affinity variants batch images of the same grid
   only. Decoding runs in threads ahead of the device, and the next batch is dispatched before
   the previous one's results are handed out, so host work overlaps device work. Unreadable,
   too small or non-finite images go to ``on_error`` and are not yielded.
@@ -237,7 +253,15 @@ def run_images(
   items = decoded(examples, p, limits, on_error=on_error)
   in_flight = None
   batches = size_batches(
-    items, p, batch_size, bucket_tokens, same_grid, batch_tokens, spectral_k, preprocess
+    items,
+    p,
+    batch_size,
+    bucket_tokens,
+    same_grid,
+    batch_tokens,
+    spectral_k,
+    preprocess,
+    limits.max_tokens,
   )
   for batch in batches:
     job = _dispatch(
@@ -251,6 +275,7 @@ def run_images(
       spec,
       preprocess,
       method_params,
+      (batch_size, batch_tokens, limits.max_tokens),
     )
     if in_flight is not None:
       yield from _collect(in_flight, p, on_error, spec)
