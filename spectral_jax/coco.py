@@ -150,11 +150,14 @@ def detections_json(
   masks: Optional[Sequence[np.ndarray]] = None,
   boxes: Optional[Sequence[Sequence[float]]] = None,
   category_id: int = 1,
+  file_names: Optional[Sequence[str]] = None,
 ) -> List[Dict[str, Any]]:
-  """COCO results list: ``{image_id, category_id, bbox, score[, segmentation]}`` per detection.
+  """COCO results list: ``{image_id, category_id, bbox, score[, segmentation][, file_name]}``
+  per detection.
 
   Give ``masks`` (bool [H, W] each; bbox from the mask, RLE segmentation added) or ``boxes``
-  (``[x, y, w, h]``, box-only results).
+  (``[x, y, w, h]``, box-only results); ``file_names`` joins each to its image without the
+  ground-truth file (COCO tools ignore the extra key).
   """
   if (masks is None) == (boxes is None):
     raise ValueError('give exactly one of masks and boxes')
@@ -167,6 +170,8 @@ def detections_json(
       det['bbox'] = bbox(rle)
     else:
       det['bbox'] = [float(v) for v in boxes[i]]
+    if file_names is not None:
+      det['file_name'] = file_names[i]
     out.append(det)
   return out
 

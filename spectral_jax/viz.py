@@ -1,40 +1,28 @@
-"""PNG panels for looking at results: image | eigenvectors as heat maps | box or mask overlay."""
+"""PNG panels for looking at results: one row of captioned tiles (image | eigenvectors as heat
+maps | box, mask or instances), each tile saying what it shows."""
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from spectral_jax.imaging import resample
 
-# Viridis sampled at 10 points; linear interpolation between them is visually faithful.
-_VIRIDIS = np.array(
-  [
-    [68, 1, 84],
-    [72, 40, 120],
-    [62, 73, 137],
-    [49, 104, 142],
-    [38, 130, 142],
-    [31, 158, 137],
-    [53, 183, 121],
-    [110, 206, 88],
-    [181, 222, 43],
-    [253, 231, 37],
-  ],
-  np.float32,
-)
+# Tiles are shrunk to at most this many rows: a 48 MP photo gives a panel of a few MB, not GBs.
+MAX_TILE_HEIGHT = 384
+_GAP = 4  # white pixels between tiles
 
 
 def heatmap(values: np.ndarray) -> np.ndarray:
-  """float [h, w] → uint8 RGB [h, w, 3], min–max scaled (constant input → mid colour)."""
-  v = values.astype(np.float64)
-  span = v.max() - v.min()
-  t = (v - v.min()) / span if span > 0 else np.full_like(v, 0.5)
-  pos = t * (len(_VIRIDIS) - 1)
-  lo = np.clip(np.floor(pos).astype(int), 0, len(_VIRIDIS) - 2)
-  frac = (pos - lo)[..., None]
-  return ((1 - frac) * _VIRIDIS[lo] + frac * _VIRIDIS[lo + 1]).round().astype(np.uint8)
+  """float [h, w] → uint8 RGB [h, w, 3]: the web page's diverging map, blue < 0 < red, white at
+  0, scaled by the largest magnitude (an eigenvector's sign is its meaning)."""
+  v = np.asarray(values, np.float64)
+  t = v / max(float(np.abs(v).max(initial=0.0)), 1e-12)
+  a = np.round(255 * (1 - np.abs(t)))
+  rgb = np.stack([np.where(t > 0, 255, a), a, np.where(t < 0, 255, a)], -1)
+  return rgb.astype(np.uint8)
 
 
 def draw_box(
@@ -63,6 +51,45 @@ def overlay_mask(
   return out.round().astype(np.uint8)
 
 
+def _font(size: int):
+  return ImageFont.load_default(size=max(int(size), 6))
+
+
+def caption(tile: np.ndarray, text: str) -> np.ndarray:
+  """The tile with a light strip above it holding ``text``, shrunk to fit the tile's width."""
+  h, w = tile.shape[:2]
+  strip = int(np.clip(round(0.08 * h), 14, 28))
+  size = int(strip * 0.72)
+  canvas = Image.new('RGB', (w, strip), (240, 240, 240))
+  draw = ImageDraw.Draw(canvas)
+  while size > 7 and draw.textlength(text, font=_font(size)) > w - 4:
+    size -= 1
+  while len(text) > 1 and draw.textlength(text, font=_font(size)) > w - 4:
+    text = text[:-2] + '…'  # too narrow even at the smallest size: cut, and say so
+  draw.text((2, (strip - size) // 2), text, fill=(20, 20, 20), font=_font(size))
+  return np.concatenate([np.asarray(canvas), tile], axis=0)
+
+
+def row(tiles: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
+  """Captioned tiles of one height side by side, with white gaps."""
+  captioned = [caption(t, c) for t, c in zip(tiles, captions)]
+  gap = np.full((captioned[0].shape[0], _GAP, 3), 255, np.uint8)
+  return np.concatenate([t for tile in captioned for t in (tile, gap)][:-1], axis=1)
+
+
+def _shrink(image: np.ndarray, max_height: int) -> tuple[np.ndarray, float]:
+  h, w = image.shape[:2]
+  if h <= max_height:
+    return image, 1.0
+  scale = max_height / h
+  size = (max_height, max(1, round(w * scale)))
+  return np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR)), scale
+
+
+def _scaled_box(box_xyxy: Sequence[float], scale: float) -> list[int]:
+  return [int(round(v * scale)) for v in box_xyxy]
+
+
 def panel(
   image: np.ndarray,
   eigenvectors: Optional[np.ndarray],
@@ -70,21 +97,37 @@ def panel(
   box_xyxy: Optional[Sequence[int]] = None,
   mask: Optional[np.ndarray] = None,
   num_eigenvectors: int = 4,
+  eigenvalues: Optional[Sequence[float]] = None,
+  score: Optional[float] = None,
+  title: str = '',
+  vector_names: Sequence[str] = (),
+  max_height: int = MAX_TILE_HEIGHT,
 ) -> np.ndarray:
-  """One row: the image, eigenvectors 1..n as heat maps, and the box/mask overlay."""
-  h, w = image.shape[:2]
-  tiles = [image]
+  """One row: the image (captioned with ``title``, e.g. method and model), eigenvectors 1..n as
+  heat maps (each with its eigenvalue where ``eigenvalues`` are given; ``vector_names`` replace
+  'eigenvector k' for maps that are not eigenvectors), and the box/mask overlay with ``score``."""
+  small, scale = _shrink(image, max_height)
+  h, w = small.shape[:2]
+  tiles, captions = [small], [f'image · {title}' if title else 'image']
   if eigenvectors is not None:
-    for vec in eigenvectors[1 : 1 + num_eigenvectors]:
+    for k, vec in enumerate(eigenvectors[1 : 1 + num_eigenvectors], start=1):
       tiles.append(resample.nearest_pil(heatmap(vec.reshape(grid_hw)), (h, w)))
-  result = image
+      name = vector_names[k - 1] if k - 1 < len(vector_names) else f'eigenvector {k}'
+      if eigenvalues is not None and k < len(eigenvalues) and not vector_names:
+        name += f', eigenvalue {float(eigenvalues[k]):.4g}'
+      captions.append(name)
+  result, words = small, []
   if mask is not None:
-    result = overlay_mask(result, mask)
+    result = overlay_mask(result, resample.nearest_pil(np.asarray(mask, np.uint8), (h, w)) > 0)
+    words.append('mask')
   if box_xyxy is not None:
-    result = draw_box(result, box_xyxy)
+    result = draw_box(result, _scaled_box(box_xyxy, scale))
+    words.append('box')
+  if score is not None:
+    words.append(f'score {score:.3f}')
   tiles.append(result)
-  gap = np.full((h, 4, 3), 255, np.uint8)
-  return np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+  captions.append('  '.join(words) or 'result')
+  return row(tiles, captions)
 
 
 def label_palette(n: int = 256) -> np.ndarray:
@@ -101,10 +144,53 @@ def label_palette(n: int = 256) -> np.ndarray:
   return palette
 
 
-def label_panel(image: np.ndarray, label_maps: Sequence[np.ndarray]) -> np.ndarray:
+def label_panel(
+  image: np.ndarray,
+  label_maps: Sequence[np.ndarray],
+  captions: Sequence[str] = (),
+  max_height: int = MAX_TILE_HEIGHT,
+) -> np.ndarray:
   """One row: the image and each label map (any resolution) in VOC colours at image size."""
-  h, w = image.shape[:2]
+  small, _ = _shrink(image, max_height)
+  h, w = small.shape[:2]
   palette = label_palette()
-  tiles = [image] + [resample.nearest_pil(palette[m.astype(np.uint8)], (h, w)) for m in label_maps]
-  gap = np.full((h, 4, 3), 255, np.uint8)
-  return np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+  tiles = [small] + [resample.nearest_pil(palette[m.astype(np.uint8)], (h, w)) for m in label_maps]
+  names = ['image'] + [
+    captions[i] if i < len(captions) else f'labels {i + 1}' for i in range(len(label_maps))
+  ]
+  return row(tiles, names)
+
+
+def instances_panel(
+  image: np.ndarray,
+  labels: np.ndarray,
+  boxes_xyxy: Sequence[Sequence[float]],
+  scores: Sequence[float],
+  title: str = '',
+  max_height: int = MAX_TILE_HEIGHT,
+) -> np.ndarray:
+  """One row: the image, and the image with object i's mask (``labels == i + 1``) in VOC colour
+  i + 1, its box and its score written at the box's corner."""
+  small, scale = _shrink(image, max_height)
+  h, w = small.shape[:2]
+  small_labels = resample.nearest_pil(np.asarray(labels, np.uint8), (h, w))
+  palette = label_palette()
+  out = small.astype(np.float32)
+  colored = small_labels > 0
+  out[colored] = 0.45 * out[colored] + 0.55 * palette[small_labels[colored]]
+  out = out.round().astype(np.uint8)
+  for i, box in enumerate(boxes_xyxy):
+    out = draw_box(out, _scaled_box(box, scale), tuple(int(c) for c in palette[i + 1]), width=2)
+  canvas = Image.fromarray(out)
+  draw = ImageDraw.Draw(canvas)
+  size = int(np.clip(round(0.045 * h), 9, 18))
+  for i, (box, s) in enumerate(zip(boxes_xyxy, scores)):
+    x0, y0 = _scaled_box(box[:2], scale)
+    text = f'{i + 1}: {float(s):.2f}'
+    at = (min(max(x0 + 3, 0), max(w - 4 * size, 0)), min(max(y0 + 2, 0), max(h - size - 2, 0)))
+    bg = draw.textbbox(at, text, font=_font(size))
+    draw.rectangle(bg, fill=tuple(int(c) for c in palette[i + 1]))
+    draw.text(at, text, fill=(255, 255, 255), font=_font(size))
+  n = len(boxes_xyxy)
+  first = f'image · {title}' if title else 'image'
+  return row([small, np.asarray(canvas)], [first, f'{n} object{"s" * (n != 1)}: mask, box, score'])

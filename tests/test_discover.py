@@ -166,7 +166,7 @@ def test_ap_on_generated_instances_and_skips(tmp_path):
   skipped = {r['id'] for r in map(json.loads, (out / 'skipped.jsonl').read_text().splitlines())}
   assert skipped == {'broken', 'tiny'}
   metrics = json.loads((out / 'metrics.json').read_text())
-  assert metrics['num_evaluated'] == 4 and metrics['num_gt_objects'] == 4
+  assert metrics['num_scored'] == 4 and metrics['num_gt_objects'] == 4
   # Each box is found (an untrained 2-block ViT: edges follow colour), its mask nearly exact.
   assert metrics['segm']['AP50'] == 100.0 and metrics['bbox']['AP50'] == 100.0
   assert metrics['segm']['AP'] > 70 and metrics['segm']['AR100'] > 70

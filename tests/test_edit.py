@@ -296,17 +296,22 @@ def test_parse_color_rejects(spec):
     matting.parse_color(spec)
 
 
-def test_edit_panel():
+def test_edit_tiles():
   image, alpha, _, _ = scene(100, 150, seed=10)
   grid = np.zeros((6, 9), bool)
   grid[2:4, 3:6] = True
   comp = matting.composite(image, alpha, 'white')
-  panel = matting.edit_panel(image, grid, alpha, comp)
-  assert panel.dtype == np.uint8 and panel.shape == (100, 4 * 150 + 3 * 4, 3)
-  without = matting.edit_panel(image, alpha > 0.5, alpha)  # cutout on a checkerboard instead
-  assert without.shape == panel.shape
-  big = matting.edit_panel(np.zeros((1000, 500, 3), np.uint8), grid, np.zeros((1000, 500)))
-  assert big.shape[0] == 384
+  tiles = matting.edit_tiles(image, grid, alpha, comp)
+  assert [t.shape for t in tiles] == [(100, 150, 3)] * 4 and tiles[0].dtype == np.uint8
+  np.testing.assert_array_equal(tiles[0], image)
+  np.testing.assert_array_equal(tiles[3], comp)
+  # The patch grid's foreground (rows 2-3, cols 3-5 of 6×9 → pixels) is tinted, the rest dimmed.
+  assert (tiles[1][40, 60] != image[40, 60]).any()
+  np.testing.assert_array_equal(tiles[1][5, 5], (image[5, 5] * 0.4).astype(np.uint8))
+  without = matting.edit_tiles(image, alpha > 0.5, alpha)  # cutout on a checkerboard instead
+  assert [t.shape for t in without] == [t.shape for t in tiles]
+  big = matting.edit_tiles(np.zeros((1000, 500, 3), np.uint8), grid, np.zeros((1000, 500)))
+  assert {t.shape[0] for t in big} == {384}
 
 
 def test_decoded_odd_files_reach_the_matte(tmp_path):

@@ -34,7 +34,7 @@ def test_masks_equal_official(parity_config, manifest, tmp_path):
     centres = mask[8::16, 8::16][: seg.shape[0], : seg.shape[1]]
     np.testing.assert_array_equal(centres > 0, seg > 0)
   result = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
-  assert result['n'] == 3
+  assert result['num_scored'] == 3 and result['num_images'] == 3 and result['mode'] == 'segment'
   assert result['max_f'] > 0.99
   # Only the bottom/right remainder strips (official cv2 nearest rule) may differ.
   assert result['iou'] > 0.995 and result['acc'] > 0.995

@@ -20,6 +20,7 @@ from tests.conftest import PARITY
 
 ROOT = Path(__file__).parent.parent
 CKPT = str(PARITY / 'checkpoint.pth')
+COMMON = ('mode', 'method', 'model', 'num_images', 'num_processed', 'num_failed')
 
 
 def spectral_jax(*args, cache_dir: Path, cwd=ROOT):
@@ -81,6 +82,22 @@ def test_localize_verb_writes_the_modes_files_and_one_line_per_image(tmp_path, p
   mode_record = json.loads((mode_out / 'predictions.jsonl').read_text())
   assert mode_record['box_xyxy'] == predictions['chelsea']['box_xyxy']
   assert {p.name for p in mode_out.iterdir()} <= {p.name for p in out.iterdir()}
+  # metrics.json: the keys every mode starts with; detections name their files.
+  metrics = json.loads((out / 'metrics.json').read_text())
+  assert {k: metrics[k] for k in COMMON} == {
+    'mode': 'localize', 'method': 'dsm', 'model': 'dino_vits16',
+    'num_images': 4, 'num_processed': 3, 'num_failed': 1,
+  }  # fmt: skip
+  detections = json.loads((out / 'detections.json').read_text())
+  assert sorted(d['file_name'] for d in detections) == [
+    'astronaut.png',
+    'chelsea.png',
+    'coffee.png',
+  ]
+  for d in detections:
+    stem = Path(d['file_name']).stem
+    x0, y0, x1, y1 = predictions[stem if stem == 'chelsea' else f'folder__{stem}']['box_xyxy']
+    assert d['bbox'] == [x0, y0, x1 - x0, y1 - y0]
 
 
 @pytest.mark.parametrize('verb', ['segment', 'cutout', 'discover'])
@@ -92,12 +109,22 @@ def test_other_verbs(tmp_path, photos, verb):
     args += ['--max-objects', '2', '--config.discover.crf=False']
   proc = spectral_jax(*args, cache_dir=tmp_path / 'cache')
   assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = json.loads((out / 'metrics.json').read_text())
+  mode, method = {'segment': ('segment', 'dsm'), 'cutout': ('edit', 'dsm')}.get(
+    verb, ('discover', 'maskcut')
+  )
+  assert {k: metrics[k] for k in COMMON} == {
+    'mode': mode, 'method': method, 'model': 'dino_vits16',
+    'num_images': 1, 'num_processed': 1, 'num_failed': 0,
+  }  # fmt: skip
   (line,) = [line for line in proc.stdout.splitlines() if line.startswith(f'{single}: ')]
   if verb == 'segment':
     mask = np.asarray(Image.open(out / 'masks' / 'chelsea.png'))
     assert mask.shape == np.asarray(Image.open(single)).shape[:2]
     assert str(out / 'masks' / 'chelsea.png') in line
     assert f'({100 * np.mean(mask > 0):.0f} % of the image)' in line
+    (det,) = json.loads((out / 'detections.json').read_text())
+    assert det['file_name'] == 'chelsea.png'
   elif verb == 'cutout':
     cut = Image.open(out / 'cutout' / 'chelsea.png')
     assert cut.mode == 'RGBA' and str(out / 'cutout' / 'chelsea.png') in line

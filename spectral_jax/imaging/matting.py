@@ -484,14 +484,15 @@ def _checkerboard(hw: tuple[int, int], tile: int = 8) -> np.ndarray:
   return np.where(light[..., None], 204, 153).astype(np.uint8).repeat(3, -1)
 
 
-def edit_panel(
+def edit_tiles(
   image: np.ndarray,
   mask: np.ndarray,
   alpha: np.ndarray,
   composite_image: Optional[np.ndarray] = None,
   max_height: int = 384,
-) -> np.ndarray:
-  """Side by side: image | mask over image | alpha | composite (or cutout on a checkerboard).
+) -> list[np.ndarray]:
+  """The tiles of an edit panel: image | mask over image | alpha | composite (or the cutout on
+  a checkerboard).
 
   ``mask`` may be at patch or image resolution; tiles are shrunk to ``max_height`` rows.
   """
@@ -511,6 +512,4 @@ def edit_panel(
     last = _to_uint8((a * small + (1 - a) * _checkerboard((th, tw))) / 255.0)
   else:
     last = resize_image(as_rgb(composite_image), (th, tw))
-  gap = np.full((th, 4, 3), 255, np.uint8)
-  tiles = [small, overlay.astype(np.uint8), alpha_tile, last]
-  return np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+  return [small, overlay.astype(np.uint8), alpha_tile, last]

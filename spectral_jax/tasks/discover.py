@@ -69,6 +69,7 @@ from spectral_jax import coco, parallel, pipeline, viz
 from spectral_jax import artifacts
 from spectral_jax.data import datasets
 from spectral_jax.results.objects import METHODS
+from spectral_jax.results.types import mask_box
 from spectral_jax.spectral import maskcut
 from spectral_jax.tasks import common
 
@@ -113,7 +114,11 @@ def run(config, workdir) -> None:
   common.log_summary(
     f'discover: {n_obj} objects in {len(instances["images"])} images → {workdir / "instances.json"}'
   )
-  result = {'num_images': len(instances['images']), 'num_objects': n_obj}
+  result = common.run_metrics(
+    STAGE, run_settings.discover.method, run_settings.model.name, examples, workdir,
+    len(instances['images']),
+  )  # fmt: skip
+  result['num_objects'] = n_obj
   result.update(evaluate(config, examples, records, instances))
   artifacts.save_json(workdir / 'metrics.json', result)
   for kind in ('segm', 'bbox'):
@@ -121,7 +126,7 @@ def run(config, workdir) -> None:
       m = result[kind]
       common.log_summary(
         f'class-agnostic {kind}: AP {m["AP"]:.2f} AP50 {m["AP50"]:.2f} AR100 {m["AR100"]:.2f}'
-        f' over {result["num_evaluated"]} images'
+        f' over {result["num_scored"]} images'
       )
 
 
@@ -257,7 +262,7 @@ def _discover(
       return
     record = {
       'id': ex.id,
-      'file_name': file_name(ex, config.data.root),
+      'file_name': common.file_name(ex, config.data.root),
       'height': item.original_hw[0],
       'width': item.original_hw[1],
       'objects': objects,
@@ -266,7 +271,8 @@ def _discover(
     if not common.write_or_skip(ex, skipped, _write, workdir, ex.id, labels, own_path, record):
       return
     if item.image is not None:
-      panels(ex.id, lambda: viz.label_panel(item.image, [labels]))
+      title = f'{d.method} · {run_settings.model.name}'
+      panels(ex.id, lambda: objects_panel(item.image, labels, objects, title))
     progress.update()
 
   try:
@@ -287,23 +293,22 @@ def _discover(
   common.log_summary(progress.summary(), skipped.summary())
 
 
+def objects_panel(image: np.ndarray, labels: np.ndarray, objects: list, title: str) -> np.ndarray:
+  """image | the objects (label i + 1 = object i) over it, each with its box and score."""
+  sy, sx = image.shape[0] / labels.shape[0], image.shape[1] / labels.shape[1]
+  boxes = []
+  for i in range(len(objects)):
+    mine = labels == i + 1
+    x0, y0, x1, y1 = mask_box(mine) if mine.any() else (0, 0, 0, 0)  # hidden by later objects
+    boxes.append([x0 * sx, y0 * sy, x1 * sx, y1 * sy])
+  scores = [o['score'] for o in objects]
+  return viz.instances_panel(image, labels, boxes, scores, title)
+
+
 def _write(workdir: Path, image_id: str, labels: np.ndarray, path: Path, record: dict) -> None:
   # A palette PNG: object i has value i (as before) and a VOC colour in any viewer.
   artifacts.save_png(workdir / 'instance_maps' / f'{image_id}.png', labels, viz.label_palette())
   artifacts.append_jsonl(path, [record])
-
-
-def file_name(example, root: str) -> str:
-  """The image's path relative to the data root (its base name when not under it)."""
-  if example.path is None:
-    return example.id
-  path = Path(example.path)
-  if root:
-    try:
-      return path.resolve().relative_to(Path(root).expanduser().resolve()).as_posix()
-    except ValueError:
-      pass
-  return path.name
 
 
 def build_instances(records: Sequence[dict]) -> dict:
@@ -356,7 +361,7 @@ def _json_ground_truth(path: str, examples: Sequence[Any], image_ids: dict, root
   for ex in examples:
     if ex.id not in image_ids or ex.path is None:
       continue
-    theirs = by_name.get(file_name(ex, root), by_name.get(Path(ex.path).name))
+    theirs = by_name.get(common.file_name(ex, root), by_name.get(Path(ex.path).name))
     if theirs is not None:
       out[image_ids[ex.id]] = anns.get(theirs, [])
   return out
@@ -418,7 +423,7 @@ def evaluate(config, examples: Sequence[Any], records: dict, instances: dict) ->
   kinds = ['bbox']
   if gt['annotations'] and all('segmentation' in a for a in gt['annotations']):
     kinds.insert(0, 'segm')
-  result = {'num_evaluated': len(evaluated), 'num_gt_objects': len(gt['annotations'])}
+  result = {'num_scored': len(evaluated), 'num_gt_objects': len(gt['annotations'])}
   for kind in kinds:
     scores = coco.evaluate_class_agnostic(gt, dets, kind)
     result[kind] = {k: 100.0 * v for k, v in scores.items()}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from spectral_jax import parallel, pipeline
+from spectral_jax import parallel, pipeline, viz
 from spectral_jax.imaging import matting
 from spectral_jax import artifacts
 from spectral_jax import config_dict
@@ -125,9 +125,13 @@ def _process(
   if 'composite' in out:
     artifacts.save_png(paths['composite'], out['composite'])
   if with_panel:
-    artifacts.save_png(
-      paths['panel'], matting.edit_panel(image, mask, out['alpha'], out.get('composite'))
-    )
+    tiles = matting.edit_tiles(image, mask, out['alpha'], out.get('composite'))
+    last = 'composite' if 'composite' in out else 'cutout'
+    model = run_settings.model.name
+    segment = run_settings.edit.segment
+    chosen = 'Fiedler mask' if segment < 0 else f'eigen-segment {segment}'
+    captions = [f'image · dsm · {model}', chosen, 'alpha (matting)', last]
+    artifacts.save_png(paths['panel'], viz.row(tiles, captions))
   artifacts.save_png(paths['cutout'], out['cutout'])
 
 
@@ -158,8 +162,19 @@ def run(config, workdir) -> None:
     and ex.id not in unusable
   ]
   common.log_summary(f'edit: {len(shard)} images, {len(shard) - len(todo)} already done or skipped')
-  if not todo:
-    return
+  if todo:
+    _edit_all(config, workdir, run_settings, background, todo, panel_ids)
+  parallel.barrier('edit-done')
+  if parallel.is_main_process():
+    with_composite = background is not None
+    done = sum(is_done(workdir, ex.id, with_composite, False) for ex in examples)
+    head = common.run_metrics(
+      'edit', 'dsm', run_settings.model.name, examples, workdir, done, ('extract',)
+    )
+    artifacts.save_json(workdir / 'metrics.json', head)
+
+
+def _edit_all(config, workdir, run_settings, background, todo, panel_ids) -> None:
   ensure_eigenvectors(config, workdir, todo)
   skipped = common.SkipLog(workdir, 'edit')
   progress = skipped.track(pipeline.Progress(len(todo), 'edit'))

@@ -79,7 +79,16 @@ def run(config, workdir) -> None:
   for r in common.run_images(run_settings, extractor, todo, skipped, **args):
     if not common.write_or_skip(r.example, skipped, _write, r, workdir, config.output.features):
       continue
-    panels(r.example.id, lambda: viz.panel(r.image, r.eigenvectors, r.patch_grid))
+    panels(
+      r.example.id,
+      lambda: viz.panel(
+        r.image,
+        r.eigenvectors,
+        r.patch_grid,
+        eigenvalues=r.eigenvalues,
+        title=f'{run_settings.method.name} · {run_settings.model.name}',
+      ),
+    )
     progress.update()
   common.log_summary(
     progress.summary(),

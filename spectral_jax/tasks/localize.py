@@ -48,7 +48,7 @@ def corloc_counts(predictions: list[dict], examples: list) -> np.ndarray:
 
 def corloc_result(counts: np.ndarray) -> dict:
   hits, scored, total, annotated = (int(c) for c in counts)
-  result = {'num_images': total}
+  result = {'num_processed': total}
   if annotated:
     result.update(num_annotated=annotated, num_scored=scored, num_skipped=annotated - scored)
   if scored:
@@ -66,6 +66,24 @@ def panel_vectors(r: pipeline.ImageResult):
     return None
   heat = np.ravel(heat)
   return np.stack([np.zeros_like(heat), heat])
+
+
+def panel(r: pipeline.ImageResult, run_settings, **result) -> np.ndarray:
+  """The captioned panel of a result: image (method · model) | eigenvectors with their eigenvalues (LOST's
+  degree map or FOUND's logits in their place) | ``result`` (box_xyxy, mask, score)."""
+  vectors = panel_vectors(r)
+  names = ()
+  if r.eigenvectors is None and vectors is not None:
+    names = ('LOST seed map' if 'M' in (r.outputs or {}) else 'FOUND decoder logits',)
+  return viz.panel(
+    r.image,
+    vectors,
+    r.patch_grid,
+    eigenvalues=r.eigenvalues,
+    title=f'{run_settings.method.name} · {run_settings.model.name}',
+    vector_names=names,
+    **result,
+  )
 
 
 def prediction_files(workdir: Path) -> list[Path]:
@@ -108,7 +126,15 @@ def run(config, workdir) -> None:
       artifacts.save_jsonl(
         workdir / 'predictions.jsonl', [merged[i] for i in sorted(merged) if i in ids]
       )
-    artifacts.save_json(workdir / 'metrics.json', result)
+    head = common.run_metrics(
+      'localize',
+      run_settings.method.name,
+      run_settings.model.name,
+      examples,
+      workdir,
+      result['num_processed'],
+    )
+    artifacts.save_json(workdir / 'metrics.json', {**head, **result})
     final = {r['id']: r for path in prediction_files(workdir) for r in artifacts.read_jsonl(path)}
     write_detections(
       workdir, [final[ex.id] for ex in examples if ex.id in final], examples, config.data
@@ -152,10 +178,12 @@ def write_detections(workdir: Path, records: list[dict], examples: list, data) -
     for r in artifacts.read_jsonl(path)
   }
   kept = [r for r in records if r['id'] in ids]
+  by_id = {ex.id: ex for ex in examples}
   dets = coco.detections_json(
     [ids[r['id']] for r in kept],
     [float(scores.get(r['id'], 1.0)) for r in kept],
     boxes=[[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (r['box_xyxy'] for r in kept)],
+    file_names=[common.file_name(by_id[r['id']], data.root) for r in kept],
   )
   artifacts.save_json(workdir / 'detections.json', dets)
 
@@ -190,7 +218,7 @@ def _predict(
       continue
     panels(
       r.example.id,
-      lambda: viz.panel(r.image, panel_vectors(r), r.patch_grid, box_xyxy=working_box),
+      lambda: panel(r, run_settings, box_xyxy=working_box, score=score),
     )
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from spectral_jax import coco, metrics, parallel, pipeline, viz
+from spectral_jax import coco, metrics, parallel, pipeline
 from spectral_jax import artifacts
 from spectral_jax.data import datasets, decode
 from spectral_jax.results import boxes, masks
@@ -49,7 +49,12 @@ def write_detections(workdir: Path, examples: list, data) -> None:
       continue
     mask = np.asarray(Image.open(path)) > 127
     if mask.any():  # nothing found: no detection, not an empty one
-      dets += coco.detections_json([ids[ex.id]], [float(scores.get(ex.id, 1.0))], masks=[mask])
+      dets += coco.detections_json(
+        [ids[ex.id]],
+        [float(scores.get(ex.id, 1.0))],
+        masks=[mask],
+        file_names=[common.file_name(ex, data.root)],
+      )
   artifacts.save_json(workdir / 'detections.json', dets)
 
 
@@ -86,7 +91,8 @@ def score(examples: list, workdir: Path) -> dict:
     # Binary masks: maxFβ is Fβ of the mask (the same at every threshold in (0, 1)).
     meter.update(pred, gt, soft_pred=pred.astype(np.float32))
     scored += 1
-  result = meter.result() if scored else {'n': 0}
+  result = meter.result() if scored else {}
+  result.pop('n', None)  # num_scored below, as in every mode
   if annotated:
     result.update(
       num_annotated=len(annotated), num_scored=scored, num_skipped=len(annotated) - scored
@@ -112,9 +118,13 @@ def run(config, workdir) -> None:
   if not parallel.is_main_process():
     return
   result = score(examples, workdir)
-  artifacts.save_json(workdir / 'metrics.json', result)
+  done = sum(mask_path(workdir, ex.id).exists() for ex in examples)
+  head = common.run_metrics(
+    'segment', run_settings.method.name, run_settings.model.name, examples, workdir, done
+  )
+  artifacts.save_json(workdir / 'metrics.json', {**head, **result})
   write_detections(workdir, examples, config.data)
-  if result['n']:
+  if result.get('num_scored'):
     common.log_summary(
       'segment: '
       + ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items()) if isinstance(v, float))
@@ -154,7 +164,7 @@ def _predict(config, run_settings, workdir: Path, todo: list, examples: list) ->
     panel_mask = pipeline.resize_mask(mask, r.image.shape[:2])
     panels(
       r.example.id,
-      lambda: viz.panel(r.image, localize.panel_vectors(r), r.patch_grid, mask=panel_mask),
+      lambda: localize.panel(r, run_settings, mask=panel_mask, score=score),
     )
     progress.update()
   common.log_summary(progress.summary(), skipped.summary())

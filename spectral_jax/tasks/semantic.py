@@ -258,7 +258,10 @@ def _write_panels(workdir: Path, stems, examples, segmaps, maps, config) -> None
   for i, s in enumerate(stems):
     image = datasets.load_image(examples[s], max_pixels=config.data.max_pixels)
     artifacts.save_png(
-      workdir / 'panels' / f'semantic_{s}.png', viz.label_panel(image, [segmaps[i], maps[i]])
+      workdir / 'panels' / f'semantic_{s}.png',
+      viz.label_panel(
+        image, [segmaps[i], maps[i]], ['eigen-segments (this image)', 'semantic clusters']
+      ),
     )
 
 
@@ -335,7 +338,11 @@ def run(config, workdir) -> None:
       per_seed[seed] = score_maps([maps[i] for i in scored], gt_arrays, sem.num_clusters + 1)
       logging.info('seed %d: mIoU %.4f on %d images', seed, per_seed[seed]['miou'], len(scored))
   if per_seed:
-    result = summarize_seeds(per_seed)
+    result = common.run_metrics(
+      'semantic', config.method, config.model.name, list(examples.values()), workdir, len(stems),
+      ('extract',),
+    )  # fmt: skip
+    result.update(summarize_seeds(per_seed))
     result.update(
       n_images=len(scored),
       num_annotated=len(gts),
