@@ -281,7 +281,8 @@ def download(argv: Sequence[str]) -> int:
   if args.list or not (args.names or args.all):
     for name, url in names.items():
       size, _ = cache.pinned(url)
-      print(f'{name:<18} {url}' + (f'  ({size / 1e6:.1f} MB)' if size else ''))
+      shown = f'{size / 1e6:.1f} MB' if size and size >= 1e6 else f'{size} bytes'
+      print(f'{name:<18} {url}' + (f'  ({shown})' if size else ''))
     return 0
   unknown = [n for n in args.names if n not in names]
   if unknown:
