@@ -49,4 +49,5 @@ def get_config(arg=None):
   config.data.year = 2012
   config.data.split = 'trainval'  # devkit ImageSets/Main list (tfds: train+validation)
   config.spectral.K = 5
+  config.data.bucket_tokens = 32  # few repeated sizes: fine steps pad less than the ladder
   return config
