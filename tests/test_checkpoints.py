@@ -15,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import struct
@@ -617,3 +618,19 @@ def test_registry_urls():
     'dino_vitb16': base + 'dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth',
     'dino_vitb8': base + 'dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth',
   }
+
+
+def test_pinned_values_are_well_formed_and_documented():
+  docs = (Path(__file__).parent.parent / 'docs' / 'weights.md').read_text()
+  registry = {**cache.WEIGHTS, **cache.VARIANT_WEIGHTS, **{k: v[0] for k, v in cache.FILES.items()}}
+  for name, url in registry.items():
+    assert f'`{name}`' in docs, name  # every registry file has a row, pinned or not
+    size, digest = pinned = cache.pinned(url)
+    if pinned == (None, None):
+      continue
+    assert size is None or (isinstance(size, int) and size > 0)
+    assert digest is None or re.fullmatch('[0-9a-f]{64}', digest), digest
+    shown = [v for v in (str(size) if size else None, digest and digest[:8]) if v]
+    row = next(line for line in docs.splitlines() if line.startswith(f'| `{name}`'))
+    assert all(v in row for v in shown), (name, row)
+  assert set(cache.PINNED) <= set(registry.values())  # no pin for a URL the registry lacks

@@ -70,8 +70,26 @@ FILES: dict[str, tuple[str, int, str]] = {
   ),
 }
 
-# Pinned (size in bytes, sha256) of registry URLs: a download is checked against them.
-PINNED: dict[str, tuple[int, str]] = {url: (size, digest) for url, size, digest in FILES.values()}
+# Pinned (size in bytes, sha256) of registry URLs: a download is checked against them (a None
+# is not checked). Published values only, each with its source; where none is published the
+# file is checked against nothing (docs/weights.md lists what is pinned and from where).
+PINNED: dict[str, tuple[Optional[int], Optional[str]]] = {
+  url: (size, digest) for url, size, digest in FILES.values()
+}
+PINNED.update({
+  # Hugging Face LFS pointers of two independent uploads of this file (same sha256 and size).
+  WEIGHTS['dino_vitb16']: (
+    343242485,
+    'bf34ad0f424b9029b593e8dc3ed553bf26e88bcba0d32bf3e62a6209cb64c85e',
+  ),
+  # Two download logs of this file agree on its size; no sha256 is published.
+  WEIGHTS['dino_vits8']: (86728949, None),
+  # A third-party table of measured downloads (its DINOv2 rows equal the official pointers).
+  VARIANT_WEIGHTS['dino_vits8_300ep']: (
+    86728949,
+    '10fee18a0e7714de9005f9d56975ca8993d5fb87dab867868e528132d2be176c',
+  ),
+})  # fmt: skip
 
 
 def pinned(url: str) -> tuple[Optional[int], Optional[str]]:
@@ -127,7 +145,10 @@ def _unreachable(
 ) -> CheckpointError:
   name = url_filename(url)
   size, digest = pinned(url)
-  what = f' ({size} bytes, sha256 {digest})' if size else ''
+  what = ', '.join(
+    part for part in (f'{size} bytes' if size else '', f'sha256 {digest}' if digest else '') if part
+  )
+  what = f' ({what})' if what else ''
   where = (
     f' Offline: download it on another machine and copy it to {dest}: every later run '
     "finds it there with no setting; or pass the file's path."
