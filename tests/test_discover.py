@@ -166,7 +166,25 @@ def test_ap_on_generated_instances_and_skips(tmp_path):
   skipped = {r['id'] for r in map(json.loads, (out / 'skipped.jsonl').read_text().splitlines())}
   assert skipped == {'broken', 'tiny'}
   metrics = json.loads((out / 'metrics.json').read_text())
+  # The keys every mode's metrics.json starts with: 6 files, the corrupt and the tiny one failed.
+  assert {k: metrics[k] for k in ('mode', 'method', 'model')} == {
+    'mode': 'discover',
+    'method': 'maskcut',
+    'model': 'dino_vits16',
+  }
+  assert (metrics['num_images'], metrics['num_processed'], metrics['num_failed']) == (6, 4, 2)
   assert metrics['num_scored'] == 4 and metrics['num_gt_objects'] == 4
+  # detections.json names each detection's file; the best one per file covers that file's box.
+  detections = json.loads((out / 'detections.json').read_text())
+  assert {d['file_name'] for d in detections} == {f'g{i}.png' for i in range(4)}
+  for i in range(4):
+    mine = [d for d in detections if d['file_name'] == f'g{i}.png']
+    assert set(mine[0]) == {'image_id', 'category_id', 'bbox', 'score', 'segmentation', 'file_name'}
+    x, y, w, h = max(mine, key=lambda d: d['score'])['bbox']
+    ys, xs = np.nonzero(np.asarray(Image.open(masks / f'g{i}.png')))
+    gt = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    inter = max(0, min(x + w, gt[2]) - max(x, gt[0])) * max(0, min(y + h, gt[3]) - max(y, gt[1]))
+    assert inter / (w * h + (gt[2] - gt[0]) * (gt[3] - gt[1]) - inter) > 0.5, (i, mine)
   # Each box is found (an untrained 2-block ViT: edges follow colour), its mask nearly exact.
   assert metrics['segm']['AP50'] == 100.0 and metrics['bbox']['AP50'] == 100.0
   assert metrics['segm']['AP'] > 70 and metrics['segm']['AR100'] > 70

@@ -18,6 +18,8 @@ Outputs (``workdir/``):
   ``counts``, pycocotools' ``bbox`` [x, y, w, h] and ``area`` of the mask, ``iscrowd`` 0,
   ``score``), in discovery order. It loads with ``pycocotools.coco.COCO`` and, being
   annotations with scores, with ``COCO.loadRes`` as detections.
+* ``detections.json`` - the same objects as a COCO results list (``image_id``, ``category_id``,
+  ``bbox``, ``score``, ``segmentation``) with each image's ``file_name``, as localize and segment.
 * ``instance_maps/<id>.png`` - uint8 [H, W]: 0 background, i = the image's i-th object.
 * ``panels/discover_<id>.png`` - photo | instance map in VOC colours, for the first
   ``output.num_panels`` images.
@@ -110,6 +112,7 @@ def run(config, workdir) -> None:
   records = read_records(workdir)
   instances = build_instances([records[ex.id] for ex in examples if ex.id in records])
   artifacts.save_json(workdir / 'instances.json', instances)
+  artifacts.save_json(workdir / 'detections.json', detections(instances))
   n_obj = len(instances['annotations'])
   common.log_summary(
     f'discover: {n_obj} objects in {len(instances["images"])} images → {workdir / "instances.json"}'
@@ -333,6 +336,15 @@ def build_instances(records: Sequence[dict]) -> dict:
         }
       )
   return coco.instances_json(images, anns)
+
+
+def detections(instances: dict) -> list[dict]:
+  """The instances' annotations as COCO results, each with its image's ``file_name``."""
+  names = {im['id']: im['file_name'] for im in instances['images']}
+  keys = ('image_id', 'category_id', 'bbox', 'score', 'segmentation')
+  return [
+    {**{k: a[k] for k in keys}, 'file_name': names[a['image_id']]} for a in instances['annotations']
+  ]
 
 
 # ----------------------------------------------------------------------------- evaluation
