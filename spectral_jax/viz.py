@@ -149,13 +149,15 @@ def label_panel(
   label_maps: Sequence[np.ndarray],
   captions: Sequence[str] = (),
   max_height: int = MAX_TILE_HEIGHT,
+  title: str = '',
 ) -> np.ndarray:
-  """One row: the image and each label map (any resolution) in VOC colours at image size."""
+  """One row: the image (captioned with ``title``, e.g. method and model) and each label map
+  (any resolution) in VOC colours at image size."""
   small, _ = _shrink(image, max_height)
   h, w = small.shape[:2]
   palette = label_palette()
   tiles = [small] + [resample.nearest_pil(palette[m.astype(np.uint8)], (h, w)) for m in label_maps]
-  names = ['image'] + [
+  names = [f'image · {title}' if title else 'image'] + [
     captions[i] if i < len(captions) else f'labels {i + 1}' for i in range(len(label_maps))
   ]
   return row(tiles, names)

@@ -197,7 +197,7 @@ def test_semantic_train_evaluate_on_two_processes_match_one(tmp_path):
     summaries[1]['best_val_miou'], summaries[0]['best_val_miou'], rtol=0, atol=1e-5
   )
   scores = [json.loads((w / 'eval' / 'evaluate_metrics.json').read_text()) for w in (one, two)]
-  assert scores[0]['n_images'] == scores[1]['n_images'] == 2
+  assert scores[0]['num_annotated'] == scores[1]['num_annotated'] == 2
   np.testing.assert_allclose(scores[1]['miou'], scores[0]['miou'], rtol=0, atol=1e-5)
   for score, summary in zip(scores, summaries):  # evaluate scores the best validated step
     np.testing.assert_allclose(score['miou'], summary['best_val_miou'], rtol=1e-6)

@@ -29,6 +29,7 @@ from tests.conftest import PARITY
 
 SHAPE_COLOURS = np.array([[220, 40, 40], [40, 60, 220], [40, 200, 60]], np.float32)
 TINY = vit.ViTArch(patch_size=8, embed_dim=32, num_heads=2, depth=2, num_pos=64)
+COMMON = ('mode', 'method', 'model', 'num_images', 'num_processed', 'num_failed')
 
 
 def make_image(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +293,11 @@ def test_semantic_task_writes_maps_metrics_and_resumes(voc_like, tmp_path, monke
   n_panels = min(voc_like.output.num_panels, len(stems))
   assert len(list((work / 'panels').glob('semantic_*.png'))) == n_panels > 0
   result = json.loads((work / 'metrics.json').read_text())
-  assert result['n_images'] == 2 and set(result['seeds']) == {'0', '1'}
+  assert result['num_scored'] == 2 and set(result['seeds']) == {'0', '1'}  # val: img6, img7
+  assert {k: result[k] for k in COMMON} == {
+    'mode': 'semantic', 'method': 'dsm', 'model': 'dino_vits16',
+    'num_images': 8, 'num_processed': 8, 'num_failed': 0,
+  }  # fmt: skip
   assert result['matching_kind'] == 'majority'  # 4 labels vs 21 classes
   mious = [result['seeds'][s]['miou'] for s in ('0', '1')]
   assert result['miou_mean'] == pytest.approx(np.mean(mious))
@@ -345,7 +350,7 @@ def test_train_and_evaluate_tasks(voc_like, tmp_path):
   voc_like.checkpoint = str(work)
   evaluate.run(voc_like, tmp_path / 'eval')
   scored = json.loads((tmp_path / 'eval' / 'evaluate_metrics.json').read_text())
-  assert scored['step'] == 2 and scored['n_images'] == 2
+  assert scored['step'] == 2 and scored['num_annotated'] == 2
   assert scored['miou'] == pytest.approx(summary['best_val_miou'])
 
 
@@ -397,7 +402,7 @@ def test_train_and_evaluate_on_dinov2_and_dinov3(name, tmp_path):
   config.checkpoint = str(work)
   evaluate.run(config, tmp_path / 'eval')
   scored = json.loads((tmp_path / 'eval' / 'evaluate_metrics.json').read_text())
-  assert scored['step'] == 1 and scored['n_images'] == 2
+  assert scored['step'] == 1 and scored['num_annotated'] == 2
   assert scored['miou'] == pytest.approx(summary['best_val_miou'])
 
 
@@ -525,6 +530,10 @@ def test_train_reruns_follow_the_settings_and_unusable_val_items_are_skipped(tmp
   evaluate.run(config, tmp_path / 'eval')
   scored = json.loads((tmp_path / 'eval' / 'evaluate_metrics.json').read_text())
   assert scored['num_scored'] == 0 and scored['num_skipped'] == 2
+  assert {k: scored[k] for k in COMMON} == {
+    'mode': 'evaluate', 'method': 'dsm', 'model': 'dinov2_vits14_reg',
+    'num_images': 2, 'num_processed': 0, 'num_failed': 2,
+  }  # fmt: skip
   config.segmenter.aspp_rates = (1, 2, 3)
   with pytest.raises(ValueError, match='aspp_rates'):
     evaluate.run(config, tmp_path / 'eval2')

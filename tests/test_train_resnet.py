@@ -127,7 +127,7 @@ def test_train_resume_evaluate_with_the_resnet_backbone(tmp_path, monkeypatch):
   config.checkpoint = str(work)
   evaluate.run(config, tmp_path / 'eval')
   scored = json.loads((tmp_path / 'eval' / 'evaluate_metrics.json').read_text())
-  assert scored['step'] == 2 and scored['n_images'] == 2
+  assert scored['step'] == 2 and scored['num_annotated'] == 2
   assert scored['miou'] == pytest.approx(summary['best_val_miou'])
   # Any image size (official: original resolution, no crop to multiples of 8).
   model = train_task.build_model(config, evaluate.segmenter_arch(config))

@@ -101,6 +101,13 @@ def test_voc_palette_and_label_panel():
   strip = strip_height(16)
   assert panel.shape == (strip + 16, 36, 3)
   np.testing.assert_array_equal(panel[strip, 28], [128, 0, 0])  # label 1, top right
+  # A title (method · model) lengthens the image's caption: more of its strip is inked.
+  image = np.zeros((100, 200, 3), np.uint8)
+  plain = viz.label_panel(image, [np.zeros((2, 2), np.uint8)])[: strip_height(100), :200]
+  titled = viz.label_panel(image, [np.zeros((2, 2), np.uint8)], title='dsm · dino_vits16')
+  titled = titled[: strip_height(100), :200]
+  inked = [np.nonzero((p < 200).any(axis=(0, 2)))[0].max() for p in (plain, titled)]
+  assert inked[1] > inked[0] + 50
 
 
 def test_instances_panel_colours_boxes_and_scores():

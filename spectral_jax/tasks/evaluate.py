@@ -5,7 +5,9 @@ The model is built from the config (backbone ``segmenter.backbone``: the ViT of
 architecture fails naming the mismatching parameter. Scores
 the best step (by val mIoU) unless ``checkpoint_step`` ≥ 0; predictions are already
 class ids, so no matching is applied. Writes ``workdir/evaluate_metrics.json`` (never
-``metrics.json``, which holds semantic's matching that training reads).
+``metrics.json``, which holds semantic's matching that training reads), which starts with the
+keys of every mode's metrics (``common.run_metrics``), then ``num_annotated`` (val images),
+``num_scored``, ``num_skipped`` and the mIoU.
 """
 
 from __future__ import annotations
@@ -58,10 +60,18 @@ def run(config, workdir) -> None:
   if not len(val):
     raise ValueError('no images with GT to evaluate on (set --config.semantic.gt_dir)')
   result = loop.evaluate(model, variables, val, config.segmenter.num_classes)
-  result.update(checkpoint=str(directory), step=step, n_images=len(val))
   if not parallel.is_main_process():  # every process scored a share; the sums agree
     return
-  artifacts.save_json(Path(workdir) / 'evaluate_metrics.json', result)
+  # The keys every metrics file starts with; each val image has GT, so an unusable one is
+  # both failed and skipped (num_skipped: annotated but not scored, as in localize).
+  kind = train_task.segmenter_backbone(config)
+  head = common.run_metrics(
+    'evaluate', config.get('method', 'dsm'), config.model.name if kind == 'vit' else kind,
+    val.examples, workdir, result['num_scored'],
+  )  # fmt: skip
+  head['num_failed'] = max(head['num_failed'], result['num_skipped'])
+  head.update(result, num_annotated=len(val), checkpoint=str(directory), step=step)
+  artifacts.save_json(Path(workdir) / 'evaluate_metrics.json', head)
   common.log_summary(
     f'evaluate: val mIoU {100 * result["miou"]:.1f} on {len(val)} images (checkpoint step {step})'
   )

@@ -260,7 +260,10 @@ def _write_panels(workdir: Path, stems, examples, segmaps, maps, config) -> None
     artifacts.save_png(
       workdir / 'panels' / f'semantic_{s}.png',
       viz.label_panel(
-        image, [segmaps[i], maps[i]], ['eigen-segments (this image)', 'semantic clusters']
+        image,
+        [segmaps[i], maps[i]],
+        ['eigen-segments (this image)', 'semantic clusters'],
+        title=f'{config.method} · {config.model.name}',
       ),
     )
 
@@ -344,7 +347,6 @@ def run(config, workdir) -> None:
     )  # fmt: skip
     result.update(summarize_seeds(per_seed))
     result.update(
-      n_images=len(scored),
       num_annotated=len(gts),
       num_scored=len(scored),
       num_skipped=len(gt_skipped),
