@@ -104,7 +104,8 @@ def test_localize_verb_writes_the_modes_files_and_one_line_per_image(tmp_path, p
 def test_other_verbs(tmp_path, photos, verb):
   folder, single = photos
   out = tmp_path / 'out'
-  args = [verb, str(single), '--out', str(out), '--checkpoint', CKPT]
+  # The photo and the corrupt file: metrics.json counts it as failed.
+  args = [verb, str(single), str(folder / 'broken.jpg'), '--out', str(out), '--checkpoint', CKPT]
   if verb == 'discover':
     args += ['--max-objects', '2', '--config.discover.crf=False']
   proc = spectral_jax(*args, cache_dir=tmp_path / 'cache')
@@ -115,7 +116,7 @@ def test_other_verbs(tmp_path, photos, verb):
   )
   assert {k: metrics[k] for k in COMMON} == {
     'mode': mode, 'method': method, 'model': 'dino_vits16',
-    'num_images': 1, 'num_processed': 1, 'num_failed': 0,
+    'num_images': 2, 'num_processed': 1, 'num_failed': 1,
   }  # fmt: skip
   (line,) = [line for line in proc.stdout.splitlines() if line.startswith(f'{single}: ')]
   if verb == 'segment':
@@ -135,6 +136,9 @@ def test_other_verbs(tmp_path, photos, verb):
     assert line.startswith(f'{single}: {len(anns)} object')
     x, y, w, h = anns[0]['bbox']
     assert f'x0={round(x)} y0={round(y)} x1={round(x + w)} y1={round(y + h)}' in line
+    detections = json.loads((out / 'detections.json').read_text())
+    assert [d['file_name'] for d in detections] == ['chelsea.png'] * len(anns)
+    assert [d['bbox'] for d in detections] == [a['bbox'] for a in anns]
 
 
 def test_verb_errors_speak_the_verbs_flags(tmp_path, photos):
