@@ -529,7 +529,7 @@ def test_train_reruns_follow_the_settings_and_unusable_val_items_are_skipped(tmp
   config.checkpoint = str(work)
   evaluate.run(config, tmp_path / 'eval')
   scored = json.loads((tmp_path / 'eval' / 'evaluate_metrics.json').read_text())
-  assert scored['num_scored'] == 0 and scored['num_skipped'] == 2
+  assert scored['num_annotated'] == 2 and scored['num_scored'] == 0 and scored['num_skipped'] == 2
   assert {k: scored[k] for k in COMMON} == {
     'mode': 'evaluate', 'method': 'dsm', 'model': 'dinov2_vits14_reg',
     'num_images': 2, 'num_processed': 0, 'num_failed': 2,
