@@ -178,7 +178,7 @@ def test_health_pages_and_parameter_errors(server):
   assert 'dsm' in h['methods'] and h['max_upload_bytes'] == MAX_UPLOAD
   status, headers, body = request(server.url + '/')
   assert status == 200 and headers['Content-Type'].startswith('text/html')
-  assert b'/api/localize' in body and b'://' not in body  # no external resources
+  assert b'/api/analyze' in body and b'://' not in body  # no external resources
   json_error(*request(server.url + '/nonesuch'), 404, '/nonesuch')
   json_error(*request(server.url + '/api/localize'), 405, 'POST')
   json_error(*request(server.url + '/api/localize?method=magic', SMALL), 400, 'method', 'dsm')

@@ -1,15 +1,10 @@
 """``--mode=serve``: a local web page and HTTP API on one loaded backbone (standard library only).
 
-  POST /api/localize           → JSON {box_xyxy, score, image_size, method}
-  POST /api/segment            → PNG mask (0 / 255, the image's size)
-  POST /api/remove-background  → RGBA PNG cutout, or an RGB composite with ``background``
-  POST /api/eigenvectors       → npz (default) or JSON with ``?format=json``
-  GET  /api/health             → JSON: model, methods, limits, requests in flight
-  GET  /                       → the demo page (spectral_jax/static/index.html)
-
-An image is the raw request body (any ``Content-Type``) or the multipart field ``image``;
-options are query parameters or multipart fields: method, K, lambda, refine, background,
-format. Errors are JSON ``{"error": "..."}`` with a 4xx/5xx status.
+The endpoints, their options and handlers are the routing table (``routes.ROUTES``; GET
+/openapi.json and /docs describe it); this module is the HTTP plumbing: admission, bodies,
+limits, the model's thread, JSON errors. An image is the raw request body (any
+``Content-Type``) or the multipart field ``image``; options are query parameters or multipart
+fields. Errors are JSON ``{"error": "...", "status": N}`` with a 4xx/5xx status.
 
 Why this shape: the model is one jitted function on one device, so a single worker thread owns
 it and runs requests one at a time, in arrival order; handler threads only read, decode and
@@ -26,24 +21,19 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import http.server
-import io
 import json
-import math
 import queue
 import socket
 import socketserver
 import threading
 import time
 import urllib.parse
-from importlib import resources
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 from absl import logging
-from PIL import Image
 
-from spectral_jax.imaging import matting as edit_lib
-from spectral_jax import inference, pipeline, settings
+from spectral_jax import settings
 from spectral_jax.data import decode
 from spectral_jax.errors import (
   BadImageError,
@@ -52,10 +42,11 @@ from spectral_jax.errors import (
   SettingError,
 )
 from spectral_jax.inference import Backbone
-from spectral_jax.server.uploads import HTTPError, Upload, choice as _choice, number as _number
+from spectral_jax.server import model, routes
+from spectral_jax.server.routes import JSON, LOCALIZE_METHODS, SEGMENT_METHODS
+from spectral_jax.server.uploads import HTTPError, Upload, parse_options
 from spectral_jax.version import __version__
 
-JSON = 'application/json'
 _CHUNK = 1 << 16
 # A refused body is read and dropped (clients send it all before reading the answer, so the
 # 413/503 arrives instead of a connection reset) up to this many bytes; a larger one is cut off.
@@ -100,12 +91,6 @@ class Worker:
 # ----------------------------------------------------------------------------- requests
 
 
-LOCALIZE_METHODS = ('dsm',) + tuple(m for m in pipeline.METHODS if m != 'dsm')
-# 'found' runs FOUND's shipped decoder (a decoder path is not an option: it would read the
-# server's files) and needs a dino_vits8 server; other backbones get a 400 naming model.name.
-SEGMENT_METHODS = ('dsm', 'found')
-
-
 def status_of(error: Exception) -> int:
   """The HTTP status of a library error, by its type."""
   return 413 if isinstance(error, ImageTooLargeError) else 400
@@ -118,18 +103,8 @@ def message_of(error: Exception) -> str:
   return str(error)
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-  out = io.BytesIO()
-  Image.fromarray(array).save(out, format='PNG', compress_level=3)
-  return out.getvalue()
-
-
 def _error_body(status: int, message: str) -> bytes:
   return json.dumps({'error': message, 'status': status}).encode()
-
-
-def _finite(x: float) -> Optional[float]:
-  return float(x) if math.isfinite(x) else None  # JSON has no NaN (LOST has no score)
 
 
 # ----------------------------------------------------------------------------- the server
@@ -151,11 +126,18 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     max_queue: int = 32,
     timeout: float = 300.0,
     max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+    cache_entries: int = model.DEFAULT_ENTRIES,
+    cache_bytes: int = model.DEFAULT_BYTES,
   ):
     if max_upload_bytes < 1 or max_queue < 1 or timeout <= 0 or max_pixels < 1:
       raise ValueError('max_upload_bytes, max_queue, timeout and max_pixels must be positive')
+    # The forward passes of the last few model inputs are kept: one upload's box, mask,
+    # cutout and eigenvectors (one /api/analyze, or the separate endpoints) cost one.
+    self.features = model.FeatureCache(backbone.extractor, cache_entries, cache_bytes)
     # The library re-checks the pixel limit: the server's applies there too (same model).
-    self.backbone = dataclasses.replace(backbone, max_pixels=int(max_pixels))
+    self.backbone = dataclasses.replace(
+      backbone, max_pixels=int(max_pixels), extractor=self.features
+    )
     self.max_upload_bytes = int(max_upload_bytes)
     self.max_queue = int(max_queue)
     self.timeout = float(timeout)
@@ -222,9 +204,11 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
       'max_pixels': self.max_pixels,
       'max_queue': self.max_queue,
       'in_flight': self.in_flight,
+      # Forward passes of the backbone so far (one per upload and model input: see
+      # server/model.py) and the cache that keeps the last few.
+      'model_runs': self.features.runs,
+      'feature_cache': self.features.stats(),
     }
-
-  # ------------------------------------------------------------------- endpoints
 
   def decode(self, name: str, data: bytes, min_side: int = 0) -> np.ndarray:
     """Bytes → RGB (the CLI's decoder: EXIF applied, alpha dropped), limits as 4xx; images
@@ -235,111 +219,6 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
       )
     except BadImageError as e:
       raise HTTPError(status_of(e), message_of(e)) from None
-
-  def image_of(self, upload: Upload) -> Callable[[], list]:
-    """The upload's decoder, run on the model's thread: a waiting request holds its
-    compressed bytes (≤ serve.max_upload_bytes), not a decoded image of up to max_pixels.
-    The decoded pixels go to the library as they are (one decode per upload)."""
-    return lambda: [inference.in_memory(self.decode(upload.name, upload.data), upload.name)]
-
-  def localize(self, upload: Upload) -> tuple[int, str, bytes]:
-    upload.check_options(('method',))
-    method = _choice(upload, 'method', 'dsm', LOCALIZE_METHODS)
-    image = self.image_of(upload)
-    (r,) = self.run_on_model(
-      lambda: inference.localize(
-        self.backbone, image(), settings.MethodSettings(method), settings.SpectralSettings(K=5)
-      )
-    )
-    body = {
-      'box_xyxy': [int(v) for v in r.box_xyxy],
-      'score': _finite(r.score),
-      'image_size': [int(v) for v in r.image_size],
-      'method': method,
-    }
-    return 200, JSON, json.dumps(body).encode()
-
-  def segment(self, upload: Upload) -> tuple[int, str, bytes]:
-    upload.check_options(('method', 'refine'))
-    method = _choice(upload, 'method', 'dsm', SEGMENT_METHODS)
-    refine = _choice(upload, 'refine', 'none', settings.REFINES)
-    image = self.image_of(upload)
-    (mask,) = self.run_on_model(
-      lambda: inference.segment(
-        self.backbone,
-        image(),
-        settings.MethodSettings(method),
-        settings.RefineSettings(refine=refine),
-        settings.SpectralSettings(K=2),
-      )
-    )
-    return 200, 'image/png', png_bytes(np.asarray(mask, np.uint8) * 255)
-
-  def remove_background(self, upload: Upload) -> tuple[int, str, bytes]:
-    upload.check_options(('background',))
-    background: Any = lambda: None
-    spec = upload.option('background', '')
-    if upload.background is not None:  # an image: only cover-resized, any size
-      background = lambda: self.decode(*upload.background, min_side=1)
-    elif spec and spec.lower() not in ('none', 'transparent'):
-      try:  # a colour only: a path here would read the server's files
-        colour = edit_lib.parse_color(spec)
-      except ValueError as e:
-        raise HTTPError(400, f'background: {e}') from None
-      background = lambda: colour
-    image = self.image_of(upload)
-    out = self.run_on_model(
-      lambda: inference.remove_background(
-        self.backbone,
-        image()[0],
-        settings.EditSettings(),
-        background(),
-        settings.SpectralSettings(K=5),
-      )
-    )
-    return 200, 'image/png', png_bytes(out)
-
-  def eigenvectors(self, upload: Upload) -> tuple[int, str, bytes]:
-    upload.check_options(('format', 'K', 'lambda'))
-    fmt = _choice(upload, 'format', 'npz', ('npz', 'json'))
-    k = _number(upload, 'K', 5, int, 2, 64)
-    color_lambda = _number(upload, 'lambda', 0.0, float, 0.0, 1e6)
-    image = self.image_of(upload)
-    spectral = settings.SpectralSettings(K=k, color_lambda=color_lambda)
-    (e,) = self.run_on_model(lambda: inference.eigenpairs(self.backbone, image(), spectral))
-    if fmt == 'json':
-      body = {
-        'eigenvalues': [float(v) for v in e.eigenvalues],
-        'eigenvectors': np.round(e.eigenvectors.astype(np.float64), 6).tolist(),
-        'patch_grid': list(e.patch_grid),
-        'patch_size': e.patch_size,
-        'image_size': list(e.image_size),
-        'working_size': list(e.working_size),
-      }
-      return 200, JSON, json.dumps(body).encode()
-    out = io.BytesIO()
-    np.savez(
-      out,
-      eigenvalues=e.eigenvalues,
-      eigenvectors=e.eigenvectors,
-      patch_grid=np.array(e.patch_grid),
-      patch_size=np.array(e.patch_size),
-      image_size=np.array(e.image_size),
-      working_size=np.array(e.working_size),
-    )
-    return 200, 'application/octet-stream', out.getvalue()
-
-
-ENDPOINTS = {
-  '/api/localize': Server.localize,
-  '/api/segment': Server.segment,
-  '/api/remove-background': Server.remove_background,
-  '/api/eigenvectors': Server.eigenvectors,
-}
-
-
-def index_html() -> bytes:
-  return resources.files('spectral_jax').joinpath('static/index.html').read_bytes()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -356,9 +235,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     self.send_response(status)
     self.send_header('Content-Type', content_type)
     self.send_header('Content-Length', str(len(body)))
-    self.send_header('Cache-Control', 'no-store')
+    extra = extra or {}
+    if 'Cache-Control' not in extra:
+      self.send_header('Cache-Control', 'no-store')
     self.send_header('X-Content-Type-Options', 'nosniff')
-    for key, value in (extra or {}).items():
+    for key, value in extra.items():
       self.send_header(key, value)
     self.end_headers()
     if self.command != 'HEAD':
@@ -413,31 +294,40 @@ class Handler(http.server.BaseHTTPRequestHandler):
       return True
     return False
 
+  def _route(self):
+    """(request path, (template, route, path arguments) or None) of this request."""
+    path = urllib.parse.urlsplit(self.path).path
+    return path, routes.find(path)
+
   def do_GET(self):  # pylint: disable=invalid-name
     if self._foreign():
       return None
-    path = urllib.parse.urlsplit(self.path).path
-    if path in ('/', '/index.html'):
-      csp = (
-        "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-        "script-src 'self' 'unsafe-inline'; connect-src 'self'"
-      )
-      self._send(200, 'text/html; charset=utf-8', index_html(), {'Content-Security-Policy': csp})
-    elif path == '/api/health':
-      self._send(200, JSON, json.dumps(self.server.health()).encode())
-    elif path in ENDPOINTS:
-      self._error(405, f'{path} takes POST with an image', {'Allow': 'POST'})
-    else:
-      self._error(404, f'no such page: {path}')
+    path, found = self._route()
+    if found is None:
+      return self._error(404, f'no such page: {path}')
+    _, route, args = found
+    if route.method != 'GET':
+      return self._error(405, f'{path} takes POST with an image', {'Allow': route.method})
+    query = urllib.parse.urlsplit(self.path).query
+    reply = answer(
+      path,
+      lambda: route.handler(
+        self.server,
+        routes.Call(parse_options(route.params, routes.query_options(query)), None, args),
+      ),
+    )
+    return self._send(*reply)
 
   do_HEAD = do_GET  # pylint: disable=invalid-name
 
   def _not_allowed(self):
-    path = urllib.parse.urlsplit(self.path).path
+    path, found = self._route()
     length = self.headers.get('Content-Length', '0')
     self._drain(int(length) if length.isdigit() else 0)
-    allow = 'POST' if path in ENDPOINTS else 'GET, HEAD'
-    self._error(405, f'{self.command} is not supported on {path}', {'Allow': allow})
+    if found is None:
+      return self._error(404, f'no such page: {path}')
+    allow = 'POST' if found[1].method == 'POST' else 'GET, HEAD'
+    return self._error(405, f'{self.command} is not supported on {path}', {'Allow': allow})
 
   do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # pylint: disable=invalid-name
 
@@ -446,9 +336,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     if self._foreign():
       self.close_connection = True
       return None
-    if split.path not in ENDPOINTS:  # whatever the body (or its headers)
+    path, found = self._route()
+    if found is None or found[1].method != 'POST':  # whatever the body (or its headers)
       self.close_connection = True
-      return self._error(404, f'no such endpoint: {split.path}')
+      if found is None:
+        return self._error(404, f'no such endpoint: {path}')
+      return self._error(405, f'{path} takes GET', {'Allow': 'GET, HEAD'})
+    _, route, args = found
     length_text = self.headers.get('Content-Length')
     if self.headers.get('Transfer-Encoding', '').lower() not in ('', 'identity'):
       self.close_connection = True
@@ -460,10 +354,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
     if length < 0:
       self.close_connection = True
       return self._error(411, 'a POST needs a Content-Length header')
-    handler = ENDPOINTS.get(split.path)
-    if handler is None:
-      self._drain(length)
-      return self._error(404, f'no such endpoint: {split.path}')
     if length > self.server.max_upload_bytes:
       self._drain(length)
       return self._error(
@@ -480,30 +370,40 @@ class Handler(http.server.BaseHTTPRequestHandler):
         'retry later',
         {'Retry-After': '1'},
       )
-    start = time.monotonic()
-    try:
+
+    def run():
       body = self._read_body(length)
-      upload = Upload(
-        body, self.headers.get('Content-Type', ''), urllib.parse.parse_qs(split.query)
-      )
-      status, content_type, payload = handler(self.server, upload)
-      logging.info('%s done in %.2f s', split.path, time.monotonic() - start)
-    except HTTPError as e:
-      status, content_type, payload = e.status, JSON, _error_body(e.status, e.message)
-    except (BadImageError, SettingError) as e:  # the library's image and setting errors
-      status = status_of(e)
-      content_type, payload = JSON, _error_body(status, message_of(e))
-    except MissingDependencyError as e:  # an optional package this server lacks
-      status, content_type, payload = 501, JSON, _error_body(501, str(e))
-    except ValueError as e:  # another refused input (e.g. a seed outside its own side)
-      status, content_type, payload = 400, JSON, _error_body(400, str(e))
-    except Exception as e:  # pylint: disable=broad-except  # the server keeps serving
-      logging.exception('%s failed', split.path)
-      message = f'internal error: {type(e).__name__}: {e}'
-      status, content_type, payload = 500, JSON, _error_body(500, message)
+      upload = Upload(body, self.headers.get('Content-Type', ''), routes.query_options(split.query))
+      options = parse_options(route.params, upload.options)
+      return route.handler(self.server, routes.Call(options, upload, args))
+
+    try:
+      reply = answer(path, run, timed=True)
     finally:
       self.server.release()  # before the answer: a client's next request finds the slot free
-    return self._send(status, content_type, payload)
+    return self._send(*reply)
+
+
+def answer(path: str, run: Callable[[], tuple], timed: bool = False) -> tuple:
+  """A handler's reply, or its error as JSON with the status of its type."""
+  start = time.monotonic()
+  try:
+    reply = run()
+    if timed:
+      logging.info('%s done in %.2f s', path, time.monotonic() - start)
+    return reply
+  except HTTPError as e:
+    return e.status, JSON, _error_body(e.status, e.message)
+  except (BadImageError, SettingError) as e:  # the library's image and setting errors
+    status = status_of(e)
+    return status, JSON, _error_body(status, message_of(e))
+  except MissingDependencyError as e:  # an optional package this server lacks
+    return 501, JSON, _error_body(501, str(e))
+  except ValueError as e:  # another refused input (e.g. a seed outside its own side)
+    return 400, JSON, _error_body(400, str(e))
+  except Exception as e:  # pylint: disable=broad-except  # the server keeps serving
+    logging.exception('%s failed', path)
+    return 500, JSON, _error_body(500, f'internal error: {type(e).__name__}: {e}')
 
 
 def is_loopback(host: str) -> bool:

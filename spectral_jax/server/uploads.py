@@ -1,11 +1,13 @@
 """What a request brings: the image (raw body or multipart field), its options, a background
-file; option parsing with 400 answers in the caller's words."""
+file; option parsing with 400 answers in the caller's words (``Param``: one option's type,
+default and allowed values, which also describe it in /openapi.json)."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.message
 import math
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 
 class HTTPError(Exception):
@@ -57,8 +59,8 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[Optional[
 class Upload:
   """An image request: the image bytes, its name for messages, options, a background file."""
 
-  def __init__(self, body: bytes, content_type: str, query: dict[str, list[str]]):
-    self.options = {k: v[-1] for k, v in query.items() if v}
+  def __init__(self, body: bytes, content_type: str, query: dict[str, str]):
+    self.options = dict(query)
     self.background: Optional[tuple[str, bytes]] = None
     if content_type.split(';')[0].strip().lower() == 'multipart/form-data':
       fields = parse_multipart(body, content_type)
@@ -80,33 +82,78 @@ class Upload:
         400, "no image: send it as the request body or as the multipart field 'image'"
       )
 
-  def check_options(self, known: tuple[str, ...]) -> None:
+  def check_options(self, known: Sequence[str]) -> None:
     """A misspelled option is a 400 naming it, never silently ignored."""
-    unknown = sorted(set(self.options) - set(known))
-    if unknown:
-      raise HTTPError(
-        400,
-        f'unknown option {unknown[0]!r}: this endpoint takes '
-        + (', '.join(known) if known else 'no options'),
-      )
+    check_options(self.options, known)
 
   def option(self, key: str, default: str) -> str:
     return self.options.get(key, default).strip() or default
 
 
-def choice(upload: Upload, key: str, default: str, allowed) -> str:
-  value = upload.option(key, default)
-  if value not in allowed:
-    raise HTTPError(400, f'{key}={value!r}: use one of {", ".join(allowed)}')
-  return value
+def check_options(options: dict[str, str], known: Sequence[str]) -> None:
+  unknown = sorted(set(options) - set(known))
+  if unknown:
+    raise HTTPError(
+      400,
+      f'unknown option {unknown[0]!r}: this endpoint takes '
+      + (', '.join(known) if known else 'no options'),
+    )
 
 
-def number(upload: Upload, key: str, default, kind, lo, hi):
-  text = upload.option(key, str(default))
-  try:
-    value = kind(text)
-  except ValueError:
-    raise HTTPError(400, f'{key}={text!r}: not a number') from None
-  if not (math.isfinite(value) and lo <= value <= hi):
-    raise HTTPError(400, f'{key}={text!r}: use a value in {lo}..{hi}')
-  return value
+KINDS = ('choice', 'int', 'float', 'text')
+_SCHEMA_TYPES = {'choice': 'string', 'int': 'integer', 'float': 'number', 'text': 'string'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+  """One option of an endpoint (a query parameter or a multipart form field): the server
+  parses requests with it and /openapi.json describes it from it, so the two cannot drift.
+
+  kind: 'choice' (one of ``allowed``), 'int' / 'float' (in ``lo``..``hi``) or 'text' (checked
+  by the endpoint, e.g. a colour). A missing or blank value is ``default``.
+  """
+
+  name: str
+  kind: str
+  default: Any
+  description: str
+  allowed: tuple = ()
+  lo: Optional[float] = None
+  hi: Optional[float] = None
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f'Param {self.name}: kind {self.kind!r} is not one of {KINDS}')
+
+  def parse(self, options: dict[str, str]) -> Any:
+    text = (options.get(self.name) or '').strip() or str(self.default)
+    if self.kind == 'choice':
+      if text not in self.allowed:
+        raise HTTPError(400, f'{self.name}={text!r}: use one of {", ".join(self.allowed)}')
+      return text
+    if self.kind == 'text':
+      return text
+    try:
+      value = (int if self.kind == 'int' else float)(text)
+    except ValueError:
+      raise HTTPError(400, f'{self.name}={text!r}: not a number') from None
+    if not (math.isfinite(value) and self.lo <= value <= self.hi):
+      raise HTTPError(400, f'{self.name}={text!r}: use a value in {self.lo}..{self.hi}')
+    return value
+
+  def schema(self) -> dict:
+    """Its OpenAPI 3 schema object."""
+    out: dict[str, Any] = {'type': _SCHEMA_TYPES[self.kind], 'default': self.default}
+    if self.kind == 'choice':
+      out['enum'] = list(self.allowed)
+    if self.lo is not None:
+      out['minimum'] = self.lo
+    if self.hi is not None:
+      out['maximum'] = self.hi
+    return out
+
+
+def parse_options(params: Sequence[Param], options: dict[str, str]) -> dict[str, Any]:
+  """{name: value} of every param; an unknown option or a bad value is a 400 naming it."""
+  check_options(options, [p.name for p in params])
+  return {p.name: p.parse(options) for p in params}
