@@ -133,6 +133,35 @@ def test_wheel_top_level_is_spectral_jax_alone(installed):
       assert z.read(record).decode().split() == ['spectral_jax']
 
 
+def test_static_files_are_in_the_wheel(installed):
+  """The demo page, the example photos and their licence travel in the wheel, and the installed
+  package serves them (GET /examples/<name>.jpg reads them through importlib.resources)."""
+  python, _, work, env, wheel = installed
+  with zipfile.ZipFile(wheel) as z:
+    names = set(z.namelist())
+  static = ROOT / 'spectral_jax' / 'static'
+  files = [p for p in static.rglob('*') if p.is_file() and '__pycache__' not in p.parts]
+  assert len([p for p in files if p.suffix == '.jpg']) >= 3
+  missing = [
+    str(p)
+    for p in files
+    if 'spectral_jax/' + p.relative_to(ROOT / 'spectral_jax').as_posix() not in names
+  ]
+  assert not missing, missing
+  assert 'spectral_jax/static/examples/README.md' in names
+  proc = _run(
+    [
+      str(python),
+      '-c',
+      'from spectral_jax.server import routes; '
+      'print(sorted(routes.example_files()), routes.example_files()["chelsea.jpg"][0]["license"])',
+    ],
+    work,
+    env,
+  )
+  assert "'chelsea.jpg'" in proc.stdout and 'CC0' in proc.stdout, proc.stdout
+
+
 def test_every_package_folder_is_listed_in_pyproject():
   """pyproject lists packages by hand (configs/ is mapped into the package): none may be left
   out of a wheel."""

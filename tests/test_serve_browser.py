@@ -1,4 +1,5 @@
-"""The demo page in headless Chromium: upload a photo, see the box and the cutout, errors in words.
+"""The demo page in headless Chromium: upload a photo, see the box and the cutout, errors in words;
+one upload is one forward pass; an example thumbnail runs like an upload.
 
 Chromium is driven through the DevTools protocol over ``--remote-debugging-pipe`` (JSON
 messages on file descriptors 3 and 4: no websocket client, no debugging port). Chromium is
@@ -190,6 +191,7 @@ def test_page_shows_box_and_cutout(server, tmp_path):
     browser.wait_for("document.body.dataset.state === 'error'")
     assert 'not a recognised image' in browser.eval("document.getElementById('error').textContent")
 
+    runs = server.features.runs
     browser.upload('#file', PHOTO)
     state = browser.wait_for(
       "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
@@ -215,6 +217,20 @@ def test_page_shows_box_and_cutout(server, tmp_path):
     assert not browser.eval("document.getElementById('maskdl').classList.contains('hidden')")
     for k in range(1, 5):  # the eigenvector heat maps, on the patch grid
       assert browser.eval(f"document.getElementById('eig{k}').width") == 28
+    # One upload, one call (/api/analyze), one forward pass of the backbone.
+    assert server.features.runs == runs + 1
+
+    # An example thumbnail runs like an upload.
+    browser.wait_for("document.querySelectorAll('#examples button').length >= 3", 30)
+    browser.eval("document.body.dataset.state = ''")
+    browser.eval('document.querySelector(\'#examples button[data-example="coffee"]\').click()')
+    state = browser.wait_for(
+      "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
+    )
+    assert state == 'done', browser.eval("document.getElementById('error').textContent")
+    assert browser.eval("document.getElementById('filename').textContent").startswith('coffee.jpg')
+    browser.wait_for("document.getElementById('mask').naturalWidth === 384", 30)
+    assert server.features.runs == runs + 2
 
     shot = base64.b64decode(browser.send('Page.captureScreenshot', format='png')['data'])
     image = np.asarray(Image.open(io.BytesIO(shot)))

@@ -75,7 +75,11 @@ def _operation(path: str, route: Any) -> dict:
       ok[content_type] = {'schema': {'type': 'string'}}
     else:
       ok[content_type] = {'schema': _BINARY}
-  descriptions = '; '.join(f'{c}: {w}' for c, w in (route.responses or {}).items()) or 'JSON'
+  described = route.responses or {'application/json': 'JSON'}
+  if len(described) == 1:
+    descriptions = next(iter(described.values()))
+  else:
+    descriptions = '; '.join(f'{c}: {w}' for c, w in described.items())
   responses: dict[str, Any] = {'200': {'description': descriptions, 'content': ok}}
   for status in route.errors:
     responses[str(status)] = {
