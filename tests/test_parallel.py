@@ -41,9 +41,10 @@ def run(cmd, devices=1, **kw):
 
 
 def finish(proc):
-  _, err = proc.communicate(timeout=600)
+  """The process's output, stdout (summaries) then stderr (logs), once it succeeded."""
+  out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
-  return err
+  return out + err
 
 
 def predictions(workdir):
@@ -224,7 +225,7 @@ def test_edit_on_two_processes_matches_one(tmp_path):
 
   finish(run(cmd(tmp_path / 'one', tmp_path / 'c1')))
   logs = run_two_processes([cmd(tmp_path / 'two', tmp_path / f'c2{i}') for i in range(2)])
-  assert 'edit: 2 images' in logs[0] and 'edit: 1 images' in logs[1]  # strided shares
+  assert 'edit: 2 images' in logs[0] and 'edit: 1 image,' in logs[1]  # strided shares
   for sub in ('cutout', 'composite'):
     names = sorted(p.name for p in (tmp_path / 'one' / sub).glob('*.png'))
     assert len(names) == 3

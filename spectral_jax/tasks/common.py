@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 from absl import logging
 import jax
 
-from spectral_jax import errors, inference, pipeline, workdirs
+from spectral_jax import errors, inference, parallel, pipeline, workdirs
 from spectral_jax import artifacts
 from spectral_jax import config_dict
 from spectral_jax import settings as settings_lib
@@ -483,6 +483,9 @@ def begin_stage(config, workdir, stage: str) -> None:
   # run wrote no output at all (its record alone never blocks a new run).
   if changed and leader and (overwrite or not had_outputs):
     _forget_skipped(workdir, stage)
+  # Nobody writes before every process has checked (a fast process's first checkpoint must not
+  # look like another run's output to a slower leader) and the leader has cleared old outputs.
+  parallel.barrier(f'{stage}-settings-checked')
 
 
 def remaining(workdir, stage: str, shard: Sequence[Any], is_done: Callable[[Any], bool]) -> list:

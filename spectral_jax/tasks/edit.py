@@ -161,9 +161,14 @@ def run(config, workdir) -> None:
     if not is_done(workdir, ex.id, background is not None, ex.id in panel_ids)
     and ex.id not in unusable
   ]
-  common.log_summary(f'edit: {len(shard)} images, {len(shard) - len(todo)} already done or skipped')
+  images = f'{len(shard)} image' + 's' * (len(shard) != 1)
+  common.log_summary(f'edit: {images}, {len(shard) - len(todo)} already done or skipped')
+  # Extract runs where any process has work, on every process (its settings check is a
+  # barrier), and not at all on a finished rerun.
+  if int(parallel.process_sum(np.array([len(todo)]))[0]):
+    ensure_eigenvectors(config, workdir, todo)
   if todo:
-    _edit_all(config, workdir, run_settings, background, todo, panel_ids)
+    _edit_all(workdir, run_settings, background, todo, panel_ids)
   parallel.barrier('edit-done')
   if parallel.is_main_process():
     with_composite = background is not None
@@ -174,8 +179,7 @@ def run(config, workdir) -> None:
     artifacts.save_json(workdir / 'metrics.json', head)
 
 
-def _edit_all(config, workdir, run_settings, background, todo, panel_ids) -> None:
-  ensure_eigenvectors(config, workdir, todo)
+def _edit_all(workdir, run_settings, background, todo, panel_ids) -> None:
   skipped = common.SkipLog(workdir, 'edit')
   progress = skipped.track(pipeline.Progress(len(todo), 'edit'))
   for ex in todo:
