@@ -26,7 +26,7 @@ from spectral_jax import artifacts, config_dict
 from spectral_jax.data import decode
 from spectral_jax.models.weights import cache
 from spectral_jax.models.weights.errors import CheckpointError
-from spectral_jax.tasks import common
+from spectral_jax.tasks import reporting
 
 _DSM_METHODS = tuple(dict.fromkeys(a.split('_')[0] for a in config_dict.METHOD_ARGS))
 
@@ -240,7 +240,7 @@ def report(verb: str, examples: Sequence, workdir: Path, root: str = '') -> list
       done = [str(p) for p in (cut, comp) if p.is_file()]
       lines.append(f'{name}: ' + (', '.join(done) if done else 'no cutout'))
     elif mode == 'discover':
-      anns = by_image.get(ids.get(common.file_name(ex, root)), [])
+      anns = by_image.get(ids.get(reporting.file_name(ex, root)), [])
       found = '; '.join(
         'box x0={} y0={} x1={} y1={} score {:.3f}'.format(*_xyxy(a['bbox']), a.get('score', 0.0))
         for a in anns

@@ -73,7 +73,7 @@ from spectral_jax.data import datasets
 from spectral_jax.results.objects import METHODS
 from spectral_jax.results.types import mask_box
 from spectral_jax.spectral import maskcut
-from spectral_jax.tasks import common
+from spectral_jax.tasks import common, reporting
 
 STAGE = 'discover'
 
@@ -117,7 +117,7 @@ def run(config, workdir) -> None:
   common.log_summary(
     f'discover: {n_obj} objects in {len(instances["images"])} images → {workdir / "instances.json"}'
   )
-  result = common.run_metrics(
+  result = reporting.run_metrics(
     STAGE, run_settings.discover.method, run_settings.model.name, examples, workdir,
     len(instances['images']),
   )  # fmt: skip
@@ -265,7 +265,7 @@ def _discover(
       return
     record = {
       'id': ex.id,
-      'file_name': common.file_name(ex, config.data.root),
+      'file_name': reporting.file_name(ex, config.data.root),
       'height': item.original_hw[0],
       'width': item.original_hw[1],
       'objects': objects,
@@ -373,7 +373,7 @@ def _json_ground_truth(path: str, examples: Sequence[Any], image_ids: dict, root
   for ex in examples:
     if ex.id not in image_ids or ex.path is None:
       continue
-    theirs = by_name.get(common.file_name(ex, root), by_name.get(Path(ex.path).name))
+    theirs = by_name.get(reporting.file_name(ex, root), by_name.get(Path(ex.path).name))
     if theirs is not None:
       out[image_ids[ex.id]] = anns.get(theirs, [])
   return out

@@ -29,7 +29,7 @@ from spectral_jax.data import datasets
 from spectral_jax.results import cutout
 from spectral_jax.settings import Settings
 from spectral_jax.spectral import segments
-from spectral_jax.tasks import common, extract
+from spectral_jax.tasks import common, extract, reporting
 
 
 # ----------------------------------------------------------------------------- paths & resume
@@ -173,7 +173,7 @@ def run(config, workdir) -> None:
   if parallel.is_main_process():
     with_composite = background is not None
     done = sum(is_done(workdir, ex.id, with_composite, False) for ex in examples)
-    head = common.run_metrics(
+    head = reporting.run_metrics(
       'edit', 'dsm', run_settings.model.name, examples, workdir, done, ('extract',)
     )
     artifacts.save_json(workdir / 'metrics.json', head)

@@ -20,7 +20,7 @@ from spectral_jax import artifacts
 from spectral_jax.training import loop
 from spectral_jax.training import saving
 from spectral_jax.models import backbones, resnet
-from spectral_jax.tasks import common
+from spectral_jax.tasks import common, reporting
 from spectral_jax.tasks import train as train_task
 
 
@@ -65,7 +65,7 @@ def run(config, workdir) -> None:
   # The keys every metrics file starts with; each val image has GT, so an unusable one is
   # both failed and skipped (num_skipped: annotated but not scored, as in localize).
   kind = train_task.segmenter_backbone(config)
-  head = common.run_metrics(
+  head = reporting.run_metrics(
     'evaluate', config.get('method', 'dsm'), config.model.name if kind == 'vit' else kind,
     val.examples, workdir, result['num_scored'],
   )  # fmt: skip

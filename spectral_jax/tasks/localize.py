@@ -23,7 +23,7 @@ import numpy as np
 from spectral_jax import coco, metrics, parallel, pipeline, viz
 from spectral_jax import artifacts
 from spectral_jax.results import boxes
-from spectral_jax.tasks import common
+from spectral_jax.tasks import common, reporting
 
 
 def corloc_counts(predictions: list[dict], examples: list) -> np.ndarray:
@@ -126,7 +126,7 @@ def run(config, workdir) -> None:
       artifacts.save_jsonl(
         workdir / 'predictions.jsonl', [merged[i] for i in sorted(merged) if i in ids]
       )
-    head = common.run_metrics(
+    head = reporting.run_metrics(
       'localize',
       run_settings.method.name,
       run_settings.model.name,
@@ -183,7 +183,7 @@ def write_detections(workdir: Path, records: list[dict], examples: list, data) -
     [ids[r['id']] for r in kept],
     [float(scores.get(r['id'], 1.0)) for r in kept],
     boxes=[[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (r['box_xyxy'] for r in kept)],
-    file_names=[common.file_name(by_id[r['id']], data.root) for r in kept],
+    file_names=[reporting.file_name(by_id[r['id']], data.root) for r in kept],
   )
   artifacts.save_json(workdir / 'detections.json', dets)
 

@@ -26,7 +26,7 @@ from spectral_jax import coco, metrics, parallel, pipeline
 from spectral_jax import artifacts
 from spectral_jax.data import datasets, decode
 from spectral_jax.results import boxes, masks
-from spectral_jax.tasks import common, localize
+from spectral_jax.tasks import common, localize, reporting
 
 
 def mask_path(workdir: Path, image_id: str) -> Path:
@@ -53,7 +53,7 @@ def write_detections(workdir: Path, examples: list, data) -> None:
         [ids[ex.id]],
         [float(scores.get(ex.id, 1.0))],
         masks=[mask],
-        file_names=[common.file_name(ex, data.root)],
+        file_names=[reporting.file_name(ex, data.root)],
       )
   artifacts.save_json(workdir / 'detections.json', dets)
 
@@ -119,7 +119,7 @@ def run(config, workdir) -> None:
     return
   result = score(examples, workdir)
   done = sum(mask_path(workdir, ex.id).exists() for ex in examples)
-  head = common.run_metrics(
+  head = reporting.run_metrics(
     'segment', run_settings.method.name, run_settings.model.name, examples, workdir, done
   )
   artifacts.save_json(workdir / 'metrics.json', {**head, **result})

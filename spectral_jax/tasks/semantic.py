@@ -39,7 +39,7 @@ from spectral_jax.imaging import resample
 from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models import vit
 from spectral_jax.spectral import clustering
-from spectral_jax.tasks import common, extract
+from spectral_jax.tasks import common, extract, reporting
 
 NUM_VOC_CLASSES = 21
 
@@ -341,7 +341,7 @@ def run(config, workdir) -> None:
       per_seed[seed] = score_maps([maps[i] for i in scored], gt_arrays, sem.num_clusters + 1)
       logging.info('seed %d: mIoU %.4f on %d images', seed, per_seed[seed]['miou'], len(scored))
   if per_seed:
-    result = common.run_metrics(
+    result = reporting.run_metrics(
       'semantic', config.method, config.model.name, list(examples.values()), workdir, len(stems),
       ('extract',),
     )  # fmt: skip
