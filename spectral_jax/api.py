@@ -226,7 +226,7 @@ def _with_progress(progress: Progress, total: int, what: str, run: Callable[[Any
     return _calling(lambda: run(bar))
   finally:
     if bar is not None:
-      bar.bar.close()
+      bar.close()
 
 
 def _output(single: bool, values: list) -> Any:

@@ -112,6 +112,10 @@ def save_png(path: Path, array: np.ndarray, palette: np.ndarray | None = None) -
   return _atomic_write(path, write)
 
 
+def save_text(path: Path, text: str) -> Path:
+  return _atomic_write(path, lambda f: f.write(text), mode='w')
+
+
 def save_json(path: Path, obj: Any) -> Path:
   text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)  # NaN is not JSON
   return _atomic_write(path, lambda f: f.write(text), mode='w')

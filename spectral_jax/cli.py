@@ -161,12 +161,7 @@ def main(argv):
       workdir = workdirs.prepare(workdir)
       _run_mode(config, workdir)
       if _PLAN is not None and _PLAN.out is not None and jax.process_index() == 0:
-        verbosity = logging.get_verbosity()
-        logging.set_verbosity(logging.WARNING)  # the listing was logged once already
-        try:
-          examples = common.examples_from_config(config.data, workdir)
-        finally:
-          logging.set_verbosity(verbosity)
+        examples = common.examples_from_config(config.data, workdir)
         lines = verbs.report(_PLAN.verb, examples, workdir, config.data.root)
         print('\n'.join(lines), flush=True)
   except USER_ERRORS as e:  # the message names the flag or file and the fix: no traceback
@@ -193,15 +188,31 @@ class _BarSafeStream:
     self.stream.flush()
 
 
+class _ShortFormatter(pylogging.Formatter):
+  """Plain lines for people (``warning: ...``); absl's prefix (time, thread, file:line) only
+  with ``--verbosity=1`` or in multi-process runs, where it tells the processes apart."""
+
+  def format(self, record: pylogging.LogRecord) -> str:
+    text = record.getMessage()
+    if record.exc_info:
+      text += '\n' + self.formatException(record.exc_info)
+    if record.levelno >= pylogging.WARNING:
+      return f'{record.levelname.lower()}: {text}'
+    return text
+
+
 @contextlib.contextmanager
-def _logs_through_the_bar():
+def _logs_through_the_bar(short: bool):
   handler = logging.get_absl_handler().python_handler
-  stream = handler.stream
+  stream, formatter = handler.stream, handler.formatter
   handler.stream = _BarSafeStream(stream)
+  if short:
+    handler.setFormatter(_ShortFormatter())
   try:
     yield
   finally:
     handler.stream = stream
+    handler.setFormatter(formatter)
 
 
 def _run_mode(config, workdir: Path) -> None:
@@ -231,7 +242,11 @@ def _run_mode(config, workdir: Path) -> None:
   )
   task = importlib.import_module(f'spectral_jax.tasks.{_MODE.value}')
   # Log lines go through the progress bar's writer: the bar stays whole.
-  with _logs_through_the_bar(), workdirs.locked(workdir, jax.process_index(), jax.process_count()):
+  short = jax.process_count() == 1 and logging.get_verbosity() <= logging.INFO
+  with (
+    _logs_through_the_bar(short),
+    workdirs.locked(workdir, jax.process_index(), jax.process_count()),
+  ):
     if jax.process_index() == 0:
       artifacts.clean_stale_temporaries(workdir)
     task.run(config, str(workdir))

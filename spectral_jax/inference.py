@@ -167,17 +167,7 @@ def eigenpairs(
   progress: Optional[pipeline.Progress] = None,
 ) -> list[Eigen]:
   """The K smallest eigenpairs of each image's patch graph (``--mode=extract``'s eigs)."""
-  return [
-    Eigen(
-      r.eigenvalues,
-      r.eigenvectors.reshape(len(r.eigenvectors), *r.patch_grid),
-      tuple(r.patch_grid),
-      r.patch_size,
-      tuple(int(v) for v in r.image_hw),
-      (int(r.image.shape[0]), int(r.image.shape[1])),
-    )
-    for r in results(backbone, examples, spectral, progress=progress)
-  ]
+  return [eigen_of(r) for r in results(backbone, examples, spectral, progress=progress)]
 
 
 def localize(
@@ -188,11 +178,8 @@ def localize(
   progress: Optional[pipeline.Progress] = None,
 ) -> list[Localization]:
   """The main object's box per image (``--mode=localize``)."""
-  out = []
-  for r in results(backbone, examples, spectral, method, progress=progress):
-    box, _, score = boxes.localization(r, spectral.which_matrix)
-    out.append(Localization(tuple(int(v) for v in box), score, tuple(int(v) for v in r.image_hw)))
-  return out
+  rs = results(backbone, examples, spectral, method, progress=progress)
+  return [localization_of(r, spectral) for r in rs]
 
 
 def segment(
@@ -208,9 +195,7 @@ def segment(
   rs = results(
     backbone, examples, spectral, method, segment=True, which_matrix='laplacian', progress=progress
   )
-  preprocess = pipeline.get_method(method.name).segment_preprocess  # (checked by results)
-  mode = method.found.evaluation_mode
-  return [np.asarray(masks.final_mask(r, refine, preprocess, mode)[1], bool) for r in rs]
+  return [mask_of(r, method, refine) for r in rs]
 
 
 def remove_background(
@@ -223,6 +208,46 @@ def remove_background(
 ) -> np.ndarray:
   """The cutout (uint8 [H, W, 4]) or, with a background, the composite (uint8 [H, W, 3])."""
   (r,) = results(backbone, [example], spectral)
+  return cutout_of(r, backbone, opts, background, seed)
+
+
+# Each output from one pipeline result: the functions above and the server (which shares one
+# result between a request's box, cutout and heat maps) build their answers with these.
+
+
+def eigen_of(r: pipeline.ImageResult) -> Eigen:
+  """The eigenpairs of a result, eigenvectors on the patch grid."""
+  return Eigen(
+    r.eigenvalues,
+    r.eigenvectors.reshape(len(r.eigenvectors), *r.patch_grid),
+    tuple(r.patch_grid),
+    r.patch_size,
+    tuple(int(v) for v in r.image_hw),
+    (int(r.image.shape[0]), int(r.image.shape[1])),
+  )
+
+
+def localization_of(r: pipeline.ImageResult, spectral: SpectralSettings) -> Localization:
+  """The main object's box of a result (``results(..., method)``)."""
+  box, _, score = boxes.localization(r, spectral.which_matrix)
+  return Localization(tuple(int(v) for v in box), score, tuple(int(v) for v in r.image_hw))
+
+
+def mask_of(r: pipeline.ImageResult, method: MethodSettings, refine: RefineSettings) -> np.ndarray:
+  """The main object's mask of a result (``results(..., segment=True)``), bool [H, W]."""
+  preprocess = pipeline.get_method(method.name).segment_preprocess
+  mask = masks.final_mask(r, refine, preprocess, method.found.evaluation_mode)[1]
+  return np.asarray(mask, bool)
+
+
+def cutout_of(
+  r: pipeline.ImageResult,
+  backbone: Backbone,
+  opts: EditSettings,
+  background: cutout.Background,
+  seed: int = 0,
+) -> np.ndarray:
+  """The cutout (RGBA) or composite (RGB) of a result, at the image's original size."""
   original = (
     datasets.load_image(r.example, max_pixels=backbone.max_pixels) if r.resized else r.image
   )
@@ -235,7 +260,7 @@ def remove_background(
     opts,
     background,
     seed,
-    example.label,
+    r.example.label,
   )
   return out['composite'] if background is not None else out['cutout']
 

@@ -22,8 +22,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from spectral_jax import artifacts, config_dict
+from spectral_jax import artifacts, config_dict, pipeline
 from spectral_jax.data import decode
+from spectral_jax.models import backbones
 from spectral_jax.models.weights import cache
 from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.tasks import reporting
@@ -198,10 +199,6 @@ def _mask_fraction(path: Path) -> str:
   return f' ({100 * float(np.mean(mask > 0)):.0f} % of the image)'
 
 
-def _plural(n: int, noun: str) -> str:
-  return f'{n} {noun}' + 's' * (n != 1)
-
-
 def report(verb: str, examples: Sequence, workdir: Path, root: str = '') -> list[str]:
   """One line per image of ``examples``: its file and what the run found or wrote for it.
   ``root``: the data root the run named files against (discover's instances.json)."""
@@ -245,7 +242,9 @@ def report(verb: str, examples: Sequence, workdir: Path, root: str = '') -> list
         'box x0={} y0={} x1={} y1={} score {:.3f}'.format(*_xyxy(a['bbox']), a.get('score', 0.0))
         for a in anns
       )
-      lines.append(f'{name}: {_plural(len(anns), "object")}' + (f': {found}' if found else ''))
+      lines.append(
+        f'{name}: {pipeline.count(len(anns), "object")}' + (f': {found}' if found else '')
+      )
   return lines
 
 
@@ -258,8 +257,10 @@ def _xyxy(bbox_xywh) -> list[int]:
 
 
 def downloadable() -> dict[str, str]:
-  """Every name ``download`` takes → its URL."""
-  names = dict(cache.WEIGHTS)
+  """Every name ``download`` takes → its URL: each backbone fetched without an access
+  request, the other official files of their architectures, and FOUND's decoder."""
+  names = {b.name: b.url for b in backbones.BACKBONES.values() if not b.gated}
+  names.update(cache.WEIGHTS)
   names.update(cache.VARIANT_WEIGHTS)
   names.update({name: entry[0] for name, entry in cache.FILES.items()})
   return names
@@ -283,7 +284,18 @@ def download(argv: Sequence[str]) -> int:
       size, _ = cache.pinned(url)
       shown = f'{size / 1e6:.1f} MB' if size and size >= 1e6 else f'{size} bytes'
       print(f'{name:<18} {url}' + (f'  ({shown})' if size else ''))
+    gated = [b.name for b in backbones.BACKBONES.values() if b.gated]
+    print(
+      f'(not fetched, access request first: {", ".join(gated)}; pass the file with --checkpoint)'
+    )
     return 0
+  gated = [n for n in args.names if n in backbones.BACKBONES and backbones.BACKBONES[n].gated]
+  if gated:
+    parser.error(
+      str(backbones.gated_error(gated[0])).replace(
+        'pass the local file', 'pass it with --checkpoint FILE'
+      )
+    )
   unknown = [n for n in args.names if n not in names]
   if unknown:
     parser.error(f'unknown name(s) {", ".join(unknown)}; names: {", ".join(names)}')
@@ -293,6 +305,6 @@ def download(argv: Sequence[str]) -> int:
     except CheckpointError as e:
       print(f'spectral-jax download: error: {e}', file=sys.stderr)
       return 1
-    digest = cache.sha256_file(path)
+    digest = cache.sha256_file(path)  # remembered by the download: not read again
     print(f'{name}: {path} ({path.stat().st_size} bytes, sha256 {digest})')
   return 0

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from spectral_jax.models.weights import checkpoints as ckpt
+from spectral_jax.models import backbones
 from spectral_jax.models.weights import cache
 from spectral_jax.models.weights.checkpoints import CheckpointError
 
@@ -556,9 +557,36 @@ def test_download_verified(tmp_path, served_file):
   sha = hashlib.sha256(payload).hexdigest()
   path = ckpt.download(url, cache, sha256=sha, size=len(payload))
   assert path == (cache / 'weights.pth').absolute() and path.read_bytes() == payload
-  assert sorted(p.name for p in cache.iterdir()) == ['weights.pth']  # no .part left
+  # No .part left; the digest is remembered beside the file (hashed while downloading).
+  assert sorted(p.name for p in cache.iterdir()) == ['weights.pth', 'weights.pth.sha256']
+  assert (cache / 'weights.pth.sha256').read_text().split()[-1] == sha
   (root / 'weights.pth').unlink()  # server can no longer provide it: cache is reused
   assert ckpt.download(url, cache, sha256=sha) == path
+  # A cached copy changed on disk (same size) is checked again and refused; offline it is
+  # kept (never delete a user's file) and the error says it is not the file.
+  path.write_bytes(b'x' * len(payload))
+  with pytest.raises(CheckpointError, match='unreachable') as e:
+    ckpt.download(url, cache, sha256=sha)
+  assert f'The file already in {path} is not this one (sha256 ' in str(e.value)
+  assert path.read_bytes() == b'x' * len(payload)
+  (root / 'weights.pth').write_bytes(payload)  # online again: a good copy replaces it
+  assert ckpt.download(url, cache, sha256=sha).read_bytes() == payload
+
+
+def test_sha256_is_remembered_until_the_file_changes(tmp_path):
+  path = tmp_path / 'big.pth'
+  path.write_bytes(b'abc')
+  true = hashlib.sha256(b'abc').hexdigest()
+  assert cache.sha256_file(path) == true
+  stamp = tmp_path / 'big.pth.sha256'
+  key = stamp.read_text().rsplit(' ', 1)[0]
+  stamp.write_text(f'{key} {"e" * 64}\n')  # a remembered value is used without reading
+  assert cache.sha256_file(path) == 'e' * 64
+  path.write_bytes(b'abd')  # a new mtime (and content): hashed again
+  os.utime(path, ns=(1, 1))
+  assert cache.sha256_file(path) == hashlib.sha256(b'abd').hexdigest()
+  stamp.write_text('garbage')  # an unreadable record is ignored
+  assert cache.sha256_file(path) == hashlib.sha256(b'abd').hexdigest()
 
 
 def test_download_wrong_hash_leaves_nothing(tmp_path, served_file):
@@ -605,6 +633,8 @@ def test_resolve_checkpoint(tmp_path, served_file, monkeypatch):
   cached = tmp_path / 'env_cache' / 'dino_deitsmall16_pretrain.pth'
   cached.parent.mkdir()
   cached.write_bytes(b'weights')
+  # (dino_vits16 is pinned: here it stands for a registry file with no published checksum)
+  monkeypatch.setitem(cache.PINNED, cache.WEIGHTS['dino_vits16'], (None, None))
   assert ckpt.resolve_checkpoint('dino_vits16') == cached.absolute()
   with pytest.raises(CheckpointError, match='dino_vitb8'):
     ckpt.resolve_checkpoint('resnet50')
@@ -622,7 +652,9 @@ def test_registry_urls():
 
 def test_pinned_values_are_well_formed_and_documented():
   docs = (Path(__file__).parent.parent / 'docs' / 'weights.md').read_text()
-  registry = {**cache.WEIGHTS, **cache.VARIANT_WEIGHTS, **{k: v[0] for k, v in cache.FILES.items()}}
+  registry = {b.name: b.url for b in backbones.BACKBONES.values() if not b.gated}
+  registry.update({**cache.WEIGHTS, **cache.VARIANT_WEIGHTS})
+  registry.update({k: v[0] for k, v in cache.FILES.items()})
   for name, url in registry.items():
     assert f'`{name}`' in docs, name  # every registry file has a row, pinned or not
     size, digest = pinned = cache.pinned(url)

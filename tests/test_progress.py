@@ -18,3 +18,13 @@ def test_skips_advance_the_bar_and_the_callback_but_not_the_rate(capsys):
   assert summary.startswith('localize: 3 images in ')  # images done, not skipped ones
   bar = capsys.readouterr().err
   assert '4/4' in bar and 'skipped=1' in bar
+
+
+def test_one_image_is_singular_and_close_ends_the_bar():
+  progress = pipeline.Progress(1, 'segment', bar=False)
+  progress.update()
+  assert progress.summary().startswith('segment: 1 image in ')
+  assert (pipeline.count(0), pipeline.count(2, 'object')) == ('0 images', '2 objects')
+  progress = pipeline.Progress(2, 'segment', bar=True)
+  progress.close()
+  assert progress.bar.disable  # tqdm marks a closed bar disabled

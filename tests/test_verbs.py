@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from spectral_jax import verbs
+from spectral_jax.models import backbones
 from spectral_jax.models.weights import cache
 from tests.conftest import PARITY
 
@@ -238,3 +239,14 @@ def test_download_lists_every_registry_name(capsys):
   out = capsys.readouterr().out
   for name in list(cache.WEIGHTS) + list(cache.VARIANT_WEIGHTS) + list(cache.FILES):
     assert name in out
+  for name in ('dinov2_vits14', 'dinov2_vitg14_reg', 'dino_resnet50'):  # every open backbone
+    line = next(line for line in out.splitlines() if line.startswith(name + ' '))
+    assert backbones.BACKBONES[name].url in line
+  assert 'access request first: dinov3_vits16' in out  # gated: named, never fetched
+
+
+def test_download_of_gated_weights_says_how_to_get_them(capsys):
+  with pytest.raises(SystemExit) as e:
+    verbs.download(['prog', 'download', 'dinov3_vitb16'])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and 'gated' in err and '--checkpoint FILE' in err

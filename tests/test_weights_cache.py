@@ -126,5 +126,9 @@ def test_dead_writer_of_this_host_is_stale_without_waiting(tmp_path, monkeypatch
   mine = tmp_path / 'params' / f'm-1.tmp-{weights_cache._HOST}-{os.getpid()}-ab12'
   dead.mkdir(parents=True)
   mine.mkdir()
-  assert weights_cache.remove_stale_temporaries(tmp_path) == [dead]
+  # Downloads are private to their process too (two runs fetching one file never mix bytes).
+  dead_download = tmp_path / f'w.pth.{weights_cache._HOST}-999999999.part'
+  dead_download.write_bytes(b'half')
+  removed = weights_cache.remove_stale_temporaries(tmp_path)
+  assert sorted(removed) == sorted([dead, dead_download])
   assert mine.exists()

@@ -383,8 +383,7 @@ def image_folder(
         gt_error=gt_errors.get(p),
       )
     )
-  if len(examples) > 1:  # a single file needs no count
-    logging.info('%s: %d images', root, len(examples))
+  logging.debug('%s: %d images', root, len(examples))  # each stage says its count
   return examples
 
 

@@ -33,7 +33,7 @@ from spectral_jax.pipeline.methods import (
   prepare_input,
   spectral_decomposition,
 )
-from spectral_jax.pipeline.progress import Progress
+from spectral_jax.pipeline.progress import Progress, count
 from spectral_jax.pipeline.run import ImageResult, run_images
 from spectral_jax.settings import MIN_TOKENS, ImageLimits
 
@@ -64,6 +64,7 @@ __all__ = [
   'prepare_input',
   'spectral_decomposition',
   'Progress',
+  'count',
   'ImageResult',
   'run_images',
   'MIN_TOKENS',

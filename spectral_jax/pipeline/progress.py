@@ -8,6 +8,11 @@ from typing import Callable, Optional
 import tqdm
 
 
+def count(n: int, noun: str = 'image') -> str:
+  """'1 image', '3 images'."""
+  return f'{n} {noun}' + 's' * (n != 1)
+
+
 class Progress:
   """A progress bar with images/s; skipped images advance it too (it ends at its total, the
   skips shown beside it); ``summary()`` for the end-of-run line. ``callback(done, total)``, if
@@ -45,9 +50,12 @@ class Progress:
   def rate(self) -> float:
     return self.done / max(time.perf_counter() - self.start, 1e-9)
 
-  def summary(self) -> str:
+  def close(self) -> None:
     self.bar.close()
+
+  def summary(self) -> str:
+    self.close()
     return (
-      f'{self.desc}: {self.done} images in {time.perf_counter() - self.start:.1f} s '
+      f'{self.desc}: {count(self.done)} in {time.perf_counter() - self.start:.1f} s '
       f'({self.rate:.2f} images/s)'
     )

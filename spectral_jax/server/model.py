@@ -22,7 +22,6 @@ import numpy as np
 
 from spectral_jax import inference, pipeline
 from spectral_jax.data import datasets
-from spectral_jax.results import boxes, masks
 from spectral_jax.results import cutout as cutouts
 from spectral_jax.results.types import Eigen, Localization
 from spectral_jax.settings import EditSettings, MethodSettings, RefineSettings, SpectralSettings
@@ -137,47 +136,18 @@ class Analysis:
 
   def localization(self, method: str) -> Localization:
     """``inference.localize``'s box."""
-    r = self.result(LOCALIZE, MethodSettings(method))
-    box, _, score = boxes.localization(r, LOCALIZE.which_matrix)
-    return Localization(tuple(int(v) for v in box), score, tuple(int(v) for v in r.image_hw))
+    return inference.localization_of(self.result(LOCALIZE, MethodSettings(method)), LOCALIZE)
 
   def mask(self, method: str, refine: str) -> np.ndarray:
     """``inference.segment``'s mask, bool [H, W]."""
     settings = MethodSettings(method)
     r = self.result(SEGMENT, settings, segment=True)
-    preprocess = pipeline.get_method(method).segment_preprocess
-    mask = masks.final_mask(
-      r, RefineSettings(refine=refine), preprocess, settings.found.evaluation_mode
-    )
-    return np.asarray(mask[1], bool)
+    return inference.mask_of(r, settings, RefineSettings(refine=refine))
 
   def cutout(self, background: cutouts.Background = None) -> np.ndarray:
     """``inference.remove_background``'s cutout (RGBA) or composite (RGB)."""
-    r = self.result(EDIT)
-    original = (
-      datasets.load_image(r.example, max_pixels=self.backbone.max_pixels) if r.resized else r.image
-    )
-    _, out = cutouts.image_cutout(
-      original,
-      r.eigenvectors,
-      r.patch_size,
-      tuple(r.patch_grid),
-      r.image.shape[:2],
-      EditSettings(),
-      background,
-      0,
-      self.example.label,
-    )
-    return out['composite'] if background is not None else out['cutout']
+    return inference.cutout_of(self.result(EDIT), self.backbone, EditSettings(), background)
 
   def eigen(self, spectral: SpectralSettings) -> Eigen:
     """``inference.eigenpairs``' eigenpairs."""
-    r = self.result(spectral)
-    return Eigen(
-      r.eigenvalues,
-      r.eigenvectors.reshape(len(r.eigenvectors), *r.patch_grid),
-      tuple(r.patch_grid),
-      r.patch_size,
-      tuple(int(v) for v in r.image_hw),
-      (int(r.image.shape[0]), int(r.image.shape[1])),
-    )
+    return inference.eigen_of(self.result(spectral))

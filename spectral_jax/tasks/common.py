@@ -454,7 +454,7 @@ def remaining(workdir, stage: str, shard: Sequence[Any], is_done: Callable[[Any]
   skipped_before = previously_skipped(workdir, stage)
   todo = [ex for ex in shard if not is_done(ex) and ex.id not in skipped_before]
   where = ' in this process' if jax.process_count() > 1 else ''
-  images = f'{len(shard)} image' + 's' * (len(shard) != 1)
+  images = pipeline.count(len(shard))
   log_summary(
     f'{stage}: {images}{where}, {len(shard) - len(todo)} already done'
     + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')

@@ -115,7 +115,8 @@ def run(config, workdir) -> None:
   artifacts.save_json(workdir / 'detections.json', detections(instances))
   n_obj = len(instances['annotations'])
   common.log_summary(
-    f'discover: {n_obj} objects in {len(instances["images"])} images → {workdir / "instances.json"}'
+    f'discover: {pipeline.count(n_obj, "object")} in {pipeline.count(len(instances["images"]))}'
+    f' → {workdir / "instances.json"}'
   )
   result = reporting.run_metrics(
     STAGE, run_settings.discover.method, run_settings.model.name, examples, workdir,

@@ -70,7 +70,7 @@ def ensure_eigenvectors(config, workdir: Path, examples: list) -> None:
     if not extract.output_paths(workdir, ex.id)[1].exists() and ex.id not in unusable
   ]
   if missing:
-    common.log_summary(f'edit: {len(missing)} images need eigenvectors; running extract')
+    common.log_summary(f'edit: {pipeline.count(len(missing))} need eigenvectors; running extract')
   extract.run(config, workdir)
 
 
@@ -161,7 +161,7 @@ def run(config, workdir) -> None:
     if not is_done(workdir, ex.id, background is not None, ex.id in panel_ids)
     and ex.id not in unusable
   ]
-  images = f'{len(shard)} image' + 's' * (len(shard) != 1)
+  images = pipeline.count(len(shard))
   common.log_summary(f'edit: {images}, {len(shard) - len(todo)} already done or skipped')
   # Extract runs where any process has work, on every process (its settings check is a
   # barrier), and not at all on a finished rerun.

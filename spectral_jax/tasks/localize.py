@@ -140,7 +140,7 @@ def run(config, workdir) -> None:
       workdir, [final[ex.id] for ex in examples if ex.id in final], examples, config.data
     )
   if 'corloc' in result:
-    common.log_summary(f'CorLoc {result["corloc"]:.2f} over {result["num_scored"]} images')
+    common.log_summary(f'CorLoc {result["corloc"]:.2f} over {pipeline.count(result["num_scored"])}')
 
 
 def coco_image_ids(examples: list, data) -> dict[str, int]:

@@ -77,18 +77,57 @@ PINNED: dict[str, tuple[Optional[int], Optional[str]]] = {
   url: (size, digest) for url, size, digest in FILES.values()
 }
 PINNED.update({
+  # Projects that download the official URL and check this sha256 (several agree); the size
+  # from a download log (18,432 bytes = the patch-16 vs patch-8 tensors less than ViT-S/8).
+  WEIGHTS['dino_vits16']: (
+    86710517,
+    '1566d50496f27f52f07fea6094fa29b2fdd6fae89da65bdd3ebc3b24ef6b7eb7',
+  ),
+  # A model registry that downloads the official URL and checks both (size also in two
+  # download logs; torch.hub's hash-prefix check of a renamed copy agrees).
+  WEIGHTS['dino_vits8']: (
+    86728949,
+    '55c8b267f479b614ec20858947ce361ba804846c193e20be74263a096bb6d75e',
+  ),
   # Hugging Face LFS pointers of two independent uploads of this file (same sha256 and size).
   WEIGHTS['dino_vitb16']: (
     343242485,
     'bf34ad0f424b9029b593e8dc3ed553bf26e88bcba0d32bf3e62a6209cb64c85e',
   ),
-  # Two download logs of this file agree on its size; no sha256 is published.
-  WEIGHTS['dino_vits8']: (86728949, None),
+  # Three projects' checksum records of this file agree; the size from one of them
+  # (36,864 bytes = the patch-8 vs patch-16 tensors more than ViT-B/16).
+  WEIGHTS['dino_vitb8']: (
+    343279349,
+    '575f0efc4838938314afa09897a62ed2b87919928b5edcd133abb907328995eb',
+  ),
   # A third-party table of measured downloads (its DINOv2 rows equal the official pointers).
   VARIANT_WEIGHTS['dino_vits8_300ep']: (
     86728949,
     '10fee18a0e7714de9005f9d56975ca8993d5fb87dab867868e528132d2be176c',
   ),
+  # The DINO ResNet-50: one project that pins the file it fetches from the official URL (no
+  # size found).
+  _DINO_URL + 'dino_resnet50_pretrain/dino_resnet50_pretrain.pth': (
+    None,
+    '156f8c4166a23dc2951ae811e39d76a06269c565932edf647c0187e65cd7aa7c',
+  ),
+})  # fmt: skip
+# DINOv2 (backbones.py's URLs): a converter library pins each sha256 beside the official URL,
+# and at least two unrelated projects record the same digest with this size (the CDN's
+# Content-Length where one was logged).
+_DINOV2_URL = 'https://dl.fbaipublicfiles.com/dinov2/'
+PINNED.update({
+  _DINOV2_URL + f'dinov2_vit{size}14/dinov2_vit{size}14{reg}_pretrain.pth': (nbytes, digest)
+  for size, reg, nbytes, digest in [
+    ('s', '', 88283115, 'b938bf1bc15cd2ec0feacfe3a1bb553fe8ea9ca46a7e1d8d00217f29aef60cd9'),
+    ('b', '', 346378731, '0b8b82f85de91b424aded121c7e1dcc2b7bc6d0adeea651bf73a13307fad8c73'),
+    ('l', '', 1217586395, 'd5383ea8f4877b2472eb973e0fd72d557c7da5d3611bd527ceeb1d7162cbf428'),
+    ('g', '', 4546108579, 'baf8467e50af277596bbbafa06887c177ee899ab46033649c383577d7e9309d3'),
+    ('s', '_reg4', 88291785, 'f433177089a681826f849f194ece3bb48f4d63fb38d32fc837e3dc7a4e5641fb'),
+    ('b', '_reg4', 346393545, '73182a088cf94833c94b1666d1c99e02fe87e2007bff57b564fb6206e25dba71'),
+    ('l', '_reg4', 1217607321, '36e4deffbaef061a2576705b0c36f93621e2ae20bf6274694821b0b492551b51'),
+    ('g', '_reg4', 4546140349, '746ecb8c6301c645c5c855be91687d274587d6e48fdaec4a729753160b34a283'),
+  ]
 })  # fmt: skip
 
 
@@ -114,23 +153,48 @@ def default_cache_dir() -> Path:
 
 
 def sha256_file(path: Path) -> str:
+  """The sha256 of ``path``, remembered in ``<path>.sha256`` (with its size and mtime): a
+  multi-GB checkpoint is hashed once, not on every run; a changed file is hashed again."""
+  stat = path.stat()
+  key = f'{stat.st_size} {stat.st_mtime_ns}'
+  stamp = path.with_name(path.name + '.sha256')
+  try:
+    recorded_key, digest = stamp.read_text().strip().rsplit(' ', 1)
+    if recorded_key == key and re.fullmatch('[0-9a-f]{64}', digest):
+      return digest
+  except (OSError, ValueError):
+    pass
   h = hashlib.sha256()
   with open(path, 'rb') as f:
     for chunk in iter(lambda: f.read(1 << 20), b''):
       h.update(chunk)
-  return h.hexdigest()
+  digest = h.hexdigest()
+  _remember_sha256(path, key, digest)
+  return digest
+
+
+def _remember_sha256(path: Path, key: str, digest: str) -> None:
+  try:
+    spectral_io.save_text(path.with_name(path.name + '.sha256'), f'{key} {digest}\n')
+  except OSError:  # a read-only cache: hash again next time
+    pass
+
+
+def _mismatch(actual_size: int, actual_sha256: Optional[str], size, sha256) -> str | None:
+  """A description of the mismatch, or None if the file is as expected."""
+  if size is not None and actual_size != size:
+    return f'size {actual_size} != expected {size}'
+  if sha256 is not None and actual_sha256 is not None and actual_sha256 != sha256.lower():
+    return f'sha256 {actual_sha256} != expected {sha256}'
+  return None
 
 
 def _verify(path: Path, sha256: str | None, size: int | None) -> str | None:
   """Return a description of the mismatch, or None if the file is as expected."""
   actual_size = path.stat().st_size
-  if size is not None and actual_size != size:
-    return f'size {actual_size} != expected {size}'
-  if sha256 is not None:
-    actual = sha256_file(path)
-    if actual.lower() != sha256.lower():
-      return f'sha256 {actual} != expected {sha256}'
-  return None
+  if size is not None and actual_size != size:  # cheap first: no hashing of a wrong size
+    return _mismatch(actual_size, None, size, sha256)
+  return _mismatch(actual_size, sha256_file(path) if sha256 else None, size, sha256)
 
 
 def url_filename(url: str) -> str:
@@ -141,7 +205,11 @@ def url_filename(url: str) -> str:
 
 
 def _unreachable(
-  url: str, reason: object, setting: str = 'model.checkpoint', dest: Path | None = None
+  url: str,
+  reason: object,
+  setting: str = 'model.checkpoint',
+  dest: Path | None = None,
+  cached_problem: str | None = None,
 ) -> CheckpointError:
   name = url_filename(url)
   size, digest = pinned(url)
@@ -155,6 +223,8 @@ def _unreachable(
     if dest
     else ''
   )
+  if cached_problem:  # a copy is there, but not this file: say so rather than "copy it there"
+    where = f' The file already in {dest} is not this one ({cached_problem}).' + where
   return CheckpointError(
     f'Could not download {name}{what} from {url}: the URL is unreachable ({reason}).{where}',
     setting,
@@ -182,12 +252,17 @@ def download(
   dest = cache_dir.absolute() / url_filename(url)
   known_size, known_sha256 = pinned(url)
   size, sha256 = size or known_size, sha256 or known_sha256
-  if dest.is_file():
-    if _verify(dest, sha256, size) is None:
-      return dest
-    dest.unlink()  # stale or corrupt cached copy: fetch again
+  cached_problem = _verify(dest, sha256, size) if dest.is_file() else None
+  if dest.is_file() and cached_problem is None:
+    return dest
+  # A copy that does not match (a truncated copy, another file of that name) stays until a
+  # good download replaces it: an offline user's file is never deleted.
+  if not dest.is_file():
+    dest.with_name(dest.name + '.sha256').unlink(missing_ok=True)  # of a copy now gone
   dest.parent.mkdir(parents=True, exist_ok=True)
-  part = dest.with_name(dest.name + '.part')
+  # Private to this process: two runs fetching the same file at once never mix their bytes.
+  part = dest.with_name(f'{dest.name}.{_HOST}-{os.getpid()}.part')
+  digest = hashlib.sha256()  # hashed while streaming: the file is read once
   try:
     with urllib.request.urlopen(url, timeout=timeout) as response, open(part, 'wb') as out:
       total = response.headers.get('Content-Length')
@@ -200,18 +275,24 @@ def download(
       ) as bar:
         for chunk in iter(lambda: response.read(1 << 20), b''):
           out.write(chunk)
+          digest.update(chunk)
           bar.update(len(chunk))
   except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
     part.unlink(missing_ok=True)
-    raise _unreachable(url, getattr(e, 'reason', e), setting, dest) from e
+    raise _unreachable(url, getattr(e, 'reason', e), setting, dest, cached_problem) from e
   except BaseException:
     part.unlink(missing_ok=True)
     raise
-  problem = _verify(part, sha256, size)
+  problem = _mismatch(part.stat().st_size, digest.hexdigest(), size, sha256)
   if problem is not None:
     part.unlink()
-    raise CheckpointError(f'Downloaded {url} is corrupt: {problem}')
+    raise CheckpointError(
+      f'Downloaded {url} does not match its published checksum ({problem}); nothing was '
+      'kept. Try again; if it persists, the file on the server changed: report it.'
+    )
   os.replace(part, dest)
+  stat = dest.stat()
+  _remember_sha256(dest, f'{stat.st_size} {stat.st_mtime_ns}', digest.hexdigest())
   return dest
 
 
@@ -408,7 +489,8 @@ def discard_entry(entry: Path) -> None:
 _TEMP_NAMES = (
   re.compile(r'.+\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)-)?(?P<pid>\d+)-[0-9a-f]+'),  # entries
   re.compile(r'\..+\.tmp|\.tmp-.+'),  # spectral_jax.artifacts atomic files (old and new names)
-  re.compile(r'.+\.part'),  # downloads
+  re.compile(r'.+\.(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)\.part'),  # downloads
+  re.compile(r'.+\.part'),  # downloads of older versions
 )
 
 
