@@ -18,17 +18,13 @@ EXAMPLES = Path(__file__).parent.parent / 'examples'
 
 
 def script_cells(text):
-  """Code cells of a percent-format script: each runs from a `# %%` line to the next; the
-  marker `# %% Title` becomes the comment `# Title`; trailing blank lines are dropped."""
-  lines = text.splitlines()
-  starts = [i for i, line in enumerate(lines) if line.startswith('# %%')]
+  """Code cells of a percent-format script, split independently of make_notebook.py: each
+  runs from a `# %%` line to the next; `# %% Title` becomes the comment `# Title`."""
+  chunks = re.split(r'^# %%', text, flags=re.M)[1:]
   cells = []
-  for start, end in zip(starts, starts[1:] + [len(lines)]):
-    title = lines[start][len('# %%') :].strip()
-    body = ([f'# {title}'] if title else []) + lines[start + 1 : end]
-    while body and not body[-1].strip():
-      body.pop()
-    cells.append('\n'.join(body))
+  for chunk in chunks:
+    title, _, body = chunk.partition('\n')
+    cells.append((f'# {title.strip()}\n' if title.strip() else '') + body.rstrip())
   return cells
 
 
