@@ -199,7 +199,7 @@ def with_method(config: Any, arg: Optional[str] = None) -> Any:
   """Applies a config-file argument: dsm (default), tokencut or lost with ViT-S/16, or
   tokencut_vits8 / lost_vits8 / found with the 300-epoch ViT-S/8 file those methods use (Deep
   Spectral Methods' dino_vits8 is another file)."""
-  from spectral_jax.models.weights import cache
+  from spectral_jax.models.weights import downloads
 
   arg = arg or 'dsm'
   if arg not in METHOD_ARGS:
@@ -207,5 +207,5 @@ def with_method(config: Any, arg: Optional[str] = None) -> Any:
   config.method = arg.split('_')[0]
   if arg.endswith('_vits8') or arg == 'found':
     config.model.name = 'dino_vits8'
-    config.model.checkpoint = cache.VARIANT_WEIGHTS['dino_vits8_300ep']
+    config.model.checkpoint = downloads.VARIANT_WEIGHTS['dino_vits8_300ep']
   return config

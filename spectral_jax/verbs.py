@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 from spectral_jax import artifacts, config_dict, pipeline
 from spectral_jax.data import decode
 from spectral_jax.models import backbones
-from spectral_jax.models.weights import cache
+from spectral_jax.models.weights import downloads
 from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.tasks import reporting
 
@@ -91,6 +92,13 @@ class Plan:
     if self.out is not None:
       message = message.replace('--config.overwrite=True', '--overwrite')
       message = message.replace('--workdir', '--out')
+      # The inputs are the verb's positional IMAGE_OR_FOLDER, set as data.root (one) or
+      # data.paths (several): one line, in those words.
+      changed = re.findall(r'^  data\.(?:root|paths): (.*) → (.*)$', message, flags=re.M)
+      if changed:
+        old, new = (' + '.join(v for v in side if v not in ("''", '()')) for side in zip(*changed))
+        message = re.sub(r'^  data\.(?:root|paths): .*\n?', '', message, flags=re.M)
+        message = message.replace(':\n', f':\n  IMAGE_OR_FOLDER: {old} → {new}\n', 1)
     return message
 
 
@@ -260,9 +268,9 @@ def downloadable() -> dict[str, str]:
   """Every name ``download`` takes → its URL: each backbone fetched without an access
   request, the other official files of their architectures, and FOUND's decoder."""
   names = {b.name: b.url for b in backbones.BACKBONES.values() if not b.gated}
-  names.update(cache.WEIGHTS)
-  names.update(cache.VARIANT_WEIGHTS)
-  names.update({name: entry[0] for name, entry in cache.FILES.items()})
+  names.update(downloads.WEIGHTS)
+  names.update(downloads.VARIANT_WEIGHTS)
+  names.update({name: entry[0] for name, entry in downloads.FILES.items()})
   return names
 
 
@@ -281,7 +289,7 @@ def download(argv: Sequence[str]) -> int:
   args = parser.parse_args(argv[2:])
   if args.list or not (args.names or args.all):
     for name, url in names.items():
-      size, _ = cache.pinned(url)
+      size, _ = downloads.pinned(url)
       shown = f'{size / 1e6:.1f} MB' if size and size >= 1e6 else f'{size} bytes'
       print(f'{name:<18} {url}' + (f'  ({shown})' if size else ''))
     gated = [b.name for b in backbones.BACKBONES.values() if b.gated]
@@ -301,10 +309,10 @@ def download(argv: Sequence[str]) -> int:
     parser.error(f'unknown name(s) {", ".join(unknown)}; names: {", ".join(names)}')
   for name in names if args.all else args.names:
     try:
-      path = cache.download(names[name], args.cache_dir)
+      path = downloads.download(names[name], args.cache_dir)
     except CheckpointError as e:
       print(f'spectral-jax download: error: {e}', file=sys.stderr)
       return 1
-    digest = cache.sha256_file(path)  # remembered by the download: not read again
+    digest = downloads.sha256_file(path)  # remembered by the download: not read again
     print(f'{name}: {path} ({path.stat().st_size} bytes, sha256 {digest})')
   return 0

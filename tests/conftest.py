@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -57,3 +58,17 @@ def image_dir(tmp_path):
   out = tmp_path / 'images'
   shutil.copytree(PARITY / 'images', out)
   return out
+
+
+@pytest.fixture(autouse=True)
+def no_internet(monkeypatch):
+  """Every test: fail loudly if anything tries to connect beyond the loopback interface
+  (downloads are tested against local servers and file:// URLs only)."""
+  real = socket.create_connection
+
+  def guarded(address, *args, **kwargs):
+    if address[0] not in ('127.0.0.1', 'localhost'):
+      raise AssertionError(f'test tried to reach {address}')
+    return real(address, *args, **kwargs)
+
+  monkeypatch.setattr(socket, 'create_connection', guarded)

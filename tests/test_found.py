@@ -542,14 +542,14 @@ def _config(weights_cache, decoder='random', images=IMAGES, **found_settings):
 
 def test_config_argument_found():
   from configs import object_seg, voc  # pylint: disable=import-outside-toplevel
-  from spectral_jax.models.weights import cache
+  from spectral_jax.models.weights import downloads
 
   for module in (voc, object_seg):
     config = module.get_config('found')
     assert config.method == 'found' and config.model.name == 'dino_vits8'
-    assert config.model.checkpoint == cache.VARIANT_WEIGHTS['dino_vits8_300ep']
+    assert config.model.checkpoint == downloads.VARIANT_WEIGHTS['dino_vits8_300ep']
   assert not object_seg.get_config('found').segment.crf  # FOUND's protocol: refine none
-  url, size, sha256 = cache.FILES['found_decoder']  # the shipped file is the fixture's
+  url, size, sha256 = downloads.FILES['found_decoder']  # the shipped file is the fixture's
   assert url.endswith('/data/weights/decoder_weights.pt') and url.startswith('https://github')
   shipped = DATA / 'decoder_found.pt'
   assert (size, sha256) == (shipped.stat().st_size, _sha256(shipped))

@@ -16,7 +16,7 @@ from PIL import Image
 
 from spectral_jax import verbs
 from spectral_jax.models import backbones
-from spectral_jax.models.weights import cache
+from spectral_jax.models.weights import downloads
 from tests.conftest import PARITY
 
 ROOT = Path(__file__).parent.parent
@@ -201,6 +201,25 @@ def test_plan_maps_flags_onto_config_keys(tmp_path, monkeypatch):
   assert '--max-objects' not in found.in_own_words('--config.discover.max_objects')
 
 
+def test_other_inputs_in_the_same_out_are_named_as_the_verbs_argument(tmp_path):
+  a, b = tmp_path / 'a.jpg', tmp_path / 'b.jpg'
+  a.touch()
+  b.touch()
+  plan = verbs.plan(['prog', 'localize', str(a), str(b), '--out', 'o'], 'f.py')
+  message = (
+    'workdir o holds localize outputs made with other settings:\n'
+    f"  data.paths: () → ('{a}', '{b}')\n"
+    f"  data.root: '{a}' → ''\n"
+    "  model.name: 'x' → 'y'\n"
+    'Use another --workdir, or pass --config.overwrite=True to delete them and recompute.'
+  )
+  assert plan.in_own_words(message).splitlines()[1:] == [
+    f"  IMAGE_OR_FOLDER: '{a}' → ('{a}', '{b}')",
+    "  model.name: 'x' → 'y'",
+    'Use another --out, or pass --overwrite to delete them and recompute.',
+  ]
+
+
 # ------------------------------------------------------------------------------------ download
 
 
@@ -211,14 +230,14 @@ def test_download_prints_path_size_and_sha256(tmp_path, monkeypatch, capsys):
   source.write_bytes(payload)
   digest = hashlib.sha256(payload).hexdigest()
   url = source.as_uri()
-  monkeypatch.setattr(cache, 'WEIGHTS', {'tiny': url})
-  monkeypatch.setitem(cache.PINNED, url, (len(payload), digest))
+  monkeypatch.setattr(downloads, 'WEIGHTS', {'tiny': url})
+  monkeypatch.setitem(downloads.PINNED, url, (len(payload), digest))
   assert verbs.download(['prog', 'download', 'tiny', '--cache-dir', str(tmp_path / 'c')]) == 0
   out = capsys.readouterr().out
   assert f'tiny: {tmp_path / "c" / "weights.pth"} ({len(payload)} bytes, sha256 {digest})' in out
   assert (tmp_path / 'c' / 'weights.pth').read_bytes() == payload
   # A file that does not match its pin is refused, and nothing is left in the cache.
-  monkeypatch.setitem(cache.PINNED, url, (len(payload), '0' * 64))
+  monkeypatch.setitem(downloads.PINNED, url, (len(payload), '0' * 64))
   (tmp_path / 'c' / 'weights.pth').unlink()
   assert verbs.download(['prog', 'download', 'tiny', '--cache-dir', str(tmp_path / 'c')]) == 1
   assert 'sha256' in capsys.readouterr().err and not list((tmp_path / 'c').iterdir())
@@ -226,8 +245,8 @@ def test_download_prints_path_size_and_sha256(tmp_path, monkeypatch, capsys):
 
 def test_download_unreachable_names_size_sha256_and_cache(tmp_path, monkeypatch, capsys):
   url = 'http://127.0.0.1:9/dino_deitsmall16_pretrain.pth'
-  monkeypatch.setattr(cache, 'WEIGHTS', {'dino_vits16': url})
-  monkeypatch.setitem(cache.PINNED, url, (1234, 'ab' * 32))
+  monkeypatch.setattr(downloads, 'WEIGHTS', {'dino_vits16': url})
+  monkeypatch.setitem(downloads.PINNED, url, (1234, 'ab' * 32))
   status = verbs.download(['prog', 'download', 'dino_vits16', '--cache-dir', str(tmp_path)])
   err = capsys.readouterr().err
   assert status == 1 and url in err and '1234 bytes' in err and 'ab' * 32 in err
@@ -237,7 +256,7 @@ def test_download_unreachable_names_size_sha256_and_cache(tmp_path, monkeypatch,
 def test_download_lists_every_registry_name(capsys):
   assert verbs.download(['prog', 'download', '--list']) == 0
   out = capsys.readouterr().out
-  for name in list(cache.WEIGHTS) + list(cache.VARIANT_WEIGHTS) + list(cache.FILES):
+  for name in list(downloads.WEIGHTS) + list(downloads.VARIANT_WEIGHTS) + list(downloads.FILES):
     assert name in out
   for name in ('dinov2_vits14', 'dinov2_vitg14_reg', 'dino_resnet50'):  # every open backbone
     line = next(line for line in out.splitlines() if line.startswith(name + ' '))

@@ -23,7 +23,7 @@ from absl import logging
 from spectral_jax import compile_cache, parallel
 from spectral_jax.models import backbones, dinov2, dinov3, resnet, vit
 from spectral_jax.models.weights import checkpoints
-from spectral_jax.models.weights import cache
+from spectral_jax.models.weights import downloads
 
 # Position rows kept per extractor (most recent grids): a 6,400-token table of a 1,024-wide
 # model is 26 MB, and a dataset can have hundreds of sizes.
@@ -308,10 +308,10 @@ def load(
 
 
 def _source(b: backbones.Backbone, checkpoint: str, cache_dir: str) -> Path:
-  if checkpoint and cache.is_url(checkpoint):
-    return cache.download(checkpoint, cache_dir or None)
+  if checkpoint and downloads.is_url(checkpoint):
+    return downloads.download(checkpoint, cache_dir or None)
   if checkpoint:
     return Path(checkpoint).expanduser()
   if b.gated:
     raise backbones.gated_error(b.name)
-  return cache.download(b.url, cache_dir or None)
+  return downloads.download(b.url, cache_dir or None)

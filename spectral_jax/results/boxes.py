@@ -9,7 +9,7 @@ import numpy as np
 
 from spectral_jax import pipeline
 from spectral_jax.errors import SettingError
-from spectral_jax.models.weights import cache
+from spectral_jax.models.weights import downloads
 from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.settings import MethodSettings
 from spectral_jax.spectral import found, segments
@@ -26,9 +26,9 @@ def decoder_file(decoder: str, cache_dir: str = '') -> Path:
   'found.decoder'."""
   try:
     if not decoder:
-      return cache.official_file('found_decoder', cache_dir or None, setting='found.decoder')
-    if cache.is_url(decoder):
-      return cache.download(decoder, cache_dir or None, setting='found.decoder')
+      return downloads.official_file('found_decoder', cache_dir or None, setting='found.decoder')
+    if downloads.is_url(decoder):
+      return downloads.download(decoder, cache_dir or None, setting='found.decoder')
   except CheckpointError as e:
     raise SettingError('found.decoder', decoder, str(e)) from e
   return Path(decoder).expanduser()

@@ -16,7 +16,7 @@ from spectral_jax import artifacts
 from spectral_jax import config_dict
 from spectral_jax import settings as settings_lib
 from spectral_jax.data import datasets
-from spectral_jax.models.weights import cache, checkpoints
+from spectral_jax.models.weights import checkpoints, downloads
 from spectral_jax.models.weights.errors import CheckpointError
 from spectral_jax.models import extractor as extractor_lib
 from spectral_jax.models.extractor import FeatureExtractor
@@ -366,7 +366,7 @@ def found_record(config, stage: str) -> dict:
   URL by itself) and, for masks, the evaluation mode."""
   decoder = config.found.decoder
   if not decoder:
-    identity = {'sha256': cache.FILES['found_decoder'][2]}
+    identity = {'sha256': downloads.FILES['found_decoder'][2]}
   elif '://' in decoder:
     identity = {'url': decoder}
   else:

@@ -9,8 +9,8 @@ need neither the ``.pth`` file nor the conversion.
 
 The parts live in their own modules: ``torch_pickle`` (the restricted ``.pth``
 reader, which never runs code from the file and checks every declared size before
-allocating), ``safetensors_reader``, and ``weights_cache`` (URL registry, downloads
-and their verification, the converted-parameters cache). This module maps DINO's
+allocating), ``safetensors_reader``, and ``downloads`` (URL registry, downloads
+and their verification) and ``cache`` (the converted-parameters cache). This module maps DINO's
 torch names to ours and ties the pieces together.
 """
 
@@ -30,15 +30,12 @@ from spectral_jax.models.weights import safetensors_reader
 from spectral_jax.models.weights import torch_pickle
 from spectral_jax.models.weights import cache
 from spectral_jax.models.weights.errors import CheckpointError, missing_file
-from spectral_jax.models.weights.cache import (
+from spectral_jax.models.weights.cache import flatten, restore_params, save_params, unflatten
+from spectral_jax.models.weights.downloads import (
   WEIGHTS,
   default_cache_dir,
   download,
-  flatten,
   resolve_checkpoint,
-  restore_params,
-  save_params,
-  unflatten,
 )
 
 __all__ = [
@@ -289,6 +286,13 @@ def load_params(
   cache.remove_stale_temporaries(cache_dir.absolute())
   entry, source = cache.lookup(model_name, checkpoint, cache_root)
   corrupt = None
+  if (
+    entry is not None
+    and source
+    and cache.converted_from_another_copy(entry, source, cache_dir.absolute())
+  ):
+    logging.info('%s changed since it was converted: converting it again', checkpoint or model_name)
+    cache.discard_entry(entry)
   if entry is not None and cache.complete(entry):
     try:
       return cache.read_entry(entry)
