@@ -96,6 +96,24 @@ def test_download_wrong_hash_leaves_nothing(tmp_path, served_file):
   assert list(cache.iterdir()) == []
 
 
+def test_a_hash_prefix_in_the_file_name_is_checked(tmp_path, served_file):
+  """torch.hub's convention (DINOv3's files: name-<8 hex>.pth) is checked like a pin."""
+  url, payload, root = served_file
+  sha = hashlib.sha256(payload).hexdigest()
+  assert downloads.name_digest('dinov3_vits16_pretrain_lvd1689m-08c60483.pth') == '08c60483'
+  assert downloads.name_digest('model-cafe.pth') is None  # too short to be a digest
+  assert downloads.name_digest('ckpt-00010000.pth') is None  # a step count, not a digest
+  prefix = next(sha[:n] for n in range(8, 65) if re.search('[a-f]', sha[:n]))
+  (root / f'w-{prefix}.pth').write_bytes(payload)
+  (root / 'w-0badf00d.pth').write_bytes(payload)
+  base = url.rsplit('/', 1)[0]
+  got = downloads.download(f'{base}/w-{prefix}.pth', tmp_path / 'c')
+  assert got.read_bytes() == payload
+  with pytest.raises(CheckpointError, match='expected 0badf00d…'):
+    downloads.download(f'{base}/w-0badf00d.pth', tmp_path / 'c')
+  assert not (tmp_path / 'c' / 'w-0badf00d.pth').exists()
+
+
 def closed_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

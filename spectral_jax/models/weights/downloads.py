@@ -172,9 +172,18 @@ def _mismatch(actual_size: int, actual_sha256: Optional[str], size, sha256) -> s
   """A description of the mismatch, or None if the file is as expected."""
   if size is not None and actual_size != size:
     return f'size {actual_size} != expected {size}'
-  if sha256 is not None and actual_sha256 is not None and actual_sha256 != sha256.lower():
-    return f'sha256 {actual_sha256} != expected {sha256}'
+  if sha256 is not None and actual_sha256 is not None:
+    if not actual_sha256.startswith(sha256.lower()):  # a prefix: from the file's name
+      return f'sha256 {actual_sha256} != expected {sha256}' + '…' * (len(sha256) < 64)
   return None
+
+
+def name_digest(file_name: str) -> Optional[str]:
+  """The sha256 prefix a file name carries by torch.hub's convention (``name-<hex>.pth``,
+  as DINOv3's files): at least 8 hex digits before the extension, one of them a letter (so a
+  step count or a date, ``ckpt-00010000.pth``, is not taken for one); None without one."""
+  match = re.search(r'-([0-9a-f]{8,64})\.[A-Za-z0-9]+$', file_name)
+  return match.group(1) if match and re.search('[a-f]', match.group(1)) else None
 
 
 def _verify(path: Path, sha256: str | None, size: int | None) -> str | None:
@@ -236,7 +245,7 @@ def download(
   cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
   dest = cache_dir.absolute() / url_filename(url)
   known_size, known_sha256 = pinned(url)
-  size, sha256 = size or known_size, sha256 or known_sha256
+  size, sha256 = size or known_size, sha256 or known_sha256 or name_digest(dest.name)
   if dest.is_file():
     # Downloads are checked before they are renamed into place, so a copy that does not match
     # was put there by hand (another build of the weights, a fine-tuned file): it is used as
