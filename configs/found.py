@@ -35,14 +35,14 @@ found 1 (0.12-0.19 s), dsm 0.7-0.9, tokencut 1.8-3.1 (its solver at 224), maskcu
 """
 
 from spectral_jax import config_dict
-from spectral_jax.models.weights import cache
+from spectral_jax.models.weights import downloads
 
 
 def get_config():
   config = config_dict.default_config()
   config.data.source = 'folder'
   config.model.name = 'dino_vits8'
-  config.model.checkpoint = cache.VARIANT_WEIGHTS['dino_vits8_300ep']
+  config.model.checkpoint = downloads.VARIANT_WEIGHTS['dino_vits8_300ep']
   config.method = 'found'  # --mode=segment with --config.found.decoder=OUT/decoder_weights.pt
   config.train = config_dict.found_train_config()
   return config

@@ -92,6 +92,8 @@ class Plan:
     if self.out is not None:
       message = message.replace('--config.overwrite=True', '--overwrite')
       message = message.replace('--workdir', '--out')
+      for spelling in {self.out, str(Path(self.out).absolute())}:  # "workdir o6 is in use…"
+        message = message.replace(f'workdir {spelling}', f'--out {spelling}')
       # The inputs are the verb's positional IMAGE_OR_FOLDER, set as data.root (one) or
       # data.paths (several): one line, in those words.
       changed = re.findall(r'^  data\.(?:root|paths): (.*) → (.*)$', message, flags=re.M)

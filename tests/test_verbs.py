@@ -213,6 +213,7 @@ def test_other_inputs_in_the_same_out_are_named_as_the_verbs_argument(tmp_path):
     "  model.name: 'x' → 'y'\n"
     'Use another --workdir, or pass --config.overwrite=True to delete them and recompute.'
   )
+  assert plan.in_own_words(message).startswith('--out o holds localize outputs')
   assert plan.in_own_words(message).splitlines()[1:] == [
     f"  IMAGE_OR_FOLDER: '{a}' → ('{a}', '{b}')",
     "  model.name: 'x' → 'y'",
