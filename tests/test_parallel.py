@@ -225,7 +225,7 @@ def test_edit_on_two_processes_matches_one(tmp_path):
 
   finish(run(cmd(tmp_path / 'one', tmp_path / 'c1')))
   logs = run_two_processes([cmd(tmp_path / 'two', tmp_path / f'c2{i}') for i in range(2)])
-  assert 'edit: 2 images' in logs[0] and 'edit: 1 image,' in logs[1]  # strided shares
+  assert 'edit: 2 images' in logs[0] and 'edit: 1 image\n' in logs[1]  # strided shares
   for sub in ('cutout', 'composite'):
     names = sorted(p.name for p in (tmp_path / 'one' / sub).glob('*.png'))
     assert len(names) == 3

@@ -455,10 +455,9 @@ def remaining(workdir, stage: str, shard: Sequence[Any], is_done: Callable[[Any]
   todo = [ex for ex in shard if not is_done(ex) and ex.id not in skipped_before]
   where = ' in this process' if jax.process_count() > 1 else ''
   images = pipeline.count(len(shard))
-  log_summary(
-    f'{stage}: {images}{where}, {len(shard) - len(todo)} already done'
-    + (f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else '')
-  )
+  done = len(shard) - len(todo)
+  skips = f' or skipped ({len(skipped_before)}, see skipped.jsonl)' if skipped_before else ''
+  log_summary(f'{stage}: {images}{where}' + (f', {done} already done{skips}' if done else ''))
   return todo
 
 

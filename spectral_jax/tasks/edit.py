@@ -162,7 +162,8 @@ def run(config, workdir) -> None:
     and ex.id not in unusable
   ]
   images = pipeline.count(len(shard))
-  common.log_summary(f'edit: {images}, {len(shard) - len(todo)} already done or skipped')
+  done = len(shard) - len(todo)
+  common.log_summary(f'edit: {images}' + (f', {done} already done or skipped' if done else ''))
   # Extract runs where any process has work, on every process (its settings check is a
   # barrier), and not at all on a finished rerun.
   if int(parallel.process_sum(np.array([len(todo)]))[0]):
