@@ -161,7 +161,12 @@ def main(argv):
       workdir = workdirs.prepare(workdir)
       _run_mode(config, workdir)
       if _PLAN is not None and _PLAN.out is not None and jax.process_index() == 0:
-        examples = common.examples_from_config(config.data, workdir)
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity(logging.ERROR)  # listed again for the report: said once already
+        try:
+          examples = common.examples_from_config(config.data, workdir)
+        finally:
+          logging.set_verbosity(verbosity)
         lines = verbs.report(_PLAN.verb, examples, workdir, config.data.root)
         print('\n'.join(lines), flush=True)
   except USER_ERRORS as e:  # the message names the flag or file and the fix: no traceback

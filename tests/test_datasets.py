@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spectral_jax.data import datasets, decode
+from spectral_jax.data import datasets, decode, folders
 
 # ---------------------------------------------------------------- helpers
 
@@ -450,12 +450,15 @@ def test_saliency_cub_nested_and_center_crop(tmp_path):
 # ---------------------------------------------------------------- image folder
 
 
-def test_image_folder_recursive_sorted_ids(tmp_path):
+def test_image_folder_recursive_sorted_ids(tmp_path, monkeypatch):
+  warnings = []
+  monkeypatch.setattr(folders.logging, 'warning', lambda fmt, *a: warnings.append(fmt % a))
   _jpeg(tmp_path / 'b.jpg')
   _jpeg(tmp_path / 'a' / 'x.JPEG')
   _png(tmp_path / 'a' / 'y.png', np.zeros((4, 4), np.uint8))
   (tmp_path / 'notes.txt').write_text('not an image')
   ex = datasets.image_folder(tmp_path)
+  assert warnings == [f'{tmp_path}: ignored 1 file that is not an image (.txt: 1)']
   assert [e.id for e in ex] == ['a__x', 'a__y', 'b']
   assert all(e.boxes is None and e.mask_path is None and e.apply_exif for e in ex)
   (tmp_path / 'empty').mkdir()

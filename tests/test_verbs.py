@@ -45,6 +45,7 @@ def photos(tmp_path_factory):
   shutil.copy(PARITY / 'images' / 'astronaut.png', folder / 'astronaut.png')
   shutil.copy(PARITY / 'images' / 'coffee.png', folder / 'coffee.png')
   (folder / 'broken.jpg').write_bytes(b'not a jpeg at all')
+  (folder / 'notes.txt').write_text('not an image, and not named like one')
   single = root / 'chelsea.png'
   shutil.copy(PARITY / 'images' / 'chelsea.png', single)
   return folder, single
@@ -71,6 +72,9 @@ def test_localize_verb_writes_the_modes_files_and_one_line_per_image(tmp_path, p
   assert lines[3].startswith(f'{single}: box ')
   # The bar ends at its total: the skipped file is counted.
   assert '4/4' in proc.stderr
+  # Log lines are plain, and each is said once (the report lists the inputs again, quietly).
+  ignored = f'warning: {folder}: ignored 1 file that is not an image (.txt: 1)'
+  assert proc.stderr.count('not an image') == 1 and ignored in proc.stderr
   # The same files as --mode=localize on the same photo.
   mode_out = tmp_path / 'mode'
   proc = subprocess.run(

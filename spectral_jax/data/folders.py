@@ -67,10 +67,12 @@ def _list_images(folder: Path, exclude: Sequence[PathLike] = ()) -> list[Path]:
       else:
         others[suffix or '(none)'] = others.get(suffix or '(none)', 0) + 1
   if others:
+    n = sum(others.values())
     logging.warning(
-      '%s: %d files that are not images were ignored (%s)',
+      '%s: ignored %d %s (%s)',
       folder,
-      sum(others.values()),
+      n,
+      'file that is not an image' if n == 1 else 'files that are not images',
       ', '.join(f'{k}: {v}' for k, v in sorted(others.items())),
     )
   return sorted(images)
