@@ -114,6 +114,16 @@ def test_a_hash_prefix_in_the_file_name_is_checked(tmp_path, served_file):
   assert not (tmp_path / 'c' / 'w-0badf00d.pth').exists()
 
 
+def test_an_unwritable_cache_folder_is_named_with_the_fix(tmp_path, served_file):
+  url, _, _ = served_file
+  not_a_folder = tmp_path / 'cache'
+  not_a_folder.write_text('a file where the cache folder should be')
+  with pytest.raises(CheckpointError, match='SPECTRAL_JAX_CACHE') as e:
+    downloads.download(url, not_a_folder)
+  assert f'the weights cache folder {not_a_folder} is not writable' in str(e.value)
+  assert e.value.file_name == 'weights.pth'  # the front-ends add how to pass a local copy
+
+
 def closed_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

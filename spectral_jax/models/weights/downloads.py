@@ -260,8 +260,19 @@ def download(
         problem,
       )
     return dest
-  dest.with_name(dest.name + '.sha256').unlink(missing_ok=True)  # of a copy now gone
-  dest.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.with_name(dest.name + '.sha256').unlink(missing_ok=True)  # of a copy now gone
+    if not os.access(dest.parent, os.W_OK):
+      raise PermissionError(f'no write permission on {dest.parent}')
+  except OSError as e:
+    raise CheckpointError(
+      f'Cannot download {dest.name}: the weights cache folder {dest.parent} is not writable '
+      f'({e.strerror or e}). Point $SPECTRAL_JAX_CACHE (or the model cache_dir setting) at a '
+      'writable folder, or pass a local copy of the file.',
+      setting,
+      dest.name,
+    ) from e
   # Private to this process: two runs fetching the same file at once never mix their bytes.
   part = dest.with_name(f'{dest.name}.{HOST}-{os.getpid()}.part')
   digest = hashlib.sha256()  # hashed while streaming: the file is read once
