@@ -499,6 +499,15 @@ def test_load_params_url_cache_needs_no_download(tmp_path):
   )
 
 
+def test_an_unwritable_cache_only_costs_the_conversion_next_time(tmp_path, state_dict):
+  not_a_folder = tmp_path / 'cache'
+  not_a_folder.write_text('a file where the cache folder should be')
+  with mock.patch.object(ckpt.logging, 'warning') as warning:
+    params, arch = ckpt.load_params('dino_vits16', checkpoint=ZIP_PTH, cache_dir=not_a_folder)
+  assert arch == ckpt.infer_arch(state_dict) and 'pos_embed' in params
+  assert 'could not keep the converted weights' in warning.call_args.args[0]
+
+
 def test_a_replaced_copy_in_the_cache_folder_is_converted_again(tmp_path, state_dict):
   """Conversions of a registry file are keyed on its URL; a copy put in the cache folder by
   hand and later replaced (by the official file, say) must not keep its old conversion."""

@@ -321,5 +321,13 @@ def load_params(
     source = cache.local_source(path)
     entry = cache.entry_path(source, path.name, cache_root)
   assert entry is not None
-  cache.write_entry(entry, params, arch, source, path)
+  try:
+    cache.write_entry(entry, params, arch, source, path)
+  except OSError as e:  # keeping the conversion saves time later; it is not needed now
+    logging.warning(
+      'could not keep the converted weights in %s (%s): they will be converted again next '
+      'time; point $SPECTRAL_JAX_CACHE at a writable folder to keep them',
+      cache_root,
+      e.strerror or e,
+    )
   return params, arch
