@@ -61,6 +61,7 @@ from PIL import Image  # noqa: E402
 import scipy.linalg  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
+from common import markdown_table, pass_seconds  # noqa: E402
 from configs import folder  # noqa: E402
 from spectral_jax import coco, pipeline  # noqa: E402
 from spectral_jax.data import datasets  # noqa: E402
@@ -283,17 +284,20 @@ def main_promerge(args) -> int:
       f'average {os.getloadavg()[0]:.1f}'
     )
     print()
-    print('| side | s/image (best pass) | passes (s, all images) | official / ours |')
-    print('|---|---:|---|---:|')
     print(
-      f'| ours: promerge_images.run (batched) | {o_s:.3f} | '
-      + ', '.join(f'{t:.2f}' for t in ours_t)
-      + ' | 1.00 |'
-    )
-    print(
-      f'| official per-prompt loop (ViT {vit.split()[0]} batch 1) | {r_s:.3f} | '
-      + ', '.join(f'{t:.2f}' for t in ref_t)
-      + f' | **{r_s / o_s:.2f}×** |'
+      markdown_table(
+        ('side', 's/image (best pass)', 'passes (s, all images)', 'official / ours'),
+        'lrlr',
+        [
+          ('ours: promerge_images.run (batched)', f'{o_s:.3f}', pass_seconds(ours_t), '1.00'),
+          (
+            f'official per-prompt loop (ViT {vit.split()[0]} batch 1)',
+            f'{r_s:.3f}',
+            pass_seconds(ref_t),
+            f'**{r_s / o_s:.2f}×**',
+          ),
+        ],
+      )
     )
     print()
     print('| stage (s, all images) | ours | official (best pass) |')

@@ -41,9 +41,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
+from common import random_dino_state_dict  # noqa: E402
 from spectral_jax import pipeline  # noqa: E402
 from spectral_jax.data import datasets  # noqa: E402
 from spectral_jax.models.weights import checkpoints  # noqa: E402
@@ -66,28 +69,9 @@ print(json.dumps({'loaded': loaded, 'first': first[0], 'all': time.time() - star
 
 
 def make_checkpoint(path: Path, seed: int = 0, depth: int = 12, dim: int = 384) -> None:
-  """A random ViT-S/16 in DINO's state-dict format (as benchmarks/bench_localize.py's, torch-free:
-  LayerNorm ≈ 1 ± 0.1, W ~ N(0, 1/fan_in))."""
-  rng = np.random.default_rng(seed)
-  f32 = lambda a: np.asarray(a, np.float32)
-  linear = lambda o, i: (f32(rng.normal(0, 1 / np.sqrt(i), (o, i))), f32(rng.normal(0, 0.02, o)))
-  norm = lambda: (f32(1 + 0.1 * rng.standard_normal(dim)), f32(0.02 * rng.standard_normal(dim)))
-  sd = {
-    'cls_token': f32(rng.normal(0, 0.02, (1, 1, dim))),
-    'pos_embed': f32(rng.normal(0, 0.02, (1, 1 + 14 * 14, dim))),
-    'patch_embed.proj.weight': f32(rng.normal(0, 1 / np.sqrt(768), (dim, 3, 16, 16))),
-    'patch_embed.proj.bias': f32(rng.normal(0, 0.02, dim)),
-  }
-  for i in range(depth):
-    b = f'blocks.{i}.'
-    sd[b + 'norm1.weight'], sd[b + 'norm1.bias'] = norm()
-    sd[b + 'attn.qkv.weight'], sd[b + 'attn.qkv.bias'] = linear(3 * dim, dim)
-    sd[b + 'attn.proj.weight'], sd[b + 'attn.proj.bias'] = linear(dim, dim)
-    sd[b + 'norm2.weight'], sd[b + 'norm2.bias'] = norm()
-    sd[b + 'mlp.fc1.weight'], sd[b + 'mlp.fc1.bias'] = linear(4 * dim, dim)
-    sd[b + 'mlp.fc2.weight'], sd[b + 'mlp.fc2.bias'] = linear(dim, 4 * dim)
-  sd['norm.weight'], sd['norm.bias'] = norm()
-  write_torch_zip(path, sd)
+  """A random ViT-S/16 in DINO's state-dict format (benchmarks/common.py's, as
+  benchmarks/bench_localize.py's, written torch-free: LayerNorm ≈ 1 ± 0.1, W ~ N(0, 1/fan_in))."""
+  write_torch_zip(path, random_dino_state_dict(seed, depth, dim))
 
 
 def demo_paths() -> list[str]:

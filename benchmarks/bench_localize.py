@@ -105,6 +105,12 @@ except ImportError:  # pragma: no cover
   threadpool_limits = None
 
 import official_methods as ref_methods  # noqa: E402
+from common import (  # noqa: E402
+  command_line,
+  markdown_table,
+  pass_seconds,
+  random_dino_state_dict,
+)
 
 ref = None
 if torch is not None:
@@ -178,33 +184,8 @@ def make_checkpoint(
   path: str, seed: int, depth: int = 12, dim: int = 384, patch: int = 16, grid: int = 14
 ) -> None:
   """A random ViT-S/16 in DINO's state-dict format (LayerNorm ≈ 1 ± 0.1, W ~ N(0, 1/fan_in))."""
-  rng = np.random.default_rng(seed)
-
-  def t(a):
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-  def linear(out_f, in_f):
-    return (t(rng.normal(0, 1 / np.sqrt(in_f), (out_f, in_f))), t(rng.normal(0, 0.02, out_f)))
-
-  def norm():
-    return t(1 + 0.1 * rng.standard_normal(dim)), t(0.02 * rng.standard_normal(dim))
-
-  sd = {
-    'cls_token': t(rng.normal(0, 0.02, (1, 1, dim))),
-    'pos_embed': t(rng.normal(0, 0.02, (1, 1 + grid * grid, dim))),
-  }
-  fan = 3 * patch * patch
-  sd['patch_embed.proj.weight'] = t(rng.normal(0, 1 / np.sqrt(fan), (dim, 3, patch, patch)))
-  sd['patch_embed.proj.bias'] = t(rng.normal(0, 0.02, dim))
-  for i in range(depth):
-    b = f'blocks.{i}.'
-    sd[b + 'norm1.weight'], sd[b + 'norm1.bias'] = norm()
-    sd[b + 'attn.qkv.weight'], sd[b + 'attn.qkv.bias'] = linear(3 * dim, dim)
-    sd[b + 'attn.proj.weight'], sd[b + 'attn.proj.bias'] = linear(dim, dim)
-    sd[b + 'norm2.weight'], sd[b + 'norm2.bias'] = norm()
-    sd[b + 'mlp.fc1.weight'], sd[b + 'mlp.fc1.bias'] = linear(4 * dim, dim)
-    sd[b + 'mlp.fc2.weight'], sd[b + 'mlp.fc2.bias'] = linear(dim, 4 * dim)
-  sd['norm.weight'], sd['norm.bias'] = norm()
+  arrays = random_dino_state_dict(seed, depth, dim, patch, grid)
+  sd = {name: torch.from_numpy(a) for name, a in arrays.items()}
   tmp = path + '.tmp'
   torch.save(sd, tmp)
   os.replace(tmp, path)
@@ -520,10 +501,7 @@ def main_method(args, argv) -> int:
   """Ours (pipeline.run_images, method=...) vs the official per-image TokenCut / LOST loop."""
   print(f'## bench_localize --method {args.method}')
   print()
-  print(
-    f'- command: `python benchmarks/{os.path.basename(__file__)} '
-    f'{" ".join(sys.argv[1:] if argv is None else argv)}`'
-  )
+  print(command_line(os.path.basename(__file__), argv))
   print(
     f'- JAX {jax.__version__} backend `{jax.default_backend()}`; torch '
     f'{torch.__version__ if torch is not None else "NOT INSTALLED"}; load average '
@@ -565,17 +543,23 @@ def main_method(args, argv) -> int:
   same = sum(np.array_equal(boxes[i], ref_out[i]['box']) for i in ref_out)
   print(f'- checkpoint `{ckpt}`, {n} images; our warm-up pass (compilation) {first_s:.1f} s')
   print()
-  print('| side | images/s (best of passes) | s per pass |')
-  print('|---|---|---|')
   print(
-    f'| ours ({args.method}, batch {args.batch_size}) | {n / min(ours_s):.2f} | '
-    + ', '.join(f'{t:.1f}' for t in ours_s)
-    + ' |'
-  )
-  print(
-    f'| official loop (torch {args.torch_device} + scipy) | {n / min(ref_s):.2f} | '
-    + ', '.join(f'{t:.1f}' for t in ref_s)
-    + ' |'
+    markdown_table(
+      ('side', 'images/s (best of passes)', 's per pass'),
+      'lll',
+      [
+        (
+          f'ours ({args.method}, batch {args.batch_size})',
+          f'{n / min(ours_s):.2f}',
+          pass_seconds(ours_s, '.1f'),
+        ),
+        (
+          f'official loop (torch {args.torch_device} + scipy)',
+          f'{n / min(ref_s):.2f}',
+          pass_seconds(ref_s, '.1f'),
+        ),
+      ],
+    )
   )
   print()
   print(
@@ -599,28 +583,7 @@ def autocast_keys(model, image: np.ndarray, device: str) -> np.ndarray:
 def localize_autocast(model, path: str, device: str, timers=None) -> Dict[str, np.ndarray]:
   """``ref.localize`` with only the ViT forward under autocast (eigen step: float32 + scipy,
   as the official code)."""
-  t0 = time.perf_counter()
-  image = ref.read_image(path)
-  t1 = time.perf_counter()
-  keys = autocast_keys(model, image, device)
-  t2 = time.perf_counter()
-  vals, vecs = ref.official_eigs(keys, 5)
-  t3 = time.perf_counter()
-  p = model.patch_embed.patch_size
-  grid = (image.shape[0] // p, image.shape[1] // p)
-  box = ref.official_box(vecs, grid, p, image.shape[:2])
-  t4 = time.perf_counter()
-  if timers is not None:
-    for name, dt in (('decode', t1 - t0), ('vit', t2 - t1), ('eigen', t3 - t2), ('box', t4 - t3)):
-      timers[name] = timers.get(name, 0.0) + dt
-  return {
-    'k': keys,
-    'eigenvalues': vals,
-    'eigenvectors': vecs,
-    'box': box,
-    'grid': np.asarray(grid),
-    'image_hw': np.asarray(image.shape[:2]),
-  }
+  return ref.localize(model, path, 5, device, timers, keys_fn=autocast_keys)
 
 
 def run_reference(model, paths, args, autocast: bool, timers=None):
@@ -693,10 +656,7 @@ def agreement(ckpt: str, examples, args, label: str) -> str:
 def main_agreement(args, argv, ckpt: str, examples) -> int:
   print(f'## bench_localize --agreement ({args.model}): bfloat16 vs float32 (ours)')
   print()
-  print(
-    f'- command: `python benchmarks/{os.path.basename(__file__)} '
-    f'{" ".join(sys.argv[1:] if argv is None else argv)}`'
-  )
+  print(command_line(os.path.basename(__file__), argv))
   print(f'- JAX {jax.__version__} backend `{jax.default_backend()}`; load average {loadavg()}')
   print()
   print(
@@ -1075,10 +1035,7 @@ def main(argv=None) -> int:
 
   print('## bench_localize')
   print()
-  print(
-    f'- command: `python benchmarks/{os.path.basename(__file__)} '
-    f'{" ".join(sys.argv[1:] if argv is None else argv)}`'
-  )
+  print(command_line(os.path.basename(__file__), argv))
   print(
     f'- JAX {jax.__version__} backend `{backend}`, devices {jax.devices()}; torch '
     f'{torch.__version__}; ours {args.model} model.precision={args.precision}; reference '

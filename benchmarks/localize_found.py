@@ -20,7 +20,6 @@ upsampling + sigmoid > 0.5 (§2; not on the box path), each as seconds and % of 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Dict, List, Optional
 
@@ -28,6 +27,7 @@ import jax
 import numpy as np
 
 import official_found
+from common import command_line, markdown_table, pass_seconds
 from spectral_jax import pipeline
 from spectral_jax.data import datasets
 from spectral_jax.results import boxes as boxes_lib
@@ -159,10 +159,7 @@ def main(args, argv, bench) -> int:
   torch = bench.torch
   print('## bench_localize --method found')
   print()
-  print(
-    f'- command: `python benchmarks/bench_localize.py '
-    f'{" ".join(sys.argv[1:] if argv is None else argv)}`'
-  )
+  print(command_line('bench_localize.py', argv))
   print(
     f'- JAX {jax.__version__} backend `{jax.default_backend()}`; torch '
     f'{torch.__version__ if torch is not None else "NOT INSTALLED"}; load average '
@@ -224,18 +221,27 @@ def main(args, argv, bench) -> int:
     f'{", ".join(loads)}, at the end {bench.loadavg()}'
   )
   print()
-  print('| side | images/s (best pass) | s per pass | official / ours | boxes equal |')
-  print('|---|---:|---|---:|---:|')
   print(
-    f"| ours: run_images(method='found') + localization | {n / t_ours:.3f} | "
-    + ', '.join(f'{t:.2f}' for t in ours_s)
-    + ' | 1.00 | - |'
-  )
-  print(
-    f'| official: per image, torch ViT + Conv2d + scipy label | {n / t_ref:.3f} | '
-    + ', '.join(f'{t:.2f}' for t in ref_s)
-    + f' | **{t_ref / t_ours:.2f}×** | '
-    f'{same}/{n} |'
+    markdown_table(
+      ('side', 'images/s (best pass)', 's per pass', 'official / ours', 'boxes equal'),
+      'lrlrr',
+      [
+        (
+          "ours: run_images(method='found') + localization",
+          f'{n / t_ours:.3f}',
+          pass_seconds(ours_s),
+          '1.00',
+          '-',
+        ),
+        (
+          'official: per image, torch ViT + Conv2d + scipy label',
+          f'{n / t_ref:.3f}',
+          pass_seconds(ref_s),
+          f'**{t_ref / t_ours:.2f}×**',
+          f'{same}/{n}',
+        ),
+      ],
+    )
   )
   if empty:
     print(f'\n({empty} image(s) have no foreground patch on both sides: no box.)')

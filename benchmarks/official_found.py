@@ -32,6 +32,7 @@ from PIL import Image
 from scipy import ndimage
 
 import official_methods
+from common import patch_box
 
 
 @torch.no_grad()
@@ -77,16 +78,7 @@ def uod_box(logits: torch.Tensor, image_hw, patch_size: int = 8) -> Optional[np.
     return None
   largest = np.bincount(labeled[labeled != 0]).argmax()
   ys, xs = np.nonzero(labeled == largest)
-  p = patch_size
-  return np.asarray(
-    [
-      xs.min() * p,
-      ys.min() * p,
-      min((xs.max() + 1) * p, image_hw[1]),
-      min((ys.max() + 1) * p, image_hw[0]),
-    ],
-    np.int64,
-  )
+  return patch_box(ys, xs, patch_size, image_hw)
 
 
 def localize(

@@ -29,6 +29,8 @@ import numpy as np
 import scipy.linalg
 from scipy import ndimage
 
+from common import patch_box
+
 try:
   import torch
 except ImportError:  # the graph part still runs; the ViT forward does not
@@ -68,16 +70,7 @@ def _seed_box(mask: np.ndarray, seed: int, patch_size: int, image_hw) -> np.ndar
   labels, _ = ndimage.label(mask)  # default structure: 4-connectivity
   comp = labels == labels.ravel()[seed]
   ys, xs = np.nonzero(comp)
-  p = patch_size
-  return np.asarray(
-    [
-      xs.min() * p,
-      ys.min() * p,
-      min((xs.max() + 1) * p, image_hw[1]),
-      min((ys.max() + 1) * p, image_hw[0]),
-    ],
-    np.int64,
-  )
+  return patch_box(ys, xs, patch_size, image_hw)
 
 
 def tokencut_box(

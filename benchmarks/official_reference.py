@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import scipy.sparse
@@ -269,15 +269,17 @@ def localize(
   k: int = 5,
   device: str = 'cpu',
   timers: Optional[Dict[str, float]] = None,
+  keys_fn: Callable = extract_keys,
 ) -> Dict[str, np.ndarray]:
   """The whole official per-image loop: decode → keys → eigenvectors → box.
 
-  ``timers`` (optional) accumulates seconds per stage: decode, vit, eigen, box.
+  ``timers`` (optional) accumulates seconds per stage: decode, vit, eigen, box. ``keys_fn``
+  (default :func:`extract_keys`) computes the keys from ``(model, image, device)``.
   """
   t0 = time.perf_counter()
   image = read_image(path)
   t1 = time.perf_counter()
-  keys = extract_keys(model, image, device)
+  keys = keys_fn(model, image, device)
   t2 = time.perf_counter()
   vals, vecs = official_eigs(keys, k)
   t3 = time.perf_counter()
