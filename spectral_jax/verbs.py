@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 from spectral_jax import artifacts, config_dict, pipeline
 from spectral_jax.data import decode
@@ -94,13 +95,14 @@ class Plan:
       message = message.replace('--workdir', '--out')
       for spelling in {self.out, str(Path(self.out).absolute())}:  # "workdir o6 is in use…"
         message = message.replace(f'workdir {spelling}', f'--out {spelling}')
-      # The inputs are the verb's positional IMAGE_OR_FOLDER, set as data.root (one) or
-      # data.paths (several): one line, in those words.
-      changed = re.findall(r'^  data\.(?:root|paths): (.*) → (.*)$', message, flags=re.M)
-      if changed:
-        old, new = (' + '.join(v for v in side if v not in ("''", '()')) for side in zip(*changed))
-        message = re.sub(r'^  data\.(?:root|paths): .*\n?', '', message, flags=re.M)
-        message = message.replace(':\n', f':\n  IMAGE_OR_FOLDER: {old} → {new}\n', 1)
+
+      # The inputs are the verb's positional IMAGE_OR_FOLDER: data.root holds one ('' for
+      # several, which go in data.paths). Said in those words.
+      def inputs(match: re.Match) -> str:
+        old, new = (v if v != "''" else '(several)' for v in match.groups())
+        return f'  IMAGE_OR_FOLDER: {old} → {new}'
+
+      message = re.sub(r'^  data\.root: (.*) → (.*)$', inputs, message, flags=re.M)
     return message
 
 
@@ -285,7 +287,8 @@ def download(argv: Sequence[str]) -> int:
     description=DOWNLOAD_HELP + '. Names: ' + ', '.join(names),
   )
   parser.add_argument('names', nargs='*', metavar='NAME')
-  parser.add_argument('--all', action='store_true', help='every name')
+  total_gb = sum(downloads.pinned(url)[0] or 0 for url in names.values()) / 1e9
+  parser.add_argument('--all', action='store_true', help=f'every name (about {total_gb:.0f} GB)')
   parser.add_argument('--list', action='store_true', help='list the names and URLs')
   parser.add_argument('--cache-dir', help='default $SPECTRAL_JAX_CACHE or ~/.cache/spectral_jax')
   args = parser.parse_args(argv[2:])
@@ -294,6 +297,7 @@ def download(argv: Sequence[str]) -> int:
       size, _ = downloads.pinned(url)
       shown = f'{size / 1e6:.1f} MB' if size and size >= 1e6 else f'{size} bytes'
       print(f'{name:<18} {url}' + (f'  ({shown})' if size else ''))
+    print(f'(--all: {len(names)} files, about {total_gb:.1f} GB)')
     gated = [b.name for b in backbones.BACKBONES.values() if b.gated]
     print(
       f'(not fetched, access request first: {", ".join(gated)}; pass the file with --checkpoint)'
@@ -309,12 +313,25 @@ def download(argv: Sequence[str]) -> int:
   unknown = [n for n in args.names if n not in names]
   if unknown:
     parser.error(f'unknown name(s) {", ".join(unknown)}; names: {", ".join(names)}')
+  status = 0
   for name in names if args.all else args.names:
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # a copy that does not match is said on its line
     try:
       path = downloads.download(names[name], args.cache_dir)
     except CheckpointError as e:
       print(f'spectral-jax download: error: {e}', file=sys.stderr)
       return 1
+    finally:
+      logging.set_verbosity(verbosity)
     digest = downloads.sha256_file(path)  # remembered by the download: not read again
     print(f'{name}: {path} ({path.stat().st_size} bytes, sha256 {digest})')
-  return 0
+    problem = downloads.mismatch(path, names[name])
+    if problem is not None:  # put there by hand: never replaced behind the user's back
+      print(
+        f'spectral-jax download: error: {path} was already there and is not the published '
+        f'file ({problem}); delete it and rerun to fetch the official one',
+        file=sys.stderr,
+      )
+      status = 1
+  return status

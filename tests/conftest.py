@@ -62,13 +62,23 @@ def image_dir(tmp_path):
 
 @pytest.fixture(autouse=True)
 def no_internet(monkeypatch):
-  """Every test: fail loudly if anything tries to connect beyond the loopback interface
-  (downloads are tested against local servers and file:// URLs only)."""
-  real = socket.create_connection
+  """Every test, in this process: fail loudly if anything tries to connect beyond the
+  loopback interface (downloads are tested against local servers and file:// URLs only;
+  the CLI's subprocesses get unreachable URLs or local files)."""
+  loopback = ('127.0.0.1', 'localhost', '::1')
+  real_create, real_connect = socket.create_connection, socket.socket.connect
 
-  def guarded(address, *args, **kwargs):
-    if address[0] not in ('127.0.0.1', 'localhost'):
+  def check(address):
+    if isinstance(address, tuple) and address[0] not in loopback:  # (AF_UNIX: a path)
       raise AssertionError(f'test tried to reach {address}')
-    return real(address, *args, **kwargs)
 
-  monkeypatch.setattr(socket, 'create_connection', guarded)
+  def create_connection(address, *args, **kwargs):
+    check(address)
+    return real_create(address, *args, **kwargs)
+
+  def connect(self, address):
+    check(address)
+    return real_connect(self, address)
+
+  monkeypatch.setattr(socket, 'create_connection', create_connection)
+  monkeypatch.setattr(socket.socket, 'connect', connect)

@@ -525,6 +525,10 @@ def test_a_replaced_copy_in_the_cache_folder_is_converted_again(tmp_path, state_
   write_torch_zip(copy, collections.OrderedDict(tensors), [t.args[0] for t in tensors.values()])
   params2, _ = ckpt.load_params('dino_vits16', cache_dir=cache_dir)
   np.testing.assert_array_equal(params2['pos_embed'], 2 * np.asarray(params['pos_embed']))
+  moved = tmp_path / 'moved_cache'  # compared by content: a moved cache keeps its entries
+  shutil.copytree(cache_dir, moved)
+  with mock.patch.object(ckpt, 'read_state_dict', side_effect=AssertionError('not cached')):
+    ckpt.load_params('dino_vits16', cache_dir=moved)
   copy.unlink()  # once converted the file is not needed: the entry serves on its own
   with mock.patch.object(ckpt, 'read_state_dict', side_effect=AssertionError('not cached')):
     params3, _ = ckpt.load_params('dino_vits16', cache_dir=cache_dir)

@@ -63,7 +63,7 @@ def test_download_verified(tmp_path, served_file):
   assert (cache_dir / 'weights.pth.sha256').read_text().split()[-1] == sha
   (root / 'weights.pth').unlink()  # server can no longer provide it: cache_dir is reused
   assert downloads.download(url, cache_dir, sha256=sha) == path
-  # A copy put there by hand that is not the published file is checked (its new mtime makes
+  # A copy put there by hand that is not the published file is checked (its new ctime makes
   # the remembered digest stale), used as given with a warning, and never deleted.
   path.write_bytes(b'x' * len(payload))
   with mock.patch.object(downloads.logging, 'warning') as warning:
@@ -86,6 +86,15 @@ def test_sha256_is_remembered_until_the_file_changes(tmp_path):
   assert downloads.sha256_file(path) == hashlib.sha256(b'abd').hexdigest()
   stamp.write_text('garbage')  # an unreadable record is ignored
   assert downloads.sha256_file(path) == hashlib.sha256(b'abd').hexdigest()
+  # Other bytes of the same size with the old mtime put back (cp -p, rsync -t, unzip): the
+  # inode and ctime tell them apart.
+  stat = path.stat()
+  replacement = tmp_path / 'new.pth'
+  replacement.write_bytes(b'xyz')
+  os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  replacement.replace(path)
+  assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.stat().st_size == 3
+  assert downloads.sha256_file(path) == hashlib.sha256(b'xyz').hexdigest()
 
 
 def test_download_wrong_hash_leaves_nothing(tmp_path, served_file):
@@ -109,8 +118,12 @@ def test_a_hash_prefix_in_the_file_name_is_checked(tmp_path, served_file):
   base = url.rsplit('/', 1)[0]
   got = downloads.download(f'{base}/w-{prefix}.pth', tmp_path / 'c')
   assert got.read_bytes() == payload
-  with pytest.raises(CheckpointError, match='expected 0badf00d…'):
+  with pytest.raises(CheckpointError, match='expected 0badf00d…') as e:
     downloads.download(f'{base}/w-0badf00d.pth', tmp_path / 'c')
+  # It says where the expected value comes from, and the way out for a name that only looks
+  # like a digest.
+  assert 'the sha256 prefix in its name' in str(e.value)
+  assert 'download it yourself and pass its path' in str(e.value)
   assert not (tmp_path / 'c' / 'w-0badf00d.pth').exists()
 
 
@@ -120,7 +133,7 @@ def test_an_unwritable_cache_folder_is_named_with_the_fix(tmp_path, served_file)
   not_a_folder.write_text('a file where the cache folder should be')
   with pytest.raises(CheckpointError, match='SPECTRAL_JAX_CACHE') as e:
     downloads.download(url, not_a_folder)
-  assert f'the weights cache folder {not_a_folder} is not writable' in str(e.value)
+  assert f'the weights cache folder {not_a_folder} is a file, not a folder' in str(e.value)
   assert e.value.file_name == 'weights.pth'  # the front-ends add how to pass a local copy
 
 
@@ -192,3 +205,11 @@ def test_pinned_values_are_well_formed_and_documented():
     row = next(line for line in docs.splitlines() if line.startswith(f'| `{name}`'))
     assert all(v in row for v in shown), (name, row)
   assert set(downloads.PINNED) <= set(registry.values())  # no pin for a URL the registry lacks
+
+
+def test_no_test_can_reach_beyond_the_loopback_interface():
+  """conftest's guard (TEST-NET-1 address: nothing is sent either way)."""
+  with pytest.raises(AssertionError, match='tried to reach'):
+    socket.create_connection(('192.0.2.1', 80), timeout=1)
+  with socket.socket() as s, pytest.raises(AssertionError, match='tried to reach'):
+    s.connect(('192.0.2.1', 80))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spectral_jax import verbs
+from spectral_jax import verbs, workdirs
 from spectral_jax.models import backbones
 from spectral_jax.models.weights import downloads
 from tests.conftest import PARITY
@@ -209,18 +209,16 @@ def test_other_inputs_in_the_same_out_are_named_as_the_verbs_argument(tmp_path):
   a, b = tmp_path / 'a.jpg', tmp_path / 'b.jpg'
   a.touch()
   b.touch()
-  plan = verbs.plan(['prog', 'localize', str(a), str(b), '--out', 'o'], 'f.py')
-  message = (
-    'workdir o holds localize outputs made with other settings:\n'
-    f"  data.paths: () → ('{a}', '{b}')\n"
-    f"  data.root: '{a}' → ''\n"
-    "  model.name: 'x' → 'y'\n"
-    'Use another --workdir, or pass --config.overwrite=True to delete them and recompute.'
-  )
-  assert plan.in_own_words(message).startswith('--out o holds localize outputs')
-  assert plan.in_own_words(message).splitlines()[1:] == [
-    f"  IMAGE_OR_FOLDER: '{a}' → ('{a}', '{b}')",
-    "  model.name: 'x' → 'y'",
+  out = tmp_path / 'o'
+  # The settings check's own message: one input (data.root), then two (data.root '').
+  workdirs.check_settings(out, 'localize', {'data': {'root': str(a)}}, [])
+  (out / 'predictions.jsonl').write_text('{}\n')
+  with pytest.raises(workdirs.WorkdirError) as e:
+    workdirs.check_settings(out, 'localize', {'data': {'root': ''}}, [out / 'predictions.jsonl'])
+  plan = verbs.plan(['prog', 'localize', str(a), str(b), '--out', str(out)], 'f.py')
+  assert plan.in_own_words(str(e.value)).splitlines() == [
+    f'--out {out} holds localize outputs made with other settings:',
+    f"  IMAGE_OR_FOLDER: '{a}' → (several)",
     'Use another --out, or pass --overwrite to delete them and recompute.',
   ]
 
@@ -246,6 +244,21 @@ def test_download_prints_path_size_and_sha256(tmp_path, monkeypatch, capsys):
   (tmp_path / 'c' / 'weights.pth').unlink()
   assert verbs.download(['prog', 'download', 'tiny', '--cache-dir', str(tmp_path / 'c')]) == 1
   assert 'sha256' in capsys.readouterr().err and not list((tmp_path / 'c').iterdir())
+
+
+def test_download_reports_a_hand_placed_copy_that_is_not_the_published_file(
+  tmp_path, monkeypatch, capsys
+):
+  url = 'http://127.0.0.1:9/decoder_weights.pt'  # nothing listens: the copy is all there is
+  monkeypatch.setattr(downloads, 'WEIGHTS', {'tiny': url})
+  monkeypatch.setitem(downloads.PINNED, url, (2689, 'ab' * 32))
+  (tmp_path / 'decoder_weights.pt').write_bytes(b'mine')
+  status = verbs.download(['prog', 'download', 'tiny', '--cache-dir', str(tmp_path)])
+  captured = capsys.readouterr()
+  assert status == 1 and f'tiny: {tmp_path / "decoder_weights.pt"} (4 bytes' in captured.out
+  assert 'is not the published file (size 4 != expected 2689)' in captured.err
+  assert 'delete it and rerun' in captured.err and 'WARNING' not in captured.err
+  assert (tmp_path / 'decoder_weights.pt').read_bytes() == b'mine'  # never replaced
 
 
 def test_download_unreachable_names_size_sha256_and_cache(tmp_path, monkeypatch, capsys):

@@ -142,15 +142,16 @@ def lookup(
 
 
 def converted_from_another_copy(entry: Path, source: str, cache_dir: Path) -> bool:
-  """Whether a URL's entry was converted from another copy of the file than the one now in
-  the cache folder (a file dropped there by hand, then replaced): it is converted again. With
-  no copy there the entry stands on its own (the file may be deleted once converted)."""
+  """Whether a URL's entry was converted from other bytes than the copy now in the cache
+  folder (a file dropped there by hand, then replaced): it is converted again. Compared by
+  sha256 (remembered beside the file: cheap), so moving the cache or fetching the same file
+  again keeps the entry; with no copy there the entry stands on its own."""
   if not source.startswith('url:'):
     return False  # local files are keyed on their size and mtime already
   copy = cache_dir / url_filename(source[len('url:') :])
   try:
-    recorded = json.loads((entry / 'arch.json').read_text()).get('file')
-    return copy.is_file() and recorded is not None and recorded != local_source(copy)
+    recorded = json.loads((entry / 'arch.json').read_text()).get('sha256')
+    return copy.is_file() and recorded is not None and recorded != downloads.sha256_file(copy)
   except (OSError, ValueError, AttributeError):
     return False  # an unreadable record is read_entry's to report
 
@@ -195,7 +196,8 @@ def write_entry(
     'arch': dict(arch),
     'source': source,
     'path': str(path.absolute()),
-    'file': local_source(path),  # which copy of the file: see converted_from_another_copy
+    # Which copy of a downloaded file it came from, by content (see converted_from_another_copy)
+    'sha256': downloads.sha256_file(path) if source.startswith('url:') else None,
     'created': time.time(),
   }
   (staging / 'arch.json').write_text(json.dumps(meta, indent=1))
@@ -220,7 +222,7 @@ def discard_entry(entry: Path) -> None:
 _TEMP_NAMES = (
   re.compile(r'.+\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)-)?(?P<pid>\d+)-[0-9a-f]+'),  # entries
   re.compile(r'\..+\.tmp|\.tmp-.+'),  # spectral_jax.artifacts atomic files (old and new names)
-  re.compile(r'.+\.(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)\.part'),  # downloads
+  re.compile(r'.+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.part'),  # downloads (HOST has no dots)
   re.compile(r'.+\.part'),  # downloads of older versions
 )
 
@@ -276,6 +278,9 @@ def remove_stale_temporaries(cache_dir: Path, stale_after: float = STALE_AFTER) 
       if child.is_dir() and not child.is_symlink():
         shutil.rmtree(child, ignore_errors=True)
       else:
-        child.unlink(missing_ok=True)
+        try:
+          child.unlink(missing_ok=True)
+        except OSError:  # a read-only shared cache: not ours to clean
+          continue
       removed.append(child)
   return removed

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 # The host, as temporaries name their writer (with its pid): see cache.remove_stale_temporaries.
-HOST = re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname())[:40] or 'host'
+HOST = re.sub(r'[^A-Za-z0-9_]', '_', socket.gethostname())[:40] or 'host'
 
 _DINO_URL = 'https://dl.fbaipublicfiles.com/dino/'
 WEIGHTS: dict[str, str] = {
@@ -140,11 +140,16 @@ def default_cache_dir() -> Path:
   return Path(env).expanduser() if env else Path.home() / '.cache' / 'spectral_jax'
 
 
+def _stamp_key(stat: os.stat_result) -> str:
+  # The inode and ctime too: a copy with the same size and a restored mtime (cp -p, rsync -t)
+  # is another file; ctime cannot be set back.
+  return f'{stat.st_size} {stat.st_mtime_ns} {stat.st_ino} {stat.st_ctime_ns}'
+
+
 def sha256_file(path: Path) -> str:
-  """The sha256 of ``path``, remembered in ``<path>.sha256`` (with its size and mtime): a
-  multi-GB checkpoint is hashed once, not on every run; a changed file is hashed again."""
-  stat = path.stat()
-  key = f'{stat.st_size} {stat.st_mtime_ns}'
+  """The sha256 of ``path``, remembered in ``<path>.sha256`` (with its size, mtime, inode and
+  ctime): a multi-GB checkpoint is hashed once, not on every run; a changed file again."""
+  key = _stamp_key(path.stat())
   stamp = path.with_name(path.name + '.sha256')
   try:
     recorded_key, digest = stamp.read_text().strip().rsplit(' ', 1)
@@ -184,6 +189,23 @@ def name_digest(file_name: str) -> Optional[str]:
   step count or a date, ``ckpt-00010000.pth``, is not taken for one); None without one."""
   match = re.search(r'-([0-9a-f]{8,64})\.[A-Za-z0-9]+$', file_name)
   return match.group(1) if match and re.search('[a-f]', match.group(1)) else None
+
+
+def expected(url: str, size: int | None = None, sha256: str | None = None):
+  """(size, sha256, where the sha256 comes from) that a file from ``url`` is checked against:
+  the arguments, else the pins, else a sha256 prefix in the file's name."""
+  known_size, known_sha256 = pinned(url)
+  size, sha256 = size or known_size, sha256 or known_sha256
+  if sha256 is None and name_digest(url_filename(url)):
+    return size, name_digest(url_filename(url)), "the sha256 prefix in its name (torch.hub's)"
+  return size, sha256, 'its published checksum'
+
+
+def mismatch(path: Path, url: str) -> str | None:
+  """How the file at ``path`` differs from what ``url`` should give (None: it does not, or
+  nothing is known to check it against)."""
+  size, sha256, _ = expected(url)
+  return _verify(path, sha256, size)
 
 
 def _verify(path: Path, sha256: str | None, size: int | None) -> str | None:
@@ -236,16 +258,15 @@ def download(
 ) -> Path:
   """Download ``url`` into ``cache_dir`` (reusing a cached copy) and return its path.
 
-  Streams into ``<name>.part`` and renames atomically only after the size and
-  sha256 (when given) check out, so the cache never holds a partial file. ``setting``: the
+  Streams into ``<name>.<host>-<pid>.part`` and renames atomically only after the size and
+  sha256 (``expected``) check out, so the cache never holds a partial file. ``setting``: the
   key an offline user passes the file with instead (named in the error).
   """
   from tqdm import tqdm  # only needed when actually downloading
 
   cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
   dest = cache_dir.absolute() / url_filename(url)
-  known_size, known_sha256 = pinned(url)
-  size, sha256 = size or known_size, sha256 or known_sha256 or name_digest(dest.name)
+  size, sha256, what = expected(url, size, sha256)
   if dest.is_file():
     # Downloads are checked before they are renamed into place, so a copy that does not match
     # was put there by hand (another build of the weights, a fine-tuned file): it is used as
@@ -266,10 +287,13 @@ def download(
     if not os.access(dest.parent, os.W_OK):
       raise PermissionError(f'no write permission on {dest.parent}')
   except OSError as e:
+    why = (
+      'is a file, not a folder' if dest.parent.is_file() else f'is not writable ({e.strerror or e})'
+    )
     raise CheckpointError(
-      f'Cannot download {dest.name}: the weights cache folder {dest.parent} is not writable '
-      f'({e.strerror or e}). Point $SPECTRAL_JAX_CACHE (or the model cache_dir setting) at a '
-      'writable folder, or pass a local copy of the file.',
+      f'Cannot download {dest.name}: the weights cache folder {dest.parent} {why}. Point '
+      '$SPECTRAL_JAX_CACHE (or the model cache_dir setting) at a writable folder, or pass a '
+      'local copy of the file.',
       setting,
       dest.name,
     ) from e
@@ -293,6 +317,15 @@ def download(
   except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
     part.unlink(missing_ok=True)
     raise _unreachable(url, getattr(e, 'reason', e), setting, dest) from e
+  except OSError as e:  # writing: a full disk, a quota
+    part.unlink(missing_ok=True)
+    raise CheckpointError(
+      f'Cannot download {dest.name} into {dest.parent}: {e.strerror or e}. Free some space or '
+      'point $SPECTRAL_JAX_CACHE (or the model cache_dir setting) at another folder, or pass a '
+      'local copy of the file.',
+      setting,
+      dest.name,
+    ) from e
   except BaseException:
     part.unlink(missing_ok=True)
     raise
@@ -300,12 +333,23 @@ def download(
   if problem is not None:
     part.unlink()
     raise CheckpointError(
-      f'Downloaded {url} does not match its published checksum ({problem}); nothing was '
-      'kept. Try again; if it persists, the file on the server changed: report it.'
+      f'Downloaded {url} does not match {what} ({problem}); nothing was kept. Try again; if '
+      'it persists, the file on the server changed (report it), or download it yourself and '
+      'pass its path.',
+      setting,
+      dest.name,
     )
-  os.replace(part, dest)
+  inode = part.stat().st_ino
+  try:
+    os.replace(part, dest)
+  except OSError:  # (Windows) another process holds a copy it has just put there
+    part.unlink(missing_ok=True)
+    if dest.is_file() and _verify(dest, sha256, size) is None:
+      return dest
+    raise
   stat = dest.stat()
-  _remember_sha256(dest, f'{stat.st_size} {stat.st_mtime_ns}', digest.hexdigest())
+  if stat.st_ino == inode:  # not replaced meanwhile by another process's copy
+    _remember_sha256(dest, _stamp_key(stat), digest.hexdigest())
   return dest
 
 
