@@ -342,11 +342,16 @@ def download(
   inode = part.stat().st_ino
   try:
     os.replace(part, dest)
-  except OSError:  # (Windows) another process holds a copy it has just put there
+  except OSError as e:  # (Windows) another process holds a copy it has just put there
     part.unlink(missing_ok=True)
     if dest.is_file() and _verify(dest, sha256, size) is None:
       return dest
-    raise
+    raise CheckpointError(
+      f'Cannot put the downloaded {dest.name} in place ({e.strerror or e}): rerun, or pass a '
+      'local copy of the file.',
+      setting,
+      dest.name,
+    ) from e
   stat = dest.stat()
   if stat.st_ino == inode:  # not replaced meanwhile by another process's copy
     _remember_sha256(dest, _stamp_key(stat), digest.hexdigest())
