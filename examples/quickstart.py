@@ -2,7 +2,7 @@
 
   python examples/quickstart.py [--checkpoint FILE] [--out DIR] [IMAGE ...]
 
-Without a checkpoint the official DINO ViT-S/16 weights are downloaded once (82 MB, cached in
+Without a checkpoint the official DINO ViT-S/16 weights are downloaded once (87 MB, cached in
 ~/.cache/spectral_jax); offline, pass a local .pth (or set $SPECTRAL_JAX_CHECKPOINT). Without
 images it uses photos that ship with scikit-image.
 """
