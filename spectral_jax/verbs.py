@@ -114,14 +114,18 @@ def _parser(name: str, verb: Verb) -> argparse.ArgumentParser:
     f'{verb.config} --config_help lists them).',
   )
   if verb.needs_images:
-    parser.add_argument('images', nargs='+', metavar='IMAGE_OR_FOLDER')
+    parser.add_argument(
+      'images', nargs='+', metavar='IMAGE_OR_FOLDER', help='image files and folders (recursive)'
+    )
     parser.add_argument('--out', required=True, metavar='DIR', help='where the outputs go')
     parser.add_argument(
       '--overwrite', action='store_true', help='replace outputs of other settings in --out'
     )
   if verb.methods:
     parser.add_argument('--method', choices=verb.methods, help=f'default {verb.methods[0]}')
-  parser.add_argument('--model', help='backbone name (default dino_vits16)')
+  parser.add_argument(
+    '--model', help='backbone, default dino_vits16; one of ' + ', '.join(backbones.BACKBONES)
+  )
   parser.add_argument('--checkpoint', metavar='FILE', help='local weights file or URL')
   if name == 'cutout':
     parser.add_argument('--background', help="'white', '#RRGGBB', 'r,g,b' or an image file")

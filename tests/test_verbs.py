@@ -205,6 +205,13 @@ def test_plan_maps_flags_onto_config_keys(tmp_path, monkeypatch):
   assert '--max-objects' not in found.in_own_words('--config.discover.max_objects')
 
 
+def test_verb_help_names_the_inputs_and_every_backbone():
+  text = verbs._parser('localize', verbs.VERBS['localize']).format_help()
+  assert 'image files and folders (recursive)' in ' '.join(text.split())
+  for name in backbones.BACKBONES:  # what --model takes, without opening the README
+    assert name in text
+
+
 def test_other_inputs_in_the_same_out_are_named_as_the_verbs_argument(tmp_path):
   a, b = tmp_path / 'a.jpg', tmp_path / 'b.jpg'
   a.touch()
