@@ -17,6 +17,9 @@ _OWN_XLA_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
 if _OWN_XLA_CACHE:  # (not again when this module is imported a second time, or in a child)
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='spectral_jax_test_xla_')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+# Nothing is fetched from beyond this machine, in this process or in the CLI subprocesses that
+# inherit the environment (downloads are tested with file:// and loopback URLs).
+os.environ['SPECTRAL_JAX_OFFLINE'] = '1'
 XLA_CACHE_ENV = {
   key: os.environ[key]
   for key in ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
@@ -64,7 +67,7 @@ def image_dir(tmp_path):
 def no_internet(monkeypatch):
   """Every test, in this process: fail loudly if anything tries to connect beyond the
   loopback interface (downloads are tested against local servers and file:// URLs only;
-  the CLI's subprocesses get unreachable URLs or local files)."""
+  the CLI's subprocesses inherit $SPECTRAL_JAX_OFFLINE)."""
   loopback = ('127.0.0.1', 'localhost', '::1')
   real_create, real_connect = socket.create_connection, socket.socket.connect
 

@@ -207,6 +207,18 @@ def test_pinned_values_are_well_formed_and_documented():
   assert set(downloads.PINNED) <= set(registry.values())  # no pin for a URL the registry lacks
 
 
+def test_offline_fetches_nothing_from_beyond_this_machine(tmp_path, served_file, monkeypatch):
+  monkeypatch.setenv('SPECTRAL_JAX_OFFLINE', '1')
+  with pytest.raises(CheckpointError) as e:  # at once: no connection is even tried
+    downloads.resolve_checkpoint('dino_vits16', cache_dir=tmp_path)
+  assert 'not fetched, as $SPECTRAL_JAX_OFFLINE is set' in str(e.value)
+  assert str(tmp_path / 'dino_deitsmall16_pretrain.pth') in str(e.value)  # where to put it
+  url, payload, _ = served_file  # a local mirror is still used
+  assert downloads.download(url, tmp_path / 'c').read_bytes() == payload
+  monkeypatch.setenv('SPECTRAL_JAX_OFFLINE', '0')
+  assert not downloads.offline()
+
+
 def test_no_test_can_reach_beyond_the_loopback_interface():
   """conftest's guard (TEST-NET-1 address: nothing is sent either way)."""
   with pytest.raises(AssertionError, match='tried to reach'):

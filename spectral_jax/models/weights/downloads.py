@@ -134,6 +134,18 @@ def pinned(url: str) -> tuple[Optional[int], Optional[str]]:
   return PINNED.get(url, (None, None))
 
 
+def offline() -> bool:
+  """``$SPECTRAL_JAX_OFFLINE`` set (1/true/yes): nothing is fetched from beyond this machine
+  (file:// and loopback URLs still are); a missing file fails at once, with the fix, instead
+  of after a network timeout."""
+  return os.environ.get('SPECTRAL_JAX_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+def _local_url(url: str) -> bool:
+  parsed = urllib.parse.urlparse(url)
+  return parsed.scheme == 'file' or parsed.hostname in ('127.0.0.1', 'localhost', '::1')
+
+
 def default_cache_dir() -> Path:
   """``$SPECTRAL_JAX_CACHE`` or ``~/.cache/spectral_jax``."""
   env = os.environ.get('SPECTRAL_JAX_CACHE')
@@ -242,7 +254,7 @@ def _unreachable(
     else ''
   )
   return CheckpointError(
-    f'Could not download {name}{what} from {url}: the URL is unreachable ({reason}).{where}',
+    f'Could not download {name}{what} from {url}: {reason}.{where}',
     setting,
     name,
   )
@@ -297,6 +309,8 @@ def download(
       setting,
       dest.name,
     ) from e
+  if offline() and not _local_url(url):
+    raise _unreachable(url, 'not fetched, as $SPECTRAL_JAX_OFFLINE is set', setting, dest)
   # Private to this process: two runs fetching the same file at once never mix their bytes.
   part = dest.with_name(f'{dest.name}.{HOST}-{os.getpid()}.part')
   digest = hashlib.sha256()  # hashed while streaming: the file is read once
@@ -316,7 +330,8 @@ def download(
           bar.update(len(chunk))
   except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
     part.unlink(missing_ok=True)
-    raise _unreachable(url, getattr(e, 'reason', e), setting, dest) from e
+    reason = f'the URL is unreachable ({getattr(e, "reason", e)})'
+    raise _unreachable(url, reason, setting, dest) from e
   except OSError as e:  # writing: a full disk, a quota
     part.unlink(missing_ok=True)
     raise CheckpointError(
