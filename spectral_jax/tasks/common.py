@@ -258,7 +258,7 @@ class SkipLog:
   def summary(self) -> str:
     if not self.count:
       return ''
-    return f'{self.count} image{"s" * (self.count != 1)} skipped (see {self.path})'
+    return f'{pipeline.count(self.count)} skipped (see {self.path})'
 
 
 def previously_skipped(workdir, stage: str) -> set[str]:

@@ -208,8 +208,9 @@ def expected(url: str, size: int | None = None, sha256: str | None = None):
   the arguments, else the pins, else a sha256 prefix in the file's name."""
   known_size, known_sha256 = pinned(url)
   size, sha256 = size or known_size, sha256 or known_sha256
-  if sha256 is None and name_digest(url_filename(url)):
-    return size, name_digest(url_filename(url)), "the sha256 prefix in its name (torch.hub's)"
+  in_name = name_digest(url_filename(url))
+  if sha256 is None and in_name:
+    return size, in_name, "the sha256 prefix in its name (torch.hub's)"
   return size, sha256, 'its published checksum'
 
 
